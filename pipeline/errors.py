@@ -1,0 +1,87 @@
+"""Every exception pipeline raises on purpose, in one tree.
+
+    PipelineError                 base; ``exit_code`` is what the CLI exits with
+    ├── JobInvalid                a job file failed validation; carries its ``problems``
+    ├── ParamError                a ``-p KEY=VALUE`` is unknown or does not fit its declaration
+    ├── NotFound                  an unknown job, run or step (exit 1)
+    ├── StateError                the state directory cannot be used (locked, newer schema, I/O)
+    │   └── StateLocked           another daemon holds the state directory
+    ├── ExpressionError           a ``${{ }}`` expression does not parse or fails; fails one step
+    ├── RunnerError               a step runner refused its arguments or failed; fails one step
+    └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
+
+Exceptions carry fields, not pre-formatted sentences, so the CLI, the HTTP API and the log can
+each render them their own way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One located validation error: ``FILE:LINE:COL: error: MESSAGE`` (line and column from 1)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: error: {self.message}"
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {"file": self.file, "line": self.line, "column": self.column,
+                "message": self.message}
+
+
+class PipelineError(Exception):
+    """Base of every deliberate error; ``exit_code`` is the CLI's exit status for it."""
+
+    exit_code = 1
+
+
+class JobInvalid(PipelineError):
+    """A job file (or a set of them) failed validation. ``problems`` holds every error found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ParamError(PipelineError):
+    """A parameter given on the command line or the API is unknown or ill-typed."""
+
+    exit_code = 2
+
+
+class NotFound(PipelineError):
+    """An unknown job, run or step."""
+
+    exit_code = 1
+
+
+class StateError(PipelineError):
+    """The state directory cannot be opened or written."""
+
+    exit_code = 1
+
+
+class StateLocked(StateError):
+    """Another live daemon holds the state directory's lock."""
+
+
+class ExpressionError(PipelineError):
+    """An expression failed to parse or evaluate; the step that holds it fails with this message."""
+
+
+class RunnerError(PipelineError):
+    """A step runner failed in a way it explains itself (bad status, unreachable URL, ...)."""
+
+
+class DaemonUnreachable(PipelineError):
+    """No daemon answers at the recorded or given address."""

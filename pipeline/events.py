@@ -1,0 +1,114 @@
+"""What happened, as frozen records with past-tense names.
+
+The engine and the scheduler emit these; the store persists them (one transaction per batch),
+and the live view, the metrics and the HTTP app read the same records. Times are aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline.model import EMPTY, RunStatus, StepStatus, Trigger, Version
+
+
+@dataclass(frozen=True)
+class RunQueued:
+    """A run exists: claimed for its fire (``fire_time`` set) or triggered by hand.
+
+    The store refuses a second run for the same (job, fire_time) with ``DuplicateFire``.
+    """
+
+    run_id: str
+    job: str
+    trigger: Trigger
+    queued_at: datetime
+    fire_time: datetime | None = None
+    params: Mapping[str, Any] = EMPTY  # secrets already masked
+    version: Version | None = None
+    document: Mapping[str, Any] | None = None  # the resolved job, secrets masked
+    parent_run_id: str | None = None
+    owner: str | None = None  # "pid:starttime" of the process that runs it
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    status: RunStatus
+    finished_at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSkipped:
+    """A fire that was not run (overlap policy, open circuit, catch-up policy), kept as a run."""
+
+    run_id: str
+    job: str
+    trigger: Trigger
+    fire_time: datetime | None
+    at: datetime
+    reason: str
+    version: Version | None = None
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    run_id: str
+    step_id: str
+    attempt: int
+    started_at: datetime
+    log: str  # path relative to the state directory
+
+
+@dataclass(frozen=True)
+class StepSpawned:
+    """The step's process group exists; recorded so a crashed daemon's groups can be reaped."""
+
+    run_id: str
+    step_id: str
+    pid: int
+    pgid: int
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    run_id: str
+    step_id: str
+    status: StepStatus
+    finished_at: datetime
+    attempt: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    outputs: Mapping[str, str] = EMPTY
+    started_at: datetime | None = None  # set for steps that never ran (skipped, cancelled)
+
+
+@dataclass(frozen=True)
+class StepRetrying:
+    run_id: str
+    step_id: str
+    attempt: int  # the attempt that failed
+    delay: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WatermarkMoved:
+    """Every fire of ``job`` up to ``until`` has been dealt with (run, queued or skipped)."""
+
+    job: str
+    until: datetime
+
+
+Event = (RunQueued | RunStarted | RunFinished | RunSkipped | StepStarted | StepSpawned
+         | StepFinished | StepRetrying | WatermarkMoved)

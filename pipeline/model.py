@@ -1,0 +1,305 @@
+"""The validated job, as frozen typed objects, and the states a run and a step move through.
+
+Only ``spec`` builds a ``Job``; everything further in reads these objects and never a raw
+mapping from YAML. Durations are float seconds; instants are aware datetimes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+# A for_each instance of step "build" is "build.0", "build.1", ...: the dot cannot occur in a
+# declared id, so instance ids never collide with real ones.
+STEP_INSTANCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[0-9]{1,6})?$")
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    CATCHUP = "catchup"
+    MANUAL = "manual"  # `pipeline run`
+    API = "api"  # the HTTP API and `pipeline trigger`
+    PARENT = "parent"  # started by a `uses: job` step
+
+
+class Catchup(StrEnum):
+    NONE = "none"
+    LATEST = "latest"
+    ALL = "all"
+
+
+class Policy(StrEnum):
+    ALLOW = "allow"
+    FORBID = "forbid"
+    REPLACE = "replace"
+    QUEUE = "queue"
+
+
+class Backoff(StrEnum):
+    CONSTANT = "constant"
+    EXPONENTIAL = "exponential"
+
+
+class ScheduleKind(StrEnum):
+    CRON = "cron"
+    EVERY = "every"
+    AT = "at"
+
+
+class StepKind(StrEnum):
+    RUN = "run"
+    EXEC = "exec"
+    USES = "uses"
+
+
+class ParamType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule entry. ``cron`` holds the expression with any ``@alias`` expanded."""
+
+    kind: ScheduleKind
+    timezone: ZoneInfo
+    cron: str | None = None
+    every: float | None = None
+    start: datetime | None = None  # alignment origin of `every`; None means the Unix epoch
+    at: datetime | None = None
+    jitter: float = 0.0
+    catchup: Catchup = Catchup.LATEST
+    text: str = ""  # as the user wrote it, for display
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    limit: int = 0
+    delay: float = 0.0
+    backoff: Backoff = Backoff.CONSTANT
+    max_delay: float | None = None
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        if attempt <= 1:
+            return 0.0
+        wait = self.delay
+        if self.backoff is Backoff.EXPONENTIAL:
+            wait = self.delay * 2.0 ** (attempt - 2)
+        if self.max_delay is not None:
+            wait = min(wait, self.max_delay)
+        return wait
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: StepKind
+    line: int = 0  # where the step starts in its file, for messages
+    name: str | None = None
+    run: str | None = None
+    exec: tuple[str, ...] = ()
+    uses: str | None = None
+    with_: Mapping[str, Any] = EMPTY
+    needs: tuple[str, ...] = ()
+    if_: str = "success()"
+    env: Mapping[str, str] = EMPTY
+    cwd: str | None = None
+    shell: tuple[str, ...] | None = None  # argv the script is appended to; None: the default
+    timeout: float | None = None
+    grace: float = 10.0  # SIGTERM to SIGKILL
+    retries: RetryPolicy | None = None  # None: the job's policy
+    continue_on_error: bool = False
+    for_each: tuple[Any, ...] | str | None = None  # a list, or an expression giving one
+    max_parallel: int | None = None
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ParamType = ParamType.STRING
+    default: Any = None
+    has_default: bool = False
+    enum: tuple[Any, ...] | None = None
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    policy: Policy = Policy.FORBID
+    max_active: int | None = None  # `allow`: None means unlimited
+    max_queued: int = 10
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    after: int
+    cooldown: float
+
+
+@dataclass(frozen=True)
+class History:
+    keep_runs: int | None = None
+    keep_days: float | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    file: str
+    sha256: str
+    steps: tuple[Step, ...]
+    description: str = ""
+    enabled: bool = True
+    schedules: tuple[Schedule, ...] = ()
+    concurrency: Concurrency = field(default_factory=Concurrency)
+    timeout: float | None = None
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit_breaker: CircuitBreaker | None = None
+    history: History = field(default_factory=History)
+    env: Mapping[str, str] = EMPTY
+    params: Mapping[str, Param] = EMPTY
+    secrets: Mapping[str, Secret] = EMPTY
+    on_success: tuple[Step, ...] = ()
+    on_failure: tuple[Step, ...] = ()
+    finally_: tuple[Step, ...] = ()
+    document: Mapping[str, Any] = EMPTY  # the validated mapping, kept to store with each run
+
+    def all_steps(self) -> tuple[Step, ...]:
+        return self.steps + self.on_success + self.on_failure + self.finally_
+
+
+@dataclass(frozen=True)
+class Version:
+    """Which job file ran: its bytes' SHA-256 and, inside a git work tree, where it came from."""
+
+    sha256: str
+    git_commit: str | None = None
+    git_blob: str | None = None
+    git_dirty: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "git_commit": self.git_commit,
+                "git_blob": self.git_blob, "git_dirty": self.git_dirty}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A step of a recorded run, as the store gives it back."""
+
+    run_id: str
+    id: str
+    status: StepStatus
+    attempt: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: Mapping[str, str] = EMPTY
+    error: str | None = None
+    log: str | None = None  # path relative to the state directory
+    pgid: int | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A recorded run, as the store gives it back."""
+
+    id: str
+    job: str
+    status: RunStatus
+    trigger: Trigger
+    fire_time: datetime | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    params: Mapping[str, Any] = EMPTY
+    version: Version | None = None
+    reason: str | None = None
+    parent_run_id: str | None = None
+    owner: str | None = None
+    document: Mapping[str, Any] | None = None
+    steps: tuple[StepRecord, ...] = ()
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def freeze(value: Any) -> Any:
+    """Deep-freeze JSON-like data: mappings become read-only views, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of ``freeze``: plain dicts and lists, ready for ``json.dumps``."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
