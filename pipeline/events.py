@@ -7,11 +7,11 @@ and the live view, the metrics and the HTTP app read the same records. Times are
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.model import EMPTY, RunStatus, StepStatus, Trigger, Version
+from pipeline.model import RunStatus, StepStatus, Trigger, Version, empty_mapping
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class RunQueued:
     trigger: Trigger
     queued_at: datetime
     fire_time: datetime | None = None
-    params: Mapping[str, Any] = EMPTY  # secrets already masked
+    params: Mapping[str, Any] = field(default_factory=empty_mapping)  # secrets already masked
     version: Version | None = None
     document: Mapping[str, Any] | None = None  # the resolved job, secrets masked
     parent_run_id: str | None = None
@@ -89,7 +89,7 @@ class StepFinished:
     exit_code: int | None = None
     signal: int | None = None
     error: str | None = None
-    outputs: Mapping[str, str] = EMPTY
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)
     started_at: datetime | None = None  # set for steps that never ran (skipped, cancelled)
 
 

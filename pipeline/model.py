@@ -25,6 +25,12 @@ RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def empty_mapping() -> Mapping[str, Any]:
+    # A dataclass field cannot default to an unhashable value; a factory hands out the one
+    # shared read-only empty mapping.
+    return EMPTY
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -141,10 +147,10 @@ class Step:
     run: str | None = None
     exec: tuple[str, ...] = ()
     uses: str | None = None
-    with_: Mapping[str, Any] = EMPTY
+    with_: Mapping[str, Any] = field(default_factory=empty_mapping)
     needs: tuple[str, ...] = ()
     if_: str = "success()"
-    env: Mapping[str, str] = EMPTY
+    env: Mapping[str, str] = field(default_factory=empty_mapping)
     cwd: str | None = None
     shell: tuple[str, ...] | None = None  # argv the script is appended to; None: the default
     timeout: float | None = None
@@ -210,13 +216,14 @@ class Job:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     circuit_breaker: CircuitBreaker | None = None
     history: History = field(default_factory=History)
-    env: Mapping[str, str] = EMPTY
-    params: Mapping[str, Param] = EMPTY
-    secrets: Mapping[str, Secret] = EMPTY
+    env: Mapping[str, str] = field(default_factory=empty_mapping)
+    params: Mapping[str, Param] = field(default_factory=empty_mapping)
+    secrets: Mapping[str, Secret] = field(default_factory=empty_mapping)
     on_success: tuple[Step, ...] = ()
     on_failure: tuple[Step, ...] = ()
     finally_: tuple[Step, ...] = ()
-    document: Mapping[str, Any] = EMPTY  # the validated mapping, kept to store with each run
+    # the validated mapping, kept to store with each run
+    document: Mapping[str, Any] = field(default_factory=empty_mapping)
 
     def all_steps(self) -> tuple[Step, ...]:
         return self.steps + self.on_success + self.on_failure + self.finally_
@@ -248,7 +255,7 @@ class StepRecord:
     signal: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    outputs: Mapping[str, str] = EMPTY
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)
     error: str | None = None
     log: str | None = None  # path relative to the state directory
     pgid: int | None = None
@@ -272,7 +279,7 @@ class RunRecord:
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    params: Mapping[str, Any] = EMPTY
+    params: Mapping[str, Any] = field(default_factory=empty_mapping)
     version: Version | None = None
     reason: str | None = None
     parent_run_id: str | None = None
@@ -303,3 +310,34 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [thaw(v) for v in value]
     return value
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with offset, as every answer of the CLI and the API shows times."""
+    return value.isoformat() if value is not None else None
+
+
+def step_as_dict(step: StepRecord) -> dict[str, Any]:
+    """A step as the API and ``--json`` show it (CONTRACT §5)."""
+    return {
+        "id": step.id, "status": str(step.status), "attempt": step.attempt,
+        "exit_code": step.exit_code, "signal": step.signal,
+        "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
+        "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
+        "log": step.log,
+    }
+
+
+def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
+    """A run as the API and ``--json`` show it (CONTRACT §5)."""
+    answer: dict[str, Any] = {
+        "id": run.id, "job": run.job, "status": str(run.status), "trigger": str(run.trigger),
+        "fire_time": iso(run.fire_time), "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
+        "duration_s": run.duration_s, "params": thaw(run.params),
+        "version": run.version.as_dict() if run.version else None, "reason": run.reason,
+        "parent_run_id": run.parent_run_id,
+    }
+    if steps:
+        answer["steps"] = [step_as_dict(s) for s in run.steps]
+    return answer
