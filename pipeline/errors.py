@@ -5,7 +5,8 @@
     ├── ParamError                a ``-p KEY=VALUE`` is unknown or does not fit its declaration
     ├── NotFound                  an unknown job, run or step (exit 1)
     ├── StateError                the state directory cannot be used (locked, newer schema, I/O)
-    │   └── StateLocked           another daemon holds the state directory
+    │   ├── StateLocked           another daemon holds the state directory
+    │   └── RunActive             a run is queued or running, so it cannot be deleted
     ├── ExpressionError           a ``${{ }}`` expression does not parse or fails; fails one step
     ├── RunnerError               a step runner refused its arguments or failed; fails one step
     └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
@@ -73,6 +74,14 @@ class StateError(PipelineError):
 
 class StateLocked(StateError):
     """Another live daemon holds the state directory's lock."""
+
+
+class RunActive(StateError):
+    """The run is queued or running; it cannot be deleted. ``run_id`` names it."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} is still active; stop it first")
 
 
 class ExpressionError(PipelineError):

@@ -18,7 +18,8 @@ from pipeline.model import RunStatus, StepStatus, Trigger, Version, empty_mappin
 class RunQueued:
     """A run exists: claimed for its fire (``fire_time`` set) or triggered by hand.
 
-    The store refuses a second run for the same (job, fire_time) with ``DuplicateFire``.
+    The store refuses a second run for the same (job, fire_time): ``Store.record`` returns the
+    refused run ids.
     """
 
     run_id: str
