@@ -424,8 +424,8 @@ def render(text: str, context: Mapping[str, Any], *,
 
     Text of a value: a string as is, a bool ``true``/``false``, None empty, a number ``str()``,
     a list or mapping compact JSON. With ``quote`` (``shlex.quote`` for ``run`` scripts) every
-    value goes through it, unless its expression ends with ``| raw``. A quoted value is a whole
-    shell word: ``echo "v=${{ x }}"`` prints the quotes; write ``echo v=${{ x }}``.
+    value goes through it, unless its expression ends with ``| raw``. For ``run`` scripts use
+    ``render_script``, which quotes each value for the quotes it stands in.
     Raises ``ExpressionError``.
     """
     if OPEN not in text:
@@ -437,6 +437,70 @@ def render(text: str, context: Mapping[str, Any], *,
             continue
         value = _text(_evaluate(part.source, context))
         out.append(quote(value) if quote is not None and not part.raw else value)
+    return "".join(out)
+
+
+def _shell_scan(text: str, state: str, prev: str) -> tuple[str, str]:
+    """Carry a POSIX shell's quoting state across ``text``: ``""`` (unquoted), ``"'"``,
+    ``'"'`` or ``"#"`` (a comment, to the end of the line).
+
+    Rough on purpose: quotes, backslashes and comments (so an apostrophe in a comment does not
+    open a quote); not heredocs or ``$'...'``. ``prev`` is the character before ``text``.
+    """
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if state == "#":
+            if c == "\n":
+                state = ""
+        elif state == "'":
+            if c == "'":
+                state = ""
+        elif state == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                state = ""
+        elif c == "\\":
+            i += 1
+        elif c in "'\"":
+            state = c
+        elif c == "#" and (prev == "" or prev.isspace() or prev in ";&|()"):
+            state = "#"
+        prev = c
+        i += 1
+    return state, prev
+
+
+def _shell_quote(value: str, state: str) -> str:
+    if state == "'":
+        return value.replace("'", "'\\''")
+    if state == '"':
+        return re.sub(r'([\\"$`])', r"\\\1", value)
+    return shlex.quote(value)
+
+
+def render_script(text: str, context: Mapping[str, Any]) -> str:
+    """``render`` for a ``run`` script: every value is quoted for where it stands.
+
+    Outside quotes a value becomes one shell word (``shlex.quote``); inside double quotes its
+    ``\\ " $ ` `` are escaped; inside single quotes its ``'`` is closed and reopened. So
+    ``echo "Hello ${{ params.name }}"`` prints the name, and no value can inject shell syntax.
+    ``| raw`` inserts a value verbatim. Inside a heredoc a value is quoted as outside quotes:
+    pass such values through ``env:`` instead. Raises ``ExpressionError``.
+    """
+    if OPEN not in text:
+        return text
+    out = []
+    state, prev = "", ""
+    for part in _split_or_raise(text):
+        if isinstance(part, str):
+            out.append(part)
+            state, prev = _shell_scan(part, state, prev)
+            continue
+        value = _text(_evaluate(part.source, context))
+        out.append(value if part.raw else _shell_quote(value, state))
+        prev = "x"
     return "".join(out)
 
 

@@ -1,0 +1,638 @@
+"""The ``pipeline`` command: the one place that wires real objects together.
+
+Settings travel in the click context (``Settings`` on ``ctx.obj``); errors are
+``PipelineError``s whose ``exit_code`` becomes the exit status (CONTRACT §4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+from loguru import logger
+
+from pipeline import __version__
+from pipeline.errors import JobInvalid, NotFound, PipelineError, Problem
+from pipeline.model import RUN_ID, STEP_INSTANCE_ID, Job, RunRecord, RunStatus, run_as_dict
+
+if TYPE_CHECKING:  # imported lazily everywhere else: `pipeline --help` must stay fast
+    from pipeline.store import SqliteStore
+
+
+@dataclass
+class Settings:
+    jobs_dir: Path = Path("jobs.d")
+    state_dir: Path = Path(".pipeline")
+    _runners: Any = field(default=None, repr=False)
+
+    def runners(self) -> Any:
+        """The runner registry, plug-ins included (loaded once; broken plug-ins logged)."""
+        if self._runners is None:
+            from pipeline.runners import load_runners
+
+            self._runners, problems = load_runners()
+            for problem in problems:
+                logger.warning(problem)
+        return self._runners
+
+    def runner_schemas(self) -> dict[str, Any]:
+        from pipeline.runners import schemas_of
+
+        return schemas_of(self.runners())
+
+
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+def _set_jobs_dir(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Settings).jobs_dir = value
+
+
+def _set_state_dir(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Settings).state_dir = value
+
+
+def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--jobs-dir`` and ``--state-dir``, accepted before or after the command name."""
+    command = click.option("--jobs-dir", type=click.Path(path_type=Path), expose_value=False,
+                           envvar="PIPELINE_JOBS_DIR", callback=_set_jobs_dir,
+                           is_eager=True, help="Jobs directory [default: ./jobs.d]")(command)
+    return click.option("--state-dir", type=click.Path(path_type=Path), expose_value=False,
+                        envvar="PIPELINE_STATE_DIR", callback=_set_state_dir, is_eager=True,
+                        help="State directory [default: ./.pipeline]")(command)
+
+
+def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    logger.remove()
+    if fmt == "json":
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(),
+                   format="<dim>{time:YYYY-MM-DD HH:mm:ss.SSS}</dim> <level>{level: <7}</level> "
+                          "{message}<dim>{extra}</dim>")
+
+
+class Group(click.Group):
+    """Turns a PipelineError into its message and exit status, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobInvalid as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            ctx.exit(exc.exit_code)
+        except PipelineError as exc:
+            click.echo(f"pipeline: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pipeline")
+@dirs
+def main() -> None:
+    """A declarative pipeline runner: YAML jobs on schedules, run as DAGs of steps."""
+    configure_logging()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"pipeline: {message}", err=True)
+    sys.exit(code)
+
+
+def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
+    """A job by file path or by name in the jobs directory; JobInvalid if its file is bad."""
+    from pipeline import spec
+
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or os.sep in ref:
+        if not path.is_file():
+            fail(f"no job file {ref}", missing_code)
+        return spec.load_job(path, runner_schemas=settings.runner_schemas())
+    if not settings.jobs_dir.is_dir():
+        fail(f"no jobs directory {settings.jobs_dir} (and {ref!r} is not a file)", missing_code)
+    loaded = spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas())
+    if ref in loaded.jobs:
+        return loaded.jobs[ref]
+    for file, name in loaded.files.items():
+        if name == ref and file in loaded.problems:
+            raise JobInvalid(loaded.problems[file])
+    known = ", ".join(sorted(loaded.jobs)) or "none"
+    fail(f"unknown job {ref!r} in {settings.jobs_dir} (jobs: {known})", missing_code)
+
+
+@contextmanager
+def open_state(settings: Settings) -> Iterator[SqliteStore]:
+    """The state store, after recovering runs whose owner died (CONTRACT §8)."""
+    from pipeline.store import SqliteStore
+
+    store = SqliteStore.open(settings.state_dir)
+    try:
+        recover(store)
+        yield store
+    finally:
+        store.close()
+
+
+def recover(store: SqliteStore) -> list[RunRecord]:
+    """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running."""
+    from pipeline import process
+    from pipeline.store import identity_alive
+
+    recovered = store.recover(identity_alive, now_utc())
+    for run in recovered:
+        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
+        logger.warning("run {} of {} was left running by a dead process: marked interrupted"
+                       "{}", run.id, run.job,
+                       f"; killed {len(killed)} leftover processes" if killed else "")
+    return recovered
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.match(run_id):
+        raise NotFound(f"no run {run_id!r}: run ids look like 20261128T201851-3f9a2c1b")
+    return run_id
+
+
+def get_run(store: SqliteStore, run_id: str) -> RunRecord:
+    record = store.run(check_run_id(run_id))
+    if record is None:
+        raise NotFound(f"no run {run_id!r}")
+    return record
+
+
+def parse_kv(pairs: Sequence[str]) -> dict[str, str]:
+    given: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-p")
+        given[key] = value
+    return given
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def local(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+                   .rstrip())
+
+
+# -- validate, schema, graph --------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True, help="How to print the errors.")
+@dirs
+@pass_settings
+def validate(settings: Settings, paths: tuple[Path, ...], fmt: str) -> None:
+    """Validate job files or directories (default: the jobs directory).
+
+    Every error is printed as FILE:LINE:COL: error: MESSAGE. Exit status 0 if all are valid,
+    1 if any is not.
+    """
+    from pipeline import spec
+    from pipeline.runners import load_runners, schemas_of
+
+    registry, plugin_problems = load_runners()
+    targets = list(paths) or [settings.jobs_dir]
+    for target in targets:
+        if not target.exists():
+            raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
+    loaded = spec.load_jobs(targets, runner_schemas=schemas_of(registry))
+    files = sorted({*loaded.files, *loaded.problems})
+    problems = [p for f in files for p in loaded.problems.get(f, ())]
+    for message in plugin_problems:
+        click.echo(f"pipeline: warning: {message}", err=True)
+    if fmt == "json":
+        echo_json({
+            "valid": not problems,
+            "files": [{"file": f, "job": loaded.files.get(f), "valid": f not in loaded.problems,
+                       "errors": [p.as_dict() for p in loaded.problems.get(f, ())]}
+                      for f in files],
+        })
+    elif fmt == "github":
+        for p in problems:
+            message = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            click.echo(f"::error file={p.file},line={p.line},col={p.column}::{message}")
+    else:
+        for p in problems:
+            click.echo(str(p))
+        bad = len(loaded.problems)
+        click.echo(f"{len(files)} file{'s' if len(files) != 1 else ''} checked, "
+                   f"{bad} invalid" if bad else
+                   f"{len(files)} file{'s' if len(files) != 1 else ''} valid", err=True)
+    sys.exit(1 if problems else 0)
+
+
+@main.command()
+@click.option("--runner", help="Print the schema of this runner's `with` instead.")
+@pass_settings
+def schema(settings: Settings, runner: str | None) -> None:
+    """Print the job file's JSON Schema (or a runner's)."""
+    from pipeline import spec
+
+    if runner is None:
+        echo_json(spec.job_schema(settings.runner_schemas()))
+        return
+    registry = settings.runners()
+    if runner not in registry:
+        raise click.BadParameter(f"unknown runner {runner!r} (known: "
+                                 f"{', '.join(sorted(registry))})", param_hint="--runner")
+    echo_json(dict(registry[runner].schema))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
+              show_default=True)
+@dirs
+@pass_settings
+def graph(settings: Settings, job: str, fmt: str) -> None:
+    """Print a job's step DAG."""
+    from pipeline import dag
+
+    click.echo(dag.render(find_job(settings, job, missing_code=1), fmt))
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("job")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the resolved commands.")
+@dirs
+@pass_settings
+def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) -> None:
+    """Run JOB (a name or a file) once, now, in the foreground.
+
+    Exit status: 0 succeeded, 1 failed, 2 invalid job or parameters, 130 interrupted.
+    """
+    from pipeline import spec
+
+    definition = find_job(settings, job)
+    values = spec.parse_params(definition, parse_kv(params))
+    if dry_run:
+        from pipeline.plan import print_plan
+
+        print_plan(definition, values, out=sys.stdout)
+        return
+    status = run_in_foreground(settings, definition, values)
+    sys.exit({RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 130}.get(status, 1))
+
+
+def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> RunStatus:
+    import trio
+
+    from pipeline.engine import RunHandle, run_job
+    from pipeline.events import Event, RunQueued
+    from pipeline.journal import Journal
+    from pipeline.live import LiveView
+    from pipeline.model import Trigger
+    from pipeline.store import new_run_id, process_identity
+    from pipeline.versions import version_of
+
+    with open_state(settings) as store:
+        now = now_utc()
+        run_id = new_run_id(now)
+        view = LiveView(job, run_id)
+        handle = RunHandle(run_id, job.name)
+
+        def show(event: Event) -> None:
+            view.update(event)
+
+        journal = Journal(store, observers=(show,))
+        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, params=params,
+                           version=version_of(Path(job.file)), document=job.document,
+                           owner=process_identity())
+
+        async def main_task() -> RunStatus:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.serve)
+                await journal.write(queued)
+                nursery.start_soon(watch_signals, handle, nursery.cancel_scope)
+                nursery.start_soon(refresh, view)
+                result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
+                                       emit=journal.write, params=params, handle=handle,
+                                       runners=settings.runners())
+                nursery.cancel_scope.cancel()
+            return result.status
+
+        status = trio.run(main_task)
+        view.tick()
+        record = store.run(run_id)
+        took = f" in {record.duration_s:.2f}s" if record and record.duration_s else ""
+        reason = f" ({record.reason})" if record and record.reason else ""
+        click.echo(f"run {run_id} {status}{took}{reason}", err=True)
+        return status
+
+
+async def watch_signals(handle: Any, _scope: Any) -> None:
+    """First Ctrl-C (or SIGTERM): stop the run gracefully. Second: kill it now."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if handle.stop_reason is None:
+                click.echo(f"\npipeline: {name}: stopping the run (again to kill it now)",
+                           err=True)
+                handle.stop(f"interrupted by {name}")
+            else:
+                handle.kill(f"interrupted by {name}")
+
+
+async def refresh(view: Any) -> None:
+    import trio
+
+    while True:
+        await trio.sleep(0.2)
+        view.tick()
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]))
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dirs
+@pass_settings
+def runs(settings: Settings, job: str | None, status: str | None, limit: int,
+         as_json: bool) -> None:
+    """Run history, newest first."""
+    with open_state(settings) as store:
+        found = store.runs(job=job, status=RunStatus(status) if status else None, limit=limit)
+    if as_json:
+        echo_json([run_as_dict(r, steps=False) for r in found])
+        return
+    table([(r.id, r.job, str(r.status), str(r.trigger), local(r.started_at or r.queued_at),
+            f"{r.duration_s:.1f}s" if r.duration_s is not None else "-", r.reason or "")
+           for r in found], ("RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "TOOK", "REASON"))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dirs
+@pass_settings
+def show(settings: Settings, run_id: str, as_json: bool) -> None:
+    """One run with its steps."""
+    with open_state(settings) as store:
+        record = get_run(store, run_id)
+    if as_json:
+        echo_json(run_as_dict(record))
+        return
+    version = record.version
+    click.echo(f"run      {record.id}\njob      {record.job}\nstatus   {record.status}"
+               + (f" ({record.reason})" if record.reason else "")
+               + f"\ntrigger  {record.trigger}"
+               + (f"\nfired    {local(record.fire_time)}" if record.fire_time else "")
+               + f"\nstarted  {local(record.started_at)}\nfinished {local(record.finished_at)}"
+               + (f"\ntook     {record.duration_s:.2f}s" if record.duration_s is not None
+                  else ""))
+    if record.params:
+        click.echo("params   " + ", ".join(f"{k}={v}" for k, v in record.params.items()))
+    if version is not None:
+        git = ""
+        if version.git_commit:
+            git = f" (git {version.git_commit[:12]}{', modified' if version.git_dirty else ''})"
+        click.echo(f"version  sha256:{version.sha256[:16]}{git}")
+    click.echo("")
+    table([(s.id, str(s.status), str(s.attempt or "-"),
+            str(s.exit_code) if s.exit_code is not None else "-",
+            f"{s.duration_s:.2f}s" if s.duration_s is not None else "-",
+            ", ".join(f"{k}={v}" for k, v in s.outputs.items())[:60], s.error or "")
+           for s in record.steps],
+          ("STEP", "STATUS", "ATTEMPT", "EXIT", "TOOK", "OUTPUTS", "ERROR"))
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("step", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing while the run is active.")
+@dirs
+@pass_settings
+def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> None:
+    """Print a run's step logs (one step, or all in order)."""
+    if step is not None and not STEP_INSTANCE_ID.match(step):
+        raise NotFound(f"no step {step!r}")
+    with open_state(settings) as store:
+        record = get_run(store, run_id)
+        printed: dict[str, int] = {}
+        while True:
+            steps = [s for s in record.steps if s.log and (step is None or s.id == step)]
+            if step is not None and not steps and record.status.finished:
+                if any(s.id == step for s in record.steps):
+                    return  # the step never ran: no log
+                raise NotFound(f"run {run_id} has no step {step!r}")
+            for s in steps:
+                assert s.log is not None
+                path = settings.state_dir / s.log
+                offset = printed.get(s.id)
+                if offset is None and step is None:
+                    click.echo(f"==> {s.id} <==")
+                try:
+                    with path.open("rb") as f:
+                        f.seek(offset or 0)
+                        data = f.read()
+                except FileNotFoundError:
+                    data = b""
+                printed[s.id] = (offset or 0) + len(data)
+                if data:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.flush()
+            if not follow or record.status.finished:
+                return
+            time.sleep(0.5)
+            record = get_run(store, run_id)
+
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--grace", default="30s", show_default=True, metavar="DURATION",
+              help="How long active runs get to finish after SIGTERM/SIGINT.")
+@click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
+              metavar="HOST:PORT", help="HTTP address of the status page and API.")
+@click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
+@click.option("--token", envvar="PIPELINE_TOKEN", default=None,
+              help="Bearer token the API requires (env PIPELINE_TOKEN).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False), default="INFO",
+              show_default=True)
+@dirs
+@pass_settings
+def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
+          log_format: str, log_level: str) -> None:
+    """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP."""
+    import trio
+
+    from pipeline import daemon
+    from pipeline.spec import parse_duration
+    from pipeline.store import SqliteStore, lock_state_dir
+
+    configure_logging(log_level.upper(), log_format)
+    try:
+        grace_s = parse_duration(grace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace") from None
+    serve_http = None
+    if not no_http:
+        from pipeline.http import check_listen
+        from pipeline.http import serve_http as http_server
+
+        check_listen(listen, token)
+
+        async def serve_http(d: daemon.Daemon, *, task_status: Any) -> None:
+            await http_server(d, listen=listen, token=token, task_status=task_status)
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with lock_state_dir(settings.state_dir):
+        store = SqliteStore.open(settings.state_dir)
+        try:
+            trio.run(partial_serve(daemon.serve, jobs_dir=settings.jobs_dir,
+                                   state_dir=settings.state_dir, store=store,
+                                   runners=settings.runners(), grace=grace_s,
+                                   serve_http=serve_http, listen=None if no_http else listen))
+        finally:
+            store.close()
+
+
+def partial_serve(fn: Any, **kwargs: Any) -> Any:
+    async def call() -> None:
+        await fn(**kwargs)
+
+    return call
+
+
+# -- jobs and their schedules --------------------------------------------------------------
+
+
+def parse_time(text: str, zone: Any) -> datetime:
+    """An ISO 8601 time; without an offset it is read in ``zone``."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time "
+                                 "(e.g. 2026-12-01T09:00:00+01:00)",
+                                 param_hint="--after") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+@main.command(name="next")
+@click.argument("job")
+@click.option("-n", "count", type=click.IntRange(1, 10000), default=5, show_default=True)
+@click.option("--after", "after", metavar="TIME", help="ISO 8601 time [default: now]")
+@dirs
+@pass_settings
+def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
+    """Print the next N fire times of JOB (a name or a file), in the job's zone."""
+    from pipeline import triggers
+
+    definition = find_job(settings, job, missing_code=1)
+    zone = definition.schedules[0].timezone if definition.schedules else triggers.local_zone()
+    start = parse_time(after, zone) if after else now_utc()
+    if not definition.schedules:
+        click.echo(f"pipeline: job {definition.name} has no schedule; it runs only when "
+                   "triggered", err=True)
+        return
+    if not definition.enabled:
+        click.echo(f"pipeline: job {definition.name} is disabled (enabled: false); these are "
+                   "the fires it would get", err=True)
+    for fire in triggers.next_fires(definition.schedules, start, count):
+        click.echo(fire.isoformat())
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dirs
+@pass_settings
+def list_(settings: Settings, as_json: bool) -> None:
+    """Every job in the jobs directory: schedule, next fire, last status, validity."""
+    from pipeline import spec, triggers
+    from pipeline.daemon import read_daemon_file
+
+    loaded = spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas()) \
+        if settings.jobs_dir.is_dir() else None
+    daemon = read_daemon_file(settings.state_dir)
+    with open_state(settings) as store:
+        last = store.last_runs()
+        marks = store.watermarks()
+        active = store.active_runs()
+    now = now_utc()
+    rows: list[dict[str, Any]] = []
+    files = sorted({*loaded.files, *loaded.problems}) if loaded else []
+    for file in files:
+        name = loaded.files.get(file) if loaded else None
+        job = loaded.jobs.get(name) if loaded and name else None
+        errors = [p.as_dict() for p in loaded.problems.get(file, ())] if loaded else []
+        next_fire = None
+        if job is not None and job.enabled and job.schedules:
+            fires = triggers.next_fires(job.schedules, max(now, marks.get(job.name, now)), 1)
+            next_fire = fires[0] if fires else None
+        run = last.get(name) if name else None
+        rows.append({
+            "name": name, "file": file, "valid": not errors, "errors": errors,
+            "enabled": job.enabled if job else None,
+            "schedule": "; ".join(triggers.describe(s) for s in job.schedules)
+            if job and job.schedules else None,
+            "next_fire_time": next_fire.isoformat() if next_fire else None,
+            "last_run": run_as_dict(run, steps=False) if run else None,
+            "active_runs": sum(1 for r in active if r.job == name),
+            "version": job.sha256 if job else None,
+            "daemon": None if daemon is None else (
+                "running last good version" if name in daemon.get("jobs", {})
+                and daemon["jobs"][name].get("stale") else
+                "loaded" if name in daemon.get("jobs", {}) else "not loaded"),
+        })
+    if as_json:
+        echo_json(rows)
+        return
+    table([(r["name"] or "?", "valid" if r["valid"] else f"INVALID ({len(r['errors'])})",
+            (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]"),
+            local(datetime.fromisoformat(r["next_fire_time"])) if r["next_fire_time"] else "-",
+            r["last_run"]["status"] if r["last_run"] else "-", r["file"])
+           for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "FILE"))
+    for r in rows:
+        for e in r["errors"]:
+            click.echo(str(Problem(e["file"], e["line"], e["column"], e["message"])), err=True)
+    if daemon is None:
+        click.echo("(no daemon is running on this state directory)", err=True)

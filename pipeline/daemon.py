@@ -1,0 +1,187 @@
+"""``pipeline serve``: the daemon's life from lock to clean exit.
+
+Start: take the state directory's lock (one daemon per state directory), recover runs a dead
+daemon left ``running`` (marked ``interrupted``, their leftover process groups killed), load the
+jobs directory, and start the journal, the scheduler, the watcher, retention and the HTTP app,
+each a task of one nursery. Stop (SIGTERM or SIGINT): stop firing, give active runs ``grace``
+seconds, cancel what is left through the one cancellation path, exit 0. A second signal kills
+the runs' process groups at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from pipeline import process
+from pipeline.engine import utc_now
+from pipeline.journal import Journal
+from pipeline.metrics import Metrics
+from pipeline.model import RunRecord, iso
+from pipeline.runners import Runner, schemas_of
+from pipeline.scheduler import Scheduler
+from pipeline.store import Store, identity_alive, process_identity
+from pipeline.watch import Catalog, watch_jobs
+
+PRUNE_EVERY = 600.0
+DEFAULT_KEEP_RUNS = 1000
+DEFAULT_KEEP_DAYS = 90.0
+DAEMON_FILE = "daemon.json"
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Daemon:
+    """The running daemon's parts, as the HTTP app and the tests reach them."""
+
+    store: Store
+    journal: Journal
+    catalog: Catalog
+    scheduler: Scheduler
+    state_dir: Path
+    started_at: datetime
+    metrics: Metrics
+    jobs_dir: Path
+    listen: str | None = None
+
+
+def recover(store: Store, now: datetime) -> list[RunRecord]:
+    """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running."""
+    recovered = store.recover(identity_alive, now)
+    for run in recovered:
+        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
+        logger.warning("run {} of {} was left running by a process that died: marked "
+                       "interrupted{}", run.id, run.job,
+                       f"; killed {len(killed)} leftover processes" if killed else "")
+    return recovered
+
+
+def write_daemon_file(daemon: Daemon) -> None:
+    """``daemon.json``: who serves this state directory, where, and what it has loaded.
+
+    Written atomically (temp file, rename), so a reader never sees half of it.
+    """
+    catalog = daemon.catalog
+    info = {
+        "pid": os.getpid(), "owner": process_identity(), "listen": daemon.listen,
+        "started_at": iso(daemon.started_at),
+        "jobs": {name: {"file": next((f for f, n in catalog.files.items() if n == name), None),
+                        "sha256": job.sha256, "stale": name in catalog.stale}
+                 for name, job in catalog.jobs.items()},
+        "invalid": {file: [p.as_dict() for p in problems]
+                    for file, problems in catalog.problems.items()},
+    }
+    path = daemon.state_dir / DAEMON_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
+
+
+def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
+    """What a live daemon wrote about itself; None if none is running."""
+    try:
+        info = json.loads((state_dir / DAEMON_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not identity_alive(str(info.get("owner", ""))):
+        return None
+    return info
+
+
+async def prune_forever(daemon: Daemon, *, every: float = PRUNE_EVERY,
+                        clock: Clock = utc_now) -> None:
+    """Apply each job's ``history`` (or the defaults) now and every ``every`` seconds."""
+    while True:
+        await trio.to_thread.run_sync(prune, daemon.store, daemon.state_dir,
+                                      dict(daemon.catalog.jobs), clock())
+        await trio.sleep(every)
+
+
+def prune(store: Store, state_dir: Path, jobs: Mapping[str, Any], now: datetime) -> int:
+    removed = 0
+    for name in store.jobs_with_runs():
+        job = jobs.get(name)
+        keep_runs = job.history.keep_runs if job and job.history.keep_runs else DEFAULT_KEEP_RUNS
+        keep_days = job.history.keep_days if job and job.history.keep_days else DEFAULT_KEEP_DAYS
+        for run in store.prune(name, keep_runs=keep_runs, keep_days=keep_days, now=now):
+            shutil.rmtree(state_dir / "logs" / run.job / run.id, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("retention: removed {} old runs and their logs", removed)
+    return removed
+
+
+async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
+                runners: Mapping[str, Runner], grace: float = 30.0,
+                clock: Clock = utc_now, environ: Mapping[str, str] | None = None,
+                serve_http: Callable[..., Awaitable[None]] | None = None,
+                listen: str | None = None,
+                task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or cancellation); the lock is the caller's.
+
+    ``task_status.started`` gets the ``Daemon`` once every part is up.
+    """
+    recover(store, clock())
+    metrics = Metrics()
+    journal = Journal(store, observers=(metrics.observe,))
+    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners))
+    await trio.to_thread.run_sync(catalog.scan)
+    async with trio.open_nursery() as outer:  # the journal outlives everything that writes
+        await outer.start(journal.serve)
+        scheduler = Scheduler(store=store, journal=journal, state_dir=state_dir,
+                              runners=runners, clock=clock, environ=environ)
+        daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
+                        state_dir=state_dir, started_at=clock(), metrics=metrics,
+                        jobs_dir=jobs_dir, listen=listen)
+
+        async def reload() -> None:
+            await scheduler.load(catalog.jobs)
+            write_daemon_file(daemon)
+
+        async with trio.open_nursery() as inner:
+            await scheduler.load(catalog.jobs)
+            await inner.start(scheduler.serve)
+            await inner.start(watch_jobs, catalog, reload)
+            inner.start_soon(prune_forever, daemon)
+            if serve_http is not None:
+                daemon.listen = await inner.start(serve_http, daemon)
+            write_daemon_file(daemon)
+            logger.info("serving {} jobs from {} ({} invalid files); state in {}",
+                        len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir)
+            task_status.started(daemon)
+            await wait_for_stop(scheduler, grace)
+            inner.cancel_scope.cancel()
+        (state_dir / DAEMON_FILE).unlink(missing_ok=True)
+        outer.cancel_scope.cancel()
+    logger.info("stopped")
+
+
+async def wait_for_stop(scheduler: Scheduler, grace: float) -> None:
+    """Return once a signal asked us to stop and every run has ended."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("{}: stopping; active runs get {:g}s to finish (signal again to kill "
+                        "them now)", signal.Signals(signum).name, grace)
+            break
+        async with trio.open_nursery() as nursery:
+            async def second_signal() -> None:
+                async for again in signals:
+                    logger.warning("{}: killing active runs now", signal.Signals(again).name)
+                    scheduler.kill_all()
+
+            nursery.start_soon(second_signal)
+            await scheduler.shutdown(grace)
+            nursery.cancel_scope.cancel()
+
+

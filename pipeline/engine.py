@@ -1,0 +1,721 @@
+"""One run of a job: a trio nursery whose tasks are the steps.
+
+``run_job`` walks the step DAG with ``graphlib.TopologicalSorter``: every step whose needs are
+finished starts as a task in the run's nursery, evaluates its ``if``, and runs (with retries, a
+timeout as a cancel scope, ``for_each`` instances under a capacity limiter). Then the hooks run:
+``on_success`` or ``on_failure``, then ``finally``. Everything that happens is emitted as an
+event record; the caller decides where events go (the store, a live view, metrics).
+
+Stopping a run is cancelling its ``RunHandle``'s cancel scope: every running step's process
+group goes through ``process.end_group`` (SIGTERM, grace, SIGKILL) on the way out.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import json
+import math
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from pipeline import expr, process
+from pipeline.errors import ExpressionError, RunnerError
+from pipeline.events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepRetrying,
+    StepSpawned,
+    StepStarted,
+)
+from pipeline.model import Job, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
+from pipeline.redact import Redactor, StreamRedactor
+from pipeline.runners import Runner, StepContext, builtin_runners
+from pipeline.store import log_relpath
+
+DEFAULT_LOG_CAP = 10 * 1024 * 1024
+OUTPUT_FILE_CAP = 1024 * 1024
+# What a step inherits from the daemon's environment: what cron and systemd give a service, no
+# more. Everything else (and every secret) must be declared in the job.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
+
+Emit = Callable[[Event], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_shell() -> tuple[str, ...]:
+    """``bash -e -o pipefail -c``, or ``sh -e -c`` where bash is missing."""
+    bash = shutil.which("bash")
+    return (bash, "-e", "-o", "pipefail", "-c") if bash else ("/bin/sh", "-e", "-c")
+
+
+class RunHandle:
+    """A live run, as its owner holds it: stop it, or hurry a stop along."""
+
+    def __init__(self, run_id: str, job: str) -> None:
+        self.run_id = run_id
+        self.job = job
+        self.cancel_scope = trio.CancelScope()
+        self.hurry = trio.Event()  # set: skip the grace period, SIGKILL now
+        self.stopped = trio.Event()
+        self.stop_reason: str | None = None
+        self.finished = trio.Event()
+        self.status: RunStatus | None = None
+
+    def stop(self, reason: str = "stopped by an operator") -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopped.set()
+        self.cancel_scope.cancel()
+
+    def kill(self, reason: str = "killed") -> None:
+        self.hurry.set()
+        self.stop(reason)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: RunStatus
+    reason: str | None = None
+
+
+@dataclass
+class _StepState:
+    status: StepStatus = StepStatus.PENDING
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    continued: bool = False  # failed, but continue_on_error
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StepStatus.SUCCEEDED or self.continued
+
+
+def resolve_secrets(job: Job, environ: Mapping[str, str]) -> dict[str, str]:
+    """Read every declared secret now; RunnerError names the first that cannot be read."""
+    values = {}
+    for name, secret in job.secrets.items():
+        if secret.env is not None:
+            if secret.env not in environ:
+                raise RunnerError(f"secret {name}: environment variable {secret.env} is not set")
+            values[name] = environ[secret.env]
+        elif secret.file is not None:
+            try:
+                values[name] = Path(secret.file).read_text().rstrip("\n")
+            except OSError as exc:
+                raise RunnerError(f"secret {name}: cannot read {secret.file}: "
+                                  f"{exc.strerror or exc}") from None
+    return values
+
+
+def parse_outputs(text: str) -> tuple[dict[str, str], list[str]]:
+    """Outputs written to $PIPELINE_OUTPUT: ``key=value`` lines and ``key<<DELIM`` blocks.
+
+    Returns the outputs and a warning per line that is neither.
+    """
+    outputs: dict[str, str] = {}
+    warnings: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip():
+            continue
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            key, _, delim = line.partition("<<")
+            block: list[str] = []
+            while i < len(lines) and lines[i] != delim:
+                block.append(lines[i])
+                i += 1
+            if i >= len(lines):
+                warnings.append(f"output {key!r}: no closing {delim!r}")
+                break
+            i += 1
+            value = "\n".join(block)
+        elif "=" in line:
+            key, _, value = line.partition("=")
+        else:
+            warnings.append(f"ignored output line {line[:80]!r}: expected key=value")
+            continue
+        key = key.strip()
+        if not key or not (key[0].isalpha() or key[0] == "_") or not all(
+                c.isalnum() or c in "_-" for c in key):
+            warnings.append(f"ignored output with a bad key {key[:80]!r}")
+            continue
+        outputs[key] = value
+    return outputs, warnings
+
+
+class StepLog:
+    """A step's log file: output appended as it arrives, secrets masked, capped in size.
+
+    Writes go straight to the file from the trio thread: a write of at most one 64 KiB chunk
+    to a regular file returns from the page cache and we never fsync logs. A write error (a full
+    disk) stops the logging of this step, once, and never fails the step.
+    """
+
+    def __init__(self, path: Path, *, cap: int, redactor: Redactor) -> None:
+        self.path = path
+        self.cap = cap
+        self.written = 0
+        self.discarded = 0
+        self._stream = StreamRedactor(redactor) if redactor else None
+        self._redactor = redactor
+        self._file: Any = None  # opened on the first write: a silent step costs no file
+        self._broken = False
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._broken:
+            logger.error("cannot write step log {}: {}", self.path, exc.strerror or exc)
+        self._broken = True
+
+    def _write(self, data: bytes) -> None:
+        if not data or self._broken:
+            return
+        if self._file is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab", buffering=0)
+            except OSError as exc:
+                self._fail(exc)
+                return
+        room = self.cap - self.written
+        if room <= 0:
+            self.discarded += len(data)
+            return
+        if len(data) > room:
+            self.discarded += len(data) - room
+            data = data[:room] + (
+                f"\n[pipeline] log truncated: over {self.cap} bytes of output\n".encode())
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._fail(exc)
+        self.written += len(data)
+
+    def output(self, chunk: bytes) -> None:
+        self._write(self._stream.feed(chunk) if self._stream else chunk)
+
+    def line(self, text: str) -> None:
+        """A line of our own (attempt markers, runner messages), masked like the output."""
+        self.flush_output()
+        data = (text.rstrip("\n") + "\n").encode()
+        self._write(self._redactor.bytes(data) if self._redactor else data)
+
+    def flush_output(self) -> None:
+        if self._stream:
+            self._write(self._stream.flush())
+
+    def close(self) -> None:
+        self.flush_output()
+        if self.discarded and self._file is not None and not self._broken:
+            try:
+                self._file.write(f"[pipeline] {self.discarded} bytes discarded\n".encode())
+            except OSError as exc:
+                self._fail(exc)
+        if self._file is not None:
+            self._file.close()
+
+
+@dataclass
+class _Attempt:
+    status: StepStatus
+    exit: process.Exit | None = None
+    error: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    retryable: bool = True
+
+
+class _Run:
+    """The bookkeeping of one run while it is under way."""
+
+    def __init__(self, job: Job, *, run_id: str, handle: RunHandle, state_dir: Path,
+                 emit: Emit, params: Mapping[str, Any], secrets: Mapping[str, str],
+                 trigger: Trigger, fire_time: datetime | None, runners: Mapping[str, Runner],
+                 clock: Clock, log_cap: int, environ: Mapping[str, str],
+                 start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.handle = handle
+        self.state_dir = state_dir
+        self.emit = emit
+        self.params = dict(params)
+        self.secrets = dict(secrets)
+        self.redactor = Redactor(self.secrets.values())
+        self.trigger = trigger
+        self.fire_time = fire_time
+        self.runners = runners
+        self.clock = clock
+        self.log_cap = log_cap
+        self.start_job = start_job
+        self.states: dict[str, _StepState] = {s.id: _StepState() for s in job.all_steps()}
+        self.deadline = trio.CancelScope()  # replaced by the run's timeout scope
+        self.cancelled = False
+        self.hook_ids = {s.id for s in (*job.on_success, *job.on_failure, *job.finally_)}
+        self.job_env: dict[str, str] = {}
+        self.base_env = {k: v for k, v in environ.items()
+                         if k in INHERITED_ENV or k.startswith("LC_")}
+        self.base_env.setdefault("PATH", DEFAULT_PATH)
+        self._tmp: Path | None = None
+
+    @property
+    def tmp(self) -> Path:
+        """A private directory for the run's $PIPELINE_OUTPUT files, made when first needed."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{self.run_id}-"))
+        return self._tmp
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- expressions -------------------------------------------------------------------
+
+    def context(self, step: Step | None = None, item: Any = None,
+                ancestors: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                ) -> dict[str, Any]:
+        """The expression context of ``step``.
+
+        ``success()`` looks at the step's own needs (transitively); ``failure()`` also looks at
+        the main steps when ``step`` is a hook, so ``if: failure()`` in ``finally`` works while
+        an ``on_failure`` step still runs by default.
+        """
+        steps = {}
+        for sid, st in self.states.items():
+            entry: dict[str, Any] = {"status": str(st.status), "outputs": dict(st.outputs)}
+            if st.items:
+                entry["items"] = st.items
+            steps[sid] = entry
+        states = [self.states[a] for a in ancestors]
+        watched = states
+        if step is not None and step.id in self.hook_ids:
+            watched = [*states, *(self.states[s.id] for s in self.job.steps)]
+        ctx: dict[str, Any] = {
+            "params": self.params,
+            "env": dict(env if env is not None else self.job_env),
+            "secrets": self.secrets,
+            "steps": steps,
+            "run": {"id": self.run_id, "trigger": str(self.trigger),
+                    "fire_time": self.fire_time.isoformat() if self.fire_time else ""},
+            "job": {"name": self.job.name},
+            "success": lambda: not self.stopping and all(s.ok for s in states),
+            "failure": lambda: any(s.status in FAILED_STATES and not s.continued
+                                   for s in watched),
+            "always": lambda: True,
+            "cancelled": lambda: self.stopping or self.run_timed_out,
+        }
+        if item is not None:
+            ctx["item"] = item
+        return ctx
+
+    # -- the graph ---------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.handle.cancel_scope.cancel_called
+
+    @property
+    def run_timed_out(self) -> bool:
+        return self.deadline.cancel_called
+
+    async def run_graph(self, steps: Sequence[Step]) -> None:
+        """Run ``steps`` as a DAG: each starts when its needs are finished."""
+        by_id = {s.id: s for s in steps}
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+            {s.id: [n for n in s.needs if n in by_id] for s in steps})
+        sorter.prepare()
+        ancestors = _ancestors(steps)
+        finished_send, finished_receive = trio.open_memory_channel[str](math.inf)
+        async with trio.open_nursery() as nursery:
+            while sorter.is_active():
+                for sid in sorter.get_ready():
+                    nursery.start_soon(self.step_task, by_id[sid], ancestors[sid],
+                                       finished_send)
+                sorter.done(await finished_receive.receive())
+
+    async def step_task(self, step: Step, ancestors: Sequence[str],
+                        finished: trio.MemorySendChannel[str]) -> None:
+        try:
+            await self.run_step(step, ancestors)
+        finally:
+            finished.send_nowait(step.id)
+
+    async def run_step(self, step: Step, ancestors: Sequence[str]) -> None:
+        state = self.states[step.id]
+        with logger.contextualize(step=step.id):
+            try:
+                go = expr.evaluate(step.if_, self.context(step, ancestors=ancestors))
+            except ExpressionError as exc:
+                await self.finish_unstarted(step.id, StepStatus.FAILED, f"if: {exc}")
+                state.status = StepStatus.FAILED
+                return
+            if not go:
+                why = ("a needed step did not succeed" if step.if_ == "success()"
+                       else f"condition is false: {step.if_}")
+                state.status = StepStatus.SKIPPED
+                await self.finish_unstarted(step.id, StepStatus.SKIPPED, why)
+                return
+            if step.for_each is None:
+                result = await self.attempts(step, step.id, None, ancestors)
+            else:
+                result = await self.for_each(step, ancestors)
+            state.status = result.status
+            state.outputs = result.outputs
+            state.continued = result.status in FAILED_STATES and step.continue_on_error
+
+    async def for_each(self, step: Step, ancestors: Sequence[str]) -> _Attempt:
+        assert step.for_each is not None
+        started = self.clock()
+        try:
+            items = step.for_each
+            if isinstance(items, str):
+                items = expr.evaluate(items, self.context(step, ancestors=ancestors))
+            if not isinstance(items, list | tuple):
+                raise ExpressionError(f"for_each must give a list, got {type(items).__name__}")
+        except ExpressionError as exc:
+            await self.finish_unstarted(step.id, StepStatus.FAILED, f"for_each: {exc}")
+            return _Attempt(StepStatus.FAILED, error=str(exc))
+        await self.emit(StepStarted(self.run_id, step.id, 1, started, ""))
+        limiter = trio.CapacityLimiter(step.max_parallel or max(len(items), 1))
+        results: list[_Attempt | None] = [None] * len(items)
+
+        async def one(index: int, item: Any) -> None:
+            try:
+                results[index] = await self.attempts(step, f"{step.id}.{index}", item,
+                                                     ancestors)
+            finally:
+                limiter.release_on_behalf_of(index)
+
+        async with trio.open_nursery() as nursery:
+            for index, item in enumerate(items):
+                # Items start in their order, each as soon as a place is free.
+                await limiter.acquire_on_behalf_of(index)
+                nursery.start_soon(one, index, item)
+        done = [r for r in results if r is not None]
+        self.states[step.id].items = [
+            {"item": item, "status": str(r.status), "outputs": dict(r.outputs)}
+            for item, r in zip(items, done, strict=True)]
+        failed = [i for i, r in enumerate(done) if r.status is not StepStatus.SUCCEEDED]
+        status = StepStatus.SUCCEEDED
+        error = None
+        if failed:
+            status = StepStatus.FAILED
+            error = f"{len(failed)} of {len(done)} items failed (first: item {failed[0]})"
+        await self.emit(StepFinished(self.run_id, step.id, status, self.clock(), attempt=1,
+                                     error=error))
+        return _Attempt(status, error=error)
+
+    async def finish_unstarted(self, step_id: str, status: StepStatus, error: str) -> None:
+        now = self.clock()
+        with trio.CancelScope(shield=True):
+            await self.emit(StepFinished(self.run_id, step_id, status, now, error=error,
+                                         started_at=None))
+
+    # -- one step, with retries -----------------------------------------------------------
+
+    async def attempts(self, step: Step, instance: str, item: Any,
+                       ancestors: Sequence[str]) -> _Attempt:
+        policy = step.retries or self.job.retries
+        relpath = log_relpath(self.job.name, self.run_id, instance)
+        log = StepLog(self.state_dir / relpath, cap=self.log_cap, redactor=self.redactor)
+        attempt = 1
+        result = _Attempt(StepStatus.CANCELLED, error="cancelled before it started")
+        try:
+            await self.emit(StepStarted(self.run_id, instance, attempt, self.clock(), relpath))
+            while True:
+                if attempt > 1:
+                    log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1}")
+                result = await self.attempt(step, instance, item, attempt, ancestors, log)
+                if (result.status not in FAILED_STATES or not result.retryable
+                        or attempt > policy.limit):
+                    break
+                delay = policy.delay_before(attempt + 1)
+                log.line(f"[pipeline] {result.error}; retrying in {delay:g}s")
+                await self.emit(StepRetrying(self.run_id, instance, attempt, delay,
+                                             result.error))
+                await trio.sleep(delay)
+                attempt += 1
+        except trio.Cancelled:
+            result = _Attempt(StepStatus.CANCELLED,
+                              error=self.handle.stop_reason or "run cancelled")
+            if self.run_timed_out and self.handle.stop_reason is None:
+                result.error = "run timed out"
+            raise
+        finally:
+            log.close()
+            exit = result.exit
+            with trio.CancelScope(shield=True):
+                await self.emit(StepFinished(
+                    self.run_id, instance, result.status, self.clock(), attempt=attempt,
+                    exit_code=exit.exit_code if exit else None,
+                    signal=exit.signal if exit else None,
+                    error=self.redactor.text(result.error) if result.error else None,
+                    outputs=result.outputs))
+        return result
+
+    async def attempt(self, step: Step, instance: str, item: Any, attempt: int,
+                      ancestors: Sequence[str], log: StepLog) -> _Attempt:
+        ctx = self.context(step, item=item, ancestors=ancestors)
+        try:
+            step_env = {k: _text(expr.render_value(v, ctx)) for k, v in step.env.items()}
+            env_view = {**self.job_env, **step_env}
+            ctx["env"] = env_view
+            cwd = expr.render(step.cwd, ctx) if step.cwd else None
+        except ExpressionError as exc:
+            log.line(f"[pipeline] {exc}")
+            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
+        env = {**self.base_env, **env_view, **self.secrets,
+               "PIPELINE_JOB": self.job.name, "PIPELINE_RUN_ID": self.run_id,
+               "PIPELINE_STEP": instance, "PIPELINE_ATTEMPT": str(attempt),
+               "PIPELINE_FIRE_TIME": self.fire_time.isoformat() if self.fire_time else ""}
+        output_file = None
+        if step.kind is not StepKind.USES:  # runners return their outputs instead
+            output_file = self.tmp / f"{instance}.{attempt}.out"
+            output_file.write_bytes(b"")
+            env["PIPELINE_OUTPUT"] = str(output_file)
+        with trio.move_on_after(step.timeout if step.timeout else math.inf) as deadline:
+            if step.kind is StepKind.USES:
+                result = await self.call_runner(step, instance, ctx, env, attempt, log, cwd)
+            else:
+                result = await self.spawn(step, instance, ctx, env, cwd, log)
+        if deadline.cancelled_caught:
+            result = _Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
+            log.line(f"[pipeline] {result.error}")
+        text = ""
+        if output_file is not None:
+            try:
+                text = output_file.read_bytes()[:OUTPUT_FILE_CAP].decode(errors="replace")
+            except OSError:
+                pass
+        outputs, warnings = parse_outputs(text)
+        for warning in warnings:
+            log.line(f"[pipeline] {warning}")
+        result.outputs = {**outputs, **result.outputs}
+        if self.redactor:
+            result.outputs = {k: self.redactor.text(v) for k, v in result.outputs.items()}
+        return result
+
+    async def spawn(self, step: Step, instance: str, ctx: Mapping[str, Any],
+                    env: Mapping[str, str], cwd: str | None, log: StepLog) -> _Attempt:
+        try:
+            if step.kind is StepKind.RUN:
+                assert step.run is not None
+                script = expr.render_script(step.run, ctx)
+                argv = [*(step.shell or default_shell()), script]
+            else:
+                argv = [expr.render(a, ctx) for a in step.exec]
+        except ExpressionError as exc:
+            log.line(f"[pipeline] {exc}")
+            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
+
+        async def spawned(pid: int) -> None:
+            await self.emit(StepSpawned(self.run_id, instance, pid, pid))
+
+        try:
+            exit = await process.run_group(argv, env=env, cwd=cwd, output=log.output,
+                                           grace=step.grace, spawned=spawned,
+                                           hurry=self.handle.hurry)
+        except OSError as exc:
+            error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            log.line(f"[pipeline] {error}")
+            return _Attempt(StepStatus.FAILED, error=error)
+        log.flush_output()
+        if exit.ok:
+            return _Attempt(StepStatus.SUCCEEDED, exit=exit)
+        return _Attempt(StepStatus.FAILED, exit=exit, error=exit.describe())
+
+    async def call_runner(self, step: Step, instance: str, ctx: Mapping[str, Any],
+                          env: Mapping[str, str], attempt: int, log: StepLog,
+                          cwd: str | None) -> _Attempt:
+        assert step.uses is not None
+        runner = self.runners.get(step.uses)
+        if runner is None:
+            return _Attempt(StepStatus.FAILED, error=f"unknown runner {step.uses!r}",
+                            retryable=False)
+        try:
+            args = expr.render_value(step.with_, ctx)
+        except ExpressionError as exc:
+            log.line(f"[pipeline] {exc}")
+            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
+        step_ctx = StepContext(job=self.job.name, run_id=self.run_id, step_id=instance,
+                               attempt=attempt, env=env, log=log.line,
+                               state_dir=self.state_dir, start_job=self.start_job)
+        try:
+            outputs = await runner.run(args, step_ctx)
+        except (RunnerError, ExpressionError) as exc:
+            log.line(f"[pipeline] {exc}")
+            return _Attempt(StepStatus.FAILED, error=str(exc))
+        except Exception as exc:  # a runner's bug fails its step, never the run
+            logger.opt(exception=exc).error("runner {} crashed", step.uses)
+            error = f"runner {step.uses} crashed: {type(exc).__name__}: {exc}"
+            log.line(f"[pipeline] {error}")
+            return _Attempt(StepStatus.FAILED, error=error)
+        return _Attempt(StepStatus.SUCCEEDED,
+                        outputs={str(k): _text(v) for k, v in (outputs or {}).items()})
+
+    # -- the whole run ------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        job = self.job
+        try:
+            ctx = self.context()
+            self.job_env = {k: _text(expr.render_value(v, ctx)) for k, v in job.env.items()}
+        except ExpressionError as exc:
+            return await self.fail_all(f"env: {exc}")
+        reason: str | None = None
+        ok = False
+        with self.handle.cancel_scope:
+            with trio.move_on_after(job.timeout if job.timeout else math.inf) as self.deadline:
+                await self.run_graph(job.steps)
+            if self.deadline.cancelled_caught:
+                reason = f"run timed out after {job.timeout:g}s"
+            failed = [s.id for s in job.steps if self.failed(s.id)]
+            if failed and reason is None:
+                reason = f"step{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}"
+            ok = not failed and not self.run_timed_out
+            await self.run_graph(job.on_success if ok else job.on_failure)
+            await self.run_graph(job.finally_)
+        if self.handle.cancel_scope.cancelled_caught:
+            self.cancelled = True
+            reason = self.handle.stop_reason or "cancelled"
+            await self.record_unstarted(reason)
+            return RunResult(RunStatus.CANCELLED, reason)
+        await self.record_unstarted("run timed out" if self.run_timed_out else "not started")
+        hook_failed = [s.id for s in (*job.on_success, *job.on_failure, *job.finally_)
+                       if self.failed(s.id)]
+        if ok and hook_failed:
+            return RunResult(RunStatus.FAILED, f"hook failed: {', '.join(hook_failed)}")
+        return RunResult(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, reason)
+
+    def failed(self, step_id: str) -> bool:
+        state = self.states[step_id]
+        return state.status in FAILED_STATES and not state.continued
+
+    async def record_unstarted(self, reason: str) -> None:
+        """Record every step that never got to run, so the run's step list is complete."""
+        for step in self.job.all_steps():
+            state = self.states[step.id]
+            if state.status is not StepStatus.PENDING:
+                continue
+            if step.id in self.hook_ids and not self.cancelled:
+                state.status = StepStatus.SKIPPED  # the hook list of the branch not taken
+                await self.finish_unstarted(step.id, state.status, "hook not needed")
+            else:
+                state.status = StepStatus.CANCELLED
+                await self.finish_unstarted(step.id, state.status, reason)
+
+    async def fail_all(self, reason: str) -> RunResult:
+        for step in self.job.all_steps():
+            self.states[step.id].status = StepStatus.SKIPPED
+            await self.finish_unstarted(step.id, StepStatus.SKIPPED, reason)
+        return RunResult(RunStatus.FAILED, reason)
+
+
+def _ancestors(steps: Sequence[Step]) -> dict[str, list[str]]:
+    """Every step's transitive needs (within ``steps``), nearest first."""
+    by_id = {s.id: s for s in steps}
+    memo: dict[str, list[str]] = {}
+
+    def walk(sid: str) -> list[str]:
+        if sid not in memo:
+            found: list[str] = []
+            for need in by_id[sid].needs:
+                if need in by_id:
+                    for a in [need, *walk(need)]:
+                        if a not in found:
+                            found.append(a)
+            memo[sid] = found
+        return memo[sid]
+
+    return {sid: walk(sid) for sid in by_id}
+
+
+def _text(value: Any) -> str:
+    """A value as a step sees it in its environment or outputs."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(thaw(value))
+    return str(value)
+
+
+async def run_job(
+    job: Job,
+    *,
+    run_id: str,
+    state_dir: Path,
+    emit: Emit,
+    params: Mapping[str, Any] | None = None,
+    trigger: Trigger = Trigger.MANUAL,
+    fire_time: datetime | None = None,
+    handle: RunHandle | None = None,
+    runners: Mapping[str, Runner] | None = None,
+    clock: Clock = utc_now,
+    log_cap: int = DEFAULT_LOG_CAP,
+    environ: Mapping[str, str] | None = None,
+    start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
+) -> RunResult:
+    """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
+
+    The run must already be recorded (``RunQueued``) by the caller, which also resolved and
+    checked ``params``. Secrets are read from ``environ`` (default: this process's
+    environment) at start. Cancelling ``handle.cancel_scope`` (``handle.stop()``) stops the
+    run: the result is ``cancelled``. Step failures, timeouts and expression errors never
+    raise; they are recorded on their step.
+    """
+    environ = os.environ if environ is None else environ
+    handle = handle or RunHandle(run_id, job.name)
+    with logger.contextualize(job=job.name, run=run_id):
+        await emit(RunStarted(run_id, clock()))
+        try:
+            secrets = resolve_secrets(job, environ)
+        except RunnerError as exc:
+            secrets = {}
+            failure: str | None = str(exc)
+        else:
+            failure = None
+        run = _Run(job, run_id=run_id, handle=handle, state_dir=state_dir, emit=emit,
+                   params=params or {}, secrets=secrets, trigger=trigger, fire_time=fire_time,
+                   runners=runners if runners is not None else builtin_runners(),
+                   clock=clock, log_cap=log_cap, environ=environ, start_job=start_job)
+        # Cancelled from outside without a stop (the daemon's nursery is going away), the run
+        # still gets a final record.
+        outcome = RunResult(RunStatus.CANCELLED, "cancelled")
+        try:
+            if failure is not None:
+                outcome = await run.fail_all(failure)
+            else:
+                outcome = await run.run()
+        finally:
+            run.cleanup()
+            with trio.CancelScope(shield=True):
+                await emit(RunFinished(run_id, outcome.status, clock(),
+                                       run.redactor.text(outcome.reason)
+                                       if outcome.reason else None))
+            handle.status = outcome.status
+            handle.finished.set()
+        logger.info("run {} {}{}", run_id, outcome.status,
+                    f" ({outcome.reason})" if outcome.reason else "")
+        return outcome

@@ -1,0 +1,119 @@
+"""The one writer between event producers and the store: group commit, and calm on disk errors.
+
+Producers (every step of every run, the scheduler) call ``await journal.write(event)``; the
+writer task takes everything queued at that moment and commits it as one transaction in a
+worker thread, so a fan-out of a hundred steps costs a few commits, not two hundred. A
+``write`` returns once its event is durable, which is what lets the engine record a step as
+started before it spawns the process.
+
+When a commit fails (a full disk, an I/O error), nothing is dropped: the batch is retried
+every ``retry`` seconds, the error is logged once per condition, and ``write`` stops waiting
+(runs carry on) until a commit succeeds again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import trio
+from loguru import logger
+
+from pipeline.errors import StateError
+from pipeline.events import Event, RunQueued
+from pipeline.store import Store
+
+MAX_BATCH = 2000
+
+
+class Journal:
+    def __init__(self, store: Store, *, retry: float = 1.0,
+                 observers: tuple[Callable[[Event], None], ...] = ()) -> None:
+        self.store = store
+        self.retry = retry
+        self.observers = observers  # told of every event as it is written (view, metrics)
+        self.healthy = True
+        self.failure: str | None = None
+        self._send, self._receive = trio.open_memory_channel[
+            tuple[Event, trio.Event | None, list[bool]]](math.inf)
+
+    async def write(self, event: Event) -> bool:
+        """Queue ``event`` and wait until it is committed (unless the store is failing).
+
+        Returns False only for a ``RunQueued`` that the store refused: its fire already has a
+        run.
+        """
+        for observer in self.observers:
+            observer(event)
+        if not self.healthy:
+            self._send.send_nowait((event, None, []))
+            return True
+        done = trio.Event()
+        verdict: list[bool] = []
+        self._send.send_nowait((event, done, verdict))
+        await done.wait()
+        return not verdict or verdict[0]
+
+    def write_nowait(self, event: Event) -> None:
+        for observer in self.observers:
+            observer(event)
+        self._send.send_nowait((event, None, []))
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Commit batches until cancelled; then commit what is still queued, once."""
+        task_status.started()
+        try:
+            while True:
+                batch = [await self._receive.receive()]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._commit(batch)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush_queued()
+
+    async def flush_queued(self) -> None:
+        batch = []
+        while True:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        if batch:
+            with trio.move_on_after(5):
+                await self._commit(batch, give_up=True)
+
+    async def _commit(self, batch: list[tuple[Event, trio.Event | None, list[bool]]], *,
+                      give_up: bool = False) -> None:
+        events = [event for event, _, _ in batch]
+        while True:
+            try:
+                refused = await trio.to_thread.run_sync(self.store.record, events)
+                break
+            except StateError as exc:
+                message = str(exc)
+                if self.failure != message:
+                    logger.error("cannot record state: {} (retrying every {}s)", message,
+                                 self.retry)
+                    self.failure = message
+                self.healthy = False
+                for _, done, _ in batch:  # writers go on; their events stay queued here
+                    if done is not None:
+                        done.set()
+                if give_up:
+                    logger.error("{} events not recorded", len(events))
+                    return
+                await trio.sleep(self.retry)
+        if not self.healthy:
+            logger.info("recording state again")
+        self.healthy = True
+        self.failure = None
+        for event, done, verdict in batch:
+            if isinstance(event, RunQueued):
+                verdict.append(event.run_id not in refused)
+            if done is not None:
+                done.set()

@@ -1,0 +1,539 @@
+"""The daemon loop: fire each job on its schedules, apply the catch-up, overlap and circuit
+breaker policies, and run the fires through the engine.
+
+Every fire has an identity, (job, scheduled instant). A fire is claimed in the store (a run or
+a skip is recorded for it) before anything else happens, and the store refuses a second claim
+for the same fire; only then does the job's watermark ("every fire up to here is dealt with")
+move past it. So a crash at any moment loses nothing (fires after the watermark are looked at
+again on restart) and doubles nothing (those already claimed are refused).
+
+The loop never sleeps blindly until a far fire: it wakes at least every ``recheck`` seconds and
+reads the wall clock again, so a clock jump forward or a resume from suspend is handled by the
+catch-up policy, and a jump back never re-runs a fire (fires are only ever taken after the
+watermark).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from pipeline import triggers
+from pipeline.engine import RunHandle, run_job, utc_now
+from pipeline.errors import NotFound, ParamError
+from pipeline.events import RunQueued, RunSkipped, WatermarkMoved
+from pipeline.journal import Journal
+from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
+from pipeline.runners import Runner
+from pipeline.store import Store, new_run_id, process_identity
+from pipeline.versions import version_of
+
+RECHECK = 2.0  # longest sleep without looking at the wall clock again
+MISFIRE_GRACE = 60.0  # a fire noticed later than this was missed: the catch-up policy decides
+MAX_MISSED = 1000
+# trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
+# instant halves that (MEASURED.md).
+PRECISE = 0.010
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class _Queued:
+    run_id: str
+    fire_time: datetime | None
+    trigger: Trigger
+    params: Mapping[str, Any]
+    job: Job
+
+
+@dataclass(frozen=True)
+class _Stored:
+    watermark: datetime
+    claimed: set[datetime]
+    failures: int
+    opened_at: datetime | None
+
+
+@dataclass
+class JobState:
+    """What the daemon keeps per job between fires."""
+
+    job: Job
+    watermark: datetime
+    next_fire: datetime | None = None
+    generation: int = 0
+    active: dict[str, RunHandle] = field(default_factory=dict)
+    queue: deque[_Queued] = field(default_factory=deque)
+    failures: int = 0  # consecutive failed runs
+    opened_at: datetime | None = None  # when the circuit breaker opened
+    claimed: set[datetime] = field(default_factory=set)  # fires after the watermark, claimed
+    version: Version | None = None  # of `job`, with git facts; looked up at its first fire
+
+    def circuit_open(self, now: datetime) -> bool:
+        breaker = self.job.circuit_breaker
+        if breaker is None or self.failures < breaker.after or self.opened_at is None:
+            return False
+        return now < self.opened_at + timedelta(seconds=breaker.cooldown)
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What became of a fire or a trigger: a run started, queued, or skipped (and why)."""
+
+    run_id: str
+    status: RunStatus
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Statistics:
+    jobs: int
+    active_runs: int
+    queued_runs: int
+    circuits_open: int
+
+
+class Scheduler:
+    """Fires jobs and owns their runs: every run is a task in the scheduler's nursery."""
+
+    def __init__(self, *, store: Store, journal: Journal, state_dir: Path,
+                 runners: Mapping[str, Runner], clock: Clock = utc_now,
+                 recheck: float = RECHECK, misfire_grace: float = MISFIRE_GRACE,
+                 rng: random.Random | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 on_run_finished: Callable[[str, str, RunStatus], None] | None = None) -> None:
+        self.store = store
+        self.journal = journal
+        self.state_dir = state_dir
+        self.runners = runners
+        self.clock = clock
+        self.recheck = recheck
+        self.misfire_grace = misfire_grace
+        self.rng = rng or random.Random()
+        self.environ = environ
+        self.on_run_finished = on_run_finished
+        self.jobs: dict[str, JobState] = {}
+        self.runs: dict[str, RunHandle] = {}
+        self._heap: list[tuple[datetime, str, int]] = []
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._firing = True
+        self._loaded = False
+
+    # -- the catalog ---------------------------------------------------------------------
+
+    async def load(self, jobs: Mapping[str, Job]) -> None:
+        """Make ``jobs`` the scheduled set: add, update and remove jobs.
+
+        The first call picks up each job's stored watermark, so fires missed while the daemon
+        was down are caught up by policy. Later, a job that appears starts from now (it never
+        backfills), and an edited schedule starts from now (it never fires retroactively);
+        runs under way finish on the version they started with.
+        """
+        stored: dict[str, _Stored] = {}
+        if not self._loaded:
+            stored = await trio.to_thread.run_sync(self._read_stored, dict(jobs))
+        now = self.clock()
+        for name, job in jobs.items():
+            state = self.jobs.get(name)
+            if state is None:
+                known = stored.get(name)
+                state = JobState(job=job, watermark=known.watermark if known else now)
+                if known is not None:
+                    state.claimed = known.claimed
+                    state.failures = known.failures
+                    state.opened_at = known.opened_at
+                else:
+                    # Persist where a new job starts, so a restart does not backfill it.
+                    self.journal.write_nowait(WatermarkMoved(name, now))
+                self.jobs[name] = state
+                logger.info("job {} scheduled: {}", name, self.describe(job))
+            elif job.sha256 != state.job.sha256:
+                if job.schedules != state.job.schedules and now > state.watermark:
+                    state.watermark = now
+                    self.journal.write_nowait(WatermarkMoved(name, now))
+                state.job = job
+                logger.info("job {} reloaded: {}", name, self.describe(job))
+            else:
+                continue
+            self._reschedule(state)
+        for name in [n for n in self.jobs if n not in jobs]:
+            state = self.jobs.pop(name)
+            for queued in state.queue:
+                self.journal.write_nowait(RunSkipped(queued.run_id, name, queued.trigger,
+                                                     queued.fire_time, now,
+                                                     "the job was removed"))
+            state.queue.clear()
+            logger.info("job {} unscheduled (its file is gone); history kept", name)
+        self._loaded = True
+        self._wakeup.set()
+
+    def _read_stored(self, jobs: Mapping[str, Job]) -> dict[str, _Stored]:
+        """Each job's schedule state as the last daemon left it (runs in a worker thread)."""
+        found = {}
+        for name, watermark in self.store.watermarks().items():
+            if name not in jobs:
+                continue
+            failures = self.store.consecutive_failures(name)
+            breaker = jobs[name].circuit_breaker
+            opened_at = None
+            if failures and breaker is not None:
+                opened_at = self.store.circuit_opened_at(name, breaker.after)
+            found[name] = _Stored(watermark, self.store.fires_after(name, watermark),
+                                  failures, opened_at)
+        return found
+
+    @staticmethod
+    def describe(job: Job) -> str:
+        if not job.schedules:
+            return "no schedule (runs when triggered)"
+        text = "; ".join(triggers.describe(s) for s in job.schedules)
+        return text + ("" if job.enabled else " (disabled)")
+
+    def _reschedule(self, state: JobState) -> None:
+        state.generation += 1
+        state.next_fire = None
+        if not state.job.enabled or not state.job.schedules:
+            return
+        fires = triggers.next_fires(state.job.schedules, state.watermark, 1)
+        if fires:
+            state.next_fire = fires[0]
+            heapq.heappush(self._heap, (fires[0], state.job.name, state.generation))
+
+    def next_fire(self, name: str) -> datetime | None:
+        state = self.jobs.get(name)
+        return state.next_fire if state else None
+
+    def statistics(self) -> Statistics:
+        now = self.clock()
+        return Statistics(
+            jobs=len(self.jobs), active_runs=len(self.runs),
+            queued_runs=sum(len(s.queue) for s in self.jobs.values()),
+            circuits_open=sum(1 for s in self.jobs.values() if s.circuit_open(now)))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Fire due jobs until cancelled. Runs are tasks of this nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                if self._firing:
+                    await self.fire_due()
+                await self._sleep()
+
+    def _until_next(self) -> float:
+        """Seconds (by the wall clock) until the earliest scheduled fire, at most ``recheck``."""
+        while self._heap:
+            at, name, generation = self._heap[0]
+            state = self.jobs.get(name)
+            if state is None or state.generation != generation:
+                heapq.heappop(self._heap)
+                continue
+            if not self._firing:
+                break
+            return min(self.recheck, max((at - self.clock()).total_seconds(), 0.0))
+        return self.recheck
+
+    async def _sleep(self) -> None:
+        self._wakeup = trio.Event()
+        delay = self._until_next()
+        if delay > PRECISE:
+            with trio.move_on_after(delay - PRECISE):
+                await self._wakeup.wait()
+            if self._wakeup.is_set():
+                return
+            delay = self._until_next()
+            if delay > PRECISE * 2:
+                return  # the clock moved under us: look again from the top
+        await trio.sleep(delay)
+
+    async def fire_due(self) -> None:
+        """Deal with every fire that is due by now, for every job."""
+        now = self.clock()
+        while self._heap and self._heap[0][0] <= now:
+            _, name, generation = heapq.heappop(self._heap)
+            state = self.jobs.get(name)
+            if state is None or state.generation != generation:
+                continue
+            await self._fire(state, now)
+            self._reschedule(state)
+
+    async def _fire(self, state: JobState, now: datetime) -> None:
+        job = state.job
+        fires, truncated = triggers.fires_between(job.schedules, state.watermark, now,
+                                                  limit=MAX_MISSED)
+        if truncated:
+            logger.warning("job {}: more than {} fires were missed; only the latest {} are "
+                           "considered", job.name, MAX_MISSED, MAX_MISSED)
+        fires = [f for f in fires if f not in state.claimed]
+        late = [f for f in fires if (now - f).total_seconds() > self.misfire_grace]
+        on_time = [f for f in fires if f not in late]
+        catchup = _catchup(job)
+        if late:
+            logger.warning("job {}: {} fire(s) missed (from {} to {}); catchup: {}", job.name,
+                           len(late), late[0].isoformat(), late[-1].isoformat(), catchup)
+        to_run: list[tuple[datetime, Trigger]] = []
+        for index, fire in enumerate(late):
+            last = index == len(late) - 1
+            if catchup is Catchup.ALL or (catchup is Catchup.LATEST and last and not on_time):
+                to_run.append((fire, Trigger.CATCHUP))
+            else:
+                reason = ("missed while the daemon was down or stalled (catchup: none)"
+                          if catchup is Catchup.NONE else
+                          "missed; superseded by a later fire (catchup: latest)")
+                await self._skip(state, fire, Trigger.CATCHUP, reason)
+        to_run.extend((fire, Trigger.SCHEDULE) for fire in on_time)
+        for fire, trigger in to_run:
+            # Catch-up of `all` runs one after another, in order, whatever the overlap
+            # policy says: the policy is about a new fire meeting a run, not about a backlog.
+            queue = trigger is Trigger.CATCHUP and catchup is Catchup.ALL
+            await self._dispatch(state, fire_time=fire, trigger=trigger, params=None,
+                                 force_queue=queue)
+        if fires or now > state.watermark:
+            state.watermark = max(now, state.watermark)
+            state.claimed = {f for f in state.claimed if f > state.watermark}
+            self.journal.write_nowait(WatermarkMoved(job.name, state.watermark))
+
+    async def _version(self, state: JobState) -> Version:
+        if state.version is None or state.version.sha256 != state.job.sha256:
+            try:
+                state.version = await trio.to_thread.run_sync(_version_of, state.job)
+            except OSError:
+                state.version = Version(sha256=state.job.sha256)
+        return state.version
+
+    async def _skip(self, state: JobState, fire: datetime | None, trigger: Trigger,
+                    reason: str) -> Dispatched:
+        run_id = new_run_id(self.clock())
+        await self.journal.write(RunSkipped(run_id, state.job.name, trigger, fire,
+                                            self.clock(), reason,
+                                            version=await self._version(state)))
+        logger.info("job {}: fire {} skipped: {}", state.job.name,
+                    fire.isoformat() if fire else "-", reason)
+        return Dispatched(run_id, RunStatus.SKIPPED, reason)
+
+    async def _dispatch(self, state: JobState, *, fire_time: datetime | None,
+                        trigger: Trigger, params: Mapping[str, Any] | None,
+                        force_queue: bool = False, parent: str | None = None) -> Dispatched:
+        """Apply the overlap policy and the circuit breaker to one fire or trigger."""
+        job = state.job
+        now = self.clock()
+        scheduled = trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
+        if scheduled and state.circuit_open(now):
+            return await self._skip(state, fire_time, trigger, "circuit open")
+        policy = job.concurrency
+        busy = bool(state.active) or bool(state.queue)
+        if force_queue or (policy.policy is Policy.QUEUE and busy):
+            if not force_queue and len(state.queue) >= policy.max_queued:
+                return await self._skip(state, fire_time, trigger,
+                                        f"queue full ({policy.max_queued} waiting)")
+            run_id = await self._claim(state, fire_time, trigger, params or {}, parent)
+            if run_id is None:
+                return Dispatched("", RunStatus.SKIPPED, "this fire already has a run")
+            state.queue.append(_Queued(run_id, fire_time, trigger, params or {}, job))
+            self._start_queued(state)
+            return Dispatched(run_id, RunStatus.QUEUED)
+        if busy and policy.policy is Policy.FORBID:
+            return await self._skip(state, fire_time, trigger,
+                                    "a previous run is still active (concurrency: forbid)")
+        if (policy.policy is Policy.ALLOW and policy.max_active is not None
+                and len(state.active) >= policy.max_active):
+            return await self._skip(state, fire_time, trigger,
+                                    f"{policy.max_active} runs already active (max_active)")
+        run_id = await self._claim(state, fire_time, trigger, params or {}, parent)
+        if run_id is None:
+            return Dispatched("", RunStatus.SKIPPED, "this fire already has a run")
+        replaced = list(state.active.values()) if policy.policy is Policy.REPLACE else []
+        for handle in replaced:
+            handle.stop(f"replaced by run {run_id}")
+        self._start(state, _Queued(run_id, fire_time, trigger, params or {}, job),
+                    after=replaced, jitter=scheduled)
+        return Dispatched(run_id, RunStatus.RUNNING)
+
+    async def _claim(self, state: JobState, fire_time: datetime | None, trigger: Trigger,
+                     params: Mapping[str, Any], parent: str | None) -> str | None:
+        run_id = new_run_id(self.clock())
+        accepted = await self.journal.write(RunQueued(
+            run_id, state.job.name, trigger, self.clock(), fire_time=fire_time,
+            params=params, version=await self._version(state), document=state.job.document,
+            parent_run_id=parent, owner=process_identity()))
+        if not accepted:
+            logger.warning("job {}: fire {} already has a run; not run again",
+                           state.job.name, fire_time.isoformat() if fire_time else "-")
+            return None
+        if fire_time is not None:
+            state.claimed.add(fire_time)
+        return run_id
+
+    def _start_queued(self, state: JobState) -> None:
+        if state.active or not state.queue:
+            return
+        self._start(state, state.queue.popleft(), after=[], jitter=False)
+
+    def _start(self, state: JobState, queued: _Queued, *, after: list[RunHandle],
+               jitter: bool) -> None:
+        assert self._nursery is not None, "serve() is not running"
+        handle = RunHandle(queued.run_id, state.job.name)
+        state.active[queued.run_id] = handle
+        self.runs[queued.run_id] = handle
+        delay = 0.0
+        if jitter:
+            spreads = [s.jitter for s in queued.job.schedules if s.jitter]
+            if spreads:
+                delay = self.rng.uniform(0, max(spreads))
+        self._nursery.start_soon(self._run, state, queued, handle, after, delay,
+                                 name=f"run {queued.run_id}")
+
+    async def _run(self, state: JobState, queued: _Queued, handle: RunHandle,
+                   after: list[RunHandle], delay: float) -> None:
+        status = RunStatus.CANCELLED
+        try:
+            for previous in after:  # `replace`: the old run is gone before the new starts
+                await previous.finished.wait()
+            if delay:
+                with trio.move_on_after(delay):
+                    await handle.stopped.wait()
+            result = await run_job(
+                queued.job, run_id=queued.run_id, state_dir=self.state_dir,
+                emit=self.journal.write, params=queued.params, trigger=queued.trigger,
+                fire_time=queued.fire_time, handle=handle, runners=self.runners,
+                clock=self.clock, environ=self.environ, start_job=self.start_child)
+            status = result.status
+        finally:
+            state.active.pop(queued.run_id, None)
+            self.runs.pop(queued.run_id, None)
+            self._count(state, status)
+            if self.on_run_finished is not None:
+                self.on_run_finished(state.job.name, queued.run_id, status)
+            if self.jobs.get(state.job.name) is state and self._firing:
+                self._start_queued(state)
+
+    def _count(self, state: JobState, status: RunStatus) -> None:
+        if status is RunStatus.SUCCEEDED:
+            state.failures = 0
+            state.opened_at = None
+        elif status is RunStatus.FAILED:
+            state.failures += 1
+            breaker = state.job.circuit_breaker
+            if (breaker is not None and state.failures >= breaker.after
+                    and (state.opened_at is None or not state.circuit_open(self.clock()))):
+                state.opened_at = self.clock()
+                logger.warning("job {}: circuit open after {} failed runs; scheduled fires "
+                               "are skipped for {:g}s", state.job.name, state.failures,
+                               breaker.cooldown)
+
+    # -- operators ------------------------------------------------------------------------
+
+    async def trigger(self, name: str, params: Mapping[str, Any] | None = None, *,
+                      trigger: Trigger = Trigger.API, parent: str | None = None) -> Dispatched:
+        """Run a job now (outside its schedule), through its overlap policy.
+
+        Params must already be checked. A refusal by the policy is recorded as a skipped run
+        and says why. The circuit breaker never stops a trigger. Raises NotFound.
+        """
+        state = self.jobs.get(name)
+        if state is None:
+            raise NotFound(f"no job {name!r}")
+        return await self._dispatch(state, fire_time=None, trigger=trigger, params=params,
+                                    parent=parent)
+
+    async def start_child(self, job: str, params: Mapping[str, Any] | None = None, *,
+                          parent_run_id: str | None = None, wait: bool = True,
+                          ) -> Mapping[str, Any]:
+        """For ``uses: job``: start ``job`` as a child run; wait for it if asked."""
+        state = self.jobs.get(job)
+        if state is None:
+            raise NotFound(f"no job {job!r}")
+        from pipeline.spec import parse_params
+
+        try:
+            values = parse_params(state.job, params or {})
+        except ParamError:
+            raise
+        dispatched = await self.trigger(job, values, trigger=Trigger.PARENT,
+                                        parent=parent_run_id)
+        run_id = dispatched.run_id
+        handle = self.runs.get(run_id)
+        status = None
+        if wait and handle is not None:
+            await handle.finished.wait()
+            status = handle.status
+        record = await trio.to_thread.run_sync(self.store.run, run_id)
+        if record is not None:
+            status = record.status
+        return {"run_id": run_id, "status": str(status) if status else "unknown"}
+
+    def stop(self, run_id: str, reason: str = "stopped by an operator") -> bool:
+        """Cancel an active or queued run; False if it is not active."""
+        handle = self.runs.get(run_id)
+        if handle is not None:
+            handle.stop(reason)
+            return True
+        for state in self.jobs.values():
+            for queued in list(state.queue):
+                if queued.run_id == run_id:
+                    state.queue.remove(queued)
+                    self.journal.write_nowait(RunSkipped(run_id, state.job.name,
+                                                         queued.trigger, queued.fire_time,
+                                                         self.clock(), reason))
+                    return True
+        return False
+
+    def reset_circuit(self, name: str) -> bool:
+        state = self.jobs.get(name)
+        if state is None:
+            return False
+        state.failures = 0
+        state.opened_at = None
+        self.store.reset_circuit(name, self.clock())
+        return True
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop firing; give active runs ``grace`` seconds, then cancel them."""
+        self._firing = False
+        for state in self.jobs.values():
+            for queued in state.queue:
+                await self.journal.write(RunSkipped(
+                    queued.run_id, state.job.name, queued.trigger, queued.fire_time,
+                    self.clock(), "the daemon stopped before the run could start"))
+            state.queue.clear()
+        if self.runs:
+            logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
+        with trio.move_on_after(grace):
+            while self.runs:
+                await next(iter(self.runs.values())).finished.wait()
+        for handle in list(self.runs.values()):
+            handle.stop("the daemon is shutting down")
+        while self.runs:
+            await next(iter(self.runs.values())).finished.wait()
+
+    def kill_all(self) -> None:
+        self._firing = False
+        for handle in list(self.runs.values()):
+            handle.kill("the daemon was told to stop now")
+
+
+def _catchup(job: Job) -> Catchup:
+    # A job with several schedules takes the most generous catch-up among them.
+    order = [Catchup.NONE, Catchup.LATEST, Catchup.ALL]
+    return max((s.catchup for s in job.schedules), key=order.index, default=Catchup.LATEST)
+
+
+def _version_of(job: Job) -> Version:
+    """The job's version with its git facts, if the file still holds the bytes we loaded."""
+    version = version_of(Path(job.file))
+    return version if version.sha256 == job.sha256 else Version(sha256=job.sha256)
+

@@ -1,0 +1,262 @@
+"""The command line, as a user drives it: exit codes, formats, and real `pipeline` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import process
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = [sys.executable, "-m", "pipeline"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Path:
+    d = tmp_path / "jobs.d"
+    write(d / "hello.yaml", """
+        params:
+          who: {type: string, default: world}
+          times: {type: integer, default: 1}
+        steps:
+          - id: greet
+            run: echo "hello ${{ params.who }} x${{ params.times }}"
+          - id: after
+            needs: [greet]
+            run: echo "n=2" >> "$PIPELINE_OUTPUT"
+    """)
+    write(d / "fails.yaml", """
+        steps:
+          - {id: boom, run: "echo about to fail; exit 4"}
+    """)
+    return d
+
+
+def state_args(tmp_path: Path, jobs: Path) -> list[str]:
+    return ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+
+
+def test_validate_exit_codes_and_formats(tmp_path: Path, jobs: Path) -> None:
+    code, out, err = cli("validate", "--jobs-dir", str(jobs))
+    assert code == 0, out + err
+    assert "2 files valid" in err
+    bad = write(tmp_path / "bad" / "bad.yaml", """
+        steps:
+          - id: a
+            run: "true"
+            neds: [b]
+    """)
+    code, out, _ = cli("validate", str(bad))
+    assert code == 1
+    assert out.startswith(f"{bad}:5:5: error: ")
+    code, out, _ = cli("validate", "--format", "json", str(bad))
+    answer = json.loads(out)
+    assert code == 1 and answer["valid"] is False
+    assert answer["files"][0]["errors"][0]["line"] == 5
+    code, out, _ = cli("validate", "--format", "github", str(bad))
+    assert out.startswith(f"::error file={bad},line=5,col=5::")
+    code, _, _ = cli("validate", str(tmp_path / "missing.yaml"))
+    assert code == 2
+
+
+def test_run_show_runs_logs(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    code, out, err = cli("run", *args, "hello", "-p", "who=ops team", "-p", "times=3")
+    assert code == 0, out + err
+    assert "greet: succeeded" in out
+    code, out, _ = cli("runs", *args, "--json")
+    runs = json.loads(out)
+    assert code == 0 and len(runs) == 1
+    run = runs[0]
+    assert run["job"] == "hello" and run["status"] == "succeeded" and run["trigger"] == "manual"
+    assert run["params"] == {"who": "ops team", "times": 3}
+    code, out, _ = cli("show", *args, run["id"], "--json")
+    shown = json.loads(out)
+    assert [s["id"] for s in shown["steps"]] == ["greet", "after"]
+    assert shown["steps"][1]["outputs"] == {"n": "2"}
+    assert shown["version"]["sha256"]
+    code, out, _ = cli("logs", *args, run["id"], "greet")
+    assert code == 0 and out == "hello ops team x3\n"
+    code, _, err = cli("show", *args, "20990101T000000-deadbeef")
+    assert code == 1 and "no run" in err
+    code, _, err = cli("logs", *args, "../../etc/passwd")
+    assert code == 1
+
+
+def test_run_exit_codes(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "fails")[0] == 1
+    code, _, err = cli("run", *args, "hello", "-p", "times=many")
+    assert code == 2 and "times" in err
+    code, _, err = cli("run", *args, "hello", "-p", "nope=1")
+    assert code == 2 and "nope" in err
+    code, _, err = cli("run", *args, "no-such-job")
+    assert code == 2 and "unknown job" in err
+    broken = write(tmp_path / "broken.yaml", "steps: []\n")
+    code, _, err = cli("run", *args, str(broken))
+    assert code == 2 and "broken.yaml:1:" in err
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    code, out, _ = cli("run", *args, "hello", "--dry-run", "-p", "who=$(id)")
+    assert code == 0
+    assert "echo \"hello \\$(id) x1\"" in out
+    assert not (tmp_path / "state" / "state.db").exists() or \
+        json.loads(cli("runs", *args, "--json")[1]) == []
+
+
+def test_graph_formats(jobs: Path) -> None:
+    code, out, _ = cli("graph", "--jobs-dir", str(jobs), "hello", "--format", "dot")
+    assert code == 0 and "->" in out and "greet" in out
+    code, out, _ = cli("graph", "--jobs-dir", str(jobs), "hello", "--format", "mermaid")
+    assert code == 0 and "greet" in out
+
+
+def test_schema_commands() -> None:
+    code, out, _ = cli("schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["$schema"].endswith("2020-12/schema")
+    code, out, _ = cli("schema", "--runner", "sleep")
+    assert code == 0 and "duration" in json.loads(out)["properties"]
+    assert cli("schema", "--runner", "nope")[0] == 2
+
+
+def test_secret_appears_nowhere_under_the_state_directory(tmp_path: Path) -> None:
+    secret = "Zq9-very-secret-value-4711"
+    job = write(tmp_path / "jobs.d" / "secretive.yaml", """
+        secrets:
+          API_KEY: {env: TEST_API_KEY}
+        steps:
+          - id: use
+            run: |
+              echo "key is $API_KEY"
+              echo "key=$API_KEY" >> "$PIPELINE_OUTPUT"
+              echo "${{ secrets.API_KEY }}" >&2
+          - id: fail
+            needs: [use]
+            run: "echo ${{ secrets.API_KEY }}; exit 1"
+    """)
+    state = tmp_path / "state"
+    env = {**os.environ, "TEST_API_KEY": secret}
+    done = subprocess.run([*PIPELINE, "run", "--state-dir", str(state), str(job)], env=env,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert secret.encode() not in done.stdout + done.stderr
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".log" for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    shown = subprocess.run([*PIPELINE, "show", "--state-dir", str(state), "--json",
+                            json.loads(subprocess.run(
+                                [*PIPELINE, "runs", "--state-dir", str(state), "--json"],
+                                capture_output=True, check=True).stdout)[0]["id"]],
+                           capture_output=True, check=True)
+    assert secret.encode() not in shown.stdout
+    assert b"***" in shown.stdout
+
+
+def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> None:
+    job = write(tmp_path / "slow.yaml", """
+        steps:
+          - id: slow
+            run: |
+              sleep 300 &
+              echo "child=$!" >> "$PIPELINE_OUTPUT"
+              echo started
+              sleep 300
+    """)
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*PIPELINE, "run", "--state-dir", str(state), str(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = state / "logs" / "slow"
+    _wait_for(lambda: any(p.read_text() == "started\n" for p in log.rglob("*.log")))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    runs = json.loads(subprocess.run([*PIPELINE, "runs", "--state-dir", str(state), "--json"],
+                                     capture_output=True, check=True).stdout)
+    assert runs[0]["status"] == "cancelled"
+    assert "SIGINT" in runs[0]["reason"]
+    shown = json.loads(subprocess.run(
+        [*PIPELINE, "show", "--state-dir", str(state), "--json", runs[0]["id"]],
+        capture_output=True, check=True).stdout)
+    assert shown["steps"][0]["status"] == "cancelled"
+    assert process.processes_of_run(runs[0]["id"]) == []
+
+
+def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> None:
+    job = write(tmp_path / "slow.yaml", """
+        steps:
+          - {id: slow, run: "echo started; sleep 300 & sleep 300"}
+    """)
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*PIPELINE, "run", "--state-dir", str(state), str(job)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = state / "logs" / "slow"
+    _wait_for(lambda: any(p.read_text() == "started\n" for p in log.rglob("*.log")))
+    proc.kill()
+    proc.wait()
+    runs = json.loads(subprocess.run([*PIPELINE, "runs", "--state-dir", str(state), "--json"],
+                                     capture_output=True, check=True).stdout)
+    assert runs[0]["status"] == "interrupted"
+    _wait_for(lambda: process.processes_of_run(runs[0]["id"]) == [])
+    check = subprocess.run(["sqlite3", str(state / "state.db"), "PRAGMA integrity_check"],
+                           capture_output=True, text=True)
+    if check.returncode == 0:
+        assert check.stdout.strip() == "ok"
+
+
+def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
+    """`pipeline schema` from a built wheel, away from the checkout."""
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "dist").glob("pipeline-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pipeline/schemas/job.schema.json" in names
+    assert "pipeline/schemas/runners/sleep.schema.json" in names
+    target = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(target)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['pipeline', 'schema'];"
+            "from pipeline.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["title"]
+    where = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                            "import pipeline; print(pipeline.__file__)", str(target)],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert where.stdout.startswith(str(target))

@@ -1,0 +1,453 @@
+"""The engine: real processes, real files, the virtual clock where time is the subject."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from pipeline import process
+from pipeline.engine import RunHandle, StepLog, parse_outputs
+from pipeline.errors import RunnerError
+from pipeline.events import RunFinished, StepRetrying, StepSpawned, StepStarted
+from pipeline.model import Job, RunStatus, StepStatus
+from pipeline.redact import Redactor
+from pipeline.runners import Runner, StepContext, builtin_runners
+from tests.conftest import run
+
+JobFrom = Callable[[str], Job]
+
+
+def log_of(state_dir: Path, step: str) -> str:
+    return (state_dir / "logs" / "job" / "20261128T000000-00000001" / f"{step}.log").read_text()
+
+
+async def test_chain_passes_outputs_through_expressions(job_from: JobFrom,
+                                                        tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: make
+            run: |
+              echo "greeting=hello world" >> "$PIPELINE_OUTPUT"
+              printf 'poem<<EOF\\nroses\\nviolets\\nEOF\\n' >> "$PIPELINE_OUTPUT"
+          - id: use
+            needs: [make]
+            run: echo "${{ steps.make.outputs.greeting }}|${{ steps.make.outputs.poem }}"
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    assert rec.steps()["make"].outputs == {"greeting": "hello world", "poem": "roses\nviolets"}
+    assert log_of(tmp_path, "use") == "hello world|roses\nviolets\n"
+
+
+async def test_parameter_with_shell_metacharacters_prints_literally(job_from: JobFrom,
+                                                                    tmp_path: Path) -> None:
+    job = job_from("""
+        params:
+          text: {type: string, default: ""}
+        steps:
+          - id: say
+            run: echo ${{ params.text }}
+    """)
+    hostile = "$(touch pwned); `touch pwned2` && rm -rf / ; 'quoted' \"dq\" $HOME \\ | > x"
+    result, _ = await run(job, tmp_path, params={"text": hostile})
+    assert result.status is RunStatus.SUCCEEDED
+    assert log_of(tmp_path, "say") == hostile + "\n"
+    assert not (Path.cwd() / "pwned").exists() and not (Path.cwd() / "x").exists()
+
+
+async def test_raw_filter_opts_out_of_quoting(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        params:
+          flags: "-n"
+        steps:
+          - id: say
+            run: echo ${{ params.flags | raw }} hi
+    """)
+    result, _ = await run(job, tmp_path, params={"flags": "-n"})
+    assert result.status is RunStatus.SUCCEEDED
+    assert log_of(tmp_path, "say") == "hi"
+
+
+async def test_exec_runs_without_a_shell(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: argv
+            exec: [printf, "%s|", "a b", "$HOME", ";", "${{ job.name }}"]
+    """)
+    result, _ = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    assert log_of(tmp_path, "argv") == "a b|$HOME|;|job|"
+
+
+async def test_fan_out_runs_in_parallel_and_join_waits(job_from: JobFrom, tmp_path: Path,
+                                                       autojump_clock: trio.abc.Clock) -> None:
+    job = job_from("""
+        steps:
+          - {id: start, uses: sleep, with: {duration: 1s}}
+          - {id: a, needs: [start], uses: sleep, with: {duration: 10s}}
+          - {id: b, needs: [start], uses: sleep, with: {duration: 10s}}
+          - {id: c, needs: [start], uses: sleep, with: {duration: 10s}}
+          - {id: join, needs: [a, b, c], uses: sleep, with: {duration: 1s}}
+    """)
+    t0 = trio.current_time()
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    assert trio.current_time() - t0 == pytest.approx(12)
+    order = [e.step_id for e in rec.events if isinstance(e, StepStarted)]
+    assert order[0] == "start" and order[-1] == "join"
+
+
+async def test_for_each_respects_max_parallel(job_from: JobFrom, tmp_path: Path,
+                                              autojump_clock: trio.abc.Clock) -> None:
+    job = job_from("""
+        steps:
+          - id: each
+            for_each: [1, 2, 3, 4, 5]
+            max_parallel: 2
+            uses: sleep
+            with: {duration: "${{ item }}"}
+          - id: after
+            needs: [each]
+            run: "true"
+    """)
+    t0 = trio.current_time()
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    # 2 at a time: (1,2) -> 3 starts at 1, 4 at 2, 5 at 4; last ends at 9
+    assert trio.current_time() - t0 == pytest.approx(9)
+    assert {f"each.{i}" for i in range(5)} <= rec.steps().keys()
+    assert rec.status("each") == "succeeded"
+
+
+async def test_for_each_from_an_expression_with_items_in_context(job_from: JobFrom,
+                                                                 tmp_path: Path) -> None:
+    job = job_from("""
+        params:
+          names: "[\\"x\\", \\"y\\"]"
+        steps:
+          - id: each
+            for_each: ${{ params.names | fromjson }}
+            run: echo "n=${{ item }}" >> "$PIPELINE_OUTPUT"
+          - id: join
+            needs: [each]
+            run: echo ${{ steps.each['items'] | map(attribute='outputs') | map(attribute='n') | join(',') }}
+    """)
+    result, rec = await run(job, tmp_path, params={"names": '["x", "y"]'})
+    assert result.status is RunStatus.SUCCEEDED, rec.steps()
+    assert log_of(tmp_path, "join") == "x,y\n"
+
+
+async def test_failure_skips_dependants_runs_failure_hook_and_finally(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: ok, run: "true"}
+          - {id: bad, run: "exit 3"}
+          - {id: after_bad, needs: [bad], run: "true"}
+          - {id: independent, needs: [ok], run: "true"}
+          - {id: cleanup, needs: [bad], if: "always()", run: "true"}
+        on_success:
+          - {id: yay, run: "true"}
+        on_failure:
+          - {id: alert, run: "echo failed ${{ run.id }}"}
+        finally:
+          - {id: last, run: "true"}
+          - {id: only_on_failure, if: "failure()", run: "true"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert result.reason == "step failed: bad"
+    s = rec.steps()
+    assert s["bad"].exit_code == 3 and s["bad"].error == "exit status 3"
+    assert rec.status("after_bad") == "skipped"
+    assert rec.status("independent") == "succeeded"
+    assert rec.status("cleanup") == "succeeded"
+    assert rec.status("yay") == "skipped"
+    assert rec.status("alert") == "succeeded"
+    assert rec.status("last") == "succeeded"
+    assert rec.status("only_on_failure") == "succeeded"
+    assert log_of(tmp_path, "alert") == "failed 20261128T000000-00000001\n"
+
+
+async def test_continue_on_error_keeps_the_run_and_dependants_going(job_from: JobFrom,
+                                                                    tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: flaky, run: "exit 1", continue_on_error: true}
+          - {id: next, needs: [flaky], run: "true"}
+        on_failure:
+          - {id: alert, run: "true"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    assert rec.status("flaky") == "failed"
+    assert rec.status("next") == "succeeded"
+    assert rec.status("alert") == "skipped"
+
+
+async def test_if_compares_contexts(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        params:
+          target: {type: string, enum: [prod, staging], default: staging}
+        steps:
+          - {id: prod_only, if: "params.target == 'prod'", run: "true"}
+          - {id: staging_only, if: "${{ params.target == 'staging' }}", run: "true"}
+    """)
+    result, rec = await run(job, tmp_path, params={"target": "staging"})
+    assert result.status is RunStatus.SUCCEEDED
+    assert rec.status("prod_only") == "skipped"
+    assert rec.status("staging_only") == "succeeded"
+
+
+async def test_expression_error_fails_that_step_only(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: broken, run: "echo ${{ steps.nothere.outputs.x }}"}
+          - {id: fine, run: "true"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    error = rec.steps()["broken"].error
+    assert error is not None and "nothere" in error
+    assert rec.status("fine") == "succeeded"
+
+
+async def test_retries_with_exponential_backoff_and_attempt_counts(
+        job_from: JobFrom, tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    attempts: list[tuple[int, float]] = []
+
+    async def flaky(args: Mapping[str, Any], ctx: StepContext) -> Mapping[str, Any]:
+        attempts.append((ctx.attempt, trio.current_time()))
+        if ctx.attempt < 4:
+            raise RunnerError(f"not yet ({ctx.attempt})")
+        return {"attempt": ctx.attempt}
+
+    runners = {**builtin_runners(), "flaky": Runner("flaky", flaky)}
+    job = job_from("""
+        retries: {limit: 5, delay: 10s, backoff: exponential, max_delay: 25s}
+        steps:
+          - {id: try, uses: sleep, with: {duration: 0s}}
+    """)
+    # The same job, with the step using the plain-function runner instead.
+    from dataclasses import replace
+
+    job = replace(job, steps=(replace(job.steps[0], uses="flaky", with_={}),))
+    t0 = trio.current_time()
+    result, rec = await run(job, tmp_path, runners=runners)
+    assert result.status is RunStatus.SUCCEEDED
+    assert [a for a, _ in attempts] == [1, 2, 3, 4]
+    gaps = [round(b - a) for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+    assert gaps == [10, 20, 25]  # 10, 20, then 40 capped at 25
+    assert trio.current_time() - t0 == pytest.approx(55)
+    assert [e.attempt for e in rec.events if isinstance(e, StepRetrying)] == [1, 2, 3]
+    assert rec.steps()["try"].attempt == 4
+    assert rec.steps()["try"].outputs == {"attempt": "4"}
+
+
+async def test_pipeline_attempt_is_visible_to_the_step(job_from: JobFrom,
+                                                       tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: third_time_lucky
+            retries: 2
+            run: |
+              echo "attempt $PIPELINE_ATTEMPT"
+              [ "$PIPELINE_ATTEMPT" -ge 3 ]
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED
+    log = log_of(tmp_path, "third_time_lucky")
+    assert "attempt 1\n" in log and "attempt 3\n" in log
+    assert "[pipeline] attempt 2 of 3" in log
+
+
+async def test_step_timeout_kills_the_group_including_background_children(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: hang
+            timeout: 0.5s
+            grace: 1s
+            run: |
+              sleep 300 &
+              echo "child=$!" >> "$PIPELINE_OUTPUT"
+              sleep 300
+    """)
+    t0 = time.monotonic()
+    result, rec = await run(job, tmp_path)
+    assert time.monotonic() - t0 < 5
+    assert result.status is RunStatus.FAILED
+    finished = rec.steps()["hang"]
+    assert finished.status is StepStatus.TIMED_OUT
+    assert finished.error == "timed out after 0.5s"
+    pgid = next(e.pgid for e in rec.events if isinstance(e, StepSpawned))
+    child = int(finished.outputs["child"])
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.02)
+    assert not _alive(child)
+    assert process.group_members(pgid) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+async def test_run_timeout_cancels_steps_and_runs_failure_hooks(job_from: JobFrom,
+                                                                tmp_path: Path) -> None:
+    job = job_from("""
+        timeout: 0.5s
+        steps:
+          - {id: slow, run: "sleep 30"}
+          - {id: never, needs: [slow], run: "true"}
+        on_failure:
+          - {id: alert, run: "echo alerted"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert result.reason == "run timed out after 0.5s"
+    assert rec.status("slow") == "cancelled"
+    assert rec.steps()["slow"].error == "run timed out"
+    assert rec.status("never") == "cancelled"
+    assert rec.status("alert") == "succeeded"
+
+
+async def test_stop_cancels_the_run_and_every_process_group(job_from: JobFrom,
+                                                            tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: a, run: "sleep 30"}
+          - {id: b, run: "sleep 30 & sleep 30"}
+          - {id: c, needs: [a], run: "true"}
+    """)
+    handle = RunHandle("20261128T000000-00000001", "job")
+    async with trio.open_nursery() as nursery:
+        async def stop_soon() -> None:
+            await trio.sleep(0.5)
+            handle.stop("stopped by test")
+
+        nursery.start_soon(stop_soon)
+        result, rec = await run(job, tmp_path, handle=handle)
+    assert result.status is RunStatus.CANCELLED
+    assert result.reason == "stopped by test"
+    assert rec.status("a") == "cancelled" and rec.status("b") == "cancelled"
+    assert rec.status("c") == "cancelled"
+    for e in rec.events:
+        if isinstance(e, StepSpawned):
+            assert process.group_members(e.pgid) == []
+    assert isinstance(rec.events[-1], RunFinished)
+
+
+async def test_environment_is_clean_and_secrets_are_declared(job_from: JobFrom,
+                                                             tmp_path: Path) -> None:
+    job = job_from("""
+        env: {GREETING: hi}
+        secrets:
+          TOKEN: {env: MY_TOKEN}
+        steps:
+          - id: show
+            env: {EXTRA: "${{ env.GREETING }}-there"}
+            run: |
+              echo "greeting=$GREETING extra=$EXTRA"
+              echo "leak=${DAEMON_SECRET:-none}"
+              echo "token=$TOKEN"
+              echo "job=$PIPELINE_JOB step=$PIPELINE_STEP"
+              echo "tok=$TOKEN" >> "$PIPELINE_OUTPUT"
+    """)
+    environ = {"PATH": os.environ["PATH"], "DAEMON_SECRET": "s3cr3t-of-the-daemon",
+               "MY_TOKEN": "tok-123456"}
+    result, rec = await run(job, tmp_path, environ=environ)
+    assert result.status is RunStatus.SUCCEEDED
+    log = log_of(tmp_path, "show")
+    assert "greeting=hi extra=hi-there" in log
+    assert "leak=none" in log
+    assert "token=***" in log and "tok-123456" not in log
+    assert "job=job step=show" in log
+    assert rec.steps()["show"].outputs == {"tok": "***"}
+
+
+async def test_missing_secret_fails_the_run_with_a_reason(job_from: JobFrom,
+                                                          tmp_path: Path) -> None:
+    job = job_from("""
+        secrets:
+          TOKEN: {env: NOT_SET_ANYWHERE}
+        steps:
+          - {id: a, run: "true"}
+    """)
+    result, rec = await run(job, tmp_path, environ={"PATH": os.environ["PATH"]})
+    assert result.status is RunStatus.FAILED
+    assert result.reason == "secret TOKEN: environment variable NOT_SET_ANYWHERE is not set"
+    assert rec.status("a") == "skipped"
+
+
+async def test_log_is_capped_with_a_marker(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: loud, run: "head -c 300000 /dev/zero | tr '\\\\0' x"}
+    """)
+    result, _ = await run(job, tmp_path, log_cap=100_000)
+    assert result.status is RunStatus.SUCCEEDED
+    log = log_of(tmp_path, "loud")
+    assert log.startswith("x" * 1000)
+    assert "[pipeline] log truncated: over 100000 bytes of output" in log
+    assert log.endswith("[pipeline] 200000 bytes discarded\n")
+    assert len(log) < 100_200
+
+
+async def test_a_missing_program_fails_its_step(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: nope, exec: [/definitely/not/here]}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert rec.steps()["nope"].error == "cannot start '/definitely/not/here': " \
+                                        "No such file or directory"
+
+
+async def test_a_runner_that_crashes_fails_its_step_not_the_run(job_from: JobFrom,
+                                                                tmp_path: Path) -> None:
+    async def buggy(args: Mapping[str, Any], ctx: StepContext) -> None:
+        raise KeyError("oops")
+
+    from dataclasses import replace
+
+    job = job_from("""
+        steps:
+          - {id: a, uses: sleep, with: {duration: 0s}}
+          - {id: b, run: "true"}
+    """)
+    job = replace(job, steps=(replace(job.steps[0], uses="buggy"), job.steps[1]))
+    result, rec = await run(job, tmp_path,
+                            runners={**builtin_runners(), "buggy": Runner("buggy", buggy)})
+    assert result.status is RunStatus.FAILED
+    assert rec.steps()["a"].error == "runner buggy crashed: KeyError: 'oops'"
+    assert rec.status("b") == "succeeded"
+
+
+def test_parse_outputs() -> None:
+    outputs, warnings = parse_outputs("a=1\nb = two=2\n\nblock<<END\nx\ny\nEND\nbad line\n"
+                                      "9x=no\n")
+    assert outputs == {"a": "1", "b": " two=2", "block": "x\ny"}
+    assert len(warnings) == 2
+    outputs, warnings = parse_outputs("open<<EOF\nnever closed\n")
+    assert outputs == {} and "no closing" in warnings[0]
+
+
+def test_step_log_masks_secrets_split_across_chunks(tmp_path: Path) -> None:
+    log = StepLog(tmp_path / "x.log", cap=1000, redactor=Redactor(["hunter22"]))
+    for chunk in [b"pass: hun", b"ter2", b"2 ok\n"]:
+        log.output(chunk)
+    log.line("[pipeline] hunter22 again")
+    log.close()
+    assert (tmp_path / "x.log").read_text() == "pass: *** ok\n[pipeline] *** again\n"
