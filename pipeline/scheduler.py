@@ -30,7 +30,7 @@ from loguru import logger
 from pipeline import triggers
 from pipeline.engine import RunHandle, run_job, utc_now
 from pipeline.errors import NotFound, ParamError
-from pipeline.events import RunQueued, RunSkipped, WatermarkMoved
+from pipeline.events import RunFinished, RunQueued, RunSkipped, WatermarkMoved
 from pipeline.journal import Journal
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
 from pipeline.runners import Runner
@@ -170,9 +170,8 @@ class Scheduler:
         for name in [n for n in self.jobs if n not in jobs]:
             state = self.jobs.pop(name)
             for queued in state.queue:
-                self.journal.write_nowait(RunSkipped(queued.run_id, name, queued.trigger,
-                                                     queued.fire_time, now,
-                                                     "the job was removed"))
+                self.journal.write_nowait(RunFinished(queued.run_id, RunStatus.SKIPPED, now,
+                                                      "the job was removed"))
             state.queue.clear()
             logger.info("job {} unscheduled (its file is gone); history kept", name)
         self._loaded = True
@@ -279,8 +278,11 @@ class Scheduler:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
         fires = [f for f in fires if f not in state.claimed]
-        late = [f for f in fires if (now - f).total_seconds() > self.misfire_grace]
-        on_time = [f for f in fires if f not in late]
+        # Of several fires due at once (after downtime, a stall, a clock jump) only the newest
+        # can be on time; the others were missed and the catch-up policy decides about them.
+        late, on_time = fires[:-1], fires[-1:]
+        if on_time and (now - on_time[0]).total_seconds() > self.misfire_grace:
+            late, on_time = fires, []
         catchup = _catchup(job)
         if late:
             logger.warning("job {}: {} fire(s) missed (from {} to {}); catchup: {}", job.name,
@@ -296,12 +298,13 @@ class Scheduler:
                           "missed; superseded by a later fire (catchup: latest)")
                 await self._skip(state, fire, Trigger.CATCHUP, reason)
         to_run.extend((fire, Trigger.SCHEDULE) for fire in on_time)
+        # Catch-up of `all` runs the backlog one after another, in order, whatever the overlap
+        # policy says (it is about a new fire meeting a run, not about a backlog); the newest
+        # fire joins the end of that queue.
+        backlog = catchup is Catchup.ALL and bool(late)
         for fire, trigger in to_run:
-            # Catch-up of `all` runs one after another, in order, whatever the overlap
-            # policy says: the policy is about a new fire meeting a run, not about a backlog.
-            queue = trigger is Trigger.CATCHUP and catchup is Catchup.ALL
             await self._dispatch(state, fire_time=fire, trigger=trigger, params=None,
-                                 force_queue=queue)
+                                 force_queue=backlog)
         if fires or now > state.watermark:
             state.watermark = max(now, state.watermark)
             state.claimed = {f for f in state.claimed if f > state.watermark}
@@ -486,9 +489,8 @@ class Scheduler:
             for queued in list(state.queue):
                 if queued.run_id == run_id:
                     state.queue.remove(queued)
-                    self.journal.write_nowait(RunSkipped(run_id, state.job.name,
-                                                         queued.trigger, queued.fire_time,
-                                                         self.clock(), reason))
+                    self.journal.write_nowait(RunFinished(run_id, RunStatus.CANCELLED,
+                                                          self.clock(), reason))
                     return True
         return False
 
@@ -506,9 +508,9 @@ class Scheduler:
         self._firing = False
         for state in self.jobs.values():
             for queued in state.queue:
-                await self.journal.write(RunSkipped(
-                    queued.run_id, state.job.name, queued.trigger, queued.fire_time,
-                    self.clock(), "the daemon stopped before the run could start"))
+                await self.journal.write(RunFinished(
+                    queued.run_id, RunStatus.SKIPPED, self.clock(),
+                    "the daemon stopped before the run could start"))
             state.queue.clear()
         if self.runs:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))

@@ -1,0 +1,341 @@
+"""The scheduler on trio's virtual clock with an injected wall clock and a real SQLite store.
+
+The wall clock is virtual time plus an offset the tests move to simulate downtime, clock jumps
+and suspend/resume. The autojump threshold is small but not zero, so the clock does not jump
+while a worker thread is committing to SQLite.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from pipeline import spec
+from pipeline.journal import Journal
+from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.errors import RunnerError
+from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
+from pipeline.scheduler import Scheduler
+from pipeline.store import SqliteStore
+
+BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+async def always_fails(args: Mapping[str, Any], ctx: StepContext) -> None:
+    raise RunnerError("this step always fails")
+
+
+# The built-ins plus a plain function that fails without starting a process: real processes
+# would let the virtual clock jump while they run.
+RUNNERS = {**builtin_runners(), "fail": Runner("fail", always_fails, {"type": "object"})}
+
+
+class World:
+    """A state directory, a jobs directory and a wall clock that tests can move."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.offset = 0.0
+        self.start: float | None = None  # virtual time at the first look at the wall clock
+        self.state_dir = tmp_path / "state"
+        self.store = SqliteStore.open(self.state_dir)
+
+    def now(self) -> datetime:
+        if self.start is None:
+            self.start = trio.current_time()
+        return BASE + timedelta(seconds=trio.current_time() - self.start + self.offset)
+
+    def job(self, text: str, name: str = "job") -> Job:
+        path = self.tmp / "jobs" / f"{name}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return spec.load_job(path, runner_schemas=schemas_of(RUNNERS))
+
+    @asynccontextmanager
+    async def daemon(self, *jobs: Job, grace: float = 0) -> AsyncIterator[Scheduler]:
+        journal = Journal(self.store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.serve)
+            scheduler = Scheduler(store=self.store, journal=journal, state_dir=self.state_dir,
+                                  runners=RUNNERS, clock=self.now)
+            await scheduler.load({j.name: j for j in jobs})
+            await nursery.start(scheduler.serve)
+            try:
+                yield scheduler
+            finally:
+                with trio.CancelScope(shield=True):
+                    await scheduler.shutdown(grace)
+                nursery.cancel_scope.cancel()
+
+    def runs(self, job: str = "job", **filters: object) -> list[RunRecord]:
+        return list(reversed(self.store.runs(job=job, limit=10000, **filters)))  # type: ignore[arg-type]
+
+    def fired(self, job: str = "job") -> list[float]:
+        """Fire times of runs that ran, as seconds after BASE."""
+        return sorted((r.fire_time - BASE).total_seconds() for r in self.runs(job)
+                      if r.fire_time and r.status is not RunStatus.SKIPPED)
+
+    def skipped(self, job: str = "job") -> list[tuple[float, str]]:
+        return sorted(((r.fire_time - BASE).total_seconds() if r.fire_time else -1,
+                       r.reason or "") for r in self.runs(job) if r.status is RunStatus.SKIPPED)
+
+
+@pytest.fixture
+def world(tmp_path: Path, mock_clock: trio.testing.MockClock) -> World:
+    mock_clock.autojump_threshold = 0.005
+    return World(tmp_path)
+
+
+EVERY_10S = """
+    schedule: {every: 10s, catchup: %s}
+    steps:
+      - {id: s, uses: sleep, with: {duration: %s}}
+"""
+
+
+async def test_interval_fires_on_every_aligned_instant_once(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "1s"))
+    async with world.daemon(job):
+        await trio.sleep(55)
+    assert world.fired() == [10, 20, 30, 40, 50]
+    runs = world.runs()
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+    assert all(r.trigger is Trigger.SCHEDULE for r in runs)
+    for r in runs:
+        assert r.started_at is not None and r.fire_time is not None
+        assert (r.started_at - r.fire_time).total_seconds() < 0.5
+
+
+async def test_forbid_records_the_overlapping_fire_as_skipped(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "15s"))
+    async with world.daemon(job):
+        await trio.sleep(45)
+    assert world.fired() == [10, 30]
+    assert [t for t, _ in world.skipped()] == [20, 40]
+    assert "still active" in world.skipped()[0][1]
+
+
+async def test_allow_with_max_active(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        schedule: every 10s
+        concurrency: {policy: allow, max_active: 2}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 25s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(45)
+    assert world.fired() == [10, 20, 40]
+    assert [t for t, _ in world.skipped()] == [30]
+
+
+async def test_replace_cancels_the_active_run_then_starts(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        schedule: every 10s
+        concurrency: replace
+        steps:
+          - {id: s, uses: sleep, with: {duration: 15s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(25)
+    runs = world.runs()
+    assert [r.status for r in runs] == [RunStatus.CANCELLED, RunStatus.RUNNING] or \
+        [r.status for r in runs][:1] == [RunStatus.CANCELLED]
+    assert runs[0].reason is not None and runs[0].reason.startswith("replaced by run")
+    assert runs[1].started_at is not None and runs[0].finished_at is not None
+    assert runs[1].started_at >= runs[0].finished_at
+
+
+async def test_queue_waits_for_the_active_run_and_is_bounded(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        schedule: every 10s
+        concurrency: {policy: queue, max_queued: 1}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 25s}}
+    """)
+    async with world.daemon(job, grace=100):
+        await trio.sleep(45)
+    # 10 runs until 35; 20 waits and starts at 35; 30 finds the queue full; 40 waits, and
+    # is still waiting when the daemon stops.
+    runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
+    assert runs[10].status is RunStatus.SUCCEEDED
+    assert runs[20].status is RunStatus.SUCCEEDED
+    assert runs[20].started_at is not None
+    assert (runs[20].started_at - BASE).total_seconds() == pytest.approx(35, abs=0.1)
+    assert runs[30].status is RunStatus.SKIPPED and "queue full" in (runs[30].reason or "")
+    assert runs[40].status is RunStatus.SKIPPED
+    assert runs[40].reason == "the daemon stopped before the run could start"
+
+
+async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job):
+        await trio.sleep(15)  # fires at 10
+    world.offset += 3600  # an hour of downtime
+    async with world.daemon(job):
+        await trio.sleep(5)
+    fired = world.fired()
+    assert fired[0] == 10
+    assert fired[1] == 3610  # the newest fire runs; it is only seconds late
+    assert len(fired) == 2
+    skipped = world.skipped()
+    assert len(skipped) == 359  # 20 .. 3600: recorded, not silently dropped
+    assert all("superseded" in why for _, why in skipped)
+
+
+async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
+                                                           mock_clock: trio.testing.MockClock,
+                                                           ) -> None:
+    mock_clock.autojump_threshold = 0.005
+    for policy in ("none", "all"):
+        world = World(tmp_path / policy)
+        job = world.job(EVERY_10S % (policy, "0s"))
+        async with world.daemon(job):
+            await trio.sleep(15)  # 10
+        world.offset += 125  # down for two minutes: 20 .. 140 are due at once on restart
+        async with world.daemon(job):
+            await trio.sleep(1)
+        if policy == "none":  # the newest fire is on time; the others were missed
+            assert world.fired() == [10, 140]
+            assert [t for t, _ in world.skipped()] == list(range(20, 140, 10))
+            assert "catchup: none" in world.skipped()[0][1]
+        else:  # every missed fire runs, one after another, in order
+            assert world.fired() == list(range(10, 150, 10)), str(world.fired())
+            assert world.skipped() == []
+
+
+async def test_a_fire_is_never_run_twice_across_a_crash(world: World, mock_clock: trio.testing.MockClock) -> None:
+    """A fire claimed but whose watermark was never flushed is refused on restart."""
+    job = world.job(EVERY_10S % ("all", "0s"))
+    async with world.daemon(job):
+        await trio.sleep(25)
+    # Roll the persisted watermark back, as if the daemon died before flushing it.
+    with world.store._transaction() as conn:
+        conn.execute("UPDATE jobs SET watermark = ? WHERE name = 'job'",
+                     ((BASE + timedelta(seconds=5)).isoformat(timespec="microseconds"),))
+    async with world.daemon(job):
+        await trio.sleep(1)
+    fired = world.fired()
+    assert fired == sorted(set(fired)) == [10, 20]
+
+
+async def test_clock_jump_back_never_reruns_a_fire(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job):
+        await trio.sleep(35)  # 10, 20, 30
+        world.offset -= 25  # the wall clock goes back to 10
+        await trio.sleep(31)  # wall 10 .. 41
+    assert world.fired() == [10, 20, 30, 40]
+
+
+async def test_clock_jump_forward_is_caught_up_by_policy(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job):
+        await trio.sleep(15)
+        world.offset += 600  # suspend/resume: ten minutes vanish
+        await trio.sleep(3)  # noticed within the recheck period
+    fired = world.fired()
+    assert fired == [10, 610]
+    assert [t for t, _ in world.skipped()] == list(range(20, 610, 10))
+
+
+async def test_circuit_breaker_opens_skips_and_closes(world: World,
+                                                      mock_clock: trio.testing.MockClock,
+                                                      ) -> None:
+    job = world.job("""
+        schedule: every 10s
+        circuit_breaker: {after: 2, cooldown: 25s}
+        steps:
+          - {id: s, uses: fail}
+    """)
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(42)  # 10 and 20 fail: open from 20 until 45; 30 and 40 skipped
+        manual = await scheduler.trigger("job")  # an operator's trigger still runs
+        await trio.sleep(33)  # 50 runs after the cooldown, fails: open again; 60, 70 skipped
+    assert manual.status is RunStatus.RUNNING
+    assert world.fired() == [10, 20, 50]
+    assert world.skipped() == [(30, "circuit open"), (40, "circuit open"),
+                               (60, "circuit open"), (70, "circuit open")]
+    assert world.store.consecutive_failures("job") == 3  # the manual run does not count
+    assert scheduler.reset_circuit("job")
+
+
+async def test_disabled_job_never_fires_but_can_be_triggered(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        enabled: false
+        schedule: every 10s
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(35)
+        await scheduler.trigger("job")
+        await trio.sleep(1)
+    runs = world.runs()
+    assert [r.trigger for r in runs] == [Trigger.API]
+    assert runs[0].status is RunStatus.SUCCEEDED
+
+
+async def test_schedule_edit_never_fires_retroactively_and_new_jobs_never_backfill(
+        world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("all", "0s"))
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(15)  # 10
+        edited = world.job("""
+            schedule: {every: 7s, catchup: all}
+            steps:
+              - {id: s, uses: sleep, with: {duration: 0s}}
+        """)
+        await scheduler.load({"job": edited})
+        late = world.job(EVERY_10S % ("all", "0s"), name="late")
+        await scheduler.load({"job": edited, "late": late})
+        await trio.sleep(10)  # until 25
+    assert world.fired() == [10, 21]  # 7s multiples after the edit at 15: 21 (not 14)
+    assert world.fired("late") == [20]
+
+
+async def test_removed_job_is_unscheduled_and_its_history_kept(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job(EVERY_10S % ("all", "0s"))
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(15)
+        await scheduler.load({})
+        await trio.sleep(30)
+    assert world.fired() == [10]
+
+
+async def test_long_outage_considers_at_most_1000_fires_and_starts_fast(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        schedule: {every: 1s, catchup: latest}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(1.5)
+    world.offset += 3 * 365 * 86400  # three years
+    async with world.daemon(job):
+        await trio.sleep(0.5)
+    assert len(world.skipped()) == 999
+    assert len(world.fired()) == 2
+
+
+async def test_stop_cancels_a_running_run(world: World, mock_clock: trio.testing.MockClock) -> None:
+    job = world.job("""
+        steps:
+          - {id: s, uses: sleep, with: {duration: 100s}}
+    """)
+    async with world.daemon(job) as scheduler:
+        started = await scheduler.trigger("job")
+        await trio.sleep(1)
+        assert scheduler.stop(started.run_id)
+        await trio.sleep(1)
+        assert not scheduler.stop(started.run_id)
+    run = world.store.run(started.run_id)
+    assert run is not None and run.status is RunStatus.CANCELLED
+    assert run.reason == "stopped by an operator"
