@@ -14,7 +14,8 @@ every ``retry`` seconds, the error is logged once per condition, and ``write`` s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from loguru import logger
@@ -25,11 +26,17 @@ from pipeline.store import Store
 
 MAX_BATCH = 2000
 
+# Runs a blocking function off the event loop: trio.to_thread.run_sync, or in tests on the
+# virtual clock, a plain call (so the clock cannot jump while SQLite commits).
+Offload = Callable[..., Awaitable[Any]]
+
 
 class Journal:
     def __init__(self, store: Store, *, retry: float = 1.0,
-                 observers: tuple[Callable[[Event], None], ...] = ()) -> None:
+                 observers: tuple[Callable[[Event], None], ...] = (),
+                 offload: Offload = trio.to_thread.run_sync) -> None:
         self.store = store
+        self.offload = offload  # how blocking store calls leave the event loop
         self.retry = retry
         self.observers = observers  # told of every event as it is written (view, metrics)
         self.healthy = True
@@ -92,7 +99,7 @@ class Journal:
         events = [event for event, _, _ in batch]
         while True:
             try:
-                refused = await trio.to_thread.run_sync(self.store.record, events)
+                refused = await self.offload(self.store.record, events)
                 break
             except StateError as exc:
                 message = str(exc)

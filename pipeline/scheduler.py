@@ -31,7 +31,7 @@ from pipeline import triggers
 from pipeline.engine import RunHandle, run_job, utc_now
 from pipeline.errors import NotFound, ParamError
 from pipeline.events import RunFinished, RunQueued, RunSkipped, WatermarkMoved
-from pipeline.journal import Journal
+from pipeline.journal import Journal, Offload
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
 from pipeline.runners import Runner
 from pipeline.store import Store, new_run_id, process_identity
@@ -111,8 +111,10 @@ class Scheduler:
                  recheck: float = RECHECK, misfire_grace: float = MISFIRE_GRACE,
                  rng: random.Random | None = None,
                  environ: Mapping[str, str] | None = None,
-                 on_run_finished: Callable[[str, str, RunStatus], None] | None = None) -> None:
+                 on_run_finished: Callable[[str, str, RunStatus], None] | None = None,
+                 offload: Offload = trio.to_thread.run_sync) -> None:
         self.store = store
+        self.offload = offload
         self.journal = journal
         self.state_dir = state_dir
         self.runners = runners
@@ -142,7 +144,7 @@ class Scheduler:
         """
         stored: dict[str, _Stored] = {}
         if not self._loaded:
-            stored = await trio.to_thread.run_sync(self._read_stored, dict(jobs))
+            stored = await self.offload(self._read_stored, dict(jobs))
         now = self.clock()
         for name, job in jobs.items():
             state = self.jobs.get(name)
@@ -313,7 +315,7 @@ class Scheduler:
     async def _version(self, state: JobState) -> Version:
         if state.version is None or state.version.sha256 != state.job.sha256:
             try:
-                state.version = await trio.to_thread.run_sync(_version_of, state.job)
+                state.version = await self.offload(_version_of, state.job)
             except OSError:
                 state.version = Version(sha256=state.job.sha256)
         return state.version
@@ -474,7 +476,7 @@ class Scheduler:
         if wait and handle is not None:
             await handle.finished.wait()
             status = handle.status
-        record = await trio.to_thread.run_sync(self.store.run, run_id)
+        record = await self.offload(self.store.run, run_id)
         if record is not None:
             status = record.status
         return {"run_id": run_id, "status": str(status) if status else "unknown"}
