@@ -79,9 +79,15 @@ def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True)
     else:
-        logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(),
-                   format="<dim>{time:YYYY-MM-DD HH:mm:ss.SSS}</dim> <level>{level: <7}</level> "
-                          "{message}<dim>{extra}</dim>")
+        logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(), format=_log_line)
+
+
+def _log_line(record: Any) -> str:
+    """One text log line: time, level, message, then where it comes from (job=, run=, step=)."""
+    where = " ".join(f"{k}={v}" for k, v in record["extra"].items())
+    where = where.replace("{", "{{").replace("}", "}}")
+    return ("<dim>{time:YYYY-MM-DD HH:mm:ss.SSS}</dim> <level>{level: <7}</level> {message}"
+            + (f" <dim>[{where}]</dim>" if where else "") + "\n{exception}")
 
 
 class Group(click.Group):

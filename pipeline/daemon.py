@@ -17,6 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,8 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
         async with trio.open_nursery() as inner:
             await scheduler.load(catalog.jobs)
             await inner.start(scheduler.serve)
-            await inner.start(watch_jobs, catalog, reload)
+            stop_watching = trio.Event()
+            await inner.start(partial(watch_jobs, catalog, reload, stop=stop_watching))
             inner.start_soon(prune_forever, daemon)
             if serve_http is not None:
                 daemon.listen = await inner.start(serve_http, daemon)
@@ -161,6 +163,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
                         len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir)
             task_status.started(daemon)
             await wait_for_stop(scheduler, grace)
+            stop_watching.set()
             inner.cancel_scope.cancel()
         (state_dir / DAEMON_FILE).unlink(missing_ok=True)
         outer.cancel_scope.cancel()

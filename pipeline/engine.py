@@ -52,7 +52,7 @@ INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE",
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
-Emit = Callable[[Event], Awaitable[None]]
+Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
 
 

@@ -169,7 +169,7 @@ async def run_group(
     async def pump() -> None:
         try:
             while chunk := await stdout.receive_some(READ_SIZE):
-                output(chunk)
+                output(bytes(chunk))
         except trio.ClosedResourceError:
             pass
         except OSError as exc:  # the pipe broke: nothing more will come

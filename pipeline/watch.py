@@ -121,13 +121,15 @@ class Catalog:
 
 async def watch_jobs(catalog: Catalog, on_change: Callable[[], Awaitable[None]], *,
                      debounce: float = 0.15, rescan_every: float = RESCAN_EVERY,
+                     stop: trio.Event | None = None,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Call ``on_change`` after every scan of ``catalog`` that found a change, until cancelled.
+    """Call ``on_change`` after every scan of ``catalog`` that found a change.
 
     A change is seen within ``debounce`` seconds plus a scan; without any event, the directory
-    is rescanned every ``rescan_every`` seconds.
+    is rescanned every ``rescan_every`` seconds. Returns when ``stop`` is set (promptly: the
+    watcher's thread checks it every few milliseconds, while a plain cancellation has to wait
+    for the thread's next timeout, up to a second).
     """
-
     root = catalog.root.resolve()
 
     def interesting(change: watchfiles.Change, path: str) -> bool:
@@ -139,8 +141,12 @@ async def watch_jobs(catalog: Catalog, on_change: Callable[[], Awaitable[None]],
 
     catalog.root.mkdir(parents=True, exist_ok=True)
     task_status.started()
-    async for _ in watchfiles.awatch(
+    last_scan = trio.current_time()
+    async for changes in watchfiles.awatch(
             catalog.root, watch_filter=interesting, debounce=int(debounce * 1000), step=25,
-            rust_timeout=int(rescan_every * 1000), yield_on_timeout=True, recursive=True):
+            rust_timeout=1000, yield_on_timeout=True, recursive=True, stop_event=stop):
+        if not changes and trio.current_time() - last_scan < rescan_every:
+            continue
+        last_scan = trio.current_time()
         if await trio.to_thread.run_sync(catalog.scan):
             await on_change()

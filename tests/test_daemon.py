@@ -1,0 +1,217 @@
+"""`pipeline serve` as a real process: the watched directory, crashes, signals, the lock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import process
+
+pytestmark = pytest.mark.slow
+
+TICK = """
+    schedule: every 1s
+    steps:
+      - {id: t, run: "echo tick %s"}
+"""
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path) -> None:
+        self.jobs = tmp_path / "jobs.d"
+        self.state = tmp_path / "state"
+        self.jobs.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp_path / "daemon.log"
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "pipeline", *args, "--jobs-dir", str(self.jobs),
+                "--state-dir", str(self.state)]
+
+    def start(self, *extra: str) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.command("serve", "--no-http", *extra),
+                                         stdout=log, stderr=log)
+        wait_for(lambda: (self.state / "daemon.json").exists(), what="daemon start")
+        return self.proc
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def cli(self, *args: str) -> Any:
+        done = subprocess.run(self.command(*args, "--json"), capture_output=True, check=True)
+        return json.loads(done.stdout)
+
+    def runs(self, job: str | None = None) -> list[dict[str, Any]]:
+        return list(reversed(self.cli("runs", *([job] if job else []), "--limit", "1000")))
+
+    def write(self, name: str, text: str, *, atomic: bool = True) -> Path:
+        path = self.jobs / name
+        if atomic:  # as editors save: a temp file renamed over the old one
+            tmp = self.jobs / f".{name}.swp"
+            tmp.write_text(textwrap.dedent(text))
+            tmp.replace(path)
+        else:
+            path.write_text(textwrap.dedent(text))
+        return path
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_watched_directory_add_break_fix_remove(daemon: Daemon) -> None:
+    daemon.write("a.yaml", TICK % "a1")
+    daemon.start()
+    wait_for(lambda: len(daemon.runs("a")) >= 2, what="a fires")
+    # A new file is picked up within about a second.
+    added = time.monotonic()
+    daemon.write("b.yaml", TICK % "b1")
+    wait_for(lambda: daemon.runs("b"), what="b fires")
+    assert time.monotonic() - added < 3
+    # Editor leftovers are ignored.
+    (daemon.jobs / "b.yaml~").write_text("garbage: [")
+    (daemon.jobs / "#b.yaml#").write_text("garbage: [")
+    # A broken edit: the last good version keeps firing; the error is shown, located.
+    good_sha = daemon.runs("b")[-1]["version"]["sha256"]
+    daemon.write("b.yaml", "schedule: every 1s\nsteps:\n  - {id: t, run: 'x', nope: 1}\n")
+    def invalid() -> Any:
+        rows = {r["file"].rsplit("/", 1)[-1]: r for r in daemon.cli("list")}
+        return rows.get("b.yaml") if rows.get("b.yaml", {}).get("valid") is False else None
+    row = wait_for(invalid, what="b shown invalid")
+    assert row["errors"][0]["line"] == 3
+    assert row["daemon"] == "running last good version"
+    count = len(daemon.runs("b"))
+    wait_for(lambda: len(daemon.runs("b")) >= count + 2, what="b keeps firing")
+    assert daemon.runs("b")[-1]["version"]["sha256"] == good_sha
+    # Fixed with an atomic save: the new version runs.
+    daemon.write("b.yaml", TICK % "b2")
+    wait_for(lambda: daemon.runs("b")[-1]["version"]["sha256"] != good_sha, what="b2 runs")
+    assert all(r["valid"] for r in daemon.cli("list"))
+    # Removed: unscheduled, history kept.
+    (daemon.jobs / "b.yaml").unlink()
+    time.sleep(1.5)
+    count = len(daemon.runs("b"))
+    time.sleep(2)
+    assert len(daemon.runs("b")) == count > 0
+    assert daemon.stop() == 0
+    runs = daemon.runs("a")
+    fires = [r["fire_time"] for r in runs if r["fire_time"]]
+    assert len(fires) == len(set(fires)), "a fire ran twice"
+
+
+def test_symlink_swap_is_followed(daemon: Daemon, tmp_path: Path) -> None:
+    v1 = tmp_path / "v1.yaml"
+    v2 = tmp_path / "v2.yaml"
+    v1.write_text(textwrap.dedent(TICK % "one"))
+    v2.write_text(textwrap.dedent(TICK % "two"))
+    (daemon.jobs / "s.yaml").symlink_to(v1)
+    daemon.start()
+    first = wait_for(lambda: daemon.runs("s"), what="s fires")[-1]["version"]["sha256"]
+    tmp_link = daemon.jobs / ".s.tmp"
+    tmp_link.symlink_to(v2)
+    tmp_link.replace(daemon.jobs / "s.yaml")
+    wait_for(lambda: daemon.runs("s")[-1]["version"]["sha256"] != first, what="v2 runs")
+
+
+def test_kill_9_mid_step_then_restart(daemon: Daemon) -> None:
+    daemon.write("slow.yaml", """
+        schedule: every 1s
+        steps:
+          - {id: s, run: "echo started; sleep 300 & sleep 300"}
+    """)
+    daemon.write("tick.yaml", TICK % "t")
+    proc = daemon.start()
+    running = wait_for(lambda: [r for r in daemon.runs("slow") if r["status"] == "running"],
+                       what="slow runs")
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    assert process.processes_of_run(running[0]["id"])  # orphans exist until the restart
+    daemon.start("--grace", "0.5s")
+    wait_for(lambda: not process.processes_of_run(running[0]["id"]), what="orphans killed")
+    run = next(r for r in daemon.runs("slow") if r["id"] == running[0]["id"])
+    assert run["status"] == "interrupted"
+    before = len(daemon.runs("tick"))
+    wait_for(lambda: len(daemon.runs("tick")) >= before + 2, what="fires continue")
+    assert daemon.stop() == 0
+    for job in ("tick", "slow"):
+        fires = [r["fire_time"] for r in daemon.runs(job) if r["fire_time"]]
+        assert len(fires) == len(set(fires)), f"a fire of {job} ran twice"
+    db = sqlite3.connect(daemon.state / "state.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_sigterm_gives_active_runs_their_grace_then_cancels(daemon: Daemon) -> None:
+    daemon.write("long.yaml", """
+        steps:
+          - {id: s, run: "sleep 300"}
+        schedule: every 1s
+    """)
+    proc = daemon.start("--grace", "1s")
+    run = wait_for(lambda: [r for r in daemon.runs("long") if r["status"] == "running"],
+                   what="long runs")[0]
+    t0 = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode == 0
+    final = next(r for r in daemon.runs("long") if r["id"] == run["id"])
+    assert final["status"] == "cancelled"
+    assert not process.processes_of_run(run["id"])
+
+
+def test_second_daemon_refuses_with_a_clear_message(daemon: Daemon) -> None:
+    daemon.write("a.yaml", TICK % "a")
+    daemon.start()
+    second = subprocess.run(daemon.command("serve", "--no-http"), capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 1
+    assert "another pipeline daemon" in second.stderr and str(daemon.proc.pid if daemon.proc else "") in \
+        second.stderr
+    assert daemon.stop() == 0
+
+
+def test_list_and_next_work_without_a_daemon(daemon: Daemon) -> None:
+    daemon.write("nightly.yaml", """
+        schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    done = subprocess.run(daemon.command("next", "nightly", "-n", "3",
+                                         "--after", "2026-03-28T00:00:00+01:00"),
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00",
+                                   "2026-03-30T02:30:00+02:00"]
+    listed = subprocess.run(daemon.command("list", "--json"), capture_output=True, text=True,
+                            check=True)
+    rows = json.loads(listed.stdout)
+    assert rows[0]["name"] == "nightly" and rows[0]["next_fire_time"]
+    unknown = subprocess.run(daemon.command("next", "nope"), capture_output=True, text=True)
+    assert unknown.returncode == 1
