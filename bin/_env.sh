@@ -34,6 +34,9 @@ ensure_env() {  # $1: "" for the runtime, "dev" for tests
   echo "pipeline: installing the project into $venv" >&2
   if [ "$extra" = dev ]; then
     pip_quiet install -e "$root[dev]" || return 1
+    # The example third-party runner the tests use (no deps: "pipeline" on PyPI is another
+    # project).
+    pip_quiet install --no-deps -e "$root/tests/plugin" || return 1
   else
     pip_quiet install -e "$root" || return 1
   fi

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -343,15 +343,61 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                            version=version_of(Path(job.file)), document=job.document,
                            owner=process_identity())
 
+        parents: dict[str, tuple[str, str | None]] = {run_id: (job.name, None)}
+        children: Any = None  # the nursery of children started without waiting
+
+        async def start_job(name: str, params: Mapping[str, Any] | None = None, *,
+                            parent_run_id: str | None = None, wait: bool = True,
+                            ) -> Mapping[str, Any]:
+            """`uses: job` without a daemon: the child runs in this process, under its parent."""
+            from pipeline import spec
+            from pipeline.engine import check_chain
+
+            chain: list[str] = []
+            cursor = parent_run_id
+            while cursor in parents:
+                name_of, cursor = parents[cursor]
+                chain.insert(0, name_of)
+            check_chain(chain, name)
+            child = find_job(settings, name, missing_code=1)
+            values = spec.parse_params(child, params or {})
+            child_id = new_run_id(now_utc())
+            parents[child_id] = (name, parent_run_id)
+            await journal.write(RunQueued(child_id, name, Trigger.PARENT, now_utc(),
+                                          params=values, version=version_of(Path(child.file)),
+                                          document=child.document, parent_run_id=parent_run_id,
+                                          owner=process_identity()))
+            child_handle = RunHandle(child_id, name)
+            child_handle.hurry = handle.hurry  # a second Ctrl-C hurries every run along
+
+            async def go() -> None:
+                await run_job(child, run_id=child_id, state_dir=settings.state_dir,
+                              emit=journal.write, params=values, trigger=Trigger.PARENT,
+                              handle=child_handle, runners=settings.runners(),
+                              start_job=start_job)
+
+            if not wait:
+                children.start_soon(go)
+                return {"run_id": child_id, "status": "running"}
+            await go()
+            record = store.run(child_id)
+            answer: dict[str, Any] = {"run_id": child_id, "status": str(child_handle.status)}
+            if record is not None:
+                answer.update(reason=record.reason, outputs={
+                    s.id: dict(s.outputs) for s in record.steps if s.outputs})
+            return answer
+
         async def main_task() -> RunStatus:
+            nonlocal children
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.serve)
                 await journal.write(queued)
                 nursery.start_soon(watch_signals, handle, nursery.cancel_scope)
                 nursery.start_soon(refresh, view)
-                result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
-                                       emit=journal.write, params=params, handle=handle,
-                                       runners=settings.runners())
+                async with trio.open_nursery() as children:
+                    result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
+                                           emit=journal.write, params=params, handle=handle,
+                                           runners=settings.runners(), start_job=start_job)
                 nursery.cancel_scope.cancel()
             return result.status
 

@@ -29,7 +29,7 @@ import trio
 from loguru import logger
 
 from pipeline import expr, process
-from pipeline.errors import ExpressionError, RunnerError
+from pipeline.errors import ExpressionError, PipelineError, RunnerError
 from pipeline.events import (
     Event,
     RunFinished,
@@ -51,6 +51,7 @@ OUTPUT_FILE_CAP = 1024 * 1024
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
+MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
 
 Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
@@ -106,6 +107,17 @@ class _StepState:
     @property
     def ok(self) -> bool:
         return self.status is StepStatus.SUCCEEDED or self.continued
+
+
+def check_chain(chain: Sequence[str], job: str) -> None:
+    """Refuse to start ``job`` below ``chain`` (its would-be ancestors, root first) if that
+    makes a job call itself or the chain deeper than MAX_CHAIN. Raises PipelineError."""
+    if job in chain:
+        path = " → ".join([*chain, job])
+        raise PipelineError(f"job {job!r} would start itself: {path}")
+    if len(chain) >= MAX_CHAIN:
+        raise PipelineError(f"a chain of jobs may be at most {MAX_CHAIN} deep: "
+                            f"{' → '.join([*chain, job])}")
 
 
 def resolve_secrets(job: Job, environ: Mapping[str, str]) -> dict[str, str]:
@@ -557,7 +569,9 @@ class _Run:
             return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
         step_ctx = StepContext(job=self.job.name, run_id=self.run_id, step_id=instance,
                                attempt=attempt, env=env, log=log.line,
-                               state_dir=self.state_dir, start_job=self.start_job)
+                               state_dir=self.state_dir, start_job=self.start_job, cwd=cwd,
+                               job_file=self.job.file, grace=step.grace,
+                               hurry=self.handle.hurry)
         try:
             outputs = await runner.run(args, step_ctx)
         except (RunnerError, ExpressionError) as exc:

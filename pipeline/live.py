@@ -61,6 +61,8 @@ class LiveView:
         self._drawn = 0
 
     def update(self, event: Event) -> None:
+        if getattr(event, "run_id", self.run_id) != self.run_id:
+            return  # a child run's events (`uses: job`)
         now = time.monotonic()
         if isinstance(event, StepStarted):
             row = self._row(event.step_id)

@@ -28,12 +28,13 @@ import trio
 from loguru import logger
 
 from pipeline import triggers
-from pipeline.engine import RunHandle, run_job, utc_now
-from pipeline.errors import NotFound, ParamError
+from pipeline.engine import MAX_CHAIN, RunHandle, check_chain, run_job, utc_now
+from pipeline.errors import NotFound
 from pipeline.events import RunFinished, RunQueued, RunSkipped, WatermarkMoved
 from pipeline.journal import Journal, Offload
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
 from pipeline.runners import Runner
+from pipeline.spec import parse_params
 from pipeline.store import Store, new_run_id, process_identity
 from pipeline.versions import version_of
 
@@ -54,6 +55,7 @@ class _Queued:
     trigger: Trigger
     params: Mapping[str, Any]
     job: Job
+    done: trio.Event | None = None  # set when the run has ended (or will never start)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class Scheduler:
             for queued in state.queue:
                 self.journal.write_nowait(RunFinished(queued.run_id, RunStatus.SKIPPED, now,
                                                       "the job was removed"))
+                if queued.done is not None:
+                    queued.done.set()
             state.queue.clear()
             logger.info("job {} unscheduled (its file is gone); history kept", name)
         self._loaded = True
@@ -332,7 +336,8 @@ class Scheduler:
 
     async def _dispatch(self, state: JobState, *, fire_time: datetime | None,
                         trigger: Trigger, params: Mapping[str, Any] | None,
-                        force_queue: bool = False, parent: str | None = None) -> Dispatched:
+                        force_queue: bool = False, parent: str | None = None,
+                        done: trio.Event | None = None) -> Dispatched:
         """Apply the overlap policy and the circuit breaker to one fire or trigger."""
         job = state.job
         now = self.clock()
@@ -348,7 +353,7 @@ class Scheduler:
             run_id = await self._claim(state, fire_time, trigger, params or {}, parent)
             if run_id is None:
                 return Dispatched("", RunStatus.SKIPPED, "this fire already has a run")
-            state.queue.append(_Queued(run_id, fire_time, trigger, params or {}, job))
+            state.queue.append(_Queued(run_id, fire_time, trigger, params or {}, job, done))
             self._start_queued(state)
             return Dispatched(run_id, RunStatus.QUEUED)
         if busy and policy.policy is Policy.FORBID:
@@ -364,7 +369,7 @@ class Scheduler:
         replaced = list(state.active.values()) if policy.policy is Policy.REPLACE else []
         for handle in replaced:
             handle.stop(f"replaced by run {run_id}")
-        self._start(state, _Queued(run_id, fire_time, trigger, params or {}, job),
+        self._start(state, _Queued(run_id, fire_time, trigger, params or {}, job, done),
                     after=replaced, jitter=scheduled)
         return Dispatched(run_id, RunStatus.RUNNING)
 
@@ -420,6 +425,8 @@ class Scheduler:
         finally:
             state.active.pop(queued.run_id, None)
             self.runs.pop(queued.run_id, None)
+            if queued.done is not None:
+                queued.done.set()
             self._count(state, status)
             if self.on_run_finished is not None:
                 self.on_run_finished(state.job.name, queued.run_id, status)
@@ -443,7 +450,8 @@ class Scheduler:
     # -- operators ------------------------------------------------------------------------
 
     async def trigger(self, name: str, params: Mapping[str, Any] | None = None, *,
-                      trigger: Trigger = Trigger.API, parent: str | None = None) -> Dispatched:
+                      trigger: Trigger = Trigger.API, parent: str | None = None,
+                      done: trio.Event | None = None) -> Dispatched:
         """Run a job now (outside its schedule), through its overlap policy.
 
         Params must already be checked. A refusal by the policy is recorded as a skipped run
@@ -453,33 +461,56 @@ class Scheduler:
         if state is None:
             raise NotFound(f"no job {name!r}")
         return await self._dispatch(state, fire_time=None, trigger=trigger, params=params,
-                                    parent=parent)
+                                    parent=parent, done=done)
 
     async def start_child(self, job: str, params: Mapping[str, Any] | None = None, *,
                           parent_run_id: str | None = None, wait: bool = True,
                           ) -> Mapping[str, Any]:
-        """For ``uses: job``: start ``job`` as a child run; wait for it if asked."""
+        """For ``uses: job``: start ``job`` as a child run of ``parent_run_id``.
+
+        The child goes through the job's overlap policy like any trigger. With ``wait``, this
+        returns when the child has finished, with its steps' outputs; if the waiting parent is
+        cancelled, the child is stopped too. Raises NotFound, ParamError, and PipelineError
+        for a chain of jobs that would call itself or grow too deep.
+        """
         state = self.jobs.get(job)
         if state is None:
             raise NotFound(f"no job {job!r}")
-        from pipeline.spec import parse_params
-
-        try:
-            values = parse_params(state.job, params or {})
-        except ParamError:
-            raise
+        chain = await self.offload(self._chain, parent_run_id)
+        check_chain(chain, job)
+        values = parse_params(state.job, params or {})
+        done = trio.Event()
         dispatched = await self.trigger(job, values, trigger=Trigger.PARENT,
-                                        parent=parent_run_id)
-        run_id = dispatched.run_id
-        handle = self.runs.get(run_id)
-        status = None
-        if wait and handle is not None:
-            await handle.finished.wait()
-            status = handle.status
-        record = await self.offload(self.store.run, run_id)
+                                        parent=parent_run_id, done=done)
+        answer: dict[str, Any] = {"run_id": dispatched.run_id, "status": str(dispatched.status)}
+        if dispatched.status is RunStatus.SKIPPED:
+            answer["reason"] = dispatched.reason
+            return answer
+        if not wait:
+            return answer
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            self.stop(dispatched.run_id, "its parent run was cancelled")
+            raise
+        record = await self.offload(self.store.run, dispatched.run_id)
         if record is not None:
-            status = record.status
-        return {"run_id": run_id, "status": str(status) if status else "unknown"}
+            answer.update(status=str(record.status), reason=record.reason,
+                          outputs={s.id: dict(s.outputs) for s in record.steps if s.outputs})
+        return answer
+
+    def _chain(self, run_id: str | None) -> list[str]:
+        """The jobs of a run's ancestry, root first (runs in a worker thread)."""
+        chain: list[str] = []
+        seen: set[str] = set()
+        while run_id is not None and run_id not in seen and len(chain) <= MAX_CHAIN:
+            seen.add(run_id)
+            record = self.store.run(run_id)
+            if record is None:
+                break
+            chain.insert(0, record.job)
+            run_id = record.parent_run_id
+        return chain
 
     def stop(self, run_id: str, reason: str = "stopped by an operator") -> bool:
         """Cancel an active or queued run; False if it is not active."""
@@ -493,6 +524,8 @@ class Scheduler:
                     state.queue.remove(queued)
                     self.journal.write_nowait(RunFinished(run_id, RunStatus.CANCELLED,
                                                           self.clock(), reason))
+                    if queued.done is not None:
+                        queued.done.set()
                     return True
         return False
 
@@ -513,6 +546,8 @@ class Scheduler:
                 await self.journal.write(RunFinished(
                     queued.run_id, RunStatus.SKIPPED, self.clock(),
                     "the daemon stopped before the run could start"))
+                if queued.done is not None:
+                    queued.done.set()
             state.queue.clear()
         if self.runs:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
