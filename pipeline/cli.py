@@ -6,34 +6,38 @@ Settings travel in the click context (``Settings`` on ``ctx.obj``); errors are
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from loguru import logger
 
 from pipeline import __version__
-from pipeline.errors import JobInvalid, NotFound, PipelineError, Problem
-from pipeline.model import RUN_ID, STEP_INSTANCE_ID, Job, RunRecord, RunStatus, run_as_dict
 
-if TYPE_CHECKING:  # imported lazily everywhere else: `pipeline --help` must stay fast
+# Everything but click is imported where it is used: `pipeline --help` must cost little more
+# than importing click (a benchmark target), and `validate` must not pay for trio or the store.
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from pipeline.model import Job, RunRecord, RunStatus
     from pipeline.store import SqliteStore
 
+RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped", "interrupted")
 
-@dataclass
+
 class Settings:
-    jobs_dir: Path = Path("jobs.d")
-    state_dir: Path = Path(".pipeline")
-    _runners: Any = field(default=None, repr=False)
+    """Where the jobs and the state are, and the runner registry once it is loaded."""
+
+    def __init__(self) -> None:
+        from pathlib import Path
+
+        self.jobs_dir = Path("jobs.d")
+        self.state_dir = Path(".pipeline")
+        self._runners: Any = None
 
     def runners(self) -> Any:
         """The runner registry, plug-ins included (loaded once; broken plug-ins logged)."""
@@ -42,7 +46,7 @@ class Settings:
 
             self._runners, problems = load_runners()
             for problem in problems:
-                logger.warning(problem)
+                click.echo(f"pipeline: warning: {problem}", err=True)
         return self._runners
 
     def runner_schemas(self) -> dict[str, Any]:
@@ -54,27 +58,34 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 
-def _set_jobs_dir(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+def _set_jobs_dir(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    from pathlib import Path
+
     if value is not None:
-        ctx.ensure_object(Settings).jobs_dir = value
+        ctx.ensure_object(Settings).jobs_dir = Path(value)
 
 
-def _set_state_dir(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+def _set_state_dir(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    from pathlib import Path
+
     if value is not None:
-        ctx.ensure_object(Settings).state_dir = value
+        ctx.ensure_object(Settings).state_dir = Path(value)
 
 
 def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--jobs-dir`` and ``--state-dir``, accepted before or after the command name."""
-    command = click.option("--jobs-dir", type=click.Path(path_type=Path), expose_value=False,
+
+    command = click.option("--jobs-dir", type=click.Path(), expose_value=False,
                            envvar="PIPELINE_JOBS_DIR", callback=_set_jobs_dir,
                            is_eager=True, help="Jobs directory [default: ./jobs.d]")(command)
-    return click.option("--state-dir", type=click.Path(path_type=Path), expose_value=False,
+    return click.option("--state-dir", type=click.Path(), expose_value=False,
                         envvar="PIPELINE_STATE_DIR", callback=_set_state_dir, is_eager=True,
                         help="State directory [default: ./.pipeline]")(command)
 
 
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    from loguru import logger
+
     logger.remove()
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True)
@@ -96,12 +107,16 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except JobInvalid as exc:
-            for problem in exc.problems:
-                click.echo(str(problem), err=True)
-            ctx.exit(exc.exit_code)
-        except PipelineError as exc:
-            click.echo(f"pipeline: {exc}", err=True)
+        except Exception as exc:
+            from pipeline.errors import JobInvalid, PipelineError
+
+            if isinstance(exc, JobInvalid):
+                for problem in exc.problems:
+                    click.echo(str(problem), err=True)
+            elif isinstance(exc, PipelineError):
+                click.echo(f"pipeline: {exc}", err=True)
+            else:
+                raise
             ctx.exit(exc.exit_code)
 
 
@@ -110,13 +125,14 @@ class Group(click.Group):
 @dirs
 def main() -> None:
     """A declarative pipeline runner: YAML jobs on schedules, run as DAGs of steps."""
-    configure_logging()
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
 def now_utc() -> datetime:
+    from datetime import UTC, datetime
+
     return datetime.now(UTC)
 
 
@@ -127,7 +143,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
     """A job by file path or by name in the jobs directory; JobInvalid if its file is bad."""
+    from pathlib import Path
+
     from pipeline import spec
+    from pipeline.errors import JobInvalid
 
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or os.sep in ref:
@@ -149,37 +168,30 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
 @contextmanager
 def open_state(settings: Settings) -> Iterator[SqliteStore]:
     """The state store, after recovering runs whose owner died (CONTRACT §8)."""
+    from pipeline.daemon import recover
     from pipeline.store import SqliteStore
 
+    configure_logging()
     store = SqliteStore.open(settings.state_dir)
     try:
-        recover(store)
+        recover(store, now_utc())
         yield store
     finally:
         store.close()
 
 
-def recover(store: SqliteStore) -> list[RunRecord]:
-    """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running."""
-    from pipeline import process
-    from pipeline.store import identity_alive
-
-    recovered = store.recover(identity_alive, now_utc())
-    for run in recovered:
-        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
-        logger.warning("run {} of {} was left running by a dead process: marked interrupted"
-                       "{}", run.id, run.job,
-                       f"; killed {len(killed)} leftover processes" if killed else "")
-    return recovered
-
-
 def check_run_id(run_id: str) -> str:
+    from pipeline.errors import NotFound
+    from pipeline.model import RUN_ID
+
     if not RUN_ID.match(run_id):
         raise NotFound(f"no run {run_id!r}: run ids look like 20261128T201851-3f9a2c1b")
     return run_id
 
 
 def get_run(store: SqliteStore, run_id: str) -> RunRecord:
+    from pipeline.errors import NotFound
+
     record = store.run(check_run_id(run_id))
     if record is None:
         raise NotFound(f"no run {run_id!r}")
@@ -197,6 +209,8 @@ def parse_kv(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def echo_json(value: Any) -> None:
+    import json
+
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
@@ -215,22 +229,24 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True, help="How to print the errors.")
 @dirs
 @pass_settings
-def validate(settings: Settings, paths: tuple[Path, ...], fmt: str) -> None:
+def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     """Validate job files or directories (default: the jobs directory).
 
     Every error is printed as FILE:LINE:COL: error: MESSAGE. Exit status 0 if all are valid,
     1 if any is not.
     """
+    from pathlib import Path
+
     from pipeline import spec
     from pipeline.runners import load_runners, schemas_of
 
     registry, plugin_problems = load_runners()
-    targets = list(paths) or [settings.jobs_dir]
+    targets = [Path(p) for p in paths] or [settings.jobs_dir]
     for target in targets:
         if not target.exists():
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
@@ -315,10 +331,12 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) ->
         print_plan(definition, values, out=sys.stdout)
         return
     status = run_in_foreground(settings, definition, values)
-    sys.exit({RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 130}.get(status, 1))
+    sys.exit({"succeeded": 0, "cancelled": 130}.get(str(status), 1))
 
 
 def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> RunStatus:
+    from pathlib import Path
+
     import trio
 
     from pipeline.engine import RunHandle, run_job
@@ -350,6 +368,8 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                             parent_run_id: str | None = None, wait: bool = True,
                             ) -> Mapping[str, Any]:
             """`uses: job` without a daemon: the child runs in this process, under its parent."""
+            from pathlib import Path
+
             from pipeline import spec
             from pipeline.engine import check_chain
 
@@ -438,7 +458,7 @@ async def refresh(view: Any) -> None:
 
 @main.command()
 @click.argument("job", required=False)
-@click.option("--status", type=click.Choice([s.value for s in RunStatus]))
+@click.option("--status", type=click.Choice(RUN_STATES))
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @dirs
@@ -446,6 +466,8 @@ async def refresh(view: Any) -> None:
 def runs(settings: Settings, job: str | None, status: str | None, limit: int,
          as_json: bool) -> None:
     """Run history, newest first."""
+    from pipeline.model import RunStatus, run_as_dict
+
     with open_state(settings) as store:
         found = store.runs(job=job, status=RunStatus(status) if status else None, limit=limit)
     if as_json:
@@ -463,6 +485,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
 @pass_settings
 def show(settings: Settings, run_id: str, as_json: bool) -> None:
     """One run with its steps."""
+    from pipeline.model import run_as_dict
+
     with open_state(settings) as store:
         record = get_run(store, run_id)
     if as_json:
@@ -500,6 +524,9 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 @pass_settings
 def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> None:
     """Print a run's step logs (one step, or all in order)."""
+    from pipeline.errors import NotFound
+    from pipeline.model import STEP_INSTANCE_ID
+
     if step is not None and not STEP_INSTANCE_ID.match(step):
         raise NotFound(f"no step {step!r}")
     with open_state(settings) as store:
@@ -600,6 +627,8 @@ def partial_serve(fn: Any, **kwargs: Any) -> Any:
 
 def parse_time(text: str, zone: Any) -> datetime:
     """An ISO 8601 time; without an offset it is read in ``zone``."""
+    from datetime import datetime
+
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -639,8 +668,12 @@ def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
 @pass_settings
 def list_(settings: Settings, as_json: bool) -> None:
     """Every job in the jobs directory: schedule, next fire, last status, validity."""
+    from datetime import datetime
+
     from pipeline import spec, triggers
     from pipeline.daemon import read_daemon_file
+    from pipeline.errors import Problem
+    from pipeline.model import run_as_dict
 
     loaded = spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas()) \
         if settings.jobs_dir.is_dir() else None
