@@ -30,6 +30,8 @@ from loguru import logger
 
 from pipeline import expr, process
 from pipeline.errors import ExpressionError, PipelineError, RunnerError
+from pipeline.faults import armed as faults_armed
+from pipeline.faults import crash_point
 from pipeline.events import (
     Event,
     RunFinished,
@@ -218,6 +220,11 @@ class StepLog:
             data = data[:room] + (
                 f"\n[pipeline] log truncated: over {self.cap} bytes of output\n".encode())
         try:
+            if faults_armed("log-write"):
+                half = len(data) // 2
+                self._file.write(data[:half])
+                crash_point("log-write")
+                data = data[half:]
             self._file.write(data)
         except OSError as exc:
             self._fail(exc)
@@ -540,7 +547,9 @@ class _Run:
 
         async def spawned(pid: int) -> None:
             await self.emit(StepSpawned(self.run_id, instance, pid, pid))
+            crash_point("step-spawned")
 
+        crash_point("step-spawning")
         try:
             exit = await process.run_group(argv, env=env, cwd=cwd, output=log.output,
                                            grace=step.grace, spawned=spawned,
@@ -550,6 +559,7 @@ class _Run:
             log.line(f"[pipeline] {error}")
             return _Attempt(StepStatus.FAILED, error=error)
         log.flush_output()
+        crash_point("step-exited")
         if exit.ok:
             return _Attempt(StepStatus.SUCCEEDED, exit=exit)
         return _Attempt(StepStatus.FAILED, exit=exit, error=exit.describe())

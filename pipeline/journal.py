@@ -21,7 +21,8 @@ import trio
 from loguru import logger
 
 from pipeline.errors import StateError
-from pipeline.events import Event, RunQueued
+from pipeline.events import Event, RunQueued, WatermarkMoved
+from pipeline.faults import crash_point
 from pipeline.store import Store
 
 MAX_BATCH = 2000
@@ -97,6 +98,8 @@ class Journal:
     async def _commit(self, batch: list[tuple[Event, trio.Event | None, list[bool]]], *,
                       give_up: bool = False) -> None:
         events = [event for event, _, _ in batch]
+        if any(isinstance(e, WatermarkMoved) for e in events):
+            crash_point("watermark-flush")
         while True:
             try:
                 refused = await self.offload(self.store.record, events)
@@ -115,6 +118,8 @@ class Journal:
                     logger.error("{} events not recorded", len(events))
                     return
                 await trio.sleep(self.retry)
+        if any(isinstance(e, RunQueued) for e in events):
+            crash_point("run-written")
         if not self.healthy:
             logger.info("recording state again")
         self.healthy = True

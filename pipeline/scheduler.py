@@ -30,6 +30,7 @@ from loguru import logger
 from pipeline import triggers
 from pipeline.engine import MAX_CHAIN, RunHandle, check_chain, run_job, utc_now
 from pipeline.errors import NotFound
+from pipeline.faults import crash_point
 from pipeline.events import RunFinished, RunQueued, RunSkipped, WatermarkMoved
 from pipeline.journal import Journal, Offload
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
@@ -386,6 +387,7 @@ class Scheduler:
             return None
         if fire_time is not None:
             state.claimed.add(fire_time)
+            crash_point("fire-claimed")
         return run_id
 
     def _start_queued(self, state: JobState) -> None:
