@@ -219,6 +219,7 @@ class StepLog:
             self.discarded += len(data) - room
             data = data[:room] + (
                 f"\n[pipeline] log truncated: over {self.cap} bytes of output\n".encode())
+        self.written += len(data)
         try:
             if faults_armed("log-write"):
                 half = len(data) // 2
@@ -228,7 +229,6 @@ class StepLog:
             self._file.write(data)
         except OSError as exc:
             self._fail(exc)
-        self.written += len(data)
 
     def output(self, chunk: bytes) -> None:
         self._write(self._stream.feed(chunk) if self._stream else chunk)

@@ -19,9 +19,9 @@ import trio
 import trio.testing
 
 from pipeline import spec
+from pipeline.errors import RunnerError
 from pipeline.journal import Journal
 from pipeline.model import Job, RunRecord, RunStatus, Trigger
-from pipeline.errors import RunnerError
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
 from pipeline.store import SqliteStore
