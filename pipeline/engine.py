@@ -243,6 +243,10 @@ class StepLog:
         if self._stream:
             self._write(self._stream.flush())
 
+    @property
+    def exists(self) -> bool:
+        return self._file is not None
+
     def close(self) -> None:
         self.flush_output()
         if self.discarded and self._file is not None and not self._broken:
@@ -487,7 +491,7 @@ class _Run:
                     exit_code=exit.exit_code if exit else None,
                     signal=exit.signal if exit else None,
                     error=self.redactor.text(result.error) if result.error else None,
-                    outputs=result.outputs))
+                    outputs=result.outputs, no_log=not log.exists))
         return result
 
     async def attempt(self, step: Step, instance: str, item: Any, attempt: int,

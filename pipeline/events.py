@@ -92,6 +92,7 @@ class StepFinished:
     error: str | None = None
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)
     started_at: datetime | None = None  # set for steps that never ran (skipped, cancelled)
+    no_log: bool = False  # the step wrote nothing: its log file was never made
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,8 @@ _STEP_FINISHED = """
         attempt = max(steps.attempt, excluded.attempt),
         started_at = coalesce(steps.started_at, excluded.started_at),
         exit_code = excluded.exit_code, signal = excluded.signal, error = excluded.error,
-        outputs = excluded.outputs"""
+        outputs = excluded.outputs,
+        log = CASE WHEN ?11 THEN NULL ELSE steps.log END"""
 _WATERMARK = """
     INSERT INTO jobs (name, watermark) VALUES (?, ?)
     ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark
@@ -407,7 +408,7 @@ def _step_finished(conn: sqlite3.Connection, e: StepFinished, refused: set[str])
     conn.execute(_STEP_FINISHED, (
         e.run_id, e.step_id, str(e.status), e.attempt, _iso_or_none(e.started_at),
         _iso(e.finished_at), e.exit_code, e.signal, e.error,
-        _json(e.outputs) if e.outputs else "{}"))
+        _json(e.outputs) if e.outputs else "{}", e.no_log))
 
 
 def _watermark_moved(conn: sqlite3.Connection, e: WatermarkMoved, refused: set[str]) -> None:
