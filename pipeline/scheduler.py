@@ -30,12 +30,12 @@ from loguru import logger
 from pipeline import triggers
 from pipeline.engine import MAX_CHAIN, RunHandle, check_chain, run_job, utc_now
 from pipeline.errors import NotFound
-from pipeline.faults import crash_point
 from pipeline.events import RunFinished, RunQueued, RunSkipped, WatermarkMoved
+from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
+from pipeline.params import parse_params
 from pipeline.runners import Runner
-from pipeline.spec import parse_params
 from pipeline.store import Store, new_run_id, process_identity
 from pipeline.versions import version_of
 

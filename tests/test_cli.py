@@ -203,7 +203,7 @@ def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> No
     log = state / "logs" / "slow"
     _wait_for(lambda: any(p.read_text() == "started\n" for p in log.rglob("*.log")))
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     runs = json.loads(subprocess.run([*PIPELINE, "runs", "--state-dir", str(state), "--json"],
                                      capture_output=True, check=True).stdout)

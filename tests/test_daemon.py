@@ -193,8 +193,8 @@ def test_second_daemon_refuses_with_a_clear_message(daemon: Daemon) -> None:
     second = subprocess.run(daemon.command("serve", "--no-http"), capture_output=True,
                             text=True, timeout=30)
     assert second.returncode == 1
-    assert "another pipeline daemon" in second.stderr and str(daemon.proc.pid if daemon.proc else "") in \
-        second.stderr
+    assert daemon.proc is not None
+    assert f"another pipeline daemon (pid {daemon.proc.pid})" in second.stderr
     assert daemon.stop() == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -136,7 +137,9 @@ async def test_for_each_from_an_expression_with_items_in_context(job_from: JobFr
             run: echo "n=${{ item }}" >> "$PIPELINE_OUTPUT"
           - id: join
             needs: [each]
-            run: echo ${{ steps.each['items'] | map(attribute='outputs') | map(attribute='n') | join(',') }}
+            run: >-
+              echo ${{ steps.each['items'] | map(attribute='outputs')
+              | map(attribute='n') | join(',') }}
     """)
     result, rec = await run(job, tmp_path, params={"names": '["x", "y"]'})
     assert result.status is RunStatus.SUCCEEDED, rec.steps()
@@ -242,7 +245,7 @@ async def test_retries_with_exponential_backoff_and_attempt_counts(
     result, rec = await run(job, tmp_path, runners=runners)
     assert result.status is RunStatus.SUCCEEDED
     assert [a for a, _ in attempts] == [1, 2, 3, 4]
-    gaps = [round(b - a) for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+    gaps = [round(b - a) for (_, a), (_, b) in itertools.pairwise(attempts)]
     assert gaps == [10, 20, 25]  # 10, 20, then 40 capped at 25
     assert trio.current_time() - t0 == pytest.approx(55)
     assert [e.attempt for e in rec.events if isinstance(e, StepRetrying)] == [1, 2, 3]
@@ -260,7 +263,7 @@ async def test_pipeline_attempt_is_visible_to_the_step(job_from: JobFrom,
               echo "attempt $PIPELINE_ATTEMPT"
               [ "$PIPELINE_ATTEMPT" -ge 3 ]
     """)
-    result, rec = await run(job, tmp_path)
+    result, _ = await run(job, tmp_path)
     assert result.status is RunStatus.SUCCEEDED
     log = log_of(tmp_path, "third_time_lucky")
     assert "attempt 1\n" in log and "attempt 3\n" in log
@@ -288,10 +291,7 @@ async def test_step_timeout_kills_the_group_including_background_children(
     assert finished.error == "timed out after 0.5s"
     pgid = next(e.pgid for e in rec.events if isinstance(e, StepSpawned))
     child = int(finished.outputs["child"])
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.02)
-    assert not _alive(child)
+    assert not _alive(child)  # gone by the time the step is recorded, not eventually
     assert process.group_members(pgid) == []
 
 

@@ -69,7 +69,7 @@ async def test_step_is_a_session_leader() -> None:
 async def test_background_child_holding_the_pipe_does_not_hold_the_step() -> None:
     # The leader exits at once; its background child keeps stdout open for a minute.
     started = trio.current_time()
-    exit, out, pids = await run(["bash", "-c", "sleep 60 & echo $! ; echo done"], grace=1)
+    exit, out, _ = await run(["bash", "-c", "sleep 60 & echo $! ; echo done"], grace=1)
     assert exit.ok
     assert trio.current_time() - started < 5
     child = int(out.split()[0])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-import trio.testing
+from trio.testing import MockClock
 
 from pipeline import spec
 from pipeline.errors import RunnerError
@@ -94,7 +94,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, mock_clock: trio.testing.MockClock) -> World:
+def world(tmp_path: Path, mock_clock: MockClock) -> World:
     mock_clock.autojump_threshold = 0.005
     return World(tmp_path)
 
@@ -106,7 +106,8 @@ EVERY_10S = """
 """
 
 
-async def test_interval_fires_on_every_aligned_instant_once(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_interval_fires_on_every_aligned_instant_once(world: World,
+                                                            mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "1s"))
     async with world.daemon(job):
         await trio.sleep(55)
@@ -119,7 +120,8 @@ async def test_interval_fires_on_every_aligned_instant_once(world: World, mock_c
         assert (r.started_at - r.fire_time).total_seconds() < 0.5
 
 
-async def test_forbid_records_the_overlapping_fire_as_skipped(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_forbid_records_the_overlapping_fire_as_skipped(world: World,
+                                                              mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "15s"))
     async with world.daemon(job):
         await trio.sleep(45)
@@ -128,7 +130,7 @@ async def test_forbid_records_the_overlapping_fire_as_skipped(world: World, mock
     assert "still active" in world.skipped()[0][1]
 
 
-async def test_allow_with_max_active(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_allow_with_max_active(world: World, mock_clock: MockClock) -> None:
     job = world.job("""
         schedule: every 10s
         concurrency: {policy: allow, max_active: 2}
@@ -141,7 +143,8 @@ async def test_allow_with_max_active(world: World, mock_clock: trio.testing.Mock
     assert [t for t, _ in world.skipped()] == [30]
 
 
-async def test_replace_cancels_the_active_run_then_starts(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_replace_cancels_the_active_run_then_starts(world: World,
+                                                          mock_clock: MockClock) -> None:
     job = world.job("""
         schedule: every 10s
         concurrency: replace
@@ -158,7 +161,8 @@ async def test_replace_cancels_the_active_run_then_starts(world: World, mock_clo
     assert runs[1].started_at >= runs[0].finished_at
 
 
-async def test_queue_waits_for_the_active_run_and_is_bounded(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_queue_waits_for_the_active_run_and_is_bounded(world: World,
+                                                             mock_clock: MockClock) -> None:
     job = world.job("""
         schedule: every 10s
         concurrency: {policy: queue, max_queued: 1}
@@ -179,7 +183,7 @@ async def test_queue_waits_for_the_active_run_and_is_bounded(world: World, mock_
     assert runs[40].reason == "the daemon stopped before the run could start"
 
 
-async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "0s"))
     async with world.daemon(job):
         await trio.sleep(15)  # fires at 10
@@ -196,7 +200,7 @@ async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: t
 
 
 async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
-                                                           mock_clock: trio.testing.MockClock,
+                                                           mock_clock: MockClock,
                                                            ) -> None:
     mock_clock.autojump_threshold = 0.005
     for policy in ("none", "all"):
@@ -216,7 +220,8 @@ async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
             assert world.skipped() == []
 
 
-async def test_a_fire_is_never_run_twice_across_a_crash(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_a_fire_is_never_run_twice_across_a_crash(world: World,
+                                                        mock_clock: MockClock) -> None:
     """A fire claimed but whose watermark was never flushed is refused on restart."""
     job = world.job(EVERY_10S % ("all", "0s"))
     async with world.daemon(job):
@@ -231,7 +236,7 @@ async def test_a_fire_is_never_run_twice_across_a_crash(world: World, mock_clock
     assert fired == sorted(set(fired)) == [10, 20]
 
 
-async def test_clock_jump_back_never_reruns_a_fire(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_clock_jump_back_never_reruns_a_fire(world: World, mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "0s"))
     async with world.daemon(job):
         await trio.sleep(35)  # 10, 20, 30
@@ -240,7 +245,8 @@ async def test_clock_jump_back_never_reruns_a_fire(world: World, mock_clock: tri
     assert world.fired() == [10, 20, 30, 40]
 
 
-async def test_clock_jump_forward_is_caught_up_by_policy(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_clock_jump_forward_is_caught_up_by_policy(world: World,
+                                                         mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "0s"))
     async with world.daemon(job):
         await trio.sleep(15)
@@ -252,7 +258,7 @@ async def test_clock_jump_forward_is_caught_up_by_policy(world: World, mock_cloc
 
 
 async def test_circuit_breaker_opens_skips_and_closes(world: World,
-                                                      mock_clock: trio.testing.MockClock,
+                                                      mock_clock: MockClock,
                                                       ) -> None:
     job = world.job("""
         schedule: every 10s
@@ -272,7 +278,8 @@ async def test_circuit_breaker_opens_skips_and_closes(world: World,
     assert scheduler.reset_circuit("job")
 
 
-async def test_disabled_job_never_fires_but_can_be_triggered(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_disabled_job_never_fires_but_can_be_triggered(world: World,
+                                                             mock_clock: MockClock) -> None:
     job = world.job("""
         enabled: false
         schedule: every 10s
@@ -289,7 +296,7 @@ async def test_disabled_job_never_fires_but_can_be_triggered(world: World, mock_
 
 
 async def test_schedule_edit_never_fires_retroactively_and_new_jobs_never_backfill(
-        world: World, mock_clock: trio.testing.MockClock) -> None:
+        world: World, mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("all", "0s"))
     async with world.daemon(job) as scheduler:
         await trio.sleep(15)  # 10
@@ -306,7 +313,8 @@ async def test_schedule_edit_never_fires_retroactively_and_new_jobs_never_backfi
     assert world.fired("late") == [20]
 
 
-async def test_removed_job_is_unscheduled_and_its_history_kept(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_removed_job_is_unscheduled_and_its_history_kept(world: World,
+                                                               mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("all", "0s"))
     async with world.daemon(job) as scheduler:
         await trio.sleep(15)
@@ -315,7 +323,8 @@ async def test_removed_job_is_unscheduled_and_its_history_kept(world: World, moc
     assert world.fired() == [10]
 
 
-async def test_long_outage_considers_at_most_1000_fires_and_starts_fast(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_long_outage_considers_at_most_1000_fires_and_starts_fast(
+        world: World, mock_clock: MockClock) -> None:
     job = world.job("""
         schedule: {every: 1s, catchup: latest}
         steps:
@@ -330,7 +339,7 @@ async def test_long_outage_considers_at_most_1000_fires_and_starts_fast(world: W
     assert len(world.fired()) == 2
 
 
-async def test_stop_cancels_a_running_run(world: World, mock_clock: trio.testing.MockClock) -> None:
+async def test_stop_cancels_a_running_run(world: World, mock_clock: MockClock) -> None:
     job = world.job("""
         steps:
           - {id: s, uses: sleep, with: {duration: 100s}}

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.spec import builtin_runner_schemas
+from pipeline.schema import builtin_runner_schemas
 
 if TYPE_CHECKING:
     import trio

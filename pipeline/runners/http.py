@@ -28,8 +28,8 @@ import httpx
 import trio
 
 from pipeline.errors import PipelineError, RunnerError
+from pipeline.notation import parse_duration
 from pipeline.runners import StepContext
-from pipeline.spec import parse_duration
 
 DEFAULT_TIMEOUT = 30.0
 BODY_CAP = 64 * 1024

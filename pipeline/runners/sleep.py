@@ -7,8 +7,8 @@ from typing import Any
 
 import trio
 
+from pipeline.notation import parse_duration
 from pipeline.runners import StepContext
-from pipeline.spec import parse_duration
 
 
 async def run(args: Mapping[str, Any], ctx: StepContext) -> None:
