@@ -721,3 +721,60 @@ def list_(settings: Settings, as_json: bool) -> None:
             click.echo(str(Problem(e["file"], e["line"], e["column"], e["message"])), err=True)
     if daemon is None:
         click.echo("(no daemon is running on this state directory)", err=True)
+
+
+# -- talking to the daemon -----------------------------------------------------------------
+
+
+def server_options(command: Any) -> Any:
+    command = click.option("--server", metavar="URL", envvar="PIPELINE_SERVER",
+                           help="The daemon's address [default: the one it recorded in the "
+                                "state directory].")(command)
+    return click.option("--token", envvar="PIPELINE_TOKEN", default=None,
+                        help="The daemon's API token (env PIPELINE_TOKEN).")(command)
+
+
+@main.command()
+@click.argument("job")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter (repeatable).")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it "
+                                           "succeeded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+@server_options
+@dirs
+@pass_settings
+def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, as_json: bool,
+            server: str | None, token: str | None) -> None:
+    """Ask the daemon to run JOB now; print the run id.
+
+    Exit status: 0 started (with --wait: succeeded), 1 refused, unknown job, no daemon or (with
+    --wait) the run did not succeed, 2 bad parameters.
+    """
+    from pipeline import client
+
+    base = client.server_url(settings.state_dir, server)
+    answer = client.trigger(base, token, job, parse_kv(params), wait=wait)
+    run_id = answer.get("run_id") or answer.get("id")
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(run_id)
+    if wait:
+        reason = f" ({answer['reason']})" if answer.get("reason") else ""
+        click.echo(f"run {run_id} {answer.get('status')}{reason}", err=True)
+        if answer.get("status") != "succeeded":
+            sys.exit(1)
+
+
+@main.command()
+@click.argument("run_id")
+@server_options
+@dirs
+@pass_settings
+def stop(settings: Settings, run_id: str, server: str | None, token: str | None) -> None:
+    """Ask the daemon to cancel RUN_ID. Exit status: 0 stopping, 1 unknown or not running."""
+    from pipeline import client
+
+    client.stop(client.server_url(settings.state_dir, server), token, check_run_id(run_id))
+    click.echo(f"run {run_id}: stopping", err=True)

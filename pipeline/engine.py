@@ -16,7 +16,6 @@ import graphlib
 import json
 import math
 import os
-import shlex
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,8 +29,6 @@ from loguru import logger
 
 from pipeline import expr, process
 from pipeline.errors import ExpressionError, PipelineError, RunnerError
-from pipeline.faults import armed as faults_armed
-from pipeline.faults import crash_point
 from pipeline.events import (
     Event,
     RunFinished,
@@ -41,6 +38,8 @@ from pipeline.events import (
     StepSpawned,
     StepStarted,
 )
+from pipeline.faults import armed as faults_armed
+from pipeline.faults import crash_point
 from pipeline.model import Job, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
 from pipeline.redact import Redactor, StreamRedactor
 from pipeline.runners import Runner, StepContext, builtin_runners
@@ -196,10 +195,23 @@ class StepLog:
         self._file: Any = None  # opened on the first write: a silent step costs no file
         self._broken = False
 
+    # One message per condition, not per step: a full disk would otherwise log an error for
+    # every step of every run until space returns.
+    _failing: str | None = None
+
     def _fail(self, exc: OSError) -> None:
-        if not self._broken:
-            logger.error("cannot write step log {}: {}", self.path, exc.strerror or exc)
+        condition = exc.strerror or str(exc)
+        if not self._broken and StepLog._failing != condition:
+            logger.error("cannot write step logs: {} (first: {}); steps go on without their "
+                         "output", condition, self.path)
+            StepLog._failing = condition
         self._broken = True
+
+    @classmethod
+    def _recovered(cls) -> None:
+        if cls._failing is not None:
+            logger.info("writing step logs again")
+            cls._failing = None
 
     def _write(self, data: bytes) -> None:
         if not data or self._broken:
@@ -227,6 +239,8 @@ class StepLog:
                 crash_point("log-write")
                 data = data[half:]
             self._file.write(data)
+            if StepLog._failing is not None:
+                StepLog._recovered()
         except OSError as exc:
             self._fail(exc)
 

@@ -8,7 +8,8 @@ started before it spawns the process.
 
 When a commit fails (a full disk, an I/O error), nothing is dropped: the batch is retried
 every ``retry`` seconds, the error is logged once per condition, and ``write`` stops waiting
-(runs carry on) until a commit succeeds again.
+(runs under way carry on) until a commit succeeds again, except for claims: a fire is not
+acted on until its run or skip is durable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import trio
 from loguru import logger
 
 from pipeline.errors import StateError
-from pipeline.events import Event, RunQueued, WatermarkMoved
+from pipeline.events import Event, RunQueued, RunSkipped, WatermarkMoved
 from pipeline.faults import crash_point
 from pipeline.store import Store
 
@@ -41,6 +42,7 @@ class Journal:
         self.retry = retry
         self.observers = observers  # told of every event as it is written (view, metrics)
         self.healthy = True
+        self.closed = False  # serve() has ended: writes go straight to the store
         self.failure: str | None = None
         self._send, self._receive = trio.open_memory_channel[
             tuple[Event, trio.Event | None, list[bool]]](math.inf)
@@ -53,9 +55,20 @@ class Journal:
         """
         for observer in self.observers:
             observer(event)
-        if not self.healthy:
+        if self.closed:
+            # The writer is gone (the daemon is going down, a run was cancelled with it):
+            # commit this last word ourselves rather than wait for nobody.
+            try:
+                refused = await self.offload(self.store.record, [event])
+            except StateError as exc:
+                logger.error("cannot record {}: {}", type(event).__name__, exc)
+                return True
+            return not (isinstance(event, RunQueued) and event.run_id in refused)
+        if not self.healthy and not isinstance(event, RunQueued | RunSkipped):
             self._send.send_nowait((event, None, []))
             return True
+        # A claim (a fire's run or skip) is waited for even while the store is failing: a
+        # fire acted on before its claim is durable could run again after a crash.
         done = trio.Event()
         verdict: list[bool] = []
         self._send.send_nowait((event, done, verdict))
@@ -65,6 +78,12 @@ class Journal:
     def write_nowait(self, event: Event) -> None:
         for observer in self.observers:
             observer(event)
+        if self.closed:
+            try:
+                self.store.record([event])
+            except StateError as exc:
+                logger.error("cannot record {}: {}", type(event).__name__, exc)
+            return
         self._send.send_nowait((event, None, []))
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -81,6 +100,7 @@ class Journal:
                         break
                 await self._commit(batch)
         finally:
+            self.closed = True
             with trio.CancelScope(shield=True):
                 await self.flush_queued()
 
@@ -111,8 +131,8 @@ class Journal:
                                  self.retry)
                     self.failure = message
                 self.healthy = False
-                for _, done, _ in batch:  # writers go on; their events stay queued here
-                    if done is not None:
+                for event, done, _ in batch:  # writers go on; their events stay queued here
+                    if done is not None and not isinstance(event, RunQueued | RunSkipped):
                         done.set()
                 if give_up:
                     logger.error("{} events not recorded", len(events))

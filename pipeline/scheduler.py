@@ -134,6 +134,7 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._firing = True
         self._loaded = False
+        self._versions_wanted = trio.Event()
 
     # -- the catalog ---------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ class Scheduler:
             logger.info("job {} unscheduled (its file is gone); history kept", name)
         self._loaded = True
         self._wakeup.set()
+        self._versions_wanted.set()
 
     def _read_stored(self, jobs: Mapping[str, Job]) -> dict[str, _Stored]:
         """Each job's schedule state as the last daemon left it (runs in a worker thread)."""
@@ -234,6 +236,7 @@ class Scheduler:
         """Fire due jobs until cancelled. Runs are tasks of this nursery."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._look_up_versions)
             task_status.started()
             while True:
                 if self._firing:
@@ -267,14 +270,29 @@ class Scheduler:
         await trio.sleep(delay)
 
     async def fire_due(self) -> None:
-        """Deal with every fire that is due by now, for every job."""
+        """Deal with every fire that is due by now, for every job.
+
+        Jobs are fired concurrently, so the claims of a thousand simultaneous fires share a
+        few commits (the journal's group commit) instead of waiting for one each.
+        """
         now = self.clock()
+        due = []
         while self._heap and self._heap[0][0] <= now:
             _, name, generation = heapq.heappop(self._heap)
             state = self.jobs.get(name)
-            if state is None or state.generation != generation:
-                continue
-            await self._fire(state, now)
+            if state is not None and state.generation == generation:
+                due.append(state)
+        if len(due) == 1:
+            await self._fire_and_reschedule(due[0], now)
+            return
+        async with trio.open_nursery() as nursery:
+            for state in due:
+                nursery.start_soon(self._fire_and_reschedule, state, now)
+
+    async def _fire_and_reschedule(self, state: JobState, now: datetime) -> None:
+        generation = state.generation
+        await self._fire(state, now)
+        if state.generation == generation:  # not reloaded meanwhile (that rescheduled it)
             self._reschedule(state)
 
     async def _fire(self, state: JobState, now: datetime) -> None:
@@ -317,20 +335,40 @@ class Scheduler:
             state.claimed = {f for f in state.claimed if f > state.watermark}
             self.journal.write_nowait(WatermarkMoved(job.name, state.watermark))
 
-    async def _version(self, state: JobState) -> Version:
-        if state.version is None or state.version.sha256 != state.job.sha256:
-            try:
-                state.version = await self.offload(_version_of, state.job)
-            except OSError:
-                state.version = Version(sha256=state.job.sha256)
-        return state.version
+    def _version(self, state: JobState) -> Version:
+        """The version to record: with its git facts once the background lookup has them."""
+        if state.version is not None and state.version.sha256 == state.job.sha256:
+            return state.version
+        return Version(sha256=state.job.sha256)
+
+    async def _look_up_versions(self) -> None:
+        """Find each loaded job's git facts, one file at a time, off the firing path.
+
+        git costs a few subprocesses per file; asked at fire time it would make a thousand
+        jobs firing together late by seconds. The facts are those of when the file was loaded.
+        """
+        while True:
+            pending = [s for s in self.jobs.values()
+                       if s.version is None or s.version.sha256 != s.job.sha256]
+            if not pending:
+                self._versions_wanted = trio.Event()
+                await self._versions_wanted.wait()
+                continue
+            for state in pending:
+                job = state.job
+                try:
+                    found = await self.offload(_version_of, job)
+                except OSError:
+                    found = Version(sha256=job.sha256)
+                if state.job is job:
+                    state.version = found
 
     async def _skip(self, state: JobState, fire: datetime | None, trigger: Trigger,
                     reason: str) -> Dispatched:
         run_id = new_run_id(self.clock())
         await self.journal.write(RunSkipped(run_id, state.job.name, trigger, fire,
                                             self.clock(), reason,
-                                            version=await self._version(state)))
+                                            version=self._version(state)))
         logger.info("job {}: fire {} skipped: {}", state.job.name,
                     fire.isoformat() if fire else "-", reason)
         return Dispatched(run_id, RunStatus.SKIPPED, reason)
@@ -379,7 +417,7 @@ class Scheduler:
         run_id = new_run_id(self.clock())
         accepted = await self.journal.write(RunQueued(
             run_id, state.job.name, trigger, self.clock(), fire_time=fire_time,
-            params=params, version=await self._version(state), document=state.job.document,
+            params=params, version=self._version(state), document=state.job.document,
             parent_run_id=parent, owner=process_identity()))
         if not accepted:
             logger.warning("job {}: fire {} already has a run; not run again",
@@ -531,13 +569,14 @@ class Scheduler:
                     return True
         return False
 
-    def reset_circuit(self, name: str) -> bool:
+    async def reset_circuit(self, name: str) -> bool:
+        """Close ``name``'s circuit breaker (an operator's decision); False if no such job."""
         state = self.jobs.get(name)
         if state is None:
             return False
         state.failures = 0
         state.opened_at = None
-        self.store.reset_circuit(name, self.clock())
+        await self.offload(self.store.reset_circuit, name, self.clock())
         return True
 
     async def shutdown(self, grace: float) -> None:

@@ -275,7 +275,7 @@ async def test_circuit_breaker_opens_skips_and_closes(world: World,
     assert world.skipped() == [(30, "circuit open"), (40, "circuit open"),
                                (60, "circuit open"), (70, "circuit open")]
     assert world.store.consecutive_failures("job") == 3  # the manual run does not count
-    assert scheduler.reset_circuit("job")
+    assert await scheduler.reset_circuit("job")
 
 
 async def test_disabled_job_never_fires_but_can_be_triggered(world: World,

@@ -1,0 +1,500 @@
+"""The routes of CONTRACT §5 over one daemon's parts, and the status pages.
+
+Every store call runs in a worker thread, and so does building and encoding the large answers;
+the trio thread only reads the scheduler's state.
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, quote
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from pipeline import page, spec
+from pipeline.errors import (
+    PipelineError,
+    RunActive,
+)
+from pipeline.http.answers import (
+    ApiError,
+    Encoded,
+    JSONResponse,
+    RecentAnswers,
+    api_error,
+    dumps,
+    encode_shared,
+    error_page,
+    http_error,
+    internal_error,
+    pipeline_error,
+    shared_answer,
+)
+from pipeline.http.guard import (
+    MAX_LIMIT,
+    MAX_WAIT,
+    SESSION_COOKIE,
+    Guard,
+    session_value,
+)
+from pipeline.http.openapi import openapi_document
+from pipeline.http.reading import (
+    body_bytes,
+    flag,
+    integer,
+    local_target,
+    match,
+    number,
+    one_of,
+    read_json,
+    time_param,
+)
+from pipeline.http.views import (
+    CatalogFiles,
+    declared_steps,
+    declares,
+    job_views,
+    log_size,
+    log_tail,
+    read_log,
+)
+from pipeline.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pipeline.metrics import Snapshot
+from pipeline.model import (
+    JOB_NAME,
+    RUN_ID,
+    STEP_INSTANCE_ID,
+    Job,
+    RunRecord,
+    RunStatus,
+    StepStatus,
+    Trigger,
+    iso,
+    run_as_dict,
+)
+from pipeline.store import log_relpath
+
+if TYPE_CHECKING:
+    from pipeline.daemon import Daemon
+
+
+LOG_CHUNK = 64 * 1024
+PAGE_LOG_TAIL = 48 * 1024  # of each step's log shown on the run page
+FOLLOW_POLL = 0.25  # seconds between looks at a followed log that has nothing new
+PAGE_REFRESH = 5  # seconds, the status page; a live run page refreshes faster
+RUN_PAGE_REFRESH = 2
+T = TypeVar("T")
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+class StatusApp:
+    """The routes, over one daemon's parts."""
+
+    def __init__(self, daemon: Daemon, *, token: str | None = None) -> None:
+        self.daemon = daemon
+        self.token = token
+        self.recent = RecentAnswers(self.version)
+
+    def version(self) -> Hashable:
+        """Changes whenever what the lists show may have changed (trio thread only)."""
+        catalog = self.daemon.catalog
+        return (self.daemon.metrics.events, id(catalog.jobs), id(catalog.problems),
+                id(catalog.stale), len(self.daemon.scheduler.jobs))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.daemon.state_dir
+
+    def now(self) -> datetime:
+        return self.daemon.scheduler.clock()
+
+    async def store(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store method in a worker thread: it may block on disk."""
+        return await trio.to_thread.run_sync(partial(call, *args, **kwargs))
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/", self.index_page, methods=["GET"]),
+            Route("/runs/{run_id}", self.run_page, methods=["GET"]),
+            Route("/login", self.login, methods=["GET", "POST"], include_in_schema=False),
+            Route("/api/v1/jobs", self.list_jobs, methods=["GET"]),
+            Route("/api/v1/jobs/{name}", self.get_job, methods=["GET"]),
+            Route("/api/v1/jobs/{name}/runs", self.trigger, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/circuit/reset", self.reset_circuit, methods=["POST"]),
+            Route("/api/v1/runs", self.list_runs, methods=["GET"]),
+            Route("/api/v1/runs/{run_id}", self.get_run, methods=["GET"]),
+            Route("/api/v1/runs/{run_id}", self.delete_run, methods=["DELETE"]),
+            Route("/api/v1/runs/{run_id}/stop", self.stop, methods=["POST"]),
+            Route("/api/v1/runs/{run_id}/steps/{step}/log", self.step_log, methods=["GET"]),
+            Route("/api/v1/metrics", self.metrics_json, methods=["GET"]),
+            Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def _job_views(self) -> list[dict[str, Any]]:
+        async def build() -> list[dict[str, Any]]:
+            # What lives in the scheduler is read here, in the trio thread; the rest (a
+            # thousand dictionaries) is built in a worker thread.
+            catalog, now = self.daemon.catalog, self.now()
+            files = CatalogFiles(catalog.jobs, catalog.problems, catalog.files, catalog.stale)
+            live = {name: (state.next_fire, state.circuit_open(now))
+                    for name, state in self.daemon.scheduler.jobs.items()}
+            last, active = await self.store(self._last_and_active)
+            return await trio.to_thread.run_sync(job_views, files, live, last, active)
+
+        return await self.recent.get("jobs", build)
+
+    def _last_and_active(self) -> tuple[dict[str, RunRecord], list[RunRecord]]:
+        return self.daemon.store.last_runs(), self.daemon.store.active_runs()
+
+    async def list_jobs(self, request: Request) -> Response:
+        async def build() -> Encoded:
+            views = await self._job_views()
+            return await trio.to_thread.run_sync(encode_shared, {"jobs": views})
+
+        return shared_answer(request, await self.recent.get("jobs.json", build))
+
+    def _loaded_job(self, request: Request) -> Job:
+        name = match(request.path_params["name"], JOB_NAME, "job")
+        state = self.daemon.scheduler.jobs.get(name)
+        if state is None:
+            raise ApiError(404, "not_found", f"no job {name!r} is loaded")
+        return state.job
+
+    async def get_job(self, request: Request) -> Response:
+        name = match(request.path_params["name"], JOB_NAME, "job")
+        for view in await self._job_views():
+            if view["name"] == name:
+                return JSONResponse(view)
+        raise ApiError(404, "not_found", f"no job {name!r}")
+
+    async def trigger(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        body = await read_json(request)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_body", 'the body must be a JSON object: {"params": {...}}')
+        unknown = sorted(set(body) - {"params"})
+        if unknown:
+            raise ApiError(400, "bad_body", f"unknown field(s) {', '.join(unknown)}; the body "
+                                            'is {"params": {...}}')
+        given = body.get("params") or {}
+        if not isinstance(given, dict):
+            raise ApiError(400, "bad_body", '"params" must be an object of name: value')
+        values = spec.parse_params(job, given)  # JSON values, typed by the job's declaration
+        dispatched = await self.daemon.scheduler.trigger(job.name, values,
+                                                         trigger=Trigger.API)
+        self.recent.clear()  # a client reads its own writes
+        if dispatched.status is RunStatus.SKIPPED:
+            raise ApiError(409, "refused", f"job {job.name} was not started: "
+                                           f"{dispatched.reason}", {
+                "run_id": dispatched.run_id, "status": str(dispatched.status),
+                "reason": dispatched.reason})
+        url = f"/api/v1/runs/{dispatched.run_id}"
+        return JSONResponse({"run_id": dispatched.run_id, "job": job.name,
+                             "status": str(dispatched.status), "url": url},
+                            status_code=202, headers={"Location": url})
+
+    async def reset_circuit(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        if not await self.daemon.scheduler.reset_circuit(job.name):
+            raise ApiError(404, "not_found", f"no job {job.name!r} is loaded")
+        self.recent.clear()
+        return JSONResponse({"job": job.name, "circuit": "closed"})
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def list_runs(self, request: Request) -> Response:
+        query = request.query_params
+        job = query.get("job") or None
+        if job is not None and not JOB_NAME.fullmatch(job):
+            raise ApiError(400, "bad_query", f"job must match {JOB_NAME.pattern}")
+        status = one_of(RunStatus, query.get("status"), "status")
+        trigger = one_of(Trigger, query.get("trigger"), "trigger")
+        since = time_param(query.get("since"), "since")
+        limit = integer(request, "limit", 50, 1, MAX_LIMIT)
+        offset = integer(request, "offset", 0, 0, 10**9)
+
+        def read() -> Encoded:
+            store = self.daemon.store
+            found = store.runs(job=job, status=status, trigger=trigger, since=since,
+                               limit=limit, offset=offset)
+            total = store.count_runs(job=job, status=status, trigger=trigger, since=since)
+            more = offset + len(found) < total
+            return encode_shared({"runs": [run_as_dict(r, steps=False) for r in found],
+                                  "total": total, "limit": limit, "offset": offset,
+                                  "next_offset": offset + len(found) if more else None})
+
+        key = "runs?" + "&".join(f"{k}={v}" for k, v in (
+            ("job", job), ("status", status), ("trigger", trigger), ("since", since),
+            ("limit", limit), ("offset", offset)))
+        return shared_answer(request, await self.recent.get(key, partial(self.store, read)))
+
+    async def _run(self, run_id: str) -> RunRecord:
+        record = await self.store(self.daemon.store.run, match(run_id, RUN_ID, "run"))
+        if record is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        return record
+
+    def run_view(self, record: RunRecord) -> dict[str, Any]:
+        view = run_as_dict(record)
+        for step in view["steps"]:
+            step["log_url"] = (f"/api/v1/runs/{record.id}/steps/{quote(step['id'])}/log"
+                               if step.get("log") else None)
+        return view
+
+    async def get_run(self, request: Request) -> Response:
+        """One run; with ``?wait=SECONDS``, answer once it has finished or the time is up."""
+        run_id = request.path_params["run_id"]
+        record = await self._run(run_id)
+        wait = number(request.query_params.get("wait"), "wait", 0.0, MAX_WAIT)
+        if wait and not record.status.finished:
+            with trio.move_on_after(wait):
+                while not record.status.finished:
+                    handle = self.daemon.scheduler.runs.get(run_id)
+                    with trio.move_on_after(1.0 if handle else 0.2):  # queued: no handle yet
+                        await (handle.finished if handle else trio.Event()).wait()
+                    record = await self._run(run_id)
+            record = await self._run(run_id)
+        return JSONResponse(self.run_view(record))
+
+    async def stop(self, request: Request) -> Response:
+        run_id = match(request.path_params["run_id"], RUN_ID, "run")
+        if self.daemon.scheduler.stop(run_id):
+            self.recent.clear()
+            return JSONResponse({"run_id": run_id, "status": "stopping"}, status_code=202)
+        record = await self._run(run_id)
+        if record.status.finished:
+            raise ApiError(409, "not_active", f"run {run_id} is not running (status: "
+                                              f"{record.status})", {"status": str(record.status)})
+        raise ApiError(409, "not_owned", f"run {run_id} is {record.status} but not run by this "
+                                         "daemon (a `pipeline run` in another process?); stop "
+                                         "it there", {"status": str(record.status)})
+
+    async def delete_run(self, request: Request) -> Response:
+        run_id = match(request.path_params["run_id"], RUN_ID, "run")
+        try:
+            record = await self.store(self.daemon.store.delete_run, run_id)
+        except RunActive:
+            raise ApiError(409, "active", f"run {run_id} is still active; stop it first, "
+                                          f"then delete it") from None
+        if record is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        self.recent.clear()
+        if JOB_NAME.fullmatch(record.job):
+            logs = self.state_dir / "logs" / record.job / run_id
+            await trio.to_thread.run_sync(partial(shutil.rmtree, logs, ignore_errors=True))
+        return JSONResponse({"id": run_id, "job": record.job, "deleted": True})
+
+    # -- logs --------------------------------------------------------------------------------
+
+    async def step_log(self, request: Request) -> Response:
+        """A step's log as text from ``?offset=`` bytes; ``?follow=1`` streams it to the end.
+
+        The ``X-Log-Offset`` header says where the text starts: a follower that lost its
+        connection resumes with ``offset`` = that plus what it received.
+        """
+        step_id = match(request.path_params["step"], STEP_INSTANCE_ID, "step")
+        record = await self._run(request.path_params["run_id"])
+        offset = integer(request, "offset", 0, 0, 2**62)
+        follow = flag(request, "follow")
+        if not any(s.id == step_id for s in record.steps):
+            if record.status.finished or not declares(record, step_id):
+                raise ApiError(404, "not_found", f"run {record.id} has no step {step_id!r}")
+            if not follow:  # declared, and not started yet: no output so far
+                return Response(b"", media_type="text/plain; charset=utf-8",
+                                headers={"X-Log-Offset": str(offset)})
+        path = self.state_dir / log_relpath(record.job, record.id, step_id)
+        stream = (self._follow(record.id, step_id, path, offset) if follow
+                  else self._read_to_end(path, offset))
+        return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
+                                 headers={"X-Log-Offset": str(offset)})
+
+    async def _read_to_end(self, path: Path, offset: int) -> AsyncIterator[bytes]:
+        end = await trio.to_thread.run_sync(log_size, path)
+        while offset < end:
+            data = await trio.to_thread.run_sync(read_log, path, offset,
+                                                 min(LOG_CHUNK, end - offset))
+            if not data:
+                return
+            offset += len(data)
+            yield data
+
+    async def _follow(self, run_id: str, step_id: str, path: Path,
+                      offset: int) -> AsyncIterator[bytes]:
+        while True:
+            data = await trio.to_thread.run_sync(read_log, path, offset, LOG_CHUNK)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            record = await self.store(self.daemon.store.run, run_id)
+            step = next((s for s in record.steps if s.id == step_id), None) if record else None
+            if record is None or record.status.finished or (step and step.status.finished):
+                # The engine closes the log before it records the end: what is there now is all.
+                async for rest in self._read_to_end(path, offset):
+                    yield rest
+                return
+            await trio.sleep(FOLLOW_POLL)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    async def _fresh_metrics(self) -> None:
+        """Give the gauges the live state, and seed last-success times from the store."""
+        daemon = self.daemon
+        missing = daemon.metrics.needs_seed(daemon.catalog.jobs)
+        if missing:
+            found = await self.store(lambda: {n: daemon.store.last_success(n) for n in missing})
+            for name, at in found.items():
+                daemon.metrics.seed_last_success(name, at)
+        daemon.metrics.update(self.snapshot())
+
+    def snapshot(self) -> Snapshot:
+        """The scheduler's and the catalog's state now (trio thread only)."""
+        scheduler = self.daemon.scheduler
+        now = self.now()
+        jobs = scheduler.jobs
+        return Snapshot(
+            jobs=len(jobs),
+            active={n: len(s.active) for n, s in jobs.items() if s.active},
+            queued={n: len(s.queue) for n, s in jobs.items() if s.queue},
+            circuits_open=frozenset(n for n, s in jobs.items() if s.circuit_open(now)),
+            next_fire={n: s.next_fire.timestamp() for n, s in jobs.items() if s.next_fire},
+            invalid_files=len(self.daemon.catalog.problems),
+            journal_healthy=self.daemon.journal.healthy,
+            started_at=self.daemon.started_at.timestamp())
+
+    async def metrics(self, request: Request) -> Response:
+        await self._fresh_metrics()
+        body = await trio.to_thread.run_sync(self.daemon.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    async def metrics_json(self, request: Request) -> Response:
+        await self._fresh_metrics()
+        metrics = self.daemon.metrics
+        return JSONResponse(await trio.to_thread.run_sync(lambda: dumps(metrics.as_json())))
+
+    # -- the rest ----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    # -- pages -------------------------------------------------------------------------------
+
+    async def _html(self, template: str, context: Mapping[str, Any],
+                    status: int = 200) -> HTMLResponse:
+        text = await trio.to_thread.run_sync(page.render, template, context)
+        return HTMLResponse(text, status_code=status)
+
+    async def index_page(self, request: Request) -> Response:
+        job_filter = request.query_params.get("job") or None
+        if job_filter is not None and not JOB_NAME.fullmatch(job_filter):
+            return error_page(404, f"no job {job_filter[:80]!r}")
+        offset = integer(request, "offset", 0, 0, 10**9)
+        limit = 25
+        day_ago = self.now() - timedelta(days=1)
+
+        def read() -> tuple[list[RunRecord], int, int]:
+            store = self.daemon.store
+            return (store.runs(job=job_filter, limit=limit, offset=offset),
+                    store.count_runs(job=job_filter),
+                    store.count_runs(status=RunStatus.FAILED, since=day_ago))
+
+        views = await self._job_views()
+        runs, total, failed = await self.store(read)
+        queued = sum(v["queued_runs"] for v in views)
+        stats = self.daemon.scheduler.statistics()
+        journal = self.daemon.journal
+        return await self._html("index.html", {
+            "jobs": [v for v in views if v["name"] is not None],
+            "invalid": [v for v in views if not v["valid"]],
+            "runs": [run_as_dict(r, steps=False) for r in runs],
+            "total": total, "offset": offset, "limit": limit, "job_filter": job_filter,
+            "stats": {"jobs": stats.jobs, "queued": queued,
+                      "running": sum(v["active_runs"] for v in views) - queued,
+                      "failed_24h": failed, "invalid": len(self.daemon.catalog.problems),
+                      "circuits_open": stats.circuits_open},
+            "daemon": {"started_at": iso(self.daemon.started_at),
+                       "jobs_dir": str(self.daemon.jobs_dir),
+                       "journal_healthy": journal.healthy, "journal_failure": journal.failure},
+            "refresh": PAGE_REFRESH,
+        })
+
+    async def run_page(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        if not RUN_ID.fullmatch(run_id):
+            return error_page(404, f"no run {run_id[:80]!r}")
+        record = await self.store(self.daemon.store.run, run_id)
+        if record is None:
+            return error_page(404, f"no run {run_id!r}")
+        view = self.run_view(record)
+        active = not record.status.finished
+        if active:
+            seen = {s["id"] for s in view["steps"]}
+            view["steps"] += [{"id": i, "status": "pending", "attempt": 0, "exit_code": None,
+                               "signal": None, "duration_s": None, "error": None,
+                               "outputs": {}, "log_url": None, "started_at": None}
+                              for i in declared_steps(record) if i not in seen]
+        logs = []
+        for step in record.steps:
+            if not step.log or not STEP_INSTANCE_ID.fullmatch(step.id):
+                continue
+            path = self.state_dir / log_relpath(record.job, record.id, step.id)
+            text, skipped, size = await trio.to_thread.run_sync(log_tail, path,
+                                                                PAGE_LOG_TAIL)
+            logs.append({"step": step.id, "status": str(step.status), "text": text,
+                         "skipped": skipped, "size": size,
+                         "url": f"/api/v1/runs/{record.id}/steps/{step.id}/log",
+                         "open": step.status not in (StepStatus.SUCCEEDED,
+                                                     StepStatus.SKIPPED)})
+        if len(logs) == 1:
+            logs[0]["open"] = True
+        return await self._html("run.html", {
+            "run": view, "logs": logs, "refresh": RUN_PAGE_REFRESH if active else 0})
+
+    async def login(self, request: Request) -> Response:
+        """The status page's sign-in: the token once, then a session cookie."""
+        if self.token is None:
+            return RedirectResponse("/", status_code=303)
+        if request.method == "GET":
+            return await self._html("login.html", {"next": local_target(
+                request.query_params.get("next")), "failed": False})
+        form = parse_qs((await body_bytes(request)).decode(errors="replace"))
+        target = local_target((form.get("next") or ["/"])[0])
+        given = (form.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return await self._html("login.html", {"next": target, "failed": True}, 401)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(SESSION_COOKIE, session_value(self.token), httponly=True,
+                            samesite="strict", path="/")
+        return response
+
+
+def create_app(daemon: Daemon, *, token: str | None = None) -> ASGIApp:
+    """The whole HTTP app over ``daemon``: routes behind the ``Guard``."""
+    app = Starlette(routes=StatusApp(daemon, token=token).routes(), exception_handlers={
+        ApiError: api_error, HTTPException: http_error, PipelineError: pipeline_error,
+        Exception: internal_error})
+    return Guard(app, token=token)
+
+

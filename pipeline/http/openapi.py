@@ -1,0 +1,214 @@
+"""The OpenAPI 3.1 document of the API, written by hand next to the routes it describes; a
+test checks that both list the same routes, and fuzzes the API from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.http.guard import MAX_LIMIT, MAX_WAIT
+from pipeline.model import (
+    JOB_NAME,
+    RUN_ID,
+    STEP_INSTANCE_ID,
+    RunStatus,
+    Trigger,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [dict(schema), {"type": "null"}]}
+
+
+def _content(schema: Mapping[str, Any], kind: str = "application/json") -> dict[str, Any]:
+    return {"content": {kind: {"schema": dict(schema)}}}
+
+
+def _answers(ok: int, schema: Mapping[str, Any], description: str, *errors: int,
+             kind: str = "application/json") -> dict[str, Any]:
+    answers: dict[str, Any] = {str(ok): {"description": description,
+                                         **_content(schema, kind)}}
+    reasons = {400: "Malformed request", 401: "Token missing or wrong",
+               403: "Refused: not a loopback Host without a token, or another site's request",
+               404: "Unknown (or malformed) name or id", 409: "Conflict with the run's state",
+               413: "Body over 1 MiB", 415: "Body is not JSON",
+               422: "Parameters do not fit the job", 503: "The state directory cannot be used"}
+    # Pages answer their errors as pages too (a 401 is the sign-in form).
+    error = _content({"type": "string"}, kind) if kind == "text/html" else _content(
+        _ref("Error"))
+    for status in sorted({401, 403, 503, *errors}):
+        answers[str(status)] = {"description": reasons[status], **error}
+    return answers
+
+
+def _path_param(name: str, pattern: re.Pattern[str], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": pattern.pattern}}
+
+
+def _query(name: str, schema: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": dict(schema)}
+
+
+def _schemas() -> dict[str, Any]:
+    text, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
+    time = _nullable({"type": "string", "format": "date-time"})
+    run_status = {"type": "string", "enum": [str(s) for s in RunStatus]}
+    step: dict[str, Any] = {"type": "object", "required": [
+        "id", "status", "attempt", "exit_code", "started_at", "finished_at", "duration_s",
+        "outputs", "error"], "properties": {
+        "id": text, "status": {"type": "string", "enum": [
+            "pending", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]},
+        "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
+        "started_at": time, "finished_at": time, "duration_s": _nullable(number),
+        "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
+        "log": _nullable(text), "log_url": _nullable(text)}}
+    run_fields = {
+        "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": run_status,
+        "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
+        "fire_time": time, "queued_at": time, "started_at": time, "finished_at": time,
+        "duration_s": _nullable(number), "params": {"type": "object"},
+        "version": _nullable({"type": "object", "properties": {
+            "sha256": text, "git_commit": _nullable(text), "git_blob": _nullable(text),
+            "git_dirty": _nullable({"type": "boolean"})}}),
+        "reason": _nullable(text), "parent_run_id": _nullable(text)}
+    run_required = ["id", "job", "status", "trigger", "fire_time", "queued_at", "started_at",
+                    "finished_at", "duration_s", "params", "version", "reason"]
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": text, "message": text}}}},
+        "Problem": {"type": "object", "required": ["file", "line", "column", "message"],
+                    "properties": {"file": text, "line": integer, "column": integer,
+                                   "message": text}},
+        "Job": {"type": "object", "required": [
+            "name", "file", "valid", "errors", "enabled", "schedule", "next_fire_time",
+            "last_run", "active_runs", "circuit", "version"], "properties": {
+            "name": _nullable(text), "file": text, "valid": {"type": "boolean"},
+            "errors": {"type": "array", "items": _ref("Problem")},
+            "stale": {"type": "boolean"}, "description": _nullable(text),
+            "enabled": _nullable({"type": "boolean"}), "schedule": _nullable(text),
+            "next_fire_time": time, "last_run": _nullable(_ref("RunSummary")),
+            "active_runs": integer, "queued_runs": integer,
+            "circuit": {"type": "string", "enum": ["closed", "open"]},
+            "concurrency": _nullable(text), "params": {"type": "object"},
+            "version": _nullable(text)}},
+        "JobList": {"type": "object", "required": ["jobs"],
+                    "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
+        "Step": step,
+        "RunSummary": {"type": "object", "required": run_required, "properties": run_fields},
+        "Run": {"type": "object", "required": [*run_required, "steps"], "properties": {
+            **run_fields, "steps": {"type": "array", "items": _ref("Step")}}},
+        "RunList": {"type": "object", "required": ["runs", "total", "limit", "offset",
+                                                   "next_offset"], "properties": {
+            "runs": {"type": "array", "items": _ref("RunSummary")}, "total": integer,
+            "limit": integer, "offset": integer, "next_offset": _nullable(integer)}},
+        "TriggerRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "params": {"type": "object", "additionalProperties": {
+                "type": ["string", "number", "boolean"]}}}},
+        "Accepted": {"type": "object", "required": ["run_id", "status"], "properties": {
+            "run_id": text, "job": text, "status": run_status, "url": text}},
+        "Stopping": {"type": "object", "required": ["run_id", "status"],
+                     "properties": {"run_id": text, "status": {"const": "stopping"}}},
+        "Deleted": {"type": "object", "required": ["id", "deleted"], "properties": {
+            "id": text, "job": text, "deleted": {"type": "boolean"}}},
+        "Circuit": {"type": "object", "required": ["job", "circuit"], "properties": {
+            "job": text, "circuit": {"const": "closed"}}},
+        "Health": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"const": "ok"}}},
+        "Metrics": {"type": "object", "required": ["metrics"], "properties": {"metrics": {
+            "type": "array", "items": {"type": "object", "required": [
+                "name", "type", "help", "samples"], "properties": {
+                "name": text, "type": text, "help": text, "samples": {"type": "array"}}}}}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route the app serves (but the sign-in form)."""
+    name = _path_param("name", JOB_NAME, "A job's name")
+    run_id = _path_param("run_id", RUN_ID, "A run's id")
+    step = _path_param("step", STEP_INSTANCE_ID, "A step's id (for_each instances: ID.N)")
+    html = {"type": "string"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pipeline", "version": "1",
+                 "description": "The pipeline daemon's status API (CONTRACT §5). With a token, "
+                                "every route but /healthz needs Authorization: Bearer TOKEN."},
+        "components": {"schemas": _schemas(), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/healthz": {"get": {"operationId": "health", "security": [],
+                                 "responses": _answers(200, _ref("Health"), "Alive", )}},
+            "/metrics": {"get": {"operationId": "metrics", "responses": _answers(
+                200, {"type": "string"}, "Prometheus text format", kind="text/plain")}},
+            "/": {"get": {"operationId": "statusPage", "parameters": [
+                _query("job", {"type": "string"}, "Show only this job's runs"),
+                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip")],
+                "responses": _answers(200, html, "The status page", 400, 404,
+                                      kind="text/html")}},
+            "/runs/{run_id}": {"get": {"operationId": "runPage", "parameters": [run_id],
+                                       "responses": _answers(200, html, "A run's page", 404,
+                                                             kind="text/html")}},
+            "/api/v1/jobs": {"get": {"operationId": "listJobs", "responses": _answers(
+                200, _ref("JobList"), "Every job file, valid or not")}},
+            "/api/v1/jobs/{name}": {"get": {"operationId": "getJob", "parameters": [name],
+                                            "responses": _answers(200, _ref("Job"), "One job",
+                                                                  404)}},
+            "/api/v1/jobs/{name}/runs": {"post": {
+                "operationId": "triggerJob", "parameters": [name],
+                "requestBody": {"required": False, **_content(_ref("TriggerRequest"))},
+                "responses": _answers(202, _ref("Accepted"), "Run started or queued", 400,
+                                      404, 409, 413, 415, 422)}},
+            "/api/v1/jobs/{name}/circuit/reset": {"post": {
+                "operationId": "resetCircuit", "parameters": [name],
+                "responses": _answers(200, _ref("Circuit"), "Circuit closed", 404, 413,
+                                      415)}},
+            "/api/v1/runs": {"get": {"operationId": "listRuns", "parameters": [
+                _query("job", {"type": "string", "pattern": JOB_NAME.pattern}, "Job name"),
+                _query("status", {"type": "string", "enum": [str(s) for s in RunStatus]},
+                       "Run status"),
+                _query("trigger", {"type": "string", "enum": [str(t) for t in Trigger]},
+                       "What started the run"),
+                _query("since", {"type": "string", "format": "date-time"},
+                       "Runs queued at or after this time"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                       "Page size (default 50)"),
+                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip")],
+                "responses": _answers(200, _ref("RunList"), "Runs, newest first", 400)}},
+            "/api/v1/runs/{run_id}": {
+                "get": {"operationId": "getRun", "parameters": [run_id, _query(
+                    "wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                    "Answer once the run has finished, or after this many seconds")],
+                    "responses": _answers(200, _ref("Run"), "One run with its steps", 400,
+                                          404)},
+                "delete": {"operationId": "deleteRun", "parameters": [run_id],
+                           "responses": _answers(200, _ref("Deleted"),
+                                                 "Run and its logs deleted", 404, 409, 413,
+                                                 415)}},
+            "/api/v1/runs/{run_id}/stop": {"post": {
+                "operationId": "stopRun", "parameters": [run_id],
+                "responses": _answers(202, _ref("Stopping"), "The run is being cancelled", 404,
+                                      409, 413, 415)}},
+            "/api/v1/runs/{run_id}/steps/{step}/log": {"get": {
+                "operationId": "stepLog", "parameters": [
+                    run_id, step,
+                    _query("offset", {"type": "integer", "minimum": 0},
+                           "Start at this byte (resume a follow)"),
+                    _query("follow", {"type": "boolean"},
+                           "Stream the log until the step has finished")],
+                "responses": _answers(200, {"type": "string"}, "The log as text", 400, 404,
+                                      kind="text/plain")}},
+            "/api/v1/metrics": {"get": {"operationId": "metricsJson", "responses": _answers(
+                200, _ref("Metrics"), "The figures of /metrics as JSON")}},
+            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": _answers(
+                200, {"type": "object"}, "This document")}},
+        },
+    }
