@@ -362,6 +362,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                            owner=process_identity())
 
         parents: dict[str, tuple[str, str | None]] = {run_id: (job.name, None)}
+        handles = [handle]
         children: Any = None  # the nursery of children started without waiting
 
         async def start_job(name: str, params: Mapping[str, Any] | None = None, *,
@@ -388,7 +389,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                                           document=child.document, parent_run_id=parent_run_id,
                                           owner=process_identity()))
             child_handle = RunHandle(child_id, name)
-            child_handle.hurry = handle.hurry  # a second Ctrl-C hurries every run along
+            handles.append(child_handle)  # Ctrl-C stops children too
 
             async def go() -> None:
                 await run_job(child, run_id=child_id, state_dir=settings.state_dir,
@@ -412,7 +413,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.serve)
                 await journal.write(queued)
-                nursery.start_soon(watch_signals, handle, nursery.cancel_scope)
+                nursery.start_soon(watch_signals, handles)
                 nursery.start_soon(refresh, view)
                 async with trio.open_nursery() as children:
                     result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
@@ -430,19 +431,22 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
         return status
 
 
-async def watch_signals(handle: Any, _scope: Any) -> None:
-    """First Ctrl-C (or SIGTERM): stop the run gracefully. Second: kill it now."""
+async def watch_signals(handles: list[Any]) -> None:
+    """First Ctrl-C (or SIGTERM): stop the runs gracefully. Second: kill them now."""
     import trio
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
-            if handle.stop_reason is None:
+            first = handles[0].stop_reason is None
+            if first:
                 click.echo(f"\npipeline: {name}: stopping the run (again to kill it now)",
                            err=True)
-                handle.stop(f"interrupted by {name}")
-            else:
-                handle.kill(f"interrupted by {name}")
+            for handle in handles:
+                if first:
+                    handle.stop(f"interrupted by {name}")
+                else:
+                    handle.kill(f"interrupted by {name}")
 
 
 async def refresh(view: Any) -> None:
@@ -582,6 +586,8 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
 def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
           log_format: str, log_level: str) -> None:
     """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP."""
+    from functools import partial
+
     import trio
 
     from pipeline import daemon
@@ -607,19 +613,12 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     with lock_state_dir(settings.state_dir):
         store = SqliteStore.open(settings.state_dir)
         try:
-            trio.run(partial_serve(daemon.serve, jobs_dir=settings.jobs_dir,
+            trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
                                    state_dir=settings.state_dir, store=store,
                                    runners=settings.runners(), grace=grace_s,
                                    serve_http=serve_http, listen=None if no_http else listen))
         finally:
             store.close()
-
-
-def partial_serve(fn: Any, **kwargs: Any) -> Any:
-    async def call() -> None:
-        await fn(**kwargs)
-
-    return call
 
 
 # -- jobs and their schedules --------------------------------------------------------------

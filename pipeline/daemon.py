@@ -26,6 +26,7 @@ from loguru import logger
 
 from pipeline import process
 from pipeline.engine import utc_now
+from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.metrics import Metrics
 from pipeline.model import RunRecord, iso
@@ -89,6 +90,14 @@ def write_daemon_file(daemon: Daemon) -> None:
     tmp.replace(path)
 
 
+def publish(daemon: Daemon) -> None:
+    """``write_daemon_file``, for the daemon's own use: a full disk costs a warning only."""
+    try:
+        write_daemon_file(daemon)
+    except OSError as exc:
+        logger.warning("cannot write {}: {}", DAEMON_FILE, exc.strerror or exc)
+
+
 def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
     """What a live daemon wrote about itself; None if none is running."""
     try:
@@ -104,8 +113,11 @@ async def prune_forever(daemon: Daemon, *, every: float = PRUNE_EVERY,
                         clock: Clock = utc_now) -> None:
     """Apply each job's ``history`` (or the defaults) now and every ``every`` seconds."""
     while True:
-        await trio.to_thread.run_sync(prune, daemon.store, daemon.state_dir,
-                                      dict(daemon.catalog.jobs), clock())
+        try:
+            await trio.to_thread.run_sync(prune, daemon.store, daemon.state_dir,
+                                          dict(daemon.catalog.jobs), clock())
+        except StateError as exc:  # a full disk or a busy database: try again next time
+            logger.warning("retention skipped: {}", exc)
         await trio.sleep(every)
 
 
@@ -148,7 +160,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
 
         async def reload() -> None:
             await scheduler.load(catalog.jobs)
-            write_daemon_file(daemon)
+            publish(daemon)
 
         async with trio.open_nursery() as inner:
             await scheduler.load(catalog.jobs)
@@ -158,7 +170,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
             inner.start_soon(prune_forever, daemon)
             if serve_http is not None:
                 daemon.listen = await inner.start(serve_http, daemon)
-            write_daemon_file(daemon)
+            publish(daemon)
             logger.info("serving {} jobs from {} ({} invalid files); state in {}",
                         len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir)
             task_status.started(daemon)

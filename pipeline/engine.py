@@ -77,6 +77,10 @@ class RunHandle:
         self.cancel_scope = trio.CancelScope()
         self.hurry = trio.Event()  # set: skip the grace period, SIGKILL now
         self.stopped = trio.Event()
+        self.hooks_scope = trio.CancelScope()  # the hooks; a kill always ends them
+        # "main": the DAG runs; "hooks": hooks after it ended (a stop ends them too);
+        # "cleanup": hooks after a stop (only a kill ends them)
+        self.phase = "main"
         self.stop_reason: str | None = None
         self.finished = trio.Event()
         self.status: RunStatus | None = None
@@ -86,10 +90,13 @@ class RunHandle:
             self.stop_reason = reason
         self.stopped.set()
         self.cancel_scope.cancel()
+        if self.phase == "hooks":
+            self.hooks_scope.cancel()
 
     def kill(self, reason: str = "killed") -> None:
         self.hurry.set()
         self.stop(reason)
+        self.hooks_scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -132,9 +139,9 @@ def resolve_secrets(job: Job, environ: Mapping[str, str]) -> dict[str, str]:
         elif secret.file is not None:
             try:
                 values[name] = Path(secret.file).read_text().rstrip("\n")
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 raise RunnerError(f"secret {name}: cannot read {secret.file}: "
-                                  f"{exc.strerror or exc}") from None
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
     return values
 
 
@@ -343,7 +350,8 @@ class _Run:
             steps[sid] = entry
         states = [self.states[a] for a in ancestors]
         watched = states
-        if step is not None and step.id in self.hook_ids:
+        hook = step is not None and step.id in self.hook_ids
+        if hook:
             watched = [*states, *(self.states[s.id] for s in self.job.steps)]
         ctx: dict[str, Any] = {
             "params": self.params,
@@ -353,7 +361,8 @@ class _Run:
             "run": {"id": self.run_id, "trigger": str(self.trigger),
                     "fire_time": self.fire_time.isoformat() if self.fire_time else ""},
             "job": {"name": self.job.name},
-            "success": lambda: not self.stopping and all(s.ok for s in states),
+            # A hook's success() is about its own needs: a stopped run still cleans up.
+            "success": lambda: (not self.stopping or hook) and all(s.ok for s in states),
             "failure": lambda: any(s.status in FAILED_STATES and not s.continued
                                    for s in watched),
             "always": lambda: True,
@@ -463,8 +472,8 @@ class _Run:
     async def finish_unstarted(self, step_id: str, status: StepStatus, error: str) -> None:
         now = self.clock()
         with trio.CancelScope(shield=True):
-            await self.emit(StepFinished(self.run_id, step_id, status, now, error=error,
-                                         started_at=None))
+            await self.emit(StepFinished(self.run_id, step_id, status, now,
+                                         error=self.redactor.text(error), started_at=None))
 
     # -- one step, with retries -----------------------------------------------------------
 
@@ -475,12 +484,15 @@ class _Run:
         log = StepLog(self.state_dir / relpath, cap=self.log_cap, redactor=self.redactor)
         attempt = 1
         result = _Attempt(StepStatus.CANCELLED, error="cancelled before it started")
+        ended = False
         try:
             await self.emit(StepStarted(self.run_id, instance, attempt, self.clock(), relpath))
             while True:
                 if attempt > 1:
                     log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1}")
                 result = await self.attempt(step, instance, item, attempt, ancestors, log)
+                if result.error:  # masked here, once: it goes to the log, state and answers
+                    result.error = self.redactor.text(result.error)
                 if (result.status not in FAILED_STATES or not result.retryable
                         or attempt > policy.limit):
                     break
@@ -490,13 +502,17 @@ class _Run:
                                              result.error))
                 await trio.sleep(delay)
                 attempt += 1
-        except trio.Cancelled:
-            result = _Attempt(StepStatus.CANCELLED,
-                              error=self.handle.stop_reason or "run cancelled")
-            if self.run_timed_out and self.handle.stop_reason is None:
-                result.error = "run timed out"
-            raise
+            ended = True
         finally:
+            # Not ended: cancelled (a stop, the run's timeout), which may reach us wrapped in
+            # an exception group from a nursery below, so it is told by this flag.
+            if not ended:
+                result = _Attempt(StepStatus.CANCELLED,
+                                  error=self.handle.stop_reason or "run cancelled")
+                if self.run_timed_out and self.handle.stop_reason is None:
+                    result.error = "run timed out"
+                if instance == step.id:  # recorded below: not one for record_unstarted
+                    self.states[step.id].status = StepStatus.CANCELLED
             log.close()
             exit = result.exit
             with trio.CancelScope(shield=True):
@@ -504,8 +520,7 @@ class _Run:
                     self.run_id, instance, result.status, self.clock(), attempt=attempt,
                     exit_code=exit.exit_code if exit else None,
                     signal=exit.signal if exit else None,
-                    error=self.redactor.text(result.error) if result.error else None,
-                    outputs=result.outputs, no_log=not log.exists))
+                    error=result.error, outputs=result.outputs, no_log=not log.exists))
         return result
 
     async def attempt(self, step: Step, instance: str, item: Any, attempt: int,
@@ -525,8 +540,13 @@ class _Run:
                "PIPELINE_FIRE_TIME": self.fire_time.isoformat() if self.fire_time else ""}
         output_file = None
         if step.kind is not StepKind.USES:  # runners return their outputs instead
-            output_file = self.tmp / f"{instance}.{attempt}.out"
-            output_file.write_bytes(b"")
+            try:
+                output_file = self.tmp / f"{instance}.{attempt}.out"
+                output_file.write_bytes(b"")
+            except OSError as exc:
+                error = f"cannot make $PIPELINE_OUTPUT: {exc.strerror or exc}"
+                log.line(f"[pipeline] {error}")
+                return _Attempt(StepStatus.FAILED, error=error)
             env["PIPELINE_OUTPUT"] = str(output_file)
         with trio.move_on_after(step.timeout if step.timeout else math.inf) as deadline:
             if step.kind is StepKind.USES:
@@ -572,8 +592,9 @@ class _Run:
             exit = await process.run_group(argv, env=env, cwd=cwd, output=log.output,
                                            grace=step.grace, spawned=spawned,
                                            hurry=self.handle.hurry)
-        except OSError as exc:
-            error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            what = exc.filename if isinstance(exc, OSError) and exc.filename else argv[0]
+            error = f"cannot start {what!r}: {getattr(exc, 'strerror', None) or exc}"
             log.line(f"[pipeline] {error}")
             return _Attempt(StepStatus.FAILED, error=error)
         log.flush_output()
@@ -616,33 +637,51 @@ class _Run:
     # -- the whole run ------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        """The main DAG under the stop scope and the run timeout; then the hooks.
+
+        Hooks run outside the stop scope, so ``finally`` (and ``if: cancelled()``) steps still
+        clean up after a stop, a Ctrl-C or a shutdown; only a kill (a second signal) ends them
+        then. After a stop, ``on_success``/``on_failure`` are skipped and ``finally`` runs.
+        """
         job = self.job
         try:
             ctx = self.context()
             self.job_env = {k: _text(expr.render_value(v, ctx)) for k, v in job.env.items()}
         except ExpressionError as exc:
-            return await self.fail_all(f"env: {exc}")
+            return await self.fail_all(self.redactor.text(f"env: {exc}"))
         reason: str | None = None
-        ok = False
         with self.handle.cancel_scope:
             with trio.move_on_after(job.timeout if job.timeout else math.inf) as self.deadline:
                 await self.run_graph(job.steps)
-            if self.deadline.cancelled_caught:
-                reason = f"run timed out after {job.timeout:g}s"
-            failed = [s.id for s in job.steps if self.failed(s.id)]
-            if failed and reason is None:
-                reason = f"step{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}"
-            ok = not failed and not self.run_timed_out
-            await self.run_graph(job.on_success if ok else job.on_failure)
-            await self.run_graph(job.finally_)
-        if self.handle.cancel_scope.cancelled_caught:
+        stopped = self.handle.cancel_scope.cancelled_caught
+        if self.deadline.cancelled_caught:
+            reason = f"run timed out after {job.timeout:g}s"
+        failed = [s.id for s in job.steps if self.failed(s.id)]
+        if failed and reason is None:
+            reason = f"step{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}"
+        ok = not failed and not self.run_timed_out and not stopped
+        if stopped:
             self.cancelled = True
             reason = self.handle.stop_reason or "cancelled"
-            await self.record_unstarted(reason)
+        await self.record_unstarted(job.steps, StepStatus.CANCELLED,
+                                    reason if reason and (stopped or self.run_timed_out)
+                                    else "not started")
+        self.handle.phase = "cleanup" if stopped else "hooks"
+        with self.handle.hooks_scope:
+            if not stopped:
+                await self.run_graph(job.on_success if ok else job.on_failure)
+            await self.run_graph(job.finally_)
+        hooks = (*job.on_success, *job.on_failure, *job.finally_)
+        if self.handle.hooks_scope.cancelled_caught:
+            self.cancelled = True
+            reason = self.handle.stop_reason or "cancelled"
+            await self.record_unstarted(hooks, StepStatus.CANCELLED, reason)
             return RunResult(RunStatus.CANCELLED, reason)
-        await self.record_unstarted("run timed out" if self.run_timed_out else "not started")
-        hook_failed = [s.id for s in (*job.on_success, *job.on_failure, *job.finally_)
-                       if self.failed(s.id)]
+        await self.record_unstarted(hooks, StepStatus.SKIPPED,
+                                    "run cancelled" if stopped else "hook not needed")
+        if stopped:
+            return RunResult(RunStatus.CANCELLED, reason)
+        hook_failed = [s.id for s in hooks if self.failed(s.id)]
         if ok and hook_failed:
             return RunResult(RunStatus.FAILED, f"hook failed: {', '.join(hook_failed)}")
         return RunResult(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, reason)
@@ -651,18 +690,14 @@ class _Run:
         state = self.states[step_id]
         return state.status in FAILED_STATES and not state.continued
 
-    async def record_unstarted(self, reason: str) -> None:
-        """Record every step that never got to run, so the run's step list is complete."""
-        for step in self.job.all_steps():
+    async def record_unstarted(self, steps: Sequence[Step], status: StepStatus,
+                               reason: str) -> None:
+        """Record each of ``steps`` that never got to run, so the run's step list is complete."""
+        for step in steps:
             state = self.states[step.id]
-            if state.status is not StepStatus.PENDING:
-                continue
-            if step.id in self.hook_ids and not self.cancelled:
-                state.status = StepStatus.SKIPPED  # the hook list of the branch not taken
-                await self.finish_unstarted(step.id, state.status, "hook not needed")
-            else:
-                state.status = StepStatus.CANCELLED
-                await self.finish_unstarted(step.id, state.status, reason)
+            if state.status is StepStatus.PENDING:
+                state.status = status
+                await self.finish_unstarted(step.id, status, reason)
 
     async def fail_all(self, reason: str) -> RunResult:
         for step in self.job.all_steps():
@@ -750,6 +785,10 @@ async def run_job(
                 outcome = await run.fail_all(failure)
             else:
                 outcome = await run.run()
+        except Exception as exc:  # a bug ends this run, never the daemon (Cancelled goes on)
+            logger.opt(exception=exc).error("run {} crashed", run_id)
+            outcome = RunResult(RunStatus.FAILED,
+                                f"internal error: {type(exc).__name__}: {exc}")
         finally:
             run.cleanup()
             with trio.CancelScope(shield=True):

@@ -43,6 +43,7 @@ class Journal:
         self.observers = observers  # told of every event as it is written (view, metrics)
         self.healthy = True
         self.closed = False  # serve() has ended: writes go straight to the store
+        self._inflight: list[tuple[Event, trio.Event | None, list[bool]]] = []
         self.failure: str | None = None
         self._send, self._receive = trio.open_memory_channel[
             tuple[Event, trio.Event | None, list[bool]]](math.inf)
@@ -53,8 +54,7 @@ class Journal:
         Returns False only for a ``RunQueued`` that the store refused: its fire already has a
         run.
         """
-        for observer in self.observers:
-            observer(event)
+        self._observe(event)
         if self.closed:
             # The writer is gone (the daemon is going down, a run was cancelled with it):
             # commit this last word ourselves rather than wait for nobody.
@@ -75,9 +75,17 @@ class Journal:
         await done.wait()
         return not verdict or verdict[0]
 
-    def write_nowait(self, event: Event) -> None:
+    def _observe(self, event: Event) -> None:
+        """Tell the observers; one that fails (a closed terminal) never stops a run."""
         for observer in self.observers:
-            observer(event)
+            try:
+                observer(event)
+            except Exception as exc:
+                logger.opt(exception=exc).warning("an observer of events failed; dropped")
+                self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def write_nowait(self, event: Event) -> None:
+        self._observe(event)
         if self.closed:
             try:
                 self.store.record([event])
@@ -98,14 +106,16 @@ class Journal:
                         batch.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         break
+                self._inflight = batch
                 await self._commit(batch)
+                self._inflight = []
         finally:
             self.closed = True
             with trio.CancelScope(shield=True):
                 await self.flush_queued()
 
     async def flush_queued(self) -> None:
-        batch = []
+        batch, self._inflight = self._inflight, []  # a batch cancelled while being retried
         while True:
             try:
                 batch.append(self._receive.receive_nowait())

@@ -6,6 +6,7 @@ Elsewhere (a pipe, a CI log): one plain line per event. Both read the engine's e
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -106,7 +107,14 @@ class LiveView:
 
     def _say(self, line: str) -> None:
         if not self.tty:
-            print(line, file=self.out, flush=True)
+            self._write(line + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError:  # the reader went away (`pipeline run JOB | head -1`): the run goes on
+            self.out = io.StringIO()
 
     def tick(self) -> None:
         """Redraw the table in place (terminal only)."""
@@ -124,8 +132,7 @@ class LiveView:
                          f"{row.status:<9}\x1b[0m {row.duration(now):>7}  {attempt}{error}")
         text = "".join(f"\x1b[2K{line[:200]}\n" for line in lines)
         up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self.out.write(up + text)
-        self.out.flush()
+        self._write(up + text)
         self._drawn = len(lines)
 
 

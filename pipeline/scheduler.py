@@ -16,6 +16,7 @@ watermark).
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -135,6 +136,7 @@ class Scheduler:
         self._firing = True
         self._loaded = False
         self._versions_wanted = trio.Event()
+        self._retired: dict[str, JobState] = {}  # removed jobs whose runs are still going
 
     # -- the catalog ---------------------------------------------------------------------
 
@@ -152,7 +154,12 @@ class Scheduler:
         now = self.clock()
         for name, job in jobs.items():
             state = self.jobs.get(name)
-            if state is None:
+            if state is None and name in self._retired:
+                # Back before its last run ended: the same state, so `forbid` still sees it.
+                state = self.jobs[name] = self._retired.pop(name)
+                state.job, state.watermark = job, max(state.watermark, now)
+                self.journal.write_nowait(WatermarkMoved(name, state.watermark))
+            elif state is None:
                 known = stored.get(name)
                 state = JobState(job=job, watermark=known.watermark if known else now)
                 if known is not None:
@@ -165,7 +172,15 @@ class Scheduler:
                 self.jobs[name] = state
                 logger.info("job {} scheduled: {}", name, self.describe(job))
             elif job.sha256 != state.job.sha256:
-                if job.schedules != state.job.schedules and now > state.watermark:
+                if ((job.schedules != state.job.schedules or job.enabled != state.job.enabled)
+                        and now > state.watermark):
+                    # Fires of the old schedule due this very moment are recorded, not lost.
+                    due, _ = triggers.fires_between(state.job.schedules, state.watermark, now)
+                    for fire in due:
+                        if fire not in state.claimed and state.job.enabled:
+                            self.journal.write_nowait(RunSkipped(
+                                new_run_id(now), name, Trigger.SCHEDULE, fire, now,
+                                "the schedule was edited", version=self._version(state)))
                     state.watermark = now
                     self.journal.write_nowait(WatermarkMoved(name, now))
                 state.job = job
@@ -175,6 +190,8 @@ class Scheduler:
             self._reschedule(state)
         for name in [n for n in self.jobs if n not in jobs]:
             state = self.jobs.pop(name)
+            if state.active:
+                self._retired[name] = state
             for queued in state.queue:
                 self.journal.write_nowait(RunFinished(queued.run_id, RunStatus.SKIPPED, now,
                                                       "the job was removed"))
@@ -211,11 +228,13 @@ class Scheduler:
     def _reschedule(self, state: JobState) -> None:
         state.generation += 1
         state.next_fire = None
-        if not state.job.enabled or not state.job.schedules:
+        if not state.job.schedules:
             return
+        # A disabled job stays on the heap so its watermark keeps moving: enabling it later
+        # must not look like downtime to catch up.
         fires = triggers.next_fires(state.job.schedules, state.watermark, 1)
         if fires:
-            state.next_fire = fires[0]
+            state.next_fire = fires[0] if state.job.enabled else None
             heapq.heappush(self._heap, (fires[0], state.job.name, state.generation))
 
     def next_fire(self, name: str) -> datetime | None:
@@ -297,6 +316,10 @@ class Scheduler:
 
     async def _fire(self, state: JobState, now: datetime) -> None:
         job = state.job
+        if not job.enabled:  # its fires pass, unrun and unrecorded: it asked for that
+            state.watermark = max(now, state.watermark)
+            self.journal.write_nowait(WatermarkMoved(job.name, state.watermark))
+            return
         fires, truncated = triggers.fires_between(job.schedules, state.watermark, now,
                                                   limit=MAX_MISSED)
         if truncated:
@@ -380,6 +403,8 @@ class Scheduler:
         """Apply the overlap policy and the circuit breaker to one fire or trigger."""
         job = state.job
         now = self.clock()
+        if not self._firing:
+            return await self._skip(state, fire_time, trigger, "the daemon is shutting down")
         scheduled = trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
         if scheduled and state.circuit_open(now):
             return await self._skip(state, fire_time, trigger, "circuit open")
@@ -467,17 +492,21 @@ class Scheduler:
             self.runs.pop(queued.run_id, None)
             if queued.done is not None:
                 queued.done.set()
-            self._count(state, status)
+            self._count(state, status, queued.trigger)
             if self.on_run_finished is not None:
                 self.on_run_finished(state.job.name, queued.run_id, status)
             if self.jobs.get(state.job.name) is state and self._firing:
                 self._start_queued(state)
+            if not state.active and self._retired.get(state.job.name) is state:
+                del self._retired[state.job.name]
 
-    def _count(self, state: JobState, status: RunStatus) -> None:
+    def _count(self, state: JobState, status: RunStatus, trigger: Trigger) -> None:
+        """The circuit breaker's count, as the store keeps it: failed scheduled runs in a row
+        (any success closes it; a manual run's failure does not count)."""
         if status is RunStatus.SUCCEEDED:
             state.failures = 0
             state.opened_at = None
-        elif status is RunStatus.FAILED:
+        elif status is RunStatus.FAILED and trigger in (Trigger.SCHEDULE, Trigger.CATCHUP):
             state.failures += 1
             breaker = state.job.circuit_breaker
             if (breaker is not None and state.failures >= breaker.after
@@ -592,13 +621,19 @@ class Scheduler:
             state.queue.clear()
         if self.runs:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
-        with trio.move_on_after(grace):
-            while self.runs:
-                await next(iter(self.runs.values())).finished.wait()
+        await self._all_finished(grace)
         for handle in list(self.runs.values()):
             handle.stop("the daemon is shutting down")
-        while self.runs:
-            await next(iter(self.runs.values())).finished.wait()
+        # Stopped runs get their `finally` hooks, within the grace period again.
+        await self._all_finished(max(grace, 1.0))
+        for handle in list(self.runs.values()):
+            handle.kill("the daemon is shutting down")
+        await self._all_finished(None)
+
+    async def _all_finished(self, within: float | None) -> None:
+        with trio.move_on_after(math.inf if within is None else within):
+            while self.runs:
+                await next(iter(self.runs.values())).finished.wait()
 
     def kill_all(self) -> None:
         self._firing = False

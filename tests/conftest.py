@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from pipeline import spec
 from pipeline.engine import RunHandle, RunResult, run_job
@@ -29,6 +30,7 @@ class Recorded:
 
     async def emit(self, event: Event) -> None:
         self.events.append(event)
+        await trio.lowlevel.checkpoint()  # as the real journal does: cancellation can land here
 
     def steps(self) -> dict[str, StepFinished]:
         return {e.step_id: e for e in self.events if isinstance(e, StepFinished)}

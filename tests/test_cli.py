@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -232,10 +233,9 @@ def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> No
                                      capture_output=True, check=True).stdout)
     assert runs[0]["status"] == "interrupted"
     _wait_for(lambda: process.processes_of_run(runs[0]["id"]) == [])
-    check = subprocess.run(["sqlite3", str(state / "state.db"), "PRAGMA integrity_check"],
-                           capture_output=True, text=True)
-    if check.returncode == 0:
-        assert check.stdout.strip() == "ok"
+    db = sqlite3.connect(state / "state.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
 
 
 def test_wheel_carries_the_schemas(tmp_path: Path) -> None:

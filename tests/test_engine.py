@@ -451,3 +451,100 @@ def test_step_log_masks_secrets_split_across_chunks(tmp_path: Path) -> None:
     log.line("[pipeline] hunter22 again")
     log.close()
     assert (tmp_path / "x.log").read_text() == "pass: *** ok\n[pipeline] *** again\n"
+
+
+async def test_a_stopped_run_still_runs_its_finally_hooks(job_from: JobFrom,
+                                                          tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: slow, run: "sleep 30"}
+        on_failure:
+          - {id: alert, run: "true"}
+        finally:
+          - {id: cleanup, run: "echo cleaned"}
+          - {id: note, if: "cancelled()", run: "echo was cancelled"}
+    """)
+    handle = RunHandle("20261128T000000-00000001", "job")
+    async with trio.open_nursery() as nursery:
+        async def stop_soon() -> None:
+            await trio.sleep(0.3)
+            handle.stop("stopped by test")
+
+        nursery.start_soon(stop_soon)
+        result, rec = await run(job, tmp_path, handle=handle)
+    assert result.status is RunStatus.CANCELLED
+    assert rec.status("slow") == "cancelled"
+    assert rec.status("alert") == "skipped"
+    assert rec.status("cleanup") == "succeeded"
+    assert rec.status("note") == "succeeded"
+    assert log_of(tmp_path, "note") == "was cancelled\n"
+
+
+async def test_a_kill_ends_finally_hooks_too(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: slow, run: "sleep 30"}
+        finally:
+          - {id: cleanup, run: "sleep 30"}
+    """)
+    handle = RunHandle("20261128T000000-00000001", "job")
+    async with trio.open_nursery() as nursery:
+        async def stop_then_kill() -> None:
+            await trio.sleep(0.3)
+            handle.stop("stopped by test")
+            await trio.sleep(0.5)
+            handle.kill("killed by test")
+
+        nursery.start_soon(stop_then_kill)
+        t0 = time.monotonic()
+        result, rec = await run(job, tmp_path, handle=handle)
+    assert time.monotonic() - t0 < 5
+    assert result.status is RunStatus.CANCELLED
+    assert rec.status("cleanup") == "cancelled"
+
+
+async def test_bad_input_fails_a_step_never_the_caller(job_from: JobFrom,
+                                                        tmp_path: Path) -> None:
+    """A NUL in a value, a secret file that is not text: failed steps or runs, no exception."""
+    job = job_from("""
+        params:
+          who: {type: string, default: x}
+        steps:
+          - {id: echo, exec: [echo, "${{ params.who }}"]}
+    """)
+    result, rec = await run(job, tmp_path, params={"who": "a\0b"})
+    assert result.status is RunStatus.FAILED
+    assert "null" in (rec.steps()["echo"].error or "")
+    binary = tmp_path / "secret.bin"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    job = job_from(f"""
+        secrets:
+          KEY: {{file: {binary}}}
+        steps:
+          - {{id: a, run: "true"}}
+    """)
+    result, _ = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert result.reason is not None and result.reason.startswith("secret KEY: cannot read")
+
+
+async def test_a_retried_error_never_shows_a_secret(job_from: JobFrom, tmp_path: Path,
+                                                    autojump_clock: trio.abc.Clock) -> None:
+    async def leaky(args: Mapping[str, Any], ctx: StepContext) -> None:
+        raise RunnerError(f"login refused for token {ctx.env['TOKEN']}")
+
+    from dataclasses import replace
+
+    job = job_from("""
+        secrets:
+          TOKEN: {env: THE_TOKEN}
+        steps:
+          - {id: login, retries: 1, uses: sleep, with: {duration: 0s}}
+    """)
+    job = replace(job, steps=(replace(job.steps[0], uses="leaky", with_={}),))
+    result, rec = await run(job, tmp_path, environ={"THE_TOKEN": "hunter2-SECRET"},
+                            runners={**builtin_runners(), "leaky": Runner("leaky", leaky)})
+    assert result.status is RunStatus.FAILED
+    for event in rec.events:
+        assert "hunter2-SECRET" not in repr(event), event
+    assert "login refused for token ***" in (rec.steps()["login"].error or "")

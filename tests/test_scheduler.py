@@ -154,8 +154,9 @@ async def test_replace_cancels_the_active_run_then_starts(world: World,
     async with world.daemon(job):
         await trio.sleep(25)
     runs = world.runs()
-    assert [r.status for r in runs] == [RunStatus.CANCELLED, RunStatus.RUNNING] or \
-        [r.status for r in runs][:1] == [RunStatus.CANCELLED]
+    assert len(runs) == 2
+    assert runs[0].status is RunStatus.CANCELLED
+    assert runs[1].status in (RunStatus.RUNNING, RunStatus.CANCELLED)  # cancelled: shutdown
     assert runs[0].reason is not None and runs[0].reason.startswith("replaced by run")
     assert runs[1].started_at is not None and runs[0].finished_at is not None
     assert runs[1].started_at >= runs[0].finished_at
@@ -275,6 +276,7 @@ async def test_circuit_breaker_opens_skips_and_closes(world: World,
     assert world.skipped() == [(30, "circuit open"), (40, "circuit open"),
                                (60, "circuit open"), (70, "circuit open")]
     assert world.store.consecutive_failures("job") == 3  # the manual run does not count
+    assert scheduler.jobs["job"].failures == 3  # nor in memory
     assert await scheduler.reset_circuit("job")
 
 
@@ -353,3 +355,59 @@ async def test_stop_cancels_a_running_run(world: World, mock_clock: MockClock) -
     run = world.store.run(started.run_id)
     assert run is not None and run.status is RunStatus.CANCELLED
     assert run.reason == "stopped by an operator"
+
+
+async def test_enabling_a_disabled_job_never_backfills(world: World,
+                                                       mock_clock: MockClock) -> None:
+    disabled = world.job("""
+        enabled: false
+        schedule: {every: 10s, catchup: all}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(disabled) as scheduler:
+        await trio.sleep(105)
+        enabled = world.job("""
+            schedule: {every: 10s, catchup: all}
+            steps:
+              - {id: s, uses: sleep, with: {duration: 0s}}
+        """)
+        await scheduler.load({"job": enabled})
+        await trio.sleep(10)
+    assert world.fired() == [110]
+    assert world.skipped() == []
+
+
+async def test_manual_failures_do_not_open_the_circuit(world: World,
+                                                       mock_clock: MockClock) -> None:
+    job = world.job("""
+        schedule: every 10s
+        circuit_breaker: {after: 2, cooldown: 1h}
+        steps:
+          - {id: s, uses: fail}
+    """)
+    async with world.daemon(job) as scheduler:
+        await scheduler.trigger("job")
+        await scheduler.trigger("job", trigger=Trigger.API)
+        await trio.sleep(12)
+    assert world.fired() == [10]
+    assert scheduler.jobs["job"].failures == 1
+
+
+async def test_no_new_run_starts_once_the_daemon_is_stopping(world: World,
+                                                             mock_clock: MockClock) -> None:
+    job = world.job("""
+        concurrency: allow
+        steps:
+          - {id: s, uses: sleep, with: {duration: 5s}}
+    """)
+    async with world.daemon(job, grace=10) as scheduler:
+        first = await scheduler.trigger("job")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.shutdown, 10)
+            await trio.sleep(1)
+            late = await scheduler.trigger("job")
+    assert first.status is RunStatus.RUNNING
+    assert late.status is RunStatus.SKIPPED and late.reason == "the daemon is shutting down"
+    record = world.store.run(first.run_id)
+    assert record is not None and record.status is RunStatus.SUCCEEDED
