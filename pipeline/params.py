@@ -127,6 +127,9 @@ def _coerce(param: Param, value: Any) -> Any:
     return value
 
 
+MAX_VALUE = 128 * 1024  # a parameter is an argument, not a payload (ARG_MAX is 128 KiB a word)
+
+
 def parse_params(job: Job, given: Mapping[str, Any]) -> dict[str, Any]:
     """Every declared parameter's value: given ones checked and typed, defaults for the rest.
 
@@ -147,6 +150,12 @@ def parse_params(job: Job, given: Mapping[str, Any]) -> dict[str, Any]:
             value = _coerce(param, raw)
         except ValueError as exc:
             errors.append(f"parameter {key!r}: {exc}")
+            continue
+        if isinstance(value, str) and "\0" in value:  # no program can take it as an argument
+            errors.append(f"parameter {key!r}: contains a NUL character")
+            continue
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            errors.append(f"parameter {key!r}: longer than {MAX_VALUE} characters")
             continue
         if param.enum is not None and value not in param.enum:
             errors.append(f"parameter {key!r}: {show(value)} is not one of "

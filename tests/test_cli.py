@@ -260,3 +260,11 @@ def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
                             "import pipeline; print(pipeline.__file__)", str(target)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert where.stdout.startswith(str(target))
+
+
+def test_hostile_parameters_are_refused(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    code, _, err = cli("run", *args, "hello", "-p", "who=a\0b")
+    assert code == 2 and "NUL" in err
+    code, _, err = cli("run", *args, "hello", "-p", "who=" + "x" * 200_000)
+    assert code == 2 and "longer than" in err
