@@ -2,9 +2,13 @@
 
 Producers (every step of every run, the scheduler) call ``await journal.write(event)``; the
 writer task takes everything queued at that moment and commits it as one transaction in a
-worker thread, so a fan-out of a hundred steps costs a few commits, not two hundred. A
-``write`` returns once its event is durable, which is what lets the engine record a step as
-started before it spawns the process.
+worker thread, so a fan-out of a hundred steps costs a few commits, not two hundred.
+
+Only claims wait for their commit: a fire is acted on once its run (or skip) is durable, which
+is what makes a fire run at most once across crashes. Step records follow within a commit or
+two, in order; a crash may lose the last few, and recovery does not depend on them (a dead
+daemon's leftover processes are found by the run id in their environment, see
+``process.kill_leftovers``), so steps never wait for the disk.
 
 When a commit fails (a full disk, an I/O error), nothing is dropped: the batch is retried
 every ``retry`` seconds, the error is logged once per condition, and ``write`` stops waiting
@@ -49,7 +53,8 @@ class Journal:
             tuple[Event, trio.Event | None, list[bool]]](math.inf)
 
     async def write(self, event: Event) -> bool:
-        """Queue ``event`` and wait until it is committed (unless the store is failing).
+        """Record ``event``. A claim (``RunQueued``, ``RunSkipped``) is waited for until it is
+        committed; anything else is queued, in order, and committed with the next batch.
 
         Returns False only for a ``RunQueued`` that the store refused: its fire already has a
         run.
@@ -64,8 +69,9 @@ class Journal:
                 logger.error("cannot record {}: {}", type(event).__name__, exc)
                 return True
             return not (isinstance(event, RunQueued) and event.run_id in refused)
-        if not self.healthy and not isinstance(event, RunQueued | RunSkipped):
+        if not isinstance(event, RunQueued | RunSkipped):
             self._send.send_nowait((event, None, []))
+            await trio.lowlevel.checkpoint()
             return True
         # A claim (a fire's run or skip) is waited for even while the store is failing: a
         # fire acted on before its claim is durable could run again after a crash.
