@@ -5,20 +5,26 @@ schedules, and runs each job's steps as a DAG of real processes in their own pro
 
 Modules, with imports flowing one way (a module imports only from the rows above it):
 
-    errors, model, events        the exception tree; frozen job objects and states; event records
-    triggers, expr, dag          pure: cron and interval arithmetic, ${{ }} expressions, the
-                                 step graph (graphlib)
+    errors, model, events, faults  the exception tree; frozen job objects and states; event
+                                 records; crash points for the fault-injection tests
+    triggers, expr, redact, dag  pure: cron and interval arithmetic, ${{ }} expressions, secret
+                                 masking, the step graph (graphlib)
     yamlsafe, notation           pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions; durations, times, schedule strings
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     checks                       what a schema cannot express: needs, cycles, cron, zones, ...
     spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
-    runners, process             step runners (a registry keyed by name, plus entry points);
-                                 process groups: spawn, terminate, kill, reap
-    engine                       one run = one trio nursery; steps are tasks in it
-    store, versions              SQLite state and log files; which version of a job ran
-    scheduler, watch, http       the daemon loop, the watched jobs directory, the status app
+    process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
+                                 directory's layout, lock and owners; step runners (a registry
+                                 keyed by name, plus entry points)
+    engine, plan, live           one run = one trio nursery, steps are tasks in it; the dry-run
+                                 plan; the live view of `pipeline run`
+    store, versions, journal     SQLite state; which version of a job ran; the one writer
+                                 between events and the store (group commit)
+    scheduler, watch, metrics    the daemon loop; the watched jobs directory; Prometheus figures
+    http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
+                                 daemon's life (lock, recovery, signals, shutdown)
     cli                          the one place that wires real objects together
 """
 

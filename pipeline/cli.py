@@ -168,7 +168,7 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
 @contextmanager
 def open_state(settings: Settings) -> Iterator[SqliteStore]:
     """The state store, after recovering runs whose owner died (CONTRACT §8)."""
-    from pipeline.daemon import recover
+    from pipeline.statedir import recover
     from pipeline.store import SqliteStore
 
     configure_logging()
@@ -344,7 +344,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
     from pipeline.journal import Journal
     from pipeline.live import LiveView
     from pipeline.model import Trigger
-    from pipeline.store import new_run_id, process_identity
+    from pipeline.statedir import new_run_id, process_identity
     from pipeline.versions import version_of
 
     with open_state(settings) as store:
@@ -592,7 +592,8 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
 
     from pipeline import daemon
     from pipeline.spec import parse_duration
-    from pipeline.store import SqliteStore, lock_state_dir
+    from pipeline.statedir import lock_state_dir
+    from pipeline.store import SqliteStore
 
     configure_logging(log_level.upper(), log_format)
     try:

@@ -24,15 +24,15 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import process
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.metrics import Metrics
-from pipeline.model import RunRecord, iso
+from pipeline.model import iso
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler
-from pipeline.store import Store, identity_alive, process_identity
+from pipeline.statedir import identity_alive, process_identity, recover
+from pipeline.store import Store
 from pipeline.watch import Catalog, watch_jobs
 
 PRUNE_EVERY = 600.0
@@ -56,17 +56,6 @@ class Daemon:
     metrics: Metrics
     jobs_dir: Path
     listen: str | None = None
-
-
-def recover(store: Store, now: datetime) -> list[RunRecord]:
-    """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running."""
-    recovered = store.recover(identity_alive, now)
-    for run in recovered:
-        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
-        logger.warning("run {} of {} was left running by a process that died: marked "
-                       "interrupted{}", run.id, run.job,
-                       f"; killed {len(killed)} leftover processes" if killed else "")
-    return recovered
 
 
 def write_daemon_file(daemon: Daemon) -> None:

@@ -43,7 +43,7 @@ from pipeline.faults import crash_point
 from pipeline.model import Job, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
 from pipeline.redact import Redactor, StreamRedactor
 from pipeline.runners import Runner, StepContext, builtin_runners
-from pipeline.store import log_relpath
+from pipeline.statedir import log_relpath
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 OUTPUT_FILE_CAP = 1024 * 1024

@@ -37,7 +37,8 @@ from pipeline.journal import Journal, Offload
 from pipeline.model import Catchup, Job, Policy, RunStatus, Trigger, Version
 from pipeline.params import parse_params
 from pipeline.runners import Runner
-from pipeline.store import Store, new_run_id, process_identity
+from pipeline.statedir import new_run_id, process_identity
+from pipeline.store import Store
 from pipeline.versions import version_of
 
 RECHECK = 2.0  # longest sleep without looking at the wall clock again

@@ -15,7 +15,7 @@ from pipeline import client
 from pipeline.client import Client, Refused, server_url
 from pipeline.daemon import DAEMON_FILE, write_daemon_file
 from pipeline.errors import DaemonUnreachable, NotFound, ParamError, PipelineError
-from pipeline.store import process_identity
+from pipeline.statedir import process_identity
 from tests.test_http import first_output, open_daemon
 
 

@@ -30,7 +30,8 @@ from pipeline.metrics import Metrics
 from pipeline.model import RunStatus, Trigger
 from pipeline.runners import load_runners, schemas_of
 from pipeline.scheduler import Scheduler
-from pipeline.store import SqliteStore, new_run_id
+from pipeline.statedir import new_run_id
+from pipeline.store import SqliteStore
 from pipeline.watch import Catalog
 
 JOBS = {

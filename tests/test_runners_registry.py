@@ -89,7 +89,7 @@ def test_broken_plugins_are_reported_and_the_rest_still_load() -> None:
         "plug-in runner 'missing' (no_such_plugin_module:runner) failed to load: "
         "ModuleNotFoundError: No module named 'no_such_plugin_module'",
         f"plug-in runner 'bad_schema' ({here}:BAD_SCHEMA) has a bad schema: "
-        "5 is not valid under any of the given schemas",
+        "5 is not valid under any of the schemas listed in the 'anyOf' keyword",
         f"plug-in runner 'http' ({here}:CLASHING) uses the name of a built-in runner; ignored",
         f"plug-in runner 'dict' ({here}:NOT_A_RUNNER) is not a pipeline.runners.Runner",
         f"plug-in runner 'factory' ({here}:failing_factory) failed to load: "

@@ -30,6 +30,13 @@ from pipeline.events import (
     WatermarkMoved,
 )
 from pipeline.model import RUN_ID, RunStatus, StepStatus, Trigger, Version
+from pipeline.statedir import (
+    identity_alive,
+    lock_state_dir,
+    log_relpath,
+    new_run_id,
+    process_identity,
+)
 from pipeline.store import (
     INTERRUPTED_QUEUED,
     INTERRUPTED_RUNNING,
@@ -38,12 +45,7 @@ from pipeline.store import (
     RunActive,
     SqliteStore,
     Store,
-    identity_alive,
-    lock_state_dir,
-    log_relpath,
     migrate,
-    new_run_id,
-    process_identity,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -509,7 +511,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from pipeline.events import RunFinished, RunQueued, RunStarted, StepFinished, StepStarted
 from pipeline.model import RunStatus, StepStatus, Trigger
-from pipeline.store import SqliteStore, new_run_id
+from pipeline.store import SqliteStore
+from pipeline.statedir import new_run_id
 
 store = SqliteStore.open(Path(sys.argv[1]))
 steps = int(sys.argv[2])
@@ -683,7 +686,7 @@ def test_new_run_id() -> None:
 HOLD_LOCK = r"""
 import sys, time
 from pathlib import Path
-from pipeline.store import lock_state_dir
+from pipeline.statedir import lock_state_dir
 with lock_state_dir(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)

@@ -84,7 +84,7 @@ from pipeline.model import (
     iso,
     run_as_dict,
 )
-from pipeline.store import log_relpath
+from pipeline.statedir import log_relpath
 
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon
