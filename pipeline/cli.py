@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pipeline.model import Job, RunRecord, RunStatus
     from pipeline.store import SqliteStore
 
+T = TypeVar("T")
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped", "interrupted")
 
 
@@ -37,22 +38,47 @@ class Settings:
 
         self.jobs_dir = Path("jobs.d")
         self.state_dir = Path(".pipeline")
+        self.plugins = False  # load plug-in runners too (the daemon, or a job that uses one)
         self._runners: Any = None
 
     def runners(self) -> Any:
-        """The runner registry, plug-ins included (loaded once; broken plug-ins logged)."""
+        """The runner registry (loaded once; broken plug-ins reported)."""
         if self._runners is None:
-            from pipeline.runners import load_runners
+            from pipeline.runners import builtin_runners, load_runners
 
-            self._runners, problems = load_runners()
-            for problem in problems:
-                click.echo(f"pipeline: warning: {problem}", err=True)
+            if not self.plugins:
+                self._runners = builtin_runners()
+            else:
+                self._runners, problems = load_runners()
+                for problem in problems:
+                    click.echo(f"pipeline: warning: {problem}", err=True)
         return self._runners
 
     def runner_schemas(self) -> dict[str, Any]:
         from pipeline.runners import schemas_of
 
         return schemas_of(self.runners())
+
+    def needing_plugins(self, load: Callable[[], T]) -> T:
+        """``load()`` with the built-in runners; again with plug-ins if it met an unknown one.
+
+        Finding plug-ins means reading every installed package's metadata (~50 ms of imports
+        and scanning), which a job that uses only built-in runners should not pay for.
+        """
+        from pipeline.errors import JobInvalid
+
+        try:
+            result = load()
+        except JobInvalid as exc:
+            if self.plugins or not any("unknown runner" in p.message for p in exc.problems):
+                raise
+            result = None
+        problems = getattr(result, "problems", {})
+        if result is not None and (self.plugins or not any(
+                "unknown runner" in p.message for ps in problems.values() for p in ps)):
+            return result
+        self.plugins, self._runners = True, None
+        return load()
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
@@ -152,10 +178,12 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
     if path.suffix in (".yaml", ".yml") or os.sep in ref:
         if not path.is_file():
             fail(f"no job file {ref}", missing_code)
-        return spec.load_job(path, runner_schemas=settings.runner_schemas())
+        return settings.needing_plugins(
+            lambda: spec.load_job(path, runner_schemas=settings.runner_schemas()))
     if not settings.jobs_dir.is_dir():
         fail(f"no jobs directory {settings.jobs_dir} (and {ref!r} is not a file)", missing_code)
-    loaded = spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas())
+    loaded = settings.needing_plugins(
+        lambda: spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas()))
     if ref in loaded.jobs:
         return loaded.jobs[ref]
     for file, name in loaded.files.items():
@@ -243,18 +271,14 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     from pathlib import Path
 
     from pipeline import spec
-    from pipeline.runners import load_runners, schemas_of
-
-    registry, plugin_problems = load_runners()
     targets = [Path(p) for p in paths] or [settings.jobs_dir]
     for target in targets:
         if not target.exists():
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
-    loaded = spec.load_jobs(targets, runner_schemas=schemas_of(registry))
+    loaded = settings.needing_plugins(
+        lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
     files = sorted({*loaded.files, *loaded.problems})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
-    for message in plugin_problems:
-        click.echo(f"pipeline: warning: {message}", err=True)
     if fmt == "json":
         echo_json({
             "valid": not problems,
@@ -282,6 +306,8 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
 def schema(settings: Settings, runner: str | None) -> None:
     """Print the job file's JSON Schema (or a runner's)."""
     from pipeline import spec
+
+    settings.plugins = True
 
     if runner is None:
         echo_json(spec.job_schema(settings.runner_schemas()))
@@ -588,6 +614,8 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP."""
     from functools import partial
 
+    settings.plugins = True  # files may start using a plug-in runner at any time
+
     import trio
 
     from pipeline import daemon
@@ -675,7 +703,8 @@ def list_(settings: Settings, as_json: bool) -> None:
     from pipeline.errors import Problem
     from pipeline.model import run_as_dict
 
-    loaded = spec.load_jobs([settings.jobs_dir], runner_schemas=settings.runner_schemas()) \
+    loaded = settings.needing_plugins(lambda: spec.load_jobs(
+        [settings.jobs_dir], runner_schemas=settings.runner_schemas())) \
         if settings.jobs_dir.is_dir() else None
     daemon = read_daemon_file(settings.state_dir)
     with open_state(settings) as store:

@@ -268,3 +268,25 @@ def test_hostile_parameters_are_refused(tmp_path: Path, jobs: Path) -> None:
     assert code == 2 and "NUL" in err
     code, _, err = cli("run", *args, "hello", "-p", "who=" + "x" * 200_000)
     assert code == 2 and "longer than" in err
+
+
+def test_a_plugin_runner_is_found_when_a_job_uses_one(tmp_path: Path) -> None:
+    pytest.importorskip("pipeline_echo", reason="bin/test installs tests/plugin")
+    job = write(tmp_path / "jobs.d" / "plug.yaml", """
+        steps:
+          - {id: hello, uses: echo, with: {message: "hi from ${{ job.name }}", times: 2}}
+    """)
+    state = tmp_path / "state"
+    code, out, err = cli("run", "--state-dir", str(state), str(job))
+    assert code == 0, out + err
+    code, out, _ = cli("logs", "--state-dir", str(state),
+                       json.loads(cli("runs", "--state-dir", str(state), "--json")[1])[0]["id"],
+                       "hello")
+    assert out == "hi from plug\nhi from plug\n"
+    bad = write(tmp_path / "bad.yaml", """
+        steps:
+          - {id: hello, uses: ecoh, with: {}}
+    """)
+    code, out, _ = cli("validate", str(bad))
+    assert code == 1
+    assert "unknown runner 'ecoh'" in out and "echo" in out  # plug-ins are suggested too
