@@ -52,6 +52,7 @@ OUTPUT_FILE_CAP = 1024 * 1024
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
+NO_SECRETS = Redactor(())
 MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
 
 Emit = Callable[[Event], Awaitable[object]]
@@ -128,6 +129,24 @@ def check_chain(chain: Sequence[str], job: str) -> None:
                             f"{' → '.join([*chain, job])}")
 
 
+_inherited: tuple[Mapping[str, str], dict[str, str]] | None = None
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a step inherits from ``environ`` (INHERITED_ENV and LC_*), PATH at least.
+
+    Filtering os.environ on every run shows in a profile of a thousand runs a second; the
+    answer for the same mapping object is reused (the daemon's environment does not change).
+    """
+    global _inherited
+    if _inherited is not None and _inherited[0] is environ:
+        return _inherited[1]
+    found = {k: v for k, v in environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    found.setdefault("PATH", DEFAULT_PATH)
+    _inherited = (environ, found)
+    return found
+
+
 def resolve_secrets(job: Job, environ: Mapping[str, str]) -> dict[str, str]:
     """Read every declared secret now; RunnerError names the first that cannot be read."""
     values = {}
@@ -192,8 +211,9 @@ class StepLog:
     disk) stops the logging of this step, once, and never fails the step.
     """
 
-    def __init__(self, path: Path, *, cap: int, redactor: Redactor) -> None:
-        self.path = path
+    def __init__(self, base: Path, relpath: str, *, cap: int, redactor: Redactor) -> None:
+        self.base = base
+        self.relpath = relpath  # joined to ``base`` when first written: most steps never are
         self.cap = cap
         self.written = 0
         self.discarded = 0
@@ -225,16 +245,17 @@ class StepLog:
             return
         if self._file is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab", buffering=0)
+                path = self.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("ab", buffering=0)
             except OSError as exc:
                 self._fail(exc)
                 return
         room = self.cap - self.written
-        if room <= 0:
-            self.discarded += len(data)
-            return
         if len(data) > room:
+            if self.discarded or room < 0:  # already cut, the marker written
+                self.discarded += len(data)
+                return
             self.discarded += len(data) - room
             data = data[:room] + (
                 f"\n[pipeline] log truncated: over {self.cap} bytes of output\n".encode())
@@ -263,6 +284,10 @@ class StepLog:
     def flush_output(self) -> None:
         if self._stream:
             self._write(self._stream.flush())
+
+    @property
+    def path(self) -> Path:
+        return self.base / self.relpath
 
     @property
     def exists(self) -> bool:
@@ -303,7 +328,7 @@ class _Run:
         self.emit = emit
         self.params = dict(params)
         self.secrets = dict(secrets)
-        self.redactor = Redactor(self.secrets.values())
+        self.redactor = Redactor(self.secrets.values()) if self.secrets else NO_SECRETS
         self.trigger = trigger
         self.fire_time = fire_time
         self.runners = runners
@@ -315,9 +340,7 @@ class _Run:
         self.cancelled = False
         self.hook_ids = {s.id for s in (*job.on_success, *job.on_failure, *job.finally_)}
         self.job_env: dict[str, str] = {}
-        self.base_env = {k: v for k, v in environ.items()
-                         if k in INHERITED_ENV or k.startswith("LC_")}
-        self.base_env.setdefault("PATH", DEFAULT_PATH)
+        self.base_env = inherited_env(environ)
         self._tmp: Path | None = None
 
     @property
@@ -384,6 +407,11 @@ class _Run:
 
     async def run_graph(self, steps: Sequence[Step]) -> None:
         """Run ``steps`` as a DAG: each starts when its needs are finished."""
+        if not steps:
+            return
+        if len(steps) == 1:  # most jobs: no graph to sort
+            await self.run_step(steps[0], [])
+            return
         by_id = {s.id: s for s in steps}
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
             {s.id: [n for n in s.needs if n in by_id] for s in steps})
@@ -408,7 +436,11 @@ class _Run:
         state = self.states[step.id]
         with logger.contextualize(step=step.id):
             try:
-                go = expr.evaluate(step.if_, self.context(step, ancestors=ancestors))
+                if step.if_ == "success()" and step.id not in self.hook_ids:
+                    # The default condition, without building a context and asking jinja.
+                    go = not self.stopping and all(self.states[a].ok for a in ancestors)
+                else:
+                    go = expr.evaluate(step.if_, self.context(step, ancestors=ancestors))
             except ExpressionError as exc:
                 await self.finish_unstarted(step.id, StepStatus.FAILED, f"if: {exc}")
                 state.status = StepStatus.FAILED
@@ -481,7 +513,7 @@ class _Run:
                        ancestors: Sequence[str]) -> _Attempt:
         policy = step.retries or self.job.retries
         relpath = log_relpath(self.job.name, self.run_id, instance)
-        log = StepLog(self.state_dir / relpath, cap=self.log_cap, redactor=self.redactor)
+        log = StepLog(self.state_dir, relpath, cap=self.log_cap, redactor=self.redactor)
         attempt = 1
         result = _Attempt(StepStatus.CANCELLED, error="cancelled before it started")
         ended = False
@@ -525,7 +557,9 @@ class _Run:
 
     async def attempt(self, step: Step, instance: str, item: Any, attempt: int,
                       ancestors: Sequence[str], log: StepLog) -> _Attempt:
-        ctx = self.context(step, item=item, ancestors=ancestors)
+        # Building the context costs more than a simple step's whole run: only when needed.
+        ctx = (self.context(step, item=item, ancestors=ancestors) if _uses_expressions(step)
+               else {})
         try:
             step_env = {k: _text(expr.render_value(v, ctx)) for k, v in step.env.items()}
             env_view = {**self.job_env, **step_env}
@@ -706,6 +740,21 @@ class _Run:
         return RunResult(RunStatus.FAILED, reason)
 
 
+_expressive: dict[int, tuple[Step, bool]] = {}
+
+
+def _uses_expressions(step: Step) -> bool:
+    """Whether anything ``step`` renders holds a ``${{ }}`` (asked once per step object)."""
+    known = _expressive.get(id(step))
+    if known is None or known[0] is not step:
+        found = "${{" in json.dumps(
+            [step.run, step.exec, thaw(step.with_), thaw(step.env), step.cwd], default=str)
+        if len(_expressive) > 65536:
+            _expressive.clear()
+        known = _expressive[id(step)] = (step, found)
+    return known[1]
+
+
 def _ancestors(steps: Sequence[Step]) -> dict[str, list[str]]:
     """Every step's transitive needs (within ``steps``), nearest first."""
     by_id = {s.id: s for s in steps}
@@ -753,6 +802,7 @@ async def run_job(
     log_cap: int = DEFAULT_LOG_CAP,
     environ: Mapping[str, str] | None = None,
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
+    started_at: datetime | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
 
@@ -760,12 +810,13 @@ async def run_job(
     checked ``params``. Secrets are read from ``environ`` (default: this process's
     environment) at start. Cancelling ``handle.cancel_scope`` (``handle.stop()``) stops the
     run: the result is ``cancelled``. Step failures, timeouts and expression errors never
-    raise; they are recorded on their step.
+    raise; they are recorded on their step. ``started_at``: when the caller started the run
+    (the scheduler, at the fire's instant); default now.
     """
     environ = os.environ if environ is None else environ
     handle = handle or RunHandle(run_id, job.name)
     with logger.contextualize(job=job.name, run=run_id):
-        await emit(RunStarted(run_id, clock()))
+        await emit(RunStarted(run_id, started_at or clock()))
         try:
             secrets = resolve_secrets(job, environ)
         except RunnerError as exc:
@@ -797,6 +848,7 @@ async def run_job(
                                        if outcome.reason else None))
             handle.status = outcome.status
             handle.finished.set()
-        logger.info("run {} {}{}", run_id, outcome.status,
-                    f" ({outcome.reason})" if outcome.reason else "")
+        # A success is routine (an every-second job would fill the log); the rest is news.
+        logger.log("DEBUG" if outcome.status is RunStatus.SUCCEEDED else "INFO", "run {} {}{}",
+                   run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         return outcome

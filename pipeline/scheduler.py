@@ -42,6 +42,9 @@ from pipeline.store import Store
 from pipeline.versions import version_of
 
 RECHECK = 2.0  # longest sleep without looking at the wall clock again
+# Fires are claimed this long before their instant, so that at the instant the claim is already
+# durable and the run starts on time (a thousand claims take tens of milliseconds to commit).
+LEAD = 0.25
 MISFIRE_GRACE = 60.0  # a fire noticed later than this was missed: the catch-up policy decides
 MAX_MISSED = 1000
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
@@ -59,6 +62,19 @@ class _Queued:
     params: Mapping[str, Any]
     job: Job
     done: trio.Event | None = None  # set when the run has ended (or will never start)
+
+
+@dataclass(order=True)
+class _Reserved:
+    """A fire claimed ahead of its instant, waiting to start at ``at`` (fire + jitter)."""
+
+    at: datetime
+    seq: int
+    name: str = field(compare=False)
+    run_id: str = field(compare=False)
+    fire_time: datetime = field(compare=False)
+    trigger: Trigger = field(compare=False)
+    backlog: bool = field(compare=False)  # a catch-up of `all`: it waits its turn in the queue
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class JobState:
     failures: int = 0  # consecutive failed runs
     opened_at: datetime | None = None  # when the circuit breaker opened
     claimed: set[datetime] = field(default_factory=set)  # fires after the watermark, claimed
+    reserved: dict[str, _Reserved] = field(default_factory=dict)  # claimed, not yet started
     version: Version | None = None  # of `job`, with git facts; looked up at its first fire
 
     def circuit_open(self, now: datetime) -> bool:
@@ -138,6 +155,8 @@ class Scheduler:
         self._loaded = False
         self._versions_wanted = trio.Event()
         self._retired: dict[str, JobState] = {}  # removed jobs whose runs are still going
+        self._starts: list[_Reserved] = []  # heap of claimed fires by start time
+        self._seq = 0
 
     # -- the catalog ---------------------------------------------------------------------
 
@@ -184,6 +203,7 @@ class Scheduler:
                                 "the schedule was edited", version=self._version(state)))
                     state.watermark = now
                     self.journal.write_nowait(WatermarkMoved(name, now))
+                    self._cancel_reserved(state, "the schedule was edited")
                 state.job = job
                 logger.info("job {} reloaded: {}", name, self.describe(job))
             else:
@@ -191,6 +211,7 @@ class Scheduler:
             self._reschedule(state)
         for name in [n for n in self.jobs if n not in jobs]:
             state = self.jobs.pop(name)
+            self._cancel_reserved(state, "the job was removed")
             if state.active:
                 self._retired[name] = state
             for queued in state.queue:
@@ -264,17 +285,23 @@ class Scheduler:
                 await self._sleep()
 
     def _until_next(self) -> float:
-        """Seconds (by the wall clock) until the earliest scheduled fire, at most ``recheck``."""
+        """Seconds (by the wall clock) until there is something to claim or to start, at most
+        ``recheck``."""
+        if not self._firing:
+            return self.recheck
+        now = self.clock()
+        delay = self.recheck
         while self._heap:
             at, name, generation = self._heap[0]
             state = self.jobs.get(name)
             if state is None or state.generation != generation:
                 heapq.heappop(self._heap)
                 continue
-            if not self._firing:
-                break
-            return min(self.recheck, max((at - self.clock()).total_seconds(), 0.0))
-        return self.recheck
+            delay = min(delay, (at - now).total_seconds() - LEAD)
+            break
+        if self._starts:
+            delay = min(delay, (self._starts[0].at - now).total_seconds())
+        return max(delay, 0.0)
 
     async def _sleep(self) -> None:
         self._wakeup = trio.Event()
@@ -290,48 +317,77 @@ class Scheduler:
         await trio.sleep(delay)
 
     async def fire_due(self) -> None:
-        """Deal with every fire that is due by now, for every job.
+        """Claim every fire due within LEAD seconds, then start those whose instant has come."""
+        await self.claim_due()
+        self.start_due()
 
-        Jobs are fired concurrently, so the claims of a thousand simultaneous fires share a
-        few commits (the journal's group commit) instead of waiting for one each.
+    async def claim_due(self) -> None:
+        """Claim, in one commit, every job's fires up to LEAD seconds ahead.
+
+        Missed fires (downtime, a stall, a clock jump) are dealt with here by the catch-up
+        policy: recorded as skipped, or claimed to run now.
         """
         now = self.clock()
+        horizon = now + timedelta(seconds=LEAD)
         due = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= horizon:
             _, name, generation = heapq.heappop(self._heap)
             state = self.jobs.get(name)
             if state is not None and state.generation == generation:
                 due.append(state)
-        if len(due) == 1:
-            await self._fire_and_reschedule(due[0], now)
+        if not due:
             return
-        async with trio.open_nursery() as nursery:
-            for state in due:
-                nursery.start_soon(self._fire_and_reschedule, state, now)
-
-    async def _fire_and_reschedule(self, state: JobState, now: datetime) -> None:
-        generation = state.generation
-        await self._fire(state, now)
-        if state.generation == generation:  # not reloaded meanwhile (that rescheduled it)
+        claims: list[RunQueued | RunSkipped] = []
+        plans: list[tuple[JobState, RunQueued, Trigger, bool]] = []
+        for state in due:
+            self._plan(state, now, horizon, claims, plans)
+        accepted = await self.journal.write_many(claims)
+        for (state, claim, trigger, backlog), ok in zip(
+                plans, [a for c, a in zip(claims, accepted, strict=True)
+                        if isinstance(c, RunQueued)], strict=True):
+            fire = claim.fire_time
+            assert fire is not None
+            if not ok:
+                logger.warning("job {}: fire {} already has a run; not run again",
+                               state.job.name, fire.isoformat())
+                continue
+            state.claimed.add(fire)
+            at = fire
+            if trigger is Trigger.SCHEDULE:
+                at += timedelta(seconds=self._jitter(state.job))
+            self._seq += 1
+            reserved = _Reserved(at, self._seq, state.job.name, claim.run_id, fire, trigger,
+                                 backlog)
+            state.reserved[claim.run_id] = reserved
+            heapq.heappush(self._starts, reserved)
+        if plans:
+            crash_point("fire-claimed")
+        for state in due:
+            self.journal.write_nowait(WatermarkMoved(state.job.name, state.watermark))
             self._reschedule(state)
 
-    async def _fire(self, state: JobState, now: datetime) -> None:
+    def _plan(self, state: JobState, now: datetime, horizon: datetime,
+              claims: list[RunQueued | RunSkipped],
+              plans: list[tuple[JobState, RunQueued, Trigger, bool]]) -> None:
+        """What to do with ``state``'s fires up to ``horizon``: the claims to write."""
         job = state.job
+        watermark = max(state.watermark, horizon)
         if not job.enabled:  # its fires pass, unrun and unrecorded: it asked for that
-            state.watermark = max(now, state.watermark)
-            self.journal.write_nowait(WatermarkMoved(job.name, state.watermark))
+            state.watermark = watermark
             return
-        fires, truncated = triggers.fires_between(job.schedules, state.watermark, now,
+        fires, truncated = triggers.fires_between(job.schedules, state.watermark, horizon,
                                                   limit=MAX_MISSED)
         if truncated:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
         fires = [f for f in fires if f not in state.claimed]
+        coming = [f for f in fires if f > now]
+        past = [f for f in fires if f <= now]
         # Of several fires due at once (after downtime, a stall, a clock jump) only the newest
         # can be on time; the others were missed and the catch-up policy decides about them.
-        late, on_time = fires[:-1], fires[-1:]
+        late, on_time = past[:-1], past[-1:]
         if on_time and (now - on_time[0]).total_seconds() > self.misfire_grace:
-            late, on_time = fires, []
+            late, on_time = past, []
         catchup = _catchup(job)
         if late:
             logger.warning("job {}: {} fire(s) missed (from {} to {}); catchup: {}", job.name,
@@ -345,19 +401,92 @@ class Scheduler:
                 reason = ("missed while the daemon was down or stalled (catchup: none)"
                           if catchup is Catchup.NONE else
                           "missed; superseded by a later fire (catchup: latest)")
-                await self._skip(state, fire, Trigger.CATCHUP, reason)
-        to_run.extend((fire, Trigger.SCHEDULE) for fire in on_time)
+                claims.append(RunSkipped(new_run_id(now), job.name, Trigger.CATCHUP, fire, now,
+                                         reason, version=self._version(state)))
+        to_run.extend((fire, Trigger.SCHEDULE) for fire in (*on_time, *coming))
         # Catch-up of `all` runs the backlog one after another, in order, whatever the overlap
-        # policy says (it is about a new fire meeting a run, not about a backlog); the newest
-        # fire joins the end of that queue.
+        # policy says (it is about a new fire meeting a run, not about a backlog); the fires
+        # due now join the end of that queue.
         backlog = catchup is Catchup.ALL and bool(late)
         for fire, trigger in to_run:
-            await self._dispatch(state, fire_time=fire, trigger=trigger, params=None,
-                                 force_queue=backlog)
-        if fires or now > state.watermark:
-            state.watermark = max(now, state.watermark)
-            state.claimed = {f for f in state.claimed if f > state.watermark}
-            self.journal.write_nowait(WatermarkMoved(job.name, state.watermark))
+            claim = RunQueued(new_run_id(now), job.name, trigger, now, fire_time=fire,
+                              version=self._version(state), document=job.document,
+                              owner=process_identity())
+            claims.append(claim)
+            plans.append((state, claim, trigger, backlog))
+        state.watermark = watermark
+        state.claimed = {f for f in state.claimed if f > watermark}
+
+    def _jitter(self, job: Job) -> float:
+        spreads = [s.jitter for s in job.schedules if s.jitter]
+        return self.rng.uniform(0, max(spreads)) if spreads else 0.0
+
+    def start_due(self) -> None:
+        """Start (or skip, or queue, by policy) every claimed fire whose instant has come."""
+        now = self.clock()
+        while self._starts and self._starts[0].at <= now:
+            reserved = heapq.heappop(self._starts)
+            state = self.jobs.get(reserved.name)
+            if state is None or state.reserved.pop(reserved.run_id, None) is None:
+                continue  # the job was removed or edited meanwhile: already recorded
+            self._begin(state, reserved, now)
+
+    def _begin(self, state: JobState, reserved: _Reserved, now: datetime) -> None:
+        decision, detail = self._decide(state, reserved.trigger, now,
+                                        force_queue=reserved.backlog)
+        queued = _Queued(reserved.run_id, reserved.fire_time, reserved.trigger, {}, state.job)
+        if decision == "skip":
+            self.journal.write_nowait(RunFinished(reserved.run_id, RunStatus.SKIPPED, now,
+                                                  detail))
+            logger.info("job {}: fire {} skipped: {}", state.job.name,
+                        reserved.fire_time.isoformat(), detail)
+        elif decision == "queue":
+            state.queue.append(queued)
+            self._start_queued(state)
+        else:
+            replaced = self._replace(state, reserved.run_id)
+            self._start(state, queued, after=replaced, started_at=None if replaced else now)
+
+    def _decide(self, state: JobState, trigger: Trigger, now: datetime, *,
+                force_queue: bool = False) -> tuple[str, str]:
+        """The overlap policy and the circuit breaker, for a fire or a trigger: ``("skip",
+        reason)``, ``("queue", "")`` or ``("start", "")``."""
+        job = state.job
+        if not self._firing:
+            return "skip", "the daemon is shutting down"
+        if trigger in (Trigger.SCHEDULE, Trigger.CATCHUP) and state.circuit_open(now):
+            return "skip", "circuit open"
+        policy = job.concurrency
+        busy = bool(state.active) or bool(state.queue)
+        if force_queue:
+            return "queue", ""
+        if policy.policy is Policy.QUEUE and busy:
+            if len(state.queue) >= policy.max_queued:
+                return "skip", f"queue full ({policy.max_queued} waiting)"
+            return "queue", ""
+        if busy and policy.policy is Policy.FORBID:
+            return "skip", "a previous run is still active (concurrency: forbid)"
+        if (policy.policy is Policy.ALLOW and policy.max_active is not None
+                and len(state.active) >= policy.max_active):
+            return "skip", f"{policy.max_active} runs already active (max_active)"
+        return "start", ""
+
+    def _replace(self, state: JobState, run_id: str) -> list[RunHandle]:
+        """`replace`: stop the job's active runs; the new one starts once they are gone."""
+        if state.job.concurrency.policy is not Policy.REPLACE:
+            return []
+        replaced = list(state.active.values())
+        for handle in replaced:
+            handle.stop(f"replaced by run {run_id}")
+        return replaced
+
+    def _cancel_reserved(self, state: JobState, reason: str) -> None:
+        """Record claimed fires that will not start now (the job was edited or removed)."""
+        now = self.clock()
+        for reserved in state.reserved.values():
+            self.journal.write_nowait(RunFinished(reserved.run_id, RunStatus.SKIPPED, now,
+                                                  reason))
+        state.reserved.clear()
 
     def _version(self, state: JobState) -> Version:
         """The version to record: with its git facts once the background lookup has them."""
@@ -397,45 +526,22 @@ class Scheduler:
                     fire.isoformat() if fire else "-", reason)
         return Dispatched(run_id, RunStatus.SKIPPED, reason)
 
-    async def _dispatch(self, state: JobState, *, fire_time: datetime | None,
-                        trigger: Trigger, params: Mapping[str, Any] | None,
-                        force_queue: bool = False, parent: str | None = None,
+    async def _dispatch(self, state: JobState, *, trigger: Trigger,
+                        params: Mapping[str, Any] | None, parent: str | None = None,
                         done: trio.Event | None = None) -> Dispatched:
-        """Apply the overlap policy and the circuit breaker to one fire or trigger."""
-        job = state.job
-        now = self.clock()
-        if not self._firing:
-            return await self._skip(state, fire_time, trigger, "the daemon is shutting down")
-        scheduled = trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
-        if scheduled and state.circuit_open(now):
-            return await self._skip(state, fire_time, trigger, "circuit open")
-        policy = job.concurrency
-        busy = bool(state.active) or bool(state.queue)
-        if force_queue or (policy.policy is Policy.QUEUE and busy):
-            if not force_queue and len(state.queue) >= policy.max_queued:
-                return await self._skip(state, fire_time, trigger,
-                                        f"queue full ({policy.max_queued} waiting)")
-            run_id = await self._claim(state, fire_time, trigger, params or {}, parent)
-            if run_id is None:
-                return Dispatched("", RunStatus.SKIPPED, "this fire already has a run")
-            state.queue.append(_Queued(run_id, fire_time, trigger, params or {}, job, done))
+        """A trigger (API, a parent run): the policies, then a claimed run."""
+        decision, detail = self._decide(state, trigger, self.clock())
+        if decision == "skip":
+            return await self._skip(state, None, trigger, detail)
+        run_id = await self._claim(state, None, trigger, params or {}, parent)
+        if run_id is None:  # pragma: no cover - a trigger has no fire to conflict on
+            return Dispatched("", RunStatus.SKIPPED, "refused by the store")
+        queued = _Queued(run_id, None, trigger, params or {}, state.job, done)
+        if decision == "queue":
+            state.queue.append(queued)
             self._start_queued(state)
             return Dispatched(run_id, RunStatus.QUEUED)
-        if busy and policy.policy is Policy.FORBID:
-            return await self._skip(state, fire_time, trigger,
-                                    "a previous run is still active (concurrency: forbid)")
-        if (policy.policy is Policy.ALLOW and policy.max_active is not None
-                and len(state.active) >= policy.max_active):
-            return await self._skip(state, fire_time, trigger,
-                                    f"{policy.max_active} runs already active (max_active)")
-        run_id = await self._claim(state, fire_time, trigger, params or {}, parent)
-        if run_id is None:
-            return Dispatched("", RunStatus.SKIPPED, "this fire already has a run")
-        replaced = list(state.active.values()) if policy.policy is Policy.REPLACE else []
-        for handle in replaced:
-            handle.stop(f"replaced by run {run_id}")
-        self._start(state, _Queued(run_id, fire_time, trigger, params or {}, job, done),
-                    after=replaced, jitter=scheduled)
+        self._start(state, queued, after=self._replace(state, run_id))
         return Dispatched(run_id, RunStatus.RUNNING)
 
     async def _claim(self, state: JobState, fire_time: datetime | None, trigger: Trigger,
@@ -449,44 +555,39 @@ class Scheduler:
             logger.warning("job {}: fire {} already has a run; not run again",
                            state.job.name, fire_time.isoformat() if fire_time else "-")
             return None
-        if fire_time is not None:
-            state.claimed.add(fire_time)
-            crash_point("fire-claimed")
         return run_id
 
     def _start_queued(self, state: JobState) -> None:
         if state.active or not state.queue:
             return
-        self._start(state, state.queue.popleft(), after=[], jitter=False)
+        self._start(state, state.queue.popleft(), after=[])
 
     def _start(self, state: JobState, queued: _Queued, *, after: list[RunHandle],
-               jitter: bool) -> None:
+               started_at: datetime | None = None) -> None:
+        """Start a claimed run as a task of the scheduler's nursery.
+
+        ``started_at``: the instant the scheduler started it, recorded as its start (its first
+        step follows as soon as its task runs).
+        """
         assert self._nursery is not None, "serve() is not running"
         handle = RunHandle(queued.run_id, state.job.name)
         state.active[queued.run_id] = handle
         self.runs[queued.run_id] = handle
-        delay = 0.0
-        if jitter:
-            spreads = [s.jitter for s in queued.job.schedules if s.jitter]
-            if spreads:
-                delay = self.rng.uniform(0, max(spreads))
-        self._nursery.start_soon(self._run, state, queued, handle, after, delay,
+        self._nursery.start_soon(self._run, state, queued, handle, after, started_at,
                                  name=f"run {queued.run_id}")
 
     async def _run(self, state: JobState, queued: _Queued, handle: RunHandle,
-                   after: list[RunHandle], delay: float) -> None:
+                   after: list[RunHandle], started_at: datetime | None) -> None:
         status = RunStatus.CANCELLED
         try:
             for previous in after:  # `replace`: the old run is gone before the new starts
                 await previous.finished.wait()
-            if delay:
-                with trio.move_on_after(delay):
-                    await handle.stopped.wait()
             result = await run_job(
                 queued.job, run_id=queued.run_id, state_dir=self.state_dir,
                 emit=self.journal.write, params=queued.params, trigger=queued.trigger,
                 fire_time=queued.fire_time, handle=handle, runners=self.runners,
-                clock=self.clock, environ=self.environ, start_job=self.start_child)
+                clock=self.clock, environ=self.environ, start_job=self.start_child,
+                started_at=started_at)
             status = result.status
         finally:
             state.active.pop(queued.run_id, None)
@@ -530,8 +631,8 @@ class Scheduler:
         state = self.jobs.get(name)
         if state is None:
             raise NotFound(f"no job {name!r}")
-        return await self._dispatch(state, fire_time=None, trigger=trigger, params=params,
-                                    parent=parent, done=done)
+        return await self._dispatch(state, trigger=trigger, params=params, parent=parent,
+                                    done=done)
 
     async def start_child(self, job: str, params: Mapping[str, Any] | None = None, *,
                           parent_run_id: str | None = None, wait: bool = True,
@@ -613,6 +714,7 @@ class Scheduler:
         """Stop firing; give active runs ``grace`` seconds, then cancel them."""
         self._firing = False
         for state in self.jobs.values():
+            self._cancel_reserved(state, "the daemon stopped before the run could start")
             for queued in state.queue:
                 await self.journal.write(RunFinished(
                     queued.run_id, RunStatus.SKIPPED, self.clock(),

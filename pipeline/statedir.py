@@ -13,6 +13,7 @@ daemon's runs without loading the daemon.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -110,11 +111,19 @@ def process_identity(pid: int | None = None) -> str:
     STARTTIME is field 22 of /proc/PID/stat (clock ticks after boot): a later process that
     gets the same pid has another. Raises ``ProcessLookupError`` if there is no such process.
     """
-    pid = os.getpid() if pid is None else pid
+    if pid is None:
+        return _own_identity(os.getpid())
     fields = _stat(pid)
     if fields is None:
         raise ProcessLookupError(f"no process {pid}")
     return f"{pid}:{fields[19].decode()}"
+
+
+@functools.cache
+def _own_identity(pid: int) -> str:
+    # Asked for every claim: read /proc once per process (the pid is the key, so a forked
+    # child never reuses its parent's answer).
+    return process_identity(pid)
 
 
 def identity_alive(identity: str) -> bool:

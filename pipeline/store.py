@@ -20,6 +20,7 @@ so a recycled pid never passes for the dead owner). ``recover`` marks the runs o
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -274,8 +275,23 @@ def _plain(value: object) -> object:
 _json = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
 
 
+@functools.lru_cache(maxsize=4096)
 def _version_json(version: Version | None) -> str | None:
     return None if version is None else _json(version.as_dict())
+
+
+# Every run of a job version stores the same document: encode it once. Keyed by identity,
+# holding the object so the id cannot be reused while cached.
+_documents: dict[int, tuple[object, str]] = {}
+
+
+def _document_json(document: Mapping[str, Any]) -> str:
+    known = _documents.get(id(document))
+    if known is None or known[0] is not document:
+        if len(_documents) > 4096:
+            _documents.clear()
+        known = _documents[id(document)] = (document, _json(document))
+    return known[1]
 
 
 _RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
@@ -359,7 +375,8 @@ def _run_queued(conn: sqlite3.Connection, e: RunQueued, refused: set[str]) -> No
     cursor = conn.execute(_INSERT_QUEUED, (
         e.run_id, e.job, str(e.trigger), _iso_or_none(e.fire_time), _iso(e.queued_at),
         _json(e.params) if e.params else "{}", _version_json(e.version),
-        None if e.document is None else _json(e.document), e.parent_run_id, e.owner))
+        None if e.document is None else _document_json(e.document), e.parent_run_id,
+        e.owner))
     if cursor.rowcount == 0:
         refused.add(e.run_id)
 

@@ -445,7 +445,7 @@ def test_parse_outputs() -> None:
 
 
 def test_step_log_masks_secrets_split_across_chunks(tmp_path: Path) -> None:
-    log = StepLog(tmp_path / "x.log", cap=1000, redactor=Redactor(["hunter22"]))
+    log = StepLog(tmp_path, "x.log", cap=1000, redactor=Redactor(["hunter22"]))
     for chunk in [b"pass: hun", b"ter2", b"2 ok\n"]:
         log.output(chunk)
     log.line("[pipeline] hunter22 again")
