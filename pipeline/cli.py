@@ -202,7 +202,7 @@ def open_state(settings: Settings) -> Iterator[SqliteStore]:
     configure_logging()
     store = SqliteStore.open(settings.state_dir)
     try:
-        recover(store, now_utc())
+        recover(store, settings.state_dir, now_utc())
         yield store
     finally:
         store.close()

@@ -135,7 +135,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
 
     ``task_status.started`` gets the ``Daemon`` once every part is up.
     """
-    recover(store, clock())
+    recover(store, state_dir, clock())
     metrics = Metrics()
     journal = Journal(store, observers=(metrics.observe,))
     catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners))

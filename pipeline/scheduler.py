@@ -20,7 +20,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -422,24 +422,50 @@ class Scheduler:
         return self.rng.uniform(0, max(spreads)) if spreads else 0.0
 
     def start_due(self) -> None:
-        """Start (or skip, or queue, by policy) every claimed fire whose instant has come."""
+        """Start (or skip, or queue, by policy) every claimed fire whose instant has come.
+
+        Several fires of one job due at once mean the daemon stalled past them (suspended,
+        starved): as when they are found late at claim time, only the newest is on time and
+        the catch-up policy decides about the others.
+        """
         now = self.clock()
+        due: dict[str, list[_Reserved]] = {}
         while self._starts and self._starts[0].at <= now:
             reserved = heapq.heappop(self._starts)
             state = self.jobs.get(reserved.name)
             if state is None or state.reserved.pop(reserved.run_id, None) is None:
                 continue  # the job was removed or edited meanwhile: already recorded
-            self._begin(state, reserved, now)
+            due.setdefault(reserved.name, []).append(reserved)
+        for name, fires in due.items():
+            state = self.jobs[name]
+            *missed, newest = fires
+            late = (now - newest.at).total_seconds() > self.misfire_grace
+            catchup = _catchup(state.job)
+            for reserved in missed:
+                if catchup is Catchup.ALL or reserved.backlog:
+                    self._begin(state, replace(reserved, backlog=True), now)
+                else:
+                    self._skip_reserved(state, reserved, now,
+                                        "missed; superseded by a later fire (the daemon "
+                                        "stalled)")
+            if late and catchup is Catchup.NONE:
+                self._skip_reserved(state, newest, now, "missed while the daemon was stalled "
+                                    "(catchup: none)")
+            else:
+                self._begin(state, newest, now)
+
+    def _skip_reserved(self, state: JobState, reserved: _Reserved, now: datetime,
+                       reason: str) -> None:
+        self.journal.write_nowait(RunFinished(reserved.run_id, RunStatus.SKIPPED, now, reason))
+        logger.info("job {}: fire {} skipped: {}", state.job.name,
+                    reserved.fire_time.isoformat(), reason)
 
     def _begin(self, state: JobState, reserved: _Reserved, now: datetime) -> None:
         decision, detail = self._decide(state, reserved.trigger, now,
                                         force_queue=reserved.backlog)
         queued = _Queued(reserved.run_id, reserved.fire_time, reserved.trigger, {}, state.job)
         if decision == "skip":
-            self.journal.write_nowait(RunFinished(reserved.run_id, RunStatus.SKIPPED, now,
-                                                  detail))
-            logger.info("job {}: fire {} skipped: {}", state.job.name,
-                        reserved.fire_time.isoformat(), detail)
+            self._skip_reserved(state, reserved, now, detail)
         elif decision == "queue":
             state.queue.append(queued)
             self._start_queued(state)

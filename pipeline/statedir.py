@@ -26,6 +26,7 @@ from loguru import logger
 
 from pipeline import process
 from pipeline.errors import StateError, StateLocked
+from pipeline.events import StepFinished
 from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID, RunRecord
 
 if TYPE_CHECKING:
@@ -137,12 +138,20 @@ def identity_alive(identity: str) -> bool:
     return fields is not None and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
 
 
-def recover(store: Store, now: datetime) -> list[RunRecord]:
+def recover(store: Store, state_dir: Path, now: datetime) -> list[RunRecord]:
     """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running.
 
     Every command that opens the state calls it: a crash is repaired by whoever comes next.
     """
     recovered = store.recover(identity_alive, now)
+    # A step cut off before it printed anything never made its log file: say so, as a step
+    # that finished silently does, rather than point at nothing.
+    silent = [StepFinished(run.id, step.id, step.status, step.finished_at or now,
+                           attempt=step.attempt, error=step.error, no_log=True)
+              for run in recovered for step in run.steps
+              if step.log and not (state_dir / step.log).exists()]
+    if silent:
+        store.record(silent)
     for run in recovered:
         killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
         logger.warning("run {} of {} was left running by a process that died: marked "
