@@ -290,3 +290,28 @@ def test_a_plugin_runner_is_found_when_a_job_uses_one(tmp_path: Path) -> None:
     code, out, _ = cli("validate", str(bad))
     assert code == 1
     assert "unknown runner 'ecoh'" in out and "echo" in out  # plug-ins are suggested too
+
+
+def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
+    """`.pre-commit-hooks.yaml` as pre-commit reads it: its entry, run on the files it picks."""
+    import re
+
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    hook = next(h for h in hooks if h["id"] == "pipeline-validate")
+    picks = re.compile(hook["files"])
+    skips = re.compile(hook["exclude"])
+    assert picks.search("jobs.d/backup.yaml") and picks.search("ops/jobs.d/x/y.yml")
+    assert not picks.search("README.md") and not picks.search("schemas/job.schema.json")
+    assert skips.search("jobs.d/.hidden.yaml") and skips.search("jobs.d/x.yaml~")
+    good = write(tmp_path / "jobs.d" / "good.yaml", "steps:\n  - {id: a, run: 'true'}\n")
+    bad = write(tmp_path / "jobs.d" / "bad.yaml", "steps:\n  - {id: a, rn: 'true'}\n")
+    entry = hook["entry"].split()
+    assert entry[0] == "pipeline"
+    ok = subprocess.run([*PIPELINE, *entry[1:], str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    failed = subprocess.run([*PIPELINE, *entry[1:], str(good), str(bad)], capture_output=True,
+                            text=True)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith(f"{bad}:2:")

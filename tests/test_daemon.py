@@ -215,3 +215,36 @@ def test_list_and_next_work_without_a_daemon(daemon: Daemon) -> None:
     assert rows[0]["name"] == "nightly" and rows[0]["next_fire_time"]
     unknown = subprocess.run(daemon.command("next", "nope"), capture_output=True, text=True)
     assert unknown.returncode == 1
+
+
+def test_retention_prunes_old_runs_and_their_logs(tmp_path: Path) -> None:
+    """`history` per job (and the defaults for jobs without one), applied by the daemon."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline import spec
+    from pipeline.daemon import prune
+    from pipeline.events import RunFinished, RunQueued, RunStarted
+    from pipeline.model import RunStatus, Trigger
+    from pipeline.store import SqliteStore
+
+    jobs = tmp_path / "jobs.d"
+    jobs.mkdir()
+    (jobs / "kept.yaml").write_text("history: {keep_runs: 3}\nsteps:\n  - {id: a, run: 'true'}\n")
+    job = spec.load_job(jobs / "kept.yaml")
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    ids = []
+    for i in range(6):
+        run_id = f"2026112{i}T000000-0000000{i}"
+        at = now - timedelta(days=6 - i)
+        store.record([RunQueued(run_id, "kept", Trigger.MANUAL, at), RunStarted(run_id, at),
+                      RunFinished(run_id, RunStatus.SUCCEEDED, at)])
+        (state / "logs" / "kept" / run_id).mkdir(parents=True)
+        (state / "logs" / "kept" / run_id / "a.log").write_text("x")
+        ids.append(run_id)
+    assert prune(store, state, {"kept": job}, now) == 3
+    left = [r.id for r in store.runs(job="kept")]
+    assert sorted(left) == ids[3:]
+    assert sorted(p.name for p in (state / "logs" / "kept").iterdir()) == ids[3:]
+    store.close()
