@@ -561,7 +561,7 @@ class _Run:
         ctx = (self.context(step, item=item, ancestors=ancestors) if _uses_expressions(step)
                else {})
         try:
-            step_env = {k: _text(expr.render_value(v, ctx)) for k, v in step.env.items()}
+            step_env = {k: expr.text_of(expr.render_value(v, ctx)) for k, v in step.env.items()}
             env_view = {**self.job_env, **step_env}
             ctx["env"] = env_view
             cwd = expr.render(step.cwd, ctx) if step.cwd else None
@@ -666,7 +666,7 @@ class _Run:
             log.line(f"[pipeline] {error}")
             return _Attempt(StepStatus.FAILED, error=error)
         return _Attempt(StepStatus.SUCCEEDED,
-                        outputs={str(k): _text(v) for k, v in (outputs or {}).items()})
+                        outputs={str(k): expr.text_of(v) for k, v in (outputs or {}).items()})
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -680,7 +680,7 @@ class _Run:
         job = self.job
         try:
             ctx = self.context()
-            self.job_env = {k: _text(expr.render_value(v, ctx)) for k, v in job.env.items()}
+            self.job_env = {k: expr.text_of(expr.render_value(v, ctx)) for k, v in job.env.items()}
         except ExpressionError as exc:
             return await self.fail_all(self.redactor.text(f"env: {exc}"))
         reason: str | None = None
@@ -772,19 +772,6 @@ def _ancestors(steps: Sequence[Step]) -> dict[str, list[str]]:
         return memo[sid]
 
     return {sid: walk(sid) for sid in by_id}
-
-
-def _text(value: Any) -> str:
-    """A value as a step sees it in its environment or outputs."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, Mapping | list | tuple):
-        return json.dumps(thaw(value))
-    return str(value)
 
 
 async def run_job(

@@ -404,7 +404,9 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     return _evaluate(_bare(expression), context)
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A value as text, as a step sees it: a string as is, ``true``/``false``, ``""`` for
+    None, numbers with ``str``, mappings and sequences (also read-only ones) as compact JSON."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -413,9 +415,17 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, int | float):
         return str(value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), default=str)
     return str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def render(text: str, context: Mapping[str, Any], *,
@@ -435,7 +445,7 @@ def render(text: str, context: Mapping[str, Any], *,
         if isinstance(part, str):
             out.append(part)
             continue
-        value = _text(_evaluate(part.source, context))
+        value = text_of(_evaluate(part.source, context))
         out.append(quote(value) if quote is not None and not part.raw else value)
     return "".join(out)
 
@@ -498,7 +508,7 @@ def render_script(text: str, context: Mapping[str, Any]) -> str:
             out.append(part)
             state, prev = _shell_scan(part, state, prev)
             continue
-        value = _text(_evaluate(part.source, context))
+        value = text_of(_evaluate(part.source, context))
         out.append(value if part.raw else _shell_quote(value, state))
         prev = "x"
     return "".join(out)
