@@ -18,8 +18,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
                                  directory's layout, lock and owners; step runners (a registry
                                  keyed by name, plus entry points)
-    engine, plan, live           one run = one trio nursery, steps are tasks in it; the dry-run
-                                 plan; the live view of `pipeline run`
+    steplog, engine, plan, live  a step's log and outputs; one run = one trio nursery, steps
+                                 are tasks in it; the dry-run plan; `pipeline run`'s live view
     store, versions, journal     SQLite state; which version of a job ran; the one writer
                                  between events and the store (group commit)
     scheduler, watch, metrics    the daemon loop; the watched jobs directory; Prometheus figures

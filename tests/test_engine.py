@@ -13,12 +13,13 @@ import pytest
 import trio
 
 from pipeline import process
-from pipeline.engine import RunHandle, StepLog, parse_outputs
+from pipeline.engine import RunHandle
 from pipeline.errors import RunnerError
 from pipeline.events import RunFinished, StepRetrying, StepSpawned, StepStarted
 from pipeline.model import Job, RunStatus, StepStatus
 from pipeline.redact import Redactor
 from pipeline.runners import Runner, StepContext, builtin_runners
+from pipeline.steplog import StepLog, parse_outputs
 from tests.conftest import run
 
 JobFrom = Callable[[str], Job]

@@ -28,10 +28,11 @@ import trio
 
 from pipeline import faults, process, spec, triggers
 from pipeline.daemon import prune_forever
-from pipeline.engine import StepLog, run_job
+from pipeline.engine import run_job
 from pipeline.events import Event, RunFinished, RunQueued, RunStarted
 from pipeline.model import RunStatus, Trigger
 from pipeline.redact import Redactor
+from pipeline.steplog import StepLog
 from pipeline.store import SqliteStore
 
 from .faults.disk import Unavailable, fill, free_bytes, small_fs, truncate_wal
