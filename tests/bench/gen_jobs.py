@@ -18,14 +18,17 @@ _EVERY = ["30s", "1m", "5m", "15m", "1h", "1h30m"]
 _ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"]
 
 
-def job_text(index: int, rng: random.Random) -> str:
-    """One job file of about 40 lines."""
+def job_text(index: int, rng: random.Random, *, schedule: str | None = None) -> str:
+    """One job file of about 40 lines; ``schedule`` (YAML text) replaces its schedule."""
     name = f"job-{index:05d}"
+    override = schedule
     if rng.random() < 0.5:
         schedule = (f"schedule:\n  cron: \"{rng.choice(_CRONS)}\"\n"
                     f"  timezone: {rng.choice(_ZONES)}\n  jitter: {rng.randint(0, 60)}s\n")
     else:
         schedule = f"schedule: every {rng.choice(_EVERY)}\n"
+    if override is not None:  # drawn all the same, so the rest of the file stays as it was
+        schedule = override
     lines = [
         "# yaml-language-server: $schema=../schemas/job.schema.json",
         f"name: {name}",
@@ -74,14 +77,19 @@ def job_text(index: int, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_jobs(directory: Path, n: int, *, seed: int = 1) -> list[Path]:
-    """Write ``n`` valid job files into ``directory`` (made if missing); return their paths."""
+def write_jobs(directory: Path, n: int, *, seed: int = 1,
+               schedule: str | None = None) -> list[Path]:
+    """Write ``n`` valid job files into ``directory`` (made if missing); return their paths.
+
+    ``schedule`` (YAML text, e.g. ``'schedule: {cron: "0 0 1 1 *"}'``) replaces every job's
+    schedule, for a benchmark that must load the jobs without their firing.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     paths = []
     for index in range(n):
         path = directory / f"job-{index:05d}.yaml"
-        path.write_text(job_text(index, rng), encoding="utf-8")
+        path.write_text(job_text(index, rng, schedule=schedule), encoding="utf-8")
         paths.append(path)
     return paths
 

@@ -1,0 +1,130 @@
+"""``bin/bench``: run the benchmarks, print the table, write BENCHMARKS.md.
+
+    bin/bench                 everything, peers included (installed on first use), ≈ 10 min
+    bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
+    bin/bench --only dag,serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from tests.bench import dags, report, serve, startup, validate
+from tests.bench.harness import (
+    ROOT,
+    BenchError,
+    Children,
+    Context,
+    Row,
+    load_average,
+    machine,
+    product_fingerprint,
+    product_version,
+    say,
+    text_table,
+)
+from tests.bench.peers import ensure_peers
+
+GROUPS = ("startup", "validate", "dag", "memory", "api", "firing")
+
+
+def interrupted(signum: int, _: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, 10 s windows, no peer installs")
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help=f"comma-separated groups among {', '.join(GROUPS)}")
+    parser.add_argument("--no-peers", action="store_true", help="skip Luigi and Prefect")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: BENCHMARKS.md for a full "
+                             "run of every group, nowhere otherwise)")
+    args = parser.parse_args(argv)
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown group(s): {', '.join(unknown)}")
+    out = args.out
+    if out is None and not args.quick and set(groups) == set(GROUPS) and not args.no_peers:
+        out = ROOT / "BENCHMARKS.md"
+
+    # Ctrl-C, SIGTERM and SIGHUP all end the harness through `finally`, so no child outlives
+    # it (SIGINT too, even when the shell that started us in the background ignored it).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    children = Children()
+    tmp = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    (tmp / "logs").mkdir()
+    ctx = Context(quick=args.quick, tmp=tmp, children=children, peers=not args.no_peers)
+    started, load_before = time.monotonic(), load_average()
+    rows: list[Row] = []
+    notes: list[str] = []
+    try:
+        info, fingerprint = machine(), product_fingerprint()
+        if "dag" in groups and ctx.peers:
+            peers = ensure_peers(ctx, install=not args.quick)
+            notes += [f"Peer {name} {version} measured in .bench-venv."
+                      for name, version in sorted(peers.versions.items())]
+            notes += [f"Peer {name} not measured: {why}."
+                      for name, why in sorted(peers.missing.items())]
+        else:
+            peers = ensure_peers(ctx, install=False)
+            peers.versions.clear()
+        runs: dict[str, Callable[[], list[Row]]] = {
+            "startup": lambda: startup.run(ctx),
+            "validate": lambda: validate.run(ctx),
+            "dag": lambda: dags.run(ctx, peers),
+            "memory": lambda: serve.memory(ctx),
+            "api": lambda: serve.api(ctx),
+            "firing": lambda: serve.lateness(ctx),
+        }
+        for group in GROUPS:
+            if group in groups:
+                found = runs[group]()
+                say(text_table(found) + "\n")
+                rows += found
+    except KeyboardInterrupt:
+        say("\nbench: interrupted; ending every process it started")
+        return 130
+    except BenchError as exc:
+        say(f"bench: {exc}")
+        print(text_table(rows))
+        return 1
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
+        children.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(text_table(rows), flush=True)
+    took = time.monotonic() - started
+    command_line = "bin/bench" + "".join(f" {shlex.quote(a)}"
+                                         for a in (argv if argv is not None else sys.argv[1:]))
+    if product_fingerprint() != fingerprint:
+        # The product changed under the run (another session committed or edited): say so
+        # rather than credit one version with another's figures.
+        info["pipeline"] += (f" at the start, {product_version()} at the end: the product "
+                             "changed during the run; re-run on a still tree")
+        say(f"bench: warning: {info['pipeline']}")
+    if out is not None:
+        out.write_text(report.render(ctx, rows, info, command_line, took,
+                                     (load_before, load_average()), notes))
+        say(f"bench: wrote {out}")
+    missed = [r for r in rows if r.met is False]
+    say(f"bench: {len(missed)} target(s) missed" if missed else "bench: every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

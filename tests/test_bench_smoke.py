@@ -1,0 +1,33 @@
+"""Keeps bin/bench from rotting: its smallest piece, once, with no timing asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.bench import dags
+from tests.bench.harness import Children, Row, Stats, markdown_table, run_timed, text_table
+
+PIPELINE = Path(sys.executable).with_name("pipeline")
+
+
+def test_bare_runner_and_pipeline_run_the_same_dag(tmp_path: Path) -> None:
+    job, _ = dags.write_dag(tmp_path, "fanout", 5)
+    children = Children()
+    try:
+        bare = run_timed(children, dags.bare_argv(job), log=tmp_path / "bare.log")
+        ours = run_timed(children, [PIPELINE, "run", job, "--state-dir", tmp_path / "state"],
+                         log=tmp_path / "pipeline.log")
+    finally:
+        children.close()
+    assert bare.status == ours.status == 0
+    assert (tmp_path / "state" / "state.db").exists()
+
+
+def test_the_table_shows_ratios_and_targets() -> None:
+    base = Stats((0.2, 0.3, 0.25))
+    rows = [Row("bare", "s", base, target="baseline"),
+            Row("ours", "s", Stats((0.5, 0.6, 0.55)), "bare", base, "≤ 1.25× bare", False)]
+    assert "2.20×" in text_table(rows)
+    assert "| ours | 0.550 s | 0.500 s – 0.600 s | 3 | bare |" in markdown_table(rows)
+    assert "**NO**" in markdown_table(rows)
