@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -406,7 +407,9 @@ class _Run:
                     self.states[step.id].status = StepStatus.CANCELLED
             log.close()
             exit = result.exit
-            with trio.CancelScope(shield=True):
+            # Shielded only when cancelled: a cancel scope costs more than the rest of a
+            # simple step's bookkeeping, and on the normal path nothing can cancel this emit.
+            with trio.CancelScope(shield=True) if not ended else nullcontext():
                 await self.emit(StepFinished(
                     self.run_id, instance, result.status, self.clock(), attempt=attempt,
                     exit_code=exit.exit_code if exit else None,
@@ -441,12 +444,13 @@ class _Run:
                 log.line(f"[pipeline] {error}")
                 return _Attempt(StepStatus.FAILED, error=error)
             env["PIPELINE_OUTPUT"] = str(output_file)
-        with trio.move_on_after(step.timeout if step.timeout else math.inf) as deadline:
+        deadline = trio.move_on_after(step.timeout) if step.timeout else None
+        with deadline or nullcontext():
             if step.kind is StepKind.USES:
                 result = await self.call_runner(step, instance, ctx, env, attempt, log, cwd)
             else:
                 result = await self.spawn(step, instance, ctx, env, cwd, log)
-        if deadline.cancelled_caught:
+        if deadline is not None and deadline.cancelled_caught:
             result = _Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
             log.line(f"[pipeline] {result.error}")
         text = ""
@@ -544,7 +548,9 @@ class _Run:
             return await self.fail_all(self.redactor.text(f"env: {exc}"))
         reason: str | None = None
         with self.handle.cancel_scope:
-            with trio.move_on_after(job.timeout if job.timeout else math.inf) as self.deadline:
+            if job.timeout:
+                self.deadline = trio.move_on_after(job.timeout)
+            with self.deadline if job.timeout else nullcontext():
                 await self.run_graph(job.steps)
         stopped = self.handle.cancel_scope.cancelled_caught
         if self.deadline.cancelled_caught:
@@ -560,10 +566,11 @@ class _Run:
                                     reason if reason and (stopped or self.run_timed_out)
                                     else "not started")
         self.handle.phase = "cleanup" if stopped else "hooks"
-        with self.handle.hooks_scope:
-            if not stopped:
-                await self.run_graph(job.on_success if ok else job.on_failure)
-            await self.run_graph(job.finally_)
+        if job.on_success or job.on_failure or job.finally_:
+            with self.handle.hooks_scope:
+                if not stopped:
+                    await self.run_graph(job.on_success if ok else job.on_failure)
+                await self.run_graph(job.finally_)
         hooks = (*job.on_success, *job.on_failure, *job.finally_)
         if self.handle.hooks_scope.cancelled_caught:
             self.cancelled = True
@@ -648,7 +655,6 @@ async def run_job(
     log_cap: int = DEFAULT_LOG_CAP,
     environ: Mapping[str, str] | None = None,
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
-    started_at: datetime | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
 
@@ -656,13 +662,12 @@ async def run_job(
     checked ``params``. Secrets are read from ``environ`` (default: this process's
     environment) at start. Cancelling ``handle.cancel_scope`` (``handle.stop()``) stops the
     run: the result is ``cancelled``. Step failures, timeouts and expression errors never
-    raise; they are recorded on their step. ``started_at``: when the caller started the run
-    (the scheduler, at the fire's instant); default now.
+    raise; they are recorded on their step.
     """
     environ = os.environ if environ is None else environ
     handle = handle or RunHandle(run_id, job.name)
     with logger.contextualize(job=job.name, run=run_id):
-        await emit(RunStarted(run_id, started_at or clock()))
+        await emit(RunStarted(run_id, clock()))
         try:
             secrets = resolve_secrets(job, environ)
         except RunnerError as exc:

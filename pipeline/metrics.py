@@ -156,7 +156,7 @@ class Metrics:
         self._live = _LiveCollector()
         r.register(self._live)
         self._runs: dict[str, _Run] = {}
-        self._steps: dict[tuple[str, str], datetime] = {}
+        self._steps: dict[str, dict[str, datetime]] = {}  # run -> step -> started
         self._seeded: set[str] = set()  # jobs whose last success was read from the store
         self._succeeded: set[str] = set()  # jobs with a success seen here, newer than the store
         self.events = 0  # events observed: a cheap "has anything happened" for caches
@@ -183,13 +183,14 @@ class Metrics:
             self._runs.pop(event.run_id, None)
             self.runs.labels(event.job, str(RunStatus.SKIPPED)).inc()
         elif isinstance(event, StepStarted):
-            self._steps[(event.run_id, event.step_id)] = event.started_at
+            self._steps.setdefault(event.run_id, {})[event.step_id] = event.started_at
         elif isinstance(event, StepRetrying):
             run = self._runs.get(event.run_id)
             if run is not None:
                 self.retries.labels(run.job).inc()
         elif isinstance(event, StepFinished):
-            started = self._steps.pop((event.run_id, event.step_id), None) or event.started_at
+            started = (self._steps.get(event.run_id, {}).pop(event.step_id, None)
+                       or event.started_at)
             run = self._runs.get(event.run_id)
             if run is None:
                 return
@@ -209,8 +210,7 @@ class Metrics:
         if event.status is RunStatus.SUCCEEDED:
             self._succeeded.add(run.job)
             self.last_success.labels(run.job).set(event.finished_at.timestamp())
-        for key in [k for k in self._steps if k[0] == event.run_id]:
-            del self._steps[key]
+        self._steps.pop(event.run_id, None)
 
     # -- state that events do not carry ------------------------------------------------------
 

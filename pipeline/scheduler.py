@@ -471,7 +471,7 @@ class Scheduler:
             self._start_queued(state)
         else:
             replaced = self._replace(state, reserved.run_id)
-            self._start(state, queued, after=replaced, started_at=None if replaced else now)
+            self._start(state, queued, after=replaced)
 
     def _decide(self, state: JobState, trigger: Trigger, now: datetime, *,
                 force_queue: bool = False) -> tuple[str, str]:
@@ -588,22 +588,17 @@ class Scheduler:
             return
         self._start(state, state.queue.popleft(), after=[])
 
-    def _start(self, state: JobState, queued: _Queued, *, after: list[RunHandle],
-               started_at: datetime | None = None) -> None:
-        """Start a claimed run as a task of the scheduler's nursery.
-
-        ``started_at``: the instant the scheduler started it, recorded as its start (its first
-        step follows as soon as its task runs).
-        """
+    def _start(self, state: JobState, queued: _Queued, *, after: list[RunHandle]) -> None:
+        """Start a claimed run as a task of the scheduler's nursery."""
         assert self._nursery is not None, "serve() is not running"
         handle = RunHandle(queued.run_id, state.job.name)
         state.active[queued.run_id] = handle
         self.runs[queued.run_id] = handle
-        self._nursery.start_soon(self._run, state, queued, handle, after, started_at,
+        self._nursery.start_soon(self._run, state, queued, handle, after,
                                  name=f"run {queued.run_id}")
 
     async def _run(self, state: JobState, queued: _Queued, handle: RunHandle,
-                   after: list[RunHandle], started_at: datetime | None) -> None:
+                   after: list[RunHandle]) -> None:
         status = RunStatus.CANCELLED
         try:
             for previous in after:  # `replace`: the old run is gone before the new starts
@@ -612,8 +607,7 @@ class Scheduler:
                 queued.job, run_id=queued.run_id, state_dir=self.state_dir,
                 emit=self.journal.write, params=queued.params, trigger=queued.trigger,
                 fire_time=queued.fire_time, handle=handle, runners=self.runners,
-                clock=self.clock, environ=self.environ, start_job=self.start_child,
-                started_at=started_at)
+                clock=self.clock, environ=self.environ, start_job=self.start_child)
             status = result.status
         finally:
             state.active.pop(queued.run_id, None)
