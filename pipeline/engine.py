@@ -655,6 +655,7 @@ async def run_job(
     log_cap: int = DEFAULT_LOG_CAP,
     environ: Mapping[str, str] | None = None,
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
+    started_at: datetime | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
 
@@ -662,12 +663,14 @@ async def run_job(
     checked ``params``. Secrets are read from ``environ`` (default: this process's
     environment) at start. Cancelling ``handle.cancel_scope`` (``handle.stop()``) stops the
     run: the result is ``cancelled``. Step failures, timeouts and expression errors never
-    raise; they are recorded on their step.
+    raise; they are recorded on their step. ``started_at``: when the caller started it (the
+    scheduler, as it made the run's task); default now.
     """
+    started = started_at or clock()
     environ = os.environ if environ is None else environ
     handle = handle or RunHandle(run_id, job.name)
     with logger.contextualize(job=job.name, run=run_id):
-        await emit(RunStarted(run_id, clock()))
+        await emit(RunStarted(run_id, started))
         try:
             secrets = resolve_secrets(job, environ)
         except RunnerError as exc:
