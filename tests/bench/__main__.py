@@ -2,7 +2,8 @@
 
     bin/bench                 everything, peers included (installed on first use), ≈ 10 min
     bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
-    bin/bench --only dag,serve
+    bin/bench --only dag,firing
+    bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from tests.bench import dags, report, serve, startup, validate
+from tests.bench import dags, report, serve, startup, torture, validate
 from tests.bench.harness import (
     ROOT,
     BenchError,
@@ -34,7 +35,7 @@ from tests.bench.harness import (
 )
 from tests.bench.peers import ensure_peers
 
-GROUPS = ("startup", "validate", "dag", "memory", "api", "firing")
+GROUPS = ("startup", "validate", "dag", "memory", "api", "firing", "torture")
 
 
 def interrupted(signum: int, _: FrameType | None) -> None:
@@ -45,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repetitions, 10 s windows, no peer installs")
-    parser.add_argument("--only", default=",".join(GROUPS),
+    parser.add_argument("--only", default=None,
                         help=f"comma-separated groups among {', '.join(GROUPS)}")
     parser.add_argument("--no-peers", action="store_true", help="skip Luigi and Prefect")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: BENCHMARKS.md for a full "
                              "run of every group, nowhere otherwise)")
     args = parser.parse_args(argv)
+    if args.only is None:  # --quick leaves out the torture runs (they take ~10 minutes)
+        args.only = ",".join(g for g in GROUPS if not (args.quick and g == "torture"))
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": lambda: serve.memory(ctx),
             "api": lambda: serve.api(ctx),
             "firing": lambda: serve.lateness(ctx),
+            "torture": lambda: torture.run(ctx),
         }
         for group in GROUPS:
             if group in groups:
