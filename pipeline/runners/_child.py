@@ -50,7 +50,9 @@ def load(spec: str) -> Callable[..., object]:
 def call(function: Callable[..., object], args: list[object],
          kwargs: dict[str, object]) -> object:
     result = function(*args, **kwargs)
-    if isinstance(result, Awaitable):  # an async function, run on a fresh asyncio loop
+    if isinstance(result, Awaitable):
+        # A user's async function, in this child process that runs nothing else: asyncio is
+        # what such functions are written for (httpx, aiohttp...), and no trio loop is here.
         import asyncio
 
         async def wait(awaitable: Awaitable[object]) -> object:
