@@ -740,7 +740,13 @@ def list_(settings: Settings, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    table([(r["name"] or "?", "valid" if r["valid"] else f"INVALID ({len(r['errors'])})",
+    def validity(r: dict[str, Any]) -> str:
+        if r["valid"]:
+            return "valid"
+        stale = r["daemon"] == "running last good version"
+        return f"INVALID ({len(r['errors'])})" + (", last good version runs" if stale else "")
+
+    table([(r["name"] or "?", validity(r),
             (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]"),
             local(datetime.fromisoformat(r["next_fire_time"])) if r["next_fire_time"] else "-",
             r["last_run"]["status"] if r["last_run"] else "-", r["file"])
