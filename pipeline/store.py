@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -477,21 +477,28 @@ class SqliteStore(Store):
             self._conn.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction under the lock; on any error nothing of it stays."""
+    def _locked(self, begin: str, doing: str) -> Iterator[sqlite3.Connection]:
+        """One transaction under the lock; on any error nothing of it stays."""
         with self._lock:
             conn = self._conn
             try:
-                # IMMEDIATE takes the write lock now, so a busy database waits here (up to the
-                # busy timeout) instead of failing at the first write of a read-then-write.
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(begin)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
-                    raise StateError(f"cannot write {self.path}: {exc}") from exc
+                    raise StateError(f"cannot {doing} {self.path}: {exc}") from exc
                 raise
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock now, so a busy database waits here (up to the busy
+        # timeout) instead of failing at the first write of a read-then-write.
+        return self._locked("BEGIN IMMEDIATE", "write")
+
+    def _reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A read transaction: its queries see one snapshot of the database."""
+        return self._locked("BEGIN", "read")
 
     def _rollback(self) -> None:
         # SQLite rolls some failures back by itself (a full disk may); then there is nothing
@@ -502,21 +509,6 @@ class SqliteStore(Store):
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction under the lock: its queries see one snapshot of the database."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise StateError(f"cannot read {self.path}: {exc}") from exc
-                raise
 
     # -- events --------------------------------------------------------------------------------
 
