@@ -116,6 +116,10 @@ class Schedule:
     at: datetime | None = None
     jitter: float = 0.0
     catchup: Catchup = Catchup.LATEST
+    # A fire that came due while this daemon ran but was noticed late (a stalled loop, a
+    # suspended machine) still runs as scheduled within this many seconds; fires that came due
+    # while no daemon ran are always left to `catchup`.
+    misfire_grace: float = 60.0
     text: str = ""  # as the user wrote it, for display
 
 

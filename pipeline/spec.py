@@ -118,6 +118,7 @@ def _schedule(entry: Any) -> Schedule:
     common: dict[str, Any] = {
         "jitter": parse_duration(entry.get("jitter", 0)),
         "catchup": Catchup(entry.get("catchup", "latest")),
+        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
     }
     if "cron" in entry:
         return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
