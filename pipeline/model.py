@@ -248,6 +248,18 @@ class Version:
 
 
 @dataclass(frozen=True)
+class Definition:
+    """The last good version of a job file, as the state remembers it: it keeps the job
+    firing across a restart while the file is broken, and says which file holds the name."""
+
+    file: str  # relative to the jobs directory
+    name: str
+    sha256: str
+    source: bytes
+    since: datetime  # when this version was first loaded
+
+
+@dataclass(frozen=True)
 class StepRecord:
     """A step of a recorded run, as the store gives it back."""
 
