@@ -567,11 +567,14 @@ class Scheduler:
         """A trigger (API, a parent run): the policies, then a claimed run."""
         decision, detail = self._decide(state, trigger, self.clock())
         if decision == "skip":
-            return await self._skip(state, None, trigger, detail)
-        run_id = await self._claim(state, None, trigger, params or {}, parent)
+            return await self._skip(state, self.clock(), trigger, detail)
+        # The instant it was asked for is its fire time (scripts name files by it); it is
+        # not a fire's identity, so it never takes a scheduled fire's slot.
+        asked = self.clock()
+        run_id = await self._claim(state, asked, trigger, params or {}, parent)
         if run_id is None:  # pragma: no cover - a trigger has no fire to conflict on
             return Dispatched("", RunStatus.SKIPPED, "refused by the store")
-        queued = _Queued(run_id, None, trigger, params or {}, state.job, done)
+        queued = _Queued(run_id, asked, trigger, params or {}, state.job, done)
         if decision == "queue":
             state.queue.append(queued)
             self._start_queued(state)

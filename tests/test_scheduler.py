@@ -86,11 +86,14 @@ class World:
     def fired(self, job: str = "job") -> list[float]:
         """Fire times of runs that ran, as seconds after BASE."""
         return sorted((r.fire_time - BASE).total_seconds() for r in self.runs(job)
-                      if r.fire_time and r.status is not RunStatus.SKIPPED)
+                      if r.fire_time and r.status is not RunStatus.SKIPPED
+                      and r.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP))
 
     def skipped(self, job: str = "job") -> list[tuple[float, str]]:
-        return sorted(((r.fire_time - BASE).total_seconds() if r.fire_time else -1,
-                       r.reason or "") for r in self.runs(job) if r.status is RunStatus.SKIPPED)
+        return sorted(((r.fire_time - BASE).total_seconds()
+                       if r.fire_time and r.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
+                       else -1, r.reason or "")
+                      for r in self.runs(job) if r.status is RunStatus.SKIPPED)
 
 
 @pytest.fixture
@@ -458,3 +461,16 @@ async def test_no_new_run_starts_once_the_daemon_is_stopping(world: World,
     assert late.status is RunStatus.SKIPPED and late.reason == "the daemon is shutting down"
     record = world.store.run(first.run_id)
     assert record is not None and record.status is RunStatus.SUCCEEDED
+
+
+async def test_a_triggered_run_has_the_instant_it_was_asked_for(world: World,
+                                                                mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(20)  # wall 20: the scheduled fire at 20 is made too
+        asked = world.now()
+        dispatched = await scheduler.trigger("job")
+        await trio.sleep(1)
+    run = world.store.run(dispatched.run_id)
+    assert run is not None and run.fire_time == asked
+    assert world.fired() == [10, 20]
