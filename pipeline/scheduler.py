@@ -765,11 +765,11 @@ class Scheduler:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
         await self._all_finished(grace)
         for handle in list(self.runs.values()):
-            handle.stop("the daemon is shutting down")
+            handle.stop("the daemon stopped while it ran", status=RunStatus.INTERRUPTED)
         # Stopped runs get their `finally` hooks, within the grace period again.
         await self._all_finished(max(grace, 1.0))
         for handle in list(self.runs.values()):
-            handle.kill("the daemon is shutting down")
+            handle.kill("the daemon stopped while it ran", status=RunStatus.INTERRUPTED)
         await self._all_finished(None)
 
     async def _all_finished(self, within: float | None) -> None:
@@ -780,7 +780,7 @@ class Scheduler:
     def kill_all(self) -> None:
         self._firing = False
         for handle in list(self.runs.values()):
-            handle.kill("the daemon was told to stop now")
+            handle.kill("the daemon was told to stop now", status=RunStatus.INTERRUPTED)
 
 
 def _catchup(job: Job) -> Catchup:

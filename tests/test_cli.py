@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import os
 import signal
 import sqlite3
@@ -12,6 +11,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest

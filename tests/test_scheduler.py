@@ -159,7 +159,7 @@ async def test_replace_cancels_the_active_run_then_starts(world: World,
     runs = world.runs()
     assert len(runs) == 2
     assert runs[0].status is RunStatus.CANCELLED
-    assert runs[1].status in (RunStatus.RUNNING, RunStatus.CANCELLED)  # cancelled: shutdown
+    assert runs[1].status is RunStatus.INTERRUPTED  # cut off by the daemon's shutdown
     assert runs[0].reason is not None and runs[0].reason.startswith("replaced by run")
     assert runs[1].started_at is not None and runs[0].finished_at is not None
     assert runs[1].started_at >= runs[0].finished_at
@@ -474,3 +474,14 @@ async def test_a_triggered_run_has_the_instant_it_was_asked_for(world: World,
     run = world.store.run(dispatched.run_id)
     assert run is not None and run.fire_time == asked
     assert world.fired() == [10, 20]
+
+
+async def test_runs_cut_off_by_a_shutdown_are_interrupted(world: World,
+                                                         mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "1h"))
+    async with world.daemon(job, grace=5):
+        await trio.sleep(12)
+    [run] = world.runs()
+    assert run.status is RunStatus.INTERRUPTED
+    assert run.reason == "the daemon stopped while it ran"
+    assert run.steps[0].status.value == "cancelled"
