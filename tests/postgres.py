@@ -110,7 +110,7 @@ class Postgres:
     bin_dir: Path | None = None
     run_as: str | None = None  # the user pg_ctl runs as, when the tests run as root
     startup_seconds: dict[str, float] = field(default_factory=dict)
-    _databases: list[str] = field(default_factory=list)
+    made: list[str] = field(default_factory=list)  # databases made and not dropped yet
 
     # -- databases ---------------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class Postgres:
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0")
                          .format(sql.Identifier(name)))
-        self._databases.append(name)
+        self.made.append(name)
         return self.url(name)
 
     def drop(self, url: str) -> None:
@@ -136,8 +136,8 @@ class Postgres:
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                          .format(sql.Identifier(name)))
-        if name in self._databases:
-            self._databases.remove(name)
+        if name in self.made:
+            self.made.remove(name)
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -275,7 +275,10 @@ def start_server() -> Postgres:
 
 
 def stop_server(server: Postgres) -> None:
-    if server.data_dir is None:
+    if server.data_dir is None:  # not ours to stop: drop what the tests left in it
+        for name in list(server.made):
+            with contextlib.suppress(psycopg.Error):
+                server.drop(server.url(name))
         return
     with contextlib.suppress(Unavailable, subprocess.TimeoutExpired):
         if (server.data_dir / "postmaster.pid").exists():
