@@ -383,7 +383,9 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             view.update(event)
 
         journal = Journal(store, observers=(show,))
-        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, params=params,
+        # A manual run's fire time is the instant it was asked for, so scripts that name files
+        # by $PIPELINE_FIRE_TIME work the same by hand.
+        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, fire_time=now, params=params,
                            version=version_of(Path(job.file)), document=job.document,
                            owner=process_identity())
 
@@ -408,10 +410,12 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             check_chain(chain, name)
             child = find_job(settings, name, missing_code=1)
             values = spec.parse_params(child, params or {})
-            child_id = new_run_id(now_utc())
+            asked = now_utc()
+            child_id = new_run_id(asked)
             parents[child_id] = (name, parent_run_id)
-            await journal.write(RunQueued(child_id, name, Trigger.PARENT, now_utc(),
-                                          params=values, version=version_of(Path(child.file)),
+            await journal.write(RunQueued(child_id, name, Trigger.PARENT, asked,
+                                          fire_time=asked, params=values,
+                                          version=version_of(Path(child.file)),
                                           document=child.document, parent_run_id=parent_run_id,
                                           owner=process_identity()))
             child_handle = RunHandle(child_id, name)
@@ -420,7 +424,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             async def go() -> None:
                 await run_job(child, run_id=child_id, state_dir=settings.state_dir,
                               emit=journal.write, params=values, trigger=Trigger.PARENT,
-                              handle=child_handle, runners=settings.runners(),
+                              fire_time=asked, handle=child_handle, runners=settings.runners(),
                               start_job=start_job)
 
             if not wait:
@@ -444,7 +448,8 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                 async with trio.open_nursery() as children:
                     result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
                                            emit=journal.write, params=params, handle=handle,
-                                           runners=settings.runners(), start_job=start_job)
+                                           fire_time=now, runners=settings.runners(),
+                                           start_job=start_job)
                 nursery.cancel_scope.cancel()
             return result.status
 

@@ -88,12 +88,23 @@ def find_job_files(root: Path) -> list[Path]:
 
     Hidden files and directories and editor leftovers (``.*``, ``*~``, ``*.swp``, ``*.tmp``,
     ``#*#``) are skipped; so is anything that is not a regular file (a FIFO would block).
+    Symlinked folders are followed, each real folder once (a link loop ends there).
     """
     if not root.is_dir():
         return [root] if root.exists() else []
     found: list[str] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    visited: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if _ignored(name) or not name.endswith((".yaml", ".yml")):
                 continue
@@ -118,6 +129,7 @@ def _schedule(entry: Any) -> Schedule:
     common: dict[str, Any] = {
         "jitter": parse_duration(entry.get("jitter", 0)),
         "catchup": Catchup(entry.get("catchup", "latest")),
+        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
     }
     if "cron" in entry:
         return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
@@ -265,7 +277,7 @@ def _read(path: Path) -> bytes:
         os.close(fd)
 
 
-def _load(path: Path, schema: Validators, display: str) -> _Result:
+def _load(path: Path, schema: Validators, display: str, data: bytes | None = None) -> _Result:
     def fail(problems: list[tuple[Mark, str]], name: str | None = None,
              name_mark: Mark = (1, 1)) -> _Result:
         found = sorted({Problem(display, line, col, message)
@@ -273,7 +285,7 @@ def _load(path: Path, schema: Validators, display: str) -> _Result:
         return _Result(None, tuple(found), name, name_mark)
 
     try:
-        data = _read(path)
+        data = _read(path) if data is None else data
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return fail([((1, 1), f"cannot read the file: {reason}")])
@@ -310,15 +322,16 @@ def _load(path: Path, schema: Validators, display: str) -> _Result:
 
 
 def load_job(path: Path, *, runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-             display_path: str | None = None) -> Job:
+             display_path: str | None = None, data: bytes | None = None) -> Job:
     """Read, validate and build one job file.
 
     ``runner_schemas`` maps each runner name to the JSON Schema of its ``with`` (None: the
     built-in runners). ``display_path`` is the file name used in messages and ``Job.file``
-    (default ``str(path)``). Raises ``JobInvalid`` with every problem found in the file.
+    (default ``str(path)``). ``data``, when given, stands for the file's bytes (a version
+    of it remembered by the state). Raises ``JobInvalid`` with every problem found.
     """
     result = _load(path, validators(runner_schemas),
-                   str(path) if display_path is None else display_path)
+                   str(path) if display_path is None else display_path, data)
     if result.job is None:
         raise JobInvalid(result.problems)
     return result.job

@@ -744,3 +744,16 @@ def test_process_identity_follows_a_child_until_it_exits(tmp_path: Path) -> None
 @pytest.mark.parametrize("identity", ["", "abc", "12", ":5", "-1:5", "0:0", "1.5:3", "x:y"])
 def test_malformed_identities_are_not_alive(identity: str) -> None:
     assert not identity_alive(identity)
+
+
+def test_only_scheduled_fires_are_keyed_by_their_instant(store: SqliteStore) -> None:
+    """A manual run carries the instant it was asked for, but never takes a fire's slot."""
+    assert store.record([
+        queued(1, fire=at(60), trigger=Trigger.MANUAL),
+        queued(2, fire=at(60), trigger=Trigger.API),
+        queued(3, fire=at(60)),  # the scheduled fire at the same instant still runs
+        queued(4, fire=at(60), trigger=Trigger.CATCHUP),  # but only once
+    ]) == {rid(4)}
+    assert store.fires_after("j", at(0)) == {at(60)}
+    manual = store.run(rid(1))
+    assert manual is not None and manual.fire_time == at(60)
