@@ -481,7 +481,8 @@ async def test_runs_cut_off_by_a_shutdown_are_interrupted(world: World,
     job = world.job(EVERY_10S % ("latest", "1h"))
     async with world.daemon(job, grace=5):
         await trio.sleep(12)
-    [run] = world.runs()
-    assert run.status is RunStatus.INTERRUPTED
+    [listed] = world.runs()
+    run = world.store.run(listed.id)
+    assert run is not None and run.status is RunStatus.INTERRUPTED
     assert run.reason == "the daemon stopped while it ran"
     assert run.steps[0].status.value == "cancelled"
