@@ -7,10 +7,9 @@ Settings travel in the click context (``Settings`` on ``ctx.obj``); errors are
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from pipeline.model import Job, RunRecord, RunStatus
-    from pipeline.store import SqliteStore
+    from pipeline.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped", "interrupted")
@@ -196,8 +195,8 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
 @contextmanager
 def open_state(settings: Settings) -> Iterator[SqliteStore]:
     """The state store, after recovering runs whose owner died (CONTRACT §8)."""
-    from pipeline.statedir import recover
-    from pipeline.store import SqliteStore
+    from pipeline.recovery import recover
+    from pipeline.store.sqlite import SqliteStore
 
     configure_logging()
     store = SqliteStore.open(settings.state_dir)
@@ -360,132 +359,35 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) ->
     sys.exit({"succeeded": 0, "cancelled": 130}.get(str(status), 1))
 
 
-def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> RunStatus:
-    from pathlib import Path
-
+def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any], *,
+                      force: bool = False) -> RunStatus:
     import trio
 
-    from pipeline.engine import RunHandle, run_job
-    from pipeline.events import Event, RunQueued
-    from pipeline.journal import Journal
+    from pipeline import foreground
+    from pipeline.events import Event
     from pipeline.live import LiveView
-    from pipeline.model import Trigger
-    from pipeline.statedir import new_run_id, process_identity
-    from pipeline.versions import version_of
+    from pipeline.statedir import new_run_id
 
     with open_state(settings) as store:
-        now = now_utc()
-        run_id = new_run_id(now)
+        run_id = new_run_id(now_utc())
         view = LiveView(job, run_id)
-        handle = RunHandle(run_id, job.name)
 
         def show(event: Event) -> None:
             view.update(event)
 
-        journal = Journal(store, observers=(show,))
-        # A manual run's fire time is the instant it was asked for, so scripts that name files
-        # by $PIPELINE_FIRE_TIME work the same by hand.
-        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, fire_time=now, params=params,
-                           version=version_of(Path(job.file)), document=job.document,
-                           owner=process_identity())
+        def jobs(name: str) -> Job | None:
+            return find_job(settings, name, missing_code=1)
 
-        parents: dict[str, tuple[str, str | None]] = {run_id: (job.name, None)}
-        handles = [handle]
-        children: Any = None  # the nursery of children started without waiting
-
-        async def start_job(name: str, params: Mapping[str, Any] | None = None, *,
-                            parent_run_id: str | None = None, wait: bool = True,
-                            ) -> Mapping[str, Any]:
-            """`uses: job` without a daemon: the child runs in this process, under its parent."""
-            from pathlib import Path
-
-            from pipeline import spec
-            from pipeline.engine import check_chain
-
-            chain: list[str] = []
-            cursor = parent_run_id
-            while cursor in parents:
-                name_of, cursor = parents[cursor]
-                chain.insert(0, name_of)
-            check_chain(chain, name)
-            child = find_job(settings, name, missing_code=1)
-            values = spec.parse_params(child, params or {})
-            asked = now_utc()
-            child_id = new_run_id(asked)
-            parents[child_id] = (name, parent_run_id)
-            await journal.write(RunQueued(child_id, name, Trigger.PARENT, asked,
-                                          fire_time=asked, params=values,
-                                          version=version_of(Path(child.file)),
-                                          document=child.document, parent_run_id=parent_run_id,
-                                          owner=process_identity()))
-            child_handle = RunHandle(child_id, name)
-            handles.append(child_handle)  # Ctrl-C stops children too
-
-            async def go() -> None:
-                await run_job(child, run_id=child_id, state_dir=settings.state_dir,
-                              emit=journal.write, params=values, trigger=Trigger.PARENT,
-                              fire_time=asked, handle=child_handle, runners=settings.runners(),
-                              start_job=start_job)
-
-            if not wait:
-                children.start_soon(go)
-                return {"run_id": child_id, "status": "running"}
-            await go()
-            record = store.run(child_id)
-            answer: dict[str, Any] = {"run_id": child_id, "status": str(child_handle.status)}
-            if record is not None:
-                answer.update(reason=record.reason, outputs={
-                    s.id: dict(s.outputs) for s in record.steps if s.outputs})
-            return answer
-
-        async def main_task() -> RunStatus:
-            nonlocal children
-            async with trio.open_nursery() as nursery:
-                await nursery.start(journal.serve)
-                await journal.write(queued)
-                nursery.start_soon(watch_signals, handles)
-                nursery.start_soon(refresh, view)
-                async with trio.open_nursery() as children:
-                    result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
-                                           emit=journal.write, params=params, handle=handle,
-                                           fire_time=now, runners=settings.runners(),
-                                           start_job=start_job)
-                nursery.cancel_scope.cancel()
-            return result.status
-
-        status = trio.run(main_task)
+        outcome = trio.run(lambda: foreground.run_in_foreground(
+            job, params, store=store, state_dir=settings.state_dir,
+            runners=settings.runners(), jobs=jobs, observers=(show,), run_id=run_id,
+            force=force, tick=view.tick))
         view.tick()
         record = store.run(run_id)
         took = f" in {record.duration_s:.2f}s" if record and record.duration_s else ""
         reason = f" ({record.reason})" if record and record.reason else ""
-        click.echo(f"run {run_id} {status}{took}{reason}", err=True)
-        return status
-
-
-async def watch_signals(handles: list[Any]) -> None:
-    """First Ctrl-C (or SIGTERM): stop the runs gracefully. Second: kill them now."""
-    import trio
-
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            first = handles[0].stop_reason is None
-            if first:
-                click.echo(f"\npipeline: {name}: stopping the run (again to kill it now)",
-                           err=True)
-            for handle in handles:
-                if first:
-                    handle.stop(f"interrupted by {name}")
-                else:
-                    handle.kill(f"interrupted by {name}")
-
-
-async def refresh(view: Any) -> None:
-    import trio
-
-    while True:
-        await trio.sleep(0.2)
-        view.tick()
+        click.echo(f"run {run_id} {outcome.status}{took}{reason}", err=True)
+        return outcome.status
 
 
 # -- history -------------------------------------------------------------------------------
@@ -626,7 +528,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     from pipeline import daemon
     from pipeline.spec import parse_duration
     from pipeline.statedir import lock_state_dir
-    from pipeline.store import SqliteStore
+    from pipeline.store.sqlite import SqliteStore
 
     configure_logging(log_level.upper(), log_format)
     try:
@@ -714,7 +616,8 @@ def list_(settings: Settings, as_json: bool) -> None:
     daemon = read_daemon_file(settings.state_dir)
     with open_state(settings) as store:
         last = store.last_runs()
-        marks = store.watermarks()
+        marks = {n: s.watermark for n, s in store.job_states().items()
+                 if s.watermark is not None}
         active = store.active_runs()
     now = now_utc()
     rows: list[dict[str, Any]] = []

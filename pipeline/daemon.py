@@ -29,12 +29,15 @@ from pipeline.engine import utc_now
 from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.metrics import Metrics
-from pipeline.model import iso
+from pipeline.model import Job, iso
+from pipeline.nodes import DEFAULT_LEASE, Lease, open_watchdog, this_node
+from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
-from pipeline.scheduler import Scheduler
-from pipeline.statedir import identity_alive, process_identity, recover
-from pipeline.store import Store
+from pipeline.scheduler import Scheduler, runs_on_of
+from pipeline.statedir import identity_alive, process_identity
+from pipeline.store import NodeInfo, Store
 from pipeline.watch import Catalog, watch_jobs
+from pipeline.worker import Worker
 
 PRUNE_EVERY = 600.0
 DEFAULT_KEEP_RUNS = 1000
@@ -52,11 +55,14 @@ class Daemon:
     journal: Journal
     catalog: Catalog
     scheduler: Scheduler
+    worker: Worker
+    lease: Lease
     state_dir: Path
     started_at: datetime
     metrics: Metrics
     jobs_dir: Path
     listen: str | None = None
+    circuits: int = 0  # operators' circuit resets so far (what the API's answers depend on)
 
 
 def write_daemon_file(daemon: Daemon) -> None:
@@ -127,55 +133,99 @@ def prune(store: Store, state_dir: Path, jobs: Mapping[str, Any], now: datetime)
 
 async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
                 runners: Mapping[str, Runner], grace: float = 30.0,
-                clock: Clock = utc_now, environ: Mapping[str, str] | None = None,
+                clock: Clock | None = None, environ: Mapping[str, str] | None = None,
                 serve_http: Callable[..., Awaitable[None]] | None = None,
-                listen: str | None = None,
+                listen: str | None = None, node: NodeInfo | None = None,
+                lease: float = DEFAULT_LEASE, max_runs: int | None = None,
                 task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until SIGTERM/SIGINT (or cancellation); the lock is the caller's.
 
     ``task_status.started`` gets the ``Daemon`` once every part is up.
     """
-    recover(store, state_dir, clock())
+    node = node or this_node(listen=listen, max_runs=max_runs)
+    await trio.to_thread.run_sync(recover, store, state_dir, utc_now())
     metrics = Metrics()
-    journal = Journal(store, observers=(metrics.observe,))
     catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners), store=store)
     await trio.to_thread.run_sync(catalog.scan)
-    async with trio.open_nursery() as outer:  # the journal outlives everything that writes
-        await outer.start(journal.serve)
-        scheduler = Scheduler(store=store, journal=journal, state_dir=state_dir,
-                              runners=runners, clock=clock, environ=environ)
-        daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
-                        state_dir=state_dir, started_at=clock(), metrics=metrics,
-                        jobs_dir=jobs_dir, listen=listen)
+    # A shared store's node must stop its steps before its lease can run out elsewhere; with
+    # SQLite nobody takes a run over, so only a dead daemon (its pipe closing) counts.
+    fence_after = lease * 2 / 3 if store.shared else 0.0
+    async with open_watchdog(fence_after=fence_after, grace=10.0) as watchdog:
+        holder = Lease(store, node, lease=lease, watchdog=watchdog)
+        await holder.register()
+        firing_clock = clock or holder.clock
+        worker_box: list[Worker] = []
+        journal = Journal(store, node=lambda: holder.node_id,
+                          observers=(metrics.observe, lambda e: worker_box[0].observe(e)))
+        async with trio.open_nursery() as outer:  # the journal outlives everything that writes
+            await outer.start(journal.serve)
+            scheduler: Scheduler
+            worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
+                            runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
+                            environ=environ, watchdog=watchdog, max_runs=node.max_runs,
+                            claims="runner" in node.roles,
+                            versions=lambda name: scheduler.version(name))
+            worker_box.append(worker)
+            holder.on_fence = worker.fence
+            scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
+                                  reserve=worker.reserve, forget=worker.forget_job,
+                                  hold=lambda job: worker.claims and worker.capacity() > 0
+                                  and _fits(job, holder.node.labels))
+            daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
+                            worker=worker, lease=holder, state_dir=state_dir,
+                            started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
+                            listen=listen)
 
-        async def reload() -> None:
-            await scheduler.load(catalog.jobs)
-            publish(daemon)
+            async def reload() -> None:
+                await scheduler.load(catalog.jobs)
+                publish(daemon)
 
-        async with trio.open_nursery() as inner:
-            await scheduler.load(catalog.jobs)
-            await inner.start(scheduler.serve)
-            stop_watching = trio.Event()
-            await inner.start(partial(watch_jobs, catalog, reload, stop=stop_watching))
-            inner.start_soon(prune_forever, daemon)
-            if serve_http is not None:
-                daemon.listen = await inner.start(serve_http, daemon)
-            publish(daemon)
-            # What is loaded now lives as long as the daemon: out of the collector's sight, so
-            # its passes over a thousand jobs do not make fires late (MEASURED.md).
-            gc.freeze()
-            logger.info("serving {} jobs from {} ({} invalid files); state in {}",
-                        len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir)
-            task_status.started(daemon)
-            await wait_for_stop(scheduler, grace)
-            stop_watching.set()
-            inner.cancel_scope.cancel()
-        (state_dir / DAEMON_FILE).unlink(missing_ok=True)
-        outer.cancel_scope.cancel()
+            async with trio.open_nursery() as inner:
+                await inner.start(holder.serve)
+                await inner.start(worker.serve)
+                await scheduler.load(catalog.jobs)
+                if "scheduler" in node.roles:
+                    await inner.start(scheduler.serve)
+                stop_watching = trio.Event()
+                await inner.start(partial(watch_jobs, catalog, reload, stop=stop_watching))
+                inner.start_soon(prune_forever, daemon)
+                inner.start_soon(reap_forever, daemon, lease)
+                if serve_http is not None:
+                    daemon.listen = await inner.start(serve_http, daemon)
+                publish(daemon)
+                # What is loaded now lives as long as the daemon: out of the collector's
+                # sight, so its passes over a thousand jobs do not make fires late
+                # (MEASURED.md).
+                gc.freeze()
+                logger.info("serving {} jobs from {} ({} invalid files); state in {}; node {}",
+                            len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir,
+                            node.name)
+                task_status.started(daemon)
+                await wait_for_stop(daemon, grace)
+                stop_watching.set()
+                inner.cancel_scope.cancel()
+            try:
+                await trio.to_thread.run_sync(store.leave, holder.node_id)
+            except StateError as exc:
+                logger.warning("cannot record that this node stopped: {}", exc)
+            (state_dir / DAEMON_FILE).unlink(missing_ok=True)
+            outer.cancel_scope.cancel()
     logger.info("stopped")
 
 
-async def wait_for_stop(scheduler: Scheduler, grace: float) -> None:
+async def reap_forever(daemon: Daemon, lease: float) -> None:
+    """Take back the runs of lost nodes, on every node (the store makes that safe)."""
+    every = min(lease / 2, 5.0) if daemon.store.shared else 5.0
+    while True:
+        await trio.sleep(every)
+        try:
+            await trio.to_thread.run_sync(recover, daemon.store, daemon.state_dir,
+                                          daemon.lease.clock())
+        except StateError as exc:
+            logger.warning("cannot look for lost nodes: {}", exc)
+
+
+async def wait_for_stop(daemon: Daemon, grace: float) -> None:
     """Return once a signal asked us to stop and every run has ended."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -186,10 +236,13 @@ async def wait_for_stop(scheduler: Scheduler, grace: float) -> None:
             async def second_signal() -> None:
                 async for again in signals:
                     logger.warning("{}: killing active runs now", signal.Signals(again).name)
-                    scheduler.kill_all()
+                    daemon.worker.kill_all()
 
             nursery.start_soon(second_signal)
-            await scheduler.shutdown(grace)
+            daemon.scheduler.stop_firing()
+            await daemon.worker.shutdown(grace)
             nursery.cancel_scope.cancel()
 
 
+def _fits(job: Job, labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in runs_on_of(job).items())

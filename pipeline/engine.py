@@ -110,6 +110,7 @@ class RunHandle:
 class RunResult:
     status: RunStatus
     reason: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)  # the job's own `outputs:`
 
 
 @dataclass
@@ -662,6 +663,7 @@ async def run_job(
     environ: Mapping[str, str] | None = None,
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
     started_at: datetime | None = None,
+    attempt: int | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
 
@@ -703,9 +705,9 @@ async def run_job(
         finally:
             run.cleanup()
             with trio.CancelScope(shield=True):
-                await emit(RunFinished(run_id, outcome.status, clock(),
-                                       run.redactor.text(outcome.reason)
-                                       if outcome.reason else None))
+                reason = run.redactor.text(outcome.reason) if outcome.reason else None
+                await emit(RunFinished(run_id, outcome.status, clock(), reason,
+                                       attempt=attempt, outputs=outcome.outputs))
             handle.status = outcome.status
             handle.finished.set()
         # A success is routine (an every-second job would fill the log); the rest is news.

@@ -31,7 +31,8 @@ class RunQueued:
     version: Version | None = None
     document: Mapping[str, Any] | None = None  # the resolved job, secrets masked
     parent_run_id: str | None = None
-    owner: str | None = None  # "pid:starttime" of the process that runs it
+    node: str | None = None  # the node that holds it (None: any node may claim it)
+    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)  # labels a holder needs
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class RunFinished:
     status: RunStatus
     finished_at: datetime
     reason: str | None = None
+    attempt: int | None = None  # the attempt that ended: a lost attempt's end is refused
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # the job's `outputs:`
 
 
 @dataclass(frozen=True)

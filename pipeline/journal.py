@@ -39,9 +39,13 @@ Offload = Callable[..., Awaitable[Any]]
 
 class Journal:
     def __init__(self, store: Store, *, retry: float = 1.0,
+                 node: Callable[[], str | None] = lambda: None,
                  observers: tuple[Callable[[Event], None], ...] = (),
                  offload: Offload = trio.to_thread.run_sync) -> None:
         self.store = store
+        # The node whose events these are: the store applies a run's writes only while that
+        # node holds the run (a node that lost a run to another has its writes refused).
+        self.node = node
         self.offload = offload  # how blocking store calls leave the event loop
         self.retry = retry
         self.observers = observers  # told of every event as it is written (view, metrics)
@@ -64,7 +68,7 @@ class Journal:
             # The writer is gone (the daemon is going down, a run was cancelled with it):
             # commit this last word ourselves rather than wait for nobody.
             try:
-                refused = await self.offload(self.store.record, [event])
+                refused = await self.offload(self._record, [event])
             except StateError as exc:
                 logger.error("cannot record {}: {}", type(event).__name__, exc)
                 return True
@@ -104,11 +108,14 @@ class Journal:
                 logger.opt(exception=exc).warning("an observer of events failed; dropped")
                 self.observers = tuple(o for o in self.observers if o is not observer)
 
+    def _record(self, events: list[Event]) -> frozenset[str]:
+        return self.store.record(events, node=self.node())
+
     def write_nowait(self, event: Event) -> None:
         self._observe(event)
         if self.closed:
             try:
-                self.store.record([event])
+                self._record([event])
             except StateError as exc:
                 logger.error("cannot record {}: {}", type(event).__name__, exc)
             return
@@ -152,7 +159,7 @@ class Journal:
             crash_point("watermark-flush")
         while True:
             try:
-                refused = await self.offload(self.store.record, events)
+                refused = await self.offload(self._record, events)
                 break
             except StateError as exc:
                 message = str(exc)

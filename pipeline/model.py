@@ -299,7 +299,9 @@ class RunRecord:
     version: Version | None = None
     reason: str | None = None
     parent_run_id: str | None = None
-    owner: str | None = None
+    node: str | None = None  # the node that holds (or last held) it
+    attempt: int = 0  # how many times it was started (a run retried after its node was lost)
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # its job's `outputs:`
     document: Mapping[str, Any] | None = None
     steps: tuple[StepRecord, ...] = ()
 
@@ -352,8 +354,10 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
         "duration_s": run.duration_s, "params": thaw(run.params),
         "version": run.version.as_dict() if run.version else None, "reason": run.reason,
-        "parent_run_id": run.parent_run_id,
+        "parent_run_id": run.parent_run_id, "node": run.node, "attempt": run.attempt,
     }
+    if run.outputs:
+        answer["outputs"] = dict(run.outputs)
     if steps:
         answer["steps"] = [step_as_dict(s) for s in run.steps]
     return answer

@@ -47,6 +47,7 @@ from pipeline.model import (
     Secret,
     Step,
     StepKind,
+    thaw,
 )
 from pipeline.notation import (
     AT_PATTERN,
@@ -244,6 +245,24 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
         on_success=steps("on_success"), on_failure=steps("on_failure"),
         finally_=steps("finally"), document=frozen,
     )
+
+
+class _Unplaced:
+    """Positions for a job rebuilt from a run's record, which has none."""
+
+    def where(self, path: JsonPath, key: bool = False) -> Mark:
+        return (0, 0)
+
+
+def job_from_record(document: Mapping[str, Any], *, name: str, file: str, sha256: str) -> Job:
+    """A job as a run's record holds it: what a node without the jobs directory runs.
+
+    The record is the document that passed every check when its file was loaded (secrets as
+    references, never values), so it is built again as it is.
+    """
+    data = thaw(document)
+    return _build(data, cast(yamlsafe.Document, _Unplaced()), name=name, file=file,
+                  sha256=sha256)
 
 
 # -- loading -----------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""The state directory's layout and ownership: where logs go, run ids, the daemon's lock, and
-which process owns a run.
+"""The state directory's layout: where logs go, run ids, the daemon's lock, and process
+identities (what a node records of itself, so a dead daemon is recognised on this machine).
 
-Small and free of SQLite, so the engine can name log files and the CLI can recover a dead
-daemon's runs without loading the daemon.
+Small and free of SQLite, so the engine can name log files without loading the store.
 
     STATE_DIR/state.db                  runs and schedule state (``store``)
     STATE_DIR/daemon.lock               flock held by the one daemon; holds its pid
@@ -19,17 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from loguru import logger
-
-from pipeline import process
 from pipeline.errors import StateError, StateLocked
-from pipeline.events import StepFinished
-from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID, RunRecord
-
-if TYPE_CHECKING:
-    from pipeline.store import Store
+from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID
 
 LOCK_FILE = "daemon.lock"
 LOGS_DIR = "logs"
@@ -141,25 +132,3 @@ def identity_alive(identity: str) -> bool:
         return False
     fields = _stat(pid) if pid > 0 else None
     return fields is not None and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
-
-
-def recover(store: Store, state_dir: Path, now: datetime) -> list[RunRecord]:
-    """Mark runs of dead owners ``interrupted`` and kill whatever their steps left running.
-
-    Every command that opens the state calls it: a crash is repaired by whoever comes next.
-    """
-    recovered = store.recover(identity_alive, now)
-    # A step cut off before it printed anything never made its log file: say so, as a step
-    # that finished silently does, rather than point at nothing.
-    silent = [StepFinished(run.id, step.id, step.status, step.finished_at or now,
-                           attempt=step.attempt, error=step.error, no_log=True)
-              for run in recovered for step in run.steps
-              if step.log and not (state_dir / step.log).exists()]
-    if silent:
-        store.record(silent)
-    for run in recovered:
-        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
-        logger.warning("run {} of {} was left running by a process that died: marked "
-                       "interrupted{}", run.id, run.job,
-                       f"; killed {len(killed)} leftover processes" if killed else "")
-    return recovered

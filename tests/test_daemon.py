@@ -225,7 +225,7 @@ def test_retention_prunes_old_runs_and_their_logs(tmp_path: Path) -> None:
     from pipeline.daemon import prune
     from pipeline.events import RunFinished, RunQueued, RunStarted
     from pipeline.model import RunStatus, Trigger
-    from pipeline.store import SqliteStore
+    from pipeline.store.sqlite import SqliteStore
 
     jobs = tmp_path / "jobs.d"
     jobs.mkdir()

@@ -33,7 +33,7 @@ from pipeline.events import Event, RunFinished, RunQueued, RunStarted
 from pipeline.model import RunStatus, Trigger
 from pipeline.redact import Redactor
 from pipeline.steplog import StepLog
-from pipeline.store import SqliteStore
+from pipeline.store.sqlite import SqliteStore
 
 from .faults.disk import Unavailable, fill, free_bytes, small_fs, truncate_wal
 from .faults.driver import (

@@ -31,7 +31,7 @@ from pipeline.model import RunStatus, Trigger
 from pipeline.runners import load_runners, schemas_of
 from pipeline.scheduler import Scheduler
 from pipeline.statedir import new_run_id
-from pipeline.store import SqliteStore
+from pipeline.store.sqlite import SqliteStore
 from pipeline.watch import Catalog
 
 JOBS = {

@@ -22,9 +22,12 @@ from pipeline import spec
 from pipeline.errors import RunnerError
 from pipeline.journal import Journal
 from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
-from pipeline.store import SqliteStore
+from pipeline.store import Outcome
+from pipeline.store.sqlite import SqliteStore
+from pipeline.worker import Dispatched, Worker
 
 BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -65,20 +68,35 @@ class World:
         return spec.load_job(path, runner_schemas=schemas_of(RUNNERS))
 
     @asynccontextmanager
-    async def daemon(self, *jobs: Job, grace: float = 0) -> AsyncIterator[Scheduler]:
-        journal = Journal(self.store, offload=inline)
+    async def daemon(self, *jobs: Job, grace: float = 0) -> AsyncIterator[Node]:
+        lease = Lease(self.store, this_node(), offload=inline)
+        await lease.register()
+        journal = Journal(self.store, node=lambda: lease.node_id, offload=inline)
+        loaded: dict[str, Job] = {}
+        worker = Worker(store=self.store, journal=journal, lease=lease,
+                        state_dir=self.state_dir, runners=RUNNERS, jobs=loaded.get,
+                        clock=self.now, offload=inline)
+        scheduler = Scheduler(store=self.store, clock=self.now, node=lambda: lease.node_id,
+                              reserve=worker.reserve, forget=worker.forget_job,
+                              offload=inline)
+        node = Node(scheduler, worker, loaded)
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.serve)
-            scheduler = Scheduler(store=self.store, journal=journal, state_dir=self.state_dir,
-                                  runners=RUNNERS, clock=self.now, offload=inline)
-            await scheduler.load({j.name: j for j in jobs})
+            await nursery.start(worker.serve)
+            await node.load({j.name: j for j in jobs})
             await nursery.start(scheduler.serve)
             try:
-                yield scheduler
+                yield node
             finally:
                 with trio.CancelScope(shield=True):
-                    await scheduler.shutdown(grace)
+                    await node.shutdown(grace)
                 nursery.cancel_scope.cancel()
+
+    def not_made(self, job: str = "job") -> list[tuple[float, str]]:
+        """Fires the catch-up policy (or a pause) made no run of, as seconds after BASE."""
+        return sorted(((d.fire_time - BASE).total_seconds(), d.detail or "")
+                      for d in self.store.decisions(job, limit=100000)
+                      if d.outcome is Outcome.NOT_MADE and d.fire_time is not None)
 
     def runs(self, job: str = "job", **filters: object) -> list[RunRecord]:
         return list(reversed(self.store.runs(job=job, limit=10000, **filters)))  # type: ignore[arg-type]
@@ -94,6 +112,30 @@ class World:
                        if r.fire_time and r.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
                        else -1, r.reason or "")
                       for r in self.runs(job) if r.status is RunStatus.SKIPPED)
+
+
+class Node:
+    """A daemon's firing and running parts, as the tests drive them."""
+
+    def __init__(self, scheduler: Scheduler, worker: Worker, jobs: dict[str, Job]) -> None:
+        self.scheduler = scheduler
+        self.worker = worker
+        self.jobs = jobs
+
+    async def load(self, jobs: Mapping[str, Job]) -> None:
+        self.jobs.clear()
+        self.jobs.update(jobs)
+        await self.scheduler.load(jobs)
+
+    async def trigger(self, name: str, trigger: Trigger = Trigger.API) -> Dispatched:
+        return (await self.worker.trigger(self.jobs[name], {}, trigger=trigger))[0]
+
+    def stop(self, run_id: str) -> bool:
+        return self.worker.stop(run_id)
+
+    async def shutdown(self, grace: float) -> None:
+        self.scheduler.stop_firing()
+        await self.worker.shutdown(grace)
 
 
 @pytest.fixture

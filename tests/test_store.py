@@ -37,16 +37,9 @@ from pipeline.statedir import (
     new_run_id,
     process_identity,
 )
-from pipeline.store import (
-    INTERRUPTED_QUEUED,
-    INTERRUPTED_RUNNING,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    RunActive,
-    SqliteStore,
-    Store,
-    migrate,
-)
+from pipeline.errors import RunActive
+from pipeline.store import INTERRUPTED_QUEUED, INTERRUPTED_RUNNING, Store
+from pipeline.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROOT = str(Path(pipeline.__file__).resolve().parent.parent)
@@ -511,7 +504,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from pipeline.events import RunFinished, RunQueued, RunStarted, StepFinished, StepStarted
 from pipeline.model import RunStatus, StepStatus, Trigger
-from pipeline.store import SqliteStore
+from pipeline.store.sqlite import SqliteStore
 from pipeline.statedir import new_run_id
 
 store = SqliteStore.open(Path(sys.argv[1]))

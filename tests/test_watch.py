@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline.store import SqliteStore
+from pipeline.store.sqlite import SqliteStore
 from pipeline.watch import Catalog, watch_jobs
 
 JOB = """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -84,7 +85,9 @@ from pipeline.model import (
     iso,
     run_as_dict,
 )
+from pipeline.policy import circuit_open
 from pipeline.statedir import log_relpath
+from pipeline.store import JobState
 
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon
@@ -112,14 +115,14 @@ class StatusApp:
         """Changes whenever what the lists show may have changed (trio thread only)."""
         catalog = self.daemon.catalog
         return (self.daemon.metrics.events, id(catalog.jobs), id(catalog.problems),
-                id(catalog.stale), len(self.daemon.scheduler.jobs))
+                id(catalog.stale), len(self.daemon.scheduler.jobs), self.daemon.circuits)
 
     @property
     def state_dir(self) -> Path:
         return self.daemon.state_dir
 
     def now(self) -> datetime:
-        return self.daemon.scheduler.clock()
+        return self.daemon.lease.clock()
 
     async def store(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store method in a worker thread: it may block on disk."""
@@ -153,15 +156,21 @@ class StatusApp:
             # thousand dictionaries) is built in a worker thread.
             catalog, now = self.daemon.catalog, self.now()
             files = CatalogFiles(catalog.jobs, catalog.problems, catalog.files, catalog.stale)
-            live = {name: (state.next_fire, state.circuit_open(now))
-                    for name, state in self.daemon.scheduler.jobs.items()}
-            last, active = await self.store(self._last_and_active)
+            last, active, states = await self.store(self._last_and_active)
+            scheduler = self.daemon.scheduler
+            live = {name: (scheduler.next_fire(name),
+                           circuit_open(job.circuit_breaker, states[name].failures,
+                                        states[name].circuit_opened_at, now)
+                           if name in states else False)
+                    for name, job in catalog.jobs.items()}
             return await trio.to_thread.run_sync(job_views, files, live, last, active)
 
         return await self.recent.get("jobs", build)
 
-    def _last_and_active(self) -> tuple[dict[str, RunRecord], list[RunRecord]]:
-        return self.daemon.store.last_runs(), self.daemon.store.active_runs()
+    def _last_and_active(self) -> tuple[dict[str, RunRecord], list[RunRecord],
+                                        dict[str, JobState]]:
+        store = self.daemon.store
+        return store.last_runs(), store.active_runs(), store.job_states()
 
     async def list_jobs(self, request: Request) -> Response:
         async def build() -> Encoded:
@@ -172,10 +181,10 @@ class StatusApp:
 
     def _loaded_job(self, request: Request) -> Job:
         name = match(request.path_params["name"], JOB_NAME, "job")
-        state = self.daemon.scheduler.jobs.get(name)
-        if state is None:
+        job = self.daemon.catalog.jobs.get(name)
+        if job is None:
             raise ApiError(404, "not_found", f"no job {name!r} is loaded")
-        return state.job
+        return job
 
     async def get_job(self, request: Request) -> Response:
         name = match(request.path_params["name"], JOB_NAME, "job")
@@ -199,8 +208,7 @@ class StatusApp:
         if not isinstance(given, dict):
             raise ApiError(400, "bad_body", '"params" must be an object of name: value')
         values = spec.parse_params(job, given)  # JSON values, typed by the job's declaration
-        dispatched = await self.daemon.scheduler.trigger(job.name, values,
-                                                         trigger=Trigger.API)
+        dispatched, _ = await self.daemon.worker.trigger(job, values, trigger=Trigger.API)
         self.recent.clear()  # a client reads its own writes
         if dispatched.status is RunStatus.SKIPPED:
             raise ApiError(409, "refused", f"job {job.name} was not started: "
@@ -214,8 +222,8 @@ class StatusApp:
 
     async def reset_circuit(self, request: Request) -> Response:
         job = self._loaded_job(request)
-        if not await self.daemon.scheduler.reset_circuit(job.name):
-            raise ApiError(404, "not_found", f"no job {job.name!r} is loaded")
+        await self.store(self.daemon.store.reset_circuit, job.name, self.now())
+        self.daemon.circuits += 1
         self.recent.clear()
         return JSONResponse({"job": job.name, "circuit": "closed"})
 
@@ -268,25 +276,22 @@ class StatusApp:
         if wait and not record.status.finished:
             with trio.move_on_after(wait):
                 while not record.status.finished:
-                    handle = self.daemon.scheduler.runs.get(run_id)
-                    with trio.move_on_after(1.0 if handle else 0.2):  # queued: no handle yet
-                        await (handle.finished if handle else trio.Event()).wait()
+                    local = self.daemon.worker.runs.get(run_id)
+                    with trio.move_on_after(1.0 if local else 0.2):  # elsewhere: poll
+                        await (local.done if local else trio.Event()).wait()
                     record = await self._run(run_id)
             record = await self._run(run_id)
         return JSONResponse(self.run_view(record))
 
     async def stop(self, request: Request) -> Response:
         run_id = match(request.path_params["run_id"], RUN_ID, "run")
-        if self.daemon.scheduler.stop(run_id):
+        stopped = await self.daemon.worker.request_stop(run_id)
+        if stopped is not None:
             self.recent.clear()
             return JSONResponse({"run_id": run_id, "status": "stopping"}, status_code=202)
         record = await self._run(run_id)
-        if record.status.finished:
-            raise ApiError(409, "not_active", f"run {run_id} is not running (status: "
-                                              f"{record.status})", {"status": str(record.status)})
-        raise ApiError(409, "not_owned", f"run {run_id} is {record.status} but not run by this "
-                                         "daemon (a `pipeline run` in another process?); stop "
-                                         "it there", {"status": str(record.status)})
+        raise ApiError(409, "not_active", f"run {run_id} is not running (status: "
+                                          f"{record.status})", {"status": str(record.status)})
 
     async def delete_run(self, request: Request) -> Response:
         run_id = match(request.path_params["run_id"], RUN_ID, "run")
@@ -364,19 +369,24 @@ class StatusApp:
             found = await self.store(lambda: {n: daemon.store.last_success(n) for n in missing})
             for name, at in found.items():
                 daemon.metrics.seed_last_success(name, at)
-        daemon.metrics.update(self.snapshot())
+        _, active, states = await self.store(self._last_and_active)
+        daemon.metrics.update(self.snapshot(active, states))
 
-    def snapshot(self) -> Snapshot:
-        """The scheduler's and the catalog's state now (trio thread only)."""
+    def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState]) -> Snapshot:
+        """The scheduler's, the store's and the catalog's state now (trio thread only)."""
         scheduler = self.daemon.scheduler
         now = self.now()
-        jobs = scheduler.jobs
+        jobs = self.daemon.catalog.jobs
+        running = Counter(r.job for r in active if r.status is RunStatus.RUNNING)
+        queued = Counter(r.job for r in active if r.status is RunStatus.QUEUED)
+        next_fires = {n: scheduler.next_fire(n) for n in jobs}
         return Snapshot(
-            jobs=len(jobs),
-            active={n: len(s.active) for n, s in jobs.items() if s.active},
-            queued={n: len(s.queue) for n, s in jobs.items() if s.queue},
-            circuits_open=frozenset(n for n, s in jobs.items() if s.circuit_open(now)),
-            next_fire={n: s.next_fire.timestamp() for n, s in jobs.items() if s.next_fire},
+            jobs=len(jobs), active=dict(running), queued=dict(queued),
+            circuits_open=frozenset(
+                n for n, job in jobs.items() if n in states and circuit_open(
+                    job.circuit_breaker, states[n].failures, states[n].circuit_opened_at,
+                    now)),
+            next_fire={n: f.timestamp() for n, f in next_fires.items() if f},
             invalid_files=len(self.daemon.catalog.problems),
             journal_healthy=self.daemon.journal.healthy,
             started_at=self.daemon.started_at.timestamp())
@@ -423,17 +433,16 @@ class StatusApp:
         views = await self._job_views()
         runs, total, failed = await self.store(read)
         queued = sum(v["queued_runs"] for v in views)
-        stats = self.daemon.scheduler.statistics()
         journal = self.daemon.journal
         return await self._html("index.html", {
             "jobs": [v for v in views if v["name"] is not None],
             "invalid": [v for v in views if not v["valid"]],
             "runs": [run_as_dict(r, steps=False) for r in runs],
             "total": total, "offset": offset, "limit": limit, "job_filter": job_filter,
-            "stats": {"jobs": stats.jobs, "queued": queued,
+            "stats": {"jobs": len(self.daemon.catalog.jobs), "queued": queued,
                       "running": sum(v["active_runs"] for v in views) - queued,
                       "failed_24h": failed, "invalid": len(self.daemon.catalog.problems),
-                      "circuits_open": stats.circuits_open},
+                      "circuits_open": sum(v["circuit"] == "open" for v in views)},
             "daemon": {"started_at": iso(self.daemon.started_at),
                        "jobs_dir": str(self.daemon.jobs_dir),
                        "journal_healthy": journal.healthy, "journal_failure": journal.failure},

@@ -1,0 +1,252 @@
+"""This process as a node of the store: its identity, its lease, and its watchdog.
+
+A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
+``Lease.serve`` renews the node's lease every ``lease / 3`` seconds, measures the offset between
+this machine's wall clock and the store's (the node fires by the store's clock, rule 4), and
+pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
+monotonic clock, in a store other daemons share, the node **fences** itself (rule 5): it stops
+claiming and stops its runs before anyone may take them over; the watchdog, a separate process,
+kills its steps' process groups even if the daemon is frozen. When the store says the node is
+no longer alive (another node found it lost), it registers again under a new id.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from pipeline import __version__
+from pipeline.errors import StateError
+from pipeline.statedir import process_identity
+from pipeline.store import NodeInfo, Store
+
+Offload = Callable[..., Awaitable[Any]]
+DEFAULT_LEASE = 30.0
+
+
+def new_node_id() -> str:
+    return os.urandom(8).hex()
+
+
+def default_node_name() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.urandom(2).hex()}"
+
+
+@functools.cache
+def _machine() -> str:
+    """This boot of this machine and this pid namespace: a pid means the same process only
+    within both."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown-boot"
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = "unknown-ns"
+    return f"{boot}/{pidns}"
+
+
+def machine_identity(pid: int | None = None) -> str:
+    """``BOOT/PIDNS/PID:STARTTIME``: this process (or ``pid``), unique across machines."""
+    return f"{_machine()}/{process_identity(pid)}"
+
+
+def identity_dead(identity: str) -> bool:
+    """True only when ``identity`` names a process of this machine (same boot, same pid
+    namespace) that no longer runs. A process elsewhere is never judged from here."""
+    from pipeline.statedir import identity_alive
+
+    where, _, process = identity.rpartition("/")
+    if not where:  # an older pipeline's "PID:STARTTIME": a process of this machine
+        return bool(process) and not identity_alive(process)
+    if where != _machine():
+        return False
+    return not identity_alive(process)
+
+
+def this_node(*, name: str | None = None, roles: frozenset[str] | None = None,
+              labels: dict[str, str] | None = None, listen: str | None = None,
+              max_runs: int | None = None, digest: str | None = None) -> NodeInfo:
+    return NodeInfo(id=new_node_id(), name=name or default_node_name(),
+                    roles=roles if roles is not None else frozenset({"scheduler", "runner",
+                                                                     "http"}),
+                    labels=labels or {}, version=__version__, identity=machine_identity(),
+                    listen=listen, digest=digest, max_runs=max_runs)
+
+
+# -- the watchdog ------------------------------------------------------------------------------
+
+class Watchdog:
+    """The daemon's side of ``_watchdog.py``: tell it of process groups, ping it on renewal.
+
+    Messages are queued and written by ``serve``; a full pipe never blocks a step.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+
+    def add(self, pgid: int) -> None:
+        self._send.send_nowait(b"add %d\n" % pgid)
+
+    def remove(self, pgid: int) -> None:
+        self._send.send_nowait(b"remove %d\n" % pgid)
+
+    def ping(self) -> None:
+        self._send.send_nowait(b"ping\n")
+
+    async def serve(self, *, fence_after: float, grace: float,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the watchdog process and feed it until cancelled; then close its pipe (it
+        kills what is still registered, which after a clean shutdown is nothing)."""
+        script = Path(__file__).with_name("_watchdog.py")
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-P", str(script), f"{fence_after:g}", f"{grace:g}"],
+            stdin=-1, start_new_session=True)  # -1: subprocess.PIPE
+        assert process.stdin is not None
+        task_status.started()
+        try:
+            async for message in self._receive:
+                try:
+                    await process.stdin.send_all(message)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    logger.warning("the watchdog process is gone; steps are no longer watched")
+                    return
+        finally:
+            with trio.CancelScope(shield=True):
+                await process.stdin.aclose()
+                with trio.move_on_after(grace + 5):
+                    await process.wait()
+
+
+@asynccontextmanager
+async def open_watchdog(*, fence_after: float, grace: float) -> AsyncIterator[Watchdog]:
+    watchdog = Watchdog()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: watchdog.serve(
+            fence_after=fence_after, grace=grace, task_status=task_status))
+        yield watchdog
+        nursery.cancel_scope.cancel()
+
+
+# -- the lease ---------------------------------------------------------------------------------
+
+class Lease:
+    """The node's registration and lease in ``store``; the clock the node fires by."""
+
+    def __init__(self, store: Store, node: NodeInfo, *, lease: float = DEFAULT_LEASE,
+                 offload: Offload = trio.to_thread.run_sync,
+                 watchdog: Watchdog | None = None,
+                 on_fence: Callable[[str], Awaitable[None]] | None = None,
+                 digest: Callable[[], str | None] | None = None) -> None:
+        self.store = store
+        self.node = node
+        self.lease = lease
+        self.offload = offload
+        self.watchdog = watchdog
+        self.on_fence = on_fence
+        self.digest = digest
+        self.offset = timedelta(0)  # the store's clock minus this machine's
+        self.fenced = False
+        self.renewed = trio.Event()  # set at every renewal (tests and the fence wait on it)
+        self._last_ok = 0.0
+        self._failure: str | None = None
+
+    def clock(self) -> datetime:
+        """Now, by the store's clock (this machine's, corrected by the measured offset)."""
+        return datetime.now(UTC) + self.offset
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    async def register(self) -> None:
+        """Register the node; raises ``StateError`` if the store cannot be reached."""
+        before = datetime.now(UTC)
+        store_now = await self.offload(
+            functools.partial(self.store.register_node, self.node, lease=self.lease))
+        self._measured(before, store_now)
+        self._last_ok = trio.current_time()
+        if self.watchdog is not None:
+            self.watchdog.ping()
+
+    def _measured(self, before: datetime, store_now: datetime) -> None:
+        after = datetime.now(UTC)
+        self.offset = store_now - (before + (after - before) / 2)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Renew the lease until cancelled (the node must be registered)."""
+        task_status.started()
+        fence_after = self.lease * 2 / 3
+        while True:
+            await trio.sleep(self.lease / 3)
+            await self.renew(fence_after)
+
+    async def renew(self, fence_after: float | None = None) -> None:
+        fence_after = self.lease * 2 / 3 if fence_after is None else fence_after
+        before = datetime.now(UTC)
+        try:
+            digest = self.digest() if self.digest is not None else None
+            store_now = await self.offload(functools.partial(
+                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest))
+        except StateError as exc:
+            message = str(exc)
+            if self._failure != message:
+                logger.error("cannot renew this node's lease: {} (retrying)", message)
+                self._failure = message
+            if (self.store.shared and not self.fenced
+                    and trio.current_time() - self._last_ok > fence_after):
+                await self._fence("the store could not be reached for "
+                                  f"{trio.current_time() - self._last_ok:.0f}s")
+            return
+        if self._failure is not None:
+            logger.info("the store answers again")
+            self._failure = None
+        if store_now is None:
+            # Another node found us lost and took our runs: they are not ours to finish.
+            if not self.fenced:
+                await self._fence("another node found this node lost")
+            await self._register_again()
+            return
+        # Renewed: whatever happened meanwhile, nobody took our runs (a reap needs the lease
+        # to have run out at the moment it looks, and it runs out no more now).
+        self._measured(before, store_now)
+        self._last_ok = trio.current_time()
+        if self.watchdog is not None:
+            self.watchdog.ping()
+        if self.fenced:
+            logger.warning("this node's lease is renewed: claiming again")
+            self.fenced = False
+        self.renewed.set()
+        self.renewed = trio.Event()
+
+    async def _fence(self, why: str) -> None:
+        self.fenced = True
+        logger.error("fencing this node: {}; its runs are stopped and it claims nothing until "
+                     "it is registered again", why)
+        if self.on_fence is not None:
+            await self.on_fence(why)
+
+    async def _register_again(self) -> None:
+        """Come back under a new id (ids are never reused: the old one's runs are gone)."""
+        old = self.node.id
+        self.node = NodeInfo(**{**self.node.__dict__, "id": new_node_id()})
+        try:
+            await self.register()
+        except StateError as exc:
+            logger.error("cannot register this node again: {} (retrying)", exc)
+            return  # the next renewal finds the new id unknown and tries again
+        self.fenced = False
+        logger.warning("registered again as node {} (was {})", self.node.id, old)

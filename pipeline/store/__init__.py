@@ -1,0 +1,514 @@
+"""The state of jobs, runs and nodes: one protocol, one module per backend.
+
+``Store`` is what the scheduler, the runner, the CLI and the HTTP app speak to: domain verbs,
+synchronous (async code calls them through ``trio.to_thread``), each one transaction. Two
+backends implement it and pass one conformance suite (``tests/test_store.py``):
+
+- ``sqlite.SqliteStore``: ``STATE_DIR/state.db``, the default, one daemon per state directory;
+- ``postgres.PostgresStore``: a database several daemons share (cluster mode, CONTRACT §9).
+
+What both must hold (docs/architecture.md has the whole picture):
+
+- **A fire runs at most once.** A scheduled fire is keyed ``(job, fire_key)`` by a unique index;
+  ``claim_fires`` reads the job's watermark under the job's lock, so every fire at or before it
+  has already been dealt with by whoever moved it, and moves it in the same transaction.
+- **A run is held by one node.** ``runs.node`` names it; every write of a held run is a
+  compare-and-set on the node (and, for its end, the attempt), so a node that lost a run has its
+  writes refused.
+- **Policies are decided under lock.** ``start_runs`` and ``claim_runs`` lock the job's row,
+  count its active and waiting runs on every node and ask ``policy.decide``.
+- **Time is the store's.** ``now()`` is the database's clock (SQLite: this machine's).
+
+Every method may raise ``StateError`` when the state cannot be read or written (a full disk, a
+database that is down); a failed write applies nothing and may be retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from pipeline.events import Event
+from pipeline.model import (
+    Catchup,
+    CircuitBreaker,
+    Concurrency,
+    Definition,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Trigger,
+    Version,
+    empty_mapping,
+    freeze,
+)
+from pipeline.policy import Decision, Verdict
+
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+# Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.
+KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP})
+
+INTERRUPTED_RUNNING = "the daemon stopped while it ran"
+INTERRUPTED_QUEUED = "the daemon stopped before it started"
+NODE_LOST = "its node was lost"
+
+
+class NodeState(StrEnum):
+    ALIVE = "alive"
+    LEFT = "left"  # stopped cleanly
+    LOST = "lost"  # its lease ran out (or its process died): its runs were taken back
+
+
+class Outcome(StrEnum):
+    """What a decision-log row says became of a fire (CONTRACT §6)."""
+
+    FIRED = "fired"
+    SKIPPED = "skipped"
+    NOT_MADE = "not made"
+    LATE = "late"
+    NOTIFIED = "notified"
+    NOTIFY_FAILED = "notify failed"
+
+
+def outcome_of(decision: Decision) -> Outcome:
+    if decision.verdict is Verdict.SKIP:
+        return Outcome.SKIPPED
+    if decision.verdict is Verdict.NOT_MADE:
+        return Outcome.NOT_MADE
+    return Outcome.FIRED
+
+
+# -- records -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the store needs of a job to decide about its runs, as a scheduler node loaded it."""
+
+    name: str
+    concurrency: Concurrency = field(default_factory=Concurrency)
+    breaker: CircuitBreaker | None = None
+    enabled: bool = True
+    on_node_loss_retry: bool = False
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job's state in the store: its watermark, circuit breaker and pause."""
+
+    name: str
+    watermark: datetime | None = None
+    failures: int = 0  # consecutive failed automatic runs
+    circuit_opened_at: datetime | None = None
+    paused_at: datetime | None = None
+    paused_by: str | None = None
+    paused_reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+
+@dataclass(frozen=True)
+class FireClaim:
+    """A scheduler node's claim of a job's fires up to ``until``.
+
+    ``fires``: (instant, jitter) for every fire after the node's watermark up to ``until``,
+    ascending. The store drops those at or before the stored watermark (another node, or an
+    earlier life of this one, dealt with them), sorts the rest with ``policy.catch_up`` and
+    moves the watermark to ``until``.
+    """
+
+    job: str
+    fires: tuple[tuple[datetime, float], ...]
+    until: datetime
+    catchup: Catchup
+    misfire_grace: float
+    started: datetime  # when the claiming node began to fire
+    version: Version | None = None
+    document: Mapping[str, Any] | None = None
+    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)
+    hold: bool = True  # the claiming node holds the runs (else any node may take them)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A fire made into a run by ``claim_fires``: it starts at ``ready_at``."""
+
+    run_id: str
+    job: str
+    fire_time: datetime
+    trigger: Trigger
+    ready_at: datetime
+    held: bool  # held by the claiming node; otherwise left for any node
+    backlog: bool  # a missed fire under `catchup: all`: it queues behind the job's other runs
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What ``claim_fires`` did: the runs it made, and where each job's watermark is now."""
+
+    runs: list[Claimed]
+    watermarks: dict[str, datetime]
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start_runs`` or ``claim_runs`` made of a run."""
+
+    run: RunRecord  # as it is now (with its document), for the runner to run
+    decision: Decision
+    replaced: tuple[str, ...] = ()  # active runs asked to stop (`replace`)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as it registers, and as ``nodes()`` gives it back."""
+
+    id: str
+    name: str
+    roles: frozenset[str] = frozenset({"scheduler", "runner", "http"})
+    labels: Mapping[str, str] = field(default_factory=empty_mapping)
+    version: str = ""
+    identity: str = ""  # where it runs, for a liveness check on the same machine
+    listen: str | None = None
+    digest: str | None = None  # of the job definitions it loaded
+    max_runs: int | None = None
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    expires_at: datetime | None = None
+    state: NodeState = NodeState.ALIVE
+    active_runs: int = 0
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """One row of the decision log."""
+
+    job: str
+    outcome: Outcome
+    decided_at: datetime
+    fire_time: datetime | None = None
+    node: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    run_id: str
+    reason: str
+    status: RunStatus  # what the run ends as: cancelled, or interrupted
+
+
+class Store(Protocol):
+    """The state of every job, run and node. See the module's docstring for the guarantees."""
+
+    shared: bool  # other daemons may use it too: a node must fence itself when cut off
+
+    def now(self) -> datetime:
+        """The store's clock (aware, UTC)."""
+        ...
+
+    # -- events (the journal's group commit) ------------------------------------------------
+
+    def record(self, events: Sequence[Event], *, node: str | None = None) -> frozenset[str]:
+        """Apply ``events`` in order, in one transaction.
+
+        Returns the run ids of ``RunQueued``/``RunSkipped`` events refused because their fire
+        already has a run or their run id is taken; the rest of the batch is applied. With
+        ``node``, writes of a run's state (its start, its steps, its end) apply only while that
+        node holds the run; others are dropped (the node lost the run). Times must be aware.
+        """
+        ...
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run with its document and its steps (in the order they were first recorded)."""
+        ...
+
+    def runs(self, *, job: str | None = None, status: RunStatus | None = None,
+             trigger: Trigger | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 50, offset: int = 0,
+             ) -> list[RunRecord]:
+        """Runs newest first (by queued time, then id), without steps or document."""
+        ...
+
+    def count_runs(self, *, job: str | None = None, status: RunStatus | None = None,
+                   trigger: Trigger | None = None, since: datetime | None = None,
+                   until: datetime | None = None) -> int:
+        ...
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """The newest run of every job that has one, without steps or document."""
+        ...
+
+    def active_runs(self, job: str | None = None) -> list[RunRecord]:
+        """Queued and running runs, oldest first, without steps or document."""
+        ...
+
+    def last_success(self, job: str) -> datetime | None:
+        ...
+
+    def jobs_with_runs(self) -> list[str]:
+        ...
+
+    def delete_run(self, run_id: str) -> RunRecord | None:
+        """Delete a finished run; None if unknown. Raises ``RunActive`` for an active one."""
+        ...
+
+    def prune(self, job: str, *, keep_runs: int | None, keep_days: float | None,
+              now: datetime) -> list[RunRecord]:
+        """Delete the job's finished runs beyond the limits (and its old decisions); return
+        the runs with their steps, for their logs."""
+        ...
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def publish_jobs(self, jobs: Sequence[JobSettings]) -> None:
+        """Record what the policy needs of each job (scheduler nodes, at every load)."""
+        ...
+
+    def job_states(self) -> dict[str, JobState]:
+        ...
+
+    def watermark(self, job: str) -> datetime | None:
+        ...
+
+    def move_watermark(self, job: str, until: datetime) -> None:
+        """Every fire of ``job`` up to ``until`` is dealt with (it only ever moves forward)."""
+        ...
+
+    def fires_after(self, job: str, after: datetime) -> set[datetime]:
+        """Instants after ``after`` that already have a run (skipped ones too)."""
+        ...
+
+    def reset_circuit(self, job: str, at: datetime) -> None:
+        """Close the job's circuit breaker: its failures so far no longer count."""
+        ...
+
+    def pause(self, jobs: Collection[str], *, by: str, reason: str | None,
+              at: datetime) -> None:
+        ...
+
+    def resume(self, jobs: Collection[str]) -> None:
+        ...
+
+    # -- making and starting runs ----------------------------------------------------------------
+
+    def claim_fires(self, claims: Sequence[FireClaim], *, node: str | None,
+                    now: datetime) -> Claims:
+        """Make runs of due fires (see ``FireClaim``), in one transaction.
+
+        ``node`` holds the runs it can run (it names itself; None leaves them to any node).
+        Fires the catch-up policy does not make are written to the decision log. In a shared
+        store, a fire not yet due by the store's clock (allowing for the lead) is left for
+        later, and the watermark stops before it.
+        """
+        ...
+
+    def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
+                   stopping: bool = False, force: Collection[str] = ()) -> list[Started]:
+        """Decide about ``node``'s queued runs (new, or waiting in their job's queue), under
+        each job's lock, and apply: running (attempt + 1), skipped, still waiting (queue,
+        replace: the active runs are asked to stop). Runs in ``force`` start whatever the
+        job's concurrency says. Runs no longer held by ``node`` or no longer queued are left
+        out of the answer."""
+        ...
+
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
+        """Take up to ``limit`` ready runs that no node holds (whose ``runs_on`` labels the
+        node has), decide about each as ``start_runs`` does, and hold the ones that run or
+        wait. Runs nobody has claimed are taken oldest first, past rows other nodes are
+        claiming (SKIP LOCKED)."""
+        ...
+
+    def release(self, node: str, run_ids: Collection[str]) -> None:
+        """``node`` lets go of queued runs it holds: any node may take them."""
+        ...
+
+    def waiting_runs(self, node: str) -> list[str]:
+        """Ids of ``node``'s runs waiting in their job's queue, oldest first."""
+        ...
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def request_stop(self, run_id: str, *, reason: str,
+                     status: RunStatus = RunStatus.CANCELLED, at: datetime) -> RunRecord | None:
+        """Ask for ``run_id`` to stop. A run nobody has started yet ends at once (as
+        ``status``); a running one is flagged for its node. None if there is no such active
+        run."""
+        ...
+
+    def stop_requests(self, node: str) -> list[StopRequest]:
+        """Runs held by ``node`` that someone asked to stop."""
+        ...
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    def register_node(self, node: NodeInfo, *, lease: float) -> datetime:
+        """Add ``node`` (alive, its lease ``lease`` seconds from now); returns the store's now."""
+        ...
+
+    def renew_lease(self, node: str, *, lease: float,
+                    digest: str | None = None) -> datetime | None:
+        """Move ``node``'s lease ``lease`` seconds past the store's now and return that now;
+        None if the node is no longer alive (it was found lost): it must fence itself."""
+        ...
+
+    def leave(self, node: str) -> None:
+        """``node`` stops cleanly: it holds no run any more."""
+        ...
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node alive, and those that left or were lost in the last day."""
+        ...
+
+    def alive_identities(self) -> dict[str, str]:
+        """Each alive node's process identity, for a liveness check on this machine."""
+        ...
+
+    def reap(self, *, now: datetime, dead: Collection[str] = ()) -> list[RunRecord]:
+        """Declare lost the nodes whose lease has run out and the alive nodes in ``dead`` (a
+        process seen dead on this machine), and take their runs back: running ones end
+        ``interrupted`` (or, where the job says ``on_node_loss: retry``, queue again for any
+        node), queued ones are released to any node. Returns the runs that ended or were
+        released, with their steps (their process groups may need killing). Safe on every node
+        at once: each lost node is reaped by one of them."""
+        ...
+
+    # -- the decision log ------------------------------------------------------------------------
+
+    def decisions(self, job: str, *, since: datetime | None = None,
+                  until: datetime | None = None, limit: int = 50) -> list[StoredDecision]:
+        """The job's decisions, newest first."""
+        ...
+
+    def record_decisions(self, decisions: Sequence[StoredDecision]) -> None:
+        ...
+
+    # -- job files ------------------------------------------------------------------------------
+
+    def definitions(self) -> dict[str, Definition]:
+        """The last good version of every job file the daemon has loaded, by file."""
+        ...
+
+    def remember_definitions(self, kept: Sequence[Definition],
+                             forgotten: Collection[str]) -> None:
+        """Store ``kept`` (replacing a file's earlier version) and drop the ``forgotten``
+        files, in one transaction."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def open_store(state_dir: Path, url: str | None = None) -> Store:
+    """The store at ``url`` (``postgresql://...``), or SQLite in ``state_dir``."""
+    if url:
+        from pipeline.store.postgres import PostgresStore
+
+        return PostgresStore.open(url)
+    from pipeline.store.sqlite import SqliteStore
+
+    return SqliteStore.open(state_dir)
+
+
+# -- conversions both backends share --------------------------------------------------------------
+
+def iso(value: datetime) -> str:
+    """Fixed-width ISO 8601 in UTC: sorts and compares as text in the same order as in time."""
+    if value.tzinfo is not UTC:  # most times come in UTC already: skip the conversion
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store needs aware times")
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
+
+
+def iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else iso(value)
+
+
+def time_of(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return None if value is None else value.astimezone(UTC)
+    return datetime.fromisoformat(value)
+
+
+def _plain(value: object) -> object:
+    """What JSON cannot take as it is: frozen mappings, and the dates YAML may put in a
+    document (kept as their text)."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+# One encoder built once: json.dumps with any option builds a new one per call.
+to_json = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
+
+
+def from_json(value: str | bytes | Mapping[str, Any] | None) -> Any:
+    if value is None or isinstance(value, Mapping | list):
+        return value
+    return json.loads(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def version_json(version: Version | None) -> str | None:
+    return None if version is None else to_json(version.as_dict())
+
+
+# Every run of a job version stores the same document: encode it once. Keyed by identity,
+# holding the object so the id cannot be reused while cached.
+_documents: dict[int, tuple[object, str]] = {}
+
+
+def document_json(document: Mapping[str, Any]) -> str:
+    known = _documents.get(id(document))
+    if known is None or known[0] is not document:
+        if len(_documents) > 4096:
+            _documents.clear()
+        known = _documents[id(document)] = (document, to_json(document))
+    return known[1]
+
+
+def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
+    return fire_time if trigger in KEYED_TRIGGERS else None
+
+
+RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
+               "reason, params, version, parent_run_id, node, attempt, outputs")
+STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
+                "outputs, error, log, pgid")
+
+
+def run_record(row: Sequence[Any], document: Any = None,
+               steps: tuple[StepRecord, ...] = ()) -> RunRecord:
+    """A run from a row of ``RUN_COLUMNS`` (times as text or datetimes, JSON as text or
+    already decoded)."""
+    version = from_json(row[10])
+    outputs = from_json(row[14])
+    return RunRecord(
+        id=row[0], job=row[1], status=RunStatus(row[2]), trigger=Trigger(row[3]),
+        fire_time=time_of(row[4]), queued_at=time_of(row[5]), started_at=time_of(row[6]),
+        finished_at=time_of(row[7]), reason=row[8], params=freeze(from_json(row[9])),
+        version=None if version is None else Version(**version), parent_run_id=row[11],
+        node=row[12], attempt=row[13] or 0,
+        outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
+        document=None if document is None else freeze(from_json(document)),
+        steps=steps)
+
+
+def step_record(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
+        signal=row[5], started_at=time_of(row[6]), finished_at=time_of(row[7]),
+        outputs=MappingProxyType(from_json(row[8]) or {}), error=row[9], log=row[10],
+        pgid=row[11])
