@@ -105,6 +105,7 @@ class Worker:
         self._wakeup = trio.Event()
         self._stopping = False
         self._pgids: dict[tuple[str, str], int] = {}
+        self._turns: set[str] = set()  # jobs whose waiting runs may start now
 
     @property
     def node(self) -> str:
@@ -129,11 +130,15 @@ class Worker:
             task_status.started()
             next_poll = trio.current_time()
             while True:
+                if trio.current_time() >= next_poll:
+                    next_poll = trio.current_time() + self.poll
+                    if not self._stopping and not self.lease.fenced:
+                        await self.look()
                 if not self._stopping and not self.lease.fenced:
                     await self.start_due()
-                    if trio.current_time() >= next_poll:
-                        next_poll = trio.current_time() + self.poll
-                        await self.look()
+                    if self._turns:  # a local run ended: its job's waiting runs may start
+                        jobs, self._turns = self._turns, set()
+                        await self._start([r for r, j in self._waiting.items() if j in jobs])
                 await self._sleep(next_poll)
 
     async def _sleep(self, next_poll: float) -> None:
@@ -276,6 +281,7 @@ class Worker:
             logger.debug("run {} of {} ended {}", run.id, run.job, status)
             # Its job's waiting runs may start now.
             if any(job == run.job for job in self._waiting.values()):
+                self._turns.add(run.job)
                 self.wake()
 
     def observe(self, event: object) -> None:

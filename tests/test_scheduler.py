@@ -241,9 +241,10 @@ async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: M
     assert fired[1] == 3610  # the newest missed fire runs, as a catch-up
     assert len(fired) == 2
     assert world.runs()[-1].trigger is Trigger.CATCHUP
-    skipped = world.skipped()
-    assert len(skipped) == 359  # 20 .. 3600: recorded, not silently dropped
-    assert all("superseded" in why for _, why in skipped)
+    missed = world.not_made()
+    assert len(missed) == 359  # 20 .. 3600: recorded as decisions, not silently dropped
+    assert all("superseded" in why for _, why in missed)
+    assert world.skipped() == []  # and no skipped runs: a missed fire makes no run
 
 
 async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
@@ -260,12 +261,12 @@ async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
             await trio.sleep(1)
         if policy == "none":  # every fire that came due while it was down was missed; 140
             assert world.fired() == [10, 140]  # comes due at the very instant of the start
-            assert [t for t, _ in world.skipped()] == list(range(20, 140, 10))
+            assert [t for t, _ in world.not_made()] == list(range(20, 140, 10))
             assert all(why == "missed while the daemon was down (catchup: none)"
-                       for _, why in world.skipped())
+                       for _, why in world.not_made())
         else:  # every missed fire runs, one after another, in order
             assert world.fired() == list(range(10, 150, 10)), str(world.fired())
-            assert world.skipped() == []
+            assert world.skipped() == world.not_made() == []
 
 
 @pytest.mark.parametrize("policy", ["none", "latest", "all"])
@@ -281,11 +282,11 @@ async def test_a_fire_due_while_no_daemon_ran_is_left_to_catchup_however_recent(
     async with world.daemon(job):
         await trio.sleep(1)
     runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
-    assert set(runs) == {10, 20}
     if policy == "none":
-        assert runs[20].status is RunStatus.SKIPPED
-        assert runs[20].reason == "missed while the daemon was down (catchup: none)"
+        assert set(runs) == {10}
+        assert world.not_made() == [(20, "missed while the daemon was down (catchup: none)")]
     else:
+        assert set(runs) == {10, 20}
         assert runs[20].status is RunStatus.SUCCEEDED
         assert runs[20].trigger is Trigger.CATCHUP
 
@@ -306,8 +307,8 @@ async def test_misfire_grace_covers_only_a_stall_while_running(tmp_path: Path,
             await trio.sleep(2)
         runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
         if expect is None:  # past its grace: catchup none decides
-            assert runs[20].status is RunStatus.SKIPPED, grace
-            assert runs[20].reason == "missed while the daemon stalled (catchup: none)"
+            assert 20 not in runs, grace
+            assert (20, "missed while the daemon stalled (catchup: none)") in world.not_made()
         else:
             assert runs[20].status is RunStatus.SUCCEEDED, grace
             assert runs[20].trigger is expect
@@ -347,7 +348,7 @@ async def test_clock_jump_forward_is_caught_up_by_policy(world: World,
         await trio.sleep(3)  # noticed within the recheck period
     fired = world.fired()
     assert fired == [10, 610]
-    assert [t for t, _ in world.skipped()] == list(range(20, 610, 10))
+    assert [t for t, _ in world.not_made()] == list(range(20, 610, 10))
 
 
 async def test_circuit_breaker_opens_skips_and_closes(world: World,
@@ -367,9 +368,9 @@ async def test_circuit_breaker_opens_skips_and_closes(world: World,
     assert world.fired() == [10, 20, 50]
     assert world.skipped() == [(30, "circuit open"), (40, "circuit open"),
                                (60, "circuit open"), (70, "circuit open")]
-    assert world.store.consecutive_failures("job") == 3  # the manual run does not count
-    assert scheduler.jobs["job"].failures == 3  # nor in memory
-    assert await scheduler.reset_circuit("job")
+    assert world.store.job_states()["job"].failures == 3  # the manual run does not count
+    world.store.reset_circuit("job", world.now())
+    assert world.store.job_states()["job"].failures == 0
 
 
 async def test_disabled_job_never_fires_but_can_be_triggered(world: World,
@@ -429,7 +430,7 @@ async def test_long_outage_considers_at_most_1000_fires_and_starts_fast(
     world.offset += 3 * 365 * 86400  # three years
     async with world.daemon(job):
         await trio.sleep(0.2)
-    assert len(world.skipped()) == 999
+    assert len(world.not_made()) == 999
     assert len(world.fired()) == 2
 
 
@@ -483,7 +484,7 @@ async def test_manual_failures_do_not_open_the_circuit(world: World,
         await scheduler.trigger("job", trigger=Trigger.API)
         await trio.sleep(12)
     assert world.fired() == [10]
-    assert scheduler.jobs["job"].failures == 1
+    assert world.store.job_states()["job"].failures == 1
 
 
 async def test_no_new_run_starts_once_the_daemon_is_stopping(world: World,

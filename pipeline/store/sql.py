@@ -503,6 +503,10 @@ class SqlStore:
     def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
         if limit <= 0:
             return []
+        with self._read() as tx:  # most looks find nothing: no write lock for them
+            if tx.execute("SELECT 1 FROM runs WHERE status = 'queued' AND node IS NULL "
+                          "AND ready_at <= :now LIMIT 1", {"now": iso(now)}).fetchone() is None:
+                return []
         with self._write(durable=False) as tx:
             if self.shared:
                 now = self._store_now(tx)
