@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -131,18 +132,16 @@ def prune(store: Store, state_dir: Path, jobs: Mapping[str, Any], now: datetime)
     return removed
 
 
-async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
-                runners: Mapping[str, Runner], grace: float = 30.0,
-                clock: Clock | None = None, environ: Mapping[str, str] | None = None,
-                serve_http: Callable[..., Awaitable[None]] | None = None,
-                listen: str | None = None, node: NodeInfo | None = None,
-                lease: float = DEFAULT_LEASE, max_runs: int | None = None,
-                task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or cancellation); the lock is the caller's.
-
-    ``task_status.started`` gets the ``Daemon`` once every part is up.
-    """
-    node = node or this_node(listen=listen, max_runs=max_runs)
+@asynccontextmanager
+async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
+                      runners: Mapping[str, Runner], clock: Clock | None = None,
+                      environ: Mapping[str, str] | None = None, node: NodeInfo | None = None,
+                      lease: float = DEFAULT_LEASE, listen: str | None = None,
+                      ) -> AsyncIterator[Daemon]:
+    """The daemon's parts, running: this node registered with its lease and watchdog, the
+    journal, the worker and the scheduler (with the jobs directory loaded once; watching it is
+    ``serve``'s). On exit: stop firing, end what still runs at once, leave the store."""
+    node = node or this_node(listen=listen)
     await trio.to_thread.run_sync(recover, store, state_dir, utc_now())
     metrics = Metrics()
     catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners), store=store)
@@ -154,62 +153,87 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
         holder = Lease(store, node, lease=lease, watchdog=watchdog)
         await holder.register()
         firing_clock = clock or holder.clock
-        worker_box: list[Worker] = []
+        parts: list[Worker] = []
         journal = Journal(store, node=lambda: holder.node_id,
-                          observers=(metrics.observe, lambda e: worker_box[0].observe(e)))
+                          observers=(metrics.observe, lambda e: parts[0].observe(e)))
         async with trio.open_nursery() as outer:  # the journal outlives everything that writes
             await outer.start(journal.serve)
             scheduler: Scheduler
             worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
                             runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
                             environ=environ, watchdog=watchdog, max_runs=node.max_runs,
-                            claims="runner" in node.roles,
+                            runner="runner" in node.roles,
                             versions=lambda name: scheduler.version(name))
-            worker_box.append(worker)
+            parts.append(worker)
             holder.on_fence = worker.fence
             scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
                                   reserve=worker.reserve, forget=worker.forget_job,
-                                  hold=lambda job: worker.claims and worker.capacity() > 0
+                                  trouble=journal.failed,
+                                  hold=lambda job: worker.runner and worker.capacity() > 0
                                   and _fits(job, holder.node.labels))
             daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
                             worker=worker, lease=holder, state_dir=state_dir,
                             started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
                             listen=listen)
-
-            async def reload() -> None:
-                await scheduler.load(catalog.jobs)
-                publish(daemon)
-
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
                 await inner.start(worker.serve)
                 await scheduler.load(catalog.jobs)
                 if "scheduler" in node.roles:
                     await inner.start(scheduler.serve)
-                stop_watching = trio.Event()
-                await inner.start(partial(watch_jobs, catalog, reload, stop=stop_watching))
-                inner.start_soon(prune_forever, daemon)
-                inner.start_soon(reap_forever, daemon, lease)
-                if serve_http is not None:
-                    daemon.listen = await inner.start(serve_http, daemon)
-                publish(daemon)
-                # What is loaded now lives as long as the daemon: out of the collector's
-                # sight, so its passes over a thousand jobs do not make fires late
-                # (MEASURED.md).
-                gc.freeze()
-                logger.info("serving {} jobs from {} ({} invalid files); state in {}; node {}",
-                            len(catalog.jobs), jobs_dir, len(catalog.problems), state_dir,
-                            node.name)
-                task_status.started(daemon)
-                await wait_for_stop(daemon, grace)
-                stop_watching.set()
-                inner.cancel_scope.cancel()
+                try:
+                    yield daemon
+                finally:
+                    with trio.CancelScope(shield=True):
+                        scheduler.stop_firing()
+                        with trio.move_on_after(30):
+                            await worker.shutdown(0)
+                    inner.cancel_scope.cancel()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:
                 logger.warning("cannot record that this node stopped: {}", exc)
-            (state_dir / DAEMON_FILE).unlink(missing_ok=True)
             outer.cancel_scope.cancel()
+
+
+async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
+                runners: Mapping[str, Runner], grace: float = 30.0,
+                clock: Clock | None = None, environ: Mapping[str, str] | None = None,
+                serve_http: Callable[..., Awaitable[None]] | None = None,
+                listen: str | None = None, node: NodeInfo | None = None,
+                lease: float = DEFAULT_LEASE,
+                task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or cancellation); the lock is the caller's.
+
+    ``task_status.started`` gets the ``Daemon`` once every part is up.
+    """
+    async with open_daemon(jobs_dir=jobs_dir, state_dir=state_dir, store=store,
+                           runners=runners, clock=clock, environ=environ, node=node,
+                           lease=lease, listen=listen) as daemon:
+
+        async def reload() -> None:
+            await daemon.scheduler.load(daemon.catalog.jobs)
+            publish(daemon)
+
+        async with trio.open_nursery() as nursery:
+            stop_watching = trio.Event()
+            await nursery.start(partial(watch_jobs, daemon.catalog, reload, stop=stop_watching))
+            nursery.start_soon(prune_forever, daemon)
+            nursery.start_soon(reap_forever, daemon, lease)
+            if serve_http is not None:
+                daemon.listen = await nursery.start(serve_http, daemon)
+            publish(daemon)
+            # What is loaded now lives as long as the daemon: out of the collector's sight,
+            # so its passes over a thousand jobs do not make fires late (MEASURED.md).
+            gc.freeze()
+            logger.info("serving {} jobs from {} ({} invalid files); state in {}; node {}",
+                        len(daemon.catalog.jobs), jobs_dir, len(daemon.catalog.problems),
+                        state_dir, daemon.lease.node.name)
+            task_status.started(daemon)
+            await wait_for_stop(daemon, grace)
+            stop_watching.set()
+            nursery.cancel_scope.cancel()
+        (state_dir / DAEMON_FILE).unlink(missing_ok=True)
     logger.info("stopped")
 
 

@@ -108,6 +108,21 @@ class Journal:
                 logger.opt(exception=exc).warning("an observer of events failed; dropped")
                 self.observers = tuple(o for o in self.observers if o is not observer)
 
+    def failed(self, exc: StateError) -> None:
+        """A write to the store failed: say so once per condition (every writer of the
+        daemon reports here: the journal, the scheduler's claims, the worker's starts)."""
+        message = str(exc)
+        if self.failure != message:
+            logger.error("cannot record state: {} (retrying every {:g}s)", message, self.retry)
+            self.failure = message
+        self.healthy = False
+
+    def recovered(self) -> None:
+        if not self.healthy:
+            logger.info("recording state again")
+        self.healthy = True
+        self.failure = None
+
     def _record(self, events: list[Event]) -> frozenset[str]:
         return self.store.record(events, node=self.node())
 
@@ -162,12 +177,7 @@ class Journal:
                 refused = await self.offload(self._record, events)
                 break
             except StateError as exc:
-                message = str(exc)
-                if self.failure != message:
-                    logger.error("cannot record state: {} (retrying every {}s)", message,
-                                 self.retry)
-                    self.failure = message
-                self.healthy = False
+                self.failed(exc)
                 for event, done, _ in batch:  # writers go on; their events stay queued here
                     if done is not None and not isinstance(event, RunQueued | RunSkipped):
                         done.set()
@@ -175,12 +185,7 @@ class Journal:
                     logger.error("{} events not recorded", len(events))
                     return
                 await trio.sleep(self.retry)
-        if any(isinstance(e, RunQueued) for e in events):
-            crash_point("run-written")
-        if not self.healthy:
-            logger.info("recording state again")
-        self.healthy = True
-        self.failure = None
+        self.recovered()
         for event, done, verdict in batch:
             if isinstance(event, RunQueued):
                 verdict.append(event.run_id not in refused)

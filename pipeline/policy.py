@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pipeline.model import Catchup, CircuitBreaker, Concurrency, Policy, Trigger
+from pipeline.model import Catchup, CircuitBreaker, Concurrency, Job, Policy, Trigger
 
 # Fires a schedule makes by itself. The others come from a person or a program asking (a
 # trigger, a parent run, a backfill, a rerun): they pass a pause and an open circuit.
@@ -184,3 +184,13 @@ def catch_up(fires: Sequence[datetime], *, now: datetime, started: datetime,
                                  "missed; superseded by a later fire (catchup: latest)"))
     return CatchUp(tuple([*on_time, *coming]), tuple(missed),
                    catchup is Catchup.ALL and bool(late))
+
+
+def catchup_of(job: Job) -> Catchup:
+    # A job with several schedules takes the most generous catch-up among them.
+    order = [Catchup.NONE, Catchup.LATEST, Catchup.ALL]
+    return max((s.catchup for s in job.schedules), key=order.index, default=Catchup.LATEST)
+
+
+def misfire_grace_of(job: Job) -> float:
+    return max((s.misfire_grace for s in job.schedules), default=60.0)

@@ -34,7 +34,8 @@ from pipeline import triggers
 from pipeline.errors import StateError
 from pipeline.faults import crash_point
 from pipeline.journal import Offload
-from pipeline.model import Catchup, Job, Version
+from pipeline.model import Job, Version
+from pipeline.policy import catchup_of, misfire_grace_of
 from pipeline.store import Claimed, Claims, FireClaim, JobSettings, Store
 from pipeline.versions import version_of
 
@@ -73,7 +74,8 @@ class Scheduler:
                  forget: Callable[[str, str], Any] | None = None,
                  hold: Callable[[Job], bool] = lambda job: True,
                  recheck: float = RECHECK, rng: random.Random | None = None,
-                 offload: Offload = trio.to_thread.run_sync) -> None:
+                 offload: Offload = trio.to_thread.run_sync,
+                 trouble: Callable[[StateError], None] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.node = node  # this node's id (it changes if the node registers again)
@@ -83,6 +85,9 @@ class Scheduler:
         self.recheck = recheck
         self.rng = rng or random.Random()
         self.offload = offload
+        # Told of a store that cannot be written (the journal says so once per condition).
+        self.trouble = trouble or (lambda exc: logger.error("cannot record state: {}", exc))
+        self._chores: list[Callable[[], Any]] = []  # store writes to retry until they succeed
         self.jobs: dict[str, _Scheduled] = {}
         self.started: datetime | None = None  # when this node began to fire
         self.claims = 0
@@ -104,12 +109,20 @@ class Scheduler:
         first = self.started is None
         stored: dict[str, datetime] = {}
         if first:
-            states = await self.offload(self.store.job_states)
+            # Without the stored watermarks nothing can be fired safely: wait for the store.
+            while True:
+                try:
+                    states = await self.offload(self.store.job_states)
+                    break
+                except StateError as exc:
+                    self.trouble(exc)
+                    await trio.sleep(1.0)
             stored = {n: s.watermark for n, s in states.items() if s.watermark is not None}
         now = self.clock()
         if first:
             self.started = now
-        await self.offload(self.store.publish_jobs, [settings_of(j) for j in jobs.values()])
+        self._chores.append(functools.partial(self.store.publish_jobs,
+                                              [settings_of(j) for j in jobs.values()]))
         moved: list[tuple[str, datetime]] = []
         for name, job in jobs.items():
             known = self.jobs.get(name)
@@ -134,7 +147,8 @@ class Scheduler:
                 continue
             self._reschedule(known)
         for name, until in moved:
-            await self.offload(self.store.move_watermark, name, until)
+            self._chores.append(functools.partial(self.store.move_watermark, name, until))
+        await self._do_chores()
         for name in [n for n in self.jobs if n not in jobs]:
             del self.jobs[name]
             if self.forget is not None:
@@ -154,6 +168,16 @@ class Scheduler:
         if fires:
             known.next_fire = fires[0] if known.job.enabled else None
             heapq.heappush(self._heap, (fires[0], known.job.name, known.generation))
+
+    async def _do_chores(self) -> None:
+        """Store writes that may wait for a store that cannot be written (a full disk)."""
+        while self._chores:
+            try:
+                await self.offload(self._chores[0])
+            except StateError as exc:
+                self.trouble(exc)
+                return
+            self._chores.pop(0)
 
     def next_fire(self, name: str) -> datetime | None:
         known = self.jobs.get(name)
@@ -176,6 +200,8 @@ class Scheduler:
             task_status.started()
             while True:
                 if self._firing:
+                    if self._chores:
+                        await self._do_chores()
                     await self.claim_due()
                 await self._sleep()
 
@@ -229,7 +255,7 @@ class Scheduler:
                 self.store.claim_fires, claims, node=self.node(), now=now))
         except StateError as exc:
             # Nothing was claimed: look again at the next tick, from the same watermarks.
-            logger.error("cannot claim {} job(s)' fires: {}", len(due), exc)
+            self.trouble(exc)
             for known in due:
                 heapq.heappush(self._heap, (now, known.job.name, known.generation))
             await trio.sleep(1.0)
@@ -297,16 +323,6 @@ def settings_of(job: Job) -> JobSettings:
 
 def runs_on_of(job: Job) -> Mapping[str, str]:
     return getattr(job, "runs_on", None) or {}
-
-
-def catchup_of(job: Job) -> Catchup:
-    # A job with several schedules takes the most generous catch-up among them.
-    order = [Catchup.NONE, Catchup.LATEST, Catchup.ALL]
-    return max((s.catchup for s in job.schedules), key=order.index, default=Catchup.LATEST)
-
-
-def misfire_grace_of(job: Job) -> float:
-    return max((s.misfire_grace for s in job.schedules), default=60.0)
 
 
 def _version(known: _Scheduled) -> Version:

@@ -17,17 +17,18 @@ import heapq
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 from loguru import logger
 
-from pipeline import spec
+from pipeline import policy, spec
 from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_job
 from pipeline.errors import NotFound, PipelineError, StateError
 from pipeline.events import RunFinished, RunQueued, StepFinished, StepSpawned
+from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
 from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, Watchdog
@@ -99,6 +100,7 @@ class Worker:
         self.runs: dict[str, _Local] = {}
         self._reserved: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
         self._reserved_ids: dict[str, str] = {}  # run id -> job
+        self._claims: dict[str, Claimed] = {}
         self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
         self._seq = 0
         self._nursery: trio.Nursery | None = None
@@ -166,17 +168,48 @@ class Worker:
             self._seq += 1
             heapq.heappush(self._reserved, (claim.ready_at, self._seq, claim.run_id))
             self._reserved_ids[claim.run_id] = claim.job
+            self._claims[claim.run_id] = claim
         self.wake()
 
     async def start_due(self) -> None:
+        """Start every reserved run whose instant has come.
+
+        Several fires of one job due at once mean the daemon stalled past them (suspended,
+        starved): as when they are found late at claim time, only the newest can be on time
+        (within the misfire grace) and the catch-up policy decides about the others.
+        """
         now = self.clock()
-        due: list[str] = []
+        due: dict[str, list[Claimed]] = {}
         while self._reserved and self._reserved[0][0] <= now:
             run_id = heapq.heappop(self._reserved)[2]
-            if self._reserved_ids.pop(run_id, None) is not None:
-                due.append(run_id)
-        if due:
-            await self._start(due)
+            claim = self._claims.pop(run_id, None)
+            if self._reserved_ids.pop(run_id, None) is not None and claim is not None:
+                due.setdefault(claim.job, []).append(claim)
+        starting: list[str] = []
+        for name, claims in due.items():
+            job = self.jobs(name)
+            scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
+            if job is None or not scheduled:
+                starting.extend(c.run_id for c in claims)
+                continue
+            plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
+                                   started=datetime.min.replace(tzinfo=UTC),
+                                   catchup=policy.catchup_of(job),
+                                   misfire_grace=policy.misfire_grace_of(job))
+            missed = {m.fire: m for m in plan.missed}
+            starting.extend(c.run_id for c in claims if c not in scheduled)
+            for claim in scheduled:
+                miss = missed.get(claim.ready_at)
+                if miss is None or miss.caught_up:
+                    starting.append(claim.run_id)
+                    continue
+                detail = (miss.detail or "").replace("the daemon was down",
+                                                     "the daemon stalled")
+                logger.info("job {}: fire {} skipped: {}", name, claim.fire_time.isoformat(),
+                            detail)
+                await self._end_unstarted(claim.run_id, detail)
+        if starting:
+            await self._start(starting)
 
     async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
         try:
@@ -185,10 +218,12 @@ class Worker:
                 stopping=self._stopping, force=run_ids if force else ()))
         except StateError as exc:
             # Nothing was decided: they stay queued, held by us; the next look retries them.
-            logger.error("cannot start {} run(s): {}", len(run_ids), exc)
+            self.journal.failed(exc)
             for run_id in run_ids:
                 self._waiting.setdefault(run_id, "")
             return []
+        if started:
+            crash_point("run-written")
         for one in started:
             self._act(one)
         return started
@@ -426,10 +461,19 @@ class Worker:
         doomed = [r for r, j in {**self._reserved_ids, **self._waiting}.items() if j == job]
         for run_id in doomed:
             self._reserved_ids.pop(run_id, None)
+            self._claims.pop(run_id, None)
             self._waiting.pop(run_id, None)
+            await self._end_unstarted(run_id, reason)
+
+    async def _end_unstarted(self, run_id: str, reason: str) -> None:
+        """A run held here ends skipped before it started (recovery takes it if we cannot
+        write that now: it stays queued, held by this node)."""
+        try:
             await self.offload(functools.partial(
                 self.store.request_stop, run_id, reason=reason, status=RunStatus.SKIPPED,
                 at=self.clock()))
+        except StateError as exc:
+            self.journal.failed(exc)
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking runs; give active runs ``grace`` seconds, then stop them (they end
@@ -440,6 +484,7 @@ class Worker:
         pending = [*self._reserved_ids, *self._waiting]
         self._reserved.clear()
         self._reserved_ids.clear()
+        self._claims.clear()
         self._waiting.clear()
         if pending and self.store.shared:
             try:
@@ -448,13 +493,8 @@ class Worker:
                 logger.error("cannot leave {} run(s) to other nodes: {}", len(pending), exc)
         elif pending:
             for run_id in pending:
-                try:
-                    await self.offload(functools.partial(
-                        self.store.request_stop, run_id,
-                        reason="the daemon stopped before the run could start",
-                        status=RunStatus.SKIPPED, at=self.clock()))
-                except StateError as exc:
-                    logger.error("cannot record run {}: {}", run_id, exc)
+                await self._end_unstarted(run_id,
+                                          "the daemon stopped before the run could start")
         if self.runs:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
         await self._all_finished(grace)
@@ -479,6 +519,7 @@ class Worker:
         """This node may have lost its runs: stop them all now, forget what it held."""
         self._reserved.clear()
         self._reserved_ids.clear()
+        self._claims.clear()
         self._waiting.clear()
         for local in list(self.runs.values()):
             local.handle.kill(f"this node was fenced: {why}", status=RunStatus.INTERRUPTED)

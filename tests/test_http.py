@@ -23,16 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import daemon as daemon_module
 from pipeline.daemon import Daemon
+from pipeline.daemon import open_daemon as daemon_parts
 from pipeline.events import Event, RunFinished, RunQueued, RunStarted, WatermarkMoved
 from pipeline.http import MAX_BODY, create_app, openapi_document, serve_http
-from pipeline.journal import Journal
-from pipeline.metrics import Metrics
 from pipeline.model import RunStatus, Trigger
-from pipeline.runners import load_runners, schemas_of
-from pipeline.scheduler import Scheduler
+from pipeline.runners import load_runners
 from pipeline.statedir import new_run_id
 from pipeline.store.sqlite import SqliteStore
-from pipeline.watch import Catalog
 
 JOBS = {
     "hello.yaml": """
@@ -120,38 +117,25 @@ def write_jobs(root: Path, jobs: Mapping[str, str]) -> tuple[Path, Path]:
 @asynccontextmanager
 async def open_daemon(root: Path, *, token: str | None = None,
                       jobs: Mapping[str, str] = JOBS) -> AsyncIterator[Daemon]:
-    """The daemon's real parts, put together as ``daemon.serve`` does, with HTTP on a free
-    port; without the directory watcher, whose shutdown takes seconds (watchfiles' thread)."""
+    """The daemon's real parts (``daemon.open_daemon``) with HTTP on a free port; without the
+    directory watcher, whose shutdown takes seconds (watchfiles' thread)."""
     jobs_dir, state_dir = write_jobs(root, jobs)
     runners = load_runners(plugins=False)[0]
     store = SqliteStore.open(state_dir)
-    metrics = Metrics()
-    journal = Journal(store, observers=(metrics.observe,))
-    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners))
-    catalog.scan()
     try:
-        async with trio.open_nursery() as outer:
-            await outer.start(journal.serve)
-            scheduler = Scheduler(store=store, journal=journal, state_dir=state_dir,
-                                  runners=runners)
-            daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
-                            state_dir=state_dir, started_at=datetime.now(UTC), metrics=metrics,
-                            jobs_dir=jobs_dir)
-            async with trio.open_nursery() as inner:
-                await scheduler.load(catalog.jobs)
-                await inner.start(scheduler.serve)
-                daemon.listen = await inner.start(partial(serve_http, daemon,
-                                                          listen="127.0.0.1:0", token=token))
-                try:
-                    yield daemon
-                finally:
-                    # As a signal would: end the runs, then the rest. (Cancelling runs and the
-                    # journal together would leave the runs waiting on their last writes.)
-                    with trio.move_on_after(10) as scope:
-                        scope.shield = True
-                        await scheduler.shutdown(0)
-                    inner.cancel_scope.cancel()
-            outer.cancel_scope.cancel()
+        async with daemon_parts(jobs_dir=jobs_dir, state_dir=state_dir, store=store,
+                                runners=runners) as daemon, trio.open_nursery() as inner:
+            daemon.listen = await inner.start(partial(serve_http, daemon,
+                                                      listen="127.0.0.1:0", token=token))
+            try:
+                yield daemon
+            finally:
+                # As a signal would: end the runs, then the rest.
+                with trio.move_on_after(10) as scope:
+                    scope.shield = True
+                    daemon.scheduler.stop_firing()
+                    await daemon.worker.shutdown(0)
+                inner.cancel_scope.cancel()
     finally:
         store.close()
 
@@ -629,7 +613,7 @@ async def test_lists_catch_up_with_runs_started_elsewhere(daemon: Daemon) -> Non
     async with client(daemon) as http:
         before = (await http.get("/api/v1/jobs/hello")).json()
         assert before["last_run"] is None
-        dispatched = await daemon.scheduler.trigger("hello")  # not through the API
+        dispatched, _ = await daemon.worker.trigger(daemon.catalog.jobs["hello"])
         await wait_run(http, dispatched.run_id)
         await trio.sleep(REBUILD)
         after = (await http.get("/api/v1/jobs/hello")).json()

@@ -367,6 +367,15 @@ class SqlStore:
                 tx.execute("INSERT INTO jobs (name, settings) VALUES (:job, :settings) "
                            "ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
                            {"job": job.name, "settings": _settings_json(job)})
+                if job.breaker is not None:
+                    # Failures counted before the breaker was known (an older state, a new
+                    # breaker) open it as of the latest of them.
+                    tx.execute(
+                        "UPDATE jobs SET circuit_opened_at = (SELECT max(finished_at) FROM runs "
+                        "WHERE job = :job AND status = 'failed' AND trigger IN "
+                        "('schedule', 'catchup')) WHERE name = :job AND failures >= :after "
+                        "AND circuit_opened_at IS NULL",
+                        {"job": job.name, "after": job.breaker.after})
 
     def job_states(self) -> dict[str, JobState]:
         with self._read() as tx:

@@ -5,14 +5,15 @@ returns every violation it finds (it does not stop at the first), with a few cou
 the harnesses' reports:
 
 1. ``PRAGMA integrity_check`` is ``ok``.
-2. Every run is finished, or queued/running with an owner identity that is alive
-   (``store.identity_alive``). A run of a dead owner must have been marked ``interrupted`` by
-   the next start's recovery.
+2. Every run is finished, unheld (queued for any node), or held by a node that is alive in
+   the store and whose process is alive (``nodes.identity_dead``). A run of a dead node must
+   have been taken back (``interrupted``, or queued again) by the next start's recovery.
 3. No fire has two runs: runs grouped by (job, fire instant), parsed, not only by text.
 4. Every step of a finished run is finished (none left ``running`` or ``pending``).
-5. Every fire in the window has a run or a recorded skip: for each job, every fire of its
-   schedules between its first and its last recorded fire has a row. Fires missed while the
-   daemon was down are no exception: the catch-up policy runs them or records them ``skipped``.
+5. Every fire in the window has a run or a recorded decision: for each job, every fire of its
+   schedules between its first and its last recorded fire has a run or a row in the decision
+   log. Fires missed while the daemon was down are no exception: the catch-up policy runs them
+   or records them ``not made``.
 6. Every log file a finished step's row references exists. The engine records a step's log path when
    the step starts, opens the file on the first byte of output (``StepLog``), and clears the
    path when the step ends without having written any (``StepFinished.no_log``); recovery does
@@ -37,7 +38,7 @@ from typing import Any
 
 from pipeline import process, spec, triggers
 from pipeline.model import Job
-from pipeline.statedir import identity_alive
+from pipeline.nodes import identity_dead
 from pipeline.store import INTERRUPTED_RUNNING
 
 from .driver import open_db, parse_time, scan_environ
@@ -98,6 +99,9 @@ def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
         conn.execute("BEGIN")  # one snapshot for everything below
         runs = [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY queued_at, id")]
         steps = [dict(r) for r in conn.execute("SELECT * FROM steps ORDER BY seq")]
+        nodes = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM nodes")}
+        decided = [(r["job"], r["fire_time"]) for r in conn.execute(
+            "SELECT job, fire_time FROM decisions WHERE fire_time IS NOT NULL")]
         conn.execute("COMMIT")
     if integrity != ["ok"]:
         report.violations.append(f"integrity_check: {integrity[:5]}")
@@ -106,17 +110,19 @@ def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
     report.by_status.update(r["status"] for r in runs)
     by_id = {r["id"]: r for r in runs}
 
-    # 2. Active runs belong to a live process.
-    verdicts: dict[str | None, bool] = {}
+    # 2. Active runs are held by a live node (or by nobody, for any node to take).
+    verdicts: dict[str, bool] = {}
     for run in runs:
-        if run["status"] in ACTIVE:
-            owner = run["owner"]
-            if owner not in verdicts:
-                verdicts[owner] = owner is not None and identity_alive(owner)
-            if not verdicts[owner]:
+        if run["status"] in ACTIVE and run["node"] is not None:
+            node = run["node"]
+            if node not in verdicts:
+                row = nodes.get(node)
+                verdicts[node] = (row is not None and row["state"] == "alive"
+                                  and not identity_dead(row["identity"] or ""))
+            if not verdicts[node]:
                 report.violations.append(
-                    f"run {run['id']} ({run['job']}) is {run['status']} but its owner "
-                    f"{owner} is dead")
+                    f"run {run['id']} ({run['job']}) is {run['status']} but its node "
+                    f"{node} is dead")
 
     # 3. One run per fire (a scheduled fire's identity is its key; manual runs have none).
     fires: dict[tuple[str, datetime], list[str]] = defaultdict(list)
@@ -135,15 +141,20 @@ def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
             report.violations.append(f"step {step['step_id']} of finished run {run['id']} "
                                      f"({run['status']}) is {step['status']}")
 
-    # 5. Every fire in the window has a row.
+    # 5. Every fire in the window has a run or a decision.
     by_job: dict[str, set[datetime]] = defaultdict(set)
     for job, at in fires:
         by_job[job].add(at)
+    made = {job: set(found) for job, found in by_job.items()}
+    for job, text in decided:
+        by_job[job].add(_time(text))
     for name, recorded in sorted(by_job.items()):
         job = loaded.get(name)
         if job is None or not job.schedules:
             continue
-        first, last = min(recorded), max(recorded)
+        if not made.get(name):
+            continue
+        first, last = min(made[name]), max(made[name])
         expected, _ = triggers.fires_between(job.schedules, first - timedelta(microseconds=1),
                                              last, limit=10_000_000)
         report.fires_checked += len(expected)
