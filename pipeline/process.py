@@ -148,7 +148,8 @@ async def run_group(
     they arrive (nothing is buffered whole). When the leader exits, whatever it left running in
     its group is stopped through ``end_group`` (a shell's forgotten background child must not
     hold the step open or outlive it). When the calling task is cancelled (timeout, stop,
-    Ctrl-C), the group is stopped the same way before the cancellation goes on.
+    Ctrl-C), the group is stopped the same way before the cancellation goes on, and everything
+    it writes until it is gone (a TERM trap's last words) is still passed to ``output``.
 
     Raises OSError if the program cannot be started (not found, not executable, bad cwd).
     """
@@ -165,18 +166,23 @@ async def run_group(
     stdout = proc.stdout
     assert stdout is not None
     drained = trio.Event()
+    # The reader is shielded from the caller's cancellation: what the group writes after
+    # SIGTERM (a trap reporting its cleanup) belongs in the log as much as what came before.
+    # It stops when the pipe closes, or when we stop it below.
+    reading = trio.CancelScope(shield=True)
 
     async def pump() -> None:
-        try:
-            while chunk := await stdout.receive_some(READ_SIZE):
-                output(bytes(chunk))
-        except trio.ClosedResourceError:
-            pass
-        except OSError as exc:  # the pipe broke: nothing more will come
-            if exc.errno not in (errno.EBADF, errno.EIO):
-                raise
-        finally:
-            drained.set()
+        with reading:
+            try:
+                while chunk := await stdout.receive_some(READ_SIZE):
+                    output(bytes(chunk))
+            except trio.ClosedResourceError:
+                pass
+            except OSError as exc:  # the pipe broke: nothing more will come
+                if exc.errno not in (errno.EBADF, errno.EIO):
+                    raise
+            finally:
+                drained.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
@@ -189,7 +195,7 @@ async def run_group(
                 await end_group(pgid, grace=grace, leader=proc, hurry=hurry)
                 with trio.move_on_after(PIPE_LINGER):
                     await drained.wait()
-                nursery.cancel_scope.cancel()
+                reading.cancel()
                 await stdout.aclose()
     assert proc.returncode is not None
     return Exit.from_returncode(proc.returncode)
