@@ -114,6 +114,7 @@ class _Checks:
                     days = math.inf
             self.duration(days, ("history", "keep_days"), positive=True)
         self.env(data.get("env"), ("env",))
+        self.env(data.get("outputs"), ("outputs",))  # templates, checked as env values are
         declarations = data.get("params")
         if isinstance(declarations, dict):
             for name, declaration in declarations.items():

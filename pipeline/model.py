@@ -222,6 +222,9 @@ class Job:
     on_success: tuple[Step, ...] = ()
     on_failure: tuple[Step, ...] = ()
     finally_: tuple[Step, ...] = ()
+    # the run's own outputs: name -> a template over steps.<id>.outputs, evaluated when the
+    # DAG ends (CONTRACT §2)
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)
     # the validated mapping, kept to store with each run
     document: Mapping[str, Any] = field(default_factory=empty_mapping)
 
@@ -259,6 +262,7 @@ class StepRecord:
     error: str | None = None
     log: str | None = None  # path relative to the state directory
     pgid: int | None = None
+    item: str | None = None  # a for_each instance: its item, as JSON (secrets masked)
 
     @property
     def duration_s(self) -> float | None:
@@ -286,6 +290,7 @@ class RunRecord:
     owner: str | None = None
     document: Mapping[str, Any] | None = None
     steps: tuple[StepRecord, ...] = ()
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # the job's `outputs:`
 
     @property
     def duration_s(self) -> float | None:
@@ -324,7 +329,7 @@ def step_as_dict(step: StepRecord) -> dict[str, Any]:
         "exit_code": step.exit_code, "signal": step.signal,
         "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
         "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
-        "log": step.log,
+        "log": step.log, **({"item": step.item} if step.item is not None else {}),
     }
 
 
@@ -336,7 +341,7 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
         "duration_s": run.duration_s, "params": thaw(run.params),
         "version": run.version.as_dict() if run.version else None, "reason": run.reason,
-        "parent_run_id": run.parent_run_id,
+        "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs),
     }
     if steps:
         answer["steps"] = [step_as_dict(s) for s in run.steps]

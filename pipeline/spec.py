@@ -230,7 +230,7 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
         secrets=_freeze({k: Secret(k, v.get("env"), v.get("file"))
                         for k, v in data.get("secrets", {}).items()}),
         on_success=steps("on_success"), on_failure=steps("on_failure"),
-        finally_=steps("finally"), document=frozen,
+        finally_=steps("finally"), outputs=_env(data.get("outputs")), document=frozen,
     )
 
 

@@ -216,6 +216,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             circuit_reset_at TEXT
         )""",
     ),
+    (
+        # The job's own `outputs:` (CONTRACT §2), set when the run finishes.
+        "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+        # A for_each instance's item, as JSON, for the heading of its log.
+        "ALTER TABLE steps ADD COLUMN item TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -295,9 +301,10 @@ def _document_json(document: Mapping[str, Any]) -> str:
 
 
 _RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
-                "reason, params, version, parent_run_id, owner")
+                "reason, params, version, parent_run_id, owner, outputs")
+_DOCUMENT = 14  # the column after _RUN_COLUMNS, where a query adds it
 _STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
-                 "outputs, error, log, pgid")
+                 "outputs, error, log, pgid, item")
 
 
 # Every job with runs, in order, one index probe per job (a skip-scan of runs_by_job) instead
@@ -319,14 +326,15 @@ def _run_record(row: Sequence[Any], document: str | None = None,
         finished_at=_time(row[7]), reason=row[8], params=freeze(json.loads(row[9])),
         version=version, parent_run_id=row[11], owner=row[12],
         document=None if document is None else freeze(json.loads(document)),
-        steps=steps)
+        steps=steps, outputs=MappingProxyType(json.loads(row[13])))
 
 
 def _step_record(row: Sequence[Any]) -> StepRecord:
     return StepRecord(
         run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
         signal=row[5], started_at=_time(row[6]), finished_at=_time(row[7]),
-        outputs=MappingProxyType(json.loads(row[8])), error=row[9], log=row[10], pgid=row[11])
+        outputs=MappingProxyType(json.loads(row[8])), error=row[9], log=row[10],
+        pgid=row[11], item=row[12])
 
 
 # -- writing events ----------------------------------------------------------------------------
@@ -345,13 +353,14 @@ _INSERT_SKIPPED = """
 _RUN_STARTED = ("UPDATE runs SET status = 'running', started_at = ? "
                 "WHERE id = ? AND status = 'queued'")
 # No guard here: if a recovery took a live owner for dead, the owner's own outcome is the truth.
-_RUN_FINISHED = "UPDATE runs SET status = ?, finished_at = ?, reason = ? WHERE id = ?"
+_RUN_FINISHED = ("UPDATE runs SET status = ?, finished_at = ?, reason = ?, outputs = ? "
+                 "WHERE id = ?")
 _STEP_STARTED = """
-    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log)
-    SELECT ?1, ?2, 'running', ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
+    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log, item)
+    SELECT ?1, ?2, 'running', ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = 'running', attempt = excluded.attempt, started_at = excluded.started_at,
-        log = coalesce(excluded.log, steps.log)"""
+        log = coalesce(excluded.log, steps.log), item = coalesce(excluded.item, steps.item)"""
 _STEP_SPAWNED = "UPDATE steps SET pid = ?, pgid = ? WHERE run_id = ? AND step_id = ?"
 _STEP_RETRYING = "UPDATE steps SET attempt = ?, error = ? WHERE run_id = ? AND step_id = ?"
 _STEP_FINISHED = """
@@ -395,12 +404,13 @@ def _run_started(conn: sqlite3.Connection, e: RunStarted, refused: set[str]) -> 
 
 
 def _run_finished(conn: sqlite3.Connection, e: RunFinished, refused: set[str]) -> None:
-    conn.execute(_RUN_FINISHED, (str(e.status), _iso(e.finished_at), e.reason, e.run_id))
+    conn.execute(_RUN_FINISHED, (str(e.status), _iso(e.finished_at), e.reason,
+                                 _json(e.outputs) if e.outputs else "{}", e.run_id))
 
 
 def _step_started(conn: sqlite3.Connection, e: StepStarted, refused: set[str]) -> None:
     conn.execute(_STEP_STARTED, (e.run_id, e.step_id, e.attempt, _iso(e.started_at),
-                                 e.log or None))
+                                 e.log or None, e.item))
 
 
 def _step_spawned(conn: sqlite3.Connection, e: StepSpawned, refused: set[str]) -> None:
@@ -531,7 +541,7 @@ class SqliteStore(Store):
                 return None
             steps = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? "
                                  "ORDER BY seq", (run_id,)).fetchall()
-        return _run_record(row, row[13], tuple(_step_record(s) for s in steps))
+        return _run_record(row, row[_DOCUMENT], tuple(_step_record(s) for s in steps))
 
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, trigger: Trigger | None,
@@ -664,7 +674,7 @@ class SqliteStore(Store):
                     f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id IN "
                     "(SELECT value FROM json_each(?)) ORDER BY seq", (json.dumps(list(steps)),)):
                 steps[step[0]].append(_step_record(step))
-        return [_run_record(row, row[13], tuple(steps[row[0]])) for row in rows]
+        return [_run_record(row, row[_DOCUMENT], tuple(steps[row[0]])) for row in rows]
 
     def _runs_by_id(self, conn: sqlite3.Connection, ids: Iterable[str]) -> list[RunRecord]:
         rows = conn.execute(
