@@ -132,6 +132,22 @@ async def end_group(pgid: int, *, grace: float, leader: trio.Process | None = No
         await leader.wait()
 
 
+def start_failure(exc: OSError | ValueError, program: str, cwd: str | Path | None) -> str:
+    """Why ``run_group`` could not start ``program`` in ``cwd``, in words.
+
+    subprocess names the working directory as the failing file when it cannot enter it, and
+    the program otherwise; a missing directory must not read as a missing program.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if (isinstance(exc, OSError) and cwd is not None and exc.filename == os.fspath(cwd)
+            and not os.path.isdir(cwd)):
+        if exc.errno == errno.ENOENT:
+            return f"working directory {os.fspath(cwd)!r} does not exist"
+        return f"cannot use working directory {os.fspath(cwd)!r}: {reason}"
+    what = exc.filename if isinstance(exc, OSError) and exc.filename else program
+    return f"cannot start {what!r}: {reason}"
+
+
 async def run_group(
     argv: Sequence[str],
     *,
