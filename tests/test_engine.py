@@ -392,18 +392,30 @@ async def test_missing_secret_fails_the_run_with_a_reason(job_from: JobFrom,
     assert rec.status("a") == "skipped"
 
 
-async def test_log_is_capped_with_a_marker(job_from: JobFrom, tmp_path: Path) -> None:
+async def test_a_capped_log_keeps_its_head_and_its_tail(job_from: JobFrom,
+                                                        tmp_path: Path) -> None:
     job = job_from("""
         steps:
-          - {id: loud, run: "head -c 300000 /dev/zero | tr '\\\\0' x"}
+          - {id: loud, run: "seq 1 300000; echo the error at the end; exit 3"}
     """)
     result, _ = await run(job, tmp_path, log_cap=100_000)
-    assert result.status is RunStatus.SUCCEEDED
-    log = log_of(tmp_path, "loud")
-    assert log.startswith("x" * 1000)
-    assert "[pipeline] log truncated: over 100000 bytes of output" in log
-    assert log.endswith("[pipeline] 200000 bytes discarded\n")
-    assert len(log) < 100_200
+    assert result.status is RunStatus.FAILED
+    printed = ("".join(f"{n}\n" for n in range(1, 300001)) + "the error at the end\n"
+               + "[pipeline] exit status 3\n").encode()
+    log = (tmp_path / "logs/job/20261128T000000-00000001/loud.log").read_bytes()
+    assert not printed[:10_000].endswith(b"\n")  # so the marker gets a line of its own
+    head, rest = log[:10_000], log[10_000:]
+    gap, marker, tail = rest.split(b"\n", 2)
+    assert head == printed[:10_000] and gap == b""
+    assert marker == (f"[pipeline] {len(printed) - 100_000} bytes dropped here: the log keeps "
+                      "the first 10000 and the last 90000 bytes").encode()
+    assert tail == printed[-90_000:]
+    assert len(log) == 100_000 + len(marker) + 2
+    assert sorted(p.name for p in log_of_dir(tmp_path).iterdir()) == ["loud.log"]
+
+
+def log_of_dir(state_dir: Path) -> Path:
+    return state_dir / "logs" / "job" / "20261128T000000-00000001"
 
 
 async def test_a_missing_program_fails_its_step(job_from: JobFrom, tmp_path: Path) -> None:
@@ -569,7 +581,7 @@ async def test_output_after_sigterm_is_logged_before_the_timeout_marker(
             grace: 5s
             run: {trapping(marker)}
     """)
-    result, rec = await run(job, tmp_path)
+    _, rec = await run(job, tmp_path)
     assert rec.status("trapper") == "timed_out"
     assert marker.read_text() == "done\n"
     assert log_of(tmp_path, "trapper") == (
@@ -592,7 +604,7 @@ async def test_output_after_a_stop_is_logged_before_the_stopped_marker(
             handle.stop("stopped by test")
 
         nursery.start_soon(stop_soon)
-        result, rec = await run(job, tmp_path, handle=handle)
+        result, _ = await run(job, tmp_path, handle=handle)
     assert result.status is RunStatus.CANCELLED
     assert marker.read_text() == "done\n"
     assert log_of(tmp_path, "trapper") == (
