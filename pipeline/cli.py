@@ -23,7 +23,7 @@ from pipeline import __version__
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pipeline.model import Job, RunRecord, RunStatus
+    from pipeline.model import Job, RunRecord, RunStatus, StepRecord
     from pipeline.store import SqliteStore
 
 T = TypeVar("T")
@@ -514,8 +514,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
 @dirs
 @pass_settings
 def show(settings: Settings, run_id: str, as_json: bool) -> None:
-    """One run with its steps."""
-    from pipeline.model import run_as_dict
+    """One run with its steps (in file order), and the run's own outputs."""
+    from pipeline.model import in_file_order, run_as_dict
 
     with open_state(settings) as store:
         record = get_run(store, run_id)
@@ -537,12 +537,14 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
         if version.git_commit:
             git = f" (git {version.git_commit[:12]}{', modified' if version.git_dirty else ''})"
         click.echo(f"version  sha256:{version.sha256[:16]}{git}")
+    if record.outputs:
+        click.echo("outputs  " + ", ".join(f"{k}={v}" for k, v in record.outputs.items()))
     click.echo("")
     table([(s.id, str(s.status), str(s.attempt or "-"),
             str(s.exit_code) if s.exit_code is not None else "-",
             f"{s.duration_s:.2f}s" if s.duration_s is not None else "-",
             ", ".join(f"{k}={v}" for k, v in s.outputs.items())[:60], s.error or "")
-           for s in record.steps],
+           for s in in_file_order(record)],
           ("STEP", "STATUS", "ATTEMPT", "EXIT", "TOOK", "OUTPUTS", "ERROR"))
 
 
@@ -553,42 +555,89 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 @dirs
 @pass_settings
 def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> None:
-    """Print a run's step logs (one step, or all in order)."""
+    """Print a run's step logs (one step, or all in file order).
+
+    A for_each step prints each item's log in item order, each under a heading naming the
+    item; STEP may also name one item (build.2). Ctrl-C while following exits 130.
+    """
     from pipeline.errors import NotFound
-    from pipeline.model import STEP_INSTANCE_ID
+    from pipeline.model import STEP_INSTANCE_ID, in_file_order
 
     if step is not None and not STEP_INSTANCE_ID.match(step):
         raise NotFound(f"no step {step!r}")
-    with open_state(settings) as store:
-        record = get_run(store, run_id)
-        printed: dict[str, int] = {}
-        while True:
-            steps = [s for s in record.steps if s.log and (step is None or s.id == step)]
-            if step is not None and not steps and record.status.finished:
-                if any(s.id == step for s in record.steps):
-                    return  # the step never ran: no log
-                raise NotFound(f"run {run_id} has no step {step!r}")
-            for s in steps:
-                assert s.log is not None
-                path = settings.state_dir / s.log
-                offset = printed.get(s.id)
-                if offset is None and step is None:
-                    click.echo(f"==> {s.id} <==")
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offset or 0)
-                        data = f.read()
-                except FileNotFoundError:
-                    data = b""
-                printed[s.id] = (offset or 0) + len(data)
-                if data:
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.flush()
-            if not follow or record.status.finished:
-                return
-            time.sleep(0.5)
-            record = get_run(store, run_id)
 
+    def wanted(step_id: str) -> bool:
+        return step is None or step_id == step or step_id.startswith(f"{step}.")
+
+    def heading(s: StepRecord) -> str:
+        base, _, index = s.id.partition(".")
+        if not index:
+            return f"==> {s.id} <=="
+        item = "" if s.item is None else f" (item: {_item_text(s.item)})"
+        return f"==> {base}[{index}]{item} <=="
+
+    try:
+        with open_state(settings) as store:
+            record = get_run(store, run_id)
+            printed: dict[str, tuple[int, int]] = {}  # step -> (the log's inode, bytes printed)
+            while True:
+                steps = [s for s in in_file_order(record) if s.log and wanted(s.id)]
+                if step is not None and not steps and record.status.finished:
+                    if any(wanted(s.id) for s in record.steps):
+                        return  # the step never ran: no log
+                    raise NotFound(f"run {run_id} has no step {step!r}")
+                for s in steps:
+                    assert s.log is not None
+                    seen = printed.get(s.id)
+                    if seen is None and s.id != step:
+                        click.echo(heading(s))
+                    try:
+                        with (settings.state_dir / s.log).open("rb") as f:
+                            inode, offset = os.fstat(f.fileno()).st_ino, seen[1] if seen else 0
+                            if seen is not None and seen[0] != inode:
+                                offset = _after_cap(f, offset)
+                            f.seek(offset)
+                            data = f.read()
+                    except FileNotFoundError:
+                        (inode, offset), data = seen or (0, 0), b""
+                    printed[s.id] = (inode, offset + len(data))
+                    if data:
+                        sys.stdout.buffer.write(data)
+                        sys.stdout.flush()
+                if not follow or record.status.finished:
+                    return
+                time.sleep(0.5)
+                record = get_run(store, run_id)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C ends a follow: nothing to report
+
+
+def _item_text(item: str) -> str:
+    """A for_each item (stored as JSON) as a log heading shows it: a string as it is."""
+    import json
+
+    try:
+        value = json.loads(item)
+    except ValueError:
+        return item[:80]
+    return (value if isinstance(value, str) and value.isprintable() else item)[:80]
+
+
+def _after_cap(f: Any, offset: int) -> int:
+    """Where to go on in a log that was replaced while followed, after ``offset`` bytes: a
+    capped log is put together when its step ends (head, marker, tail), and a follower that
+    printed beyond the head goes on at the marker."""
+    import mmap
+    import re
+
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return 0
+    marker = re.compile(rb"\[pipeline\] \d+ bytes dropped here: the log keeps the first \d+ "
+                        rb"and the last \d+ bytes\n")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        found = marker.search(view, 0, min(size, offset + 256))
+    return min(offset, size if found is None else found.start())
 
 
 # -- the daemon ----------------------------------------------------------------------------

@@ -322,6 +322,26 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def in_file_order(run: RunRecord) -> list[StepRecord]:
+    """The run's steps as its job file lists them (steps, on_success, on_failure, finally),
+    each for_each step followed by its items in item order; steps the stored job does not
+    name (or all, without one) after them, in the order they were recorded."""
+    place: dict[str, int] = {}
+    for key in ("steps", "on_success", "on_failure", "finally"):
+        for entry in (run.document or EMPTY).get(key) or ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                place.setdefault(entry["id"], len(place))
+
+    def position(indexed: tuple[int, StepRecord]) -> tuple[int, int, int]:
+        seq, step = indexed
+        base, _, item = step.id.partition(".")
+        if base not in place:
+            return (len(place), 0, seq)
+        return (place[base], int(item) + 1 if item.isdigit() else 0, seq)
+
+    return [step for _, step in sorted(enumerate(run.steps), key=position)]
+
+
 def step_as_dict(step: StepRecord) -> dict[str, Any]:
     """A step as the API and ``--json`` show it (CONTRACT §5)."""
     return {
@@ -344,5 +364,5 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs),
     }
     if steps:
-        answer["steps"] = [step_as_dict(s) for s in run.steps]
+        answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
     return answer

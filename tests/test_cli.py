@@ -315,3 +315,77 @@ def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
                             text=True)
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"{bad}:2:")
+
+
+def test_show_and_logs_follow_the_file_with_outputs_items_and_markers(
+        tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.d"
+    write(jobs / "fan.yaml", """
+        outputs:
+          joined: "${{ steps.join.outputs.all }}"
+        steps:
+          - id: first
+            run: echo first
+          - id: fe
+            needs: [first]
+            for_each: [a, "b c"]
+            run: |
+              echo "item ${{ item }}"
+              echo "v=${{ item }}!" >> "$PIPELINE_OUTPUT"
+          - id: join
+            needs: [fe]
+            run: echo "all=${{ (steps.fe.outputs.v | fromjson) | join(',') }}" >> "$PIPELINE_OUTPUT"
+          - id: quiet
+            run: exit 7
+            continue_on_error: true
+    """)
+    args = state_args(tmp_path, jobs)
+    code, _, err = cli("run", *args, "fan")
+    assert code == 0, err
+    run_id = json.loads(cli("runs", *args, "--json")[1])[0]["id"]
+    code, out, _ = cli("show", *args, run_id, "--json")
+    shown = json.loads(out)
+    # quiet started second (it needs nothing), but is listed where the file has it
+    assert [s["id"] for s in shown["steps"]] == ["first", "fe", "fe.0", "fe.1", "join", "quiet"]
+    assert shown["outputs"] == {"joined": "a!,b c!"}
+    assert shown["steps"][1]["outputs"] == {"v": '["a!", "b c!"]'}
+    assert shown["steps"][2]["item"] == '"a"'
+    code, out, _ = cli("show", *args, run_id)
+    assert "outputs  joined=a!,b c!" in out
+    assert [line.split()[0] for line in out.splitlines()[-6:]] == [
+        "first", "fe", "fe.0", "fe.1", "join", "quiet"]
+    code, out, _ = cli("logs", *args, run_id, "fe")
+    assert code == 0
+    assert out == "==> fe[0] (item: a) <==\nitem a\n==> fe[1] (item: b c) <==\nitem b c\n"
+    assert cli("logs", *args, run_id, "fe.1")[1] == "item b c\n"
+    assert cli("logs", *args, run_id, "quiet")[1] == "[pipeline] exit status 7\n"
+    code, out, _ = cli("logs", *args, run_id)
+    assert out == ("==> first <==\nfirst\n==> fe[0] (item: a) <==\nitem a\n"
+                   "==> fe[1] (item: b c) <==\nitem b c\n==> quiet <==\n"
+                   "[pipeline] exit status 7\n")
+
+
+def test_ctrl_c_ends_logs_follow_quietly(tmp_path: Path) -> None:
+    job = write(tmp_path / "slow.yaml", """
+        steps:
+          - {id: slow, run: "echo started; sleep 300"}
+    """)
+    state = tmp_path / "state"
+    running = subprocess.Popen([*PIPELINE, "run", "--state-dir", str(state), str(job)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = state / "logs" / "slow"
+        _wait_for(lambda: any(p.read_text() == "started\n" for p in log.rglob("*.log")))
+        run_id = next(log.iterdir()).name
+        follower = subprocess.Popen([*PIPELINE, "logs", "--state-dir", str(state), "-f",
+                                     run_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == b"==> slow <==\n"
+        assert follower.stdout.readline() == b"started\n"
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=10)
+        assert follower.returncode == 130
+        assert b"Aborted" not in err and b"Traceback" not in err, err
+    finally:
+        running.send_signal(signal.SIGINT)
+        running.communicate(timeout=30)

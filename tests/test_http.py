@@ -636,3 +636,26 @@ async def test_lists_catch_up_with_runs_started_elsewhere(daemon: Daemon) -> Non
         assert after["last_run"]["id"] == dispatched.run_id
         listed = (await http.get("/api/v1/runs", params={"job": "hello"})).json()
         assert listed["runs"][0]["id"] == dispatched.run_id
+
+
+async def test_a_run_answer_carries_the_jobs_outputs_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_TEST_TOKEN", "hunter2-SECRET")
+    jobs = {"out.yaml": """
+name: out
+secrets:
+  TOKEN: {env: HTTP_TEST_TOKEN}
+outputs:
+  greeting: "${{ steps.greet.outputs.greeting }}"
+  leak: "${{ secrets.TOKEN }}"
+steps:
+  - id: greet
+    run: echo "greeting=hello" >> "$PIPELINE_OUTPUT"
+"""}
+    async with open_daemon(tmp_path, jobs=jobs) as started, client(started) as http:
+        run_id = (await http.post("/api/v1/jobs/out/runs")).json()["run_id"]
+        run = await wait_run(http, run_id)
+        assert run["status"] == "succeeded"
+        assert run["outputs"] == {"greeting": "hello", "leak": "***"}
+        listed = (await http.get("/api/v1/runs", params={"job": "out"})).json()["runs"]
+        assert listed[0]["outputs"] == run["outputs"]
