@@ -740,3 +740,23 @@ async def test_a_job_output_that_cannot_be_evaluated_fails_the_run(job_from: Job
     assert result.reason is not None and result.reason.startswith("output broken:")
     assert result.outputs == {"fine": "1"}
     assert rec.status("alert") == "succeeded"
+
+
+async def test_a_for_each_item_from_a_secret_is_recorded_masked(job_from: JobFrom,
+                                                                tmp_path: Path) -> None:
+    job = job_from("""
+        secrets:
+          TOKEN: {env: THE_TOKEN}
+        steps:
+          - id: fe
+            for_each: ${{ [secrets.TOKEN, 'plain'] }}
+            run: echo "seen=${{ item }}" >> "$PIPELINE_OUTPUT"
+    """)
+    result, rec = await run(job, tmp_path, environ={"THE_TOKEN": "hunter2-SECRET",
+                                                    "PATH": os.environ["PATH"]})
+    assert result.status is RunStatus.SUCCEEDED
+    for event in rec.events:
+        assert "hunter2-SECRET" not in repr(event), event
+    started = [e for e in rec.events if isinstance(e, StepStarted) and "." in e.step_id]
+    assert [e.item for e in started] == ['"***"', '"plain"']
+    assert rec.steps()["fe"].outputs == {"seen": '["***", "plain"]'}

@@ -194,3 +194,14 @@ async def test_output_written_after_sigterm_reaches_the_caller(tmp_path: Path) -
     assert scope.cancelled_caught
     assert marker.read_text() == "done\n"
     assert b"".join(chunks) == b"ready\ngot TERM\nafter file\n"
+
+
+async def test_output_until_the_sigkill_after_the_grace_reaches_the_caller() -> None:
+    script = ("trap 'echo got TERM; echo still cleaning' TERM; echo ready; "
+              "while true; do sleep 0.05; done")
+    chunks: list[bytes] = []
+    with trio.move_on_after(0.3):
+        await process.run_group(["bash", "-c", script], env=ENV, cwd=None,
+                                output=chunks.append, grace=0.5)
+    out = b"".join(chunks)  # bash may also report its killed sleep ("Terminated")
+    assert out.startswith(b"ready\n") and b"got TERM\nstill cleaning\n" in out
