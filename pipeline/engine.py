@@ -1,10 +1,12 @@
 """One run of a job: a trio nursery whose tasks are the steps.
 
 ``run_job`` walks the step DAG with ``graphlib.TopologicalSorter``: every step whose needs are
-finished starts as a task in the run's nursery, evaluates its ``if``, and runs (with retries, a
-timeout as a cancel scope, ``for_each`` instances under a capacity limiter). Then the hooks run:
-``on_success`` or ``on_failure``, then ``finally``. Everything that happens is emitted as an
-event record; the caller decides where events go (the store, a live view, metrics).
+finished starts as a task in the run's nursery (steps ready together in file order),
+evaluates its ``if``, and runs (with retries, a timeout as a cancel scope, ``for_each``
+instances under a capacity limiter). When the DAG ends the job's own ``outputs:`` are
+evaluated; then the hooks run: ``on_success`` or ``on_failure``, then ``finally``. Everything
+that happens is emitted as an event record; the caller decides where events go (the store, a
+live view, metrics).
 
 Stopping a run is cancelling its ``RunHandle``'s cancel scope: every running step's process
 group goes through ``process.end_group`` (SIGTERM, grace, SIGKILL) on the way out.
