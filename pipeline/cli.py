@@ -265,8 +265,11 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     """Validate job files or directories (default: the jobs directory).
 
-    Every error is printed as FILE:LINE:COL: error: MESSAGE. Exit status 0 if all are valid,
-    1 if any is not.
+    Every error is printed as FILE:LINE:COL: error: MESSAGE, and every warning (an `at:` in
+    the past, a lookup under `| default` that can never succeed...) as FILE:LINE:COL: warning:
+    MESSAGE. Exit status 0 if all are valid (warnings or not), 1 if any is not. A `uses: job`
+    step is checked against the jobs directory when a directory is validated; given only
+    files, a call to a job outside them is not judged.
     """
     from pathlib import Path
 
@@ -277,26 +280,34 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
     loaded = settings.needing_plugins(
         lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
-    files = sorted({*loaded.files, *loaded.problems})
+    files = sorted({*loaded.files, *loaded.problems, *loaded.warnings})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
+    # Per file, errors and warnings in the order they are written.
+    found = [p for f in files for p in sorted(
+        [*loaded.problems.get(f, ()), *loaded.warnings.get(f, ())],
+        key=lambda p: (p.line, p.column))]
     if fmt == "json":
         echo_json({
             "valid": not problems,
             "files": [{"file": f, "job": loaded.files.get(f), "valid": f not in loaded.problems,
-                       "errors": [p.as_dict() for p in loaded.problems.get(f, ())]}
+                       "errors": [p.as_dict() for p in loaded.problems.get(f, ())],
+                       "warnings": [p.as_dict() for p in loaded.warnings.get(f, ())]}
                       for f in files],
         })
     elif fmt == "github":
-        for p in problems:
+        for p in found:
             message = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-            click.echo(f"::error file={p.file},line={p.line},col={p.column}::{message}")
+            click.echo(f"::{p.severity} file={p.file},line={p.line},col={p.column}::{message}")
     else:
-        for p in problems:
+        for p in found:
             click.echo(str(p))
         bad = len(loaded.problems)
-        click.echo(f"{len(files)} file{'s' if len(files) != 1 else ''} checked, "
-                   f"{bad} invalid" if bad else
-                   f"{len(files)} file{'s' if len(files) != 1 else ''} valid", err=True)
+        warned = sum(len(w) for w in loaded.warnings.values())
+        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        summary = f"{count} checked, {bad} invalid" if bad else f"{count} valid"
+        if warned:
+            summary += f", {warned} warning{'s' if warned != 1 else ''}"
+        click.echo(summary, err=True)
     sys.exit(1 if problems else 0)
 
 
@@ -383,7 +394,9 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             view.update(event)
 
         journal = Journal(store, observers=(show,))
-        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, params=params,
+        # A manual run's fire time is the instant it was asked for, so scripts that name files
+        # by $PIPELINE_FIRE_TIME work the same by hand.
+        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, fire_time=now, params=params,
                            version=version_of(Path(job.file)), document=job.document,
                            owner=process_identity())
 
@@ -408,10 +421,12 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             check_chain(chain, name)
             child = find_job(settings, name, missing_code=1)
             values = spec.parse_params(child, params or {})
-            child_id = new_run_id(now_utc())
+            asked = now_utc()
+            child_id = new_run_id(asked)
             parents[child_id] = (name, parent_run_id)
-            await journal.write(RunQueued(child_id, name, Trigger.PARENT, now_utc(),
-                                          params=values, version=version_of(Path(child.file)),
+            await journal.write(RunQueued(child_id, name, Trigger.PARENT, asked,
+                                          fire_time=asked, params=values,
+                                          version=version_of(Path(child.file)),
                                           document=child.document, parent_run_id=parent_run_id,
                                           owner=process_identity()))
             child_handle = RunHandle(child_id, name)
@@ -420,7 +435,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             async def go() -> None:
                 await run_job(child, run_id=child_id, state_dir=settings.state_dir,
                               emit=journal.write, params=values, trigger=Trigger.PARENT,
-                              handle=child_handle, runners=settings.runners(),
+                              fire_time=asked, handle=child_handle, runners=settings.runners(),
                               start_job=start_job)
 
             if not wait:
@@ -444,7 +459,8 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                 async with trio.open_nursery() as children:
                     result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
                                            emit=journal.write, params=params, handle=handle,
-                                           runners=settings.runners(), start_job=start_job)
+                                           fire_time=now, runners=settings.runners(),
+                                           start_job=start_job)
                 nursery.cancel_scope.cancel()
             return result.status
 

@@ -138,7 +138,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
     recover(store, state_dir, clock())
     metrics = Metrics()
     journal = Journal(store, observers=(metrics.observe,))
-    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners))
+    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners), store=store)
     await trio.to_thread.run_sync(catalog.scan)
     async with trio.open_nursery() as outer:  # the journal outlives everything that writes
         await outer.start(journal.serve)

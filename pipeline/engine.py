@@ -85,20 +85,26 @@ class RunHandle:
         # "cleanup": hooks after a stop (only a kill ends them)
         self.phase = "main"
         self.stop_reason: str | None = None
+        # What a stopped run ends as: `cancelled` (an operator, a replacement, a parent), or
+        # `interrupted` when the daemon cut it off by shutting down.
+        self.stop_status = RunStatus.CANCELLED
         self.finished = trio.Event()
         self.status: RunStatus | None = None
 
-    def stop(self, reason: str = "stopped by an operator") -> None:
+    def stop(self, reason: str = "stopped by an operator", *,
+             status: RunStatus = RunStatus.CANCELLED) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_status = status
         self.stopped.set()
         self.cancel_scope.cancel()
         if self.phase == "hooks":
             self.hooks_scope.cancel()
 
-    def kill(self, reason: str = "killed") -> None:
+    def kill(self, reason: str = "killed", *,
+             status: RunStatus = RunStatus.CANCELLED) -> None:
         self.hurry.set()
-        self.stop(reason)
+        self.stop(reason, status=status)
         self.hooks_scope.cancel()
 
 
@@ -608,11 +614,11 @@ class _Run:
             self.cancelled = True
             reason = self.handle.stop_reason or "cancelled"
             await self.record_unstarted(hooks, StepStatus.CANCELLED, reason)
-            return RunResult(RunStatus.CANCELLED, reason)
+            return RunResult(self.handle.stop_status, reason)
         await self.record_unstarted(hooks, StepStatus.SKIPPED,
                                     "run cancelled" if stopped else "hook not needed")
         if stopped:
-            return RunResult(RunStatus.CANCELLED, reason)
+            return RunResult(self.handle.stop_status, reason)
         hook_failed = [s.id for s in hooks if self.failed(s.id)]
         if ok and hook_failed:
             return RunResult(RunStatus.FAILED, f"hook failed: {', '.join(hook_failed)}")

@@ -116,6 +116,10 @@ class Schedule:
     at: datetime | None = None
     jitter: float = 0.0
     catchup: Catchup = Catchup.LATEST
+    # A fire that came due while this daemon ran but was noticed late (a stalled loop, a
+    # suspended machine) still runs as scheduled within this many seconds; fires that came due
+    # while no daemon ran are always left to `catchup`.
+    misfire_grace: float = 60.0
     text: str = ""  # as the user wrote it, for display
 
 
@@ -244,6 +248,18 @@ class Version:
     def as_dict(self) -> dict[str, Any]:
         return {"sha256": self.sha256, "git_commit": self.git_commit,
                 "git_blob": self.git_blob, "git_dirty": self.git_dirty}
+
+
+@dataclass(frozen=True)
+class Definition:
+    """The last good version of a job file, as the state remembers it: it keeps the job
+    firing across a restart while the file is broken, and says which file holds the name."""
+
+    file: str  # relative to the jobs directory
+    name: str
+    sha256: str
+    source: bytes
+    since: datetime  # when this version was first loaded
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,23 @@ def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
                             text=True)
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"{bad}:2:")
+
+
+def test_a_manual_run_has_the_instant_it_was_asked_for_as_its_fire_time(
+        tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "dated.yaml", """
+        steps:
+          - {id: s, run: 'echo "fire=$PIPELINE_FIRE_TIME" >> "$PIPELINE_OUTPUT"'}
+    """)
+    args = state_args(tmp_path, jobs)
+    code, out, err = cli("run", *args, "dated")
+    assert code == 0, out + err
+    _, out, _ = cli("runs", *args, "dated", "--json")
+    [run] = json.loads(out)
+    assert run["fire_time"] and run["fire_time"] == run["queued_at"]
+    _, out, _ = cli("show", *args, run["id"], "--json")
+    fire = json.loads(out)["steps"][0]["outputs"]["fire"]
+    assert datetime.fromisoformat(fire) == datetime.fromisoformat(run["fire_time"])
 
 
 def test_show_and_logs_follow_the_file_with_outputs_items_and_markers(

@@ -213,7 +213,8 @@ async def test_if_compares_contexts(job_from: JobFrom, tmp_path: Path) -> None:
 async def test_expression_error_fails_that_step_only(job_from: JobFrom, tmp_path: Path) -> None:
     job = job_from("""
         steps:
-          - {id: broken, run: "echo ${{ steps.nothere.outputs.x }}"}
+          - {id: first, run: "true"}
+          - {id: broken, needs: [first], run: "echo ${{ steps.first.outputs.nothere }}"}
           - {id: fine, run: "true"}
     """)
     result, rec = await run(job, tmp_path)

@@ -746,6 +746,19 @@ def test_malformed_identities_are_not_alive(identity: str) -> None:
     assert not identity_alive(identity)
 
 
+def test_only_scheduled_fires_are_keyed_by_their_instant(store: SqliteStore) -> None:
+    """A manual run carries the instant it was asked for, but never takes a fire's slot."""
+    assert store.record([
+        queued(1, fire=at(60), trigger=Trigger.MANUAL),
+        queued(2, fire=at(60), trigger=Trigger.API),
+        queued(3, fire=at(60)),  # the scheduled fire at the same instant still runs
+        queued(4, fire=at(60), trigger=Trigger.CATCHUP),  # but only once
+    ]) == {rid(4)}
+    assert store.fires_after("j", at(0)) == {at(60)}
+    manual = store.run(rid(1))
+    assert manual is not None and manual.fire_time == at(60)
+
+
 def test_a_run_keeps_its_outputs_and_an_instance_its_item(tmp_path: Path) -> None:
     """A database made before outputs existed takes the migration and keeps its runs."""
     path = tmp_path / "state.db"
