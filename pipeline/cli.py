@@ -128,22 +128,63 @@ def _log_line(record: Any) -> str:
 
 
 class Group(click.Group):
-    """Turns a PipelineError into its message and exit status, never a traceback."""
+    """Turns a PipelineError (or an OSError) into its message and exit status, never a
+    traceback, also when a trio nursery wrapped it in an ExceptionGroup on its way out."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except Exception as exc:
-            from pipeline.errors import JobInvalid, PipelineError
-
-            if isinstance(exc, JobInvalid):
-                for problem in exc.problems:
-                    click.echo(str(problem), err=True)
-            elif isinstance(exc, PipelineError):
-                click.echo(f"pipeline: {exc}", err=True)
-            else:
+        except (Exception, BaseExceptionGroup) as exc:
+            errors = known_errors(exc)
+            if errors is None:
                 raise
-            ctx.exit(exc.exit_code)
+            for error in errors:
+                text = error_text(error)
+                if text:
+                    click.echo(text, err=True)
+            ctx.exit(max(exit_code(e) for e in errors))
+
+
+def known_errors(exc: BaseException, *, nested: bool = False) -> list[BaseException] | None:
+    """The errors to show as lines: ``exc`` itself, or every leaf of an ExceptionGroup; None
+    if any of them is not ours to explain (a bug: its traceback is what helps).
+
+    A ``SystemExit`` inside a group is a ``fail`` that happened in a trio task: its message is
+    out already, its exit status still counts.
+    """
+    from pipeline.errors import PipelineError
+
+    if isinstance(exc, BaseExceptionGroup):
+        leaves: list[BaseException] = []
+        for inner in exc.exceptions:
+            found = known_errors(inner, nested=True)
+            if found is None:
+                return None
+            leaves.extend(found)
+        return leaves or None
+    if isinstance(exc, PipelineError | OSError) or (nested and isinstance(exc, SystemExit)):
+        return [exc]
+    return None
+
+
+def error_text(error: BaseException) -> str:
+    """The line(s) a user sees for ``error``; empty for one that said its piece already."""
+    from pipeline.errors import JobInvalid
+
+    if isinstance(error, SystemExit):
+        return ""
+    if isinstance(error, JobInvalid):
+        return "\n".join(str(problem) for problem in error.problems)
+    if isinstance(error, OSError) and error.strerror:
+        where = f" {error.filename}" if error.filename is not None else ""
+        return f"pipeline: cannot use{where}: {error.strerror}"
+    return f"pipeline: {error}"
+
+
+def exit_code(error: BaseException) -> int:
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return int(getattr(error, "exit_code", 1))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -659,14 +700,72 @@ def _after_cap(f: Any, offset: int) -> int:
 # -- the daemon ----------------------------------------------------------------------------
 
 
+def token_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--token`` and ``--token-file``, for ``read_token`` to make one token of."""
+    command = click.option(
+        "--token-file", type=click.Path(), envvar="PIPELINE_TOKEN_FILE",
+        metavar="PATH", help="Read the API token from PATH (env PIPELINE_TOKEN_FILE).",
+    )(command)
+    return click.option(
+        "--token", envvar="PIPELINE_TOKEN", default=None, metavar="TOKEN",
+        help="The API's bearer token (env PIPELINE_TOKEN). On the command line every user of "
+             "the machine can read it in `ps`: prefer --token-file or the environment.",
+    )(command)
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """The token from ``--token`` or ``--token-file`` (or their variables).
+
+    One given on the command line wins over the other's variable; both on the command line
+    (or both variables) is a usage error, rather than a guess at which one was meant.
+    """
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    if token_file is None:
+        return token or None
+    if token:
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE
+        if given == (ctx.get_parameter_source("token_file") is ParameterSource.COMMANDLINE):
+            raise click.UsageError("give --token or --token-file (PIPELINE_TOKEN or "
+                                   "PIPELINE_TOKEN_FILE), not both")
+        if given:
+            return token
+    try:
+        text = Path(token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fail(f"cannot read the token file {token_file}: {reason}", 2)
+    found = text.strip()
+    if not found:
+        fail(f"the token file {token_file} is empty", 2)
+    if "\n" in found:
+        fail(f"the token file {token_file} holds more than one line; it should hold the token "
+             "alone", 2)
+    return found
+
+
+def check_jobs_dir(settings: Settings) -> None:
+    """Exit 2 unless the jobs directory is a directory: a typo must not serve nothing."""
+    jobs_dir = settings.jobs_dir
+    if not jobs_dir.exists():
+        fail(f"the jobs directory {jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    if not jobs_dir.is_dir():
+        fail(f"the jobs directory {jobs_dir} is not a directory", 2)
+
+
 @main.command()
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
-              help="How long active runs get to finish after SIGTERM/SIGINT.")
+              help="After SIGTERM/SIGINT, how long active runs get to finish before they are "
+                   "cancelled (each step's process group then gets SIGTERM, and SIGKILL after "
+                   "the step's own grace, 10s by default).")
 @click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
               metavar="HOST:PORT", help="HTTP address of the status page and API.")
 @click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
-@click.option("--token", envvar="PIPELINE_TOKEN", default=None,
-              help="Bearer token the API requires (env PIPELINE_TOKEN).")
+@token_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -675,8 +774,12 @@ def _after_cap(f: Any, offset: int) -> int:
 @dirs
 @pass_settings
 def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
-          log_format: str, log_level: str) -> None:
-    """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP."""
+          token_file: str | None, log_format: str, log_level: str) -> None:
+    """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP.
+
+    The HTTP address is bound first: if it is taken, serve says so and exits 1 having
+    written nothing.
+    """
     from functools import partial
 
     settings.plugins = True  # files may start using a plug-in runner at any time
@@ -684,6 +787,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     import trio
 
     from pipeline import daemon
+    from pipeline.errors import PipelineError
     from pipeline.spec import parse_duration
     from pipeline.statedir import lock_state_dir
     from pipeline.store import SqliteStore
@@ -693,26 +797,41 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
         grace_s = parse_duration(grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
+    token = read_token(token, token_file)
+    check_jobs_dir(settings)
     serve_http = None
+    sock = None
     if not no_http:
-        from pipeline.http import check_listen
+        from pipeline.http import check_listen, listen_socket
         from pipeline.http import serve_http as http_server
 
         check_listen(listen, token)
+        try:
+            sock = listen_socket(listen)
+        except PipelineError:
+            other = daemon.read_daemon_file(settings.state_dir)
+            if other is not None:  # the likelier story: say that one
+                raise PipelineError(f"another pipeline daemon (pid {other.get('pid')}) is using "
+                                    f"the state directory {settings.state_dir}") from None
+            raise
 
         async def serve_http(d: daemon.Daemon, *, task_status: Any) -> None:
-            await http_server(d, listen=listen, token=token, task_status=task_status)
+            await http_server(d, listen=listen, token=token, sock=sock,
+                              task_status=task_status)
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with lock_state_dir(settings.state_dir):
-        store = SqliteStore.open(settings.state_dir)
-        try:
-            trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
-                                   state_dir=settings.state_dir, store=store,
-                                   runners=settings.runners(), grace=grace_s,
-                                   serve_http=serve_http, listen=None if no_http else listen))
-        finally:
-            store.close()
+    try:
+        with lock_state_dir(settings.state_dir):
+            store = SqliteStore.open(settings.state_dir)
+            try:
+                trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
+                                 state_dir=settings.state_dir, store=store,
+                                 runners=settings.runners(), grace=grace_s,
+                                 serve_http=serve_http, listen=None if no_http else listen))
+            finally:
+                store.close()
+    finally:
+        if sock is not None:
+            sock.close()  # unless the HTTP server took it over (and closed it itself)
 
 
 # -- jobs and their schedules --------------------------------------------------------------
@@ -830,8 +949,7 @@ def server_options(command: Any) -> Any:
     command = click.option("--server", metavar="URL", envvar="PIPELINE_SERVER",
                            help="The daemon's address [default: the one it recorded in the "
                                 "state directory].")(command)
-    return click.option("--token", envvar="PIPELINE_TOKEN", default=None,
-                        help="The daemon's API token (env PIPELINE_TOKEN).")(command)
+    return token_options(command)
 
 
 @main.command()
@@ -845,7 +963,7 @@ def server_options(command: Any) -> Any:
 @dirs
 @pass_settings
 def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, as_json: bool,
-            server: str | None, token: str | None) -> None:
+            server: str | None, token: str | None, token_file: str | None) -> None:
     """Ask the daemon to run JOB now; print the run id.
 
     Exit status: 0 started (with --wait: succeeded), 1 refused, unknown job, no daemon or (with
@@ -853,6 +971,7 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
     """
     from pipeline import client
 
+    token = read_token(token, token_file)
     base = client.server_url(settings.state_dir, server)
     answer = client.trigger(base, token, job, parse_kv(params), wait=wait)
     run_id = answer.get("run_id") or answer.get("id")
@@ -872,9 +991,11 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
 @server_options
 @dirs
 @pass_settings
-def stop(settings: Settings, run_id: str, server: str | None, token: str | None) -> None:
+def stop(settings: Settings, run_id: str, server: str | None, token: str | None,
+         token_file: str | None) -> None:
     """Ask the daemon to cancel RUN_ID. Exit status: 0 stopping, 1 unknown or not running."""
     from pipeline import client
 
+    token = read_token(token, token_file)
     client.stop(client.server_url(settings.state_dir, server), token, check_run_id(run_id))
     click.echo(f"run {run_id}: stopping", err=True)

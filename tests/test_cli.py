@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -407,3 +408,108 @@ def test_ctrl_c_ends_logs_follow_quietly(tmp_path: Path) -> None:
     finally:
         running.send_signal(signal.SIGINT)
         running.communicate(timeout=30)
+
+
+# -- errors reach the user as one line -------------------------------------------------------
+
+def busy_port() -> socket.socket:
+    """A port some other program listens on."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+def pipeline(*args: str, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PIPELINE, *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "tick.yaml", """
+        schedule: {every: 1m, catchup: all}
+        steps:
+          - {id: t, run: "true"}
+    """).parent
+    state = tmp_path / "state"
+    with busy_port() as taken:
+        port = taken.getsockname()[1]
+        done = pipeline("serve", "--listen", f"127.0.0.1:{port}", "--jobs-dir", str(jobs),
+                        "--state-dir", str(state))
+    assert done.returncode == 1
+    assert done.stderr == f"pipeline: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert not state.exists()
+
+
+def test_serve_refuses_unusable_directories_and_token_files_in_one_line(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "a.yaml", "steps:\n  - {id: a, run: 'true'}\n").parent
+    a_file = write(tmp_path / "plain-file", "x\n")
+    empty = write(tmp_path / "empty-token", "\n")
+    cases = [
+        # (arguments, exit status, the one line)
+        (["--state-dir", str(a_file / "state")], 1,
+         f"pipeline: cannot lock {a_file}/state/daemon.lock: "),
+        (["--jobs-dir", str(a_file)], 2,
+         f"pipeline: the jobs directory {a_file} is not a directory"),
+        (["--token-file", str(tmp_path / "missing")], 2,
+         f"pipeline: cannot read the token file {tmp_path}/missing: No such file or directory"),
+        (["--token-file", str(tmp_path)], 2,
+         f"pipeline: cannot read the token file {tmp_path}: Is a directory"),
+        (["--token-file", str(empty)], 2, f"pipeline: the token file {empty} is empty"),
+    ]
+    for args, code, line in cases:
+        done = pipeline("serve", "--no-http", "--jobs-dir", str(jobs), "--state-dir",
+                        str(tmp_path / "state"), *args)
+        assert done.returncode == code, (args, done.stderr)
+        assert done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
+        assert not (tmp_path / "state").exists()
+
+
+def test_an_error_inside_a_trio_task_is_one_line_not_an_exception_group(tmp_path: Path) -> None:
+    """`uses: job` under `pipeline run` looks its child up inside the run's nursery (a name
+    from an expression: validation cannot know it)."""
+    jobs = write(tmp_path / "jobs.d" / "parent.yaml", """
+        params:
+          which: {type: string, default: nochild}
+        steps:
+          - {id: call, uses: job, with: {job: "${{ params.which }}"}}
+    """).parent
+    done = pipeline("run", "--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state"),
+                    "parent")
+    assert done.returncode == 1
+    assert "unknown job 'nochild'" in done.stderr
+    assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
+
+
+# -- what --help and the README say ----------------------------------------------------------
+
+def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:
+    from pipeline.cli import serve
+    from pipeline.model import Step
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    shutdown = next(p for p in serve.params if p.name == "grace").default
+    step = f"{Step.__dataclass_fields__['grace'].default:g}s"
+    assert (shutdown, step) == ("30s", "10s")
+    assert f"`serve` first gives active runs {shutdown} to finish (`--grace`)" in readme
+    assert f"SIGKILL after the step's `grace` (default {step})" in readme
+    help_text = " ".join(cli("serve", "--help")[1].split())
+    assert f"[default: {shutdown}]" in help_text and f"the step's own grace, {step}" in help_text
+    for command in ("serve", "trigger", "stop"):
+        help_text = " ".join(cli(command, "--help")[1].split())
+        assert "--token-file PATH" in help_text and "PIPELINE_TOKEN_FILE" in help_text, command
+        assert "`ps`: prefer --token-file" in help_text, command
+
+
+def test_a_token_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty", " \n")
+    for args, env, line in (
+            (["--token-file", str(tmp_path / "nope")], None,
+             f"pipeline: cannot read the token file {tmp_path}/nope: No such file or directory\n"),
+            ([], {"PIPELINE_TOKEN_FILE": str(empty)},
+             f"pipeline: the token file {empty} is empty\n")):
+        for command in (["trigger", "a"], ["stop", "20261128T000000-00000001"]):
+            code, out, err = cli(*command, "--state-dir", str(tmp_path / "state"), *args,
+                                 env=env)
+            assert (code, out, err) == (2, "", line), command
