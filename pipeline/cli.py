@@ -21,9 +21,10 @@ from pipeline import __version__
 # Everything but click is imported where it is used: `pipeline --help` must cost little more
 # than importing click (a benchmark target), and `validate` must not pay for trio or the store.
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, tzinfo
 
     from pipeline.model import Job, RunRecord, RunStatus, StepRecord
+    from pipeline.spec import Loaded
     from pipeline.store import SqliteStore
 
 T = TypeVar("T")
@@ -110,13 +111,22 @@ def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    """Log lines on stderr: ``text`` and ``json`` for the daemon; ``cli`` for the other
+    commands, whose few warnings (a repaired crash) read as their other messages do."""
     from loguru import logger
 
     logger.remove()
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True)
+    elif fmt == "cli":
+        logger.add(sys.stderr, level=level, colorize=False, format=_cli_line)
     else:
         logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(), format=_log_line)
+
+
+def _cli_line(record: Any) -> str:
+    return "pipeline: " + ("" if record["level"].name == "INFO" else
+                           record["level"].name.lower() + ": ") + "{message}\n"
 
 
 def _log_line(record: Any) -> str:
@@ -234,13 +244,29 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
     fail(f"unknown job {ref!r} in {settings.jobs_dir} (jobs: {known})", missing_code)
 
 
+def has_state(settings: Settings) -> bool:
+    """Whether anything has run with this state directory (it has a database)."""
+    from pipeline.store import DB_FILE
+
+    return (settings.state_dir / DB_FILE).is_file()
+
+
 @contextmanager
-def open_state(settings: Settings) -> Iterator[SqliteStore]:
-    """The state store, after recovering runs whose owner died (CONTRACT §8)."""
+def open_state(settings: Settings, *, create: bool = False) -> Iterator[SqliteStore]:
+    """The state store, after recovering runs whose owner died (CONTRACT §8).
+
+    Only with ``create`` is a missing state directory made; otherwise ``NotFound`` ("no runs
+    yet") is raised, so that looking (``list``, ``runs``, ``show``, ``logs``) never leaves a
+    ``.pipeline`` behind in whatever folder it was typed in. What recovery repairs is said on
+    stderr.
+    """
+    from pipeline.errors import NotFound
     from pipeline.statedir import recover
     from pipeline.store import SqliteStore
 
-    configure_logging()
+    configure_logging(fmt="cli")
+    if not create and not has_state(settings):
+        raise NotFound(f"no runs yet: there is no state directory {settings.state_dir}")
     store = SqliteStore.open(settings.state_dir)
     try:
         recover(store, settings.state_dir, now_utc())
@@ -283,8 +309,55 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def local(moment: datetime | None) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+def local(moment: datetime | None, zone: tzinfo | None = None) -> str:
+    """``2026-12-07 02:30:00+01:00``: the time in ``zone`` (default the machine's), with its
+    offset, so a reader never has to guess which zone a time is in."""
+    return moment.astimezone(zone).isoformat(sep=" ", timespec="seconds") if moment else "-"
+
+
+def zone_of(job: Job | None) -> tzinfo | None:
+    """The zone a job's times are shown in: its schedule's; None (the machine's) without one."""
+    return job.schedules[0].timezone if job is not None and job.schedules else None
+
+
+def jobs_on_disk(settings: Settings) -> Loaded | None:
+    """Every job file in the jobs directory, loaded; None if there is no jobs directory."""
+    from pipeline import spec
+
+    if not settings.jobs_dir.is_dir():
+        return None
+    return settings.needing_plugins(lambda: spec.load_jobs(
+        [settings.jobs_dir], runner_schemas=settings.runner_schemas()))
+
+
+def daemon_info(settings: Settings) -> dict[str, Any] | None:
+    """What the live daemon on the state directory says it loaded; None if none runs."""
+    from pipeline.daemon import read_daemon_file
+
+    return read_daemon_file(settings.state_dir)
+
+
+def known_names(loaded: Loaded | None, daemon: Mapping[str, Any] | None) -> set[str]:
+    """Job names that a file claims, valid or not, or that the daemon runs."""
+    names = set(loaded.files.values()) if loaded is not None else set()
+    return names | set((daemon or {}).get("jobs", {}))
+
+
+def job_zones(loaded: Loaded | None, daemon: Mapping[str, Any] | None) -> dict[str, tzinfo]:
+    """Each job's zone: from its file, else from the version the daemon runs."""
+    from zoneinfo import ZoneInfo
+
+    zones: dict[str, tzinfo] = {}
+    for name, info in (daemon or {}).get("jobs", {}).items():
+        try:
+            zones[name] = ZoneInfo(str(info["timezone"]))
+        except (KeyError, ValueError):  # an older daemon.json, or no schedule
+            pass
+    for name, job in (loaded.jobs.items() if loaded is not None else ()):
+        zone = zone_of(job)
+        if zone is not None:
+            zones[name] = zone
+    return zones
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
@@ -408,6 +481,8 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) ->
 
         print_plan(definition, values, out=sys.stdout)
         return
+    with open_state(settings, create=True):
+        pass  # a run is recorded: the first one makes the state directory
     status = run_in_foreground(settings, definition, values)
     sys.exit({"succeeded": 0, "cancelled": 130}.get(str(status), 1))
 
@@ -552,15 +627,36 @@ async def refresh(view: Any) -> None:
 @pass_settings
 def runs(settings: Settings, job: str | None, status: str | None, limit: int,
          as_json: bool) -> None:
-    """Run history, newest first."""
+    """Run history, newest first, times in each job's zone.
+
+    Exit status 1 for a JOB that no file in the jobs directory names and that has no runs.
+    """
+    from pipeline.errors import NotFound
     from pipeline.model import RunStatus, run_as_dict
 
-    with open_state(settings) as store:
-        found = store.runs(job=job, status=RunStatus(status) if status else None, limit=limit)
+    loaded = jobs_on_disk(settings)
+    daemon = daemon_info(settings)
+    found: list[RunRecord] = []
+    ever = job is None
+    if has_state(settings):
+        with open_state(settings) as store:
+            found = store.runs(job=job, status=RunStatus(status) if status else None,
+                               limit=limit)
+            ever = bool(found) or job is None or store.count_runs(job=job) > 0
+    if not ever and job not in known_names(loaded, daemon):
+        where = f"in {settings.jobs_dir}" if loaded is not None else \
+            f"(no jobs directory {settings.jobs_dir})"
+        raise NotFound(f"unknown job {job!r}: no job file {where} names it, and it has no runs")
     if as_json:
         echo_json([run_as_dict(r, steps=False) for r in found])
         return
-    table([(r.id, r.job, str(r.status), str(r.trigger), local(r.started_at or r.queued_at),
+    if not found:
+        click.echo(f"no runs{f' of {job}' if job else ''}"
+                   f"{f' with status {status}' if status else ''} yet", err=True)
+        return
+    zones = job_zones(loaded, daemon)
+    table([(r.id, r.job, str(r.status), str(r.trigger),
+            local(r.started_at or r.queued_at, zones.get(r.job)),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "-", r.reason or "")
            for r in found], ("RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "TOOK", "REASON"))
 
@@ -879,62 +975,102 @@ def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
 @dirs
 @pass_settings
 def list_(settings: Settings, as_json: bool) -> None:
-    """Every job in the jobs directory: schedule, next fire, last status, validity."""
-    from datetime import datetime
+    """Every job in the jobs directory: schedule, next fire (in the job's zone), last status,
+    circuit breaker, validity, and what a running daemon makes of it."""
+    import os
+    from datetime import datetime, timedelta
 
-    from pipeline import spec, triggers
-    from pipeline.daemon import read_daemon_file
+    from pipeline import triggers
     from pipeline.errors import Problem
     from pipeline.model import run_as_dict
 
-    loaded = settings.needing_plugins(lambda: spec.load_jobs(
-        [settings.jobs_dir], runner_schemas=settings.runner_schemas())) \
-        if settings.jobs_dir.is_dir() else None
-    daemon = read_daemon_file(settings.state_dir)
-    with open_state(settings) as store:
-        last = store.last_runs()
-        marks = store.watermarks()
-        active = store.active_runs()
-    now = now_utc()
+    loaded = jobs_on_disk(settings)
+    if loaded is None:
+        fail(f"the jobs directory {settings.jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    daemon = daemon_info(settings)
+    running: dict[str, Any] = (daemon or {}).get("jobs", {})
+
+    def where(info: Mapping[str, Any]) -> str:
+        return os.path.abspath(str(info.get("path") or info.get("file")))
+
+    # A file that the daemon loaded once may not even parse now: the daemon knows its name.
+    named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
+    files = sorted({*loaded.files, *loaded.problems})
     rows: list[dict[str, Any]] = []
-    files = sorted({*loaded.files, *loaded.problems}) if loaded else []
+    definitions: list[Job | None] = []  # each row's valid job, if its file holds one
+    breakers: dict[str, tuple[int, float]] = {}  # job -> (after, cooldown), where one is known
     for file in files:
-        name = loaded.files.get(file) if loaded else None
-        job = loaded.jobs.get(name) if loaded and name else None
-        errors = [p.as_dict() for p in loaded.problems.get(file, ())] if loaded else []
-        next_fire = None
-        if job is not None and job.enabled and job.schedules:
-            fires = triggers.next_fires(job.schedules, max(now, marks.get(job.name, now)), 1)
-            next_fire = fires[0] if fires else None
-        run = last.get(name) if name else None
+        name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
+        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
+        kept = running.get(name, {}) if name else {}
+        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
+        if name and job is not None and job.circuit_breaker is not None:
+            breakers[name] = (job.circuit_breaker.after, job.circuit_breaker.cooldown)
+        elif name and stale and kept.get("circuit_breaker"):
+            breakers[name] = (int(kept["circuit_breaker"]["after"]),
+                              float(kept["circuit_breaker"]["cooldown"]))
         rows.append({
-            "name": name, "file": file, "valid": not errors, "errors": errors,
-            "enabled": job.enabled if job else None,
-            "schedule": "; ".join(triggers.describe(s) for s in job.schedules)
-            if job and job.schedules else None,
-            "next_fire_time": next_fire.isoformat() if next_fire else None,
-            "last_run": run_as_dict(run, steps=False) if run else None,
-            "active_runs": sum(1 for r in active if r.job == name),
-            "version": job.sha256 if job else None,
-            "daemon": None if daemon is None else (
-                "running last good version" if name in daemon.get("jobs", {})
-                and daemon["jobs"][name].get("stale") else
-                "loaded" if name in daemon.get("jobs", {}) else "not loaded"),
+            "name": name, "file": file, "valid": file not in loaded.problems,
+            "errors": [p.as_dict() for p in loaded.problems.get(file, ())],
+            "enabled": job.enabled if job else kept.get("enabled") if stale else None,
+            "schedule": ("; ".join(triggers.describe(s) for s in job.schedules) or None)
+            if job else kept.get("schedule") if stale else None,
+            "next_fire_time": None, "last_run": None, "active_runs": 0,
+            # Unknown only for a file of which no version was ever loaded.
+            "circuit": "closed" if job is not None or stale else None,
+            "stale": stale,
+            "version": job.sha256 if job else kept.get("sha256") if stale else None,
+            "daemon": None if daemon is None or not name else (
+                "running last good version" if stale else
+                "loaded" if name in running else "not loaded"),
         })
+        definitions.append(job)
+    last: Mapping[str, RunRecord] = {}
+    marks: Mapping[str, datetime] = {}
+    active: Sequence[RunRecord] = []
+    opened: Mapping[str, datetime | None] = {}
+    if has_state(settings):
+        with open_state(settings) as store:
+            last, marks, active = store.last_runs(), store.watermarks(), store.active_runs()
+            opened = {name: store.circuit_opened_at(name, after)
+                      for name, (after, _) in breakers.items()}
+    now = now_utc()
+    for row, job in zip(rows, definitions, strict=True):
+        name = row["name"]
+        if job is not None and job.enabled and job.schedules:
+            fires = triggers.next_fires(job.schedules, max(now, marks.get(name, now)), 1)
+            row["next_fire_time"] = fires[0].isoformat() if fires else None
+        if name in last:
+            row["last_run"] = run_as_dict(last[name], steps=False)
+        row["active_runs"] = sum(1 for r in active if r.job == name) if name else 0
+        # Open as the scheduler judges it: from the failure that opened it until the cooldown
+        # has passed.
+        since = opened.get(name) if name else None
+        if since is not None and now < since + timedelta(seconds=breakers[name][1]):
+            row["circuit"] = "open"
     if as_json:
         echo_json(rows)
         return
-    def validity(r: dict[str, Any]) -> str:
-        if r["valid"]:
+
+    def validity(row: dict[str, Any]) -> str:
+        if row["valid"]:
             return "valid"
-        stale = r["daemon"] == "running last good version"
-        return f"INVALID ({len(r['errors'])})" + (", last good version runs" if stale else "")
+        return f"INVALID ({len(row['errors'])})" + (", last good version runs"
+                                                    if row["stale"] else "")
+
+    def when(row: dict[str, Any]) -> str:
+        if not row["next_fire_time"]:
+            return "-"
+        return local(datetime.fromisoformat(row["next_fire_time"]),
+                     zone_of(loaded.jobs.get(row["name"])))
 
     table([(r["name"] or "?", validity(r),
             (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]"),
-            local(datetime.fromisoformat(r["next_fire_time"])) if r["next_fire_time"] else "-",
-            r["last_run"]["status"] if r["last_run"] else "-", r["file"])
-           for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "FILE"))
+            when(r), r["last_run"]["status"] if r["last_run"] else "-", r["circuit"] or "-",
+            r["file"])
+           for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "CIRCUIT",
+                            "FILE"))
     for r in rows:
         for e in r["errors"]:
             click.echo(str(Problem(e["file"], e["line"], e["column"], e["message"])), err=True)

@@ -482,6 +482,149 @@ def test_an_error_inside_a_trio_task_is_one_line_not_an_exception_group(tmp_path
     assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
 
 
+# -- looking creates nothing -----------------------------------------------------------------
+
+def test_list_without_a_jobs_directory_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    done = pipeline("list", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == ("pipeline: the jobs directory jobs.d does not exist (give --jobs-dir "
+                           "or set PIPELINE_JOBS_DIR)\n")
+    typo = pipeline("serve", "--no-http", "--jobs-dir", "typo", cwd=tmp_path)
+    assert typo.returncode == 2 and "the jobs directory typo does not exist" in typo.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_never_create_a_state_directory(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    state = tmp_path / "state"
+    code, out, err = cli("list", *args, "--json")
+    assert code == 0 and {r["name"] for r in json.loads(out)} == {"hello", "fails"}
+    assert all(r["last_run"] is None and r["circuit"] == "closed" for r in json.loads(out))
+    code, out, err = cli("runs", *args)
+    assert code == 0 and out == "" and "no runs yet" in err
+    assert cli("runs", *args, "--json")[:2] == (0, "[]\n")
+    assert cli("runs", *args, "hello")[0] == 0
+    for command in (["show", "20261128T000000-00000001"], ["logs", "20261128T000000-00000001"]):
+        code, _, err = cli(*command, *args)
+        assert code == 1 and "no runs yet" in err, command
+    assert cli("next", *args, "hello")[0] == 0
+    assert not state.exists()
+    assert cli("run", *args, "hello", "--dry-run")[0] == 0
+    assert not state.exists()
+    assert cli("run", *args, "hello")[0] == 0
+    assert (state / "state.db").is_file()
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+def test_runs_of_an_unknown_job_is_an_error_unless_it_ran(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    code, out, err = cli("runs", *args, "nosuchjob")
+    assert code == 1 and out == ""
+    assert "unknown job 'nosuchjob'" in err
+    assert cli("run", *args, "hello")[0] == 0
+    code, out, err = cli("runs", *args, "fails")  # a job file, no runs yet
+    assert code == 0 and out == "" and "no runs of fails yet" in err
+    (jobs / "hello.yaml").unlink()  # gone from the files, its history stays
+    code, out, _ = cli("runs", *args, "hello")
+    assert code == 0 and "succeeded" in out
+    assert cli("runs", *args, "nosuchjob")[0] == 1
+
+
+def seed_run(state: Path, job: str, *, owner: str | None, trigger: str = "manual",
+             status: str | None = None, params: dict[str, object] | None = None) -> str:
+    """A run in a real store, queued and started (and finished, with ``status``)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.events import Event, RunFinished, RunQueued, RunStarted
+    from pipeline.model import RunStatus, Trigger
+    from pipeline.statedir import new_run_id
+    from pipeline.store import SqliteStore
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    run_id = new_run_id(now)
+    events: list[Event] = [RunQueued(run_id, job, Trigger(trigger), now, owner=owner,
+                                     params=params or {}), RunStarted(run_id, now)]
+    if status is not None:
+        events.append(RunFinished(run_id, RunStatus(status), now + timedelta(seconds=1)))
+    store = SqliteStore.open(state)
+    try:
+        store.record(events)
+    finally:
+        store.close()
+    return run_id
+
+
+DEAD_OWNER = "999999999:1"  # no such pid
+
+
+def test_a_command_that_repairs_a_crash_says_what_it_recovered(tmp_path: Path,
+                                                                jobs: Path) -> None:
+    run_id = seed_run(tmp_path / "state", "hello", owner=DEAD_OWNER)
+    code, out, err = cli("runs", *state_args(tmp_path, jobs), "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == "interrupted"
+    assert err.startswith(f"pipeline: warning: run {run_id} of hello was left running by a "
+                          "process that died: marked interrupted")
+    assert cli("runs", *state_args(tmp_path, jobs))[2] == ""  # repaired once
+
+
+# -- times -----------------------------------------------------------------------------------
+
+ISO_WITH_OFFSET = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"
+
+
+def test_list_runs_and_show_print_times_with_their_offset(tmp_path: Path) -> None:
+    import re
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    jobs = write(tmp_path / "jobs.d" / "tokyo.yaml", """
+        schedule: {cron: "0 9 * * *", timezone: Asia/Tokyo}
+        steps:
+          - {id: a, run: "true"}
+    """).parent
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "tokyo")[0] == 0
+    code, out, _ = cli("list", *args)
+    assert code == 0
+    assert re.search(r"\d{4}-\d\d-\d\d 09:00:00\+09:00", out), out
+    code, out, _ = cli("runs", *args)
+    started = re.search(ISO_WITH_OFFSET, out)
+    assert started and started.group().endswith("+09:00"), out
+    run = json.loads(cli("runs", *args, "--json")[1])[0]
+    shown = datetime.fromisoformat(started.group())
+    assert abs((shown - datetime.fromisoformat(run["started_at"])).total_seconds()) < 1
+    assert shown.tzinfo and shown.utcoffset() == datetime.now(ZoneInfo("Asia/Tokyo")).utcoffset()
+    code, out, _ = cli("show", *args, run["id"])
+    assert code == 0 and re.search(r"started  " + ISO_WITH_OFFSET, out), out
+
+
+# -- list ------------------------------------------------------------------------------------
+
+def test_list_shows_each_jobs_circuit_breaker(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.d"
+    for name in ("flaky", "steady"):
+        write(jobs / f"{name}.yaml", """
+            schedule: every 1h
+            circuit_breaker: {after: 2, cooldown: 1h}
+            steps:
+              - {id: a, run: "true"}
+        """)
+    write(jobs / "plain.yaml", "steps:\n  - {id: a, run: 'true'}\n")
+    state = tmp_path / "state"
+    for _ in range(2):
+        seed_run(state, "flaky", owner=None, trigger="schedule", status="failed")
+    seed_run(state, "steady", owner=None, trigger="schedule", status="failed")
+    args = state_args(tmp_path, jobs)
+    rows = {r["name"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert {n: r["circuit"] for n, r in rows.items()} == {
+        "flaky": "open", "steady": "closed", "plain": "closed"}
+    header, *lines = cli("list", *args)[1].splitlines()
+    at = header.index("CIRCUIT")
+    circuits = {line.split()[0]: line[at:].split()[0] for line in lines}
+    assert circuits == {"flaky": "open", "steady": "closed", "plain": "closed"}
+
+
 # -- what --help and the README say ----------------------------------------------------------
 
 def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:

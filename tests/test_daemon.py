@@ -250,6 +250,28 @@ def test_retention_prunes_old_runs_and_their_logs(tmp_path: Path) -> None:
     store.close()
 
 
+def test_list_names_the_job_of_a_file_that_no_longer_parses(daemon: Daemon) -> None:
+    daemon.write("b.yaml", """
+        schedule: every 1s
+        circuit_breaker: {after: 3, cooldown: 1h}
+        steps:
+          - {id: t, run: "echo tick"}
+    """)
+    daemon.start()
+    good = wait_for(lambda: daemon.runs("b"), what="b fires")[-1]["version"]["sha256"]
+    daemon.write("b.yaml", "schedule: every 1s\nsteps: [\n")  # not even YAML
+    row = wait_for(lambda: next((r for r in daemon.cli("list") if not r["valid"]), None),
+                   what="b shown invalid")
+    assert row["name"] == "b" and row["stale"] is True
+    assert row["daemon"] == "running last good version"
+    assert row["version"] == good and row["schedule"] == "every 1s"
+    assert row["circuit"] == "closed" and row["last_run"]["job"] == "b"
+    text = subprocess.run(daemon.command("list"), capture_output=True, text=True, check=True)
+    line = next(line for line in text.stdout.splitlines() if line.endswith("b.yaml"))
+    assert line.startswith("b ") and "INVALID (1), last good version runs" in line
+    assert daemon.stop() == 0
+
+
 def test_serve_reads_its_token_from_a_file_and_binds_before_anything(
         daemon: Daemon, tmp_path: Path) -> None:
     import httpx
