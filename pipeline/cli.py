@@ -465,12 +465,20 @@ def graph(settings: Settings, job: str, fmt: str) -> None:
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the resolved commands.")
+@click.option("--force", is_flag=True,
+              help="Run even when the job's concurrency policy says another of its runs (the "
+                   "daemon's, say) must end first.")
 @dirs
 @pass_settings
-def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) -> None:
+def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool,
+        force: bool) -> None:
     """Run JOB (a name or a file) once, now, in the foreground.
 
-    Exit status: 0 succeeded, 1 failed, 2 invalid job or parameters, 130 interrupted.
+    A run of the job that is still active (under the daemon or another `pipeline run`) stops
+    this one, as the job's `concurrency` policy says, unless --force.
+
+    Exit status: 0 succeeded, 1 failed or refused, 2 invalid job or parameters, 130
+    interrupted.
     """
     from pipeline import spec
 
@@ -481,10 +489,38 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) ->
 
         print_plan(definition, values, out=sys.stdout)
         return
-    with open_state(settings, create=True):
-        pass  # a run is recorded: the first one makes the state directory
+    with open_state(settings, create=True) as store:
+        # Recovery has just marked the runs of dead processes interrupted: what is still
+        # active has a live owner.
+        active = store.active_runs(definition.name)
+    if not force:
+        refuse_overlap(settings, definition, active)
     status = run_in_foreground(settings, definition, values)
     sys.exit({"succeeded": 0, "cancelled": 130}.get(str(status), 1))
+
+
+def refuse_overlap(settings: Settings, job: Job, active: Sequence[RunRecord]) -> None:
+    """Exit 1 if the job's concurrency policy allows no run besides ``active`` now.
+
+    ``forbid`` says so outright; ``queue`` and ``replace`` too, as far as a foreground run can
+    follow them: it can neither wait in the daemon's queue nor cancel another process's run.
+    """
+    from pipeline.model import Policy
+
+    policy = job.concurrency
+    room = policy.max_active if policy.policy is Policy.ALLOW else 1
+    if not active or room is None or len(active) < room:
+        return
+    run = active[-1]
+    since = run.started_at or run.queued_at
+    holder = run.owner.partition(":")[0] if run.owner else "?"
+    daemon = daemon_info(settings)
+    by = ("the daemon" if daemon is not None and daemon.get("owner") == run.owner else
+          "another process") + f" (pid {holder})"
+    fail(f"job {job.name} has an active run: {run.id}, {run.status} since "
+         f"{local(since, zone_of(job))}, by {by}; concurrency: {policy.policy} "
+         f"allows {room} at a time. Wait for it, stop it (pipeline stop {run.id}), or give "
+         "--force to run anyway")
 
 
 def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> RunStatus:

@@ -625,6 +625,35 @@ def test_list_shows_each_jobs_circuit_breaker(tmp_path: Path) -> None:
     assert circuits == {"flaky": "open", "steady": "closed", "plain": "closed"}
 
 
+# -- pipeline run and the daemon's runs -------------------------------------------------------
+
+def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.daemon import DAEMON_FILE
+    from pipeline.statedir import process_identity
+
+    args = state_args(tmp_path, jobs)
+    state = tmp_path / "state"
+    # A run left by a dead process does not count: recovery ends it first.
+    seed_run(state, "hello", owner=DEAD_OWNER)
+    assert cli("run", *args, "hello")[0] == 0
+    # One of a live daemon (this test process stands in for it) does.
+    (state / DAEMON_FILE).write_text(json.dumps({"pid": os.getpid(),
+                                                 "owner": process_identity()}))
+    active = seed_run(state, "hello", owner=process_identity())
+    code, out, err = cli("run", *args, "hello")
+    assert code == 1 and out == ""
+    assert err.startswith(f"pipeline: job hello has an active run: {active}, running since "
+                          f"20")
+    assert f"by the daemon (pid {os.getpid()})" in err and "concurrency: forbid" in err
+    assert "--force" in err
+    assert len(json.loads(cli("runs", *args, "--json")[1])) == 3  # nothing new recorded
+    code, out, err = cli("run", *args, "hello", "--force")
+    assert code == 0, err
+    assert "--force" in cli("run", "--help")[1]
+
+
+
 # -- what --help and the README say ----------------------------------------------------------
 
 def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:
