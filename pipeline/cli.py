@@ -892,8 +892,8 @@ def check_jobs_dir(settings: Settings) -> None:
 @main.command()
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
               help="After SIGTERM/SIGINT, how long active runs get to finish before they are "
-                   "cancelled (each step's process group then gets SIGTERM, and SIGKILL after "
-                   "the step's own grace, 10s by default).")
+                   "stopped and recorded as interrupted (each step's process group then gets "
+                   "SIGTERM, and SIGKILL after the step's own grace, 10s by default).")
 @click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
               metavar="HOST:PORT", help="HTTP address of the status page and API.")
 @click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
