@@ -71,6 +71,7 @@ class StepStarted:
     attempt: int
     started_at: datetime
     log: str  # path relative to the state directory
+    item: str | None = None  # a for_each instance: its item as JSON, secrets masked
 
 
 @dataclass(frozen=True)

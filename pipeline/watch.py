@@ -155,6 +155,15 @@ class Catalog:
         for key, entry in self._seen.items():
             if entry.job is None and key not in problems:
                 problems[key] = entry.problems
+        # A valid file whose `uses: job` steps name a job not there, or a parameter it does
+        # not declare, is invalid too; the version that loaded keeps running, as any file's
+        # last good version does.
+        for name, job in jobs.items():
+            if name not in stale:
+                calls = spec.call_problems(job, jobs)
+                if calls:
+                    problems[job.file] = calls
+                    stale[name] = job.file
         for key, found in problems.items():
             if self.problems.get(key) != found:
                 for problem in found:

@@ -395,7 +395,7 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
         time.sleep(0.2)
     at = (utc_now() + timedelta(seconds=2)).replace(microsecond=0)
     driver.job("big", {"schedule": {"at": at.isoformat()}, "steps": [
-        {"id": "out", "run": f"head -c {size} /dev/zero"}]})
+        {"id": "out", "run": f"head -c {size} /dev/zero; printf END"}]})
     time.sleep(max(0.0, (at - utc_now()).total_seconds() - 0.6))
     baseline = rss_kib(life.pid)
     assert baseline is not None
@@ -438,14 +438,17 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
     assert run["status"] == "succeeded", run
     started, ended = parse_time(run["started_at"]), parse_time(run["finished_at"])
     assert started is not None and ended is not None
-    # The log holds the cap, the truncation marker and the count of what was dropped.
+    # The log holds the head and the tail of the cap, with the count of what was dropped
+    # between them.
     log = driver.state_dir / f"logs/big/{run['id']}/out.log"
-    tail = f"\n[pipeline] log truncated: over {cap} bytes of output\n" \
-           f"[pipeline] {size - cap} bytes discarded\n".encode()
-    assert log.stat().st_size == cap + len(tail)
+    head, tail = cap // 10, cap - cap // 10
+    marker = (f"\n[pipeline] {size + 3 - cap} bytes dropped here: the log keeps the first "
+              f"{head} and the last {tail} bytes\n").encode()
+    assert log.stat().st_size == cap + len(marker)
     with log.open("rb") as f:
-        assert f.read(cap) == bytes(cap)
-        assert f.read() == tail
+        assert f.read(head) == bytes(head)
+        assert f.read(len(marker)) == marker
+        assert f.read() == bytes(tail - 3) + b"END"
     slowest = max((t1 - t0).total_seconds() for t0, t1, _ in probe.http)
     grew = (max(probe.rss) - baseline) / 1024
     during = [a for a in probe.http if started <= a[0] and a[1] <= ended]
@@ -466,7 +469,7 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
     assert not lasting_zombies(life.pid)
 
 
-def test_the_truncation_marker_is_written_when_output_reaches_the_cap_exactly(
+def test_the_cap_marker_is_written_when_output_reaches_the_cap_exactly(
         tmp_path: Path) -> None:
     """Output that reaches the cap at a chunk boundary (64 KiB pipe reads, a 10 MiB cap) is
     cut with the marker too, not only a chunk that straddles the cap (a bug found here)."""
@@ -475,8 +478,8 @@ def test_the_truncation_marker_is_written_when_output_reaches_the_cap_exactly(
     log.output(b"0123456789")  # exactly the cap
     log.output(b"abc")
     log.close()
-    assert path.read_bytes() == (b"0123456789\n[pipeline] log truncated: over 10 bytes of "
-                                 b"output\n[pipeline] 3 bytes discarded\n")
+    assert path.read_bytes() == (b"0\n[pipeline] 3 bytes dropped here: the log keeps the "
+                                 b"first 1 and the last 9 bytes\n456789abc")
 
 
 def test_500_sequential_runs_leave_no_zombies(tmp_path: Path) -> None:

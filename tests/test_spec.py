@@ -565,7 +565,8 @@ def test_secrets(tmp_path: Path) -> None:
 
 
 def test_step_keys(tmp_path: Path) -> None:
-    job = load(tmp_path, """steps:
+    job = load(tmp_path, """params: {file: /tmp/x, go: "no"}
+steps:
   - id: dump
     name: Dump the database
     run: pg_dump > /tmp/x
@@ -591,7 +592,8 @@ def test_step_keys(tmp_path: Path) -> None:
     uses: sleep
     with: {duration: 1s}
   - id: dynamic
-    for_each: ${{ fromjson(steps.dump.outputs.list) }}
+    needs: [dump]
+    for_each: ${{ steps.dump.outputs.list | fromjson }}
     if: false
     run: echo ${{ item }}
 """)
@@ -611,8 +613,8 @@ def test_step_keys(tmp_path: Path) -> None:
     assert isinstance(ping.with_["headers"], MappingProxyType)
     assert (each.for_each, each.max_parallel, each.if_) == (
         ("eu", MappingProxyType({"name": "us"})), 2, "params.go == 'yes'")
-    assert (dynamic.for_each, dynamic.if_) == ("fromjson(steps.dump.outputs.list)", "false")
-    assert [s.line for s in job.steps] == [2, 11, 15, 20, 26]
+    assert (dynamic.for_each, dynamic.if_) == ("steps.dump.outputs.list | fromjson", "false")
+    assert [s.line for s in job.steps] == [3, 12, 16, 21, 27]
 
 
 def test_hook_lists(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from pipeline.errors import StateError, StateLocked
+from pipeline.errors import RunActive, StateError, StateLocked
 from pipeline.events import (
     Event,
     RunFinished,
@@ -37,7 +37,6 @@ from pipeline.statedir import (
     new_run_id,
     process_identity,
 )
-from pipeline.errors import RunActive
 from pipeline.store import INTERRUPTED_QUEUED, INTERRUPTED_RUNNING, Store
 from pipeline.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
 
@@ -750,3 +749,32 @@ def test_only_scheduled_fires_are_keyed_by_their_instant(store: SqliteStore) -> 
     assert store.fires_after("j", at(0)) == {at(60)}
     manual = store.run(rid(1))
     assert manual is not None and manual.fire_time == at(60)
+
+
+def test_a_run_keeps_its_outputs_and_an_instance_its_item(tmp_path: Path) -> None:
+    """A database made before outputs existed takes the migration and keeps its runs."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, path, MIGRATIONS[:1])
+    conn.execute("INSERT INTO runs (id, job, status, trigger, queued_at) "
+                 f"VALUES ('{rid(1)}', 'j', 'succeeded', 'manual', '{at(1).isoformat()}')")
+    conn.close()
+    store = SqliteStore.open(tmp_path)
+    try:
+        old = store.run(rid(1))
+        assert old is not None and old.outputs == {}
+        store.record([queued(2), RunStarted(rid(2), at(2)),
+                      StepStarted(rid(2), "fe", 1, at(2), ""),
+                      StepStarted(rid(2), "fe.0", 1, at(2), "logs/x", item='{"a": 1}'),
+                      StepFinished(rid(2), "fe.0", StepStatus.SUCCEEDED, at(3),
+                                   outputs={"n": "1"}),
+                      StepFinished(rid(2), "fe", StepStatus.SUCCEEDED, at(3),
+                                   outputs={"n": '["1"]'}),
+                      RunFinished(rid(2), RunStatus.SUCCEEDED, at(4),
+                                  outputs={"total": "1"})])
+        run = store.run(rid(2))
+        assert run is not None and run.outputs == {"total": "1"}
+        assert [(s.id, s.item) for s in run.steps] == [("fe", None), ("fe.0", '{"a": 1}')]
+        assert store.runs()[0].outputs == {"total": "1"}
+    finally:
+        store.close()

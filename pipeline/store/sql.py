@@ -109,11 +109,12 @@ _RUN_FINISHED = f"""
     RETURNING job, trigger"""
 _RUN_HELD = f"EXISTS (SELECT 1 FROM runs WHERE id = :run AND {_HELD})"
 _STEP_STARTED = f"""
-    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log)
-    SELECT :run, :step, 'running', :attempt, :at, :log WHERE {_RUN_HELD}
+    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log, item)
+    SELECT :run, :step, 'running', :attempt, :at, :log, :item WHERE {_RUN_HELD}
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = 'running', attempt = excluded.attempt, started_at = excluded.started_at,
-        finished_at = NULL, log = coalesce(excluded.log, steps.log)"""
+        finished_at = NULL, log = coalesce(excluded.log, steps.log),
+        item = coalesce(excluded.item, steps.item)"""
 _STEP_SPAWNED = f"""
     UPDATE steps SET pid = :pid, pgid = :pgid WHERE run_id = :run AND step_id = :step
       AND {_RUN_HELD}"""
@@ -176,7 +177,7 @@ class SqlStore:
         elif isinstance(e, StepStarted):
             tx.execute(_STEP_STARTED, {"run": e.run_id, "step": e.step_id, "attempt": e.attempt,
                                        "at": iso(e.started_at), "log": e.log or None,
-                                       "node": node})
+                                       "item": e.item, "node": node})
         elif isinstance(e, RunQueued):
             fire_time = iso_or_none(e.fire_time)
             cursor = tx.execute(_INSERT_QUEUED, {
@@ -234,7 +235,7 @@ class SqlStore:
     def _run_finished(self, tx: Tx, e: RunFinished, node: str | None) -> None:
         row = tx.execute(_RUN_FINISHED, {
             "status": str(e.status), "at": iso(e.finished_at), "reason": e.reason,
-            "outputs": to_json(e.outputs) if e.outputs else None, "id": e.run_id,
+            "outputs": to_json(e.outputs) if e.outputs else "{}", "id": e.run_id,
             "node": node, "attempt": e.attempt}).fetchone()
         if row is not None:
             self._count(tx, row[0], Trigger(row[1]), e.status, e.finished_at)

@@ -112,6 +112,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
     ),
     (
+        # The job's own `outputs:` (CONTRACT §2), set when the run finishes.
+        "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+        # A for_each instance's item, as JSON, for the heading of its log.
+        "ALTER TABLE steps ADD COLUMN item TEXT",
+    ),
+    (
         # Nodes and leases (docs/architecture.md): who holds a run, for how long, and whether
         # it was started again after its node was lost.
         "ALTER TABLE runs ADD COLUMN node TEXT",
@@ -122,7 +128,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN stop_reason TEXT",
         "ALTER TABLE runs ADD COLUMN stop_status TEXT",
         "ALTER TABLE runs ADD COLUMN runs_on TEXT",
-        "ALTER TABLE runs ADD COLUMN outputs TEXT",
         f"UPDATE runs SET ready_at = queued_at, attempt = 1 WHERE status NOT IN {_ACTIVE}",
         f"UPDATE runs SET ready_at = queued_at WHERE status IN {_ACTIVE}",
         # A job's active runs, counted under its lock at every start; runs nobody holds.
