@@ -43,6 +43,7 @@ def recover(store: Store, state_dir: Path, now: datetime) -> list[RunRecord]:
             what = "queued again (on_node_loss: retry)"
         else:
             what = "left to another node"
-        logger.warning("run {} of {} was held by a node that was lost: {}{}", run.id, run.job,
+        logger.warning("run {} of {} was left running by a node that was lost: {}{}", run.id,
+                       run.job,
                        what, f"; killed {len(killed)} leftover processes" if killed else "")
     return recovered

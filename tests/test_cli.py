@@ -533,29 +533,37 @@ def test_runs_of_an_unknown_job_is_an_error_unless_it_ran(tmp_path: Path, jobs: 
 
 def seed_run(state: Path, job: str, *, owner: str | None, trigger: str = "manual",
              status: str | None = None, params: dict[str, object] | None = None) -> str:
-    """A run in a real store, queued and started (and finished, with ``status``)."""
+    """A run in a real store, queued and started (and finished, with ``status``), held by a
+    daemon node whose process is ``owner`` (a process identity; None: held by no node)."""
     from datetime import UTC, datetime, timedelta
 
     from pipeline.events import Event, RunFinished, RunQueued, RunStarted
     from pipeline.model import RunStatus, Trigger
+    from pipeline.nodes import this_node
     from pipeline.statedir import new_run_id
-    from pipeline.store import SqliteStore
+    from pipeline.store.sqlite import SqliteStore
 
     now = datetime.now(UTC) - timedelta(seconds=5)
     run_id = new_run_id(now)
-    events: list[Event] = [RunQueued(run_id, job, Trigger(trigger), now, owner=owner,
-                                     params=params or {}), RunStarted(run_id, now)]
-    if status is not None:
-        events.append(RunFinished(run_id, RunStatus(status), now + timedelta(seconds=1)))
     store = SqliteStore.open(state)
     try:
+        node = None
+        if owner is not None:
+            node = this_node()
+            node = type(node)(**{**node.__dict__, "identity": owner})
+            store.register_node(node, lease=30)
+        events: list[Event] = [RunQueued(run_id, job, Trigger(trigger), now,
+                                         node=node.id if node else None,
+                                         params=params or {}), RunStarted(run_id, now)]
+        if status is not None:
+            events.append(RunFinished(run_id, RunStatus(status), now + timedelta(seconds=1)))
         store.record(events)
     finally:
         store.close()
     return run_id
 
 
-DEAD_OWNER = "999999999:1"  # no such pid
+DEAD_OWNER = "999999999:1"  # no such pid on this machine
 
 
 def test_a_command_that_repairs_a_crash_says_what_it_recovered(tmp_path: Path,
@@ -564,7 +572,7 @@ def test_a_command_that_repairs_a_crash_says_what_it_recovered(tmp_path: Path,
     code, out, err = cli("runs", *state_args(tmp_path, jobs), "--json")
     assert code == 0 and json.loads(out)[0]["status"] == "interrupted"
     assert err.startswith(f"pipeline: warning: run {run_id} of hello was left running by a "
-                          "process that died: marked interrupted")
+                          "node that was lost: marked interrupted")
     assert cli("runs", *state_args(tmp_path, jobs))[2] == ""  # repaired once
 
 
@@ -630,6 +638,7 @@ def test_list_shows_each_jobs_circuit_breaker(tmp_path: Path) -> None:
 def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
                                                                   jobs: Path) -> None:
     from pipeline.daemon import DAEMON_FILE
+    from pipeline.nodes import machine_identity
     from pipeline.statedir import process_identity
 
     args = state_args(tmp_path, jobs)
@@ -640,7 +649,7 @@ def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
     # One of a live daemon (this test process stands in for it) does.
     (state / DAEMON_FILE).write_text(json.dumps({"pid": os.getpid(),
                                                  "owner": process_identity()}))
-    active = seed_run(state, "hello", owner=process_identity())
+    active = seed_run(state, "hello", owner=machine_identity())
     code, out, err = cli("run", *args, "hello")
     assert code == 1 and out == ""
     assert err.startswith(f"pipeline: job hello has an active run: {active}, running since "

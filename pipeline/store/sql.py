@@ -259,7 +259,11 @@ class SqlStore:
             return
         failures, opened = row[0] + 1, time_of(row[1])
         breaker = _settings(job, row[2]).breaker
-        if (breaker is not None and failures >= breaker.after
+        if breaker is None:
+            # No breaker known (yet): keep the latest failure, from which a breaker learned
+            # later counts its cooldown (below its threshold the time is never looked at).
+            opened = at
+        elif (failures >= breaker.after
                 and not policy.circuit_open(breaker, failures - 1, opened, at)):
             opened = at  # opened now, or open again after a failed trial run
         tx.execute("UPDATE jobs SET failures = :failures, circuit_opened_at = :opened "
