@@ -345,6 +345,10 @@ class Driver:
         return query(self.state_dir, "SELECT * FROM runs WHERE job = ? ORDER BY queued_at, id",
                      (job,))
 
+    def decisions(self, job: str) -> list[dict[str, Any]]:
+        return query(self.state_dir, "SELECT * FROM decisions WHERE job = ? ORDER BY seq",
+                     (job,))
+
     def fires_after(self, job: str, after: datetime, *, finished: bool = True,
                     ) -> list[dict[str, Any]]:
         """Runs of ``job`` for fires after ``after`` (finished ones only, by default)."""

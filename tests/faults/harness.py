@@ -99,7 +99,7 @@ class CrashOutcome:
     count: int
     crash_code: int | None = None
     crash_lines: list[str] = field(default_factory=list)
-    orphans: int = 0  # step processes the crashed daemon left alive
+    orphans: int = 0  # step processes still alive 5 s after the crash
     stop_code: int | None = None
     report: Report | None = None
     problems: list[str] = field(default_factory=list)
@@ -143,6 +143,11 @@ def _crash_and_restart(d: Driver, outcome: CrashOutcome, *, more_fires: int) -> 
     d.start(crash_at=f"{outcome.point}:{outcome.count}")
     outcome.crash_code = d.wait_exit(timeout=30)
     outcome.crash_lines = d.log_lines("crash point")
+    # The daemon's watchdog saw its pipe close and ends its steps' groups (SIGTERM, then
+    # SIGKILL after the step grace): nothing is left for the restart to find.
+    deadline = time.monotonic() + 5
+    while scan_environ(MARK, [d.mark]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     outcome.orphans = len(scan_environ(MARK, [d.mark]))
     if outcome.crash_code != CRASH_EXIT:
         outcome.problems.append(f"the daemon exited {outcome.crash_code}, not {CRASH_EXIT}: "
