@@ -694,3 +694,25 @@ def test_a_token_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
             code, out, err = cli(*command, "--state-dir", str(tmp_path / "state"), *args,
                                  env=env)
             assert (code, out, err) == (2, "", line), command
+
+
+def test_run_hands_a_child_jobs_outputs_to_its_parent(tmp_path: Path) -> None:
+    """Issue 9.1: under `pipeline run` the child runs in this process; its own outputs come
+    back to the parent's step."""
+    jobs = write(tmp_path / "jobs.d" / "parent.yaml", """
+        steps:
+          - {id: call, uses: job, with: {job: child, params: {who: x}}}
+    """).parent
+    write(jobs / "child.yaml", """
+        params: {who: {type: string}}
+        steps:
+          - {id: s, run: 'echo "greeting=hi ${{ params.who }}" >> "$PIPELINE_OUTPUT"'}
+        outputs: {greeting: "${{ steps.s.outputs.greeting }}"}
+    """)
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    code, out, err = cli("run", *args, "parent")
+    assert code == 0, out + err
+    [run] = [r for r in json.loads(cli("runs", *args, "--json")[1]) if r["job"] == "parent"]
+    shown = json.loads(cli("show", *args, run["id"], "--json")[1])
+    outputs = shown["steps"][0]["outputs"]
+    assert outputs["greeting"] == "hi x" and outputs["status"] == "succeeded"

@@ -693,3 +693,41 @@ async def test_run_again_keeps_the_params_and_shows_no_secret(
         assert rerun["params"] == {"target": "prod", "count": 3}
         log = (await http.get(rerun["steps"][0]["log_url"])).text
         assert log == "to prod x3 with ***\n"  # the secret was read anew, and masked
+
+
+PARENT_AND_CHILD = {
+    "parent.yaml": """
+name: parent
+concurrency: allow
+steps:
+  - {id: call, uses: job, with: {job: child, params: {who: x}}}
+  - id: use
+    needs: [call]
+    run: 'echo "got=${{ steps.call.outputs.greeting }} from ${{ steps.call.outputs.run_id }}" >> "$PIPELINE_OUTPUT"'
+""",
+    "child.yaml": """
+name: child
+concurrency: allow
+params: {who: {type: string}}
+steps:
+  - id: s
+    run: 'sleep 0.${{ params.who | length }}; echo "greeting=hello ${{ params.who }}" >> "$PIPELINE_OUTPUT"'
+outputs: {greeting: "${{ steps.s.outputs.greeting }}"}
+""",
+}
+
+
+@pytest.mark.slow
+async def test_a_child_run_hands_its_outputs_to_its_parent_every_time(tmp_path: Path) -> None:
+    """Issue 9.1: the parent's step waits for the child's final record, every time, and gets
+    its run id, status and the child job's own outputs."""
+    async with open_daemon(tmp_path, jobs=PARENT_AND_CHILD) as daemon, client(daemon) as http:
+        ids = [(await http.post("/api/v1/jobs/parent/runs")).json()["run_id"]
+               for _ in range(10)]
+        runs = [await wait_run(http, run_id) for run_id in ids]
+    assert [r["status"] for r in runs] == ["succeeded"] * 10, [r["reason"] for r in runs]
+    for run in runs:
+        call, use = run["steps"]
+        assert call["outputs"]["status"] == "succeeded"
+        assert call["outputs"]["greeting"] == "hello x"
+        assert use["outputs"]["got"] == f"hello x from {call['outputs']['run_id']}"

@@ -46,12 +46,14 @@ async def call(args: Mapping[str, Any], daemon: FakeDaemon | None,
 
 async def test_waits_for_the_child_and_takes_its_outputs() -> None:
     daemon = FakeDaemon({"run_id": "C1", "status": "succeeded",
-                         "outputs": {"build": {"version": "1.2"}}})
+                         "outputs": {"build": {"version": "1.2"}, "greeting": "hi x"}})
     log: list[str] = []
     out = await call({"job": "child", "params": {"n": 3}}, daemon, log)
     assert daemon.calls == [("child", {"n": 3}, {"parent_run_id": PARENT, "wait": True})]
     assert out["run_id"] == "C1" and out["status"] == "succeeded"
-    assert json.loads(out["outputs"]) == {"build": {"version": "1.2"}}
+    assert json.loads(out["outputs"]) == {"build": {"version": "1.2"}, "greeting": "hi x"}
+    assert out["greeting"] == "hi x"  # each of the child's outputs, beside run_id and status
+    assert json.loads(out["build"]) == {"version": "1.2"}
     assert log == ["[job] child run C1 of job child: succeeded"]
 
 

@@ -1,5 +1,8 @@
 """``uses: job`` — start another job as a child run, and by default wait for it.
 
+Its outputs are the child run's id and status, and each of the child job's own outputs (its
+top-level ``outputs:``) beside them.
+
 The step only asks: ``ctx.start_job`` (given by the daemon or ``pipeline run``) records the
 child run with its parent, enforces the depth limit that stops a job from starting itself
 forever, and runs it under the child job's own rules. Its refusals come back as
@@ -39,8 +42,13 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
         reason = child.get("reason")
         raise RunnerError(f"child run {run_id} of job {name} {_ended(status)}"
                           + (f": {reason}" if reason else ""))
-    child_outputs = child.get("outputs") or {}
+    # The child job's own `outputs:` (CONTRACT §3): each beside run_id and status, and all of
+    # them as JSON under `outputs` (unless the child names one of its own so).
+    child_outputs = {str(k): v for k, v in (child.get("outputs") or {}).items()}
     outputs["outputs"] = json.dumps(_plain(child_outputs))
+    for key, value in child_outputs.items():
+        if key not in ("run_id", "status"):
+            outputs[key] = value if isinstance(value, str) else json.dumps(_plain(value))
     return outputs
 
 
