@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 
     from pipeline.model import Job, RunRecord, RunStatus, StepRecord
     from pipeline.spec import Loaded
-    from pipeline.store import NodeInfo
-    from pipeline.store.sqlite import SqliteStore
+    from pipeline.store import NodeInfo, Store
 
 T = TypeVar("T")
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped", "interrupted")
@@ -39,6 +38,7 @@ class Settings:
 
         self.jobs_dir = Path("jobs.d")
         self.state_dir = Path(".pipeline")
+        self.store_url: str | None = None  # a shared store (cluster mode); None: SQLite
         self.plugins = False  # load plug-in runners too (the daemon, or a job that uses one)
         self._runners: Any = None
 
@@ -99,8 +99,41 @@ def _set_state_dir(ctx: click.Context, _: click.Parameter, value: str | None) ->
         ctx.ensure_object(Settings).state_dir = Path(value)
 
 
+def _set_store(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(Settings).store_url = value.strip()
+
+
+def _set_store_file(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    from pipeline.errors import UsageError
+
+    if not value:
+        return
+    from pathlib import Path
+
+    try:
+        text = Path(value).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the store URL from {value}: "
+                         f"{exc.strerror or exc}") from None
+    if not text:
+        raise UsageError(f"the store file {value} is empty")
+    ctx.ensure_object(Settings).store_url = text
+
+
 def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--jobs-dir`` and ``--state-dir``, accepted before or after the command name."""
+    """``--jobs-dir``, ``--state-dir`` and the store, accepted before or after the command
+    name."""
+    command = click.option(
+        "--store-file", type=click.Path(), expose_value=False, envvar="PIPELINE_STORE_FILE",
+        callback=_set_store_file, is_eager=True,
+        help="A file holding the store URL (keeps its password out of `ps`).")(command)
+    command = click.option(
+        "--store", metavar="URL", expose_value=False, envvar="PIPELINE_STORE",
+        callback=_set_store, is_eager=True,
+        help="A PostgreSQL store shared by a cluster (postgresql://...) [default: SQLite in "
+             "the state directory]. Visible in `ps`: prefer --store-file or the environment."
+    )(command)
 
     command = click.option("--jobs-dir", type=click.Path(), expose_value=False,
                            envvar="PIPELINE_JOBS_DIR", callback=_set_jobs_dir,
@@ -245,14 +278,15 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
 
 
 def has_state(settings: Settings) -> bool:
-    """Whether anything has run with this state directory (it has a database)."""
+    """Whether anything has run with this state directory (it has a database), or a shared
+    store is named (it may well hold runs)."""
     from pipeline.store.sqlite import DB_FILE
 
-    return (settings.state_dir / DB_FILE).is_file()
+    return settings.store_url is not None or (settings.state_dir / DB_FILE).is_file()
 
 
 @contextmanager
-def open_state(settings: Settings, *, create: bool = False) -> Iterator[SqliteStore]:
+def open_state(settings: Settings, *, create: bool = False) -> Iterator[Store]:
     """The state store, after taking back the runs of dead nodes (CONTRACT §8).
 
     Only with ``create`` is a missing state directory made; otherwise ``NotFound`` ("no runs
@@ -262,12 +296,12 @@ def open_state(settings: Settings, *, create: bool = False) -> Iterator[SqliteSt
     """
     from pipeline.errors import NotFound
     from pipeline.recovery import recover
-    from pipeline.store.sqlite import SqliteStore
+    from pipeline.store import open_store
 
     configure_logging(fmt="cli")
     if not create and not has_state(settings):
         raise NotFound(f"no runs yet: there is no state directory {settings.state_dir}")
-    store = SqliteStore.open(settings.state_dir)
+    store = open_store(settings.state_dir, settings.store_url)
     try:
         recover(store, settings.state_dir, now_utc())
         yield store
@@ -284,7 +318,7 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def get_run(store: SqliteStore, run_id: str) -> RunRecord:
+def get_run(store: Store, run_id: str) -> RunRecord:
     from pipeline.errors import NotFound
 
     record = store.run(check_run_id(run_id))
@@ -784,6 +818,32 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
     return found
 
 
+def node_options(name: str | None, labels: str, roles: str, max_runs: int | None,
+                 listen: str | None) -> NodeInfo:
+    """This daemon as a node, from its options; a usage error for a bad label or role."""
+    import re
+
+    from pipeline.errors import UsageError
+    from pipeline.nodes import this_node
+
+    found: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in labels.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", key.strip()):
+            raise UsageError(f"--labels: {pair!r} is not KEY=VALUE (a key is letters, digits, "
+                             "'_', '.', '-')")
+        found[key.strip()] = value.strip()
+    chosen = frozenset(filter(None, (r.strip() for r in roles.split(","))))
+    unknown = chosen - {"scheduler", "runner", "http"}
+    if unknown or not chosen:
+        raise UsageError(f"--roles: {', '.join(sorted(unknown)) or 'none given'}; the roles "
+                         "are scheduler, runner and http")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise UsageError(f"--node-name: {name!r} is not a name (letters, digits, '_', '.', "
+                         "'-')")
+    return this_node(name=name, roles=chosen, labels=found, max_runs=max_runs, listen=listen)
+
+
 def check_jobs_dir(settings: Settings) -> None:
     """Exit 2 unless the jobs directory is a directory: a typo must not serve nothing."""
     jobs_dir = settings.jobs_dir
@@ -808,14 +868,29 @@ def check_jobs_dir(settings: Settings) -> None:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                                case_sensitive=False), default="INFO",
               show_default=True)
+@click.option("--node-name", metavar="NAME", envvar="PIPELINE_NODE_NAME",
+              help="This node's name, for people [default: host name and a short id].")
+@click.option("--labels", metavar="K=V,...", envvar="PIPELINE_LABELS", default="",
+              help="Labels of this node; jobs with `runs_on` run only on nodes that carry "
+                   "theirs.")
+@click.option("--roles", metavar="ROLES", envvar="PIPELINE_ROLES",
+              default="scheduler,runner,http", show_default=True,
+              help="What this node does: scheduler (makes fires), runner (runs runs), http.")
+@click.option("--lease", default="30s", show_default=True, metavar="DURATION",
+              help="A node that has not renewed its lease for this long is lost; its runs "
+                   "are interrupted (or retried) within lease + 5s.")
+@click.option("--max-runs", type=click.IntRange(1), default=None,
+              help="Runs this node holds at once [default: unlimited].")
 @dirs
 @pass_settings
 def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
-          token_file: str | None, log_format: str, log_level: str) -> None:
+          token_file: str | None, log_format: str, log_level: str, node_name: str | None,
+          labels: str, roles: str, lease: str, max_runs: int | None) -> None:
     """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP.
 
     The HTTP address is bound first: if it is taken, serve says so and exits 1 having
-    written nothing.
+    written nothing. With --store, the daemon is one node of a cluster sharing that
+    PostgreSQL database (CONTRACT §9).
     """
     from functools import partial
 
@@ -827,15 +902,23 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     from pipeline.errors import PipelineError
     from pipeline.spec import parse_duration
     from pipeline.statedir import lock_state_dir
-    from pipeline.store.sqlite import SqliteStore
+    from pipeline.store import open_store
 
     configure_logging(log_level.upper(), log_format)
     try:
         grace_s = parse_duration(grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
+    try:
+        lease_s = parse_duration(lease)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lease") from None
+    node = node_options(node_name, labels, roles, max_runs, None if no_http else listen)
+    if "http" not in node.roles:
+        no_http = True
     token = read_token(token, token_file)
-    check_jobs_dir(settings)
+    if "scheduler" in roles or settings.jobs_dir.exists():
+        check_jobs_dir(settings)  # a runner-only node runs runs from their records
     serve_http = None
     sock = None
     if not no_http:
@@ -858,12 +941,13 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
 
     try:
         with lock_state_dir(settings.state_dir):
-            store = SqliteStore.open(settings.state_dir)
+            store = open_store(settings.state_dir, settings.store_url)
             try:
                 trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
                                  state_dir=settings.state_dir, store=store,
                                  runners=settings.runners(), grace=grace_s,
-                                 serve_http=serve_http, listen=None if no_http else listen))
+                                 serve_http=serve_http, listen=None if no_http else listen,
+                                 node=node, lease=lease_s))
             finally:
                 store.close()
     finally:
@@ -1077,3 +1161,52 @@ def stop(settings: Settings, run_id: str, server: str | None, token: str | None,
     token = read_token(token, token_file)
     client.stop(client.server_url(settings.state_dir, server), token, check_run_id(run_id))
     click.echo(f"run {run_id}: stopping", err=True)
+
+
+# -- the cluster ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dirs
+@pass_settings
+def nodes(settings: Settings, as_json: bool) -> None:
+    """The nodes of the store: roles, labels, last heartbeat, active runs, version, and
+    whether each one's jobs directory matches what the cluster fires."""
+    from pipeline.nodes import node_views
+
+    if not has_state(settings):
+        fail(f"no nodes yet: there is no state directory {settings.state_dir}")
+    with open_state(settings) as store:
+        views = node_views(store.nodes(), store.now())
+    if as_json:
+        echo_json(views)
+        return
+    if not views:
+        click.echo("no nodes")
+        return
+    table([(v["name"], v["id"][:8], v["state"], ",".join(v["roles"]),
+            ",".join(f"{k}={x}" for k, x in v["labels"].items()) or "-",
+            f"{v['heartbeat_age_s']:.1f}s ago" if v["heartbeat_age_s"] is not None else "-",
+            str(v["active_runs"]), v["version"] or "-",
+            {True: "yes", False: "DIFFERS", None: "-"}[v["jobs_match"]])
+           for v in views],
+          ["NAME", "ID", "STATE", "ROLES", "LABELS", "HEARTBEAT", "RUNS", "VERSION", "JOBS"])
+
+
+@main.command()
+@dirs
+@pass_settings
+def migrate(settings: Settings) -> None:
+    """Create or upgrade the store's tables (serve does it too, at start)."""
+    from pipeline.store import open_store
+
+    configure_logging(fmt="cli")
+    settings.state_dir.mkdir(parents=True, exist_ok=True) if not settings.store_url else None
+    store = open_store(settings.state_dir, settings.store_url)
+    try:
+        version = store.schema_version()
+    finally:
+        store.close()
+    click.echo(f"the store is at schema version {version}")
+

@@ -10,6 +10,7 @@ the runs' process groups at once.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -32,7 +33,7 @@ from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.metrics import Metrics
 from pipeline.model import Job, iso
-from pipeline.nodes import DEFAULT_LEASE, Lease, open_watchdog, this_node
+from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler, runs_on_of
@@ -166,8 +167,12 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
     # A shared store's node must stop its steps before its lease can run out elsewhere; with
     # SQLite nobody takes a run over, so only a dead daemon (its pipe closing) counts.
     fence_after = lease * 2 / 3 if store.shared else 0.0
+    if "scheduler" in node.roles:
+        node = dataclasses.replace(node, digest=definitions_digest(catalog.jobs))
     async with open_watchdog(fence_after=fence_after, grace=10.0) as watchdog:
-        holder = Lease(store, node, lease=lease, watchdog=watchdog)
+        holder = Lease(store, node, lease=lease, watchdog=watchdog,
+                       digest=lambda: definitions_digest(catalog.jobs)
+                       if "scheduler" in node.roles else None)
         await holder.register()
         firing_clock = clock or holder.clock
         parts: list[Worker] = []

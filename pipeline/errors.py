@@ -4,11 +4,13 @@
     ├── JobInvalid                a job file failed validation; carries its ``problems``
     ├── ParamError                a ``-p KEY=VALUE`` is unknown or does not fit its declaration
     ├── NotFound                  an unknown job, run or step (exit 1)
-    ├── StateError                the state directory cannot be used (locked, newer schema, I/O)
+    ├── StateError                the state cannot be used (locked, newer schema, I/O, a
+    │   │                         database that is down)
     │   ├── StateLocked           another daemon holds the state directory
     │   └── RunActive             a run is queued or running, so it cannot be deleted
     ├── ExpressionError           a ``${{ }}`` expression does not parse or fails; fails one step
     ├── RunnerError               a step runner refused its arguments or failed; fails one step
+    ├── UsageError                options a command cannot use (an unreadable --store-file)
     └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
 
 Exceptions carry fields, not pre-formatted sentences, so the CLI, the HTTP API and the log can
@@ -98,6 +100,12 @@ class ExpressionError(PipelineError):
 
 class RunnerError(PipelineError):
     """A step runner failed in a way it explains itself (bad status, unreachable URL, ...)."""
+
+
+class UsageError(PipelineError):
+    """A command was given options it cannot use (an unreadable file, a bad value)."""
+
+    exit_code = 2
 
 
 class DaemonUnreachable(PipelineError):

@@ -226,6 +226,8 @@ class Job:
     on_success: tuple[Step, ...] = ()
     on_failure: tuple[Step, ...] = ()
     finally_: tuple[Step, ...] = ()
+    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)  # labels a node needs
+    on_node_loss_retry: bool = False  # `on_node_loss: retry`: a lost run starts again
     # the run's own outputs: name -> a template over steps.<id>.outputs, evaluated when the
     # DAG ends (CONTRACT §2)
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)

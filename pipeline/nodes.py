@@ -13,11 +13,13 @@ no longer alive (another node found it lost), it registers again under a new id.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +30,9 @@ from loguru import logger
 
 from pipeline import __version__
 from pipeline.errors import StateError
+from pipeline.model import iso
 from pipeline.statedir import process_identity
-from pipeline.store import NodeInfo, Store
+from pipeline.store import NodeInfo, NodeState, Store
 
 Offload = Callable[..., Awaitable[Any]]
 DEFAULT_LEASE = 30.0
@@ -84,6 +87,33 @@ def this_node(*, name: str | None = None, roles: frozenset[str] | None = None,
                                                                      "http"}),
                     labels=labels or {}, version=__version__, identity=machine_identity(),
                     listen=listen, digest=digest, max_runs=max_runs)
+
+
+def node_views(nodes: Sequence[NodeInfo], now: datetime) -> list[dict[str, Any]]:
+    """Nodes as ``pipeline nodes`` and the API show them. ``jobs_match`` compares a
+    scheduler's loaded definitions with those most alive schedulers loaded (None: it has none
+    to compare)."""
+    alive = [n for n in nodes if n.state is NodeState.ALIVE and "scheduler" in n.roles
+             and n.digest]
+    common = Counter(n.digest for n in alive).most_common(1)
+    usual = common[0][0] if common else None
+    return [{
+        "id": n.id, "name": n.name, "state": str(n.state), "roles": sorted(n.roles),
+        "labels": dict(n.labels), "version": n.version, "listen": n.listen,
+        "started_at": iso(n.started_at), "heartbeat_at": iso(n.heartbeat_at),
+        "heartbeat_age_s": round((now - n.heartbeat_at).total_seconds(), 3)
+        if n.heartbeat_at else None,
+        "lease_expires_at": iso(n.expires_at), "active_runs": n.active_runs,
+        "max_runs": n.max_runs,
+        "jobs_match": None if not n.digest or usual is None or "scheduler" not in n.roles
+        else n.digest == usual,
+    } for n in nodes]
+
+
+def definitions_digest(jobs: Mapping[str, Any]) -> str:
+    """One digest of the job definitions a node loaded (name and file hash of each)."""
+    text = "\n".join(f"{name}:{job.sha256}" for name, job in sorted(jobs.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -- the watchdog ------------------------------------------------------------------------------

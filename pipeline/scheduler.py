@@ -318,11 +318,11 @@ def describe(job: Job) -> str:
 
 def settings_of(job: Job) -> JobSettings:
     return JobSettings(job.name, job.concurrency, job.circuit_breaker, job.enabled,
-                       getattr(job, "on_node_loss", "fail") == "retry")
+                       job.on_node_loss_retry)
 
 
 def runs_on_of(job: Job) -> Mapping[str, str]:
-    return getattr(job, "runs_on", None) or {}
+    return job.runs_on
 
 
 def _version(known: _Scheduled) -> Version:

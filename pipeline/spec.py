@@ -258,7 +258,9 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
         secrets=_freeze({k: Secret(k, v.get("env"), v.get("file"))
                         for k, v in data.get("secrets", {}).items()}),
         on_success=steps("on_success"), on_failure=steps("on_failure"),
-        finally_=steps("finally"), outputs=_env(data.get("outputs")), document=frozen,
+        finally_=steps("finally"), outputs=_env(data.get("outputs")),
+        runs_on=_env(data.get("runs_on")),
+        on_node_loss_retry=data.get("on_node_loss", "fail") == "retry", document=frozen,
     )
 
 

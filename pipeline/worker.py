@@ -526,7 +526,7 @@ class Worker:
 
 
 def _runs_on(job: Job) -> Mapping[str, str]:
-    return getattr(job, "runs_on", None) or {}
+    return job.runs_on
 
 
 def _fits(job: Job, labels: Mapping[str, str]) -> bool:

@@ -716,3 +716,37 @@ def test_run_hands_a_child_jobs_outputs_to_its_parent(tmp_path: Path) -> None:
     shown = json.loads(cli("show", *args, run["id"], "--json")[1])
     outputs = shown["steps"][0]["outputs"]
     assert outputs["greeting"] == "hi x" and outputs["status"] == "succeeded"
+
+
+def test_nodes_lists_the_processes_that_held_runs(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    assert cli("nodes", *args)[0] == 1  # no state yet: says so
+    assert cli("run", *args, "hello")[0] == 0
+    code, out, _ = cli("nodes", *args, "--json")
+    [node] = json.loads(out)
+    assert code == 0 and node["state"] == "left" and node["roles"] == ["runner"]
+    assert node["name"].startswith("pipeline-run-") and node["jobs_match"] is None
+    code, out, _ = cli("nodes", *args)
+    assert code == 0 and "pipeline-run-" in out and "left" in out
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--labels", "zone"], "--labels: 'zone' is not KEY=VALUE"),
+    (["--roles", "scheduler,cook"], "--roles: cook; the roles are"),
+    (["--node-name", "a b"], "--node-name: 'a b' is not a name"),
+])
+def test_serve_refuses_bad_node_options_in_one_line(tmp_path: Path, jobs: Path,
+                                                    option: list[str], message: str) -> None:
+    code, _, err = cli("serve", *state_args(tmp_path, jobs), "--no-http", *option)
+    assert code == 2 and err.startswith(f"pipeline: {message}"), err
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_store_file_that_cannot_be_read_is_one_line(tmp_path: Path, jobs: Path) -> None:
+    code, _, err = cli("runs", *state_args(tmp_path, jobs), "--store-file",
+                       str(tmp_path / "missing"))
+    assert code == 2 and err.startswith("pipeline: cannot read the store URL from"), err
+    (tmp_path / "empty").write_text("\n")
+    code, _, err = cli("runs", *state_args(tmp_path, jobs), "--store-file",
+                       str(tmp_path / "empty"))
+    assert code == 2 and "is empty" in err

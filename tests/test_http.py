@@ -731,3 +731,12 @@ async def test_a_child_run_hands_its_outputs_to_its_parent_every_time(tmp_path: 
         assert call["outputs"]["status"] == "succeeded"
         assert call["outputs"]["greeting"] == "hello x"
         assert use["outputs"]["got"] == f"hello x from {call['outputs']['run_id']}"
+
+
+async def test_nodes_show_this_daemon(daemon: Daemon) -> None:
+    async with client(daemon) as http:
+        nodes = (await http.get("/api/v1/nodes")).json()["nodes"]
+    mine = [n for n in nodes if n["id"] == daemon.lease.node_id]
+    assert len(mine) == 1 and mine[0]["state"] == "alive"
+    assert mine[0]["roles"] == ["http", "runner", "scheduler"]
+    assert mine[0]["jobs_match"] is True and mine[0]["heartbeat_age_s"] < 60

@@ -85,6 +85,7 @@ from pipeline.model import (
     iso,
     run_as_dict,
 )
+from pipeline.nodes import node_views
 from pipeline.policy import circuit_open
 from pipeline.statedir import log_relpath
 from pipeline.store import JobState
@@ -146,6 +147,7 @@ class StatusApp:
             Route("/api/v1/runs/{run_id}/steps/{step}/log", self.step_log, methods=["GET"]),
             Route("/api/v1/metrics", self.metrics_json, methods=["GET"]),
             Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
+            Route("/api/v1/nodes", self.list_nodes, methods=["GET"]),
         ]
 
     # -- jobs --------------------------------------------------------------------------------
@@ -402,6 +404,14 @@ class StatusApp:
         return JSONResponse(await trio.to_thread.run_sync(lambda: dumps(metrics.as_json())))
 
     # -- the rest ----------------------------------------------------------------------------
+
+    async def list_nodes(self, request: Request) -> Response:
+        store = self.daemon.store
+
+        def read() -> list[dict[str, Any]]:
+            return node_views(store.nodes(), store.now())
+
+        return JSONResponse({"nodes": await self.store(read)})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

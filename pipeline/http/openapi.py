@@ -57,6 +57,22 @@ def _query(name: str, schema: Mapping[str, Any], description: str) -> dict[str, 
             "schema": dict(schema)}
 
 
+def _node_schema() -> dict[str, Any]:
+    text, when = {"type": "string"}, _nullable({"type": "string", "format": "date-time"})
+    return {"type": "object", "required": ["id", "name", "state", "roles", "labels",
+                                           "heartbeat_age_s", "active_runs", "jobs_match"],
+            "properties": {
+                "id": text, "name": text, "state": {"enum": ["alive", "left", "lost"]},
+                "roles": {"type": "array", "items": text},
+                "labels": {"type": "object", "additionalProperties": text},
+                "version": text, "listen": _nullable(text), "started_at": when,
+                "heartbeat_at": when, "lease_expires_at": when,
+                "heartbeat_age_s": _nullable({"type": "number"}),
+                "active_runs": {"type": "integer"},
+                "max_runs": _nullable({"type": "integer"}),
+                "jobs_match": _nullable({"type": "boolean"})}}
+
+
 def _schemas() -> dict[str, Any]:
     text, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
     time = _nullable({"type": "string", "format": "date-time"})
@@ -124,6 +140,7 @@ def _schemas() -> dict[str, Any]:
             "job": text, "circuit": {"const": "closed"}}},
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"const": "ok"}}},
+        "Node": _node_schema(),
         "Metrics": {"type": "object", "required": ["metrics"], "properties": {"metrics": {
             "type": "array", "items": {"type": "object", "required": [
                 "name", "type", "help", "samples"], "properties": {
@@ -211,5 +228,9 @@ def openapi_document() -> dict[str, Any]:
                 200, _ref("Metrics"), "The figures of /metrics as JSON")}},
             "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": _answers(
                 200, {"type": "object"}, "This document")}},
+            "/api/v1/nodes": {"get": {"operationId": "listNodes", "responses": _answers(
+                200, {"type": "object", "required": ["nodes"], "properties": {"nodes": {
+                    "type": "array", "items": _ref("Node")}}},
+                "The nodes of the store (one in a single-machine setup)")}},
         },
     }

@@ -218,6 +218,10 @@ class Store(Protocol):
         """The store's clock (aware, UTC)."""
         ...
 
+    def schema_version(self) -> int:
+        """The version of the store's tables (after the migrations ``open`` ran)."""
+        ...
+
     # -- events (the journal's group commit) ------------------------------------------------
 
     def record(self, events: Sequence[Event], *, node: str | None = None) -> frozenset[str]:

@@ -312,3 +312,8 @@ class SqliteStore(SqlStore):
 
     def _store_now(self, tx: Tx) -> datetime:
         return datetime.now(UTC)
+
+    def schema_version(self) -> int:
+        with self._read() as tx:
+            version: int = tx.execute("PRAGMA user_version").fetchone()[0]
+        return version
