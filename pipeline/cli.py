@@ -1210,3 +1210,135 @@ def migrate(settings: Settings) -> None:
         store.close()
     click.echo(f"the store is at schema version {version}")
 
+
+
+# -- operating jobs ------------------------------------------------------------------------
+
+
+def _operated(settings: Settings, store: Store, names: tuple[str, ...], every: bool,
+              ) -> tuple[list[str], dict[str, Job]]:
+    """The jobs a pause/resume names (``--all``: every job the files or the store know)."""
+    from pipeline import operate
+    from pipeline.errors import UsageError
+
+    loaded = jobs_on_disk(settings)
+    jobs = dict(loaded.jobs) if loaded is not None else {}
+    if every == bool(names):
+        raise UsageError("name the jobs, or give --all (not both)")
+    if every:
+        return sorted(set(jobs) | set(store.job_states())), jobs
+    return operate.known_jobs(store, [*jobs, *(loaded.files.values() if loaded else [])],
+                              list(names)), jobs
+
+
+@main.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Pause every job.")
+@click.option("--reason", metavar="TEXT", help="Why, for whoever looks later.")
+@dirs
+@pass_settings
+def pause(settings: Settings, jobs: tuple[str, ...], every: bool, reason: str | None) -> None:
+    """Stop firing JOB... on schedule (and on events) until resumed; manual runs still work.
+
+    Recorded in the state with who, when and why; a running daemon (every node of a
+    cluster) acts on it within a second.
+    """
+    from pipeline import operate
+
+    with open_state(settings, create=True) as store:
+        names, _ = _operated(settings, store, jobs, every)
+        operate.pause(store, names, by=operate.operator(), reason=reason, now=now_utc())
+    click.echo(f"paused {', '.join(names) or 'nothing'}")
+
+
+@main.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Resume every job.")
+@click.option("--catchup", is_flag=True,
+              help="Let each job's catchup policy run the fires it missed while paused "
+                   "[default: they stay not made].")
+@dirs
+@pass_settings
+def resume(settings: Settings, jobs: tuple[str, ...], every: bool, catchup: bool) -> None:
+    """Fire JOB... again. Fires due while paused are not made, unless --catchup."""
+    from pipeline import operate
+
+    with open_state(settings, create=True) as store:
+        names, loaded = _operated(settings, store, jobs, every)
+        made = operate.resume(store, names, jobs=loaded, catchup=catchup, now=now_utc())
+    click.echo(f"resumed {', '.join(names) or 'nothing'}"
+               + (f"; caught up: {', '.join(made)}" if made else ""))
+
+
+@main.command()
+@click.argument("job")
+@dirs
+@pass_settings
+def reset(settings: Settings, job: str) -> None:
+    """Close JOB's open circuit breaker: its failures so far no longer count."""
+    from pipeline import operate
+
+    with open_state(settings, create=True) as store:
+        loaded = jobs_on_disk(settings)
+        operate.known_jobs(store, list(loaded.files.values()) if loaded else [], [job])
+        store.reset_circuit(job, now_utc())
+    click.echo(f"circuit of {job} closed")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--at", "at", metavar="TIME",
+              help="Explain the fires around this time (ISO 8601) [default: the latest].")
+@click.option("-n", "count", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="How many decisions to show.")
+@click.option("--since", metavar="TIME", help="Only decisions from this time.")
+@click.option("--until", metavar="TIME", help="Only decisions up to this time.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dirs
+@pass_settings
+def why(settings: Settings, job: str, at: str | None, count: int, since: str | None,
+        until: str | None, as_json: bool) -> None:
+    """Why JOB ran, or did not: the scheduler's decisions about its fires (made, skipped, not
+    made, and why), whether a daemon was running, and why the next fire is when it is."""
+    from datetime import timedelta
+
+    from pipeline import operate
+    from pipeline.model import iso
+
+    loaded = jobs_on_disk(settings)
+    definition = loaded.jobs.get(job) if loaded else None
+    problems = [str(p) for f, n in (loaded.files.items() if loaded else []) if n == job
+                for p in loaded.problems.get(f, ())] if loaded else []
+    zone = definition.schedules[0].timezone if definition and definition.schedules else None
+    moment = parse_time(at, zone) if at else None
+    start = parse_time(since, zone) if since else None
+    end = parse_time(until, zone) if until else None
+    if moment is not None:
+        start = start or moment - timedelta(days=1)
+        end = end or moment + timedelta(days=1)
+    if not has_state(settings):
+        if definition is None:
+            fail(f"unknown job {job!r}")
+        decisions, state, nodes, now = [], None, [], now_utc()
+    else:
+        with open_state(settings) as store:
+            state = store.job_states().get(job)
+            if definition is None and state is None and not problems:
+                fail(f"unknown job {job!r} (no file names it and it has no history)")
+            decisions = store.decisions(job, since=start, until=end, limit=count)
+            nodes = store.nodes(since=(moment or now_utc()) - timedelta(days=30))
+            now = store.now()
+    if moment is not None:  # the ones nearest the moment
+        decisions = sorted(decisions, key=lambda d: abs(
+            ((d.fire_time or d.decided_at) - moment).total_seconds()))[:count]
+    lines = operate.explain(job, definition, decisions=decisions, state=state, nodes=nodes,
+                            now=now, at=moment, problems=problems)
+    if as_json:
+        echo_json({"job": job, "decisions": [
+            {"fire_time": iso(d.fire_time), "decided_at": iso(d.decided_at),
+             "outcome": str(d.outcome), "reason": d.reason, "detail": d.detail,
+             "run_id": d.run_id, "node": d.node} for d in decisions],
+            "next": lines[-1], "lines": lines})
+        return
+    for line in lines:
+        click.echo(line)

@@ -33,6 +33,7 @@ class RunQueued:
     parent_run_id: str | None = None
     node: str | None = None  # the node that holds it (None: any node may claim it)
     runs_on: Mapping[str, str] = field(default_factory=empty_mapping)  # labels a holder needs
+    backlog: bool = False  # a missed fire caught up under `catchup: all`: queues in order
 
 
 @dataclass(frozen=True)

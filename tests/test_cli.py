@@ -750,3 +750,45 @@ def test_a_store_file_that_cannot_be_read_is_one_line(tmp_path: Path, jobs: Path
     code, _, err = cli("runs", *state_args(tmp_path, jobs), "--store-file",
                        str(tmp_path / "empty"))
     assert code == 2 and "is empty" in err
+
+
+def test_pause_resume_reset_and_why(tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "nightly.yaml", """
+        schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    args = state_args(tmp_path, jobs)
+    assert cli("pause", *args, "nope")[0] == 1  # unknown
+    assert cli("pause", *args)[0] == 2  # neither jobs nor --all
+    code, out, _ = cli("pause", *args, "nightly", "--reason", "db migration")
+    assert code == 0 and out == "paused nightly\n"
+    code, out, _ = cli("why", *args, "nightly")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "no decisions recorded yet"
+    assert lines[-1].startswith("next 20") and "30 2 * * *" in lines[-1]
+    assert "Europe/Berlin; but paused since" in lines[-1] and "db migration" in lines[-1]
+    assert json.loads(cli("why", *args, "nightly", "--json")[1])["decisions"] == []
+    code, out, _ = cli("resume", *args, "nightly")
+    assert code == 0 and out == "resumed nightly\n"
+    assert "paused" not in cli("why", *args, "nightly")[1]
+    assert cli("why", *args, "nope")[0] == 1
+    assert cli("reset", *args, "nightly")[0] == 0
+    assert cli("reset", *args, "nope")[0] == 1
+    code, out, _ = cli("pause", *args, "--all")
+    assert code == 0 and "nightly" in out and "hello" in out
+    assert cli("resume", *args, "--all")[0] == 0
+
+
+def test_why_says_when_the_job_will_not_fire(tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "off.yaml", """
+        enabled: false
+        schedule: every 1h
+        steps:
+          - {id: s, run: "true"}
+    """)
+    args = state_args(tmp_path, jobs)
+    out = cli("why", *args, "off")[1].splitlines()
+    assert out[-1].startswith("will not fire: enabled: false in ") and "off.yaml" in out[-1]
+    assert cli("why", *args, "hello")[1].splitlines()[-1].startswith(
+        "will not fire on its own")

@@ -740,3 +740,29 @@ async def test_nodes_show_this_daemon(daemon: Daemon) -> None:
     assert len(mine) == 1 and mine[0]["state"] == "alive"
     assert mine[0]["roles"] == ["http", "runner", "scheduler"]
     assert mine[0]["jobs_match"] is True and mine[0]["heartbeat_age_s"] < 60
+
+
+async def test_pause_resume_and_decisions_through_the_api(daemon: Daemon) -> None:
+    async with client(daemon) as http:
+        paused = await http.post("/api/v1/jobs/hello/pause", json={"reason": "maintenance"})
+        assert paused.status_code == 200, paused.text
+        view = paused.json()
+        assert view["paused"] and view["paused_reason"] == "maintenance"
+        assert view["paused_by"].startswith("api (")
+        error_of(await http.post("/api/v1/jobs/hello/pause", json={"why": "x"}), 400)
+        error_of(await http.post("/api/v1/jobs/hello/pause", json={"reason": 3}), 400)
+        error_of(await http.post("/api/v1/jobs/nope/pause"), 404)
+        resumed = await http.post("/api/v1/jobs/hello/resume", json={"catchup": False})
+        assert resumed.status_code == 200 and not resumed.json()["paused"]
+        every = (await http.post("/api/v1/pause")).json()
+        assert every["paused"] and "hello" in every["jobs"]
+        jobs = (await http.get("/api/v1/jobs")).json()["jobs"]
+        assert all(j["paused"] for j in jobs if j["name"])
+        assert (await http.post("/api/v1/resume")).status_code == 200
+        # A trigger is a decision too.
+        run_id = (await http.post("/api/v1/jobs/hello/runs")).json()["run_id"]
+        await wait_run(http, run_id)
+        found = (await http.get("/api/v1/jobs/hello/decisions")).json()["decisions"]
+        assert found[0]["outcome"] == "fired" and found[0]["run_id"] == run_id
+        error_of(await http.get("/api/v1/jobs/nope/decisions"), 404)
+        error_of(await http.get("/api/v1/jobs/hello/decisions?since=yesterday"), 400)

@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline import page, spec
+from pipeline import operate, page, spec
 from pipeline.errors import (
     PipelineError,
     RunActive,
@@ -140,6 +140,11 @@ class StatusApp:
             Route("/api/v1/jobs/{name}", self.get_job, methods=["GET"]),
             Route("/api/v1/jobs/{name}/runs", self.trigger, methods=["POST"]),
             Route("/api/v1/jobs/{name}/circuit/reset", self.reset_circuit, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/pause", self.pause, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/resume", self.resume, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/decisions", self.decisions, methods=["GET"]),
+            Route("/api/v1/pause", self.pause_all, methods=["POST"]),
+            Route("/api/v1/resume", self.resume_all, methods=["POST"]),
             Route("/api/v1/runs", self.list_runs, methods=["GET"]),
             Route("/api/v1/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/api/v1/runs/{run_id}", self.delete_run, methods=["DELETE"]),
@@ -165,7 +170,9 @@ class StatusApp:
                                         states[name].circuit_opened_at, now)
                            if name in states else False)
                     for name, job in catalog.jobs.items()}
-            return await trio.to_thread.run_sync(job_views, files, live, last, active)
+            paused = {n: (st.paused_at, st.paused_by, st.paused_reason)
+                      for n, st in states.items() if st.paused_at is not None}
+            return await trio.to_thread.run_sync(job_views, files, live, last, active, paused)
 
         return await self.recent.get("jobs", build)
 
@@ -228,6 +235,77 @@ class StatusApp:
         self.daemon.circuits += 1
         self.recent.clear()
         return JSONResponse({"job": job.name, "circuit": "closed"})
+
+    async def _body(self, request: Request, allowed: Mapping[str, type]) -> dict[str, Any]:
+        """A JSON object body of the ``allowed`` fields (by type); {} when empty."""
+        body = await read_json(request)
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_body", "the body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise ApiError(400, "bad_body", f"unknown field(s) {', '.join(unknown)}; known: "
+                                            f"{', '.join(allowed)}")
+        for key, kind in allowed.items():
+            if key in body and body[key] is not None and not isinstance(body[key], kind):
+                raise ApiError(400, "bad_body", f'"{key}" must be a {kind.__name__}')
+        return body
+
+    def _who(self, request: Request) -> str:
+        client = request.client.host if request.client else "?"
+        return f"api ({client})"
+
+    async def _paused(self, request: Request, names: list[str], *, pause: bool) -> None:
+        if pause:
+            body = await self._body(request, {"reason": str})
+            reason = body.get("reason")
+            if reason is not None and len(reason) > 1000:
+                raise ApiError(400, "bad_body", '"reason" is at most 1000 characters')
+            await self.store(operate.pause, self.daemon.store, names, by=self._who(request),
+                             reason=reason, now=self.now())
+        else:
+            body = await self._body(request, {"catchup": bool})
+            await self.store(operate.resume, self.daemon.store, names,
+                             jobs=dict(self.daemon.catalog.jobs),
+                             catchup=bool(body.get("catchup")), now=self.now())
+        self.daemon.circuits += 1
+        self.recent.clear()
+
+    async def pause(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        await self._paused(request, [job.name], pause=True)
+        return await self.get_job(request)
+
+    async def resume(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        await self._paused(request, [job.name], pause=False)
+        return await self.get_job(request)
+
+    async def pause_all(self, request: Request) -> Response:
+        names = sorted(self.daemon.catalog.jobs)
+        await self._paused(request, names, pause=True)
+        return JSONResponse({"jobs": names, "paused": True})
+
+    async def resume_all(self, request: Request) -> Response:
+        names = sorted(self.daemon.catalog.jobs)
+        await self._paused(request, names, pause=False)
+        return JSONResponse({"jobs": names, "paused": False})
+
+    async def decisions(self, request: Request) -> Response:
+        name = match(request.path_params["name"], JOB_NAME, "job")
+        query = request.query_params
+        since = time_param(query.get("since"), "since")
+        until = time_param(query.get("until"), "until")
+        limit = integer(request, "limit", 50, 1, MAX_LIMIT)
+        found = await self.store(self.daemon.store.decisions, name, since=since, until=until,
+                                 limit=limit)
+        if not found and name not in self.daemon.catalog.jobs:
+            raise ApiError(404, "not_found", f"no job {name!r}")
+        return JSONResponse({"job": name, "decisions": [
+            {"fire_time": iso(d.fire_time), "decided_at": iso(d.decided_at),
+             "outcome": str(d.outcome), "reason": d.reason, "detail": d.detail,
+             "run_id": d.run_id, "node": d.node} for d in found]})
 
     # -- runs --------------------------------------------------------------------------------
 

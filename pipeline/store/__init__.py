@@ -373,8 +373,9 @@ class Store(Protocol):
         """``node`` stops cleanly: it holds no run any more."""
         ...
 
-    def nodes(self) -> list[NodeInfo]:
-        """Every node alive, and those that left or were lost in the last day."""
+    def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
+        """Every node alive, and those whose last heartbeat was after ``since`` (default: a
+        day ago)."""
         ...
 
     def alive_identities(self) -> dict[str, str]:

@@ -85,9 +85,9 @@ Tx = Any
 # transaction goes on and the rest of the batch commits, without a savepoint per claim.
 _INSERT_QUEUED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, ready_at, params,
-                      version, document, parent_run_id, node, runs_on)
+                      version, document, parent_run_id, node, runs_on, backlog)
     VALUES (:id, :job, 'queued', :trigger, :fire_time, :fire_key, :queued_at, :queued_at,
-            :params, :version, :document, :parent, :node, :runs_on)
+            :params, :version, :document, :parent, :node, :runs_on, :backlog)
     ON CONFLICT DO NOTHING"""
 _INSERT_SKIPPED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, started_at,
@@ -187,7 +187,8 @@ class SqlStore:
                 "version": version_json(e.version),
                 "document": None if e.document is None else document_json(e.document),
                 "parent": e.parent_run_id, "node": e.node,
-                "runs_on": to_json(e.runs_on) if e.runs_on else None})
+                "runs_on": to_json(e.runs_on) if e.runs_on else None,
+                "backlog": int(e.backlog)})
             if cursor.rowcount == 0:
                 refused.add(e.run_id)
         elif isinstance(e, RunStarted):
@@ -676,16 +677,16 @@ class SqlStore:
             tx.execute("UPDATE nodes SET state = 'left' WHERE id = :id AND state = 'alive'",
                        {"id": node})
 
-    def nodes(self) -> list[NodeInfo]:
+    def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
         with self._read() as tx:
-            since = iso(self._store_now(tx) - NODES_KEPT)
+            since_text = iso(since if since is not None else self._store_now(tx) - NODES_KEPT)
             rows = tx.execute("""
                 SELECT id, name, roles, labels, version, identity, listen, digest, max_runs,
                        started_at, heartbeat_at, expires_at, state,
                        (SELECT count(*) FROM runs WHERE runs.node = nodes.id
                         AND runs.status = 'running')
                 FROM nodes WHERE state = 'alive' OR heartbeat_at >= :since
-                ORDER BY name, started_at""", {"since": since}).fetchall()
+                ORDER BY name, started_at""", {"since": since_text}).fetchall()
         return [NodeInfo(row[0], row[1], frozenset(filter(None, row[2].split(","))),
                          from_json(row[3]) or {}, row[4] or "", row[5] or "", row[6], row[7],
                          row[8], time_of(row[9]), time_of(row[10]), time_of(row[11]),
