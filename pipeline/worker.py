@@ -81,7 +81,8 @@ class Worker:
                  offload: Offload = trio.to_thread.run_sync,
                  watchdog: Watchdog | None = None, max_runs: int | None = None,
                  poll: float = POLL, runner: bool = True, claims: bool = True,
-                 versions: Callable[[str], Version | None] | None = None) -> None:
+                 versions: Callable[[str], Version | None] | None = None,
+                 on_decision: Callable[[Started], None] | None = None) -> None:
         self.store = store
         self.journal = journal
         self.lease = lease
@@ -97,6 +98,7 @@ class Worker:
         self.runner = runner  # may hold runs (the runner role)
         self.claims = claims and runner  # also take runs nobody holds
         self.versions = versions
+        self.on_decision = on_decision  # told of each decision the store took (metrics)
         self.runs: dict[str, _Local] = {}
         self._reserved: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
         self._reserved_ids: dict[str, str] = {}  # run id -> job
@@ -231,6 +233,8 @@ class Worker:
     def _act(self, started: Started) -> None:
         """Carry out the store's decision about a run this node holds."""
         run, decision = started.run, started.decision
+        if self.on_decision is not None:
+            self.on_decision(started)
         self._waiting.pop(run.id, None)
         for replaced in started.replaced:
             local = self.runs.get(replaced)

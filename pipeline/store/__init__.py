@@ -157,6 +157,7 @@ class Claims:
 
     runs: list[Claimed]
     watermarks: dict[str, datetime]
+    decisions: list[StoredDecision] = field(default_factory=list)  # fires made no run of
 
 
 @dataclass(frozen=True)

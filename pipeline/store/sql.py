@@ -433,17 +433,18 @@ class SqlStore:
                     now: datetime) -> Claims:
         made: list[Claimed] = []
         watermarks: dict[str, datetime] = {}
+        decided: list[StoredDecision] = []
         with self._write() as tx:
             store_now = self._store_now(tx)
             if self.shared:
                 now = store_now  # due-ness is judged by the database's clock (CLUSTER rule 4)
             for claim in sorted(claims, key=lambda c: c.job):  # one lock order: no deadlock
-                runs, watermarks[claim.job] = self._claim(tx, claim, node, now)
+                runs, watermarks[claim.job] = self._claim(tx, claim, node, now, decided)
                 made.extend(runs)
-        return Claims(made, watermarks)
+        return Claims(made, watermarks, decided)
 
-    def _claim(self, tx: Tx, claim: FireClaim, node: str | None,
-               now: datetime) -> tuple[list[Claimed], datetime]:
+    def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
+               decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
         row = tx.execute(f"SELECT watermark, paused_at, paused_by, settings FROM jobs "
                          f"WHERE name = :job{self.for_update}", {"job": claim.job}).fetchone()
         stored = time_of(row[0]) if row else None
@@ -498,6 +499,7 @@ class SqlStore:
                 made.append(Claimed(run_id, claim.job, fire, trigger, ready, holder is not None,
                                     plan.backlog))
         self._decide_log(tx, decided)
+        decisions.extend(decided)
         tx.execute(_WATERMARK, {"job": claim.job, "until": iso(until)})
         return made, until
 
