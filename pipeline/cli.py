@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -1342,3 +1342,118 @@ def why(settings: Settings, job: str, at: str | None, count: int, since: str | N
         return
     for line in lines:
         click.echo(line)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--from", "start", required=True, metavar="TIME",
+              help="The first instant (ISO 8601, or a date; in the job's zone).")
+@click.option("--to", "end", required=True, metavar="TIME", help="The last instant.")
+@click.option("--rerun", type=click.Choice(["none", "failed", "all"]), default="none",
+              show_default=True,
+              help="Instants that already have a run: leave them, rerun the failed, or all.")
+@click.option("--max-parallel", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="How many of the job's runs may run at once.")
+@click.option("--dry-run", is_flag=True, help="List the instants and what would be run.")
+@dirs
+@pass_settings
+def backfill(settings: Settings, job: str, start: str, end: str, rerun: str,
+             max_parallel: int, dry_run: bool) -> None:
+    """One run of JOB per scheduled instant in [--from, --to]: the job's own schedule,
+    exclusions and zone; trigger `backfill`, `run.fire_time` = the instant.
+
+    Through the daemon (any node) when one runs; in the foreground otherwise. An instant's
+    run is never doubled: a backfilled instant that later comes due is not fired again.
+    """
+    from pipeline import operate
+    from pipeline.versions import version_of
+
+    definition = find_job(settings, job, missing_code=1)
+    zone = definition.schedules[0].timezone if definition.schedules else None
+    instants = operate.backfill_instants(definition, parse_time(start, zone),
+                                         parse_time(end, zone))
+    with open_state(settings, create=not dry_run) if (
+            not dry_run or has_state(settings)) else nullcontext(None) as store:
+        have = store.fired(job, since=instants[0], until=instants[-1]) \
+            if store is not None and instants else {}
+        if dry_run:
+            for instant in instants:
+                run = have.get(instant)
+                what = "run" if run is None else (
+                    f"has run {run.id} ({run.status})"
+                    + ("; run again" if rerun == "all" or (
+                        rerun == "failed" and run.status.finished
+                        and run.status.value != "succeeded") else "; left alone"))
+                click.echo(f"{local(instant, zone)}  {what}")
+            click.echo(f"{len(instants)} instants", err=True)
+            return
+        assert store is not None
+        made, left = operate.backfill(store, definition, instants, rerun=rerun,
+                                      max_parallel=max_parallel, now=now_utc(),
+                                      version=version_of(definition_path(definition)))
+        for instant, run in left:
+            click.echo(f"pipeline: {local(instant, zone)} has run {run.id} ({run.status}); "
+                       "left alone", err=True)
+        for run_id in made:
+            click.echo(run_id)
+        if made and not operate.runner_alive(store, definition):
+            click.echo(f"pipeline: no daemon runs {job}: running {len(made)} run(s) here",
+                       err=True)
+            run_here(settings, store, made)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from", "from_step", metavar="STEP",
+              help="Run STEP and what depends on it again; reuse the other steps' outputs.")
+@click.option("--failed", is_flag=True,
+              help="Run the failed, timed-out and cancelled steps and their dependants again.")
+@dirs
+@pass_settings
+def rerun(settings: Settings, run_id: str, from_step: str | None, failed: bool) -> None:
+    """A new run of RUN_ID's job with the same params and fire time (trigger `rerun`), from
+    the current job file. Reused steps show `reused`, with their outputs."""
+    from pipeline import operate
+    from pipeline.errors import UsageError
+    from pipeline.versions import version_of
+
+    if from_step and failed:
+        raise UsageError("give --from STEP or --failed, not both")
+    with open_state(settings) as store:
+        record = get_run(store, run_id)
+        definition = find_job(settings, record.job, missing_code=1)
+        reuse = operate.rerun_reuse(definition, record, from_step=from_step, failed=failed)
+        version = version_of(definition_path(definition))
+        if record.version is not None and record.version.sha256 != version.sha256:
+            click.echo(f"pipeline: {definition.file} changed since run {record.id}: the new "
+                       "run uses the current file", err=True)
+        new = operate.rerun(store, record, definition, reuse=reuse, now=now_utc(),
+                            version=version)
+        click.echo(new)
+        if not operate.runner_alive(store, definition):
+            [ended] = run_here(settings, store, [new])
+            sys.exit(0 if ended.status.value == "succeeded" else 1)
+
+
+def definition_path(job: Job) -> Any:
+    from pathlib import Path
+
+    return Path(job.file)
+
+
+def run_here(settings: Settings, store: Store, run_ids: list[str]) -> list[RunRecord]:
+    """Run queued runs in this process (no daemon would), saying how each ended."""
+    import trio
+
+    from pipeline import foreground
+
+    def ended(record: RunRecord) -> None:
+        reason = f" ({record.reason})" if record.reason else ""
+        click.echo(f"run {record.id} {record.status}{reason}", err=True)
+
+    def jobs(name: str) -> Job | None:
+        return find_job(settings, name, missing_code=1)
+
+    return trio.run(lambda: foreground.run_queued(
+        run_ids, store=store, state_dir=settings.state_dir, runners=settings.runners(),
+        jobs=jobs, on_end=ended))

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline import triggers
-from pipeline.errors import NotFound
+from pipeline.errors import NotFound, PipelineError
 from pipeline.events import RunQueued
-from pipeline.model import Catchup, Job, Trigger, Version
+from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
 from pipeline.statedir import new_run_id
 from pipeline.store import JobState, NodeInfo, Outcome, Store, StoredDecision
@@ -151,3 +151,119 @@ def _next(name: str, job: Job | None, state: JobState | None, now: datetime,
     if problems:
         text += f"; its file is invalid ({problems[0]}): the last good version fires"
     return text
+
+
+# -- backfill and rerun ------------------------------------------------------------------------
+
+MAX_BACKFILL = 10_000
+
+
+class Refused(PipelineError):
+    """A backfill or rerun that cannot be made as asked."""
+
+
+def backfill_instants(job: Job, start: datetime, end: datetime) -> list[datetime]:
+    """The job's scheduled instants in [start, end] (its schedule, exclusions and zone);
+    raises ``Refused`` for an empty or an oversized range."""
+    if end < start:
+        raise Refused(f"--to ({end.isoformat()}) is before --from ({start.isoformat()})")
+    if not job.schedules:
+        raise Refused(f"job {job.name} has no schedule: it has no instants to backfill")
+    instants, more = triggers.fires_between(job.schedules, start - timedelta(microseconds=1),
+                                            end, limit=MAX_BACKFILL + 1)
+    if more or len(instants) > MAX_BACKFILL:
+        raise Refused(f"the range holds more than {MAX_BACKFILL:,} instants of {job.name}; "
+                      "backfill it in parts")
+    return sorted(instants)
+
+
+def backfill(store: Store, job: Job, instants: Sequence[datetime], *, rerun: str,
+             max_parallel: int, now: datetime, version: Version,
+             ) -> tuple[list[str], list[tuple[datetime, RunRecord]]]:
+    """One run per instant, trigger ``backfill``, any node takes them, ``max_parallel`` of
+    the job's runs at a time, oldest first. An instant that already has a run is left alone
+    unless ``rerun`` says ``all`` (or ``failed`` and that run did not succeed): its new run
+    does not take the instant's identity, the first one keeps it. An instant without a run
+    takes its identity, so when it later comes due (or is backfilled again) it is not fired
+    twice. Returns the runs made and the instants left alone with their runs."""
+    if not instants:
+        return [], []
+    have = store.fired(job.name, since=instants[0], until=instants[-1])
+    events: list[RunQueued] = []
+    left: list[tuple[datetime, RunRecord]] = []
+    for instant in instants:
+        existing = have.get(instant)
+        again = existing is not None and (
+            rerun == "all" or (rerun == "failed" and existing.status.finished
+                               and existing.status.value != "succeeded"))
+        if existing is not None and not again:
+            left.append((instant, existing))
+            continue
+        events.append(RunQueued(new_run_id(now), job.name, Trigger.BACKFILL, now,
+                                fire_time=instant, version=version, document=job.document,
+                                runs_on=job.runs_on, backlog=True, parallel=max_parallel,
+                                keyed=existing is None))
+    refused = store.record(events)
+    return [e.run_id for e in events if e.run_id not in refused], left
+
+
+def rerun_reuse(job: Job, record: RunRecord, *, from_step: str | None,
+                failed: bool) -> dict[str, dict[str, str]]:
+    """What a rerun takes over from ``record``: every step outside the part it runs again,
+    with its outputs. ``from_step``: that step and everything downstream of it run again;
+    ``failed``: the failed, timed-out and cancelled steps and their downstream. Neither: all
+    run again. Raises ``Refused`` for an unknown step or nothing to rerun."""
+    from pipeline import dag
+
+    steps = {s.id: s for s in job.steps}
+    if from_step is not None and from_step not in steps:
+        raise Refused(f"job {job.name} has no step {from_step!r}"
+                      f"{dag.did_you_mean(from_step, list(steps))}")
+    previous = {s.id.split(".", 1)[0]: s for s in record.steps if "." not in s.id}
+    if from_step is None and not failed:
+        return {}
+    if from_step is not None:
+        roots = {from_step}
+    else:
+        roots = {sid for sid, s in previous.items() if sid in steps
+                 and s.status.value in ("failed", "timed_out", "cancelled")}
+        if not roots:
+            raise Refused(f"run {record.id} has no failed step to run again")
+    again = set(roots)
+    changed = True
+    while changed:  # everything downstream of a step that runs again runs again
+        changed = False
+        for step in job.steps:
+            if step.id not in again and any(n in again for n in step.needs):
+                again.add(step.id)
+                changed = True
+    reuse: dict[str, dict[str, str]] = {}
+    for sid in steps:
+        if sid in again:
+            continue
+        before = previous.get(sid)
+        if before is None or before.status.value not in ("succeeded", "reused", "skipped"):
+            raise Refused(f"step {sid} did not succeed in run {record.id} "
+                          f"({before.status if before else 'not run'}); rerun from it, or "
+                          "with --failed")
+        reuse[sid] = dict(before.outputs)
+    return reuse
+
+
+def rerun(store: Store, record: RunRecord, job: Job, *, reuse: Mapping[str, Mapping[str, str]],
+          now: datetime, version: Version) -> str:
+    """A new run of ``record``'s job with its params and fire time, trigger ``rerun``, for
+    any node to take; returns its id."""
+    run_id = new_run_id(now)
+    store.record([RunQueued(run_id, job.name, Trigger.RERUN, now, fire_time=record.fire_time,
+                            params=record.params, version=version, document=job.document,
+                            runs_on=job.runs_on, rerun_of=record.id, reuse=reuse)])
+    return run_id
+
+
+def runner_alive(store: Store, job: Job) -> bool:
+    """Whether a live node would take ``job``'s runs (else the CLI runs them itself)."""
+    return any(n.state.value == "alive" and "runner" in n.roles
+               and all(n.labels.get(k) == v for k, v in job.runs_on.items())
+               and not n.name.startswith("pipeline-run-")
+               for n in store.nodes())

@@ -792,3 +792,73 @@ def test_why_says_when_the_job_will_not_fire(tmp_path: Path, jobs: Path) -> None
     assert out[-1].startswith("will not fire: enabled: false in ") and "off.yaml" in out[-1]
     assert cli("why", *args, "hello")[1].splitlines()[-1].startswith(
         "will not fire on its own")
+
+
+def test_backfill_runs_each_instant_once_in_the_foreground(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "daily.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+        steps:
+          - {id: s, run: 'echo "fire=$PIPELINE_FIRE_TIME" >> "$PIPELINE_OUTPUT"'}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines() == ["2026-11-01 03:00:00+01:00  run", "2026-11-02 03:00:00+01:00  run",
+                                "2026-11-03 03:00:00+01:00  run"]
+    assert not (tmp_path / "state").exists()  # a dry run writes nothing
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00", "--max-parallel", "2")
+    assert code == 0, err
+    made = out.split()
+    assert len(made) == 3 and "running 3 run(s) here" in err
+    runs = json.loads(cli("runs", *args, "daily", "--json")[1])
+    assert sorted(r["fire_time"] for r in runs) == [
+        "2026-11-01T02:00:00+00:00", "2026-11-02T02:00:00+00:00", "2026-11-03T02:00:00+00:00"]
+    assert {(r["trigger"], r["status"]) for r in runs} == {("backfill", "succeeded")}
+    shown = json.loads(cli("show", *args, made[0], "--json")[1])
+    assert shown["steps"][0]["outputs"]["fire"] == "2026-11-01T02:00:00+00:00"
+    # Again: every instant has its run; only --rerun runs them again.
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00")
+    assert code == 0 and out == "" and err.count("left alone") == 3
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-02",
+                         "--to", "2026-11-02T23:00", "--rerun", "all")
+    assert code == 0 and len(out.split()) == 1
+    assert len(json.loads(cli("runs", *args, "daily", "--json")[1])) == 4
+    code, _, err = cli("backfill", *args, "daily", "--from", "2026-11-03", "--to", "2026-11-01")
+    assert code == 1 and "before --from" in err
+
+
+def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
+        tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    jobs = write(tmp_path / "jobs.d" / "etl.yaml", f"""
+        params: {{day: {{type: string, default: x}}}}
+        steps:
+          - {{id: extract, run: 'echo "rows=42" >> "$PIPELINE_OUTPUT"'}}
+          - id: load
+            needs: [extract]
+            run: 'test -e {flag} && echo "got ${{{{ steps.extract.outputs.rows }}}} ${{{{ params.day }}}}"'
+          - {{id: report, needs: [load], run: 'true'}}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    assert cli("run", *args, "etl", "-p", "day=mon")[0] == 1  # load fails: no flag
+    [first] = json.loads(cli("runs", *args, "--json")[1])
+    flag.touch()
+    code, out, err = cli("rerun", *args, first["id"], "--failed")
+    assert code == 0, err
+    again = json.loads(cli("show", *args, out.strip(), "--json")[1])
+    assert again["trigger"] == "rerun" and again["rerun_of"] == first["id"]
+    assert again["params"] == {"day": "mon"} and again["fire_time"] == first["fire_time"]
+    assert [(s["id"], s["status"]) for s in again["steps"]] == [
+        ("extract", "reused"), ("load", "succeeded"), ("report", "succeeded")]
+    assert again["steps"][0]["outputs"] == {"rows": "42"}
+    log = cli("logs", *args, again["id"], "load")[1]
+    assert log.strip() == "got 42 mon"
+    code, out, _ = cli("rerun", *args, again["id"], "--from", "report")
+    assert code == 0
+    third = json.loads(cli("show", *args, out.strip(), "--json")[1])
+    assert [s["status"] for s in third["steps"]] == ["reused", "reused", "succeeded"]
+    assert cli("rerun", *args, again["id"], "--failed")[0] == 1  # nothing failed
+    assert cli("rerun", *args, again["id"], "--from", "nope")[0] == 1

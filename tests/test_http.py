@@ -766,3 +766,39 @@ async def test_pause_resume_and_decisions_through_the_api(daemon: Daemon) -> Non
         assert found[0]["outcome"] == "fired" and found[0]["run_id"] == run_id
         error_of(await http.get("/api/v1/jobs/nope/decisions"), 404)
         error_of(await http.get("/api/v1/jobs/hello/decisions?since=yesterday"), 400)
+
+
+async def test_backfill_and_rerun_through_the_api(tmp_path: Path) -> None:
+    jobs = {"daily.yaml": """
+name: daily
+schedule: {cron: "0 3 * * *", timezone: UTC}
+steps:
+  - {id: a, run: 'echo "n=1" >> "$PIPELINE_OUTPUT"'}
+  - {id: b, needs: [a], run: 'true'}
+"""}
+    async with open_daemon(tmp_path, jobs=jobs) as daemon, client(daemon) as http:
+        made = await http.post("/api/v1/jobs/daily/backfill",
+                               json={"from": "2026-11-01T00:00:00Z",
+                                     "to": "2026-11-02T23:00:00Z", "max_parallel": 2})
+        assert made.status_code == 202, made.text
+        ids = made.json()["run_ids"]
+        runs = [await wait_run(http, run_id) for run_id in ids]
+        assert [r["fire_time"] for r in runs] == ["2026-11-01T03:00:00+00:00",
+                                                  "2026-11-02T03:00:00+00:00"]
+        assert {(r["trigger"], r["status"]) for r in runs} == {("backfill", "succeeded")}
+        again = await http.post("/api/v1/jobs/daily/backfill",
+                                json={"from": "2026-11-01T00:00:00Z",
+                                      "to": "2026-11-02T23:00:00Z"})
+        assert again.json()["run_ids"] == [] and len(again.json()["left_alone"]) == 2
+        error_of(await http.post("/api/v1/jobs/daily/backfill", json={"from": "x"}), 400)
+        error_of(await http.post("/api/v1/jobs/daily/backfill",
+                                 json={"from": "2026-11-02T00:00:00Z",
+                                       "to": "2026-11-01T00:00:00Z"}), 409)
+        rerun = await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"from_step": "b"})
+        assert rerun.status_code == 202, rerun.text
+        run = await wait_run(http, rerun.json()["run_id"])
+        assert run["rerun_of"] == ids[0] and run["trigger"] == "rerun"
+        assert [(s["id"], s["status"]) for s in run["steps"]] == [("a", "reused"),
+                                                                  ("b", "succeeded")]
+        error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"failed": True}), 409)
+        error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"from_step": "z"}), 409)

@@ -21,7 +21,7 @@ from trio.testing import MockClock
 from pipeline import operate, spec
 from pipeline.errors import RunnerError
 from pipeline.journal import Journal
-from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
@@ -566,3 +566,24 @@ async def test_resume_with_catchup_follows_the_jobs_policy(
     assert world.fired() == sorted([10, *caught])
     assert all(world.store.run(r) is not None and world.store.run(r).trigger is  # type: ignore[union-attr]
                Trigger.CATCHUP for r in made)
+
+
+async def test_a_backfilled_instant_is_not_fired_again_and_the_reverse(
+        world: World, mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job) as node:
+        await trio.sleep(12)  # 10 fires on schedule
+        made, left = operate.backfill(
+            world.store, job, [BASE + timedelta(seconds=s) for s in (10, 20)], rerun="none",
+            max_parallel=1, now=world.now(), version=Version(sha256=job.sha256))
+        node.worker.poke()
+        await trio.sleep(20)  # 20 comes due: its instant is taken by the backfill
+    assert [(i - BASE).total_seconds() for i, _ in left] == [10]
+    runs = [r for r in world.runs() if r.fire_time is not None]
+    by_instant: dict[float, list[Trigger]] = {}
+    for r in runs:
+        by_instant.setdefault((r.fire_time - BASE).total_seconds(), []).append(r.trigger)
+    assert by_instant[10] == [Trigger.SCHEDULE]
+    assert by_instant[20] == [Trigger.BACKFILL]
+    assert by_instant[30] == [Trigger.SCHEDULE]
+    assert len(made) == 1

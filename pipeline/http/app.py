@@ -82,6 +82,7 @@ from pipeline.model import (
     RunStatus,
     StepStatus,
     Trigger,
+    Version,
     iso,
     run_as_dict,
 )
@@ -143,6 +144,8 @@ class StatusApp:
             Route("/api/v1/jobs/{name}/pause", self.pause, methods=["POST"]),
             Route("/api/v1/jobs/{name}/resume", self.resume, methods=["POST"]),
             Route("/api/v1/jobs/{name}/decisions", self.decisions, methods=["GET"]),
+            Route("/api/v1/jobs/{name}/backfill", self.backfill, methods=["POST"]),
+            Route("/api/v1/runs/{run_id}/rerun", self.rerun, methods=["POST"]),
             Route("/api/v1/pause", self.pause_all, methods=["POST"]),
             Route("/api/v1/resume", self.resume_all, methods=["POST"]),
             Route("/api/v1/runs", self.list_runs, methods=["GET"]),
@@ -291,6 +294,60 @@ class StatusApp:
         names = sorted(self.daemon.catalog.jobs)
         await self._paused(request, names, pause=False)
         return JSONResponse({"jobs": names, "paused": False})
+
+    async def backfill(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        body = await self._body(request, {"from": str, "to": str, "rerun": str,
+                                          "max_parallel": int})
+        for key in ("from", "to"):
+            if key not in body:
+                raise ApiError(400, "bad_body", f'"{key}" is required (an ISO 8601 time)')
+        start = time_param(body["from"], "from")
+        end = time_param(body["to"], "to")
+        assert start is not None and end is not None
+        rerun = body.get("rerun") or "none"
+        if rerun not in ("none", "failed", "all"):
+            raise ApiError(400, "bad_body", '"rerun" is one of none, failed, all')
+        parallel = body.get("max_parallel") or 1
+        if not 1 <= parallel <= 1000:
+            raise ApiError(400, "bad_body", '"max_parallel" is from 1 to 1000')
+        try:
+            instants = operate.backfill_instants(job, start, end)
+        except operate.Refused as exc:
+            raise ApiError(409, "refused", str(exc)) from None
+        version = self.daemon.scheduler.version(job.name) or Version(sha256=job.sha256)
+        made, left = await self.store(operate.backfill, self.daemon.store, job, instants,
+                                      rerun=rerun, max_parallel=parallel, now=self.now(),
+                                      version=version)
+        self.daemon.worker.poke()
+        self.recent.clear()
+        return JSONResponse({"job": job.name, "run_ids": made,
+                             "left_alone": [{"fire_time": iso(i), "run_id": r.id,
+                                             "status": str(r.status)} for i, r in left]},
+                            status_code=202)
+
+    async def rerun(self, request: Request) -> Response:
+        record = await self._run(request.path_params["run_id"])
+        body = await self._body(request, {"from_step": str, "failed": bool})
+        job = self.daemon.catalog.jobs.get(record.job)
+        if job is None:
+            raise ApiError(409, "refused", f"job {record.job} is not loaded: nothing to rerun "
+                                           "it from")
+        try:
+            reuse = operate.rerun_reuse(job, record, from_step=body.get("from_step"),
+                                        failed=bool(body.get("failed")))
+        except operate.Refused as exc:
+            raise ApiError(409, "refused", str(exc)) from None
+        version = self.daemon.scheduler.version(job.name) or Version(sha256=job.sha256)
+        run_id = await self.store(operate.rerun, self.daemon.store, record, job, reuse=reuse,
+                                  now=self.now(), version=version)
+        self.daemon.worker.poke()
+        self.recent.clear()
+        url = f"/api/v1/runs/{run_id}"
+        return JSONResponse({"run_id": run_id, "rerun_of": record.id, "url": url,
+                             "changed": record.version is not None
+                             and record.version.sha256 != job.sha256},
+                            status_code=202, headers={"Location": url})
 
     async def decisions(self, request: Request) -> Response:
         name = match(request.path_params["name"], JOB_NAME, "job")

@@ -210,6 +210,31 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "additionalProperties": False,
                     "properties": {"catchup": _nullable({"type": "boolean"})}})},
                 "responses": _answers(200, _ref("Job"), "Resumed", 400, 404, 413, 415)}},
+            "/api/v1/jobs/{name}/backfill": {"post": {
+                "operationId": "backfillJob", "parameters": [name],
+                "requestBody": {"required": True, **_content({
+                    "type": "object", "additionalProperties": False, "required": ["from", "to"],
+                    "properties": {
+                        "from": {"type": "string", "format": "date-time"},
+                        "to": {"type": "string", "format": "date-time"},
+                        "rerun": _nullable({"enum": ["none", "failed", "all"]}),
+                        "max_parallel": _nullable({"type": "integer", "minimum": 1,
+                                                   "maximum": 1000})}})},
+                "responses": _answers(202, {"type": "object", "required": ["run_ids"],
+                                            "properties": {"run_ids": {
+                                                "type": "array",
+                                                "items": {"type": "string"}}}},
+                                      "Runs made, one per instant", 400, 404, 409, 413,
+                                      415)}},
+            "/api/v1/runs/{run_id}/rerun": {"post": {
+                "operationId": "rerunRun", "parameters": [run_id],
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "from_step": _nullable({"type": "string"}),
+                        "failed": _nullable({"type": "boolean"})}})},
+                "responses": _answers(202, {"type": "object", "required": ["run_id"],
+                                            "properties": {"run_id": {"type": "string"}}},
+                                      "The new run", 400, 404, 409, 413, 415)}},
             "/api/v1/pause": {"post": {
                 "operationId": "pauseAll",
                 "requestBody": {"required": False, **_content({

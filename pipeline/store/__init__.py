@@ -54,7 +54,7 @@ from pipeline.policy import Decision, Verdict
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 # Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.
-KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP})
+KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.BACKFILL})
 
 INTERRUPTED_RUNNING = "the daemon stopped while it ran"
 INTERRUPTED_QUEUED = "the daemon stopped before it started"
@@ -293,6 +293,10 @@ class Store(Protocol):
         """Every fire of ``job`` up to ``until`` is dealt with (it only ever moves forward)."""
         ...
 
+    def fired(self, job: str, *, since: datetime, until: datetime) -> dict[datetime, RunRecord]:
+        """The runs that hold the job's instants in [since, until], by instant."""
+        ...
+
     def fires_after(self, job: str, after: datetime) -> set[datetime]:
         """Instants after ``after`` that already have a run (skipped ones too)."""
         ...
@@ -330,11 +334,12 @@ class Store(Protocol):
         out of the answer."""
         ...
 
-    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
         """Take up to ``limit`` ready runs that no node holds (whose ``runs_on`` labels the
         node has), decide about each as ``start_runs`` does, and hold the ones that run or
         wait. Runs nobody has claimed are taken oldest first, past rows other nodes are
-        claiming (SKIP LOCKED)."""
+        claiming (SKIP LOCKED). ``only``: take none but these."""
         ...
 
     def release(self, node: str, run_ids: Collection[str]) -> None:
@@ -490,7 +495,9 @@ def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
 
 
 RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
-               "reason, params, version, parent_run_id, node, attempt, outputs")
+               "reason, params, version, parent_run_id, node, attempt, outputs, rerun_of, "
+               "reuse")
+DOCUMENT = 17  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
                 "outputs, error, log, pgid, item")
 
@@ -508,6 +515,7 @@ def run_record(row: Sequence[Any], document: Any = None,
         version=None if version is None else Version(**version), parent_run_id=row[11],
         node=row[12], attempt=row[13] or 0,
         outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
+        rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
         document=None if document is None else freeze(from_json(document)),
         steps=steps)
 

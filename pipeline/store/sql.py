@@ -41,6 +41,7 @@ from pipeline.model import (
 )
 from pipeline.statedir import new_run_id
 from pipeline.store import (
+    DOCUMENT,
     INTERRUPTED_RUNNING,
     NODE_LOST,
     RUN_COLUMNS,
@@ -85,9 +86,11 @@ Tx = Any
 # transaction goes on and the rest of the batch commits, without a savepoint per claim.
 _INSERT_QUEUED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, ready_at, params,
-                      version, document, parent_run_id, node, runs_on, backlog)
+                      version, document, parent_run_id, node, runs_on, backlog, parallel,
+                      rerun_of, reuse)
     VALUES (:id, :job, 'queued', :trigger, :fire_time, :fire_key, :queued_at, :queued_at,
-            :params, :version, :document, :parent, :node, :runs_on, :backlog)
+            :params, :version, :document, :parent, :node, :runs_on, :backlog, :parallel,
+            :rerun_of, :reuse)
     ON CONFLICT DO NOTHING"""
 _INSERT_SKIPPED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, started_at,
@@ -180,15 +183,18 @@ class SqlStore:
                                        "item": e.item, "node": node})
         elif isinstance(e, RunQueued):
             fire_time = iso_or_none(e.fire_time)
+            keyed = fire_key(e.trigger, fire_time) if e.keyed is None else (
+                fire_time if e.keyed else None)
             cursor = tx.execute(_INSERT_QUEUED, {
                 "id": e.run_id, "job": e.job, "trigger": str(e.trigger),
-                "fire_time": fire_time, "fire_key": fire_key(e.trigger, fire_time),
+                "fire_time": fire_time, "fire_key": keyed,
                 "queued_at": iso(e.queued_at), "params": to_json(e.params) if e.params else "{}",
                 "version": version_json(e.version),
                 "document": None if e.document is None else document_json(e.document),
                 "parent": e.parent_run_id, "node": e.node,
                 "runs_on": to_json(e.runs_on) if e.runs_on else None,
-                "backlog": int(e.backlog)})
+                "backlog": int(e.backlog), "parallel": e.parallel, "rerun_of": e.rerun_of,
+                "reuse": to_json(e.reuse) if e.reuse else None})
             if cursor.rowcount == 0:
                 refused.add(e.run_id)
         elif isinstance(e, RunStarted):
@@ -361,7 +367,7 @@ class SqlStore:
             for step in tx.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id "
                                    f"{self.in_ids} ORDER BY seq", {"ids": self._ids(steps)}):
                 steps[step[0]].append(step_record(step))
-        return [run_record(row, row[15], tuple(steps[row[0]])) for row in rows]
+        return [run_record(row, row[DOCUMENT], tuple(steps[row[0]])) for row in rows]
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -399,6 +405,14 @@ class SqlStore:
     def move_watermark(self, job: str, until: datetime) -> None:
         with self._write() as tx:
             tx.execute(_WATERMARK, {"job": job, "until": iso(until)})
+
+    def fired(self, job: str, *, since: datetime, until: datetime) -> dict[datetime, RunRecord]:
+        with self._read() as tx:
+            rows = tx.execute(f"SELECT {RUN_COLUMNS}, fire_key FROM runs WHERE job = :job "
+                              "AND fire_key >= :since AND fire_key <= :until",
+                              {"job": job, "since": iso(since), "until": iso(until)}).fetchall()
+        return {time_of(row[DOCUMENT]): run_record(row)  # type: ignore[misc]
+                for row in rows}
 
     def fires_after(self, job: str, after: datetime) -> set[datetime]:
         with self._read() as tx:
@@ -517,12 +531,16 @@ class SqlStore:
                               {"ids": self._ids(run_ids), "node": node}).fetchall()
             return self._start(tx, node, rows, now, stopping, frozenset(force))
 
-    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
-        if limit <= 0:
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
+        if limit <= 0 or (only is not None and not only):
             return []
+        wanted = "" if only is None else f" AND id {self.in_ids}"
+        ids = {} if only is None else {"ids": self._ids(only)}
         with self._read() as tx:  # most looks find nothing: no write lock for them
             if tx.execute("SELECT 1 FROM runs WHERE status = 'queued' AND node IS NULL "
-                          "AND ready_at <= :now LIMIT 1", {"now": iso(now)}).fetchone() is None:
+                          f"AND ready_at <= :now{wanted} LIMIT 1",
+                          {"now": iso(now), **ids}).fetchone() is None:
                 return []
         with self._write(durable=False) as tx:
             if self.shared:
@@ -531,9 +549,9 @@ class SqlStore:
             # (a row that does not fit stays for another node).
             rows = tx.execute(f"""
                 SELECT id, job, runs_on FROM runs
-                WHERE status = 'queued' AND node IS NULL AND ready_at <= :now
+                WHERE status = 'queued' AND node IS NULL AND ready_at <= :now{wanted}
                 ORDER BY ready_at, id LIMIT :limit{self.skip_locked}""",
-                {"now": iso(now), "limit": limit * 4}).fetchall()
+                {"now": iso(now), "limit": limit * 4, **ids}).fetchall()
             fits = [(row[0], row[1]) for row in rows
                     if _fits(from_json(row[2]) or {}, node.labels)][:limit]
             if not fits:
@@ -551,9 +569,9 @@ class SqlStore:
             jobs[name] = self._job(tx, name)
         for run_id, name in ((row[0], row[1]) for row in rows):
             settings, state = jobs[name]
-            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at FROM runs "
-                             "WHERE id = :id", {"id": run_id}).fetchone()
-            waiting, backlog = bool(run[15]), bool(run[16])
+            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at, parallel "
+                             "FROM runs WHERE id = :id", {"id": run_id}).fetchone()
+            waiting, backlog = bool(run[DOCUMENT]), bool(run[DOCUMENT + 1])
             active = tx.execute("SELECT count(*) FROM runs WHERE job = :job "
                                 "AND status = 'running'", {"job": name}).fetchone()[0]
             ahead = tx.execute(
@@ -561,7 +579,7 @@ class SqlStore:
                 "AND waiting = 1 AND id <> :id AND (:all = 1 OR queued_at < :queued "
                 "OR (queued_at = :queued AND id < :id))",
                 {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
-                 "queued": run[17]}).fetchone()[0]
+                 "queued": run[DOCUMENT + 2]}).fetchone()[0]
             situation = policy.Situation(
                 active=active, waiting=ahead, failures=state.failures,
                 circuit_opened_at=state.circuit_opened_at, paused=state.paused)
@@ -569,7 +587,8 @@ class SqlStore:
             decision = policy.decide(
                 trigger=trigger, concurrency=settings.concurrency, situation=situation,
                 now=now, breaker=settings.breaker, enabled=settings.enabled, waiting=waiting,
-                backlog=backlog, stopping=stopping, force=run_id in force)
+                backlog=backlog, stopping=stopping, force=run_id in force,
+                parallel=run[DOCUMENT + 3] or 1)
             replaced: tuple[str, ...] = ()
             verdict = decision.verdict
             if verdict is policy.Verdict.START:

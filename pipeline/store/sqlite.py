@@ -193,6 +193,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX decisions_by_job ON decisions (job, fire_time)",
         "CREATE INDEX decisions_by_time ON decisions (job, decided_at)",
     ),
+    (
+        # Backfills and reruns: how many of a backlog may run at once, and what a rerun takes
+        # over from the run it runs again.
+        "ALTER TABLE runs ADD COLUMN parallel INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
+        "ALTER TABLE runs ADD COLUMN reuse TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
