@@ -1044,6 +1044,7 @@ def list_(settings: Settings, as_json: bool) -> None:
             "next_fire_time": None, "last_run": None, "active_runs": 0,
             # Unknown only for a file of which no version was ever loaded.
             "circuit": "closed" if job is not None or stale else None,
+            "paused": False, "paused_reason": None, "paused_by": None,
             "stale": stale,
             "version": job.sha256 if job else kept.get("sha256") if stale else None,
             "daemon": None if daemon is None or not name else (
@@ -1055,6 +1056,7 @@ def list_(settings: Settings, as_json: bool) -> None:
     marks: Mapping[str, datetime] = {}
     active: Sequence[RunRecord] = []
     opened: Mapping[str, datetime | None] = {}
+    states: Mapping[str, Any] = {}
     if has_state(settings):
         with open_state(settings) as store:
             last, active, states = store.last_runs(), store.active_runs(), store.job_states()
@@ -1075,6 +1077,10 @@ def list_(settings: Settings, as_json: bool) -> None:
         since = opened.get(name) if name else None
         if since is not None and now < since + timedelta(seconds=breakers[name][1]):
             row["circuit"] = "open"
+        state = states.get(name) if name else None
+        if state is not None and state.paused_at is not None:
+            row.update(paused=True, paused_reason=state.paused_reason,
+                       paused_by=state.paused_by)
     if as_json:
         echo_json(rows)
         return
@@ -1092,7 +1098,8 @@ def list_(settings: Settings, as_json: bool) -> None:
                      zone_of(loaded.jobs.get(row["name"])))
 
     table([(r["name"] or "?", validity(r),
-            (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]"),
+            (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]")
+            + (" [paused]" if r["paused"] else ""),
             when(r), r["last_run"]["status"] if r["last_run"] else "-", r["circuit"] or "-",
             r["file"])
            for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "CIRCUIT",

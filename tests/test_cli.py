@@ -763,6 +763,10 @@ def test_pause_resume_reset_and_why(tmp_path: Path, jobs: Path) -> None:
     assert cli("pause", *args)[0] == 2  # neither jobs nor --all
     code, out, _ = cli("pause", *args, "nightly", "--reason", "db migration")
     assert code == 0 and out == "paused nightly\n"
+    listed = {r["name"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert listed["nightly"]["paused"] and listed["nightly"]["paused_reason"] == "db migration"
+    assert not listed["hello"]["paused"]
+    assert "[paused]" in cli("list", *args)[1]
     code, out, _ = cli("why", *args, "nightly")
     lines = out.splitlines()
     assert code == 0 and lines[0] == "no decisions recorded yet"
