@@ -34,6 +34,9 @@ from pipeline.statedir import new_run_id
 from pipeline.store import SqliteStore
 from pipeline.watch import Catalog
 
+# Every test here but one starts the daemon's parts on the real clock (open_daemon).
+pytestmark = pytest.mark.slow
+
 JOBS = {
     "hello.yaml": """
 name: hello
