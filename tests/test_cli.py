@@ -448,6 +448,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line_and_writes_nothing(tmp_path: P
     assert not state.exists()
 
 
+@pytest.mark.slow
 def test_serve_refuses_unusable_directories_and_token_files_in_one_line(tmp_path: Path) -> None:
     jobs = write(tmp_path / "jobs.d" / "a.yaml", "steps:\n  - {id: a, run: 'true'}\n").parent
     a_file = write(tmp_path / "plain-file", "x\n")
