@@ -147,6 +147,7 @@ def test_schema_commands() -> None:
     assert cli("schema", "--runner", "nope")[0] == 2
 
 
+@pytest.mark.slow
 def test_secret_appears_nowhere_under_the_state_directory(tmp_path: Path) -> None:
     secret = "Zq9-very-secret-value-4711"
     job = write(tmp_path / "jobs.d" / "secretive.yaml", """
@@ -190,6 +191,7 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -219,6 +221,7 @@ def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> No
     assert process.processes_of_run(runs[0]["id"]) == []
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -240,6 +243,7 @@ def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> No
     db.close()
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
     """`pipeline schema` from a built wheel, away from the checkout."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
@@ -294,6 +298,7 @@ def test_a_plugin_runner_is_found_when_a_job_uses_one(tmp_path: Path) -> None:
     assert "unknown runner 'ecoh'" in out and "echo" in out  # plug-ins are suggested too
 
 
+@pytest.mark.slow
 def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
     """`.pre-commit-hooks.yaml` as pre-commit reads it: its entry, run on the files it picks."""
     import re
@@ -384,6 +389,7 @@ def test_show_and_logs_follow_the_file_with_outputs_items_and_markers(
                    "[pipeline] exit status 7\n")
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_logs_follow_quietly(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -442,6 +448,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line_and_writes_nothing(tmp_path: P
     assert not state.exists()
 
 
+@pytest.mark.slow
 def test_serve_refuses_unusable_directories_and_token_files_in_one_line(tmp_path: Path) -> None:
     jobs = write(tmp_path / "jobs.d" / "a.yaml", "steps:\n  - {id: a, run: 'true'}\n").parent
     a_file = write(tmp_path / "plain-file", "x\n")

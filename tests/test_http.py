@@ -31,6 +31,9 @@ from pipeline.runners import load_runners
 from pipeline.statedir import new_run_id
 from pipeline.store.sqlite import SqliteStore
 
+# Every test here but one starts the daemon's parts on the real clock (open_daemon).
+pytestmark = pytest.mark.slow
+
 JOBS = {
     "hello.yaml": """
 name: hello
