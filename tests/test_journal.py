@@ -29,7 +29,7 @@ from pipeline.events import (
 )
 from pipeline.journal import MAX_BATCH, Journal
 from pipeline.model import RunStatus, StepStatus, Trigger
-from pipeline.store import SqliteStore
+from pipeline.store.sqlite import SqliteStore
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
