@@ -727,7 +727,9 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
                             f.seek(offset)
                             data = f.read()
                     except FileNotFoundError:
-                        (inode, offset), data = seen or (0, 0), b""
+                        # Not on this machine: a cluster's node shipped it to the store.
+                        (inode, offset) = seen or (0, 0)
+                        data = _shipped(store, record.id, s.id, offset)
                     printed[s.id] = (inode, offset + len(data))
                     if data:
                         sys.stdout.buffer.write(data)
@@ -738,6 +740,18 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
                 record = get_run(store, run_id)
     except KeyboardInterrupt:
         sys.exit(130)  # Ctrl-C ends a follow: nothing to report
+
+
+def _shipped(store: Store, run_id: str, step_id: str, offset: int) -> bytes:
+    """What a shared store holds of a step's log from ``offset`` (nothing with SQLite)."""
+    if not store.shared:
+        return b""
+    out = b""
+    while True:
+        data, _ = store.shipped_log(run_id, step_id, offset + len(out))
+        if not data:
+            return out
+        out += data
 
 
 def _item_text(item: str) -> str:

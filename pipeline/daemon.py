@@ -31,6 +31,7 @@ from pipeline import triggers
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
 from pipeline.journal import Journal
+from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
 from pipeline.model import Job, iso
 from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
@@ -177,8 +178,11 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         await holder.register()
         firing_clock = clock or holder.clock
         parts: list[Worker] = []
-        journal = Journal(store, node=lambda: holder.node_id,
-                          observers=(metrics.observe, lambda e: parts[0].observe(e)))
+        shipper = LogShipper(store, state_dir) if store.shared else None
+        observers = [metrics.observe, lambda e: parts[0].observe(e)]
+        if shipper is not None:
+            observers.append(shipper.observe)
+        journal = Journal(store, node=lambda: holder.node_id, observers=tuple(observers))
         async with trio.open_nursery() as outer:  # the journal outlives everything that writes
             await outer.start(journal.serve)
             scheduler: Scheduler
@@ -202,6 +206,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                             listen=listen)
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
+                if shipper is not None:
+                    await outer.start(shipper.serve)  # ships the last logs after the runs end
                 await inner.start(worker.serve)
                 await scheduler.load(catalog.jobs)
                 if "scheduler" in node.roles:

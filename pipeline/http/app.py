@@ -464,10 +464,34 @@ class StatusApp:
                 return Response(b"", media_type="text/plain; charset=utf-8",
                                 headers={"X-Log-Offset": str(offset)})
         path = self.state_dir / log_relpath(record.job, record.id, step_id)
-        stream = (self._follow(record.id, step_id, path, offset) if follow
-                  else self._read_to_end(path, offset))
+        if self.daemon.store.shared and not await trio.to_thread.run_sync(path.exists):
+            # Another node ran it: its log was shipped to the store.
+            stream = self._shipped(record.id, step_id, offset, follow)
+        else:
+            stream = (self._follow(record.id, step_id, path, offset) if follow
+                      else self._read_to_end(path, offset))
         return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
                                  headers={"X-Log-Offset": str(offset)})
+
+    async def _shipped(self, run_id: str, step_id: str, offset: int,
+                       follow: bool) -> AsyncIterator[bytes]:
+        store = self.daemon.store
+        while True:
+            data, size = await self.store(store.shipped_log, run_id, step_id, offset,
+                                          LOG_CHUNK)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if not follow or size is not None:
+                return
+            record = await self.store(store.run, run_id)
+            # Ended without a final shipment (its node was lost): what is there is all.
+            if record is None or (record.status.finished and (
+                    record.finished_at is None
+                    or (self.now() - record.finished_at).total_seconds() > 5)):
+                return
+            await trio.sleep(FOLLOW_POLL)
 
     async def _read_to_end(self, path: Path, offset: int) -> AsyncIterator[bytes]:
         end = await trio.to_thread.run_sync(log_size, path)

@@ -397,6 +397,20 @@ class Store(Protocol):
         at once: each lost node is reaped by one of them."""
         ...
 
+    # -- shipped logs (cluster mode) ----------------------------------------------------------
+
+    def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
+                 final: int | None = None) -> None:
+        """Keep ``data`` as the step's log from byte ``start``. ``final``: the log is complete
+        at that size (what a capped log was rebuilt to); chunks past it are dropped."""
+        ...
+
+    def shipped_log(self, run_id: str, step_id: str, start: int = 0,
+                    limit: int = 1 << 20) -> tuple[bytes, int | None]:
+        """Up to ``limit`` bytes of a shipped log from ``start``, and its final size if it is
+        complete (None while its step runs, or if nothing was shipped)."""
+        ...
+
     # -- the decision log ------------------------------------------------------------------------
 
     def decisions(self, job: str, *, since: datetime | None = None,

@@ -772,6 +772,45 @@ class SqlStore:
                        f"AND run_id {self.in_ids}", {"at": at, "ids": self._ids(ids)})
         return self._runs_by_id(tx, [r[0] for r in rows])
 
+    # -- shipped logs ---------------------------------------------------------------------------
+
+    def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
+                 final: int | None = None) -> None:
+        with self._write(durable=False) as tx:
+            if final is not None:
+                tx.execute("DELETE FROM log_chunks WHERE run_id = :run AND step_id = :step "
+                           "AND start >= :start",
+                           {"run": run_id, "step": step_id, "start": start})
+            if data:
+                tx.execute("INSERT INTO log_chunks (run_id, step_id, start, data) "
+                           "VALUES (:run, :step, :start, :data) ON CONFLICT "
+                           "(run_id, step_id, start) DO UPDATE SET data = excluded.data",
+                           {"run": run_id, "step": step_id, "start": start, "data": data})
+            if final is not None:
+                tx.execute("UPDATE steps SET log_size = :size WHERE run_id = :run "
+                           "AND step_id = :step",
+                           {"size": final, "run": run_id, "step": step_id})
+
+    def shipped_log(self, run_id: str, step_id: str, start: int = 0,
+                    limit: int = 1 << 20) -> tuple[bytes, int | None]:
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT start, data FROM log_chunks WHERE run_id = :run AND step_id = :step "
+                "AND start < :end ORDER BY start",
+                {"run": run_id, "step": step_id, "end": start + limit}).fetchall()
+            size = tx.execute("SELECT log_size FROM steps WHERE run_id = :run "
+                              "AND step_id = :step", {"run": run_id, "step": step_id}
+                              ).fetchone()
+        out = bytearray()
+        for begin, data in rows:
+            data = bytes(data)
+            if begin + len(data) <= start:
+                continue
+            if begin > start + len(out):
+                break  # a hole: what follows is not shipped yet
+            out += data[max(0, start + len(out) - begin):]
+        return bytes(out[:limit]), (size[0] if size else None)
+
     # -- the decision log -----------------------------------------------------------------------
 
     def decisions(self, job: str, *, since: datetime | None = None,
@@ -842,6 +881,8 @@ class SqlStore:
             gone = self._runs_by_id(tx, doomed)
             tx.execute(f"DELETE FROM steps WHERE run_id {self.in_ids}",
                        {"ids": self._ids(sorted(doomed))})
+            tx.execute(f"DELETE FROM log_chunks WHERE run_id {self.in_ids}",
+                       {"ids": self._ids(sorted(doomed))})
             tx.execute(f"DELETE FROM runs WHERE id {self.in_ids}",
                        {"ids": self._ids(sorted(doomed))})
         return gone
@@ -858,6 +899,7 @@ class SqlStore:
             if not found[0].status.finished:
                 raise RunActive(run_id)
             tx.execute("DELETE FROM steps WHERE run_id = :id", {"id": run_id})
+            tx.execute("DELETE FROM log_chunks WHERE run_id = :id", {"id": run_id})
             tx.execute("DELETE FROM runs WHERE id = :id", {"id": run_id})
         return found[0]
 

@@ -200,6 +200,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
         "ALTER TABLE runs ADD COLUMN reuse TEXT",
     ),
+    (
+        # Step logs shipped to a shared store in chunks, so any node shows any run's log; a
+        # step's shipped log is complete once its size is known.
+        """CREATE TABLE log_chunks (
+            run_id  TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            start   INTEGER NOT NULL,
+            data    BLOB NOT NULL,
+            PRIMARY KEY (run_id, step_id, start)
+        )""",
+        "ALTER TABLE steps ADD COLUMN log_size INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
