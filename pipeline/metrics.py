@@ -70,6 +70,8 @@ class Snapshot:
     invalid_files: int = 0
     journal_healthy: bool = True
     started_at: float | None = None
+    # name -> (alive, active runs, heartbeat age in seconds, jobs directory matches)
+    nodes: Mapping[str, tuple[bool, int, float, bool | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +116,23 @@ class _LiveCollector(Collector):
         if s.started_at is not None:
             yield _gauge("pipeline_start_time_seconds", "When the daemon started (Unix time).",
                          s.started_at)
+        if s.nodes:
+            yield _gauge("pipeline_nodes_alive", "Nodes of the store whose lease is alive.",
+                         sum(1 for alive, *_ in s.nodes.values() if alive))
+            families = (
+                ("pipeline_node_up", "1 while the node's lease is alive.", 0),
+                ("pipeline_node_active_runs", "Runs the node runs now.", 1),
+                ("pipeline_node_heartbeat_age_seconds", "Seconds since the node's last "
+                 "heartbeat.", 2),
+                ("pipeline_node_jobs_match", "1 if the node's jobs directory matches what the "
+                 "other schedulers loaded, 0 if it differs (absent: not a scheduler).", 3))
+            for name, documentation, index in families:
+                family = GaugeMetricFamily(name, documentation, labels=["node"])
+                for node, values in sorted(s.nodes.items()):
+                    value = values[index]
+                    if value is not None:
+                        family.add_metric([node], float(value))
+                yield family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -531,9 +531,11 @@ class StatusApp:
             for name, at in found.items():
                 daemon.metrics.seed_last_success(name, at)
         _, active, states = await self.store(self._last_and_active)
-        daemon.metrics.update(self.snapshot(active, states))
+        nodes = await self.store(lambda: node_views(daemon.store.nodes(), daemon.store.now()))
+        daemon.metrics.update(self.snapshot(active, states, nodes))
 
-    def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState]) -> Snapshot:
+    def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState],
+                 nodes: Sequence[Mapping[str, Any]] = ()) -> Snapshot:
         """The scheduler's, the store's and the catalog's state now (trio thread only)."""
         scheduler = self.daemon.scheduler
         now = self.now()
@@ -550,7 +552,10 @@ class StatusApp:
             next_fire={n: f.timestamp() for n, f in next_fires.items() if f},
             invalid_files=len(self.daemon.catalog.problems),
             journal_healthy=self.daemon.journal.healthy,
-            started_at=self.daemon.started_at.timestamp())
+            started_at=self.daemon.started_at.timestamp(),
+            nodes={n["name"]: (n["state"] == "alive", n["active_runs"],
+                               n["heartbeat_age_s"] or 0.0, n["jobs_match"])
+                   for n in nodes if n["state"] == "alive" or n["active_runs"]})
 
     async def metrics(self, request: Request) -> Response:
         await self._fresh_metrics()
