@@ -2,6 +2,7 @@
 
     PipelineError                 base; ``exit_code`` is what the CLI exits with
     ├── JobInvalid                a job file failed validation; carries its ``problems``
+    │   └── SettingsInvalid       the settings file (``kind: settings``) failed validation
     ├── ParamError                a ``-p KEY=VALUE`` is unknown or does not fit its declaration
     ├── NotFound                  an unknown job, run or step (exit 1)
     ├── StateError                the state cannot be used (locked, newer schema, I/O, a
@@ -62,6 +63,10 @@ class JobInvalid(PipelineError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SettingsInvalid(JobInvalid):
+    """The jobs directory's settings file failed validation. ``problems`` holds every error."""
 
 
 class ParamError(PipelineError):

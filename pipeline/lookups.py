@@ -17,6 +17,8 @@ is written, or None:
 * ``item``: only in the commands, ``with``, ``env`` and ``cwd`` of a ``for_each`` step (not
   its ``if:``, evaluated once before the items, nor its ``for_each:`` expression).
 * a call: one of the functions; a filter (``fromjson``) is not called but piped.
+* in ``notify:`` (reader ``"notify"``, rendered when a notification is sent): ``secrets``,
+  ``params``, ``job`` and ``run`` only: no step runs there, and no env is set.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Scope(NamedTuple):  # a NamedTuple: one or two are made for every step of 
 
     ``reader``: whose expression it is, for which steps' values can be there: a step (its list
     and id), ``"env"`` (the job's env, rendered before any step) or ``"outputs"`` (the job's
-    outputs, rendered when the steps end); None: do not judge steps by it. ``item``: None if
+    outputs, rendered when the steps end), ``"notify"`` (a notification, rendered when it is
+    sent); None: do not judge steps by it. ``item``: None if
     ``item`` is defined, else why not. ``env``: the names ``env.`` holds (None: not judged),
     ``env_words`` says what that is.
     """
@@ -146,6 +149,9 @@ class Names:
                     f"{', '.join(f + '()' for f in FUNCTIONS)}")
         if root in FUNCTIONS or root in expr.GLOBALS:
             return None
+        if scope.reader == "notify" and root in ("steps", "env"):
+            return (f"{root} is not there when a notification is sent: notify: reads "
+                    "secrets, params, job and run")
         if root == "item":
             return scope.item
         if root not in CONTEXT:

@@ -76,6 +76,8 @@ class Catalog:
                 data = path.read_bytes()
             except OSError:
                 continue  # vanished between listing and reading: the next scan sees it
+            if spec.is_settings_file(path, data):
+                continue  # the settings file is not a job (CONTRACT §1)
             digest = hashlib.sha256(data).hexdigest()
             known = self._seen.get(key)
             if known is not None and known.sha256 == digest:
