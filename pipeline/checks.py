@@ -92,6 +92,7 @@ def check_settings(document: Document, reported: Iterable[JsonPath], *,
     ``params``, ``job``, ``run``: not judged here, a job's params vary)."""
     checks = _Checks(document, reported, text, None, None)
     checks.names.params = None
+    checks.names.declarer = "the settings file"
     data = document.data
     defaults = data.get("defaults")
     if isinstance(defaults, dict):

@@ -11,6 +11,7 @@
     │   └── RunActive             a run is queued or running, so it cannot be deleted
     ├── ExpressionError           a ``${{ }}`` expression does not parse or fails; fails one step
     ├── RunnerError               a step runner refused its arguments or failed; fails one step
+    ├── NotifyError               one try of a notification failed (the notifier retries)
     ├── UsageError                options a command cannot use (an unreadable --store-file)
     └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
 
@@ -105,6 +106,11 @@ class ExpressionError(PipelineError):
 
 class RunnerError(PipelineError):
     """A step runner failed in a way it explains itself (bad status, unreachable URL, ...)."""
+
+
+class NotifyError(PipelineError):
+    """One try of a notification failed; the message says why (secrets already masked by
+    the notifier before it is shown)."""
 
 
 class UsageError(PipelineError):

@@ -75,6 +75,7 @@ class Names:
         self.needs: dict[str, list[str]] = {}  # step id -> the ids it needs
         self.home: dict[str, str] = {}  # step id -> the list it is in (its first one)
         self.for_each: set[str] = set()
+        self.declarer = "the job"  # who declares params and secrets, for messages
         for list_name in STEP_LISTS:
             items = data.get(list_name)
             for step in items if isinstance(items, list) else ():
@@ -182,7 +183,7 @@ class Names:
             return f"{shown}: there is no {what} {key!r}" + (
                 dag.did_you_mean(key, declared) or (
                     f" ({root}: {_listed(declared)})" if declared
-                    else f" (the job declares no {root})"))
+                    else f" ({self.declarer} declares no {root})"))
         if root == "env":
             if scope.env is None or key in scope.env:
                 return None
