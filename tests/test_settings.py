@@ -120,7 +120,7 @@ def test_a_bad_settings_file_says_where(tmp_path: Path, text: str,
                                         expected: tuple[int, int, str]) -> None:
     found = errors_of(write(tmp_path / "settings.yaml", text))
     line, column, words = expected
-    assert any((l, c) == (line, column) and words in m for l, c, m in found), found
+    assert any((at, c) == (line, column) and words in m for at, c, m in found), found
 
 
 def test_a_settings_file_that_is_not_yaml_is_refused_where_it_breaks(tmp_path: Path) -> None:
@@ -422,7 +422,8 @@ def test_notify_and_deadline_are_built(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("deadline: 0s\n", (4, 11, "deadline: must be longer than 0")),
     ("deadline: soon\n", (4, 11, "deadline: expected a duration")),
-    ("notify: [{when: [failed], ping: 'https://x'}]\n", (4, 18, "expected one of 'start', 'success'")),
+    ("notify: [{when: [failed], ping: 'https://x'}]\n",
+     (4, 18, "expected one of 'start', 'success'")),
     ("notify: [{webhook: {url: 'ftp://x'}}]\n", (4, 26, "expected an http:// or https:// URL")),
     ("notify: [{ping: 'https://x', timeout: 0}]\n", (4, 39, "must be longer than 0")),
     ("pool: {name: db, slots: 0}\n", (4, 25, "must be at least 1")),
@@ -431,4 +432,4 @@ def test_bad_notify_deadline_and_pool_values_are_located(
         tmp_path: Path, text: str, expected: tuple[int, int, str]) -> None:
     found = job_errors(tmp_path, JOB + text)
     line, column, words = expected
-    assert any((l, c) == (line, column) and words in m for l, c, m in found), found
+    assert any((at, c) == (line, column) and words in m for at, c, m in found), found
