@@ -18,7 +18,8 @@ is written, or None:
   its ``if:``, evaluated once before the items, nor its ``for_each:`` expression).
 * a call: one of the functions; a filter (``fromjson``) is not called but piped.
 * in ``notify:`` (reader ``"notify"``, rendered when a notification is sent): ``secrets``,
-  ``params``, ``job`` and ``run`` only: no step runs there, and no env is set.
+  ``params``, ``job`` and ``run`` only (``run.status`` too): no step runs there, and no env
+  is set.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ class Names:
             return (f"{shown} is not set: env holds {scope.env_words} "
                     f"({_listed(scope.env) or 'none'}){dag.did_you_mean(key, scope.env)}; a "
                     f"script reads other variables as ${key}")
-        known = RUN_KEYS if root == "run" else JOB_KEYS
+        known = (RUN_KEYS if root == "run" else JOB_KEYS) + (
+            ("status",) if root == "run" and scope.reader == "notify" else ())
         if key in known:
             return None
         return f"{shown}: {root} has {', '.join(known)}{dag.did_you_mean(key, known)}"

@@ -383,12 +383,13 @@ def test_notify_templates_read_secrets_params_job_and_run(tmp_path: Path) -> Non
         notify:
           - webhook:
               url: "${{ secrets.HOOK_URL }}"
-              headers: {Authorization: "Bearer ${{ secrets.TOKEN }}", X-Run: "${{ run.id }}"}
+              headers: {Authorization: "Bearer ${{ secrets.TOKEN }}",
+                        X-Run: "${{ run.id }} ${{ run.status }}"}
           - slack: {webhook_url: "https://hooks.example/${{ secrets.NOPE }}",
                     channel: "${{ params.channel }}"}
           - command: [notify-send, "${{ steps.a.status }}", "${{ env.HOME }}"]
         """)
-    assert [(line, column) for line, column, _ in found] == [(9, 53), (11, 33), (11, 58)]
+    assert [(line, column) for line, column, _ in found] == [(10, 53), (12, 33), (12, 58)]
     assert "there is no secret 'NOPE'" in found[0][2]
     assert "steps is not there when a notification is sent" in found[1][2]
     assert "env is not there" in found[2][2]
