@@ -107,7 +107,7 @@ def check_settings(document: Document, reported: Iterable[JsonPath], *,
         checks.history(defaults.get("history"), ("defaults", "history"))
         smtp = data.get("smtp")
         checks.notify(defaults.get("notify"), ("defaults", "notify"),
-                      smtp=isinstance(smtp, dict), where="the settings file")
+                      smtp=isinstance(smtp, dict))
     return Findings(checks.found, checks.warned)
 
 
@@ -243,12 +243,14 @@ class _Checks:
         self.history(data.get("history"), ("history",))
         if "notify" in data:
             settings = self.settings
-            if settings is not None and settings.secrets and self.names.secrets is not None:
-                # A job's own targets may read the settings file's secrets too.
-                self.names.secrets |= frozenset(settings.secrets)
+            declared = self.names.secrets
+            if settings is not None and declared is not None:
+                # A job's own targets may read the settings file's secrets too (its steps
+                # may not: they get only the job's).
+                self.names.secrets = declared | frozenset(settings.secrets)
             self.notify(data["notify"], ("notify",),
-                        smtp=None if settings is None else settings.smtp is not None,
-                        where="the job")
+                        smtp=None if settings is None else settings.smtp is not None)
+            self.names.secrets = declared
         if "pool" in data:
             self.pool(data["pool"], ("pool",))
         # The job's env is rendered before any step runs, with an empty env.
@@ -276,9 +278,9 @@ class _Checks:
                     days = math.inf
             self.duration(days, (*path, "keep_days"), positive=True)
 
-    def notify(self, value: Any, path: JsonPath, *, smtp: bool | None, where: str) -> None:
+    def notify(self, value: Any, path: JsonPath, *, smtp: bool | None) -> None:
         """A notify: list. ``smtp``: whether the settings have an SMTP server (None: the
-        settings are not known). ``where``: who declares the secrets, for messages."""
+        settings are not known)."""
         if not isinstance(value, list):
             return
         scope = Scope("notify", item=NO_ITEM)

@@ -523,8 +523,11 @@ class Notifier:
     blocking functions, called through ``offload`` (a worker thread). ``settings``: the SMTP
     server and the settings' secrets (an attribute: set it again when the file changes).
     ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
-    secrets are read. ``tls``: the context SMTP's STARTTLS verifies with (default: the
-    system's CAs). ``send``: how a rendered ``Message`` is sent (default ``send_message``).
+    secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
+    verify servers with (default: the system's CAs). ``send``: how a rendered ``Message`` is
+    sent (default ``send_message``; tests pass a plain function). ``max_concurrent``: tries
+    under way at once, all targets together; ``max_pending``: deliveries kept before new
+    ones are dropped.
     """
 
     def __init__(self, *, report: Callable[[Outcome], Awaitable[object]] | None = None,

@@ -400,7 +400,8 @@ class Loaded:
     # file -> its warnings, valid or not: a file with warnings only is valid
     warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
     # the settings the jobs were judged and built with: the settings file's (None while it
-    # is invalid), else the one given to load_jobs, else none (None)
+    # is invalid), else the one given to load_jobs, else for a directory an empty Settings()
+    # (no pools, no SMTP: its file is ""), else None (not judged)
     settings: Settings | None = None
     settings_files: tuple[str, ...] = ()  # the files that say kind: settings, valid or not
 

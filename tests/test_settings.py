@@ -395,6 +395,17 @@ def test_notify_templates_read_secrets_params_job_and_run(tmp_path: Path) -> Non
     assert "env is not there" in found[2][2]
 
 
+def test_the_settings_secrets_are_for_notify_targets_not_for_steps(tmp_path: Path) -> None:
+    found = job_errors(tmp_path, """\
+        steps:
+          - {id: a, run: "curl ${{ secrets.HOOK_URL }}"}
+        notify:
+          - webhook: {url: "${{ secrets.HOOK_URL }}"}
+        """)
+    assert [(line, column) for line, column, _ in found] == [(2, 28)]
+    assert "there is no secret 'HOOK_URL'" in found[0][2]
+
+
 def test_notify_and_deadline_are_built(tmp_path: Path) -> None:
     assert job_errors(tmp_path, """\
         deadline: 30m
