@@ -168,6 +168,22 @@ def test_the_settings_schema_is_draft_2020_12_and_shares_the_job_schemas_parts()
     assert schema["$defs"]["history"] == history
 
 
+def test_every_settings_property_is_described_and_closed() -> None:
+    from tests.test_schema import _objects
+
+    schema = settings_module.settings_schema()
+    undescribed = [f"{where}/properties/{name}" for where, part in _objects(schema)
+                   if isinstance(part.get("properties"), dict)
+                   for name, prop in part["properties"].items()
+                   if isinstance(prop, dict) and "description" not in prop]
+    open_objects = [where for where, part in _objects(schema)
+                    if isinstance(part.get("properties"), dict)
+                    and where.rsplit("/", 1)[-1] != "properties"
+                    and part.get("additionalProperties") is not False
+                    and not all(v is True for v in part["properties"].values())]
+    assert (undescribed, open_objects) == ([], [])
+
+
 # -- in a jobs directory ---------------------------------------------------------------------
 
 
