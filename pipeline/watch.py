@@ -76,13 +76,13 @@ class Catalog:
                 data = path.read_bytes()
             except OSError:
                 continue  # vanished between listing and reading: the next scan sees it
-            if spec.is_settings_file(path, data):
-                continue  # the settings file is not a job (CONTRACT §1)
             digest = hashlib.sha256(data).hexdigest()
             known = self._seen.get(key)
             if known is not None and known.sha256 == digest:
                 seen[key] = known
                 continue
+            if spec.is_settings_file(path, data):
+                continue  # the settings file is not a job (CONTRACT §1)
             try:
                 job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data)
                 seen[key] = _File(job.sha256, job, (), data)
