@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.bench import dags
 from tests.bench.harness import Children, Row, Stats, markdown_table, run_timed, text_table
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
 
 
+@pytest.mark.slow
 def test_bare_runner_and_pipeline_run_the_same_dag(tmp_path: Path) -> None:
     job, _ = dags.write_dag(tmp_path, "fanout", 5)
     children = Children()
