@@ -349,6 +349,7 @@ async def test_a_flaky_endpoint_is_tried_again(tmp_path: Path, endpoint: Endpoin
     assert (outcome.status, outcome.tries) == (NotifyStatus.DELIVERED, 2)
 
 
+@pytest.mark.slow  # waits for real timeouts (seconds)
 async def test_a_hanging_endpoint_times_out_and_holds_up_nobody_else(
         tmp_path: Path, endpoint: Endpoint) -> None:
     job = make_job(tmp_path, f"""\
@@ -426,6 +427,7 @@ async def test_a_command_gets_the_event_as_json_on_stdin(tmp_path: Path) -> None
     assert read(env) == "failure job\n"
 
 
+@pytest.mark.slow  # waits for real timeouts (seconds)
 async def test_a_command_past_its_timeout_is_killed_with_its_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     job = make_job(tmp_path, f"""\
