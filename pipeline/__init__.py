@@ -15,6 +15,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     params                       job parameters: declared types; given values checked and typed
     lookups, checks              what a schema cannot express: what each expression may look
                                  up where it is written; needs, cycles, cron, zones, ...
+    settings                     the jobs directory's settings file (kind: settings) -> Settings;
+                                 its defaults merged into jobs; values jobs and settings share
     spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
     process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
                                  directory's layout, lock and process identities; step runners
@@ -32,6 +34,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
       metrics, operate,          (claims fires); the watched jobs directory; Prometheus
       foreground                 figures; pause, resume, backfill, rerun, why; `pipeline run`
+    notify                       notifications: webhook, Slack, email, ping, command; retried,
+                                 never blocking, pending ones saved across restarts
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, parts, signals, shutdown)
     cli                          the one place that wires real objects together

@@ -428,7 +428,7 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
     loaded = settings.needing_plugins(
         lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
-    files = sorted({*loaded.files, *loaded.problems, *loaded.warnings})
+    files = sorted({*loaded.files, *loaded.problems, *loaded.warnings, *loaded.settings_files})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
     # Per file, errors and warnings in the order they are written.
     found = [p for f in files for p in sorted(

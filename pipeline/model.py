@@ -100,6 +100,26 @@ class StepKind(StrEnum):
     USES = "uses"
 
 
+class NotifyEvent(StrEnum):
+    """What a notification tells (CONTRACT §10)."""
+
+    START = "start"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RECOVERY = "recovery"  # the first success after one or more failures
+    LATE = "late"  # a deadline passed before the fire's run succeeded
+    SKIPPED = "skipped"  # a fire recorded as a skipped run
+    RETRY = "retry"  # a step failed and will be tried again
+
+
+class TargetKind(StrEnum):
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    EMAIL = "email"
+    PING = "ping"
+    COMMAND = "command"
+
+
 class ParamType(StrEnum):
     STRING = "string"
     INTEGER = "integer"
@@ -146,6 +166,42 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """Slots of a pool (settings ``pools:``) that a run or a step holds while it is active."""
+
+    name: str
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One entry of ``notify:``. Its strings are templates (``${{ secrets.HOOK_URL }}``),
+    rendered when a notification is delivered, never before: a secret's value is read then.
+
+    ``url`` is the webhook's URL, the Slack webhook URL or the ping URL; ``to`` the email
+    recipients; ``command`` the argument vector of a local command.
+    """
+
+    kind: TargetKind
+    when: frozenset[NotifyEvent]
+    index: int = 0  # its place in the job's notify: list, which names it in records
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=empty_mapping)
+    to: tuple[str, ...] = ()
+    subject: str | None = None
+    channel: str | None = None  # slack: the channel to post in (default: the webhook's)
+    username: str | None = None  # slack: the name to post as
+    command: tuple[str, ...] = ()
+    cooldown: float = 0.0  # a repeat (same job, target and event) within this is suppressed
+    timeout: float = 10.0  # each try
+
+    @property
+    def label(self) -> str:
+        """How records name the target: ``notify[0] webhook``."""
+        return f"notify[{self.index}] {self.kind}"
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     kind: StepKind
@@ -166,6 +222,7 @@ class Step:
     continue_on_error: bool = False
     for_each: tuple[Any, ...] | str | None = None  # a list, or an expression giving one
     max_parallel: int | None = None
+    pool: Pool | None = None  # slots the step waits for before it starts
 
     @property
     def title(self) -> str:
@@ -234,11 +291,58 @@ class Job:
     # the run's own outputs: name -> a template over steps.<id>.outputs, evaluated when the
     # DAG ends (CONTRACT §2)
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)
-    # the validated mapping, kept to store with each run
+    notify: tuple[NotifyTarget, ...] = ()
+    deadline: float | None = None  # seconds after the fire time by which a run must succeed
+    pool: Pool | None = None  # slots a whole run holds while it is active
+    # the validated mapping (the settings file's defaults applied), kept to store with each run
     document: Mapping[str, Any] = field(default_factory=empty_mapping)
 
     def all_steps(self) -> tuple[Step, ...]:
         return self.steps + self.on_success + self.on_failure + self.finally_
+
+
+@dataclass(frozen=True)
+class Smtp:
+    """How email notifications are sent (settings ``smtp:``)."""
+
+    host: str
+    sender: str  # `from:`
+    port: int = 587
+    starttls: bool = True  # refuse to go on (and to log in) if the server cannot STARTTLS
+    username: str | None = None
+    password: Secret | None = None  # read when an email is sent
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings file's ``defaults:``: what a job that does not set a key gets.
+
+    ``spec`` applies them to the job's document before it builds the job (so the document
+    stored with each run holds them, and a job rebuilt from that record has them too); the
+    typed values here are for showing them.
+    """
+
+    timezone: ZoneInfo | None = None
+    timeout: float | None = None
+    retries: RetryPolicy | None = None
+    notify: tuple[NotifyTarget, ...] | None = None
+    history: History | None = None
+    max_parallel: int | None = None
+    document: Mapping[str, Any] = field(default_factory=empty_mapping)  # as written
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings file (CONTRACT §11): pools, a cap on active runs, defaults, SMTP."""
+
+    file: str = ""
+    sha256: str = ""
+    pools: Mapping[str, int] = field(default_factory=empty_mapping)  # name -> slots
+    max_active_runs: int | None = None
+    defaults: Defaults = field(default_factory=Defaults)
+    smtp: Smtp | None = None
+    # secrets the defaults' notify targets may use (a job's own targets use the job's too)
+    secrets: Mapping[str, Secret] = field(default_factory=empty_mapping)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class Catalog:
             if known is not None and known.sha256 == digest:
                 seen[key] = known
                 continue
+            if spec.is_settings_file(path, data):
+                continue  # the settings file is not a job (CONTRACT §1)
             try:
                 job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data)
                 seen[key] = _File(job.sha256, job, (), data)
