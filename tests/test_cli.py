@@ -850,7 +850,9 @@ def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
           - {{id: extract, run: 'echo "rows=42" >> "$PIPELINE_OUTPUT"'}}
           - id: load
             needs: [extract]
-            run: 'test -e {flag} && echo "got ${{{{ steps.extract.outputs.rows }}}} ${{{{ params.day }}}}"'
+            run: >-
+              test -e {flag} &&
+              echo "got ${{{{ steps.extract.outputs.rows }}}} ${{{{ params.day }}}}"
           - {{id: report, needs: [load], run: 'true'}}
     """).parent
     args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]

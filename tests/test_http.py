@@ -706,7 +706,9 @@ steps:
   - {id: call, uses: job, with: {job: child, params: {who: x}}}
   - id: use
     needs: [call]
-    run: 'echo "got=${{ steps.call.outputs.greeting }} from ${{ steps.call.outputs.run_id }}" >> "$PIPELINE_OUTPUT"'
+    run: >-
+      echo "got=${{ steps.call.outputs.greeting }} from ${{ steps.call.outputs.run_id }}"
+      >> "$PIPELINE_OUTPUT"
 """,
     "child.yaml": """
 name: child
@@ -714,7 +716,9 @@ concurrency: allow
 params: {who: {type: string}}
 steps:
   - id: s
-    run: 'sleep 0.${{ params.who | length }}; echo "greeting=hello ${{ params.who }}" >> "$PIPELINE_OUTPUT"'
+    run: >-
+      sleep 0.${{ params.who | length }};
+      echo "greeting=hello ${{ params.who }}" >> "$PIPELINE_OUTPUT"
 outputs: {greeting: "${{ steps.s.outputs.greeting }}"}
 """,
 }
