@@ -11,6 +11,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  masking, the step graph (graphlib)
     yamlsafe, notation           pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions; durations, times, schedule strings
+    schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
+                                 `file:` globs; the `after:` job-to-job graph
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, checks              what a schema cannot express: what each expression may look
@@ -24,6 +26,7 @@ Modules, with imports flowing one way (a module imports only from the rows above
     store, versions, journal     SQLite state; which version of a job ran; the one writer
                                  between events and the store (group commit)
     scheduler, watch, metrics    the daemon loop; the watched jobs directory; Prometheus figures
+    filewatch                    `file:` schedules: files that settled under their globs
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, recovery, signals, shutdown)
     cli                          the one place that wires real objects together
