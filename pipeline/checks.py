@@ -21,6 +21,14 @@ the string's start; the file's text gives the column of the lookup itself).
 Warnings are for what loads and runs but is likely a mistake: an ``at:`` in the past (it
 never fires), a ``jitter`` longer than its ``every:`` interval. ``every:`` below one second
 and retry delays over a day are errors (retry limits over 100 the schema refuses).
+
+Schedules: a calendar's dates and cron expressions must read, its window must not end before
+it begins, and a calendar under which the schedule can never fire (an exclude list that
+removes every fire, a window that holds none) is an error; one that has only run out (a
+window that ended) is a warning. A ``file:`` glob must be one (``pipeline.globs``); a folder
+it names that is missing or unreadable is a warning, because that is the machine's state, not
+the file's. Keys of time schedules (``jitter``, ``exclude``...) on an event entry are errors,
+as is an ``after:`` naming its own job (other jobs are judged across files, by ``spec``).
 """
 
 from __future__ import annotations
