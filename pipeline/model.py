@@ -53,6 +53,7 @@ class StepStatus(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    REUSED = "reused"  # taken over from an earlier run by `rerun --from`
 
     @property
     def finished(self) -> bool:
@@ -65,6 +66,8 @@ class Trigger(StrEnum):
     MANUAL = "manual"  # `pipeline run`
     API = "api"  # the HTTP API and `pipeline trigger`
     PARENT = "parent"  # started by a `uses: job` step
+    BACKFILL = "backfill"  # `pipeline backfill`: a scheduled instant, run again or late
+    RERUN = "rerun"  # `pipeline rerun`: an earlier run again, from a step or its failures
 
 
 class Catchup(StrEnum):
@@ -362,6 +365,9 @@ class RunRecord:
     parent_run_id: str | None = None
     node: str | None = None  # the node that holds (or last held) it
     attempt: int = 0  # how many times it was started (a run retried after its node was lost)
+    rerun_of: str | None = None  # `pipeline rerun`: the run it runs again
+    reuse: Mapping[str, Mapping[str, str]] = field(default_factory=empty_mapping)  # step ->
+    # outputs it takes over from that run instead of running
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # its job's `outputs:`
     document: Mapping[str, Any] | None = None
     steps: tuple[StepRecord, ...] = ()
@@ -436,7 +442,7 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "duration_s": run.duration_s, "params": thaw(run.params),
         "version": run.version.as_dict() if run.version else None, "reason": run.reason,
         "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs), "node": run.node,
-        "attempt": run.attempt,
+        "attempt": run.attempt, "rerun_of": run.rerun_of,
     }
     if steps:
         answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]

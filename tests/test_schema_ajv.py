@@ -26,6 +26,8 @@ from pipeline import spec
 from pipeline.cli import main
 from pipeline.runners import load_runners
 
+pytestmark = pytest.mark.slow  # node runs ajv-cli, once per schema and corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 CORPUS = Path(__file__).parent / "corpus"

@@ -122,6 +122,7 @@ def croniter_fires(text: str, start: datetime, count: int) -> list[datetime]:
     return [walker.get_next(datetime) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_fires_agree_with_croniter_on_random_expressions() -> None:
     rng = random.Random(20260501)
     compared = 0
