@@ -11,6 +11,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  masking, the step graph (graphlib)
     yamlsafe, notation           pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions; durations, times, schedule strings
+    schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
+                                 `file:` globs; the `after:` job-to-job graph
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, checks              what a schema cannot express: what each expression may look
@@ -36,6 +38,7 @@ Modules, with imports flowing one way (a module imports only from the rows above
       foreground                 figures; pause, resume, backfill, rerun, why; `pipeline run`
     notify                       notifications: webhook, Slack, email, ping, command; retried,
                                  never blocking, pending ones saved across restarts
+    filewatch                    `file:` schedules: files that settled under their globs
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, parts, signals, shutdown)
     cli                          the one place that wires real objects together

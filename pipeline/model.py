@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -92,6 +92,16 @@ class ScheduleKind(StrEnum):
     CRON = "cron"
     EVERY = "every"
     AT = "at"
+    # Events (CONTRACT §11): fired by what happens, not by the clock. ``pipeline.triggers``
+    # gives them no fire times; the daemon's watchers make their fires.
+    FILE = "file"  # a file under a glob settled (pipeline.filewatch)
+    AFTER = "after"  # a run of another job ended in one of the listed states
+    REBOOT = "reboot"  # a daemon started
+
+    @property
+    def timed(self) -> bool:
+        """Whether the clock makes this schedule's fires (cron, every, at)."""
+        return self in (ScheduleKind.CRON, ScheduleKind.EVERY, ScheduleKind.AT)
 
 
 class StepKind(StrEnum):
@@ -128,8 +138,37 @@ class ParamType(StrEnum):
 
 
 @dataclass(frozen=True)
+class Window:
+    """``active: {from, until}``: fires before ``start`` or after ``end`` are not made.
+
+    Both bounds are inclusive and either may be None. A bound without an offset carries the
+    schedule's ``ZoneInfo`` and is a wall time there (read as ``at:`` is); ``until`` written
+    as a date alone is the last microsecond of that day, so the whole day is in the window.
+    """
+
+    start: datetime | None = None
+    end: datetime | None = None
+    from_text: str = ""  # as written, for display
+    until_text: str = ""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """One ``exclude:`` entry: a fire on ``date`` (a wall date in the schedule's zone), or at a
+    wall time ``cron`` matches, is not made. Exactly one of ``date`` and ``cron`` is set."""
+
+    text: str  # as written, for messages and `pipeline why`
+    date: date | None = None
+    cron: str | None = None  # normalised by triggers.parse_cron
+
+
+@dataclass(frozen=True)
 class Schedule:
-    """One schedule entry. ``cron`` holds the expression with any ``@alias`` expanded."""
+    """One schedule entry. ``cron`` holds the expression with any ``@alias`` expanded.
+
+    ``active`` and ``exclude`` (the calendar) apply to the timed kinds; ``file``, ``settle``,
+    ``existing`` to FILE; ``after`` and ``status`` to AFTER; REBOOT has none of them.
+    """
 
     kind: ScheduleKind
     timezone: ZoneInfo
@@ -144,6 +183,22 @@ class Schedule:
     # while no daemon ran are always left to `catchup`.
     misfire_grace: float = 60.0
     text: str = ""  # as the user wrote it, for display
+    active: Window | None = None
+    exclude: tuple[Exclusion, ...] = ()
+    # FILE: the glob, absolute (a relative one is resolved against the job file's folder;
+    # `text` keeps it as written), how long a file must stay unchanged before it fires, and
+    # whether files already there when the watch first begins fire too
+    file: str | None = None
+    settle: float = 5.0
+    existing: bool = False
+    # AFTER: the upstream job, and the end states of its runs that fire this schedule
+    after: str | None = None
+    status: tuple[RunStatus, ...] = (RunStatus.SUCCEEDED,)
+
+    @property
+    def calendar(self) -> bool:
+        """Whether ``active`` or ``exclude`` remove some of the plain expression's fires."""
+        return self.active is not None or bool(self.exclude)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ never lets another exception out, whatever the bytes:
    warnings for what loads but is likely a mistake (an ``at:`` in the past).
 
 A set of files (``load_jobs``) is also checked as a whole: a ``uses: job`` step must name a
-job that is there, with parameters it declares (``call_problems``; the daemon's catalog uses
-it too). Given single files rather than a directory, a call to a job outside them is not
-judged: the jobs directory it will run in is not known.
+job that is there, with parameters it declares (``call_problems``), and an ``after:`` schedule
+a job that is there, with no ring of jobs firing after each other (``after_problems``); the
+daemon's catalog uses both. Given single files rather than a directory, a name outside them
+is not judged: the jobs directory it will run in is not known.
 
 The one settings file of a jobs directory (``kind: settings``, ``pipeline.settings``) is not
 a job: ``load_jobs`` validates it as settings, and judges each job's ``pool:`` and ``email``
@@ -42,18 +43,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from pipeline import checks, dag, params, triggers, yamlsafe
+from pipeline import checks, dag, jobgraph, params, schedules, yamlsafe
 from pipeline.errors import JobInvalid, Problem, Severity
 from pipeline.model import (
     EMPTY,
-    Catchup,
     CircuitBreaker,
     Concurrency,
     Job,
     Policy,
     RetryPolicy,
-    Schedule,
-    ScheduleKind,
     Settings,
     Step,
     StepKind,
@@ -63,12 +61,8 @@ from pipeline.notation import (
     AT_PATTERN,
     DURATION_PATTERN,
     EXPRESSION_PATTERN,
-    local_zone,
     parse_duration,
-    parse_time,
-    schedule_form,
     unwrap,
-    zone,
 )
 from pipeline.params import parse_params
 from pipeline.schema import (
@@ -153,29 +147,6 @@ def find_settings_file(root: Path) -> Path | None:
 # there and well-formed, so nothing is checked twice.
 
 
-def _schedule(entry: Any) -> Schedule:
-    if isinstance(entry, str):
-        kind, text = schedule_form(entry)
-        if kind is ScheduleKind.EVERY:
-            return Schedule(kind, local_zone(), every=parse_duration(text), text=entry)
-        return Schedule(kind, local_zone(), cron=triggers.parse_cron(text), text=entry)
-    tz = zone(entry["timezone"]) if "timezone" in entry else local_zone()
-    common: dict[str, Any] = {
-        "jitter": parse_duration(entry.get("jitter", 0)),
-        "catchup": Catchup(entry.get("catchup", "latest")),
-        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
-    }
-    if "cron" in entry:
-        return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
-                        text=entry["cron"], **common)
-    if "every" in entry:
-        start = parse_time(entry["start"], tz) if "start" in entry else None
-        return Schedule(ScheduleKind.EVERY, tz, every=parse_duration(entry["every"]),
-                        start=start, text=f"every {entry['every']}", **common)
-    return Schedule(ScheduleKind.AT, tz, at=parse_time(entry["at"], tz),
-                    text=f"at {entry['at']}", **common)
-
-
 _retries = retry_policy
 
 
@@ -251,7 +222,8 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
     return Job(
         name=name, file=file, sha256=sha256, steps=steps("steps"),
         description=data.get("description", ""), enabled=data.get("enabled", True),
-        schedules=tuple(_schedule(e) for e in entries),
+        schedules=tuple(schedules.build(e, folder=os.path.dirname(os.path.abspath(file)))
+                        for e in entries),
         concurrency=Concurrency(Policy(concurrency["policy"]),
                                 _int(concurrency.get("max_active")),
                                 _int(concurrency.get("max_queued", 10))),
@@ -351,7 +323,8 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
             reported.add(where)
     # The text places a message on a lookup inside a string (yamlsafe checked it decodes).
     text = data.decode("utf-8").removeprefix("\ufeff")
-    found = checks.check(document, reported, stem, text=text, now=now, settings=settings)
+    found = checks.check(document, reported, stem, text=text, now=now, settings=settings,
+                         folder=os.path.dirname(os.path.abspath(path)))
     problems.extend(found.errors)
     warned.extend(found.warnings)
     if problems:
@@ -493,6 +466,11 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
         if calls:
             del jobs[name]
             problems[job.file] = calls
+    # Jobs fire after each other only across files: judged once the files are all read.
+    for name, found in after_problems({**dict.fromkeys(files.values()), **jobs},
+                                      complete=complete).items():
+        file = jobs.pop(name).file
+        problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
     return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files))
 
 
@@ -555,6 +533,27 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 found.append((step.line, (*where, "params") if "params" in step.with_
                               else (*where, "job"), False,
                               f"job {name!r} requires {', '.join(map(repr, missing))}"))
+    return _located(job, found)
+
+
+def after_problems(jobs: Mapping[str, Job | None], *,
+                   complete: bool = True) -> dict[str, tuple[Problem, ...]]:
+    """What is wrong with the jobs' ``after:`` schedules, by job name (only those with some).
+
+    ``jobs`` maps each job name there is to its job (None: its file is invalid). An ``after:``
+    must name one of them (judged only when ``complete``), not its own job, and jobs must not
+    fire after each other in a ring (``pipeline.jobgraph``). Located in each job's file, read
+    again only when there are problems.
+    """
+    valid = {name: job for name, job in jobs.items() if job is not None}
+    found: dict[str, list[tuple[int, JsonPath, bool, str]]] = {}
+    for flaw in jobgraph.after_flaws(valid, jobs.keys(), complete=complete):
+        found.setdefault(flaw.job, []).append((1, flaw.path, False, flaw.message))
+    return {name: _located(valid[name], flaws) for name, flaws in found.items()}
+
+
+def _located(job: Job, found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Problem, ...]:
+    """Problems (line to fall back on, path, whether at the key, message) in ``job.file``."""
     if not found:
         return ()
     document = None

@@ -166,6 +166,12 @@ class Catalog:
                 if calls:
                     problems[job.file] = calls
                     stale[name] = job.file
+        # So is one whose `after:` names a job not there, or closes a ring of jobs.
+        for name, found in spec.after_problems(
+                {n: None if n in stale else j for n, j in jobs.items()}).items():
+            file = jobs[name].file
+            problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
+            stale[name] = file
         for key, found in problems.items():
             if self.problems.get(key) != found:
                 for problem in found:
