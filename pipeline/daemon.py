@@ -30,6 +30,8 @@ from loguru import logger
 from pipeline import triggers
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
+from pipeline.eventfires import EventFires
+from pipeline.filewatch import watched_of
 from pipeline.journal import Journal
 from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
@@ -68,6 +70,8 @@ class Daemon:
     jobs_dir: Path
     listen: str | None = None
     circuits: int = 0  # operators' circuit resets so far (what the API's answers depend on)
+    events: EventFires | None = None
+    published_pools: dict[str, int] | None = None
 
 
 def write_daemon_file(daemon: Daemon) -> None:
@@ -204,14 +208,26 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                             worker=worker, lease=holder, state_dir=state_dir,
                             started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
                             listen=listen)
+            events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
+                                jobs=lambda: catalog.jobs, reserve=worker.reserve,
+                                hold=lambda job: worker.runner and worker.capacity() > 0
+                                and _fits(job, holder.node.labels),
+                                version=lambda name: scheduler.version(name),
+                                trouble=journal.failed)
+            daemon.events = events
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
                 if shipper is not None:
                     await outer.start(shipper.serve)  # ships the last logs after the runs end
                 await inner.start(worker.serve)
+                await publish_pools(daemon)
                 await scheduler.load(catalog.jobs)
                 if "scheduler" in node.roles:
                     await inner.start(scheduler.serve)
+                    await events.rebooted()
+                    events.watcher.load(watched_of(catalog.jobs.values()))
+                    await inner.start(events.watcher.serve)
+                    await inner.start(events.serve_after)
                 try:
                     yield daemon
                 finally:
@@ -243,7 +259,10 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
                            lease=lease, listen=listen) as daemon:
 
         async def reload() -> None:
+            await publish_pools(daemon)
             await daemon.scheduler.load(daemon.catalog.jobs)
+            if daemon.events is not None:
+                daemon.events.watcher.load(watched_of(daemon.catalog.jobs.values()))
             publish(daemon)
 
         async with trio.open_nursery() as nursery:
@@ -266,6 +285,23 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
             nursery.cancel_scope.cancel()
         (state_dir / DAEMON_FILE).unlink(missing_ok=True)
     logger.info("stopped")
+
+
+async def publish_pools(daemon: Daemon) -> None:
+    """The settings file's pools (and its cap on active runs, as the pool ``*``) to the
+    store, where every node counts them."""
+    settings = daemon.catalog.settings
+    pools = dict(settings.pools)
+    if settings.max_active_runs is not None:
+        pools["*"] = settings.max_active_runs
+    if pools == daemon.published_pools:
+        return
+    try:
+        await trio.to_thread.run_sync(daemon.store.publish_pools, pools)
+    except StateError as exc:
+        daemon.journal.failed(exc)
+        return
+    daemon.published_pools = pools
 
 
 async def reap_forever(daemon: Daemon, lease: float) -> None:

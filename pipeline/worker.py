@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from pipeline.errors import NotFound, PipelineError, StateError
 from pipeline.events import RunFinished, RunQueued, StepFinished, StepSpawned
 from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
-from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
+from pipeline.model import Job, Pool, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, Watchdog
 from pipeline.params import parse_params
 from pipeline.policy import Verdict
@@ -115,6 +116,7 @@ class Worker:
         self._pgids: dict[tuple[str, str], int] = {}
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
         self._next_look = 0.0
+        self._freed = trio.Event()  # set when this node gives slots of a pool back
 
     @property
     def node(self) -> str:
@@ -145,9 +147,9 @@ class Worker:
                         await self.look()
                 if not self._stopping and not self.lease.fenced:
                     await self.start_due()
-                    if self._turns:  # a local run ended: its job's waiting runs may start
-                        jobs, self._turns = self._turns, set()
-                        await self._start([r for r, j in self._waiting.items() if j in jobs])
+                    if self._turns:  # a local run ended: waiting runs may start
+                        self._turns = set()
+                        await self._start(list(self._waiting)[:PER_LOOK])
                 await self._sleep(self._next_look)
 
     async def _sleep(self, next_poll: float) -> None:
@@ -322,17 +324,47 @@ class Worker:
                 handle=local.handle, runners=self.runners, clock=self.clock,
                 environ=self.environ, start_job=self.start_child,
                 started_at=run.started_at, attempt=run.attempt,
-                reuse={k: dict(v) for k, v in run.reuse.items()})
+                reuse={k: dict(v) for k, v in run.reuse.items()}, pools=self.hold_pool,
+                event=run.event)
             local.result = result
             status = result.status
         finally:
             self.runs.pop(run.id, None)
             local.done.set()
             logger.debug("run {} of {} ended {}", run.id, run.job, status)
-            # Its job's waiting runs may start now.
-            if any(job == run.job for job in self._waiting.values()):
+            # Its job's waiting runs may start now, and so may runs waiting for slots it held.
+            if self._waiting:
                 self._turns.add(run.job)
                 self.wake()
+            self._slots_freed()
+
+    @asynccontextmanager
+    async def hold_pool(self, run_id: str, step_id: str, pool: Pool,
+                        waiting: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
+        """A step's slots of ``pool`` for the block, first come, first served across the
+        cluster (the store counts them); given back however the block ends."""
+        told = False
+        try:
+            while not await self.offload(functools.partial(
+                    self.store.acquire, pool.name, pool.slots, run_id=run_id, step_id=step_id,
+                    now=self.clock())):
+                if not told:
+                    await waiting(f"waiting for pool {pool.name}")
+                    told = True
+                with trio.move_on_after(self.poll / 2):  # another node's release: polled
+                    await self._freed.wait()
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.offload(self.store.release, run_id, step_id)
+                except StateError as exc:  # the run's end gives them back anyway
+                    self.journal.failed(exc)
+            self._slots_freed()
+
+    def _slots_freed(self) -> None:
+        self._freed.set()
+        self._freed = trio.Event()
 
     def observe(self, event: object) -> None:
         """A journal observer: tell the watchdog of every step's process group."""
@@ -503,7 +535,7 @@ class Worker:
         self._waiting.clear()
         if pending and self.store.shared:
             try:
-                await self.offload(self.store.release, self.node, pending)
+                await self.offload(self.store.release_runs, self.node, pending)
             except StateError as exc:
                 logger.error("cannot leave {} run(s) to other nodes: {}", len(pending), exc)
         elif pending:

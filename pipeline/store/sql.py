@@ -27,6 +27,7 @@ from pipeline.events import (
     StepRetrying,
     StepSpawned,
     StepStarted,
+    StepWaiting,
     WatermarkMoved,
 )
 from pipeline.model import (
@@ -48,12 +49,14 @@ from pipeline.store import (
     STEP_COLUMNS,
     Claimed,
     Claims,
+    EventFire,
     FireClaim,
     JobSettings,
     JobState,
     NodeInfo,
     NodeState,
     Outcome,
+    PoolState,
     Started,
     StopRequest,
     StoredDecision,
@@ -71,6 +74,9 @@ from pipeline.store import (
 )
 
 ACTIVE = "('queued', 'running')"
+# runs.waiting: 0 not waiting; 1 in its job's queue (queue, replace, a backlog); 2 for slots of
+# a pool (its policy said start)
+WAITING_POOL = 2
 # Nodes that left or were lost stay listed this long (for `pipeline nodes` and the page).
 NODES_KEPT = timedelta(days=1)
 
@@ -219,6 +225,13 @@ class SqlStore:
                 refused.add(e.run_id)
         elif isinstance(e, WatermarkMoved):
             tx.execute(_WATERMARK, {"job": e.job, "until": iso(e.until)})
+        elif isinstance(e, StepWaiting):
+            tx.execute(f"""
+                INSERT INTO steps (run_id, step_id, status, attempt, error)
+                SELECT :run, :step, 'pending', 0, :reason WHERE {_RUN_HELD}
+                ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'pending',
+                    error = excluded.error""",
+                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "node": node})
 
     def _step_finished(self, tx: Tx, e: StepFinished, node: str | None) -> None:
         tx.execute(f"""
@@ -245,6 +258,7 @@ class SqlStore:
             "outputs": to_json(e.outputs) if e.outputs else "{}", "id": e.run_id,
             "node": node, "attempt": e.attempt}).fetchone()
         if row is not None:
+            tx.execute("DELETE FROM pool_slots WHERE run_id = :id", {"id": e.run_id})
             self._count(tx, row[0], Trigger(row[1]), e.status, e.finished_at)
 
     def _count(self, tx: Tx, job: str, trigger: Trigger, status: RunStatus,
@@ -484,6 +498,10 @@ class SqlStore:
             if not m.caught_up:
                 decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, m.fire, node,
                                               str(m.reason), m.detail))
+        for fire, reason, rule in claim.removed:
+            if (stored is None or fire > stored) and fire <= until:
+                decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
+                                              reason, rule))
         for fire, trigger in runs:
             if not enabled:
                 decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
@@ -516,6 +534,154 @@ class SqlStore:
         decisions.extend(decided)
         tx.execute(_WATERMARK, {"job": claim.job, "until": iso(until)})
         return made, until
+
+    # -- event fires ----------------------------------------------------------------------------
+
+    def claim_events(self, fires: Sequence[EventFire], *, node: str | None,
+                     now: datetime) -> Claims:
+        made: list[Claimed] = []
+        decided: list[StoredDecision] = []
+        with self._write() as tx:
+            if self.shared:
+                now = self._store_now(tx)
+            at = iso(now)
+            for fire in sorted(fires, key=lambda f: (f.job, f.key)):
+                row = tx.execute(f"SELECT paused_at, paused_by, settings FROM jobs "
+                                 f"WHERE name = :job{self.for_update}", {"job": fire.job}
+                                 ).fetchone()
+                cursor = tx.execute(
+                    "INSERT INTO fired_keys (job, key, at) VALUES (:job, :key, :at) "
+                    "ON CONFLICT DO NOTHING", {"job": fire.job, "key": fire.key, "at": at})
+                if not cursor.rowcount or fire.record_only:
+                    continue
+                if row is not None and not _settings(fire.job, row[2]).enabled:
+                    decided.append(StoredDecision(fire.job, Outcome.NOT_MADE, now, None, node,
+                                                  str(policy.Reason.DISABLED),
+                                                  f"the job is disabled ({fire.key})"))
+                    continue
+                if row is not None and row[0] is not None:
+                    decided.append(StoredDecision(
+                        fire.job, Outcome.NOT_MADE, now, None, node, str(policy.Reason.PAUSED),
+                        f"the job is paused (by {row[1]}): {fire.key}"))
+                    continue
+                run_id = new_run_id(now)
+                holder = node if fire.hold else None
+                tx.execute("""
+                    INSERT INTO runs (id, job, status, trigger, fire_time, queued_at, ready_at,
+                                      params, version, document, node, runs_on, event)
+                    VALUES (:id, :job, 'queued', :trigger, :at, :at, :at, '{}', :version,
+                            :document, :node, :runs_on, :event)""", {
+                    "id": run_id, "job": fire.job, "trigger": str(fire.trigger), "at": at,
+                    "version": version_json(fire.version),
+                    "document": None if fire.document is None else document_json(fire.document),
+                    "node": holder, "runs_on": to_json(fire.runs_on) if fire.runs_on else None,
+                    "event": None if fire.event is None else to_json(fire.event)})
+                tx.execute("UPDATE fired_keys SET run_id = :run WHERE job = :job AND key = :key",
+                           {"run": run_id, "job": fire.job, "key": fire.key})
+                made.append(Claimed(run_id, fire.job, now, fire.trigger, now,
+                                    holder is not None, False))
+            self._decide_log(tx, decided)
+        return Claims(made, {}, decided)
+
+    def known_keys(self, job: str, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        with self._read() as tx:
+            return {row[0] for row in tx.execute(
+                f"SELECT key FROM fired_keys WHERE job = :job AND key {self.in_ids}",
+                {"job": job, "ids": self._ids(keys)})}
+
+    def ended_runs(self, jobs: Collection[str], *, since: datetime,
+                   limit: int = 1000) -> list[RunRecord]:
+        if not jobs:
+            return []
+        with self._read() as tx:
+            rows = tx.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE job {self.in_ids} "
+                f"AND finished_at > :since AND status NOT IN {ACTIVE} "
+                "ORDER BY finished_at, id LIMIT :limit",
+                {"ids": self._ids(jobs), "since": iso(since), "limit": limit}).fetchall()
+        return [run_record(row) for row in rows]
+
+    def event_cursors(self) -> dict[str, datetime]:
+        with self._read() as tx:
+            return {row[0]: time_of(row[1])  # type: ignore[misc]
+                    for row in tx.execute("SELECT name, event_cursor FROM jobs "
+                                          "WHERE event_cursor IS NOT NULL")}
+
+    def move_event_cursor(self, job: str, at: datetime) -> None:
+        with self._write(durable=False) as tx:
+            tx.execute("INSERT INTO jobs (name, event_cursor) VALUES (:job, :at) "
+                       "ON CONFLICT (name) DO UPDATE SET event_cursor = excluded.event_cursor "
+                       "WHERE jobs.event_cursor IS NULL OR excluded.event_cursor > "
+                       "jobs.event_cursor", {"job": job, "at": iso(at)})
+
+    # -- pools ----------------------------------------------------------------------------------
+
+    def publish_pools(self, pools: Mapping[str, int]) -> None:
+        with self._write() as tx:
+            tx.execute("DELETE FROM pools WHERE 1 = 1")
+            for name, slots in sorted(pools.items()):
+                tx.execute("INSERT INTO pools (name, slots) VALUES (:name, :slots)",
+                           {"name": name, "slots": slots})
+
+    def acquire(self, pool: str, slots: int, *, run_id: str, step_id: str = "",
+                now: datetime) -> bool:
+        with self._write(durable=False) as tx:
+            return self._acquire(tx, [(pool, slots)], run_id, step_id, now)
+
+    def _acquire(self, tx: Tx, wanted: Sequence[tuple[str, int]], run_id: str, step_id: str,
+                 now: datetime) -> bool:
+        """Under the pools' row locks: all of ``wanted`` or nothing, each first come, first
+        served among the active runs' holdings; a refused holder keeps its place."""
+        places: list[int] = []
+        ready = True
+        for pool, slots in sorted(wanted):
+            size = tx.execute(f"SELECT slots FROM pools WHERE name = :pool{self.for_update}",
+                              {"pool": pool}).fetchone()
+            if size is None:
+                continue  # no such pool (any more): nothing to wait for
+            tx.execute("INSERT INTO pool_slots (pool, run_id, step_id, slots, since) "
+                       "VALUES (:pool, :run, :step, :slots, :at) ON CONFLICT DO NOTHING",
+                       {"pool": pool, "run": run_id, "step": step_id, "slots": slots,
+                        "at": iso(now)})
+            seq, granted = tx.execute(
+                "SELECT seq, granted FROM pool_slots WHERE run_id = :run AND step_id = :step "
+                "AND pool = :pool", {"run": run_id, "step": step_id, "pool": pool}).fetchone()
+            if granted:
+                continue
+            live = f"pool = :pool AND run_id IN (SELECT id FROM runs WHERE status IN {ACTIVE})"
+            used = tx.execute(f"SELECT coalesce(sum(slots), 0) FROM pool_slots WHERE {live} "
+                              "AND granted = 1", {"pool": pool}).fetchone()[0]
+            ahead = tx.execute(f"SELECT count(*) FROM pool_slots WHERE {live} AND granted = 0 "
+                               "AND seq < :seq", {"pool": pool, "seq": seq}).fetchone()[0]
+            places.append(seq)
+            ready = ready and not ahead and used + slots <= size[0]
+        if not ready:
+            return False
+        for seq in places:
+            tx.execute("UPDATE pool_slots SET granted = 1 WHERE seq = :seq", {"seq": seq})
+        return True
+
+    def release(self, run_id: str, step_id: str | None = None) -> None:
+        with self._write(durable=False) as tx:
+            if step_id is None:
+                tx.execute("DELETE FROM pool_slots WHERE run_id = :run", {"run": run_id})
+            else:
+                tx.execute("DELETE FROM pool_slots WHERE run_id = :run AND step_id = :step",
+                           {"run": run_id, "step": step_id})
+
+    def pools(self) -> list[PoolState]:
+        live = f"run_id IN (SELECT id FROM runs WHERE status IN {ACTIVE})"
+        with self._read() as tx:
+            rows = tx.execute(f"""
+                SELECT name, slots,
+                    (SELECT coalesce(sum(ps.slots), 0) FROM pool_slots AS ps
+                     WHERE ps.pool = pools.name AND ps.granted = 1 AND ps.{live}),
+                    (SELECT count(*) FROM pool_slots AS ps
+                     WHERE ps.pool = pools.name AND ps.granted = 0 AND ps.{live})
+                FROM pools ORDER BY name""").fetchall()
+        return [PoolState(*row) for row in rows]
 
     # -- starting runs --------------------------------------------------------------------------
 
@@ -571,7 +737,7 @@ class SqlStore:
             settings, state = jobs[name]
             run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at, parallel "
                              "FROM runs WHERE id = :id", {"id": run_id}).fetchone()
-            waiting, backlog = bool(run[DOCUMENT]), bool(run[DOCUMENT + 1])
+            waiting, backlog = run[DOCUMENT], bool(run[DOCUMENT + 1])
             active = tx.execute("SELECT count(*) FROM runs WHERE job = :job "
                                 "AND status = 'running'", {"job": name}).fetchone()[0]
             ahead = tx.execute(
@@ -584,16 +750,36 @@ class SqlStore:
                 active=active, waiting=ahead, failures=state.failures,
                 circuit_opened_at=state.circuit_opened_at, paused=state.paused)
             trigger = Trigger(run[3])
-            decision = policy.decide(
-                trigger=trigger, concurrency=settings.concurrency, situation=situation,
-                now=now, breaker=settings.breaker, enabled=settings.enabled, waiting=waiting,
-                backlog=backlog, stopping=stopping, force=run_id in force,
-                parallel=run[DOCUMENT + 3] or 1)
+            if waiting == WAITING_POOL and not stopping:
+                decision = policy.START  # its policy said yes already: only slots are missing
+            else:
+                decision = policy.decide(
+                    trigger=trigger, concurrency=settings.concurrency, situation=situation,
+                    now=now, breaker=settings.breaker, enabled=settings.enabled,
+                    waiting=bool(waiting), backlog=backlog, stopping=stopping,
+                    force=run_id in force, parallel=run[DOCUMENT + 3] or 1)
+            blocked = None
+            if decision.verdict is policy.Verdict.START:
+                wanted = [(name_, 1) for name_ in ("*",)]
+                if settings.pool is not None:
+                    wanted.append(settings.pool)
+                if not self._acquire(tx, wanted, run_id, "", now):
+                    blocked = next((p for p, _ in wanted if p != "*"), "*")
             replaced: tuple[str, ...] = ()
             verdict = decision.verdict
+            if blocked is not None:
+                detail = ("waiting for max_active_runs" if blocked == "*"
+                          else f"waiting for pool {blocked}")
+                tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
+                           "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
+                                              "reason": detail, "id": run_id})
+                record = self._runs_by_id(tx, [run_id])[0]
+                started.append(Started(record, policy.Decision(policy.Verdict.QUEUE,
+                                                               None, detail)))
+                continue
             if verdict is policy.Verdict.START:
                 tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
-                           " attempt = attempt + 1, waiting = 0 WHERE id = :id",
+                           " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
                            {"now": iso(now), "node": node, "id": run_id})
             elif verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
                 tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
@@ -627,7 +813,7 @@ class SqlStore:
                 JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
                          row[4], row[5]))
 
-    def release(self, node: str, run_ids: Collection[str]) -> None:
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
         with self._write() as tx:
             tx.execute(f"UPDATE runs SET node = NULL WHERE node = :node AND status = 'queued' "
                        f"AND id {self.in_ids}", {"node": node, "ids": self._ids(run_ids)})
@@ -941,7 +1127,8 @@ def _settings_json(job: JobSettings) -> str:
     return to_json({"policy": str(c.policy), "max_active": c.max_active,
                     "max_queued": c.max_queued, "enabled": job.enabled,
                     "breaker": None if b is None else {"after": b.after, "cooldown": b.cooldown},
-                    "on_node_loss": "retry" if job.on_node_loss_retry else "fail"})
+                    "on_node_loss": "retry" if job.on_node_loss_retry else "fail",
+                    "pool": None if job.pool is None else list(job.pool)})
 
 
 def _settings(name: str, text: str | None) -> JobSettings:
@@ -953,4 +1140,5 @@ def _settings(name: str, text: str | None) -> JobSettings:
         name, Concurrency(Policy(data["policy"]), data.get("max_active"),
                           data.get("max_queued", 10)),
         None if breaker is None else CircuitBreaker(breaker["after"], breaker["cooldown"]),
-        bool(data.get("enabled", True)), data.get("on_node_loss") == "retry")
+        bool(data.get("enabled", True)), data.get("on_node_loss") == "retry",
+        None if not data.get("pool") else (str(data["pool"][0]), int(data["pool"][1])))
