@@ -171,6 +171,12 @@ class Metrics:
             "pipeline_fires", "The scheduler's decisions about fires and triggers, by job, "
             "outcome (fired, skipped, not made) and reason.", ["job", "outcome", "reason"],
             registry=r)
+        self.deadlines_missed = Counter(
+            "pipeline_deadline_missed", "Fires whose run had not succeeded by its deadline.",
+            ["job"], registry=r)
+        self.notifications = Counter(
+            "pipeline_notifications", "Notifications by job, event and outcome (delivered, "
+            "failed, suppressed, dropped).", ["job", "event", "status"], registry=r)
         self.last_success = Gauge(
             "pipeline_last_success_timestamp_seconds",
             "When the job's last succeeded run finished (Unix time).", ["job"], registry=r)

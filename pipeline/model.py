@@ -476,6 +476,8 @@ class RunRecord:
     # what fired it: a file ({path, size, mtime}) or, for `after:`, the upstream run
     # ({id, job, status, outputs})
     event: Mapping[str, Any] | None = None
+    notifications: tuple[Mapping[str, Any], ...] = ()  # each: target, event, status, at, error
+    late: bool = False  # its deadline passed before it succeeded
     reuse: Mapping[str, Mapping[str, str]] = field(default_factory=empty_mapping)  # step ->
     # outputs it takes over from that run instead of running
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # its job's `outputs:`
@@ -556,6 +558,10 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
     }
     if run.event is not None:
         answer["upstream" if run.trigger is Trigger.AFTER else "event"] = thaw(run.event)
+    if run.notifications:
+        answer["notifications"] = thaw(run.notifications)
+    if run.late:
+        answer["late"] = True
     if steps:
         answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
     return answer

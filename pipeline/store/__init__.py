@@ -424,6 +424,29 @@ class Store(Protocol):
     def pools(self) -> list[PoolState]:
         ...
 
+    # -- notifications and deadlines -------------------------------------------------------------
+
+    def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,
+                            decision: StoredDecision) -> None:
+        """Keep a notification's outcome with its run (``notifications``) and in the
+        decision log."""
+        ...
+
+    def save_outbox(self, node: str, pending: Sequence[Mapping[str, Any]]) -> None:
+        """What ``node`` (by name) has still to deliver, replacing what it saved before."""
+        ...
+
+    def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        ...
+
+    def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
+                      node: str | None) -> tuple[bool, RunRecord | None]:
+        """Judge a fire's deadline once ``deadline`` has passed: missed unless its run (the
+        one holding the instant) succeeded by then. The first to judge a miss records it
+        (the run marked late, a ``late`` decision) and gets True with the run (None if the
+        fire made none); every later judge, or a met deadline, gets False."""
+        ...
+
     # -- operators ------------------------------------------------------------------------------
 
     def request_stop(self, run_id: str, *, reason: str,
@@ -584,8 +607,8 @@ def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
 
 RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
                "reason, params, version, parent_run_id, node, attempt, outputs, rerun_of, "
-               "reuse, event")
-DOCUMENT = 18  # the column after RUN_COLUMNS, where a query adds the document
+               "reuse, event, notifications, late")
+DOCUMENT = 20  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
                 "outputs, error, log, pgid, item")
 
@@ -605,6 +628,7 @@ def run_record(row: Sequence[Any], document: Any = None,
         outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
         rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
         event=freeze(from_json(row[17])) if row[17] else None,
+        notifications=freeze(from_json(row[18]) or []), late=bool(row[19]),
         document=None if document is None else freeze(from_json(document)),
         steps=steps)
 

@@ -824,6 +824,61 @@ class SqlStore:
                 "SELECT id FROM runs WHERE node = :node AND status = 'queued' AND waiting = 1 "
                 "ORDER BY queued_at, id", {"node": node})]
 
+    # -- notifications and deadlines ------------------------------------------------------------
+
+    def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,
+                            decision: StoredDecision) -> None:
+        with self._write(durable=False) as tx:
+            if run_id is not None:
+                row = tx.execute(f"SELECT notifications FROM runs WHERE id = :id"
+                                 f"{self.for_update}", {"id": run_id}).fetchone()
+                if row is not None:
+                    found = list(from_json(row[0]) or [])
+                    found.append(dict(outcome))
+                    tx.execute("UPDATE runs SET notifications = :n WHERE id = :id",
+                               {"n": to_json(found[-100:]), "id": run_id})
+            self._decide_log(tx, [decision])
+
+    def save_outbox(self, node: str, pending: Sequence[Mapping[str, Any]]) -> None:
+        with self._write() as tx:
+            if pending:
+                tx.execute("INSERT INTO outbox (node, pending) VALUES (:node, :pending) "
+                           "ON CONFLICT (node) DO UPDATE SET pending = excluded.pending",
+                           {"node": node, "pending": to_json(list(pending))})
+            else:
+                tx.execute("DELETE FROM outbox WHERE node = :node", {"node": node})
+
+    def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        with self._read() as tx:
+            row = tx.execute("SELECT pending FROM outbox WHERE node = :node",
+                             {"node": node}).fetchone()
+        return list(from_json(row[0])) if row else []
+
+    def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
+                      node: str | None) -> tuple[bool, RunRecord | None]:
+        with self._write(durable=False) as tx:
+            now = self._store_now(tx)
+            row = tx.execute("SELECT id, status, finished_at FROM runs WHERE job = :job "
+                             "AND fire_key = :fire", {"job": job, "fire": iso(fire_time)}
+                             ).fetchone()
+            if row is not None and row[1] == "succeeded" and row[2] <= iso(deadline):
+                return False, None
+            cursor = tx.execute(
+                "INSERT INTO deadlines (job, fire_time, missed_at, run_id) "
+                "VALUES (:job, :fire, :at, :run) ON CONFLICT DO NOTHING",
+                {"job": job, "fire": iso(fire_time), "at": iso(now),
+                 "run": row[0] if row else None})
+            if not cursor.rowcount:
+                return False, None
+            if row is not None:
+                tx.execute("UPDATE runs SET late = 1 WHERE id = :id", {"id": row[0]})
+            detail = (f"not succeeded by {iso(deadline)}" + (
+                f" (run {row[0]} is {row[1]})" if row else " (the fire made no run)"))
+            self._decide_log(tx, [StoredDecision(job, Outcome.LATE, now, fire_time, node,
+                                                 "deadline", detail,
+                                                 row[0] if row else None)])
+            return True, self._runs_by_id(tx, [row[0]])[0] if row else None
+
     # -- operators ------------------------------------------------------------------------------
 
     def request_stop(self, run_id: str, *, reason: str,

@@ -243,6 +243,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX pool_slots_by_holder ON pool_slots (run_id, step_id, pool)",
         "CREATE INDEX pool_slots_by_pool ON pool_slots (pool, seq)",
     ),
+    (
+        # Notifications: each outcome with its run; what is still to be delivered, per node
+        # name (a restarted node sends what it had not); and deadlines missed, once per fire.
+        "ALTER TABLE runs ADD COLUMN notifications TEXT",
+        "ALTER TABLE runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE outbox (
+            node    TEXT PRIMARY KEY,
+            pending TEXT NOT NULL
+        )""",
+        """CREATE TABLE deadlines (
+            job       TEXT NOT NULL,
+            fire_time TEXT NOT NULL,
+            missed_at TEXT NOT NULL,
+            run_id    TEXT,
+            PRIMARY KEY (job, fire_time)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
