@@ -62,7 +62,7 @@ async def test_a_failure_reaches_a_webhook_and_a_mailbox_within_seconds(
         dispatched, _ = await daemon.worker.trigger(daemon.catalog.jobs["boom"])
         [request] = await endpoint.wait_for(1, within=10)
         with trio.fail_after(10):
-            while not plain_mailbox.received:
+            while not plain_mailbox.received:  # noqa: ASYNC110 - another thread's list
                 await trio.sleep(0.05)
         event = request.json()
         assert event["event"] == "failure" and event["job"] == "boom"

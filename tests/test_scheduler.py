@@ -7,6 +7,7 @@ while a worker thread is committing to SQLite.
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -717,7 +718,7 @@ async def test_a_step_pool_and_the_cap_on_active_runs(world: World,
     assert done is not None and done.status is RunStatus.SUCCEEDED
     starts = sorted(s.started_at for s in done.steps if "." in s.id and s.started_at)
     # One item at a time: each began when the one before had given its slot back.
-    assert [round((b - a).total_seconds()) for a, b in zip(starts, starts[1:])] == [10, 10]
+    assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(starts)] == [10, 10]
     assert all(world.store.run(o.run_id).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
                for o in others)
 
@@ -740,7 +741,7 @@ async def test_a_settled_file_fires_once_with_its_event(world: World,
         changed = FileFire("job", "incoming/*.csv", "/in/a.csv", 12, 3)
         await node.events._files([changed])  # changed later: fires again
         with trio.move_on_after(5):
-            while len([r for r in world.runs() if r.status.finished]) < 2:
+            while len([r for r in world.runs() if r.status.finished]) < 2:  # noqa: ASYNC110
                 await trio.sleep(0.1)
     runs = world.runs()
     assert [r.trigger for r in runs] == [Trigger.FILE, Trigger.FILE]
