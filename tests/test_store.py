@@ -70,6 +70,7 @@ from pipeline.store import (
     Store,
     StoredDecision,
 )
+from pipeline.store import open_store as open_store_at
 from pipeline.store import postgres as pg
 from pipeline.store.postgres import PostgresStore, Timeouts, mask_url, to_psycopg
 from pipeline.store.sql import LEAD_ALLOWED, SqlStore
@@ -952,6 +953,7 @@ def test_nodes_register_renew_leave_and_are_listed(store: Store) -> None:
     store.leave("b")
     assert {n.id: n.state for n in store.nodes()} == {"a": NodeState.ALIVE,
                                                       "b": NodeState.LEFT}
+    assert [n.id for n in store.nodes(since=store.now() + SECOND)] == ["a"]  # alive only
     assert store.renew_lease("b", lease=30) is None
     assert store.alive_identities() == {"a": "boot/ns/1:2"}
 
@@ -1181,6 +1183,10 @@ def test_many_threads_share_one_store(store: Store) -> None:
     assert store.count_runs(status=RunStatus.RUNNING) == 200
 
 
+def test_the_schema_version_is_the_last_migration(store: Store) -> None:
+    assert store.schema_version() == SCHEMA_VERSION
+
+
 def test_reopening_keeps_everything(open_store: Opener) -> None:
     first = open_store()
     first.record([*finished_run(1, RunStatus.SUCCEEDED), WatermarkMoved("j", at(5))])
@@ -1278,6 +1284,13 @@ def test_statements_are_rewritten_for_psycopg(statement: str, expected: str) -> 
     ("postgresql://node:s3cret@[::1/db", "postgresql://node:***@[::1/db"),
     ("postgresql://node:pa/ss@w@rd@db/pipe", "postgresql://node:***@db/pipe"),
     ("postgres://db/pipe?user=a&password=s3cret&x=1", "postgres://db/pipe?user=a&password=***&x=1"),
+    ("postgresql://db:5432/pipe?application_name=a@b",  # no password: a port
+     "postgresql://db:5432/pipe?application_name=a@b"),
+    ("postgresql://u:pw@db:5432/pipe?application_name=a@b",
+     "postgresql://u:***@db:5432/pipe?application_name=a@b"),
+    ("postgresql://u:a/b?c#d@db:5432/pipe", "postgresql://u:***@db:5432/pipe"),
+    ("postgresql://[::1]:5432/pipe?x=a@b", "postgresql://[::1]:5432/pipe?x=a@b"),
+    ("postgresql://u:@db/pipe", "postgresql://u:***@db/pipe"),
     ("host=db password=s3#c/r@t user=u", "host=db password=*** user=u"),
     ("host=db password = 's3 cr\\'et' user=u", "host=db password = *** user=u"),
 ])
@@ -1600,8 +1613,10 @@ def kill_backends(url: str, pids: list[int]) -> None:
             conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # and wait
 
 
-def test_sessions_have_the_dead_peer_settings_and_timeouts(postgres_url: str) -> None:
-    store = PostgresStore.open(postgres_url, timeouts=FAST)
+def test_sessions_have_the_dead_peer_settings_and_timeouts(postgres_url: str,
+                                                           tmp_path: Path) -> None:
+    store = open_store_at(tmp_path, postgres_url, lease=3.0)  # a daemon's --lease 3s
+    assert isinstance(store, PostgresStore) and store.timeouts == FAST
     try:
         assert scalar(store, "SHOW statement_timeout") == "1s"
         assert scalar(store, "SHOW idle_in_transaction_session_timeout") == "1s"
@@ -1793,6 +1808,16 @@ def test_the_url_password_never_reaches_an_error_or_a_log_line(
     for text in errors + logged:
         assert PASSWORD not in text and written not in text, text
     assert "***" in errors[3] and "percent-encoded" in errors[3]
+
+
+def test_a_url_with_an_at_sign_in_its_query_is_taken(postgres_url: str) -> None:
+    store = PostgresStore.open(postgres_url + "?application_name=ops@b&connect_timeout=7")
+    try:
+        with store._read() as tx:
+            given = tx.conn.info.get_parameters()
+        assert (given["application_name"], given["connect_timeout"]) == ("ops@b", "7")
+    finally:
+        store.close()
 
 
 def test_two_nodes_opening_a_fresh_database_at_once_both_succeed(postgres_url: str) -> None:

@@ -131,6 +131,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
     ),
     (
+        "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE steps ADD COLUMN item TEXT",
+    ),
+    (
         "ALTER TABLE runs ADD COLUMN node TEXT",
         "ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN ready_at TEXT",
@@ -139,7 +143,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN stop_reason TEXT",
         "ALTER TABLE runs ADD COLUMN stop_status TEXT",
         "ALTER TABLE runs ADD COLUMN runs_on TEXT",
-        "ALTER TABLE runs ADD COLUMN outputs TEXT",
         f"UPDATE runs SET ready_at = queued_at, attempt = 1 WHERE status NOT IN {_ACTIVE}",
         f"UPDATE runs SET ready_at = queued_at WHERE status IN {_ACTIVE}",
         f"CREATE INDEX runs_active_by_job ON runs (job, status) WHERE status IN {_ACTIVE}",
@@ -282,7 +285,6 @@ class _Tx:
 
 # -- URLs and messages ---------------------------------------------------------------------------
 
-_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^@/?#:]*:)(.*)(@[^@]*)$", re.DOTALL)
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 # libpq's `key=value` form: a value runs to the next blank, or is quoted.
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)",
@@ -291,24 +293,52 @@ _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)",
 _USERINFO = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*")
 
 
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host...`` is in ``url``, also when it
+    holds characters that should have been percent-encoded (``/ ? # @``), which cut the
+    authority short; None when the URL names no password."""
+    begin = url.find("://") + 3
+    if begin < 3:
+        return None
+    authority = re.match(r"[^/?#]*", url[begin:])
+    assert authority is not None
+    auth = authority.group(0)
+    if "@" in auth:  # the last @ of the authority ends the user information
+        userinfo = auth[:auth.rindex("@")]
+        colon = userinfo.find(":")
+        return None if colon < 0 else (begin + colon + 1, begin + len(userinfo))
+    colon = auth.find(":")
+    if colon < 0 or auth.startswith("[") or auth[colon + 1:].isdigit():
+        return None  # no user information: a host, or a host and its port
+    # `user:pa/ss@host/db`: what follows the colon is no port, so it is a password cut
+    # short; it ends at the last @ before the host part that follows its first @.
+    first = url.find("@", begin + len(auth))
+    if first < 0:
+        return None
+    host_end = re.search(r"[/?#]|$", url[first + 1:])
+    assert host_end is not None
+    return begin + colon + 1, url.rindex("@", 0, first + 1 + host_end.start())
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password (in the user part, the query, or a ``password=`` of libpq's
     ``key=value`` form) replaced by ``***``.
 
-    Works on text that does not parse as a URL too: everything between the user name and the
-    last ``@`` counts as the password, which masks too much rather than too little."""
+    Works on text that does not parse as a URL too (a password that should have been
+    percent-encoded, a malformed host): what libpq might take for the password is masked."""
     if "://" not in url:
         return _KEYWORD_PASSWORD.sub(r"\1***", url)
-    masked = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}***{m.group(3)}", url)
+    span = _password_span(url)
+    masked = url if span is None else f"{url[:span[0]]}***{url[span[1]:]}"
     return _QUERY_PASSWORD.sub(r"\1***", masked)
 
 
 def _passwords(url: str) -> list[str]:
     """The password of ``url`` as written and as decoded, for scrubbing messages."""
     found: list[str] = []
-    match = _URL_PASSWORD.match(url)
-    if match:
-        raw = match.group(2)
+    span = _password_span(url)
+    if span is not None:
+        raw = url[span[0]:span[1]]
         found += [raw, unquote(raw)]
     for given in (_QUERY_PASSWORD if "://" in url else _KEYWORD_PASSWORD).finditer(url):
         value = given.group(2).strip("'")
@@ -420,8 +450,8 @@ class PostgresStore(SqlStore):
         scheme = url.partition("://")[0].lower() if "://" in url else ""
         if scheme not in SCHEMES:
             raise StateError(f"not a PostgreSQL URL: {where} (want postgresql://...)")
-        written = _URL_PASSWORD.match(url)
-        if written and not _USERINFO.fullmatch(written.group(2)):
+        span = _password_span(url)
+        if span is not None and not _USERINFO.fullmatch(url[span[0]:span[1]]):
             # libpq would cut such a password at its `/` or `@` and quote the pieces as a
             # host name in its error: refuse it before it gets that far.
             raise StateError(f"invalid PostgreSQL URL: {where} (characters such as / @ # ? "
@@ -469,6 +499,11 @@ class PostgresStore(SqlStore):
             raise StateError(f"the store {self.where} is closed") from None
         except psycopg.Error as exc:
             raise StateError(f"cannot migrate {self.where}: {self._scrub(exc)}") from None
+
+    def schema_version(self) -> int:
+        with self._read() as tx:
+            row = tx.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def close(self) -> None:
         self._pool.close()
@@ -625,4 +660,4 @@ def _retried(verb: Callable[..., R]) -> Callable[..., R]:
 VERBS = tuple(name for name, value in vars(Store).items()
               if callable(value) and not name.startswith("_") and name != "close")
 for _name in VERBS:
-    setattr(PostgresStore, _name, _retried(getattr(SqlStore, _name)))
+    setattr(PostgresStore, _name, _retried(getattr(PostgresStore, _name)))
