@@ -553,6 +553,10 @@ class PostgresStore(SqlStore):
             row = cursor.fetchone()
             assert row is not None
             yield _Tx(conn, row[0].astimezone(UTC))
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                # A failed statement whose error went unseen: COMMIT would answer ROLLBACK
+                # without a word (CLUSTER-HARNESS.md), and the caller would think it landed.
+                raise StateError(f"a statement failed in {self.where}: nothing was written")
             committing = True
             conn.execute("COMMIT")
         except psycopg.Error as exc:
