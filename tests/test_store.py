@@ -1600,17 +1600,23 @@ def logged() -> Iterator[list[str]]:
     logger.remove(sink)
 
 
-def backend_pids(store: PostgresStore) -> list[int]:
-    with store._read() as tx:
-        return [row[0] for row in tx.conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'pipeline'")]
-
-
 def kill_backends(url: str, pids: list[int]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for pid in pids:
             conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # and wait
+
+
+def kill_store_connections(admin_url: str, store: PostgresStore) -> None:
+    """End every connection the store's pool holds (its pool settled first: one connection
+    being made while we look would survive)."""
+    store._pool.wait(timeout=10)
+    database = store.where.rpartition("/")[2].partition("?")[0]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = 'pipeline'", (database,))]
+    assert pids
+    kill_backends(admin_url, pids)
 
 
 def test_sessions_have_the_dead_peer_settings_and_timeouts(postgres_url: str,
@@ -1637,13 +1643,13 @@ def test_sessions_have_the_dead_peer_settings_and_timeouts(postgres_url: str,
 
 def test_a_broken_connection_is_replaced_and_the_verb_runs_again(
         postgres_url: str, logged: list[str]) -> None:
-    store = PostgresStore.open(postgres_url, timeouts=FAST)
+    store = PostgresStore.open(postgres_url, timeouts=FAST, max_size=1)
     try:
         store.record([queued(1, fire=at(60))])
-        kill_backends(postgres_url, backend_pids(store))  # the pool's connections die
+        kill_store_connections(postgres_url, store)  # the pool's connection dies
         # A write that fails before its COMMIT was sent runs again, and lands once.
         assert store.record([queued(2, fire=at(120))]) == frozenset()
-        kill_backends(postgres_url, backend_pids(store))
+        kill_store_connections(postgres_url, store)
         assert {r.id for r in store.runs()} == {rid(1), rid(2)}  # a read runs again too
         assert store.fires_after("j", at(0)) == {at(60), at(120)}
     finally:
@@ -1697,6 +1703,23 @@ def test_a_restart_between_two_verbs_loses_nothing(postgres: Postgres, postgres_
     finally:
         store.close()
     assert len([line for line in logged if line.startswith("store unreachable")]) == 2, logged
+
+
+@pytest.mark.slow
+def test_the_pool_checks_a_connection_idle_for_long(
+        postgres: Postgres, postgres_url: str, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pg, "CHECK_IDLE", 0.0)  # every connection counts as idle for long
+    store = PostgresStore.open(postgres_url, timeouts=Timeouts.for_lease(12.0))
+    try:
+        store.record([queued(1)])
+        postgres.restart("fast")
+        # The pool's ping finds the dead connection and makes another (its backoff: about a
+        # second); the unit never sees it fail.
+        assert store.count_runs() == 1
+    finally:
+        store.close()
+    assert not [line for line in logged if line.startswith("store unreachable")], logged
 
 
 @pytest.mark.slow
@@ -1788,11 +1811,11 @@ def test_the_url_password_never_reaches_an_error_or_a_log_line(
         errors.append(str(caught.value))
     assert "password authentication failed" in errors[0]
     # The right password works; then an outage, in the log and in errors.
-    store = PostgresStore.open(url, timeouts=FAST)
+    store = PostgresStore.open(url, timeouts=FAST, max_size=1)
     try:
         store.record([queued(1)])
         assert store.count_runs() == 1
-        kill_backends(postgres.admin_url, backend_pids(store))
+        kill_store_connections(postgres.admin_url, store)
         assert store.count_runs() == 1
         postgres.stop()
         try:

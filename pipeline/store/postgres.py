@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import unquote
 
 import psycopg
@@ -366,7 +366,10 @@ class Timeouts:
     statement: float  # statement_timeout
     idle_in_transaction: float  # idle_in_transaction_session_timeout
     lock: float  # lock_timeout: never queue behind a frozen holder for long
-    retry_for: float  # how long a verb retries on a broken connection before StateError
+    # How long a verb retries (and waits for a pooled connection) before StateError. With
+    # a dead peer found within `dead_peer`, a verb blocks for about lease / 2 at most, less
+    # than the lease × 2/3 after which a node fences itself.
+    retry_for: float
 
     @classmethod
     def for_lease(cls, lease: float) -> Timeouts:
@@ -374,7 +377,7 @@ class Timeouts:
         return cls(connect=min(10.0, max(2.0, lease / 6)), dead_peer=third,
                    keepalive_idle=max(1.0, lease / 6), keepalive_interval=max(1.0, lease / 15),
                    keepalive_count=3, statement=third, idle_in_transaction=third, lock=third,
-                   retry_for=max(2.0, lease / 6))
+                   retry_for=min(10.0, max(0.5, lease / 6)))
 
 
 DEFAULT_TIMEOUTS = Timeouts.for_lease(30.0)  # nodes.DEFAULT_LEASE
@@ -387,9 +390,12 @@ _pool_logger.propagate = False
 
 # SQLSTATEs after which the whole transaction was rolled back and may simply run again.
 _RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialisation, deadlock, lock timeout
-# A connection that was used this recently is not pinged before it is handed out: its unit's
-# own BEGIN finds out just as well, and a failed BEGIN is retried at once.
-CHECK_IDLE = 5.0
+# The pool pings a connection before handing it out only when it has been idle this long
+# (a firewall or the server may have dropped it meanwhile). A recently used one is checked by
+# its unit's own BEGIN, which is retried at once on another connection if it fails: a ping
+# per checkout costs a round trip per verb, and after a failed ping the pool sleeps about a
+# second before trying the next connection (psycopg_pool's backoff).
+CHECK_IDLE = 60.0
 
 
 class _Retry(StateError):
@@ -422,13 +428,15 @@ class PostgresStore(SqlStore):
         self._passwords = tuple(passwords)
         self.timeouts = timeouts
         self._conninfo = conninfo
-        self._returned: weakref.WeakKeyDictionary[Connection, float] = (
+        self._last_used: weakref.WeakKeyDictionary[Connection, float] = (
             weakref.WeakKeyDictionary())
         self._outage_lock = threading.Lock()
         self._outage: tuple[float, str] | None = None  # since (monotonic), why
+        self._refused: str | None = None  # why the pool's last attempt to connect failed
         self._pool: ConnectionPool[Connection] = ConnectionPool(
-            conninfo, kwargs={"autocommit": True}, min_size=1, max_size=max_size, open=False,
-            name="pipeline-store", timeout=timeouts.connect, check=self._check,
+            conninfo, connection_class=_recording(self), kwargs={"autocommit": True},
+            min_size=1, max_size=max_size, open=False, name="pipeline-store",
+            timeout=timeouts.retry_for, check=self._check, configure=self._made,
             # Give up a background reconnection soon: the next request starts a fresh one at
             # once, where the pool's own backoff (1, 2, 4, ... seconds, for up to 5 minutes)
             # would leave a long outage's end unnoticed for as long as it lasted.
@@ -493,7 +501,7 @@ class PostgresStore(SqlStore):
     def migrate(self) -> int:
         """Bring the database to this pipeline's schema; return the version it had."""
         try:
-            with self._pool.connection(timeout=self.timeouts.connect) as conn:
+            with self._pool.connection(timeout=self.timeouts.retry_for) as conn:
                 return _migrate(conn, self.where)
         except PoolClosed:
             raise StateError(f"the store {self.where} is closed") from None
@@ -510,8 +518,11 @@ class PostgresStore(SqlStore):
 
     # -- transactions --------------------------------------------------------------------------
 
+    def _made(self, conn: Connection) -> None:
+        self._last_used[conn] = time.monotonic()  # new: as good as just used
+
     def _check(self, conn: Connection) -> None:
-        if time.monotonic() - self._returned.get(conn, 0.0) > CHECK_IDLE:
+        if time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_IDLE:
             ConnectionPool.check_connection(conn)
 
     def _write(self, *, durable: bool = True) -> AbstractContextManager[_Tx]:
@@ -539,7 +550,7 @@ class PostgresStore(SqlStore):
         """One transaction on a pooled connection. Raises ``_Retry`` when it failed and
         nothing of it can have been committed, ``StateError`` otherwise."""
         try:
-            conn = self._pool.getconn(timeout=self.timeouts.connect)
+            conn = self._pool.getconn(timeout=self.timeouts.retry_for)
         except PoolClosed:
             raise StateError(f"the store {self.where} is closed") from None
         except PoolTimeout:
@@ -576,7 +587,7 @@ class PostgresStore(SqlStore):
             raise
         finally:
             if not conn.closed:
-                self._returned[conn] = time.monotonic()
+                self._last_used[conn] = time.monotonic()
             self._pool.putconn(conn)
 
     @staticmethod
@@ -593,17 +604,12 @@ class PostgresStore(SqlStore):
 
     def _why_no_connection(self) -> tuple[str, bool]:
         """Why the pool had no connection to give (it only times out), and whether the
-        database is unreachable: ask it directly, once per outage (later failures of the same
-        outage repeat the reason)."""
-        with self._outage_lock:
-            if self._outage is not None:
-                return self._outage[1], True
-        try:
-            psycopg.connect(self._conninfo, autocommit=True).close()
-        except psycopg.Error as exc:
-            return f"{self.where}: {self._scrub(exc)}", True
-        return (f"{self.where}: no free connection within {self.timeouts.connect:g}s "
-                f"(all {self._pool.max_size} in use)"), False
+        database is out of reach rather than every connection busy."""
+        stats = self._pool.get_stats()
+        if stats.get("pool_size", 0) >= self._pool.max_size and self._refused is None:
+            return (f"{self.where}: no free connection within {self.timeouts.retry_for:g}s "
+                    f"(all {self._pool.max_size} in use)"), False
+        return f"{self.where}: {self._refused or 'no connection could be made'}", True
 
     # -- outages -------------------------------------------------------------------------------
 
@@ -643,6 +649,24 @@ class PostgresStore(SqlStore):
         logger.warning("store {} answers again after {:.1f}s", self.where,
                        time.monotonic() - since)
 
+
+
+def _recording(store: PostgresStore) -> type[Connection]:
+    """The pool's connection class: it keeps why the last attempt to connect failed, which
+    the pool itself only logs."""
+
+    class Recording(psycopg.Connection[TupleRow]):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.Error as exc:
+                store._refused = store._scrub(exc)
+                raise
+            store._refused = None
+            return conn
+
+    return Recording
 
 
 def _scrub(exc: BaseException, passwords: Sequence[str]) -> str:
