@@ -897,6 +897,48 @@ def test_release_lets_any_node_take_queued_runs(store: Store) -> None:
     assert taken.run.id == rid(1)
 
 
+def test_claim_runs_only_the_runs_named(store: Store) -> None:
+    store.publish_jobs([JobSettings(name, Concurrency(Policy.ALLOW)) for name in "abc"])
+    store.record([queued(1, "a"), queued(2, "b"), queued(3, "c")])
+    assert store.claim_runs(node("n1"), limit=5, now=store.now(), only=[]) == []
+    taken = store.claim_runs(node("n1"), limit=5, now=store.now(), only=[rid(3), rid(9)])
+    assert [s.run.id for s in taken] == [rid(3)]
+    assert {r.id for r in store.active_runs() if r.node is None} == {rid(1), rid(2)}
+
+
+def test_fired_gives_the_runs_holding_a_jobs_instants(store: Store) -> None:
+    store.record([
+        queued(1, fire=at(60)), queued(2, fire=at(120)), queued(3, fire=at(180)),
+        queued(4, fire=at(120), trigger=Trigger.MANUAL),  # carries the instant, holds none
+        queued(5, "other", fire=at(120)),
+        RunQueued(rid(6), "j", Trigger.BACKFILL, at(6), fire_time=at(240), parallel=2),
+        RunQueued(rid(7), "j", Trigger.MANUAL, at(7), fire_time=at(300), keyed=True),
+    ])
+    fired = store.fired("j", since=at(120), until=at(300))
+    assert {f: r.id for f, r in fired.items()} == {at(120): rid(2), at(180): rid(3),
+                                                   at(240): rid(6), at(300): rid(7)}
+    assert store.record([queued(8, fire=at(240))]) == {rid(8)}  # a backfill holds its instant
+
+
+def test_shipped_logs_read_back_from_any_offset(store: Store) -> None:
+    store.record([queued(1), StepStarted(rid(1), "s", 1, at(1), "s.log")])
+    assert store.shipped_log(rid(1), "s") == (b"", None)
+    binary = bytes(range(256))
+    store.ship_log(rid(1), "s", 0, b"one\n")
+    store.ship_log(rid(1), "s", 4, binary)
+    store.ship_log(rid(1), "s", 4 + 256 + 10, b"after a hole")  # not shipped in between
+    assert store.shipped_log(rid(1), "s") == (b"one\n" + binary, None)
+    assert store.shipped_log(rid(1), "s", 2, limit=10) == ((b"one\n" + binary)[2:12], None)
+    # The step ended; its log was rebuilt to 7 bytes: what lay past that goes.
+    store.ship_log(rid(1), "s", 4, b"end", final=7)
+    assert store.shipped_log(rid(1), "s") == (b"one\nend", 7)
+    store.record(finished_run(2, RunStatus.SUCCEEDED))
+    store.record([RunFinished(rid(1), RunStatus.SUCCEEDED, at(9))])
+    store.prune("j", keep_runs=0, keep_days=None, now=at(99))
+    assert store.shipped_log(rid(1), "s") == (b"", None)
+    assert scalar(store, "SELECT count(*) FROM log_chunks") == 0
+
+
 # -- operators -----------------------------------------------------------------------------------
 
 def test_request_stop_ends_a_queued_run_and_flags_a_running_one(store: Store) -> None:
@@ -1254,8 +1296,8 @@ def test_both_schemas_have_the_same_shape(tmp_path: Path, postgres_url: str) -> 
                 indexes = {row[0] for row in tx.execute(INDEXES[name]).fetchall()}
             shapes.append((columns, indexes))
         assert shapes[0] == shapes[1]
-        assert sorted(shapes[0][0]) == ["decisions", "definitions", "jobs", "nodes", "runs",
-                                        "steps"]
+        assert sorted(shapes[0][0]) == ["decisions", "definitions", "jobs", "log_chunks",
+                                        "nodes", "runs", "steps"]
     finally:
         lite.close()
         post.close()

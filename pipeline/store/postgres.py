@@ -52,7 +52,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pipeline.errors import StateError
-from pipeline.store import Store
+from pipeline.store import KEYED_TRIGGERS, Store
 from pipeline.store.sql import SqlStore
 
 Connection = psycopg.Connection[TupleRow]
@@ -62,14 +62,15 @@ MIGRATION_LOCK = 0x706970656C696E65
 SCHEMES = ("postgresql", "postgres")
 
 _ACTIVE = "('queued', 'running')"
+_KEYED = "(" + ", ".join(f"'{t}'" for t in sorted(KEYED_TRIGGERS)) + ")"
 
 # -- schema ------------------------------------------------------------------------------------
 
 # The same tables, columns (in the same order), indexes and data steps as
 # ``sqlite.MIGRATIONS``, version for version, in PostgreSQL's words: bigserial for a sequence
-# column, bytea for a blob; times and JSON are TEXT and booleans integers on both, so that one
-# set of statements serves both. A new migration is appended to both tuples at once (the
-# conformance suite compares the two schemas).
+# column, bytea for a blob, bigint where a value may pass 2^31; times and JSON are TEXT and
+# booleans integers on both, so that one set of statements serves both. A new migration is
+# appended to both tuples at once (the conformance suite compares the two schemas).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE runs (
@@ -119,7 +120,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         "ALTER TABLE runs ADD COLUMN fire_key TEXT",
-        "UPDATE runs SET fire_key = fire_time WHERE trigger IN ('catchup', 'schedule')",
+        f"UPDATE runs SET fire_key = fire_time WHERE trigger IN {_KEYED}",
         "DROP INDEX runs_by_fire",
         "CREATE UNIQUE INDEX runs_by_fire ON runs (job, fire_key) WHERE fire_key IS NOT NULL",
         """CREATE TABLE definitions (
@@ -204,6 +205,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX decisions_by_job ON decisions (job, fire_time)",
         "CREATE INDEX decisions_by_time ON decisions (job, decided_at)",
+    ),
+    (
+        "ALTER TABLE runs ADD COLUMN parallel INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
+        "ALTER TABLE runs ADD COLUMN reuse TEXT",
+    ),
+    (
+        # Byte offsets and sizes: BIGINT, as SQLite's INTEGER is 64 bits wide.
+        """CREATE TABLE log_chunks (
+            run_id  TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            start   BIGINT NOT NULL,
+            data    BYTEA NOT NULL,
+            PRIMARY KEY (run_id, step_id, start)
+        )""",
+        "ALTER TABLE steps ADD COLUMN log_size BIGINT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
