@@ -534,12 +534,18 @@ class Store(Protocol):
         ...
 
 
-def open_store(state_dir: Path, url: str | None = None) -> Store:
-    """The store at ``url`` (``postgresql://...``), or SQLite in ``state_dir``."""
-    if url:
-        from pipeline.store.postgres import PostgresStore
+def open_store(state_dir: Path, url: str | None = None, *,
+               lease: float | None = None) -> Store:
+    """The store at ``url`` (``postgresql://...``), or SQLite in ``state_dir``.
 
-        return PostgresStore.open(url)
+    ``lease``: the node lease of a daemon in a shared store; its connection and session
+    timeouts are derived from it (``postgres.Timeouts.for_lease``), 30 s when not given.
+    """
+    if url:
+        from pipeline.store.postgres import DEFAULT_TIMEOUTS, PostgresStore, Timeouts
+
+        return PostgresStore.open(url, timeouts=DEFAULT_TIMEOUTS if lease is None
+                                  else Timeouts.for_lease(lease))
     from pipeline.store.sqlite import SqliteStore
 
     return SqliteStore.open(state_dir)

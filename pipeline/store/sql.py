@@ -272,12 +272,9 @@ class SqlStore:
             return
         if status is not RunStatus.FAILED or trigger not in policy.AUTOMATIC:
             return
-        row = tx.execute("SELECT failures, circuit_opened_at, settings FROM jobs "
-                         "WHERE name = :job", {"job": job}).fetchone()
-        if row is None:
-            tx.execute("INSERT INTO jobs (name, failures) VALUES (:job, 1) "
-                       "ON CONFLICT (name) DO NOTHING", {"job": job})
-            return
+        # Read and written under the row's lock: two nodes ending failed runs of one job at
+        # once must count both.
+        row = self._lock_job(tx, job, "failures, circuit_opened_at, settings")
         failures, opened = row[0] + 1, time_of(row[1])
         breaker = _settings(job, row[2]).breaker
         if breaker is None:
@@ -471,11 +468,23 @@ class SqlStore:
                 made.extend(runs)
         return Claims(made, watermarks, decided)
 
+    def _lock_job(self, tx: Tx, job: str, columns: str) -> Sequence[Any]:
+        """``columns`` of the job's row, locked until the transaction ends. A job without a
+        row (one no scheduler has published yet) gets one first: a missing row locks
+        nothing, and every decision about a job must be taken under its lock (rule 6)."""
+        query = f"SELECT {columns} FROM jobs WHERE name = :job{self.for_update}"
+        row: Sequence[Any] | None = tx.execute(query, {"job": job}).fetchone()
+        if row is None:
+            tx.execute("INSERT INTO jobs (name) VALUES (:job) ON CONFLICT (name) DO NOTHING",
+                       {"job": job})
+            row = tx.execute(query, {"job": job}).fetchone()
+        assert row is not None
+        return row
+
     def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
                decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
-        row = tx.execute(f"SELECT watermark, paused_at, paused_by, settings FROM jobs "
-                         f"WHERE name = :job{self.for_update}", {"job": claim.job}).fetchone()
-        stored = time_of(row[0]) if row else None
+        row = self._lock_job(tx, claim.job, "watermark, paused_at, paused_by, settings")
+        stored = time_of(row[0])
         until = claim.until
         if self.shared:  # a node whose clock runs ahead claims nothing before it is due
             until = min(until, now + LEAD_ALLOWED)
@@ -489,8 +498,8 @@ class SqlStore:
                                catchup=claim.catchup, misfire_grace=claim.misfire_grace)
         made: list[Claimed] = []
         decided: list[StoredDecision] = []
-        paused = row is not None and row[1] is not None
-        enabled = row is None or _settings(claim.job, row[3]).enabled
+        paused = row[1] is not None
+        enabled = _settings(claim.job, row[3]).enabled
         runs = [(m.fire, Trigger.CATCHUP) for m in plan.missed if m.caught_up]
         runs += [(f, Trigger.SCHEDULE) for f in plan.on_time]
         runs.sort()
@@ -510,7 +519,7 @@ class SqlStore:
             if paused:
                 decided.append(StoredDecision(
                     claim.job, Outcome.NOT_MADE, now, fire, node, str(policy.Reason.PAUSED),
-                    f"the job is paused (by {row[2]})" if row and row[2] else "the job is paused"))
+                    f"the job is paused (by {row[2]})" if row[2] else "the job is paused"))
                 continue
             run_id = new_run_id(now)
             ready = fire + timedelta(seconds=jitter.get(fire, 0.0)) \
@@ -804,11 +813,8 @@ class SqlStore:
         return started
 
     def _job(self, tx: Tx, name: str) -> tuple[JobSettings, JobState]:
-        row = tx.execute("SELECT settings, failures, circuit_opened_at, paused_at, paused_by, "
-                         f"paused_reason, watermark FROM jobs WHERE name = :job{self.for_update}",
-                         {"job": name}).fetchone()
-        if row is None:
-            return JobSettings(name), JobState(name)
+        row = self._lock_job(tx, name, "settings, failures, circuit_opened_at, paused_at, "
+                                       "paused_by, paused_reason, watermark")
         return (_settings(name, row[0]),
                 JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
                          row[4], row[5]))
