@@ -222,6 +222,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "ALTER TABLE steps ADD COLUMN log_size BIGINT",
     ),
+    (
+        """CREATE TABLE fired_keys (
+            job    TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            at     TEXT NOT NULL,
+            run_id TEXT,
+            PRIMARY KEY (job, key)
+        )""",
+        "ALTER TABLE runs ADD COLUMN event TEXT",
+        "ALTER TABLE jobs ADD COLUMN event_cursor TEXT",
+        """CREATE TABLE pools (
+            name  TEXT PRIMARY KEY,
+            slots INTEGER NOT NULL
+        )""",
+        """CREATE TABLE pool_slots (
+            seq     BIGSERIAL PRIMARY KEY,
+            pool    TEXT NOT NULL,
+            run_id  TEXT NOT NULL,
+            step_id TEXT NOT NULL DEFAULT '',
+            slots   INTEGER NOT NULL,
+            granted INTEGER NOT NULL DEFAULT 0,
+            since   TEXT NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX pool_slots_by_holder ON pool_slots (run_id, step_id, pool)",
+        "CREATE INDEX pool_slots_by_pool ON pool_slots (pool, seq)",
+    ),
+    (
+        "ALTER TABLE runs ADD COLUMN notifications TEXT",
+        "ALTER TABLE runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE outbox (
+            node    TEXT PRIMARY KEY,
+            pending TEXT NOT NULL
+        )""",
+        """CREATE TABLE deadlines (
+            job       TEXT NOT NULL,
+            fire_time TEXT NOT NULL,
+            missed_at TEXT NOT NULL,
+            run_id    TEXT,
+            PRIMARY KEY (job, fire_time)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
