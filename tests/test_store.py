@@ -133,7 +133,7 @@ def status(store: Store, run_id: str) -> RunStatus:
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a store on this test's database; each call another handle (another node)."""
     opened: list[Store] = []
@@ -890,7 +890,7 @@ def test_release_lets_any_node_take_queued_runs(store: Store) -> None:
     held(store, (1, "j"), (2, "j"), (3, "k"))
     held(store, (4, "j"), node_id="n2")
     store.start_runs("n1", [rid(3)], now=store.now())
-    store.release("n1", [rid(1), rid(3), rid(4)])
+    store.release_runs("n1", [rid(1), rid(3), rid(4)])
     nodes_of = {r.id: r.node for r in store.active_runs()}
     assert nodes_of == {rid(1): None, rid(2): "n1", rid(3): "n1", rid(4): "n2"}
     (taken,) = store.claim_runs(node("n3"), limit=10, now=store.now())
@@ -1296,8 +1296,9 @@ def test_both_schemas_have_the_same_shape(tmp_path: Path, postgres_url: str) -> 
                 indexes = {row[0] for row in tx.execute(INDEXES[name]).fetchall()}
             shapes.append((columns, indexes))
         assert shapes[0] == shapes[1]
-        assert sorted(shapes[0][0]) == ["decisions", "definitions", "jobs", "log_chunks",
-                                        "nodes", "runs", "steps"]
+        assert sorted(shapes[0][0]) == ["deadlines", "decisions", "definitions", "fired_keys",
+                                        "jobs", "log_chunks", "nodes", "outbox", "pool_slots",
+                                        "pools", "runs", "steps"]
     finally:
         lite.close()
         post.close()
@@ -1950,7 +1951,7 @@ def test_postgres_migrations_apply_in_order_and_a_failing_one_changes_nothing(
 # Round trips of the firing path's verbs, measured on the wire (each ReadyForQuery ends one):
 # a budget that only an optimisation may lower. claim_fires: BEGIN (with the store's clock),
 # lock the job, insert the run, move the watermark, COMMIT.
-FIRING_ROUND_TRIPS = {"claim_fires": 5, "start_runs": 11, "RunFinished": 4}
+FIRING_ROUND_TRIPS = {"claim_fires": 5, "start_runs": 9, "RunFinished": 4}
 
 
 def test_round_trips_on_the_firing_path(postgres_url: str, tmp_path: Path) -> None:

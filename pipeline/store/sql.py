@@ -9,6 +9,7 @@ transaction is opened (``SqliteStore``, ``PostgresStore``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -258,7 +259,8 @@ class SqlStore:
             "outputs": to_json(e.outputs) if e.outputs else "{}", "id": e.run_id,
             "node": node, "attempt": e.attempt}).fetchone()
         if row is not None:
-            tx.execute("DELETE FROM pool_slots WHERE run_id = :id", {"id": e.run_id})
+            # Slots the run held count for nothing now (only active runs' do); the rows go
+            # with retention, off the firing path.
             self._count(tx, row[0], Trigger(row[1]), e.status, e.finished_at)
 
     def _count(self, tx: Tx, job: str, trigger: Trigger, status: RunStatus,
@@ -737,24 +739,31 @@ class SqlStore:
 
     def _start(self, tx: Tx, node: str, rows: Sequence[Sequence[Any]], now: datetime,
                stopping: bool, force: frozenset[str]) -> list[Started]:
+        """Decide about each of ``rows`` (id, job), under its job's lock; the statements per
+        run are few on purpose: this is the firing path (a count, an update, a decision)."""
+        if not rows:
+            return []
         started: list[Started] = []
         decided: list[StoredDecision] = []
         jobs: dict[str, tuple[JobSettings, JobState]] = {}
         for name in sorted({row[1] for row in rows}):  # one lock order: no deadlock
             jobs[name] = self._job(tx, name)
+        runs = {row[0]: row for row in tx.execute(
+            f"SELECT {RUN_COLUMNS}, document, waiting, backlog, queued_at, parallel "
+            f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids([r[0] for r in rows])})}
+        pools = {row[0] for row in tx.execute("SELECT name FROM pools")}
+        at = iso(now)
         for run_id, name in ((row[0], row[1]) for row in rows):
             settings, state = jobs[name]
-            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at, parallel "
-                             "FROM runs WHERE id = :id", {"id": run_id}).fetchone()
-            waiting, backlog = run[DOCUMENT], bool(run[DOCUMENT + 1])
-            active = tx.execute("SELECT count(*) FROM runs WHERE job = :job "
-                                "AND status = 'running'", {"job": name}).fetchone()[0]
-            ahead = tx.execute(
-                "SELECT count(*) FROM runs WHERE job = :job AND status = 'queued' "
-                "AND waiting = 1 AND id <> :id AND (:all = 1 OR queued_at < :queued "
-                "OR (queued_at = :queued AND id < :id))",
-                {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
-                 "queued": run[DOCUMENT + 2]}).fetchone()[0]
+            run = runs[run_id]
+            waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
+            active, ahead = tx.execute(
+                "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
+                "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
+                "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
+                "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
+                f"{ACTIVE}", {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
+                              "queued": run[DOCUMENT + 3]}).fetchone()
             situation = policy.Situation(
                 active=active, waiting=ahead, failures=state.failures,
                 circuit_opened_at=state.circuit_opened_at, paused=state.paused)
@@ -766,30 +775,27 @@ class SqlStore:
                     trigger=trigger, concurrency=settings.concurrency, situation=situation,
                     now=now, breaker=settings.breaker, enabled=settings.enabled,
                     waiting=bool(waiting), backlog=backlog, stopping=stopping,
-                    force=run_id in force, parallel=run[DOCUMENT + 3] or 1)
-            blocked = None
-            if decision.verdict is policy.Verdict.START:
-                wanted = [(name_, 1) for name_ in ("*",)]
-                if settings.pool is not None:
-                    wanted.append(settings.pool)
-                if not self._acquire(tx, wanted, run_id, "", now):
-                    blocked = next((p for p, _ in wanted if p != "*"), "*")
-            replaced: tuple[str, ...] = ()
+                    force=run_id in force, parallel=run[DOCUMENT + 4] or 1)
             verdict = decision.verdict
-            if blocked is not None:
+            wanted = [(p, n) for p, n in (("*", 1), settings.pool or ("", 0)) if p in pools]
+            if verdict is policy.Verdict.START and wanted and not self._acquire(
+                    tx, wanted, run_id, "", now):
+                blocked = next((p for p, _ in wanted if p != "*"), "*")
                 detail = ("waiting for max_active_runs" if blocked == "*"
                           else f"waiting for pool {blocked}")
                 tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
                            "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
                                               "reason": detail, "id": run_id})
-                record = self._runs_by_id(tx, [run_id])[0]
-                started.append(Started(record, policy.Decision(policy.Verdict.QUEUE,
-                                                               None, detail)))
+                started.append(Started(_as_now(run, node=node, reason=detail),
+                                       policy.Decision(policy.Verdict.QUEUE, None, detail)))
                 continue
+            replaced: tuple[str, ...] = ()
             if verdict is policy.Verdict.START:
                 tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
                            " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
-                           {"now": iso(now), "node": node, "id": run_id})
+                           {"now": at, "node": node, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.RUNNING, started_at=now,
+                                 attempt=(run[13] or 0) + 1, reason=None)
             elif verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
                 tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
                            {"node": node, "id": run_id})
@@ -798,16 +804,18 @@ class SqlStore:
                         "UPDATE runs SET stop_reason = :reason, stop_status = 'cancelled' "
                         "WHERE job = :job AND status = 'running' AND stop_reason IS NULL "
                         "RETURNING id", {"reason": f"replaced by run {run_id}", "job": name}))
+                record = _as_now(run, node=node)
             else:
                 tx.execute("UPDATE runs SET status = 'skipped', started_at = :now, "
                            "finished_at = :now, reason = :reason, waiting = 0 WHERE id = :id",
-                           {"now": iso(now), "reason": decision.detail, "id": run_id})
+                           {"now": at, "reason": decision.detail, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.SKIPPED, started_at=now,
+                                 finished_at=now, reason=decision.detail)
             if verdict in (policy.Verdict.START, policy.Verdict.SKIP, policy.Verdict.NOT_MADE):
                 decided.append(StoredDecision(
                     name, outcome_of(decision), now, time_of(run[4]), node,
                     None if decision.reason is None else str(decision.reason),
                     decision.detail, run_id))
-            record = self._runs_by_id(tx, [run_id])[0]
             started.append(Started(record, decision, replaced))
         self._decide_log(tx, decided)
         return started
@@ -1106,6 +1114,9 @@ class SqlStore:
         """
         if keep_runs is None and keep_days is None:
             return []
+        with self._write() as tx:  # holdings of runs that ended count for nothing: drop them
+            tx.execute(f"DELETE FROM pool_slots WHERE run_id NOT IN "
+                       f"(SELECT id FROM runs WHERE status IN {ACTIVE})")
         finished = f"""job = :job AND status NOT IN {ACTIVE} AND (fire_key IS NULL
             OR fire_key <= (SELECT watermark FROM jobs WHERE name = :job))"""
         doomed: set[str] = set()
@@ -1177,6 +1188,11 @@ class SqlStore:
 # A shared store refuses fires further ahead of its clock than this (the claim lead and a
 # margin for the time the claim takes to arrive).
 LEAD_ALLOWED = timedelta(seconds=1)
+
+
+def _as_now(row: Sequence[Any], **changes: Any) -> RunRecord:
+    """The run of a ``RUN_COLUMNS, document`` row, with what a decision just changed."""
+    return dataclasses.replace(run_record(row, row[DOCUMENT]), **changes)
 
 
 def _fits(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
