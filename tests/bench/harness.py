@@ -100,6 +100,8 @@ def fmt(value: float, unit: str) -> str:
     if unit == "ms":
         if value >= 1000:
             return f"{value / 1000:.2f} s"
+        if value < 0.1:
+            return f"{value:.3f} ms"  # CPU per fire of the bare loop
         return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
     if unit == "%":
         return f"{value:.1f} %"

@@ -60,7 +60,7 @@ from tests.bench.harness import (
 STEP_FACTOR = 1.25  # step start p99 (steady) and last start (burst) within this × bare loop
 RECORD_TARGET = 5.0  # ms: the daemon's record of a run's start, p99, 100 jobs every second
 CPU_TARGET_MS = 0.25  # ms per fire with 1,000 no-process jobs a second: 25 % of a core
-BURST_MARGIN = 15.0  # s from writing the burst's jobs to their instant (start-up of the daemon)
+BURST_MARGIN = 10.0  # s from writing the burst's jobs to their instant (start-up of the daemon)
 LATE_GRACE = 3.0  # s after a window or an instant before its marks are read
 
 
