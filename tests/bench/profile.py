@@ -1,39 +1,42 @@
-"""Profile the daemon under the real-step loads with py-spy, and summarise where its CPU goes.
+"""Profile the daemon under the real-step loads, and summarise where the time and the CPU go.
 
     .venv/bin/pip install py-spy        # once; it is not a dependency of the project
     .venv/bin/python -m tests.bench.profile [--out DIR] [--seconds 20] [--only real,burst]
 
 Two scenarios, each a real ``pipeline serve --no-http`` on jobs made as ``bin/bench`` makes
-them (``steps.write_step_jobs``):
+them (``steps.write_step_jobs``), then the bare trio spawn loop (``bare_loop.py --command``)
+under the same load:
 
-    real    100 jobs every second with a ``run:`` step; py-spy attaches after a warm-up and
-            samples for ``--seconds``.
-    burst   1,000 jobs with a ``run:`` step due at one ``at:`` instant; py-spy samples from
-            just before the instant until every run has finished.
+    real    100 jobs every second with a ``run:`` step, watched for ``--seconds`` after a
+            warm-up;
+    burst   1,000 jobs with a ``run:`` step due at one ``at:`` instant, watched until every
+            run has finished.
 
-Each scenario runs twice, so that neither tool disturbs what the other sees:
+What is recorded while they run:
 
-1. Where the time between a fire and its step goes. The daemon runs under ``strace -f
-   --seccomp-bpf`` tracing only process creation (clone, clone3, vfork, fork, execve: a few
-   stops per step), with the full environment of each execve, so every step's shell is tied
-   to its run (``PIPELINE_RUN_ID``) and fire (``PIPELINE_FIRE_TIME``). With the run's and the
-   step's starts from the state database, each fire is a timeline: due → run recorded as
-   started → step recorded as started → the daemon starts the fork → bash is exec'd → bash
-   forks for ``$(date)`` and ``date`` is exec'd. The bare trio spawn loop runs the same way
-   (``bare_loop.py --command``), for the same stages where it has them.
-2. Where the daemon's CPU goes. py-spy attaches to a plain daemon and samples at ``--rate``
-   Hz (default 100) without pausing it (``--nonblocking``), only the thread holding the GIL
-   (``--gil``: py-spy's idle detection misses threads waiting in C here), so the counts split
-   the daemon's Python CPU; its user and system CPU come from /proc/PID/stat, and ``perf
-   record -g`` (when perf is installed: ``apt-get install linux-perf``) at the same time says
-   which system calls the system CPU goes to.
+1. Where the time between a fire and its step goes: ``perf record -a`` of the kernel's
+   ``sched_process_fork`` and ``sched_process_exec`` tracepoints (no stops, no ptrace: the
+   processes run as they would), on CLOCK_MONOTONIC, mapped to wall-clock time. Each step's
+   process is tied to its run by the pid the daemon records (``steps.pid``), so each fire is a
+   timeline: due → the run recorded as started → its step recorded as started → the daemon
+   forks the step → bash is exec'd → bash forks for ``$(date)`` and ``date`` is exec'd. The
+   bare loop has the last four (its fires are the whole second before the fork in ``real``,
+   the instant in ``burst``). (``strace -f`` was tried first: its stops slowed a burst's
+   spawns two to three times, for every contender.)
+2. Where the trio thread's time goes: py-spy ``--idle`` samples it whether it runs or is
+   blocked (in a system call, say), so its samples split the thread's wall-clock time.
+3. Where the daemon's CPU goes: its user and system time (/proc/PID/stat); py-spy sampling at
+   ``--rate`` Hz (default 100) without pausing it (``--nonblocking``), only the thread holding
+   the GIL (``--gil``: py-spy's idle detection misses threads waiting in C here), which splits
+   its Python CPU by thread and code; and ``perf record -g`` of its threads, which says which
+   system calls the system time goes to.
 
-DIR gets, per scenario: ``SCENARIO.strace`` and ``SCENARIO-bare.strace`` (the traces),
-``SCENARIO.txt`` (py-spy's raw collapsed stacks, one line per stack: feed it to
-flamegraph.pl or speedscope), ``SCENARIO.perf.data`` (``perf report -i``) and
-``SCENARIO.summary.md`` (the stage table, then the CPU split: user and system, kernel entry
-points, by thread, by what the frames belong to, the heaviest functions by own and total time).
-Needs root or ptrace rights over the daemon (py-spy, perf) and strace.
+DIR gets, per scenario: ``SCENARIO.txt`` (py-spy's raw collapsed stacks, one line per stack:
+feed it to flamegraph.pl or speedscope), ``SCENARIO-wall.txt`` (the same, wall clock),
+``SCENARIO.perf.data`` and ``SCENARIO.sched.data``,
+``SCENARIO-bare.sched.data`` (``perf report -i`` / ``perf script -i``), and
+``SCENARIO.summary.md``. Needs root (perf -a, ptrace of the daemon) and perf (Debian:
+``linux-perf``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from tests.bench.harness import (
 )
 
 PY_SPY = VENV / "bin" / "py-spy"
+RATE = 100  # py-spy samples a second
 
 # What a frame belongs to, first match wins, tried from the innermost frame outwards: the
 # sample is charged to the innermost frame that belongs to one of these.
@@ -163,6 +167,21 @@ def table(counter: Counter[str], total: int, limit: int = 15) -> list[str]:
     return lines
 
 
+def wall_table(raw: Path) -> list[str]:
+    """Where the trio thread (the main thread) spends its wall-clock time: each sample's
+    innermost frame, with the project's frame nearest to it."""
+    where: Counter[str] = Counter()
+    for frames, count in parse(raw):
+        if not frames or "MainThread" not in frames[0][0]:
+            continue
+        leaf = short(*frames[-1])
+        near = next((short(f, p) for f, p in reversed(frames) if _ours(p)), "")
+        where[f"{leaf} ← {near}" if near and near != leaf else leaf] += count
+    total = sum(where.values()) or 1
+    return [f"{total:,} samples of the trio thread, on a CPU or blocked:", "",
+            *table(where, total, 12)]
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of a live process (all its threads)."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -172,7 +191,7 @@ def cpu_split(pid: int) -> tuple[float, float]:
 
 
 def summarise(raw: Path, title: str, seconds: float, fires: int, cpu: tuple[float, float],
-              stages: Sequence[str], kernel: Sequence[str]) -> str:
+              stages: Sequence[str], kernel: Sequence[str], wall: Sequence[str]) -> str:
     stacks = parse(raw)
     total = sum(count for _, count in stacks) or 1
     threads: Counter[str] = Counter()
@@ -196,9 +215,13 @@ def summarise(raw: Path, title: str, seconds: float, fires: int, cpu: tuple[floa
     return "\n".join([
         f"# {title}",
         "",
-        "## Where the time between a fire and its step goes (strace; ms)",
+        "## Where the time between a fire and its step goes (perf sched tracepoints; ms)",
         "",
         *stages,
+        "",
+        "## Where the trio thread's time goes (py-spy --idle: wall clock)",
+        "",
+        *wall,
         "",
         "## Where the daemon's CPU goes (py-spy)",
         "",
@@ -217,22 +240,13 @@ def summarise(raw: Path, title: str, seconds: float, fires: int, cpu: tuple[floa
     ])
 
 
-def perf(ctx: Context, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """``perf record`` of the daemon's threads (kernel stacks included), until SIGINT; None
-    when perf is not installed (the summary then has no kernel split)."""
-    if shutil.which("perf") is None:
-        return None
-    argv: list[str | Path] = ["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p",
-                              str(pid), "-o", out]
-    say("profile: " + ctx.show(argv))
-    with ctx.log(f"perf-{out.stem}").open("wb") as log:
-        return ctx.children.start(argv, stdout=subprocess.DEVNULL, stderr=log)
-
-
 KERNEL_ENTRY = re.compile(r"^\s*(?P<total>[\d.]+)%\s+(?P<self>[\d.]+)%\s+\[k\]\s+"
                           r"(?P<sym>__(?:x64|se|ia32)_sys_\w+|do_exit|ret_from_fork\w*|"
                           r"asm_exc_page_fault|exc_page_fault|schedule)\s*$")
 SHARE = re.compile(r"^\s*(?P<self>[\d.]+)%\s+\[(?P<kind>[k.])\]\s+(?P<sym>\S+)")
+INCLUSIVE = re.compile(r"^\s*(?P<total>[\d.]+)%\s+(?P<self>[\d.]+)%\s+\[k\]\s+"
+                       r"(?P<sym>[A-Za-z_]\w*)")
+GLUE = ("do_syscall_64", "entry_SYSCALL_64_after_hwframe", "x64_sys_call")
 
 
 def perf_summary(data: Path) -> list[str]:
@@ -252,263 +266,295 @@ def perf_summary(data: Path) -> list[str]:
                 kernel += float(match["self"])
             else:
                 user += float(match["self"])
-    entries = []
+    entries, inside = [], []
     for line in report("--children", "--sort", "sym", "-g", "none"):
         if match := KERNEL_ENTRY.match(line):
             entries.append((float(match["total"]), match["sym"]))
+        elif (match := INCLUSIVE.match(line)) and match["sym"] not in GLUE:
+            inside.append((float(match["total"]), match["sym"]))
     lines = [f"perf: {kernel:.1f} % of the daemon's samples in the kernel, {user:.1f} % in user "
-             "space. Kernel entry points by their share of all samples (inclusive):", "",
-             "| kernel entry | share |", "| --- | --- |"]
-    lines += [f"| {sym} | {total:.1f} % |" for total, sym in sorted(entries, reverse=True)[:15]]
+             "space. Kernel entry points, and the heaviest kernel functions under them, by "
+             "their share of all samples (inclusive):", "",
+             "| kernel entry | share | | kernel function | share |",
+             "| --- | --- | --- | --- | --- |"]
+    top = sorted(entries, reverse=True)[:12]
+    deep = sorted(inside, reverse=True)[:12]
+    for (total, sym), (deep_total, deep_sym) in zip(top, deep, strict=False):
+        lines.append(f"| {sym} | {total:.1f} % | | {deep_sym} | {deep_total:.1f} % |")
     return lines
 
 
-def py_spy(ctx: Context, pid: int, out: Path, *, duration: float, rate: int,
+def py_spy(ctx: Context, pid: int, out: Path, *, duration: float, wall: bool = False,
            ) -> subprocess.Popen[bytes]:
     # --gil: only the thread holding the GIL is sampled, i.e. the daemon's Python CPU (idle
     # threads waiting in C, which py-spy's idle detection misses here, are left out);
-    # --nonblocking: the daemon is not paused to be sampled, so the lateness stays its own.
-    argv: list[str | Path] = [PY_SPY, "record", "--pid", str(pid), "--rate", str(rate),
+    # --idle (``wall``): every sample of every thread, on a CPU or blocked, i.e. wall-clock
+    # time; --nonblocking: the daemon is not paused to be sampled, so its lateness stays its
+    # own.
+    argv: list[str | Path] = [PY_SPY, "record", "--pid", str(pid), "--rate", str(RATE),
                               "--duration", str(math.ceil(duration)), "--format", "raw",
-                              "--threads", "--gil", "--nonblocking", "--output", out]
+                              "--threads", "--idle" if wall else "--gil", "--nonblocking",
+                              "--output", out]
     say("profile: " + ctx.show(argv))
     with ctx.log(f"py-spy-{out.stem}").open("wb") as log:
         return ctx.children.start(argv, stdout=subprocess.DEVNULL, stderr=log)
 
 
-def profile_real(ctx: Context, out: Path, seconds: float, rate: int, jobs: int = 100) -> None:
-    stages = trace_real(ctx, out, seconds, jobs)
-    work = ctx.tmp / "profile-real"
-    steps.write_step_jobs(work / "jobs", jobs, "every 1s", work / "marks")
-    with serve.open_daemon(ctx, work / "jobs", work / "state", "profile-real") as daemon:
-        start = math.floor(time.time()) + 4
-        sleep_until_epoch(start - 0.5)
-        before = cpu_split(daemon.pid)
-        spy = py_spy(ctx, daemon.pid, out / "real.txt", duration=seconds, rate=rate)
-        kernel = perf(ctx, daemon.pid, out / "real.perf.data")
-        spy.wait(timeout=seconds + 60)
-        after = cpu_split(daemon.pid)
-        took = time.time() - (start - 0.5)
-        if kernel is not None:
-            ctx.children.end(kernel, sig=signal.SIGINT, grace=60)
-    (out / "real.summary.md").write_text(summarise(
-        out / "real.txt", f"{jobs} jobs every second, a run: step each", took,
-        round(jobs * took), (after[0] - before[0], after[1] - before[1]), stages,
-        perf_summary(out / "real.perf.data")))
+def perf_cpu(ctx: Context, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` of the daemon's threads, kernel stacks included, until SIGINT."""
+    argv: list[str | Path] = ["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p",
+                              str(pid), "-o", out]
+    return _start(ctx, argv, out)
 
 
-def profile_burst(ctx: Context, out: Path, rate: int, jobs: int = 1000) -> None:
-    stages = trace_burst(ctx, out, jobs)
-    work = ctx.tmp / "profile-burst"
-    at = math.ceil(time.time() + steps.BURST_MARGIN)
-    instant = datetime.fromtimestamp(at, UTC).isoformat()
-    steps.write_step_jobs(work / "jobs", jobs, f"{{at: '{instant}'}}", work / "marks")
-    state = work / "state"
-    with serve.open_daemon(ctx, work / "jobs", state, "profile-burst") as daemon:
-        if time.time() > at - 1:
-            raise BenchError("the daemon started too late for the burst's instant")
-        sleep_until_epoch(at - 1)
-        before = cpu_split(daemon.pid)
-        spy = py_spy(ctx, daemon.pid, out / "burst.txt", duration=600, rate=rate)
-        kernel = perf(ctx, daemon.pid, out / "burst.perf.data")
-        db = state / "state.db"
-        wait_until(lambda: steps.finished_runs(db) >= jobs, timeout=120,
-                   what=f"{jobs:,} runs finished", proc=daemon)
-        after = cpu_split(daemon.pid)
-        took = time.time() - (at - 1)
-        ctx.children.end(spy, sig=signal.SIGINT, grace=30)  # py-spy writes what it has
-        if kernel is not None:
-            ctx.children.end(kernel, sig=signal.SIGINT, grace=60)
-    (out / "burst.summary.md").write_text(summarise(
-        out / "burst.txt", f"{jobs:,} jobs due at one instant, a run: step each", took, jobs,
-        (after[0] - before[0], after[1] - before[1]), stages,
-        perf_summary(out / "burst.perf.data")))
+def perf_sched(ctx: Context, out: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """``perf record -a`` of every fork and exec on the machine, until SIGINT; and what to add
+    to its (CLOCK_MONOTONIC) timestamps to make them wall-clock time."""
+    argv: list[str | Path] = ["perf", "record", "-a", "-k", "monotonic", "-e",
+                              "sched:sched_process_fork", "-e", "sched:sched_process_exec",
+                              "-o", out]
+    offset = time.time() - time.monotonic()
+    proc = _start(ctx, argv, out)
+    time.sleep(1.0)  # perf is recording before anything is measured
+    return proc, offset
 
 
-# -- where the time goes: strace timelines ---------------------------------------------------
+def _start(ctx: Context, argv: Sequence[str | Path], out: Path) -> subprocess.Popen[bytes]:
+    say("profile: " + ctx.show(argv))
+    with ctx.log(out.name).open("wb") as log:
+        return ctx.children.start(argv, stdout=subprocess.DEVNULL, stderr=log)
 
-STRACE = ["strace", "-f", "-qq", "-ttt", "-v", "-s", "1024", "--seccomp-bpf",
-          "-e", "trace=execve,clone,clone3,fork,vfork", "-e", "signal=none", "-o"]
-TRACE_LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<ts>\d+\.\d+) (?P<rest>.*)$")
-FORKS = ("clone(", "clone3(", "vfork(", "fork(")
-RESUMED = re.compile(r"^<\.\.\. (?P<call>\w+) resumed>.*= (?P<ret>-?\d+)")
-RETURNED = re.compile(r"= (?P<ret>-?\d+)(?: [A-Z]+.*)?$")
+
+def stop(ctx: Context, proc: subprocess.Popen[bytes]) -> None:
+    ctx.children.end(proc, sig=signal.SIGINT, grace=120)  # SIGINT: it writes what it has
 
 
 @dataclass(frozen=True)
-class Traced:
-    """One step's process, from the trace: when it was due, its run, when the daemon (or
-    loop) began the fork, when bash was exec'd, when ``date`` was exec'd."""
+class Spawn:
+    """One step's process: when it was forked, bash exec'd, ``date`` exec'd (wall clock)."""
 
-    fire: float
-    run_id: str
+    pid: int
     fork: float
     shell: float
     command: float | None
 
 
-def timeline(trace: Path) -> list[Traced]:
-    forks: dict[int, tuple[int, float]] = {}  # child pid -> (parent tid, fork began)
-    pending: dict[int, float] = {}  # tid -> when its unfinished fork began
-    execs: dict[int, tuple[float, str, str]] = {}  # pid -> (exec'd, program, the line)
-    for line in trace.read_text(errors="replace").splitlines():
-        match = TRACE_LINE.match(line)
+SCHED = re.compile(r"^\s*(?P<pid>\d+)/(?P<tid>\d+)\s+(?P<ts>\d+\.\d+):\s+"
+                   r"sched:(?P<event>sched_process_\w+):\s+(?P<trace>.*)$")
+
+
+def spawns(data: Path, parent: int, offset: float) -> list[Spawn]:
+    """Every process ``parent`` forked that exec'd bash, with the times of its fork, its exec
+    and its child's exec of ``date``."""
+    done = subprocess.run(["perf", "script", "-i", str(data), "-F", "pid,tid,time,event,trace",
+                           "--ns"], capture_output=True, text=True, check=False)
+    forked: dict[int, tuple[int, float]] = {}  # child -> (parent, when)
+    execs: dict[int, tuple[float, str]] = {}  # pid -> (when, program)
+    for line in done.stdout.splitlines():
+        match = SCHED.match(line)
         if match is None:
             continue
-        pid, ts, rest = int(match["pid"]), float(match["ts"]), match["rest"]
-        if rest.startswith(FORKS):
-            if rest.endswith("<unfinished ...>"):
-                pending[pid] = ts
-            elif (ret := RETURNED.search(rest)) and int(ret["ret"]) > 0:
-                forks[int(ret["ret"])] = (pid, ts)
-        elif (resumed := RESUMED.match(rest)) and resumed["call"] in ("clone", "clone3",
-                                                                      "vfork", "fork"):
-            if int(resumed["ret"]) > 0 and pid in pending:
-                forks[int(resumed["ret"])] = (pid, pending.pop(pid))
-        elif rest.startswith("execve(") and "= -1 " not in rest:
-            program = rest.split('"', 2)[1]
-            execs[pid] = (ts, program, rest)
-    shells = {pid: e for pid, e in execs.items()
-              if e[1].endswith("/bash") and "PIPELINE_FIRE_TIME=" in e[2] and pid in forks}
-    commands = {forks[pid][0]: e[0] for pid, e in execs.items()
-                if e[1].endswith("/date") and pid in forks}
+        when = float(match["ts"]) + offset
+        fields = dict(f.split("=", 1) for f in match["trace"].split() if "=" in f)
+        if match["event"] == "sched_process_fork":
+            forked[int(fields["child_pid"])] = (int(match["pid"]), when)
+        elif match["event"] == "sched_process_exec":
+            execs.setdefault(int(fields["pid"]), (when, fields.get("filename", "")))
+    commands = {forked[pid][0]: when for pid, (when, program) in execs.items()
+                if program.endswith("/date") and pid in forked}
     found = []
-    for pid, (shell, _, text) in shells.items():
-        fire = re.search(r'"PIPELINE_FIRE_TIME=([^"]*)"', text)
-        run = re.search(r'"PIPELINE_RUN_ID=([^"]*)"', text)
-        if fire is None:
+    for child, (by, when) in forked.items():
+        if by != parent:
             continue
-        found.append(Traced(datetime.fromisoformat(fire[1]).timestamp(),
-                            run[1] if run else "", forks[pid][1], shell, commands.get(pid)))
+        shell = execs.get(child)
+        if shell is None or not shell[1].endswith("/bash"):
+            continue  # a thread (clone fires the same tracepoint), or not a step
+        found.append(Spawn(child, when, shell[0], commands.get(child)))
     return found
 
 
-def recorded_starts(db: Path) -> dict[str, tuple[float, float]]:
-    """run id -> (run started as recorded, its first step started as recorded)."""
+def recorded(db: Path) -> dict[int, tuple[float, float, float]]:
+    """A step's pid -> (its fire, its run started as recorded, it started as recorded)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT id, started_at, (SELECT min(started_at) FROM steps "
-                            "WHERE run_id = runs.id) FROM runs WHERE started_at IS NOT NULL")
-        return {run: (datetime.fromisoformat(r).timestamp(),
-                      datetime.fromisoformat(s).timestamp())
-                for run, r, s in rows if s is not None}
+        rows = conn.execute(
+            "SELECT steps.pid, runs.fire_time, runs.started_at, steps.started_at FROM steps "
+            "JOIN runs ON runs.id = steps.run_id WHERE steps.pid IS NOT NULL "
+            "AND runs.fire_time IS NOT NULL")
+        return {pid: (_epoch(fire), _epoch(run), _epoch(step)) for pid, fire, run, step in rows}
     finally:
         conn.close()
 
 
-def stage_table(contenders: Sequence[tuple[str, list[Traced], dict[str, tuple[float, float]]]],
-                window: tuple[float, float]) -> list[str]:
-    """p50 / p99 of each stage (ms), per contender, for the steps due inside ``window``."""
-    stages: list[tuple[str, Callable[[Traced, tuple[float, float] | None], float | None]]] = [
-        ("due → run recorded as started", lambda t, r: r[0] - t.fire if r else None),
-        ("run recorded → its step recorded as started", lambda t, r: r[1] - r[0] if r else None),
-        ("step recorded → the fork begins (a worker thread takes it; Popen's preparation)",
-         lambda t, r: t.fork - r[1] if r else None),
-        ("due → the fork begins", lambda t, r: t.fork - t.fire),
-        ("the fork begins → bash is exec'd", lambda t, r: t.shell - t.fork),
-        ("bash is exec'd → date is exec'd (bash starts, forks for $(date))",
-         lambda t, r: t.command - t.shell if t.command else None),
-        ("due → date is exec'd, in all", lambda t, r: t.command - t.fire if t.command else None),
-    ]
-    head = "| stage | " + " | ".join(f"{name} p50 / p99" for name, _, _ in contenders) + " |"
-    lines = [head, "|" + " --- |" * (len(contenders) + 1)]
-    for label, stage in stages:
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One step from due to ``date``: every time is wall clock, None where not known."""
+
+    fire: float
+    run: float | None
+    step: float | None
+    fork: float
+    shell: float | None
+    command: float | None
+
+
+def ours(found: Sequence[Spawn], records: dict[int, tuple[float, float, float]],
+         ) -> list[Timeline]:
+    return [Timeline(*records[s.pid], s.fork, s.shell, s.command)
+            for s in found if s.pid in records]
+
+
+def theirs(found: Sequence[Spawn], fire: Callable[[float], float]) -> list[Timeline]:
+    return [Timeline(fire(s.fork), None, None, s.fork, s.shell, s.command) for s in found]
+
+
+STAGES: tuple[tuple[str, Callable[[Timeline], float | None]], ...] = (
+    ("due → run recorded as started", lambda t: _gap(t.fire, t.run)),
+    ("run recorded → its step recorded as started", lambda t: _gap(t.run, t.step)),
+    ("step recorded → the daemon forks it (a worker thread takes the spawn, Popen prepares)",
+     lambda t: _gap(t.step, t.fork)),
+    ("**due → forked**", lambda t: _gap(t.fire, t.fork)),
+    ("forked → bash exec'd", lambda t: _gap(t.fork, t.shell)),
+    ("bash exec'd → date exec'd (bash starts, forks for $(date))",
+     lambda t: _gap(t.shell, t.command)),
+    ("**due → date exec'd, in all**", lambda t: _gap(t.fire, t.command)),
+)
+
+
+def _gap(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else 1000 * (b - a)
+
+
+def stage_table(contenders: Sequence[tuple[str, Sequence[Timeline]]]) -> list[str]:
+    """p50 / p99 of each stage (ms), per contender."""
+    lines = ["| stage | " + " | ".join(f"{name} p50 / p99" for name, _ in contenders) + " |",
+             "|" + " --- |" * (len(contenders) + 1)]
+    for label, stage in STAGES:
         cells = []
-        for _, traced, records in contenders:
-            values = [1000 * v for t in traced if window[0] <= t.fire < window[1]
-                      if (v := stage(t, records.get(t.run_id))) is not None]
-            cells.append(f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f} ms"
+        for _, timelines in contenders:
+            values = [v for t in timelines if (v := stage(t)) is not None]
+            cells.append(f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}"
                          if values else "—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    counts = ", ".join(f"{name}: {sum(1 for t in traced if window[0] <= t.fire < window[1]):,}"
-                       for name, traced, _ in contenders)
-    return [*lines, "", f"Steps traced in the window: {counts}."]
+    counts = ", ".join(f"{name} {len(timelines):,}" for name, timelines in contenders)
+    return [*lines, "", f"Steps: {counts}."]
 
 
 @contextmanager
-def traced_bare(ctx: Context, trace: Path, jobs: int, marks: Path, at: float | None,
-                ) -> Iterator[None]:
-    argv: list[str | Path] = [*STRACE, trace, PYTHON, BENCH / "bare_loop.py", "--jobs",
-                              str(jobs), "--out", trace.with_suffix(".json"), "--command",
-                              steps.command(marks), *(["--at", str(at)] if at else [])]
-    say("profile: " + ctx.show(argv))
-    with ctx.log(trace.stem).open("wb") as err:
+def bare(ctx: Context, work: Path, jobs: int, at: int | None) -> Iterator[int]:
+    """The bare spawn loop under the same load; yields its pid."""
+    argv: list[str | Path] = [PYTHON, BENCH / "bare_loop.py", "--jobs", str(jobs), "--out",
+                              work / "bare.json", "--command",
+                              steps.command(work / "bare-marks"),
+                              *(["--at", str(at)] if at else [])]
+    with ctx.log("bare").open("wb") as err:
         proc = ctx.children.start(argv, stdout=subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
-            raise BenchError(f"bare_loop.py under strace did not start ({ctx.log(trace.stem)})")
-        yield
+            raise BenchError(f"bare_loop.py did not start ({ctx.log('bare')})")
+        yield proc.pid
     finally:
         ctx.children.end(proc, grace=30)
         assert proc.stdout is not None
         proc.stdout.close()
 
 
-def trace_real(ctx: Context, out: Path, seconds: float, jobs: int) -> list[str]:
-    work = ctx.tmp / "trace-real"
-    marks = work / "marks"
-    steps.write_step_jobs(work / "jobs", jobs, "every 1s", marks)
-    trace = out / "real.strace"
-    with serve.open_daemon(ctx, work / "jobs", work / "state", "trace-real",
-                           prefix=[*STRACE, trace]):
-        start = math.floor(time.time()) + 3
-        sleep_until_epoch(start + seconds + steps.LATE_GRACE)
-    bare_trace = out / "real-bare.strace"
-    with traced_bare(ctx, bare_trace, jobs, work / "bare-marks", None):
-        bare_start = math.floor(time.time()) + 3
-        sleep_until_epoch(bare_start + seconds + steps.LATE_GRACE)
-    ours = timeline(trace)
-    bare = timeline(bare_trace)
-    # Each contender's own window of whole seconds; the bare loop's fires are re-based onto
-    # the daemon's window so that one filter serves both.
-    shift = start - bare_start
-    bare = [Traced(t.fire + shift, t.run_id, t.fork + shift, t.shell + shift,
-                   t.command + shift if t.command else None) for t in bare]
-    return stage_table([("pipeline serve", ours, recorded_starts(work / "state" / "state.db")),
-                        ("bare trio loop", bare, {})], (start, start + seconds))
+# -- the scenarios ---------------------------------------------------------------------------
 
 
-def trace_burst(ctx: Context, out: Path, jobs: int) -> list[str]:
-    work = ctx.tmp / "trace-burst"
-    marks = work / "marks"
-    at = math.ceil(time.time() + steps.BURST_MARGIN + 10)  # strace slows the start a little
-    steps.write_step_jobs(work / "jobs", jobs,
-                          f"{{at: '{datetime.fromtimestamp(at, UTC).isoformat()}'}}", marks)
-    trace = out / "burst.strace"
+def profile_real(ctx: Context, out: Path, seconds: int, jobs: int) -> None:
+    work = ctx.tmp / "real"
+    steps.write_step_jobs(work / "jobs", jobs, "every 1s", work / "marks")
     state = work / "state"
-    with serve.open_daemon(ctx, work / "jobs", state, "trace-burst", prefix=[*STRACE, trace]):
-        if time.time() > at - 1:
-            raise BenchError("the traced daemon started too late for the burst's instant")
+    with serve.open_daemon(ctx, work / "jobs", state, "profile-real") as daemon:
+        start = math.floor(time.time()) + 3
+        sched, offset = perf_sched(ctx, out / "real.sched.data")
+        sleep_until_epoch(start - 0.5)
+        before = cpu_split(daemon.pid)
+        spy = py_spy(ctx, daemon.pid, out / "real.txt", duration=seconds)
+        clock = py_spy(ctx, daemon.pid, out / "real-wall.txt", duration=seconds, wall=True)
+        kernel = perf_cpu(ctx, daemon.pid, out / "real.perf.data")
+        spy.wait(timeout=seconds + 60)
+        clock.wait(timeout=60)
+        after = cpu_split(daemon.pid)
+        took = time.time() - (start - 0.5)
+        stop(ctx, kernel)
+        sleep_until_epoch(start + seconds + steps.LATE_GRACE)
+        stop(ctx, sched)
+    mine = [t for t in ours(spawns(out / "real.sched.data", daemon.pid, offset),
+                            recorded(state / "state.db")) if start <= t.fire < start + seconds]
+    with bare(ctx, work, jobs, None) as pid:
+        bare_start = math.floor(time.time()) + 3
+        sched, bare_offset = perf_sched(ctx, out / "real-bare.sched.data")
+        sleep_until_epoch(bare_start + seconds + steps.LATE_GRACE)
+        stop(ctx, sched)
+    loop = [t for t in theirs(spawns(out / "real-bare.sched.data", pid, bare_offset),
+                              math.floor) if bare_start <= t.fire < bare_start + seconds]
+    (out / "real.summary.md").write_text(summarise(
+        out / "real.txt", f"{jobs} jobs every second, a run: step each", took,
+        round(jobs * took), (after[0] - before[0], after[1] - before[1]),
+        stage_table([("pipeline serve", mine), ("bare trio loop", loop)]),
+        perf_summary(out / "real.perf.data"), wall_table(out / "real-wall.txt")))
+
+
+def profile_burst(ctx: Context, out: Path, jobs: int) -> None:
+    work = ctx.tmp / "burst"
+    at = math.ceil(time.time() + steps.BURST_MARGIN)
+    instant = datetime.fromtimestamp(at, UTC).isoformat()
+    steps.write_step_jobs(work / "jobs", jobs, f"{{at: '{instant}'}}", work / "marks")
+    state = work / "state"
+    with serve.open_daemon(ctx, work / "jobs", state, "profile-burst") as daemon:
+        if time.time() > at - 2:
+            raise BenchError("the daemon started too late for the burst's instant")
+        sched, offset = perf_sched(ctx, out / "burst.sched.data")
+        sleep_until_epoch(at - 0.5)
+        before = cpu_split(daemon.pid)
+        spy = py_spy(ctx, daemon.pid, out / "burst.txt", duration=600)
+        clock = py_spy(ctx, daemon.pid, out / "burst-wall.txt", duration=600, wall=True)
+        kernel = perf_cpu(ctx, daemon.pid, out / "burst.perf.data")
         db = state / "state.db"
-        sleep_until_epoch(at)
-        wait_until(lambda: steps.finished_runs(db) >= jobs, timeout=180,
-                   what=f"{jobs:,} traced runs finished")
-    bare_trace = out / "burst-bare.strace"
-    bare_at = math.ceil(time.time()) + 3
-    with traced_bare(ctx, bare_trace, jobs, work / "bare-marks", bare_at):
+        wait_until(lambda: steps.finished_runs(db) >= jobs, timeout=120,
+                   what=f"{jobs:,} runs finished", proc=daemon)
+        after = cpu_split(daemon.pid)
+        took = time.time() - (at - 0.5)
+        for proc in (spy, clock, kernel, sched):
+            stop(ctx, proc)
+    mine = ours(spawns(out / "burst.sched.data", daemon.pid, offset), recorded(db))
+    bare_at = math.ceil(time.time()) + 4
+    with bare(ctx, work, jobs, bare_at) as pid:
+        sched, bare_offset = perf_sched(ctx, out / "burst-bare.sched.data")
         steps.wait_for_marks(work / "bare-marks", jobs, deadline=bare_at + 60,
-                             what="traced bare burst")
+                             what="bare burst")
         time.sleep(1)
-    bare = [Traced(t.fire + at - bare_at, t.run_id, t.fork + at - bare_at,
-                   t.shell + at - bare_at, t.command + at - bare_at if t.command else None)
-            for t in timeline(bare_trace)]
-    return stage_table([("pipeline serve", timeline(trace), recorded_starts(state / "state.db")),
-                        ("bare trio loop", bare, {})], (at, at + 1))
+        stop(ctx, sched)
+    loop = theirs(spawns(out / "burst-bare.sched.data", pid, bare_offset),
+                  lambda _: float(bare_at))
+    (out / "burst.summary.md").write_text(summarise(
+        out / "burst.txt", f"{jobs:,} jobs due at one instant, a run: step each", took, jobs,
+        (after[0] - before[0], after[1] - before[1]),
+        stage_table([("pipeline serve", mine), ("bare trio loop", loop)]),
+        perf_summary(out / "burst.perf.data"), wall_table(out / "burst-wall.txt")))
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("profile"))
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--seconds", type=int, default=20, help="the window (real)")
     parser.add_argument("--only", default="real,burst")
     parser.add_argument("--jobs", type=int, default=100, help="jobs every second (real)")
     parser.add_argument("--burst", type=int, default=1000, help="jobs at the instant (burst)")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if not PY_SPY.exists():
-        say(f"profile: no {PY_SPY}; install it with: {VENV}/bin/pip install py-spy")
+    missing = [] if PY_SPY.exists() else [str(PY_SPY)]
+    missing += [] if shutil.which("perf") else ["perf"]
+    if missing:
+        say(f"profile: missing {', '.join(missing)}: {VENV}/bin/pip install py-spy; "
+            "apt-get install linux-perf")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-profile-"))
@@ -518,12 +564,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         for scenario in args.only.split(","):
             say(f"profile: {scenario}")
             if scenario == "real":
-                profile_real(ctx, args.out, args.seconds, args.rate, args.jobs)
+                profile_real(ctx, args.out, args.seconds, args.jobs)
             elif scenario == "burst":
-                profile_burst(ctx, args.out, args.rate, args.burst)
+                profile_burst(ctx, args.out, args.burst)
             else:
                 parser.error(f"unknown scenario {scenario!r}")
-            say(f"profile: wrote {args.out / scenario}.txt and {scenario}.summary.md")
+            say(f"profile: wrote {args.out / scenario}.summary.md")
     except BenchError as exc:
         say(f"profile: {exc}")
         return 1

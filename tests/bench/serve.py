@@ -126,11 +126,10 @@ def serve_argv(jobs: Path, state: Path, listen: str | None = None) -> list[str |
 
 @contextmanager
 def open_daemon(ctx: Context, jobs: Path, state: Path, name: str, listen: str | None = None,
-                prefix: Sequence[str | Path] = ()) -> Iterator[subprocess.Popen[bytes]]:
+                ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``pipeline serve`` (``--no-http`` unless ``listen``) that is up (daemon.json
-    written, every job scheduled) for the time of the block, then stopped with SIGTERM.
-    ``prefix`` runs it under another program (the profiler's ``strace``)."""
-    argv = [*prefix, *serve_argv(jobs, state, listen)]
+    written, every job scheduled) for the time of the block, then stopped with SIGTERM."""
+    argv = serve_argv(jobs, state, listen)
     shown = re.sub(r"-state-\d+", "-state-N", ctx.show(argv))
     if listen:
         shown = shown.replace(listen, "127.0.0.1:PORT")
