@@ -285,7 +285,9 @@ class Context:
         prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
         line = prefix + shlex.join(str(a) for a in argv)
         line = re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", line)
-        return line.replace(str(self.tmp), "$BENCH_TMP").replace(str(ROOT) + "/", "")
+        line = re.sub(r"-rep\d+\b", "-repN", line)  # one line for every repetition
+        line = line.replace(str(self.tmp), "$BENCH_TMP").replace(str(ROOT) + "/", "")
+        return line.replace(str(Path.home()) + "/", "~/")
 
     def command(self, line: str) -> None:
         if line not in self.commands:

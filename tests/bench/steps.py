@@ -354,7 +354,7 @@ def burst_figures(tool: str, runs: Sequence[Sequence[float]], jobs: int,
 def burst_bare(ctx: Context, jobs: int, reps: int) -> BurstResult:
     runs, cpu = [], []
     for rep in range(reps):
-        work = ctx.tmp / f"burst-{jobs}-bare-{rep}"
+        work = ctx.tmp / f"burst-{jobs}-bare-rep{rep}"
         work.mkdir(parents=True)
         marks = work / "marks"
         at = math.ceil(time.time()) + 3
@@ -386,7 +386,7 @@ def burst_pipeline(ctx: Context, jobs: int, reps: int, margin: float = BURST_MAR
                    ) -> BurstResult:
     runs, cpu, startup = [], [], []
     for rep in range(reps):
-        work = ctx.tmp / f"burst-{jobs}-pipeline-{rep}"
+        work = ctx.tmp / f"burst-{jobs}-pipeline-rep{rep}"
         marks = work / "marks"
         at = math.ceil(time.time() + margin)
         instant = datetime.fromtimestamp(at, UTC).isoformat()
