@@ -13,7 +13,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  hurt us, with positions; durations, times, schedule strings
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
-    checks                       what a schema cannot express: needs, cycles, cron, zones, ...
+    lookups, checks              what a schema cannot express: what each expression may look
+                                 up where it is written; needs, cycles, cron, zones, ...
     spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
     process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
                                  directory's layout, lock and owners; step runners (a registry

@@ -7,6 +7,20 @@ parameter defaults that do not fit their type. A schema-invalid document is chec
 that one run of ``pipeline validate`` reports everything; the checks therefore look at the
 type of every value before using it, and skip the paths the schema already complained about
 (one message per place is enough).
+
+Expressions are also read for what they look up, because a lookup that can never succeed
+would otherwise fail only when the run gets there: ``steps.nope`` (no such step), a step
+this one does not need (directly or through others: its values are never there when this
+step runs; hooks and the job's ``outputs:`` may read every step of the DAG), ``params.x`` or
+``secrets.X`` not declared, ``env.X`` not set by the job or the step, ``item`` outside a
+``for_each`` step, ``succes()`` (an unknown function); ``pipeline.lookups`` has the rules.
+The same lookup under ``| default`` or an ``is defined`` test does not fail, so there it is a
+warning. Each is reported where it is written inside its string (``Document`` marks point at
+the string's start; the file's text gives the column of the lookup itself).
+
+Warnings are for what loads and runs but is likely a mistake: an ``at:`` in the past (it
+never fires), a ``jitter`` longer than its ``every:`` interval. ``every:`` below one second
+and retry delays over a day are errors (retry limits over 100 the schema refuses).
 """
 
 from __future__ import annotations
@@ -14,38 +28,66 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline import dag, expr, params, triggers
+from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
 from pipeline.model import JOB_NAME, ScheduleKind
-from pipeline.notation import parse_duration, parse_time, schedule_form, unwrap, zone
+from pipeline.notation import (
+    local_zone,
+    parse_duration,
+    parse_time,
+    schedule_form,
+    unwrap,
+    zone,
+)
 from pipeline.schema import PATTERN_WORDS, dotted
-from pipeline.yamlsafe import Document, JsonPath, Mark
+from pipeline.yamlsafe import Document, JsonPath, Mark, show
 
 _STEP_TEMPLATES = frozenset({"run", "exec", "with", "cwd"})
-_STEP_LISTS = ("steps", *dag.HOOK_LISTS)
+MIN_INTERVAL = 1.0  # seconds; a shorter every: is a typo (250ms for 250s), and a busy loop
+MAX_RETRY_DELAY = 86400.0  # a step that waits over a day to retry holds its run for that long
 
 
-def check(document: Document, reported: Iterable[JsonPath], file_stem: str
-          ) -> list[tuple[Mark, str]]:
+@dataclass(frozen=True)
+class Findings:
+    """What the checks found: errors (the file is invalid) and warnings (it loads, but...)."""
+
+    errors: list[tuple[Mark, str]] = field(default_factory=list)
+    warnings: list[tuple[Mark, str]] = field(default_factory=list)
+
+
+def check(document: Document, reported: Iterable[JsonPath], file_stem: str, *,
+          text: str = "", now: datetime | None = None) -> Findings:
     """Every problem in ``document.data`` the schema cannot see, located, with its message.
 
     Paths in ``reported`` already have a message (from YAML or the schema) and get no other;
-    ``file_stem`` is the job's name when the document sets none.
+    ``file_stem`` is the job's name when the document sets none. ``text`` is the file's text
+    (what ``document`` was parsed from), to place a message on an expression inside a string;
+    without it a message points at the string. ``now``: what "in the past" is measured from
+    (None: no such warning).
     """
-    checks = _Checks(document, reported)
+    checks = _Checks(document, reported, text, now)
     checks.run(document.data, file_stem)
-    return checks.found
+    return Findings(checks.found, checks.warned)
 
 
 class _Checks:
-    """One document's checks; ``found`` collects their problems, at most one per path."""
+    """One document's checks; ``found`` and ``warned`` collect their problems, at most one per
+    path (and one per lookup inside an expression)."""
 
-    def __init__(self, document: Document, reported: Iterable[JsonPath]) -> None:
+    def __init__(self, document: Document, reported: Iterable[JsonPath], text: str,
+                 now: datetime | None) -> None:
         self.doc = document
         self.reported = set(reported)
+        self.text = text
+        self.now = now
         self.found: list[tuple[Mark, str]] = []
+        self.warned: list[tuple[Mark, str]] = []
+        self.names = Names(document.data)
 
     def report(self, path: JsonPath, message: str) -> None:
         if path in self.reported:
@@ -53,31 +95,46 @@ class _Checks:
         self.reported.add(path)
         self.found.append((self.doc.where(path), f"{dotted(path)}: {message}"))
 
-    def duration(self, value: Any, path: JsonPath, *, positive: bool = False) -> None:
+    def warn(self, path: JsonPath, message: str) -> None:
+        if path not in self.reported:
+            self.warned.append((self.doc.where(path), f"{dotted(path)}: {message}"))
+
+    def duration(self, value: Any, path: JsonPath, *, positive: bool = False) -> float | None:
+        """The seconds ``value`` stands for, or None (reported) if it is no duration."""
         if value is None:
-            return
+            return None
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
             self.report(path, str(exc))
-            return
+            return None
         if positive and seconds <= 0:
             self.report(path, "must be longer than 0")
+        return seconds
 
-    def template(self, value: Any, path: JsonPath) -> None:
+    def interval(self, value: Any, path: JsonPath) -> float | None:
+        seconds = self.duration(value, path, positive=True)
+        if seconds is not None and 0 < seconds < MIN_INTERVAL:
+            self.report(path, f"{show(value)} is shorter than {MIN_INTERVAL:g}s, the shortest "
+                        "interval (did you mean seconds, not milliseconds?)")
+        return seconds
+
+    def template(self, value: Any, path: JsonPath, scope: Scope | None = None) -> None:
         if isinstance(value, str):
             if "${{" in value:
                 message = expr.check_template(value)
                 if message:
                     self.report(path, message)
+                elif scope is not None:
+                    self.lookups(value, path, scope)
         elif isinstance(value, dict):
             for key, item in value.items():
-                self.template(item, (*path, key))
+                self.template(item, (*path, key), scope)
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                self.template(item, (*path, index))
+                self.template(item, (*path, index), scope)
 
-    def expression(self, value: Any, path: JsonPath) -> None:
+    def expression(self, value: Any, path: JsonPath, scope: Scope) -> None:
         if isinstance(value, str):
             try:
                 bare = unwrap(value)
@@ -87,6 +144,47 @@ class _Checks:
             message = expr.check_expression(bare)
             if message:
                 self.report(path, message)
+            else:
+                self.lookups(value, path, scope, bare=True)
+
+    def lookups(self, value: str, path: JsonPath, scope: Scope, *, bare: bool = False) -> None:
+        """Report each lookup in ``value`` that cannot succeed where it is (see the module)."""
+        if path in self.reported:
+            return
+        for ref in expr.references(value, bare=bare):
+            message = self.names.judge(ref, scope)
+            if message is None:
+                continue
+            if ref.guarded:
+                message += "; the default (or the `is defined` test) always decides"
+            found = (self.mark_in(path, value, ref.offset), f"{dotted(path)}: {message}")
+            into = self.warned if ref.guarded else self.found
+            if found not in into:
+                into.append(found)
+
+    def mark_in(self, path: JsonPath, value: str, offset: int) -> Mark:
+        """Where ``value[offset]`` is written, ``value`` being the string at ``path``.
+
+        The scalar's source text is searched for the characters from ``offset`` up to the
+        first one that quoting or folding may have written differently; if they are written
+        as often there as in the value, the same occurrence is the one. Otherwise (escapes,
+        folded lines) the mark of the string itself.
+        """
+        node = self.doc.node(path)
+        start_mark = getattr(node, "start_mark", None)
+        end_mark = getattr(node, "end_mark", None)
+        if self.text and start_mark is not None and end_mark is not None:
+            start = start_mark.index
+            source = self.text[start:end_mark.index]
+            needle = _plain_run(value, offset)
+            if needle:
+                in_value = _occurrences(value, needle)
+                in_source = _occurrences(source, needle)
+                if len(in_value) == len(in_source) and offset in in_value:
+                    at = start + in_source[in_value.index(offset)]
+                    return (self.text.count("\n", 0, at) + 1,
+                            at - self.text.rfind("\n", 0, at))
+        return self.doc.where(path)
 
     def run(self, data: dict[str, Any], file_stem: str) -> None:
         if "name" not in data and not JOB_NAME.match(file_stem):
@@ -113,7 +211,14 @@ class _Checks:
                 except OverflowError:
                     days = math.inf
             self.duration(days, ("history", "keep_days"), positive=True)
-        self.env(data.get("env"), ("env",))
+        # The job's env is rendered before any step runs, with an empty env.
+        self.env(data.get("env"), ("env",), Scope(
+            "env", item=NO_ITEM, env=frozenset(),
+            env_words="nothing while the job's own env: is evaluated"))
+        outputs = data.get("outputs")
+        if isinstance(outputs, dict):
+            for key, value in outputs.items():
+                self.template(value, ("outputs", key), Scope("outputs", item=NO_ITEM))
         declarations = data.get("params")
         if isinstance(declarations, dict):
             for name, declaration in declarations.items():
@@ -125,7 +230,7 @@ class _Checks:
         if isinstance(entry, str):
             kind, text = schedule_form(entry)
             if kind is ScheduleKind.EVERY:
-                self.duration(text, path, positive=True)
+                self.interval(text, path)
             else:
                 self.cron(text, path)
             return
@@ -133,20 +238,30 @@ class _Checks:
             return
         if isinstance(entry.get("cron"), str):
             self.cron(entry["cron"], (*path, "cron"))
-        self.duration(entry.get("every"), (*path, "every"), positive=True)
-        self.duration(entry.get("jitter"), (*path, "jitter"))
+        every = self.interval(entry.get("every"), (*path, "every"))
+        jitter = self.duration(entry.get("jitter"), (*path, "jitter"))
+        if every and jitter and jitter > every:
+            self.warn((*path, "jitter"), f"{show(entry['jitter'])} is longer than the interval "
+                      f"({show(entry['every'])}): a fire can start after the next one")
+        tz: ZoneInfo | None = local_zone()
         zone_name = entry.get("timezone")
         if isinstance(zone_name, str):
             try:
-                zone(zone_name)
+                tz = zone(zone_name)
             except ValueError as exc:
                 self.report((*path, "timezone"), str(exc))
+                tz = None
         for key in ("at", "start"):
             if isinstance(entry.get(key), str):
                 try:
-                    parse_time(entry[key], ZoneInfo("UTC"))
+                    moment = parse_time(entry[key], tz or ZoneInfo("UTC"))
                 except ValueError as exc:
                     self.report((*path, key), str(exc))
+                    continue
+                if key == "at" and tz is not None and self.now is not None \
+                        and moment < self.now:
+                    self.warn((*path, key), f"{show(entry[key])} is in the past: this "
+                              "schedule never fires")
 
     def cron(self, text: str, path: JsonPath) -> None:
         try:
@@ -156,18 +271,21 @@ class _Checks:
 
     def retries(self, value: Any, path: JsonPath) -> None:
         if isinstance(value, dict):
-            self.duration(value.get("delay"), (*path, "delay"))
-            self.duration(value.get("max_delay"), (*path, "max_delay"))
+            for key in ("delay", "max_delay"):
+                seconds = self.duration(value.get(key), (*path, key))
+                if seconds is not None and seconds > MAX_RETRY_DELAY:
+                    self.report((*path, key), f"{show(value[key])} is longer than a day, the "
+                                "longest wait before a retry")
 
-    def env(self, value: Any, path: JsonPath) -> None:
+    def env(self, value: Any, path: JsonPath, scope: Scope) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                self.template(item, (*path, key))
+                self.template(item, (*path, key), scope)
 
     def steps(self, data: dict[str, Any]) -> None:
         first: dict[str, tuple[str, int]] = {}  # step id -> its list and index there
         graphs: list[dict[str, list[str]]] = []
-        for list_name in _STEP_LISTS:
+        for list_name in STEP_LISTS:
             items = data.get(list_name)
             if items.__class__ is not list:
                 continue
@@ -206,14 +324,29 @@ class _Checks:
 
     def step(self, step: dict[str, Any], path: JsonPath) -> None:
         # Every step of every file passes here: look only at the keys that are present.
+        sid = step.get("id")
+        list_name = path[0]
+        reader = (str(list_name), sid) if (
+            isinstance(sid, str) and self.names.home.get(sid) == list_name) else None
+        item = None if "for_each" in step else NO_ITEM
+        job_env = self.names.env
+        own = step.get("env", {})
+        env = None if job_env is None or not isinstance(own, dict) else job_env | frozenset(own)
+        commands = Scope(reader, item=item, env=env,
+                          env_words="only the job's and this step's env:")
         for key in step.keys() & _STEP_TEMPLATES:
-            self.template(step[key], (*path, key))
+            self.template(step[key], (*path, key), commands)
         if "env" in step:
-            self.env(step["env"], (*path, "env"))
+            self.env(step["env"], (*path, "env"), Scope(
+                reader, item=item, env=job_env, env_words="only the job's env:"))
         if "if" in step:
-            self.expression(step["if"], (*path, "if"))
+            self.expression(step["if"], (*path, "if"), Scope(
+                reader, item="item is not defined in if: (it is evaluated once for the whole "
+                "step, before its items)", env=job_env, env_words="only the job's env:"))
         if isinstance(step.get("for_each"), str):
-            self.expression(step["for_each"], (*path, "for_each"))
+            self.expression(step["for_each"], (*path, "for_each"), Scope(
+                reader, item="item is not defined in for_each itself (it gives the items)",
+                env=job_env, env_words="only the job's env:"))
         shell = step.get("shell")
         if isinstance(shell, str):
             try:
@@ -227,4 +360,25 @@ class _Checks:
             self.duration(step["grace"], (*path, "grace"))
         if "retries" in step:
             self.retries(step["retries"], (*path, "retries"))
+
+
+def _plain_run(value: str, offset: int) -> str:
+    """The characters of ``value`` from ``offset`` that a YAML scalar writes as they are: up to
+    a quote, a backslash, a line break or any other control character (at most 60)."""
+    end = offset
+    while end < len(value) and end - offset < 60:
+        char = value[end]
+        if char in "'\"\\" or not char.isprintable():
+            break
+        end += 1
+    return value[offset:end]
+
+
+def _occurrences(text: str, needle: str) -> list[int]:
+    found = []
+    at = text.find(needle)
+    while at != -1:
+        found.append(at)
+        at = text.find(needle, at + 1)
+    return found
 

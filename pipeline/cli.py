@@ -21,9 +21,10 @@ from pipeline import __version__
 # Everything but click is imported where it is used: `pipeline --help` must cost little more
 # than importing click (a benchmark target), and `validate` must not pay for trio or the store.
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, tzinfo
 
-    from pipeline.model import Job, RunRecord, RunStatus
+    from pipeline.model import Job, RunRecord, RunStatus, StepRecord
+    from pipeline.spec import Loaded
     from pipeline.store import SqliteStore
 
 T = TypeVar("T")
@@ -110,13 +111,22 @@ def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    """Log lines on stderr: ``text`` and ``json`` for the daemon; ``cli`` for the other
+    commands, whose few warnings (a repaired crash) read as their other messages do."""
     from loguru import logger
 
     logger.remove()
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True)
+    elif fmt == "cli":
+        logger.add(sys.stderr, level=level, colorize=False, format=_cli_line)
     else:
         logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(), format=_log_line)
+
+
+def _cli_line(record: Any) -> str:
+    return "pipeline: " + ("" if record["level"].name == "INFO" else
+                           record["level"].name.lower() + ": ") + "{message}\n"
 
 
 def _log_line(record: Any) -> str:
@@ -128,22 +138,63 @@ def _log_line(record: Any) -> str:
 
 
 class Group(click.Group):
-    """Turns a PipelineError into its message and exit status, never a traceback."""
+    """Turns a PipelineError (or an OSError) into its message and exit status, never a
+    traceback, also when a trio nursery wrapped it in an ExceptionGroup on its way out."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except Exception as exc:
-            from pipeline.errors import JobInvalid, PipelineError
-
-            if isinstance(exc, JobInvalid):
-                for problem in exc.problems:
-                    click.echo(str(problem), err=True)
-            elif isinstance(exc, PipelineError):
-                click.echo(f"pipeline: {exc}", err=True)
-            else:
+        except (Exception, BaseExceptionGroup) as exc:
+            errors = known_errors(exc)
+            if errors is None:
                 raise
-            ctx.exit(exc.exit_code)
+            for error in errors:
+                text = error_text(error)
+                if text:
+                    click.echo(text, err=True)
+            ctx.exit(max(exit_code(e) for e in errors))
+
+
+def known_errors(exc: BaseException, *, nested: bool = False) -> list[BaseException] | None:
+    """The errors to show as lines: ``exc`` itself, or every leaf of an ExceptionGroup; None
+    if any of them is not ours to explain (a bug: its traceback is what helps).
+
+    A ``SystemExit`` inside a group is a ``fail`` that happened in a trio task: its message is
+    out already, its exit status still counts.
+    """
+    from pipeline.errors import PipelineError
+
+    if isinstance(exc, BaseExceptionGroup):
+        leaves: list[BaseException] = []
+        for inner in exc.exceptions:
+            found = known_errors(inner, nested=True)
+            if found is None:
+                return None
+            leaves.extend(found)
+        return leaves or None
+    if isinstance(exc, PipelineError | OSError) or (nested and isinstance(exc, SystemExit)):
+        return [exc]
+    return None
+
+
+def error_text(error: BaseException) -> str:
+    """The line(s) a user sees for ``error``; empty for one that said its piece already."""
+    from pipeline.errors import JobInvalid
+
+    if isinstance(error, SystemExit):
+        return ""
+    if isinstance(error, JobInvalid):
+        return "\n".join(str(problem) for problem in error.problems)
+    if isinstance(error, OSError) and error.strerror:
+        where = f" {error.filename}" if error.filename is not None else ""
+        return f"pipeline: cannot use{where}: {error.strerror}"
+    return f"pipeline: {error}"
+
+
+def exit_code(error: BaseException) -> int:
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return int(getattr(error, "exit_code", 1))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,13 +244,29 @@ def find_job(settings: Settings, ref: str, *, missing_code: int = 2) -> Job:
     fail(f"unknown job {ref!r} in {settings.jobs_dir} (jobs: {known})", missing_code)
 
 
+def has_state(settings: Settings) -> bool:
+    """Whether anything has run with this state directory (it has a database)."""
+    from pipeline.store import DB_FILE
+
+    return (settings.state_dir / DB_FILE).is_file()
+
+
 @contextmanager
-def open_state(settings: Settings) -> Iterator[SqliteStore]:
-    """The state store, after recovering runs whose owner died (CONTRACT §8)."""
+def open_state(settings: Settings, *, create: bool = False) -> Iterator[SqliteStore]:
+    """The state store, after recovering runs whose owner died (CONTRACT §8).
+
+    Only with ``create`` is a missing state directory made; otherwise ``NotFound`` ("no runs
+    yet") is raised, so that looking (``list``, ``runs``, ``show``, ``logs``) never leaves a
+    ``.pipeline`` behind in whatever folder it was typed in. What recovery repairs is said on
+    stderr.
+    """
+    from pipeline.errors import NotFound
     from pipeline.statedir import recover
     from pipeline.store import SqliteStore
 
-    configure_logging()
+    configure_logging(fmt="cli")
+    if not create and not has_state(settings):
+        raise NotFound(f"no runs yet: there is no state directory {settings.state_dir}")
     store = SqliteStore.open(settings.state_dir)
     try:
         recover(store, settings.state_dir, now_utc())
@@ -242,8 +309,55 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def local(moment: datetime | None) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+def local(moment: datetime | None, zone: tzinfo | None = None) -> str:
+    """``2026-12-07 02:30:00+01:00``: the time in ``zone`` (default the machine's), with its
+    offset, so a reader never has to guess which zone a time is in."""
+    return moment.astimezone(zone).isoformat(sep=" ", timespec="seconds") if moment else "-"
+
+
+def zone_of(job: Job | None) -> tzinfo | None:
+    """The zone a job's times are shown in: its schedule's; None (the machine's) without one."""
+    return job.schedules[0].timezone if job is not None and job.schedules else None
+
+
+def jobs_on_disk(settings: Settings) -> Loaded | None:
+    """Every job file in the jobs directory, loaded; None if there is no jobs directory."""
+    from pipeline import spec
+
+    if not settings.jobs_dir.is_dir():
+        return None
+    return settings.needing_plugins(lambda: spec.load_jobs(
+        [settings.jobs_dir], runner_schemas=settings.runner_schemas()))
+
+
+def daemon_info(settings: Settings) -> dict[str, Any] | None:
+    """What the live daemon on the state directory says it loaded; None if none runs."""
+    from pipeline.daemon import read_daemon_file
+
+    return read_daemon_file(settings.state_dir)
+
+
+def known_names(loaded: Loaded | None, daemon: Mapping[str, Any] | None) -> set[str]:
+    """Job names that a file claims, valid or not, or that the daemon runs."""
+    names = set(loaded.files.values()) if loaded is not None else set()
+    return names | set((daemon or {}).get("jobs", {}))
+
+
+def job_zones(loaded: Loaded | None, daemon: Mapping[str, Any] | None) -> dict[str, tzinfo]:
+    """Each job's zone: from its file, else from the version the daemon runs."""
+    from zoneinfo import ZoneInfo
+
+    zones: dict[str, tzinfo] = {}
+    for name, info in (daemon or {}).get("jobs", {}).items():
+        try:
+            zones[name] = ZoneInfo(str(info["timezone"]))
+        except (KeyError, ValueError):  # an older daemon.json, or no schedule
+            pass
+    for name, job in (loaded.jobs.items() if loaded is not None else ()):
+        zone = zone_of(job)
+        if zone is not None:
+            zones[name] = zone
+    return zones
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
@@ -265,8 +379,11 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     """Validate job files or directories (default: the jobs directory).
 
-    Every error is printed as FILE:LINE:COL: error: MESSAGE. Exit status 0 if all are valid,
-    1 if any is not.
+    Every error is printed as FILE:LINE:COL: error: MESSAGE, and every warning (an `at:` in
+    the past, a lookup under `| default` that can never succeed...) as FILE:LINE:COL: warning:
+    MESSAGE. Exit status 0 if all are valid (warnings or not), 1 if any is not. A `uses: job`
+    step is checked against the jobs directory when a directory is validated; given only
+    files, a call to a job outside them is not judged.
     """
     from pathlib import Path
 
@@ -277,26 +394,34 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
     loaded = settings.needing_plugins(
         lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
-    files = sorted({*loaded.files, *loaded.problems})
+    files = sorted({*loaded.files, *loaded.problems, *loaded.warnings})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
+    # Per file, errors and warnings in the order they are written.
+    found = [p for f in files for p in sorted(
+        [*loaded.problems.get(f, ()), *loaded.warnings.get(f, ())],
+        key=lambda p: (p.line, p.column))]
     if fmt == "json":
         echo_json({
             "valid": not problems,
             "files": [{"file": f, "job": loaded.files.get(f), "valid": f not in loaded.problems,
-                       "errors": [p.as_dict() for p in loaded.problems.get(f, ())]}
+                       "errors": [p.as_dict() for p in loaded.problems.get(f, ())],
+                       "warnings": [p.as_dict() for p in loaded.warnings.get(f, ())]}
                       for f in files],
         })
     elif fmt == "github":
-        for p in problems:
+        for p in found:
             message = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-            click.echo(f"::error file={p.file},line={p.line},col={p.column}::{message}")
+            click.echo(f"::{p.severity} file={p.file},line={p.line},col={p.column}::{message}")
     else:
-        for p in problems:
+        for p in found:
             click.echo(str(p))
         bad = len(loaded.problems)
-        click.echo(f"{len(files)} file{'s' if len(files) != 1 else ''} checked, "
-                   f"{bad} invalid" if bad else
-                   f"{len(files)} file{'s' if len(files) != 1 else ''} valid", err=True)
+        warned = sum(len(w) for w in loaded.warnings.values())
+        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        summary = f"{count} checked, {bad} invalid" if bad else f"{count} valid"
+        if warned:
+            summary += f", {warned} warning{'s' if warned != 1 else ''}"
+        click.echo(summary, err=True)
     sys.exit(1 if problems else 0)
 
 
@@ -340,12 +465,20 @@ def graph(settings: Settings, job: str, fmt: str) -> None:
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the resolved commands.")
+@click.option("--force", is_flag=True,
+              help="Run even when the job's concurrency policy says another of its runs (the "
+                   "daemon's, say) must end first.")
 @dirs
 @pass_settings
-def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) -> None:
+def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool,
+        force: bool) -> None:
     """Run JOB (a name or a file) once, now, in the foreground.
 
-    Exit status: 0 succeeded, 1 failed, 2 invalid job or parameters, 130 interrupted.
+    A run of the job that is still active (under the daemon or another `pipeline run`) stops
+    this one, as the job's `concurrency` policy says, unless --force.
+
+    Exit status: 0 succeeded, 1 failed or refused, 2 invalid job or parameters, 130
+    interrupted.
     """
     from pipeline import spec
 
@@ -356,8 +489,38 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool) ->
 
         print_plan(definition, values, out=sys.stdout)
         return
+    with open_state(settings, create=True) as store:
+        # Recovery has just marked the runs of dead processes interrupted: what is still
+        # active has a live owner.
+        active = store.active_runs(definition.name)
+    if not force:
+        refuse_overlap(settings, definition, active)
     status = run_in_foreground(settings, definition, values)
     sys.exit({"succeeded": 0, "cancelled": 130}.get(str(status), 1))
+
+
+def refuse_overlap(settings: Settings, job: Job, active: Sequence[RunRecord]) -> None:
+    """Exit 1 if the job's concurrency policy allows no run besides ``active`` now.
+
+    ``forbid`` says so outright; ``queue`` and ``replace`` too, as far as a foreground run can
+    follow them: it can neither wait in the daemon's queue nor cancel another process's run.
+    """
+    from pipeline.model import Policy
+
+    policy = job.concurrency
+    room = policy.max_active if policy.policy is Policy.ALLOW else 1
+    if not active or room is None or len(active) < room:
+        return
+    run = active[-1]
+    since = run.started_at or run.queued_at
+    holder = run.owner.partition(":")[0] if run.owner else "?"
+    daemon = daemon_info(settings)
+    by = ("the daemon" if daemon is not None and daemon.get("owner") == run.owner else
+          "another process") + f" (pid {holder})"
+    fail(f"job {job.name} has an active run: {run.id}, {run.status} since "
+         f"{local(since, zone_of(job))}, by {by}; concurrency: {policy.policy} "
+         f"allows {room} at a time. Wait for it, stop it (pipeline stop {run.id}), or give "
+         "--force to run anyway")
 
 
 def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> RunStatus:
@@ -383,7 +546,9 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             view.update(event)
 
         journal = Journal(store, observers=(show,))
-        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, params=params,
+        # A manual run's fire time is the instant it was asked for, so scripts that name files
+        # by $PIPELINE_FIRE_TIME work the same by hand.
+        queued = RunQueued(run_id, job.name, Trigger.MANUAL, now, fire_time=now, params=params,
                            version=version_of(Path(job.file)), document=job.document,
                            owner=process_identity())
 
@@ -408,10 +573,12 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             check_chain(chain, name)
             child = find_job(settings, name, missing_code=1)
             values = spec.parse_params(child, params or {})
-            child_id = new_run_id(now_utc())
+            asked = now_utc()
+            child_id = new_run_id(asked)
             parents[child_id] = (name, parent_run_id)
-            await journal.write(RunQueued(child_id, name, Trigger.PARENT, now_utc(),
-                                          params=values, version=version_of(Path(child.file)),
+            await journal.write(RunQueued(child_id, name, Trigger.PARENT, asked,
+                                          fire_time=asked, params=values,
+                                          version=version_of(Path(child.file)),
                                           document=child.document, parent_run_id=parent_run_id,
                                           owner=process_identity()))
             child_handle = RunHandle(child_id, name)
@@ -420,7 +587,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
             async def go() -> None:
                 await run_job(child, run_id=child_id, state_dir=settings.state_dir,
                               emit=journal.write, params=values, trigger=Trigger.PARENT,
-                              handle=child_handle, runners=settings.runners(),
+                              fire_time=asked, handle=child_handle, runners=settings.runners(),
                               start_job=start_job)
 
             if not wait:
@@ -444,7 +611,8 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any]) -> R
                 async with trio.open_nursery() as children:
                     result = await run_job(job, run_id=run_id, state_dir=settings.state_dir,
                                            emit=journal.write, params=params, handle=handle,
-                                           runners=settings.runners(), start_job=start_job)
+                                           fire_time=now, runners=settings.runners(),
+                                           start_job=start_job)
                 nursery.cancel_scope.cancel()
             return result.status
 
@@ -495,15 +663,36 @@ async def refresh(view: Any) -> None:
 @pass_settings
 def runs(settings: Settings, job: str | None, status: str | None, limit: int,
          as_json: bool) -> None:
-    """Run history, newest first."""
+    """Run history, newest first, times in each job's zone.
+
+    Exit status 1 for a JOB that no file in the jobs directory names and that has no runs.
+    """
+    from pipeline.errors import NotFound
     from pipeline.model import RunStatus, run_as_dict
 
-    with open_state(settings) as store:
-        found = store.runs(job=job, status=RunStatus(status) if status else None, limit=limit)
+    loaded = jobs_on_disk(settings)
+    daemon = daemon_info(settings)
+    found: list[RunRecord] = []
+    ever = job is None
+    if has_state(settings):
+        with open_state(settings) as store:
+            found = store.runs(job=job, status=RunStatus(status) if status else None,
+                               limit=limit)
+            ever = bool(found) or job is None or store.count_runs(job=job) > 0
+    if not ever and job not in known_names(loaded, daemon):
+        where = f"in {settings.jobs_dir}" if loaded is not None else \
+            f"(no jobs directory {settings.jobs_dir})"
+        raise NotFound(f"unknown job {job!r}: no job file {where} names it, and it has no runs")
     if as_json:
         echo_json([run_as_dict(r, steps=False) for r in found])
         return
-    table([(r.id, r.job, str(r.status), str(r.trigger), local(r.started_at or r.queued_at),
+    if not found:
+        click.echo(f"no runs{f' of {job}' if job else ''}"
+                   f"{f' with status {status}' if status else ''} yet", err=True)
+        return
+    zones = job_zones(loaded, daemon)
+    table([(r.id, r.job, str(r.status), str(r.trigger),
+            local(r.started_at or r.queued_at, zones.get(r.job)),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "-", r.reason or "")
            for r in found], ("RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "TOOK", "REASON"))
 
@@ -514,8 +703,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
 @dirs
 @pass_settings
 def show(settings: Settings, run_id: str, as_json: bool) -> None:
-    """One run with its steps."""
-    from pipeline.model import run_as_dict
+    """One run with its steps (in file order), and the run's own outputs."""
+    from pipeline.model import in_file_order, run_as_dict
 
     with open_state(settings) as store:
         record = get_run(store, run_id)
@@ -537,12 +726,14 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
         if version.git_commit:
             git = f" (git {version.git_commit[:12]}{', modified' if version.git_dirty else ''})"
         click.echo(f"version  sha256:{version.sha256[:16]}{git}")
+    if record.outputs:
+        click.echo("outputs  " + ", ".join(f"{k}={v}" for k, v in record.outputs.items()))
     click.echo("")
     table([(s.id, str(s.status), str(s.attempt or "-"),
             str(s.exit_code) if s.exit_code is not None else "-",
             f"{s.duration_s:.2f}s" if s.duration_s is not None else "-",
             ", ".join(f"{k}={v}" for k, v in s.outputs.items())[:60], s.error or "")
-           for s in record.steps],
+           for s in in_file_order(record)],
           ("STEP", "STATUS", "ATTEMPT", "EXIT", "TOOK", "OUTPUTS", "ERROR"))
 
 
@@ -553,55 +744,160 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 @dirs
 @pass_settings
 def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> None:
-    """Print a run's step logs (one step, or all in order)."""
+    """Print a run's step logs (one step, or all in file order).
+
+    A for_each step prints each item's log in item order, each under a heading naming the
+    item; STEP may also name one item (build.2). Ctrl-C while following exits 130.
+    """
     from pipeline.errors import NotFound
-    from pipeline.model import STEP_INSTANCE_ID
+    from pipeline.model import STEP_INSTANCE_ID, in_file_order
 
     if step is not None and not STEP_INSTANCE_ID.match(step):
         raise NotFound(f"no step {step!r}")
-    with open_state(settings) as store:
-        record = get_run(store, run_id)
-        printed: dict[str, int] = {}
-        while True:
-            steps = [s for s in record.steps if s.log and (step is None or s.id == step)]
-            if step is not None and not steps and record.status.finished:
-                if any(s.id == step for s in record.steps):
-                    return  # the step never ran: no log
-                raise NotFound(f"run {run_id} has no step {step!r}")
-            for s in steps:
-                assert s.log is not None
-                path = settings.state_dir / s.log
-                offset = printed.get(s.id)
-                if offset is None and step is None:
-                    click.echo(f"==> {s.id} <==")
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offset or 0)
-                        data = f.read()
-                except FileNotFoundError:
-                    data = b""
-                printed[s.id] = (offset or 0) + len(data)
-                if data:
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.flush()
-            if not follow or record.status.finished:
-                return
-            time.sleep(0.5)
-            record = get_run(store, run_id)
 
+    def wanted(step_id: str) -> bool:
+        return step is None or step_id == step or step_id.startswith(f"{step}.")
+
+    def heading(s: StepRecord) -> str:
+        base, _, index = s.id.partition(".")
+        if not index:
+            return f"==> {s.id} <=="
+        item = "" if s.item is None else f" (item: {_item_text(s.item)})"
+        return f"==> {base}[{index}]{item} <=="
+
+    try:
+        with open_state(settings) as store:
+            record = get_run(store, run_id)
+            printed: dict[str, tuple[int, int]] = {}  # step -> (the log's inode, bytes printed)
+            while True:
+                steps = [s for s in in_file_order(record) if s.log and wanted(s.id)]
+                if step is not None and not steps and record.status.finished:
+                    if any(wanted(s.id) for s in record.steps):
+                        return  # the step never ran: no log
+                    raise NotFound(f"run {run_id} has no step {step!r}")
+                for s in steps:
+                    assert s.log is not None
+                    seen = printed.get(s.id)
+                    if seen is None and s.id != step:
+                        click.echo(heading(s))
+                    try:
+                        with (settings.state_dir / s.log).open("rb") as f:
+                            inode, offset = os.fstat(f.fileno()).st_ino, seen[1] if seen else 0
+                            if seen is not None and seen[0] != inode:
+                                offset = _after_cap(f, offset)
+                            f.seek(offset)
+                            data = f.read()
+                    except FileNotFoundError:
+                        (inode, offset), data = seen or (0, 0), b""
+                    printed[s.id] = (inode, offset + len(data))
+                    if data:
+                        sys.stdout.buffer.write(data)
+                        sys.stdout.flush()
+                if not follow or record.status.finished:
+                    return
+                time.sleep(0.5)
+                record = get_run(store, run_id)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C ends a follow: nothing to report
+
+
+def _item_text(item: str) -> str:
+    """A for_each item (stored as JSON) as a log heading shows it: a string as it is."""
+    import json
+
+    try:
+        value = json.loads(item)
+    except ValueError:
+        return item[:80]
+    return (value if isinstance(value, str) and value.isprintable() else item)[:80]
+
+
+def _after_cap(f: Any, offset: int) -> int:
+    """Where to go on in a log that was replaced while followed, after ``offset`` bytes: a
+    capped log is put together when its step ends (head, marker, tail), and a follower that
+    printed beyond the head goes on at the marker."""
+    import mmap
+    import re
+
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return 0
+    marker = re.compile(rb"\[pipeline\] \d+ bytes dropped here: the log keeps the first \d+ "
+                        rb"and the last \d+ bytes\n")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        found = marker.search(view, 0, min(size, offset + 256))
+    return min(offset, size if found is None else found.start())
 
 
 # -- the daemon ----------------------------------------------------------------------------
 
 
+def token_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--token`` and ``--token-file``, for ``read_token`` to make one token of."""
+    command = click.option(
+        "--token-file", type=click.Path(), envvar="PIPELINE_TOKEN_FILE",
+        metavar="PATH", help="Read the API token from PATH (env PIPELINE_TOKEN_FILE).",
+    )(command)
+    return click.option(
+        "--token", envvar="PIPELINE_TOKEN", default=None, metavar="TOKEN",
+        help="The API's bearer token (env PIPELINE_TOKEN). On the command line every user of "
+             "the machine can read it in `ps`: prefer --token-file or the environment.",
+    )(command)
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """The token from ``--token`` or ``--token-file`` (or their variables).
+
+    One given on the command line wins over the other's variable; both on the command line
+    (or both variables) is a usage error, rather than a guess at which one was meant.
+    """
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    if token_file is None:
+        return token or None
+    if token:
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE
+        if given == (ctx.get_parameter_source("token_file") is ParameterSource.COMMANDLINE):
+            raise click.UsageError("give --token or --token-file (PIPELINE_TOKEN or "
+                                   "PIPELINE_TOKEN_FILE), not both")
+        if given:
+            return token
+    try:
+        text = Path(token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fail(f"cannot read the token file {token_file}: {reason}", 2)
+    found = text.strip()
+    if not found:
+        fail(f"the token file {token_file} is empty", 2)
+    if "\n" in found:
+        fail(f"the token file {token_file} holds more than one line; it should hold the token "
+             "alone", 2)
+    return found
+
+
+def check_jobs_dir(settings: Settings) -> None:
+    """Exit 2 unless the jobs directory is a directory: a typo must not serve nothing."""
+    jobs_dir = settings.jobs_dir
+    if not jobs_dir.exists():
+        fail(f"the jobs directory {jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    if not jobs_dir.is_dir():
+        fail(f"the jobs directory {jobs_dir} is not a directory", 2)
+
+
 @main.command()
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
-              help="How long active runs get to finish after SIGTERM/SIGINT.")
+              help="After SIGTERM/SIGINT, how long active runs get to finish before they are "
+                   "stopped and recorded as interrupted (each step's process group then gets "
+                   "SIGTERM, and SIGKILL after the step's own grace, 10s by default).")
 @click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
               metavar="HOST:PORT", help="HTTP address of the status page and API.")
 @click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
-@click.option("--token", envvar="PIPELINE_TOKEN", default=None,
-              help="Bearer token the API requires (env PIPELINE_TOKEN).")
+@token_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -610,8 +906,12 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
 @dirs
 @pass_settings
 def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
-          log_format: str, log_level: str) -> None:
-    """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP."""
+          token_file: str | None, log_format: str, log_level: str) -> None:
+    """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP.
+
+    The HTTP address is bound first: if it is taken, serve says so and exits 1 having
+    written nothing.
+    """
     from functools import partial
 
     settings.plugins = True  # files may start using a plug-in runner at any time
@@ -619,6 +919,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
     import trio
 
     from pipeline import daemon
+    from pipeline.errors import PipelineError
     from pipeline.spec import parse_duration
     from pipeline.statedir import lock_state_dir
     from pipeline.store import SqliteStore
@@ -628,26 +929,41 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
         grace_s = parse_duration(grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
+    token = read_token(token, token_file)
+    check_jobs_dir(settings)
     serve_http = None
+    sock = None
     if not no_http:
-        from pipeline.http import check_listen
+        from pipeline.http import check_listen, listen_socket
         from pipeline.http import serve_http as http_server
 
         check_listen(listen, token)
+        try:
+            sock = listen_socket(listen)
+        except PipelineError:
+            other = daemon.read_daemon_file(settings.state_dir)
+            if other is not None:  # the likelier story: say that one
+                raise PipelineError(f"another pipeline daemon (pid {other.get('pid')}) is using "
+                                    f"the state directory {settings.state_dir}") from None
+            raise
 
         async def serve_http(d: daemon.Daemon, *, task_status: Any) -> None:
-            await http_server(d, listen=listen, token=token, task_status=task_status)
+            await http_server(d, listen=listen, token=token, sock=sock,
+                              task_status=task_status)
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with lock_state_dir(settings.state_dir):
-        store = SqliteStore.open(settings.state_dir)
-        try:
-            trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
-                                   state_dir=settings.state_dir, store=store,
-                                   runners=settings.runners(), grace=grace_s,
-                                   serve_http=serve_http, listen=None if no_http else listen))
-        finally:
-            store.close()
+    try:
+        with lock_state_dir(settings.state_dir):
+            store = SqliteStore.open(settings.state_dir)
+            try:
+                trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
+                                 state_dir=settings.state_dir, store=store,
+                                 runners=settings.runners(), grace=grace_s,
+                                 serve_http=serve_http, listen=None if no_http else listen))
+            finally:
+                store.close()
+    finally:
+        if sock is not None:
+            sock.close()  # unless the HTTP server took it over (and closed it itself)
 
 
 # -- jobs and their schedules --------------------------------------------------------------
@@ -695,62 +1011,102 @@ def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
 @dirs
 @pass_settings
 def list_(settings: Settings, as_json: bool) -> None:
-    """Every job in the jobs directory: schedule, next fire, last status, validity."""
-    from datetime import datetime
+    """Every job in the jobs directory: schedule, next fire (in the job's zone), last status,
+    circuit breaker, validity, and what a running daemon makes of it."""
+    import os
+    from datetime import datetime, timedelta
 
-    from pipeline import spec, triggers
-    from pipeline.daemon import read_daemon_file
+    from pipeline import triggers
     from pipeline.errors import Problem
     from pipeline.model import run_as_dict
 
-    loaded = settings.needing_plugins(lambda: spec.load_jobs(
-        [settings.jobs_dir], runner_schemas=settings.runner_schemas())) \
-        if settings.jobs_dir.is_dir() else None
-    daemon = read_daemon_file(settings.state_dir)
-    with open_state(settings) as store:
-        last = store.last_runs()
-        marks = store.watermarks()
-        active = store.active_runs()
-    now = now_utc()
+    loaded = jobs_on_disk(settings)
+    if loaded is None:
+        fail(f"the jobs directory {settings.jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    daemon = daemon_info(settings)
+    running: dict[str, Any] = (daemon or {}).get("jobs", {})
+
+    def where(info: Mapping[str, Any]) -> str:
+        return os.path.abspath(str(info.get("path") or info.get("file")))
+
+    # A file that the daemon loaded once may not even parse now: the daemon knows its name.
+    named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
+    files = sorted({*loaded.files, *loaded.problems})
     rows: list[dict[str, Any]] = []
-    files = sorted({*loaded.files, *loaded.problems}) if loaded else []
+    definitions: list[Job | None] = []  # each row's valid job, if its file holds one
+    breakers: dict[str, tuple[int, float]] = {}  # job -> (after, cooldown), where one is known
     for file in files:
-        name = loaded.files.get(file) if loaded else None
-        job = loaded.jobs.get(name) if loaded and name else None
-        errors = [p.as_dict() for p in loaded.problems.get(file, ())] if loaded else []
-        next_fire = None
-        if job is not None and job.enabled and job.schedules:
-            fires = triggers.next_fires(job.schedules, max(now, marks.get(job.name, now)), 1)
-            next_fire = fires[0] if fires else None
-        run = last.get(name) if name else None
+        name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
+        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
+        kept = running.get(name, {}) if name else {}
+        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
+        if name and job is not None and job.circuit_breaker is not None:
+            breakers[name] = (job.circuit_breaker.after, job.circuit_breaker.cooldown)
+        elif name and stale and kept.get("circuit_breaker"):
+            breakers[name] = (int(kept["circuit_breaker"]["after"]),
+                              float(kept["circuit_breaker"]["cooldown"]))
         rows.append({
-            "name": name, "file": file, "valid": not errors, "errors": errors,
-            "enabled": job.enabled if job else None,
-            "schedule": "; ".join(triggers.describe(s) for s in job.schedules)
-            if job and job.schedules else None,
-            "next_fire_time": next_fire.isoformat() if next_fire else None,
-            "last_run": run_as_dict(run, steps=False) if run else None,
-            "active_runs": sum(1 for r in active if r.job == name),
-            "version": job.sha256 if job else None,
-            "daemon": None if daemon is None else (
-                "running last good version" if name in daemon.get("jobs", {})
-                and daemon["jobs"][name].get("stale") else
-                "loaded" if name in daemon.get("jobs", {}) else "not loaded"),
+            "name": name, "file": file, "valid": file not in loaded.problems,
+            "errors": [p.as_dict() for p in loaded.problems.get(file, ())],
+            "enabled": job.enabled if job else kept.get("enabled") if stale else None,
+            "schedule": ("; ".join(triggers.describe(s) for s in job.schedules) or None)
+            if job else kept.get("schedule") if stale else None,
+            "next_fire_time": None, "last_run": None, "active_runs": 0,
+            # Unknown only for a file of which no version was ever loaded.
+            "circuit": "closed" if job is not None or stale else None,
+            "stale": stale,
+            "version": job.sha256 if job else kept.get("sha256") if stale else None,
+            "daemon": None if daemon is None or not name else (
+                "running last good version" if stale else
+                "loaded" if name in running else "not loaded"),
         })
+        definitions.append(job)
+    last: Mapping[str, RunRecord] = {}
+    marks: Mapping[str, datetime] = {}
+    active: Sequence[RunRecord] = []
+    opened: Mapping[str, datetime | None] = {}
+    if has_state(settings):
+        with open_state(settings) as store:
+            last, marks, active = store.last_runs(), store.watermarks(), store.active_runs()
+            opened = {name: store.circuit_opened_at(name, after)
+                      for name, (after, _) in breakers.items()}
+    now = now_utc()
+    for row, job in zip(rows, definitions, strict=True):
+        name = row["name"]
+        if job is not None and job.enabled and job.schedules:
+            fires = triggers.next_fires(job.schedules, max(now, marks.get(name, now)), 1)
+            row["next_fire_time"] = fires[0].isoformat() if fires else None
+        if name in last:
+            row["last_run"] = run_as_dict(last[name], steps=False)
+        row["active_runs"] = sum(1 for r in active if r.job == name) if name else 0
+        # Open as the scheduler judges it: from the failure that opened it until the cooldown
+        # has passed.
+        since = opened.get(name) if name else None
+        if since is not None and now < since + timedelta(seconds=breakers[name][1]):
+            row["circuit"] = "open"
     if as_json:
         echo_json(rows)
         return
-    def validity(r: dict[str, Any]) -> str:
-        if r["valid"]:
+
+    def validity(row: dict[str, Any]) -> str:
+        if row["valid"]:
             return "valid"
-        stale = r["daemon"] == "running last good version"
-        return f"INVALID ({len(r['errors'])})" + (", last good version runs" if stale else "")
+        return f"INVALID ({len(row['errors'])})" + (", last good version runs"
+                                                    if row["stale"] else "")
+
+    def when(row: dict[str, Any]) -> str:
+        if not row["next_fire_time"]:
+            return "-"
+        return local(datetime.fromisoformat(row["next_fire_time"]),
+                     zone_of(loaded.jobs.get(row["name"])))
 
     table([(r["name"] or "?", validity(r),
             (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]"),
-            local(datetime.fromisoformat(r["next_fire_time"])) if r["next_fire_time"] else "-",
-            r["last_run"]["status"] if r["last_run"] else "-", r["file"])
-           for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "FILE"))
+            when(r), r["last_run"]["status"] if r["last_run"] else "-", r["circuit"] or "-",
+            r["file"])
+           for r in rows], ("JOB", "VALIDITY", "SCHEDULE", "NEXT FIRE", "LAST", "CIRCUIT",
+                            "FILE"))
     for r in rows:
         for e in r["errors"]:
             click.echo(str(Problem(e["file"], e["line"], e["column"], e["message"])), err=True)
@@ -765,8 +1121,7 @@ def server_options(command: Any) -> Any:
     command = click.option("--server", metavar="URL", envvar="PIPELINE_SERVER",
                            help="The daemon's address [default: the one it recorded in the "
                                 "state directory].")(command)
-    return click.option("--token", envvar="PIPELINE_TOKEN", default=None,
-                        help="The daemon's API token (env PIPELINE_TOKEN).")(command)
+    return token_options(command)
 
 
 @main.command()
@@ -780,7 +1135,7 @@ def server_options(command: Any) -> Any:
 @dirs
 @pass_settings
 def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, as_json: bool,
-            server: str | None, token: str | None) -> None:
+            server: str | None, token: str | None, token_file: str | None) -> None:
     """Ask the daemon to run JOB now; print the run id.
 
     Exit status: 0 started (with --wait: succeeded), 1 refused, unknown job, no daemon or (with
@@ -788,6 +1143,7 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
     """
     from pipeline import client
 
+    token = read_token(token, token_file)
     base = client.server_url(settings.state_dir, server)
     answer = client.trigger(base, token, job, parse_kv(params), wait=wait)
     run_id = answer.get("run_id") or answer.get("id")
@@ -807,9 +1163,11 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
 @server_options
 @dirs
 @pass_settings
-def stop(settings: Settings, run_id: str, server: str | None, token: str | None) -> None:
+def stop(settings: Settings, run_id: str, server: str | None, token: str | None,
+         token_file: str | None) -> None:
     """Ask the daemon to cancel RUN_ID. Exit status: 0 stopping, 1 unknown or not running."""
     from pipeline import client
 
+    token = read_token(token, token_file)
     client.stop(client.server_url(settings.state_dir, server), token, check_run_id(run_id))
     click.echo(f"run {run_id}: stopping", err=True)

@@ -112,7 +112,8 @@ class Client:
         if status == 422:
             raise ParamError(message)
         if status == 401:
-            raise Refused(f"{message} (give --token or set PIPELINE_TOKEN)", status, answer)
+            raise Refused(f"{message} (give --token-file or set PIPELINE_TOKEN)", status,
+                          answer)
         if status >= 500:
             raise PipelineError(f"the daemon failed: {message}")
         raise Refused(message, status, answer)

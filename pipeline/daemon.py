@@ -25,11 +25,12 @@ from typing import Any
 import trio
 from loguru import logger
 
+from pipeline import triggers
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.metrics import Metrics
-from pipeline.model import iso
+from pipeline.model import Job, iso
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler
 from pipeline.statedir import identity_alive, process_identity, recover
@@ -65,11 +66,13 @@ def write_daemon_file(daemon: Daemon) -> None:
     Written atomically (temp file, rename), so a reader never sees half of it.
     """
     catalog = daemon.catalog
+    files: dict[str, str] = {}
+    for file, name in catalog.files.items():
+        files.setdefault(name, file)
     info = {
         "pid": os.getpid(), "owner": process_identity(), "listen": daemon.listen,
         "started_at": iso(daemon.started_at),
-        "jobs": {name: {"file": next((f for f, n in catalog.files.items() if n == name), None),
-                        "sha256": job.sha256, "stale": name in catalog.stale}
+        "jobs": {name: _job_info(job, files.get(name), stale=name in catalog.stale)
                  for name, job in catalog.jobs.items()},
         "invalid": {file: [p.as_dict() for p in problems]
                     for file, problems in catalog.problems.items()},
@@ -78,6 +81,20 @@ def write_daemon_file(daemon: Daemon) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(path)
+
+
+def _job_info(job: Job, file: str | None, *, stale: bool) -> dict[str, Any]:
+    """What ``pipeline list`` needs of a loaded job when its file no longer says it: the
+    version that runs, its schedule, zone and circuit breaker."""
+    breaker = job.circuit_breaker
+    return {
+        "file": file, "path": os.path.abspath(file) if file else None, "sha256": job.sha256,
+        "stale": stale, "enabled": job.enabled,
+        "schedule": "; ".join(triggers.describe(s) for s in job.schedules) or None,
+        "timezone": str(job.schedules[0].timezone) if job.schedules else None,
+        "circuit_breaker": {"after": breaker.after, "cooldown": breaker.cooldown}
+        if breaker else None,
+    }
 
 
 def publish(daemon: Daemon) -> None:
@@ -138,7 +155,7 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
     recover(store, state_dir, clock())
     metrics = Metrics()
     journal = Journal(store, observers=(metrics.observe,))
-    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners))
+    catalog = Catalog(jobs_dir, runner_schemas=schemas_of(runners), store=store)
     await trio.to_thread.run_sync(catalog.scan)
     async with trio.open_nursery() as outer:  # the journal outlives everything that writes
         await outer.start(journal.serve)

@@ -1,10 +1,12 @@
 """One run of a job: a trio nursery whose tasks are the steps.
 
 ``run_job`` walks the step DAG with ``graphlib.TopologicalSorter``: every step whose needs are
-finished starts as a task in the run's nursery, evaluates its ``if``, and runs (with retries, a
-timeout as a cancel scope, ``for_each`` instances under a capacity limiter). Then the hooks run:
-``on_success`` or ``on_failure``, then ``finally``. Everything that happens is emitted as an
-event record; the caller decides where events go (the store, a live view, metrics).
+finished starts as a task in the run's nursery (steps ready together in file order),
+evaluates its ``if``, and runs (with retries, a timeout as a cancel scope, ``for_each``
+instances under a capacity limiter). When the DAG ends the job's own ``outputs:`` are
+evaluated; then the hooks run: ``on_success`` or ``on_failure``, then ``finally``. Everything
+that happens is emitted as an event record; the caller decides where events go (the store, a
+live view, metrics).
 
 Stopping a run is cancelling its ``RunHandle``'s cancel scope: every running step's process
 group goes through ``process.end_group`` (SIGTERM, grace, SIGKILL) on the way out.
@@ -83,20 +85,26 @@ class RunHandle:
         # "cleanup": hooks after a stop (only a kill ends them)
         self.phase = "main"
         self.stop_reason: str | None = None
+        # What a stopped run ends as: `cancelled` (an operator, a replacement, a parent), or
+        # `interrupted` when the daemon cut it off by shutting down.
+        self.stop_status = RunStatus.CANCELLED
         self.finished = trio.Event()
         self.status: RunStatus | None = None
 
-    def stop(self, reason: str = "stopped by an operator") -> None:
+    def stop(self, reason: str = "stopped by an operator", *,
+             status: RunStatus = RunStatus.CANCELLED) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_status = status
         self.stopped.set()
         self.cancel_scope.cancel()
         if self.phase == "hooks":
             self.hooks_scope.cancel()
 
-    def kill(self, reason: str = "killed") -> None:
+    def kill(self, reason: str = "killed", *,
+             status: RunStatus = RunStatus.CANCELLED) -> None:
         self.hurry.set()
-        self.stop(reason)
+        self.stop(reason, status=status)
         self.hooks_scope.cancel()
 
 
@@ -104,6 +112,7 @@ class RunHandle:
 class RunResult:
     status: RunStatus
     reason: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)  # the job's `outputs:`
 
 
 @dataclass
@@ -201,6 +210,7 @@ class _Run:
         self.hook_ids = {s.id for s in (*job.on_success, *job.on_failure, *job.finally_)}
         self.job_env: dict[str, str] = {}
         self.base_env = inherited_env(environ)
+        self.outputs: dict[str, str] = {}  # the job's `outputs:`, once the DAG has ended
         self._tmp: Path | None = None
 
     @property
@@ -280,19 +290,27 @@ class _Run:
         finished_send, finished_receive = trio.open_memory_channel[str](math.inf)
         async with trio.open_nursery() as nursery:
             while sorter.is_active():
+                # Steps that are ready together start in file order: each is started (or
+                # skipped) before the next begins. start_soon alone would leave the order to
+                # trio's scheduler, which shuffles each batch on purpose.
                 for sid in sorter.get_ready():
-                    nursery.start_soon(self.step_task, by_id[sid], ancestors[sid],
-                                       finished_send)
+                    await nursery.start(self.step_task, by_id[sid], ancestors[sid],
+                                        finished_send)
                 sorter.done(await finished_receive.receive())
 
     async def step_task(self, step: Step, ancestors: Sequence[str],
-                        finished: trio.MemorySendChannel[str]) -> None:
+                        finished: trio.MemorySendChannel[str],
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = _Once(task_status.started)
         try:
-            await self.run_step(step, ancestors)
+            await self.run_step(step, ancestors, started)
         finally:
+            started()
             finished.send_nowait(step.id)
 
-    async def run_step(self, step: Step, ancestors: Sequence[str]) -> None:
+    async def run_step(self, step: Step, ancestors: Sequence[str],
+                       started: Callable[[], object] = lambda: None) -> None:
+        """Run ``step``; ``started`` is called once its start (or skip) is recorded."""
         state = self.states[step.id]
         with logger.contextualize(step=step.id):
             try:
@@ -312,16 +330,17 @@ class _Run:
                 await self.finish_unstarted(step.id, StepStatus.SKIPPED, why)
                 return
             if step.for_each is None:
-                result = await self.attempts(step, step.id, None, ancestors)
+                result = await self.attempts(step, step.id, None, ancestors, started)
             else:
-                result = await self.for_each(step, ancestors)
+                result = await self.for_each(step, ancestors, started)
             state.status = result.status
             state.outputs = result.outputs
             state.continued = result.status in FAILED_STATES and step.continue_on_error
 
-    async def for_each(self, step: Step, ancestors: Sequence[str]) -> _Attempt:
+    async def for_each(self, step: Step, ancestors: Sequence[str],
+                       started: Callable[[], object]) -> _Attempt:
         assert step.for_each is not None
-        started = self.clock()
+        started_at = self.clock()
         try:
             items = step.for_each
             if isinstance(items, str):
@@ -331,22 +350,26 @@ class _Run:
         except ExpressionError as exc:
             await self.finish_unstarted(step.id, StepStatus.FAILED, f"for_each: {exc}")
             return _Attempt(StepStatus.FAILED, error=str(exc))
-        await self.emit(StepStarted(self.run_id, step.id, 1, started, ""))
+        await self.emit(StepStarted(self.run_id, step.id, 1, started_at, ""))
+        started()
         limiter = trio.CapacityLimiter(step.max_parallel or max(len(items), 1))
         results: list[_Attempt | None] = [None] * len(items)
 
-        async def one(index: int, item: Any) -> None:
+        async def one(index: int, item: Any,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            begun = _Once(task_status.started)
             try:
                 results[index] = await self.attempts(step, f"{step.id}.{index}", item,
-                                                     ancestors)
+                                                     ancestors, begun)
             finally:
+                begun()
                 limiter.release_on_behalf_of(index)
 
         async with trio.open_nursery() as nursery:
             for index, item in enumerate(items):
                 # Items start in their order, each as soon as a place is free.
                 await limiter.acquire_on_behalf_of(index)
-                nursery.start_soon(one, index, item)
+                await nursery.start(one, index, item)
         done = [r for r in results if r is not None]
         self.states[step.id].items = [
             {"item": item, "status": str(r.status), "outputs": dict(r.outputs)}
@@ -357,9 +380,18 @@ class _Run:
         if failed:
             status = StepStatus.FAILED
             error = f"{len(failed)} of {len(done)} items failed (first: item {failed[0]})"
+        outputs = self.gathered(done)
         await self.emit(StepFinished(self.run_id, step.id, status, self.clock(), attempt=1,
-                                     error=error))
-        return _Attempt(status, error=error)
+                                     error=error, outputs=outputs))
+        return _Attempt(status, error=error, outputs=outputs)
+
+    def gathered(self, results: Sequence[_Attempt]) -> dict[str, str]:
+        """A for_each step's outputs: each key any item wrote, as the JSON list of the items'
+        values in item order (null where an item did not write it), CONTRACT §2."""
+        keys = dict.fromkeys(key for r in results for key in r.outputs)
+        return {key: self.redactor.text(json.dumps([r.outputs.get(key) for r in results],
+                                                   ensure_ascii=False))
+                for key in keys}
 
     async def finish_unstarted(self, step_id: str, status: StepStatus, error: str) -> None:
         now = self.clock()
@@ -370,7 +402,12 @@ class _Run:
     # -- one step, with retries -----------------------------------------------------------
 
     async def attempts(self, step: Step, instance: str, item: Any,
-                       ancestors: Sequence[str]) -> _Attempt:
+                       ancestors: Sequence[str],
+                       started: Callable[[], object] = lambda: None) -> _Attempt:
+        """Run ``step`` (or one item of it) with its retries; ``started`` is called once its
+        start is recorded. Its log gets one ``[pipeline]`` marker per attempt that did not
+        succeed (``exit status 7``, ``timed out after 5s``, ``... ; retrying in 10s``), or
+        ``stopped: REASON``, always after everything the step's processes wrote."""
         policy = step.retries or self.job.retries
         relpath = log_relpath(self.job.name, self.run_id, instance)
         log = StepLog(self.state_dir, relpath, cap=self.log_cap, redactor=self.redactor)
@@ -378,18 +415,25 @@ class _Run:
         result = _Attempt(StepStatus.CANCELLED, error="cancelled before it started")
         ended = False
         try:
-            await self.emit(StepStarted(self.run_id, instance, attempt, self.clock(), relpath))
+            shown = None if step.for_each is None else self.redactor.text(
+                json.dumps(item, ensure_ascii=False, default=str))
+            await self.emit(StepStarted(self.run_id, instance, attempt, self.clock(), relpath,
+                                        item=shown))
+            started()
             while True:
                 if attempt > 1:
                     log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1}")
                 result = await self.attempt(step, instance, item, attempt, ancestors, log)
                 if result.error:  # masked here, once: it goes to the log, state and answers
                     result.error = self.redactor.text(result.error)
-                if (result.status not in FAILED_STATES or not result.retryable
-                        or attempt > policy.limit):
+                again = (result.status in FAILED_STATES and result.retryable
+                         and attempt <= policy.limit)
+                delay = policy.delay_before(attempt + 1) if again else 0.0
+                if result.status is not StepStatus.SUCCEEDED and result.error:
+                    log.line(f"[pipeline] {result.error}"
+                             + (f"; retrying in {delay:g}s" if again else ""))
+                if not again:
                     break
-                delay = policy.delay_before(attempt + 1)
-                log.line(f"[pipeline] {result.error}; retrying in {delay:g}s")
                 await self.emit(StepRetrying(self.run_id, instance, attempt, delay,
                                              result.error))
                 await trio.sleep(delay)
@@ -403,6 +447,7 @@ class _Run:
                                   error=self.handle.stop_reason or "run cancelled")
                 if self.run_timed_out and self.handle.stop_reason is None:
                     result.error = "run timed out"
+                log.line(f"[pipeline] stopped: {result.error}")
                 if instance == step.id:  # recorded below: not one for record_unstarted
                     self.states[step.id].status = StepStatus.CANCELLED
             log.close()
@@ -428,7 +473,6 @@ class _Run:
             ctx["env"] = env_view
             cwd = expr.render(step.cwd, ctx) if step.cwd else None
         except ExpressionError as exc:
-            log.line(f"[pipeline] {exc}")
             return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
         env = {**self.base_env, **env_view, **self.secrets,
                "PIPELINE_JOB": self.job.name, "PIPELINE_RUN_ID": self.run_id,
@@ -441,7 +485,6 @@ class _Run:
                 output_file.write_bytes(b"")
             except OSError as exc:
                 error = f"cannot make $PIPELINE_OUTPUT: {exc.strerror or exc}"
-                log.line(f"[pipeline] {error}")
                 return _Attempt(StepStatus.FAILED, error=error)
             env["PIPELINE_OUTPUT"] = str(output_file)
         deadline = trio.move_on_after(step.timeout) if step.timeout else None
@@ -452,7 +495,6 @@ class _Run:
                 result = await self.spawn(step, instance, ctx, env, cwd, log)
         if deadline is not None and deadline.cancelled_caught:
             result = _Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
-            log.line(f"[pipeline] {result.error}")
         text = ""
         if output_file is not None:
             try:
@@ -477,7 +519,6 @@ class _Run:
             else:
                 argv = [expr.render(a, ctx) for a in step.exec]
         except ExpressionError as exc:
-            log.line(f"[pipeline] {exc}")
             return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
 
         async def spawned(pid: int) -> None:
@@ -490,10 +531,7 @@ class _Run:
                                            grace=step.grace, spawned=spawned,
                                            hurry=self.handle.hurry)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
-            what = exc.filename if isinstance(exc, OSError) and exc.filename else argv[0]
-            error = f"cannot start {what!r}: {getattr(exc, 'strerror', None) or exc}"
-            log.line(f"[pipeline] {error}")
-            return _Attempt(StepStatus.FAILED, error=error)
+            return _Attempt(StepStatus.FAILED, error=process.start_failure(exc, argv[0], cwd))
         log.flush_output()
         crash_point("step-exited")
         if exit.ok:
@@ -511,7 +549,6 @@ class _Run:
         try:
             args = expr.render_value(step.with_, ctx)
         except ExpressionError as exc:
-            log.line(f"[pipeline] {exc}")
             return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
         step_ctx = StepContext(job=self.job.name, run_id=self.run_id, step_id=instance,
                                attempt=attempt, env=env, log=log.line,
@@ -521,12 +558,10 @@ class _Run:
         try:
             outputs = await runner.run(args, step_ctx)
         except (RunnerError, ExpressionError) as exc:
-            log.line(f"[pipeline] {exc}")
             return _Attempt(StepStatus.FAILED, error=str(exc))
         except Exception as exc:  # a runner's bug fails its step, never the run
             logger.opt(exception=exc).error("runner {} crashed", step.uses)
             error = f"runner {step.uses} crashed: {type(exc).__name__}: {exc}"
-            log.line(f"[pipeline] {error}")
             return _Attempt(StepStatus.FAILED, error=error)
         return _Attempt(StepStatus.SUCCEEDED,
                         outputs={str(k): expr.text_of(v) for k, v in (outputs or {}).items()})
@@ -559,6 +594,9 @@ class _Run:
         if failed and reason is None:
             reason = f"step{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}"
         ok = not failed and not self.run_timed_out and not stopped
+        problem = self.evaluate_outputs()
+        if problem and ok:
+            ok, reason = False, problem
         if stopped:
             self.cancelled = True
             reason = self.handle.stop_reason or "cancelled"
@@ -576,15 +614,36 @@ class _Run:
             self.cancelled = True
             reason = self.handle.stop_reason or "cancelled"
             await self.record_unstarted(hooks, StepStatus.CANCELLED, reason)
-            return RunResult(RunStatus.CANCELLED, reason)
+            return RunResult(self.handle.stop_status, reason)
         await self.record_unstarted(hooks, StepStatus.SKIPPED,
                                     "run cancelled" if stopped else "hook not needed")
         if stopped:
-            return RunResult(RunStatus.CANCELLED, reason)
+            return RunResult(self.handle.stop_status, reason)
         hook_failed = [s.id for s in hooks if self.failed(s.id)]
         if ok and hook_failed:
             return RunResult(RunStatus.FAILED, f"hook failed: {', '.join(hook_failed)}")
         return RunResult(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, reason)
+
+    def evaluate_outputs(self) -> str | None:
+        """Set the job's own ``outputs:`` from the steps' outputs; the first problem, if any.
+
+        Evaluated when the DAG ends and before the hooks, so that an output that cannot be
+        had fails the run and ``on_failure`` runs for it, and the outputs are the DAG's
+        results, which no hook can change. In a run that failed or stopped anyway, an output
+        that cannot be evaluated is left out.
+        """
+        if not self.job.outputs:
+            return None
+        ctx = self.context()
+        problem = None
+        for name, template in self.job.outputs.items():
+            try:
+                value = expr.text_of(expr.render_value(template, ctx))
+            except ExpressionError as exc:
+                problem = problem or self.redactor.text(f"output {name}: {exc}")
+                continue
+            self.outputs[name] = self.redactor.text(value)
+        return problem
 
     def failed(self, step_id: str) -> bool:
         state = self.states[step_id]
@@ -604,6 +663,19 @@ class _Run:
             self.states[step.id].status = StepStatus.SKIPPED
             await self.finish_unstarted(step.id, StepStatus.SKIPPED, reason)
         return RunResult(RunStatus.FAILED, reason)
+
+
+class _Once:
+    """Calls ``function`` the first time it is called, never again: a task's
+    ``task_status.started`` may be reached on the normal path and again on the way out."""
+
+    def __init__(self, function: Callable[[], object]) -> None:
+        self.function: Callable[[], object] | None = function
+
+    def __call__(self) -> None:
+        function, self.function = self.function, None
+        if function is not None:
+            function()
 
 
 _expressive: dict[int, tuple[Step, bool]] = {}
@@ -657,7 +729,8 @@ async def run_job(
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
     started_at: datetime | None = None,
 ) -> RunResult:
-    """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended.
+    """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended, with
+    the job's own ``outputs:`` (secrets masked).
 
     The run must already be recorded (``RunQueued``) by the caller, which also resolved and
     checked ``params``. Secrets are read from ``environ`` (default: this process's
@@ -696,10 +769,11 @@ async def run_job(
                                 f"internal error: {type(exc).__name__}: {exc}")
         finally:
             run.cleanup()
+            outcome = RunResult(outcome.status, run.redactor.text(outcome.reason)
+                                if outcome.reason else None, dict(run.outputs))
             with trio.CancelScope(shield=True):
-                await emit(RunFinished(run_id, outcome.status, clock(),
-                                       run.redactor.text(outcome.reason)
-                                       if outcome.reason else None))
+                await emit(RunFinished(run_id, outcome.status, clock(), outcome.reason,
+                                       outcome.outputs))
             handle.status = outcome.status
             handle.finished.set()
         # A success is routine (an every-second job would fill the log); the rest is news.

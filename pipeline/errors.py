@@ -19,19 +19,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    ERROR = "error"  # the file is invalid
+    WARNING = "warning"  # the file loads and runs, but this is likely a mistake
 
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One located validation error: ``FILE:LINE:COL: error: MESSAGE`` (line and column from 1)."""
+    """One located validation problem: ``FILE:LINE:COL: error: MESSAGE`` (line and column from
+    1), or ``warning:`` for one that does not make the file invalid."""
 
     file: str
     line: int
     column: int
     message: str
+    severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: error: {self.message}"
+        return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"
 
     def as_dict(self) -> dict[str, str | int]:
         return {"file": self.file, "line": self.line, "column": self.column,

@@ -46,6 +46,7 @@ class RunFinished:
     status: RunStatus
     finished_at: datetime
     reason: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # the job's `outputs:`
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class StepStarted:
     attempt: int
     started_at: datetime
     log: str  # path relative to the state directory
+    item: str | None = None  # a for_each instance: its item as JSON, secrets masked
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ from jinja2.utils import missing
 
 from pipeline.errors import ExpressionError
 
-__all__ = ["check_expression", "check_template", "evaluate", "render", "render_value",
-           "shell_quote"]
+__all__ = ["Reference", "check_expression", "check_template", "evaluate", "references",
+           "render", "render_value", "shell_quote"]
 
 shell_quote = shlex.quote
 
@@ -168,10 +168,12 @@ _ENV = _Sandbox()
 
 @dataclass(frozen=True)
 class _Expr:
-    """One ``${{ }}`` of a template: its source (stripped) and whether it ends with ``| raw``."""
+    """One ``${{ }}`` of a template: its source (stripped), whether it ends with ``| raw``,
+    and where the source starts in the template (for messages that point into it)."""
 
     source: str
     raw: bool
+    start: int = 0
 
 
 def _show(source: str) -> str:
@@ -250,7 +252,8 @@ def _split(text: str) -> tuple[str | _Expr, ...] | str:
             assert first_problem is not None
             return first_problem
         raw = isinstance(tree, nodes.Filter) and tree.name == "raw"
-        parts.append(_Expr(text[body:end].strip(), raw))
+        inner = text[body:end]
+        parts.append(_Expr(inner.strip(), raw, body + len(inner) - len(inner.lstrip())))
         pos = end + len(CLOSE)
     if pos < len(text):
         parts.append(text[pos:])
@@ -292,6 +295,128 @@ def check_expression(text: str) -> str | None:
     except ExpressionError as exc:
         return str(exc)
     return None
+
+
+# -- what an expression reads (for the checks before a run) --------------------------------
+
+# A missing value under these does not fail (StrictUndefined lets them see it):
+# `steps.x.outputs.v | default('none')`, `params.p is defined`.
+_GUARD_FILTERS = frozenset({"default", "d"})
+_GUARD_TESTS = frozenset({"defined", "undefined"})
+GLOBALS = frozenset(_ENV.globals)  # range, dict: callables every expression has
+FILTERS = frozenset(_ENV.filters)  # `value | name`
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One lookup in an expression's context, as written: ``steps.build.outputs.v``, ``succes()``.
+
+    ``path`` is the name and the constant keys after it; a computed key ends it
+    (``steps[params.s].status`` is ``("steps",)``). ``offset`` is where it is written in the
+    text the expression came from. ``called``: a bare name written as a call. ``guarded``:
+    under ``| default(...)`` or an ``is defined`` test, where a missing value does not fail.
+    """
+
+    path: tuple[str | int, ...]
+    offset: int
+    called: bool = False
+    guarded: bool = False
+
+
+@functools.lru_cache(maxsize=4096)  # validation reads every string; files repeat them
+def references(text: str, *, bare: bool = False) -> tuple[Reference, ...]:
+    """Every context lookup in the ``${{ }}`` expressions of ``text`` (with ``bare``: in the one
+    expression ``text`` is, as ``if:`` takes it, a wrapper allowed), in the order written.
+
+    Nothing for a text that does not parse: ``check_template``/``check_expression`` say why.
+    """
+    if bare and OPEN not in text:
+        sources = [(text, 0)]
+    else:
+        if OPEN not in text:
+            return ()
+        parts = _split(text)
+        if isinstance(parts, str):
+            return ()
+        sources = [(p.source, p.start) for p in parts if isinstance(p, _Expr)]
+        if bare and len(sources) != 1:
+            return ()
+    found: list[Reference] = []
+    for source, start in sources:
+        tree = _parse(source)
+        if isinstance(tree, str):
+            continue
+        lookups: list[tuple[tuple[str | int, ...], bool, bool]] = []
+        _lookups(tree, False, lookups)
+        seen: dict[tuple[tuple[str | int, ...], bool], int] = {}
+        for path, called, guarded in lookups:
+            # The n-th lookup of a path is its n-th spelling in the source (Jinja's nodes
+            # carry no columns); a spelling not found points at the expression's start.
+            nth = seen[path, called] = seen.get((path, called), -1) + 1
+            spelt = list(_spelling(path, called).finditer(source))
+            at = spelt[min(nth, len(spelt) - 1)].start() if spelt else 0
+            found.append(Reference(path, start + at, called, guarded))
+    return tuple(found)
+
+
+def _lookups(node: nodes.Node, guarded: bool,
+             out: list[tuple[tuple[str | int, ...], bool, bool]]) -> None:
+    """(path, called, guarded) of every context lookup under ``node``, appended to ``out``."""
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+        out.append(((node.node.name,), True, False))
+        children: list[Any] = [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]
+        for child in children:
+            if child is not None:
+                _lookups(child, False, out)
+        return
+    if isinstance(node, nodes.Name | nodes.Getattr | nodes.Getitem):
+        chain = _chain(node, out)
+        if chain is not None:
+            out.append((chain[0], False, guarded))
+            return
+    if ((isinstance(node, nodes.Filter) and node.name in _GUARD_FILTERS)
+            or (isinstance(node, nodes.Test) and node.name in _GUARD_TESTS)):
+        if node.node is not None:
+            _lookups(node.node, True, out)
+        children = [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]
+        for child in children:
+            if child is not None:
+                _lookups(child, False, out)
+        return
+    for child in node.iter_child_nodes():
+        _lookups(child, False, out)
+
+
+def _chain(node: nodes.Node, out: list[tuple[tuple[str | int, ...], bool, bool]]
+           ) -> tuple[tuple[str | int, ...], bool] | None:
+    """(the constant path ``node`` spells, whether a computed key cut it short), or None if
+    it does not start at a name. Lookups inside computed keys go to ``out``."""
+    if isinstance(node, nodes.Name):
+        return (node.name,), False
+    if not isinstance(node, nodes.Getattr | nodes.Getitem):
+        return None
+    base = _chain(node.node, out)
+    if base is None:
+        return None
+    path, cut = base
+    if isinstance(node, nodes.Getattr):
+        return (path, True) if cut else ((*path, node.attr), False)
+    key = node.arg.value if isinstance(node.arg, nodes.Const) else None
+    if isinstance(key, str | int) and not isinstance(key, bool):
+        return (path, True) if cut else ((*path, key), False)
+    _lookups(node.arg, False, out)
+    return path, True
+
+
+@functools.lru_cache(maxsize=1024)
+def _spelling(path: tuple[str | int, ...], called: bool) -> re.Pattern[str]:
+    """How ``path`` can be written: ``steps.a.outputs``, ``steps['a'].outputs``, ``steps . a``."""
+    pattern = rf"(?<![\w.]){re.escape(str(path[0]))}(?!\w)"
+    for key in path[1:]:
+        word = re.escape(str(key))
+        index = word if isinstance(key, int) else f"""(?:'{word}'|"{word}")"""
+        pattern += rf"\s*(?:\.\s*{word}(?![\w-])|\[\s*{index}\s*\])"
+    return re.compile(pattern + (r"\s*\(" if called else ""))
 
 
 # -- evaluation ----------------------------------------------------------------------------

@@ -116,6 +116,10 @@ class Schedule:
     at: datetime | None = None
     jitter: float = 0.0
     catchup: Catchup = Catchup.LATEST
+    # A fire that came due while this daemon ran but was noticed late (a stalled loop, a
+    # suspended machine) still runs as scheduled within this many seconds; fires that came due
+    # while no daemon ran are always left to `catchup`.
+    misfire_grace: float = 60.0
     text: str = ""  # as the user wrote it, for display
 
 
@@ -222,6 +226,9 @@ class Job:
     on_success: tuple[Step, ...] = ()
     on_failure: tuple[Step, ...] = ()
     finally_: tuple[Step, ...] = ()
+    # the run's own outputs: name -> a template over steps.<id>.outputs, evaluated when the
+    # DAG ends (CONTRACT §2)
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)
     # the validated mapping, kept to store with each run
     document: Mapping[str, Any] = field(default_factory=empty_mapping)
 
@@ -244,6 +251,18 @@ class Version:
 
 
 @dataclass(frozen=True)
+class Definition:
+    """The last good version of a job file, as the state remembers it: it keeps the job
+    firing across a restart while the file is broken, and says which file holds the name."""
+
+    file: str  # relative to the jobs directory
+    name: str
+    sha256: str
+    source: bytes
+    since: datetime  # when this version was first loaded
+
+
+@dataclass(frozen=True)
 class StepRecord:
     """A step of a recorded run, as the store gives it back."""
 
@@ -259,6 +278,7 @@ class StepRecord:
     error: str | None = None
     log: str | None = None  # path relative to the state directory
     pgid: int | None = None
+    item: str | None = None  # a for_each instance: its item, as JSON (secrets masked)
 
     @property
     def duration_s(self) -> float | None:
@@ -286,6 +306,7 @@ class RunRecord:
     owner: str | None = None
     document: Mapping[str, Any] | None = None
     steps: tuple[StepRecord, ...] = ()
+    outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # the job's `outputs:`
 
     @property
     def duration_s(self) -> float | None:
@@ -317,6 +338,26 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def in_file_order(run: RunRecord) -> list[StepRecord]:
+    """The run's steps as its job file lists them (steps, on_success, on_failure, finally),
+    each for_each step followed by its items in item order; steps the stored job does not
+    name (or all, without one) after them, in the order they were recorded."""
+    place: dict[str, int] = {}
+    for key in ("steps", "on_success", "on_failure", "finally"):
+        for entry in (run.document or EMPTY).get(key) or ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                place.setdefault(entry["id"], len(place))
+
+    def position(indexed: tuple[int, StepRecord]) -> tuple[int, int, int]:
+        seq, step = indexed
+        base, _, item = step.id.partition(".")
+        if base not in place:
+            return (len(place), 0, seq)
+        return (place[base], int(item) + 1 if item.isdigit() else 0, seq)
+
+    return [step for _, step in sorted(enumerate(run.steps), key=position)]
+
+
 def step_as_dict(step: StepRecord) -> dict[str, Any]:
     """A step as the API and ``--json`` show it (CONTRACT §5)."""
     return {
@@ -324,7 +365,7 @@ def step_as_dict(step: StepRecord) -> dict[str, Any]:
         "exit_code": step.exit_code, "signal": step.signal,
         "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
         "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
-        "log": step.log,
+        "log": step.log, **({"item": step.item} if step.item is not None else {}),
     }
 
 
@@ -336,8 +377,8 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
         "duration_s": run.duration_s, "params": thaw(run.params),
         "version": run.version.as_dict() if run.version else None, "reason": run.reason,
-        "parent_run_id": run.parent_run_id,
+        "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs),
     }
     if steps:
-        answer["steps"] = [step_as_dict(s) for s in run.steps]
+        answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
     return answer

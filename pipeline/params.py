@@ -127,6 +127,20 @@ def _coerce(param: Param, value: Any) -> Any:
     return value
 
 
+def value_problem(param: Param, value: Any) -> str | None:
+    """Why ``value`` (a JSON value, as a ``uses: job`` step passes it) cannot be ``param``'s,
+    or None. A string holding a ``${{ }}`` is only known when it runs: None."""
+    if isinstance(value, str) and "${{" in value:
+        return None
+    try:
+        typed = _coerce(param, value)
+    except ValueError as exc:
+        return str(exc)
+    if param.enum is not None and typed not in param.enum:
+        return f"{show(typed)} is not one of {', '.join(show(v) for v in param.enum)}"
+    return None
+
+
 MAX_VALUE = 128 * 1024  # a parameter is an argument, not a payload (ARG_MAX is 128 KiB a word)
 
 

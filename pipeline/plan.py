@@ -7,13 +7,14 @@ statuses, secrets) are shown as the expression that will give them.
 from __future__ import annotations
 
 import graphlib
+import json
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pipeline import expr
 from pipeline.errors import ExpressionError
-from pipeline.model import Job, Step, StepKind
+from pipeline.model import Job, Step, StepKind, thaw
 
 
 def waves(steps: Sequence[Step]) -> list[list[Step]]:
@@ -70,6 +71,28 @@ def describe(step: Step, context: Mapping[str, Any]) -> str:
     return f"uses {step.uses} with {dict(args)}"
 
 
+def items_of(step: Step, context: Mapping[str, Any]) -> list[Any] | None:
+    """A for_each step's items, if the plan can know them (a list, or an expression over
+    params and env); None when only the run will (an expression over steps' outputs)."""
+    if isinstance(step.for_each, str):
+        try:
+            items = expr.evaluate(step.for_each, context)
+        except ExpressionError:
+            return None
+        return list(items) if isinstance(items, list | tuple) else None
+    return list(thaw(step.for_each or ()))
+
+
+def _item_text(item: Any) -> str:
+    return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, default=str)
+
+
+def _print_command(step: Step, context: Mapping[str, Any], *, out: TextIO,
+                   indent: str = "        ") -> None:
+    for line in describe(step, context).splitlines() or [""]:
+        print(f"{indent}{line}", file=out)
+
+
 def print_plan(job: Job, params: Mapping[str, Any], *, out: TextIO) -> None:
     context = {
         "params": dict(params), "env": dict(job.env), "job": {"name": job.name},
@@ -94,11 +117,22 @@ def print_plan(job: Job, params: Mapping[str, Any], *, out: TextIO) -> None:
                     extra.append("needs " + ", ".join(step.needs))
                 if step.if_ != "success()":
                     extra.append(f"if {step.if_}")
-                if step.for_each is not None:
-                    extra.append(f"for each of {step.for_each!r}")
+                if isinstance(step.for_each, str):
+                    extra.append(f"for each of {step.for_each}")
+                elif step.for_each is not None:
+                    extra.append(f"for each of {json.dumps(thaw(step.for_each), default=str)}")
                 if step.timeout:
                     extra.append(f"timeout {step.timeout:g}s")
                 print(f"  [{number}] {step.id}" + (f"  ({'; '.join(extra)})" if extra else ""),
                       file=out)
-                for line in describe(step, context).splitlines() or [""]:
-                    print(f"        {line}", file=out)
+                if step.for_each is None:
+                    _print_command(step, context, out=out)
+                    continue
+                items = items_of(step, context)
+                if items is None:  # one command, with the item as the run will give it
+                    _print_command(step, {**context, "item": Later("item")}, out=out)
+                    continue
+                for index, item in enumerate(items):
+                    print(f"        {step.id}[{index}] (item: {_item_text(item)})", file=out)
+                    _print_command(step, {**context, "item": item}, out=out,
+                                   indent="          ")

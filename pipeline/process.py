@@ -132,6 +132,22 @@ async def end_group(pgid: int, *, grace: float, leader: trio.Process | None = No
         await leader.wait()
 
 
+def start_failure(exc: OSError | ValueError, program: str, cwd: str | Path | None) -> str:
+    """Why ``run_group`` could not start ``program`` in ``cwd``, in words.
+
+    subprocess names the working directory as the failing file when it cannot enter it, and
+    the program otherwise; a missing directory must not read as a missing program.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if (isinstance(exc, OSError) and cwd is not None and exc.filename == os.fspath(cwd)
+            and not os.path.isdir(cwd)):
+        if exc.errno == errno.ENOENT:
+            return f"working directory {os.fspath(cwd)!r} does not exist"
+        return f"cannot use working directory {os.fspath(cwd)!r}: {reason}"
+    what = exc.filename if isinstance(exc, OSError) and exc.filename else program
+    return f"cannot start {what!r}: {reason}"
+
+
 async def run_group(
     argv: Sequence[str],
     *,
@@ -148,7 +164,8 @@ async def run_group(
     they arrive (nothing is buffered whole). When the leader exits, whatever it left running in
     its group is stopped through ``end_group`` (a shell's forgotten background child must not
     hold the step open or outlive it). When the calling task is cancelled (timeout, stop,
-    Ctrl-C), the group is stopped the same way before the cancellation goes on.
+    Ctrl-C), the group is stopped the same way before the cancellation goes on, and everything
+    it writes until it is gone (a TERM trap's last words) is still passed to ``output``.
 
     Raises OSError if the program cannot be started (not found, not executable, bad cwd).
     """
@@ -165,18 +182,23 @@ async def run_group(
     stdout = proc.stdout
     assert stdout is not None
     drained = trio.Event()
+    # The reader is shielded from the caller's cancellation: what the group writes after
+    # SIGTERM (a trap reporting its cleanup) belongs in the log as much as what came before.
+    # It stops when the pipe closes, or when we stop it below.
+    reading = trio.CancelScope(shield=True)
 
     async def pump() -> None:
-        try:
-            while chunk := await stdout.receive_some(READ_SIZE):
-                output(bytes(chunk))
-        except trio.ClosedResourceError:
-            pass
-        except OSError as exc:  # the pipe broke: nothing more will come
-            if exc.errno not in (errno.EBADF, errno.EIO):
-                raise
-        finally:
-            drained.set()
+        with reading:
+            try:
+                while chunk := await stdout.receive_some(READ_SIZE):
+                    output(bytes(chunk))
+            except trio.ClosedResourceError:
+                pass
+            except OSError as exc:  # the pipe broke: nothing more will come
+                if exc.errno not in (errno.EBADF, errno.EIO):
+                    raise
+            finally:
+                drained.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
@@ -189,7 +211,7 @@ async def run_group(
                 await end_group(pgid, grace=grace, leader=proc, hurry=hurry)
                 with trio.move_on_after(PIPE_LINGER):
                     await drained.wait()
-                nursery.cancel_scope.cancel()
+                reading.cancel()
                 await stdout.aclose()
     assert proc.returncode is not None
     return Exit.from_returncode(proc.returncode)

@@ -45,7 +45,6 @@ RECHECK = 2.0  # longest sleep without looking at the wall clock again
 # Fires are claimed this long before their instant, so that at the instant the claim is already
 # durable and the run starts on time (a thousand claims take tens of milliseconds to commit).
 LEAD = 0.25
-MISFIRE_GRACE = 60.0  # a fire noticed later than this was missed: the catch-up policy decides
 MAX_MISSED = 1000
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
@@ -130,7 +129,7 @@ class Scheduler:
 
     def __init__(self, *, store: Store, journal: Journal, state_dir: Path,
                  runners: Mapping[str, Runner], clock: Clock = utc_now,
-                 recheck: float = RECHECK, misfire_grace: float = MISFIRE_GRACE,
+                 recheck: float = RECHECK,
                  rng: random.Random | None = None,
                  environ: Mapping[str, str] | None = None,
                  on_run_finished: Callable[[str, str, RunStatus], None] | None = None,
@@ -142,7 +141,9 @@ class Scheduler:
         self.runners = runners
         self.clock = clock
         self.recheck = recheck
-        self.misfire_grace = misfire_grace
+        # When this daemon began to fire: a fire due before it came due while no daemon ran,
+        # and only the catch-up policy decides about it (no misfire grace).
+        self.started: datetime | None = None
         self.rng = rng or random.Random()
         self.environ = environ
         self.on_run_finished = on_run_finished
@@ -174,6 +175,8 @@ class Scheduler:
         if not self._loaded:
             stored = await self.offload(self._read_stored, dict(jobs))
         now = self.clock()
+        if self.started is None:
+            self.started = now
         for name, job in jobs.items():
             state = self.jobs.get(name)
             if state is None and name in self._retired:
@@ -384,12 +387,16 @@ class Scheduler:
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
         fires = [f for f in fires if f not in state.claimed]
         coming = [f for f in fires if f > now]
-        past = [f for f in fires if f <= now]
-        # Of several fires due at once (after downtime, a stall, a clock jump) only the newest
-        # can be on time; the others were missed and the catch-up policy decides about them.
-        late, on_time = past[:-1], past[-1:]
-        if on_time and (now - on_time[0]).total_seconds() > self.misfire_grace:
-            late, on_time = past, []
+        started = self.started or now
+        # Fires that came due while no daemon ran were missed, however recent.
+        down = [f for f in fires if f < started]
+        past = [f for f in fires if started <= f <= now]
+        # Of several fires due at once while we ran (a stall, a clock jump) only the newest
+        # can be on time, and only within the misfire grace; the catch-up policy decides about
+        # the others.
+        late, on_time = down + past[:-1], past[-1:]
+        if on_time and (now - on_time[0]).total_seconds() > _misfire_grace(job):
+            late, on_time = late + on_time, []
         catchup = _catchup(job)
         if late:
             logger.warning("job {}: {} fire(s) missed (from {} to {}); catchup: {}", job.name,
@@ -400,8 +407,8 @@ class Scheduler:
             if catchup is Catchup.ALL or (catchup is Catchup.LATEST and last and not on_time):
                 to_run.append((fire, Trigger.CATCHUP))
             else:
-                reason = ("missed while the daemon was down or stalled (catchup: none)"
-                          if catchup is Catchup.NONE else
+                why = "the daemon was down" if fire < started else "the daemon stalled"
+                reason = (f"missed while {why} (catchup: none)" if catchup is Catchup.NONE else
                           "missed; superseded by a later fire (catchup: latest)")
                 claims.append(RunSkipped(new_run_id(now), job.name, Trigger.CATCHUP, fire, now,
                                          reason, version=self._version(state)))
@@ -441,7 +448,7 @@ class Scheduler:
         for name, fires in due.items():
             state = self.jobs[name]
             *missed, newest = fires
-            late = (now - newest.at).total_seconds() > self.misfire_grace
+            late = (now - newest.at).total_seconds() > _misfire_grace(state.job)
             catchup = _catchup(state.job)
             for reserved in missed:
                 if catchup is Catchup.ALL or reserved.backlog:
@@ -560,11 +567,14 @@ class Scheduler:
         """A trigger (API, a parent run): the policies, then a claimed run."""
         decision, detail = self._decide(state, trigger, self.clock())
         if decision == "skip":
-            return await self._skip(state, None, trigger, detail)
-        run_id = await self._claim(state, None, trigger, params or {}, parent)
+            return await self._skip(state, self.clock(), trigger, detail)
+        # The instant it was asked for is its fire time (scripts name files by it); it is
+        # not a fire's identity, so it never takes a scheduled fire's slot.
+        asked = self.clock()
+        run_id = await self._claim(state, asked, trigger, params or {}, parent)
         if run_id is None:  # pragma: no cover - a trigger has no fire to conflict on
             return Dispatched("", RunStatus.SKIPPED, "refused by the store")
-        queued = _Queued(run_id, None, trigger, params or {}, state.job, done)
+        queued = _Queued(run_id, asked, trigger, params or {}, state.job, done)
         if decision == "queue":
             state.queue.append(queued)
             self._start_queued(state)
@@ -755,11 +765,11 @@ class Scheduler:
             logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
         await self._all_finished(grace)
         for handle in list(self.runs.values()):
-            handle.stop("the daemon is shutting down")
+            handle.stop("the daemon stopped while it ran", status=RunStatus.INTERRUPTED)
         # Stopped runs get their `finally` hooks, within the grace period again.
         await self._all_finished(max(grace, 1.0))
         for handle in list(self.runs.values()):
-            handle.kill("the daemon is shutting down")
+            handle.kill("the daemon stopped while it ran", status=RunStatus.INTERRUPTED)
         await self._all_finished(None)
 
     async def _all_finished(self, within: float | None) -> None:
@@ -770,13 +780,17 @@ class Scheduler:
     def kill_all(self) -> None:
         self._firing = False
         for handle in list(self.runs.values()):
-            handle.kill("the daemon was told to stop now")
+            handle.kill("the daemon was told to stop now", status=RunStatus.INTERRUPTED)
 
 
 def _catchup(job: Job) -> Catchup:
     # A job with several schedules takes the most generous catch-up among them.
     order = [Catchup.NONE, Catchup.LATEST, Catchup.ALL]
     return max((s.catchup for s in job.schedules), key=order.index, default=Catchup.LATEST)
+
+
+def _misfire_grace(job: Job) -> float:
+    return max((s.misfire_grace for s in job.schedules), default=60.0)
 
 
 def _version_of(job: Job) -> Version:

@@ -263,9 +263,15 @@ def _branch_heads(error: jsonschema.ValidationError) -> list[jsonschema.Validati
 
 
 def _required_only(branches: Any) -> bool:
-    """Whether an anyOf/oneOf only picks one key of several (``run``, ``exec`` or ``uses``)."""
+    """Whether an anyOf/oneOf only picks one key of several (``run``, ``exec`` or ``uses``).
+
+    Such a branch is ``{"required": [k]}``, with ``"properties": {k: true}`` beside it: ajv's
+    strict mode (``strictRequired``) wants every required key defined where it is required,
+    and ``true`` defines it without saying anything the parent's ``properties`` do not.
+    """
     return isinstance(branches, list) and all(
-        isinstance(b, dict) and set(b) == {"required"} for b in branches)
+        isinstance(b, dict) and "required" in b and set(b) <= {"required", "properties"}
+        and all(v is True for v in b.get("properties", {}).values()) for b in branches)
 
 
 def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:

@@ -8,7 +8,13 @@ never lets another exception out, whatever the bytes:
 3. JSON Schema: fast "valid?", and for an invalid document every error in words
    (``pipeline.schema``);
 4. semantic checks the schema cannot express: needs and cycles, cron, zones, durations,
-   expressions, parameter defaults (``pipeline.checks``).
+   expressions and what they look up, parameter defaults (``pipeline.checks``), with
+   warnings for what loads but is likely a mistake (an ``at:`` in the past).
+
+A set of files (``load_jobs``) is also checked as a whole: a ``uses: job`` step must name a
+job that is there, with parameters it declares (``call_problems``; the daemon's catalog uses
+it too). Given single files rather than a directory, a call to a job outside them is not
+judged: the jobs directory it will run in is not known.
 
 Only a document that passed all of them becomes a ``Job``: this module builds it, reading the
 notations inside strings with ``pipeline.notation`` and parameters with ``pipeline.params``,
@@ -25,13 +31,14 @@ import os
 import shlex
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from pipeline import checks, params, triggers, yamlsafe
-from pipeline.errors import JobInvalid, Problem
+from pipeline import checks, dag, params, triggers, yamlsafe
+from pipeline.errors import JobInvalid, Problem, Severity
 from pipeline.model import (
     EMPTY,
     Backoff,
@@ -60,12 +67,20 @@ from pipeline.notation import (
     zone,
 )
 from pipeline.params import parse_params
-from pipeline.schema import Validators, builtin_runner_schemas, job_schema, schema_dir, validators
+from pipeline.schema import (
+    Validators,
+    builtin_runner_schemas,
+    dotted,
+    job_schema,
+    schema_dir,
+    validators,
+)
 from pipeline.yamlsafe import JsonPath, Mark
 
 __all__ = [
     "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "Loaded",
-    "builtin_runner_schemas", "find_job_files", "job_schema", "load_job", "load_jobs",
+    "builtin_runner_schemas", "call_problems", "find_job_files", "job_schema", "load_job",
+    "load_jobs",
     "parse_duration", "parse_params", "schema_dir", "unwrap",
 ]
 
@@ -88,12 +103,23 @@ def find_job_files(root: Path) -> list[Path]:
 
     Hidden files and directories and editor leftovers (``.*``, ``*~``, ``*.swp``, ``*.tmp``,
     ``#*#``) are skipped; so is anything that is not a regular file (a FIFO would block).
+    Symlinked folders are followed, each real folder once (a link loop ends there).
     """
     if not root.is_dir():
         return [root] if root.exists() else []
     found: list[str] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    visited: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if _ignored(name) or not name.endswith((".yaml", ".yml")):
                 continue
@@ -118,6 +144,7 @@ def _schedule(entry: Any) -> Schedule:
     common: dict[str, Any] = {
         "jitter": parse_duration(entry.get("jitter", 0)),
         "catchup": Catchup(entry.get("catchup", "latest")),
+        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
     }
     if "cron" in entry:
         return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
@@ -230,7 +257,7 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
         secrets=_freeze({k: Secret(k, v.get("env"), v.get("file"))
                         for k, v in data.get("secrets", {}).items()}),
         on_success=steps("on_success"), on_failure=steps("on_failure"),
-        finally_=steps("finally"), document=frozen,
+        finally_=steps("finally"), outputs=_env(data.get("outputs")), document=frozen,
     )
 
 
@@ -243,6 +270,7 @@ class _Result:
     problems: tuple[Problem, ...]
     name: str | None = None  # the job's name, when it could be read
     name_mark: Mark = (1, 1)  # where it is written; 1:1 when it comes from the file name
+    warnings: tuple[Problem, ...] = ()
 
 
 def _read(path: Path) -> bytes:
@@ -265,15 +293,18 @@ def _read(path: Path) -> bytes:
         os.close(fd)
 
 
-def _load(path: Path, schema: Validators, display: str) -> _Result:
+def _load(path: Path, schema: Validators, display: str, now: datetime,
+          data: bytes | None = None) -> _Result:
+    warned: list[tuple[Mark, str]] = []
+
     def fail(problems: list[tuple[Mark, str]], name: str | None = None,
              name_mark: Mark = (1, 1)) -> _Result:
         found = sorted({Problem(display, line, col, message)
                         for (line, col), message in problems})
-        return _Result(None, tuple(found), name, name_mark)
+        return _Result(None, tuple(found), name, name_mark, _warnings(display, warned))
 
     try:
-        data = _read(path)
+        data = _read(path) if data is None else data
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return fail([((1, 1), f"cannot read the file: {reason}")])
@@ -301,24 +332,37 @@ def _load(path: Path, schema: Validators, display: str) -> _Result:
             if mark not in bad_marks:
                 problems.append((mark, message))
             reported.add(where)
-    problems.extend(checks.check(document, reported, stem))
+    # The text places a message on a lookup inside a string (yamlsafe checked it decodes).
+    text = data.decode("utf-8").removeprefix("\ufeff")
+    found = checks.check(document, reported, stem, text=text, now=now)
+    problems.extend(found.errors)
+    warned.extend(found.warnings)
     if problems:
         return fail(problems, name, name_mark)
     job = _build(mapping, document, name=cast(str, name), file=display,
                  sha256=hashlib.sha256(data).hexdigest())
-    return _Result(job, (), job.name, name_mark)
+    return _Result(job, (), job.name, name_mark, _warnings(display, warned))
+
+
+def _warnings(display: str, warned: list[tuple[Mark, str]]) -> tuple[Problem, ...]:
+    return tuple(sorted({Problem(display, line, col, message, Severity.WARNING)
+                         for (line, col), message in warned}))
 
 
 def load_job(path: Path, *, runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-             display_path: str | None = None) -> Job:
+             display_path: str | None = None, data: bytes | None = None) -> Job:
     """Read, validate and build one job file.
 
     ``runner_schemas`` maps each runner name to the JSON Schema of its ``with`` (None: the
     built-in runners). ``display_path`` is the file name used in messages and ``Job.file``
-    (default ``str(path)``). Raises ``JobInvalid`` with every problem found in the file.
+    (default ``str(path)``). ``data``, when given, stands for the file's bytes (a version
+    of it remembered by the state). Raises ``JobInvalid`` with every problem found (errors:
+    warnings are not raised, see ``load_jobs``); a ``uses: job`` step is not checked against
+    other files.
     """
     result = _load(path, validators(runner_schemas),
-                   str(path) if display_path is None else display_path)
+                   str(path) if display_path is None else display_path, datetime.now(UTC),
+                   data)
     if result.job is None:
         raise JobInvalid(result.problems)
     return result.job
@@ -329,16 +373,22 @@ class Loaded:
     """What a set of job files holds: valid jobs by name, problems by file."""
 
     jobs: Mapping[str, Job]
-    problems: Mapping[str, tuple[Problem, ...]]  # only the invalid files
+    problems: Mapping[str, tuple[Problem, ...]]  # only the invalid files; errors only
     files: Mapping[str, str]  # file -> job name, wherever the name could be read
+    # file -> its warnings, valid or not: a file with warnings only is valid
+    warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
 
 
 def load_jobs(paths: Sequence[Path], *,
-              runner_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> Loaded:
+              runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
+              now: datetime | None = None) -> Loaded:
     """Load every job file in ``paths`` (directories are searched with ``find_job_files``).
 
-    A job name used by an earlier file makes every later file with that name invalid.
-    Never raises for a bad file: its problems are in ``Loaded.problems``.
+    A job name used by an earlier file makes every later file with that name invalid. So
+    does a ``uses: job`` step that names a job not there or a parameter it does not declare
+    (``call_problems``); when ``paths`` holds no directory, a call to a job outside the files
+    given is not judged. ``now`` is what an ``at:`` in the past is measured from (default:
+    the current time). Never raises for a bad file: its problems are in ``Loaded.problems``.
     """
     schema = validators(runner_schemas)
     # Loading allocates many short-lived objects while the loaded jobs pile up; the cyclic
@@ -347,15 +397,16 @@ def load_jobs(paths: Sequence[Path], *,
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_all(paths, schema)
+        return _load_all(paths, schema, now or datetime.now(UTC))
     finally:
         if collecting:
             gc.enable()
 
 
-def _load_all(paths: Sequence[Path], schema: Validators) -> Loaded:
+def _load_all(paths: Sequence[Path], schema: Validators, now: datetime) -> Loaded:
     jobs: dict[str, Job] = {}
     problems: dict[str, tuple[Problem, ...]] = {}
+    warnings: dict[str, tuple[Problem, ...]] = {}
     files: dict[str, str] = {}
     owner: dict[str, str] = {}  # job name -> the first file that uses it
     targets: list[Path] = []
@@ -363,8 +414,10 @@ def _load_all(paths: Sequence[Path], schema: Validators) -> Loaded:
         targets.extend(find_job_files(path) if path.is_dir() else [path])
     for path in dict.fromkeys(targets):
         display = str(path)
-        result = _load(path, schema, display)
+        result = _load(path, schema, display, now)
         found = result.problems
+        if result.warnings:
+            warnings[display] = result.warnings
         if result.name is not None:
             files[display] = result.name
             if result.name in owner:
@@ -378,4 +431,78 @@ def _load_all(paths: Sequence[Path], schema: Validators) -> Loaded:
             problems[display] = found
         elif result.job is not None:
             jobs[result.job.name] = result.job
-    return Loaded(jobs, problems, files)
+    known: dict[str, Job | None] = {**dict.fromkeys(files.values()), **jobs}
+    complete = any(path.is_dir() for path in paths)
+    for name, job in list(jobs.items()):
+        calls = call_problems(job, known, complete=complete)
+        if calls:
+            del jobs[name]
+            problems[job.file] = calls
+    return Loaded(jobs, problems, files, warnings)
+
+
+def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
+                  complete: bool = True) -> tuple[Problem, ...]:
+    """What is wrong with ``job``'s ``uses: job`` steps, given the jobs there are.
+
+    ``jobs`` maps each job name there is to its job (None: its file is invalid, so what it
+    declares is not known). A call must name one of them, not ``job`` itself, with parameters
+    the callee declares, of their types, and every one it requires. With ``complete`` false
+    (``jobs`` is not a whole jobs directory) a name not in ``jobs`` is not judged; nor is one
+    given by an expression, until it runs. The problems are located in ``job.file``, read
+    again only when there are some.
+    """
+    found: list[tuple[int, JsonPath, bool, str]] = []
+    for list_name, steps in (("steps", job.steps), ("on_success", job.on_success),
+                             ("on_failure", job.on_failure), ("finally", job.finally_)):
+        for index, step in enumerate(steps):
+            name = step.with_.get("job") if step.uses == "job" else None
+            if not isinstance(name, str) or "${{" in name:
+                continue
+            where: JsonPath = (list_name, index, "with")
+            if name == job.name:
+                found.append((step.line, (*where, "job"), False,
+                              f"job {name!r} cannot start itself"))
+                continue
+            if name not in jobs:
+                if complete:
+                    hint = dag.did_you_mean(name, jobs) or (
+                        f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
+                    found.append((step.line, (*where, "job"), False,
+                                  f"there is no job {name!r} in the jobs directory{hint}"))
+                continue
+            callee = jobs[name]
+            given = step.with_.get("params", {})
+            if callee is None or not isinstance(given, Mapping):
+                continue
+            declared = ", ".join(sorted(callee.params)) or "none"
+            for key, value in given.items():
+                param = callee.params.get(key)
+                if param is None:
+                    found.append((step.line, (*where, "params", key), True,
+                                  f"job {name!r} has no parameter {key!r}"
+                                  f"{dag.did_you_mean(key, callee.params)} (its parameters: "
+                                  f"{declared})"))
+                elif (message := params.value_problem(param, value)) is not None:
+                    found.append((step.line, (*where, "params", key), False,
+                                  f"parameter {key!r} of job {name!r}: {message}"))
+            missing = [p for p, d in callee.params.items()
+                       if d.required and not d.has_default and p not in given]
+            if missing:
+                found.append((step.line, (*where, "params") if "params" in step.with_
+                              else (*where, "job"), False,
+                              f"job {name!r} requires {', '.join(map(repr, missing))}"))
+    if not found:
+        return ()
+    document = None
+    try:
+        data = _read(Path(job.file))
+        if hashlib.sha256(data).hexdigest() == job.sha256:
+            document = yamlsafe.parse(data)
+    except (OSError, ValueError, yamlsafe.Refused):
+        pass  # changed or gone since it loaded: the step's line will do
+    return tuple(sorted({
+        Problem(job.file, *(document.where(path, key=at_key) if document else (line, 1)),
+                f"{dotted(path)}: {message}")
+        for line, path, at_key, message in found}))
+

@@ -1,13 +1,15 @@
 """What a step leaves behind besides its exit status: its log file and its outputs.
 
 A step's output goes to ``logs/JOB/RUN_ID/STEP.log`` as it arrives, secrets masked, capped in
-size; the ``key=value`` lines it writes to ``$PIPELINE_OUTPUT`` become ``steps.<id>.outputs``.
+size (the head and the tail are kept); the ``key=value`` lines it writes to
+``$PIPELINE_OUTPUT`` become ``steps.<id>.outputs``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from loguru import logger
 
@@ -16,6 +18,8 @@ from pipeline.faults import crash_point
 from pipeline.redact import Redactor, StreamRedactor
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
+HEAD_SHARE = 0.1  # of a capped log, the head keeps this share and the tail the rest
+COPY_SIZE = 1024 * 1024  # putting a capped log together: what is in memory at once
 
 
 def parse_outputs(text: str) -> tuple[dict[str, str], list[str]]:
@@ -63,18 +67,31 @@ class StepLog:
     Writes go straight to the file from the trio thread: a write of at most one 64 KiB chunk
     to a regular file returns from the page cache and we never fsync logs. A write error (a full
     disk) stops the logging of this step, once, and never fails the step.
+
+    Past ``cap`` bytes, the head (the first ``HEAD_SHARE`` of the cap) and the tail (the rest
+    of the cap: the end, where errors are) are kept, with a marker line between them saying
+    how many bytes were dropped (CONTRACT §8). Until the cap the file simply grows, so a live
+    reader sees it. Beyond it the output goes round two hidden window files of the tail's
+    size, each emptied when its turn comes again: the last window and the one before it
+    always hold the tail, and disk and memory stay bounded however much a step prints. On
+    ``close`` the file becomes head, marker, tail.
     """
 
     def __init__(self, base: Path, relpath: str, *, cap: int, redactor: Redactor) -> None:
         self.base = base
         self.relpath = relpath  # joined to ``base`` when first written: most steps never are
-        self.cap = cap
-        self.written = 0
-        self.discarded = 0
+        self.cap = max(cap, 0)
+        self.head = int(self.cap * HEAD_SHARE)
+        self.window = self.cap - self.head  # the tail's size
+        self.written = 0  # bytes of output, masked, kept or not
         self._stream = StreamRedactor(redactor) if redactor else None
         self._redactor = redactor
         self._file: Any = None  # opened on the first write: a silent step costs no file
         self._broken = False
+        self._windows: list[BinaryIO] = []  # the two window files, made at the first overflow
+        self._turn = 0  # how many windows past the cap have been begun
+        self._filled = 0  # bytes in the current window
+        self._head_ends_a_line = True
 
     # One message per condition, not per step: a full disk would otherwise log an error for
     # every step of every run until space returns.
@@ -94,6 +111,11 @@ class StepLog:
             logger.info("writing step logs again")
             cls._failing = None
 
+    @property
+    def dropped(self) -> int:
+        """Bytes of output that will not be in the log: past the cap, between head and tail."""
+        return max(self.written - self.cap, 0)
+
     def _write(self, data: bytes) -> None:
         if not data or self._broken:
             return
@@ -101,30 +123,52 @@ class StepLog:
             try:
                 path = self.path
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = path.open("ab", buffering=0)
+                # Read too: a capped log's head and tail are copied out of it on close.
+                self._file = path.open("a+b", buffering=0)
             except OSError as exc:
                 self._fail(exc)
                 return
-        room = self.cap - self.written
-        if len(data) > room:
-            if self.discarded or room < 0:  # already cut, the marker written
-                self.discarded += len(data)
-                return
-            self.discarded += len(data) - room
-            data = data[:room] + (
-                f"\n[pipeline] log truncated: over {self.cap} bytes of output\n".encode())
-        self.written += len(data)
         try:
-            if faults_armed("log-write"):
-                half = len(data) // 2
-                self._file.write(data[:half])
-                crash_point("log-write")
-                data = data[half:]
-            self._file.write(data)
+            before, room = self.written, self.cap - self.written
+            self.written += len(data)
+            if room > 0:
+                kept = data[:room]
+                if before < self.head <= before + len(kept):
+                    self._head_ends_a_line = kept[self.head - before - 1] == 0x0A
+                self._put(self._file, kept)
+                data = data[room:]
+            while data and self.window:
+                if self._turn == 0 or self._filled == self.window:
+                    self._next_window()
+                part = data[:self.window - self._filled]
+                self._put(self._windows[self._turn % 2], part)
+                self._filled += len(part)
+                data = data[len(part):]
             if StepLog._failing is not None:
                 StepLog._recovered()
         except OSError as exc:
             self._fail(exc)
+
+    def _put(self, file: BinaryIO, data: bytes) -> None:
+        if faults_armed("log-write"):
+            half = len(data) // 2
+            file.write(data[:half])
+            crash_point("log-write")
+            data = data[half:]
+        file.write(data)
+
+    def _next_window(self) -> None:
+        if not self._windows:
+            self._windows = [self._window_path(i).open("w+b", buffering=0) for i in (0, 1)]
+        self._turn += 1
+        current = self._windows[self._turn % 2]
+        current.seek(0)
+        current.truncate()
+        self._filled = 0
+
+    def _window_path(self, index: int) -> Path:
+        path = self.path
+        return path.with_name(f".{path.name}.tail{index}")
 
     def output(self, chunk: bytes) -> None:
         self._write(self._stream.feed(chunk) if self._stream else chunk)
@@ -149,10 +193,55 @@ class StepLog:
 
     def close(self) -> None:
         self.flush_output()
-        if self.discarded and self._file is not None and not self._broken:
-            try:
-                self._file.write(f"[pipeline] {self.discarded} bytes discarded\n".encode())
-            except OSError as exc:
-                self._fail(exc)
         if self._file is not None:
+            if self._windows and not self._broken:
+                try:
+                    self._put_together()
+                except OSError as exc:
+                    self._fail(exc)
             self._file.close()
+        for index, window in enumerate(self._windows):
+            window.close()
+            try:
+                self._window_path(index).unlink()
+            except OSError:
+                pass
+        self._windows = []
+
+    def _put_together(self) -> None:
+        """Head, marker, tail: written to a new file that then replaces the log."""
+        current = self._windows[self._turn % 2]
+        # The window before the current one: the cap's own tail part of the log, or the
+        # other window file. Its end and the current window are the tail.
+        before, start = ((self._file, self.head) if self._turn == 1
+                         else (self._windows[(self._turn + 1) % 2], 0))
+        path = self.path
+        fresh = path.with_name(f".{path.name}.new")
+        try:
+            with fresh.open("wb") as out:
+                _copy(self._file, 0, self.head, out)
+                out.write((("" if self._head_ends_a_line else "\n")
+                           + cap_marker(self.dropped, self.head, self.window)).encode())
+                _copy(before, start + self._filled, self.window - self._filled, out)
+                _copy(current, 0, self._filled, out)
+            os.replace(fresh, path)
+        except OSError:
+            fresh.unlink(missing_ok=True)
+            raise
+
+
+def cap_marker(dropped: int, head: int, tail: int) -> str:
+    """The line between a capped log's head and tail."""
+    return (f"[pipeline] {dropped} bytes dropped here: the log keeps the first {head} and the "
+            f"last {tail} bytes\n")
+
+
+def _copy(source: BinaryIO, offset: int, length: int, out: BinaryIO) -> None:
+    """``length`` bytes of ``source`` from ``offset`` to ``out``, COPY_SIZE at a time."""
+    source.seek(offset)
+    while length > 0:
+        chunk = source.read(min(length, COPY_SIZE))
+        if not chunk:
+            break
+        out.write(chunk)
+        length -= len(chunk)

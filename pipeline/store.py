@@ -24,7 +24,7 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from pipeline.events import (
     WatermarkMoved,
 )
 from pipeline.model import (
+    Definition,
     RunRecord,
     RunStatus,
     StepRecord,
@@ -147,11 +148,24 @@ class Store(Protocol):
         """Names of every job that has at least one run, sorted."""
         ...
 
+    def definitions(self) -> dict[str, Definition]:
+        """The last good version of every job file the daemon has loaded, by file."""
+        ...
+
+    def remember_definitions(self, kept: Sequence[Definition],
+                             forgotten: Collection[str]) -> None:
+        """Store ``kept`` (replacing a file's earlier version) and drop the ``forgotten``
+        files, in one transaction."""
+        ...
+
     def close(self) -> None:
         ...
 
 
 _ACTIVE = f"('{RunStatus.QUEUED}', '{RunStatus.RUNNING}')"
+# Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.
+KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP})
+_KEYED = "(" + ", ".join(f"'{t}'" for t in sorted(KEYED_TRIGGERS)) + ")"
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -215,6 +229,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             watermark        TEXT,
             circuit_reset_at TEXT
         )""",
+    ),
+    (
+        # A fire's identity is its own column: manual and API runs carry the instant they
+        # were asked for as their fire time too, and must never take a scheduled fire's slot.
+        "ALTER TABLE runs ADD COLUMN fire_key TEXT",
+        f"UPDATE runs SET fire_key = fire_time WHERE trigger IN {_KEYED}",
+        "DROP INDEX runs_by_fire",
+        "CREATE UNIQUE INDEX runs_by_fire ON runs (job, fire_key) WHERE fire_key IS NOT NULL",
+        # The last good version of every job file, and so which file holds which job name:
+        # what keeps a job firing across a restart while its file is broken, and keeps a
+        # newcomer from taking over a name.
+        """CREATE TABLE definitions (
+            file   TEXT PRIMARY KEY,
+            name   TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            source BLOB NOT NULL,
+            since  TEXT NOT NULL
+        )""",
+    ),
+    (
+        # The job's own `outputs:` (CONTRACT §2), set when the run finishes.
+        "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+        # A for_each instance's item, as JSON, for the heading of its log.
+        "ALTER TABLE steps ADD COLUMN item TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -295,9 +333,10 @@ def _document_json(document: Mapping[str, Any]) -> str:
 
 
 _RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
-                "reason, params, version, parent_run_id, owner")
+                "reason, params, version, parent_run_id, owner, outputs")
+_DOCUMENT = 14  # the column after _RUN_COLUMNS, where a query adds it
 _STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
-                 "outputs, error, log, pgid")
+                 "outputs, error, log, pgid, item")
 
 
 # Every job with runs, in order, one index probe per job (a skip-scan of runs_by_job) instead
@@ -319,14 +358,15 @@ def _run_record(row: Sequence[Any], document: str | None = None,
         finished_at=_time(row[7]), reason=row[8], params=freeze(json.loads(row[9])),
         version=version, parent_run_id=row[11], owner=row[12],
         document=None if document is None else freeze(json.loads(document)),
-        steps=steps)
+        steps=steps, outputs=MappingProxyType(json.loads(row[13])))
 
 
 def _step_record(row: Sequence[Any]) -> StepRecord:
     return StepRecord(
         run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
         signal=row[5], started_at=_time(row[6]), finished_at=_time(row[7]),
-        outputs=MappingProxyType(json.loads(row[8])), error=row[9], log=row[10], pgid=row[11])
+        outputs=MappingProxyType(json.loads(row[8])), error=row[9], log=row[10],
+        pgid=row[11], item=row[12])
 
 
 # -- writing events ----------------------------------------------------------------------------
@@ -335,23 +375,24 @@ def _step_record(row: Sequence[Any]) -> StepRecord:
 # transaction goes on and the rest of the batch commits, without a savepoint per claim.
 _INSERT_QUEUED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, queued_at, params, version, document,
-                      parent_run_id, owner)
-    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
+                      parent_run_id, owner, fire_key)
+    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
 _INSERT_SKIPPED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, queued_at, started_at, finished_at,
-                      reason, version)
-    VALUES (?, ?, 'skipped', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
+                      reason, version, fire_key)
+    VALUES (?, ?, 'skipped', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
 # A run that already ended (interrupted by another process's recovery, say) never goes back.
 _RUN_STARTED = ("UPDATE runs SET status = 'running', started_at = ? "
                 "WHERE id = ? AND status = 'queued'")
 # No guard here: if a recovery took a live owner for dead, the owner's own outcome is the truth.
-_RUN_FINISHED = "UPDATE runs SET status = ?, finished_at = ?, reason = ? WHERE id = ?"
+_RUN_FINISHED = ("UPDATE runs SET status = ?, finished_at = ?, reason = ?, outputs = ? "
+                 "WHERE id = ?")
 _STEP_STARTED = """
-    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log)
-    SELECT ?1, ?2, 'running', ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
+    INSERT INTO steps (run_id, step_id, status, attempt, started_at, log, item)
+    SELECT ?1, ?2, 'running', ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = 'running', attempt = excluded.attempt, started_at = excluded.started_at,
-        log = coalesce(excluded.log, steps.log)"""
+        log = coalesce(excluded.log, steps.log), item = coalesce(excluded.item, steps.item)"""
 _STEP_SPAWNED = "UPDATE steps SET pid = ?, pgid = ? WHERE run_id = ? AND step_id = ?"
 _STEP_RETRYING = "UPDATE steps SET attempt = ?, error = ? WHERE run_id = ? AND step_id = ?"
 _STEP_FINISHED = """
@@ -371,21 +412,27 @@ _WATERMARK = """
     WHERE jobs.watermark IS NULL OR excluded.watermark > jobs.watermark"""
 
 
+def _fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
+    return fire_time if trigger in KEYED_TRIGGERS else None
+
+
 def _run_queued(conn: sqlite3.Connection, e: RunQueued, refused: set[str]) -> None:
+    fire_time = _iso_or_none(e.fire_time)
     cursor = conn.execute(_INSERT_QUEUED, (
-        e.run_id, e.job, str(e.trigger), _iso_or_none(e.fire_time), _iso(e.queued_at),
+        e.run_id, e.job, str(e.trigger), fire_time, _iso(e.queued_at),
         _json(e.params) if e.params else "{}", _version_json(e.version),
         None if e.document is None else _document_json(e.document), e.parent_run_id,
-        e.owner))
+        e.owner, _fire_key(e.trigger, fire_time)))
     if cursor.rowcount == 0:
         refused.add(e.run_id)
 
 
 def _run_skipped(conn: sqlite3.Connection, e: RunSkipped, refused: set[str]) -> None:
     at = _iso(e.at)
+    fire_time = _iso_or_none(e.fire_time)
     cursor = conn.execute(_INSERT_SKIPPED, (
-        e.run_id, e.job, str(e.trigger), _iso_or_none(e.fire_time), at, at, at, e.reason,
-        _version_json(e.version)))
+        e.run_id, e.job, str(e.trigger), fire_time, at, at, at, e.reason,
+        _version_json(e.version), _fire_key(e.trigger, fire_time)))
     if cursor.rowcount == 0:
         refused.add(e.run_id)
 
@@ -395,12 +442,13 @@ def _run_started(conn: sqlite3.Connection, e: RunStarted, refused: set[str]) -> 
 
 
 def _run_finished(conn: sqlite3.Connection, e: RunFinished, refused: set[str]) -> None:
-    conn.execute(_RUN_FINISHED, (str(e.status), _iso(e.finished_at), e.reason, e.run_id))
+    conn.execute(_RUN_FINISHED, (str(e.status), _iso(e.finished_at), e.reason,
+                                 _json(e.outputs) if e.outputs else "{}", e.run_id))
 
 
 def _step_started(conn: sqlite3.Connection, e: StepStarted, refused: set[str]) -> None:
     conn.execute(_STEP_STARTED, (e.run_id, e.step_id, e.attempt, _iso(e.started_at),
-                                 e.log or None))
+                                 e.log or None, e.item))
 
 
 def _step_spawned(conn: sqlite3.Connection, e: StepSpawned, refused: set[str]) -> None:
@@ -531,7 +579,7 @@ class SqliteStore(Store):
                 return None
             steps = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? "
                                  "ORDER BY seq", (run_id,)).fetchall()
-        return _run_record(row, row[13], tuple(_step_record(s) for s in steps))
+        return _run_record(row, row[_DOCUMENT], tuple(_step_record(s) for s in steps))
 
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, trigger: Trigger | None,
@@ -610,7 +658,7 @@ class SqliteStore(Store):
 
     def fires_after(self, job: str, after: datetime) -> set[datetime]:
         with self._reading() as conn:
-            rows = conn.execute("SELECT fire_time FROM runs WHERE job = ? AND fire_time > ?",
+            rows = conn.execute("SELECT fire_key FROM runs WHERE job = ? AND fire_key > ?",
                                 (job, _iso(after))).fetchall()
         return {datetime.fromisoformat(row[0]) for row in rows}
 
@@ -664,7 +712,7 @@ class SqliteStore(Store):
                     f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id IN "
                     "(SELECT value FROM json_each(?)) ORDER BY seq", (json.dumps(list(steps)),)):
                 steps[step[0]].append(_step_record(step))
-        return [_run_record(row, row[13], tuple(steps[row[0]])) for row in rows]
+        return [_run_record(row, row[_DOCUMENT], tuple(steps[row[0]])) for row in rows]
 
     def _runs_by_id(self, conn: sqlite3.Connection, ids: Iterable[str]) -> list[RunRecord]:
         rows = conn.execute(
@@ -721,8 +769,8 @@ class SqliteStore(Store):
         """
         if keep_runs is None and keep_days is None:
             return []
-        finished = f"""job = ?1 AND status NOT IN {_ACTIVE} AND (fire_time IS NULL
-            OR fire_time <= (SELECT watermark FROM jobs WHERE name = ?1))"""
+        finished = f"""job = ?1 AND status NOT IN {_ACTIVE} AND (fire_key IS NULL
+            OR fire_key <= (SELECT watermark FROM jobs WHERE name = ?1))"""
         with self._transaction() as conn:
             doomed: set[str] = set()
             if keep_runs is not None:
@@ -741,6 +789,23 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?))",
                          (json.dumps(sorted(doomed)),))
         return gone
+
+    def definitions(self) -> dict[str, Definition]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT file, name, sha256, source, since FROM definitions")
+            return {file: Definition(file, name, sha256, bytes(source),
+                                     datetime.fromisoformat(since))
+                    for file, name, sha256, source, since in rows}
+
+    def remember_definitions(self, kept: Sequence[Definition],
+                             forgotten: Collection[str]) -> None:
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM definitions WHERE file = ?", [(f,) for f in forgotten])
+            conn.executemany(
+                "INSERT INTO definitions (file, name, sha256, source, since) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (file) DO UPDATE SET name = excluded.name, "
+                "sha256 = excluded.sha256, source = excluded.source, since = excluded.since",
+                [(d.file, d.name, d.sha256, d.source, _iso(d.since)) for d in kept])
 
     def delete_run(self, run_id: str) -> RunRecord | None:
         """Delete a finished run and its steps; return it (for its logs), None if unknown.

@@ -634,8 +634,19 @@ def _offset(tz: ZoneInfo, instant: datetime) -> timedelta:
 
 def _to_instant(moment: datetime, tz: ZoneInfo) -> datetime:
     """A UTC instant; a naive ``moment`` is a wall time in ``tz``, read as a fixed-time cron
-    fire is (a skipped time moves to the end of the gap; a repeated one is its first pass)."""
-    if moment.tzinfo is not None and moment.utcoffset() is not None:
+    fire is (a skipped time moves to the end of the gap; a repeated one is its first pass).
+
+    So is a ``moment`` whose tzinfo is a zone (an ``at:`` written without an offset, read in
+    its ``timezone``) when that wall time falls in a gap: Python would read it with the offset
+    before the gap (02:30 in Berlin's spring-forward as 03:30), cron's rule gives 03:00. Only
+    a fixed offset (``+01:00``) makes a moment an instant whatever the zone does.
+    """
+    zone = moment.tzinfo
+    if isinstance(zone, ZoneInfo):
+        instants, _, _ = _instants(moment.replace(tzinfo=None), zone, real_time=True)
+        if not instants:  # skipped by a gap
+            return _instants(moment.replace(tzinfo=None), zone, real_time=False)[0][0]
+    if zone is not None and moment.utcoffset() is not None:
         return moment.astimezone(UTC)
     instants, _, _ = _instants(moment.replace(tzinfo=None), tz, real_time=False)
     return instants[0]

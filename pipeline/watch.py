@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ import watchfiles
 from loguru import logger
 
 from pipeline import spec
-from pipeline.errors import JobInvalid, Problem
-from pipeline.model import Job
+from pipeline.errors import JobInvalid, Problem, StateError
+from pipeline.model import Definition, Job
+from pipeline.store import Store
 
 IGNORED = (".*", "*~", "*.swp", "*.swx", "*.tmp", "#*#", "4913")  # 4913: vim's probe file
 RESCAN_EVERY = 5.0
@@ -39,20 +42,29 @@ class _File:
     sha256: str
     job: Job | None
     problems: tuple[Problem, ...]
+    source: bytes | None = None  # a valid file's bytes, to remember as its last good version
 
 
 @dataclass
 class Catalog:
-    """Every job file under ``root``: what is valid, what is not, and what keeps running."""
+    """Every job file under ``root``: what is valid, what is not, and what keeps running.
+
+    With a ``store``, the catalog remembers each file's last good version and so which file
+    holds which job name, across restarts: a file that turns invalid keeps its last good
+    version scheduled even after the daemon restarts, and a new file never takes over a name
+    that another file already holds (the newcomer is the invalid one).
+    """
 
     root: Path
     runner_schemas: Mapping[str, Mapping[str, Any]] | None = None
+    store: Store | None = None
     jobs: dict[str, Job] = field(default_factory=dict)  # what the scheduler runs
     problems: dict[str, tuple[Problem, ...]] = field(default_factory=dict)  # invalid files
     files: dict[str, str] = field(default_factory=dict)  # file -> job name
     stale: dict[str, str] = field(default_factory=dict)  # job -> invalid file it still runs from
     _seen: dict[str, _File] = field(default_factory=dict)
     _good: dict[str, Job] = field(default_factory=dict)  # file -> last good version
+    _remembered: dict[str, Definition] | None = None  # file -> what the store holds
 
     def scan(self) -> bool:
         """Read the directory again; True if anything that matters changed."""
@@ -70,53 +82,132 @@ class Catalog:
                 seen[key] = known
                 continue
             try:
-                job = spec.load_job(path, runner_schemas=self.runner_schemas)
-                seen[key] = _File(job.sha256, job, ())
+                job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data)
+                seen[key] = _File(job.sha256, job, (), data)
             except JobInvalid as exc:
                 seen[key] = _File(digest, None, exc.problems)
-        changed = seen.keys() != self._seen.keys() or any(
+        first = self._remembered is None
+        if first:
+            self._recall(seen)
+        changed = first or seen.keys() != self._seen.keys() or any(
             seen[k].sha256 != self._seen[k].sha256 for k in seen)
         self._seen = seen
         if changed:
-            self._rebuild()
+            self._rebuild(first)
+            self._remember()
         return changed
 
-    def _rebuild(self) -> None:
+    def _file(self, key: str) -> str:
+        return os.path.relpath(key, self.root)
+
+    def _recall(self, seen: Mapping[str, _File]) -> None:
+        """The store's last good versions, for the files that are invalid now."""
+        self._remembered = {}
+        if self.store is None:
+            return
+        try:
+            self._remembered = {str(self.root / file): d
+                                for file, d in self.store.definitions().items()}
+        except StateError as exc:
+            logger.warning("cannot read the last good versions of job files: {}", exc)
+            return
+        for key, entry in seen.items():
+            known = self._remembered.get(key)
+            if entry.job is not None or known is None:
+                continue
+            try:
+                self._good[key] = spec.load_job(Path(key), runner_schemas=self.runner_schemas,
+                                                data=known.source)
+            except JobInvalid as exc:
+                logger.warning("{}: its last good version (of {}) no longer loads: {}", key,
+                               known.since.isoformat(timespec="seconds"), exc.problems[0])
+
+    def _rebuild(self, first: bool) -> None:
+        # Who held each name before this scan: the running catalog, or at start the state.
+        holders = {name: key for key, name in self.files.items()}
+        if first:
+            for key, known in (self._remembered or {}).items():
+                holders.setdefault(known.name, key)
+        self._good = {f: j for f, j in self._good.items() if f in self._seen}
+        candidates: dict[str, list[str]] = {}  # name -> files that want it, in path order
+        for key, entry in self._seen.items():
+            job = entry.job or self._good.get(key)
+            if entry.job is not None:
+                self._good[key] = entry.job
+            if job is not None:
+                candidates.setdefault(job.name, []).append(key)
         jobs: dict[str, Job] = {}
-        owners: dict[str, str] = {}
         problems: dict[str, tuple[Problem, ...]] = {}
         files: dict[str, str] = {}
         stale: dict[str, str] = {}
-        self._good = {f: j for f, j in self._good.items() if f in self._seen}
+        for name, keys in candidates.items():
+            holder = holders.get(name)
+            owner = holder if holder in keys else keys[0]
+            jobs[name] = self._good[owner]
+            files[owner] = name
+            if self._seen[owner].job is None:
+                stale[name] = owner
+            for other in keys:
+                if other != owner:
+                    problems[other] = (*self._seen[other].problems, Problem(
+                        other, *_name_mark(self._seen[other], self._good[other]),
+                        f"job name {name!r} is already used by {owner}"))
         for key, entry in self._seen.items():
-            if entry.job is not None:
-                name = entry.job.name
-                if name in owners:
-                    problems[key] = (Problem(key, 1, 1, f"job name {name!r} is already used by "
-                                                        f"{owners[name]}"),)
-                    continue
-                owners[name] = key
-                jobs[name] = entry.job
-                files[key] = name
-                self._good[key] = entry.job
-            else:
+            if entry.job is None and key not in problems:
                 problems[key] = entry.problems
-                good = self._good.get(key)
-                if good is not None and good.name not in owners:
-                    owners[good.name] = key
-                    jobs[good.name] = good
-                    files[key] = good.name
-                    stale[good.name] = key
+        # A valid file whose `uses: job` steps name a job not there, or a parameter it does
+        # not declare, is invalid too; the version that loaded keeps running, as any file's
+        # last good version does.
+        for name, job in jobs.items():
+            if name not in stale:
+                calls = spec.call_problems(job, jobs)
+                if calls:
+                    problems[job.file] = calls
+                    stale[name] = job.file
         for key, found in problems.items():
             if self.problems.get(key) != found:
                 for problem in found:
                     logger.error("{}", problem)
-                if key in {f for f in stale.values()}:
+                if key in stale.values():
                     logger.warning("{}: invalid; its last good version stays scheduled", key)
         for key in self.problems.keys() - problems.keys():
             if key in self._seen:
                 logger.info("{}: valid again", key)
         self.jobs, self.problems, self.files, self.stale = jobs, problems, files, stale
+
+    def _remember(self) -> None:
+        """Tell the store each name holder's last good version (and forget lost files)."""
+        remembered = self._remembered
+        if self.store is None or remembered is None:
+            return
+        kept = [Definition(self._file(key), name, self._seen[key].sha256,
+                           self._seen[key].source or b"", datetime.now(UTC))
+                for key, name in self.files.items()
+                if self._seen[key].job is not None
+                and (key not in remembered or remembered[key].sha256 != self._seen[key].sha256
+                     or remembered[key].name != name)]
+        holders = set(self.files)
+        forgotten = [key for key in remembered if key not in holders]
+        if not kept and not forgotten:
+            return
+        try:
+            self.store.remember_definitions(kept, [self._file(key) for key in forgotten])
+        except StateError as exc:  # a full disk: the next change tries again
+            logger.warning("cannot remember the last good versions of job files: {}", exc)
+            return
+        for key in forgotten:
+            del remembered[key]
+        for definition in kept:
+            remembered[str(self.root / definition.file)] = definition
+
+
+def _name_mark(entry: _File, job: Job) -> tuple[int, int]:
+    """Where a file writes its job's name (1:1 when the name comes from the file name)."""
+    if entry.source is not None:
+        for number, line in enumerate(entry.source.decode("utf-8", "replace").splitlines(), 1):
+            if line.startswith("name:"):
+                return number, 1
+    return 1, 1
 
 
 async def watch_jobs(catalog: Catalog, on_change: Callable[[], Awaitable[None]], *,

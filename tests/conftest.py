@@ -15,6 +15,8 @@ from pipeline.engine import RunHandle, RunResult, run_job
 from pipeline.events import Event, StepFinished
 from pipeline.model import Job
 
+pytest_plugins = ["tests.postgres"]  # the throwaway PostgreSQL: postgres, postgres_url
+
 
 def write_job(directory: Path, text: str, name: str = "job.yaml") -> Job:
     path = directory / name

@@ -24,6 +24,7 @@ from tests.bench.harness import (
 PIPELINE = Path(sys.executable).with_name("pipeline")
 
 
+@pytest.mark.slow
 def test_bare_runner_and_pipeline_run_the_same_dag(tmp_path: Path) -> None:
     job, _ = dags.write_dag(tmp_path, "fanout", 5)
     children = Children()

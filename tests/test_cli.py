@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,7 @@ def test_schema_commands() -> None:
     assert cli("schema", "--runner", "nope")[0] == 2
 
 
+@pytest.mark.slow
 def test_secret_appears_nowhere_under_the_state_directory(tmp_path: Path) -> None:
     secret = "Zq9-very-secret-value-4711"
     job = write(tmp_path / "jobs.d" / "secretive.yaml", """
@@ -188,6 +191,7 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -217,6 +221,7 @@ def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> No
     assert process.processes_of_run(runs[0]["id"]) == []
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -238,6 +243,7 @@ def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> No
     db.close()
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
     """`pipeline schema` from a built wheel, away from the checkout."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
@@ -292,6 +298,7 @@ def test_a_plugin_runner_is_found_when_a_job_uses_one(tmp_path: Path) -> None:
     assert "unknown runner 'ecoh'" in out and "echo" in out  # plug-ins are suggested too
 
 
+@pytest.mark.slow
 def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
     """`.pre-commit-hooks.yaml` as pre-commit reads it: its entry, run on the files it picks."""
     import re
@@ -315,3 +322,373 @@ def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
                             text=True)
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"{bad}:2:")
+
+
+def test_a_manual_run_has_the_instant_it_was_asked_for_as_its_fire_time(
+        tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "dated.yaml", """
+        steps:
+          - {id: s, run: 'echo "fire=$PIPELINE_FIRE_TIME" >> "$PIPELINE_OUTPUT"'}
+    """)
+    args = state_args(tmp_path, jobs)
+    code, out, err = cli("run", *args, "dated")
+    assert code == 0, out + err
+    _, out, _ = cli("runs", *args, "dated", "--json")
+    [run] = json.loads(out)
+    assert run["fire_time"] and run["fire_time"] == run["queued_at"]
+    _, out, _ = cli("show", *args, run["id"], "--json")
+    fire = json.loads(out)["steps"][0]["outputs"]["fire"]
+    assert datetime.fromisoformat(fire) == datetime.fromisoformat(run["fire_time"])
+
+
+def test_show_and_logs_follow_the_file_with_outputs_items_and_markers(
+        tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.d"
+    write(jobs / "fan.yaml", """
+        outputs:
+          joined: "${{ steps.join.outputs.all }}"
+        steps:
+          - id: first
+            run: echo first
+          - id: fe
+            needs: [first]
+            for_each: [a, "b c"]
+            run: |
+              echo "item ${{ item }}"
+              echo "v=${{ item }}!" >> "$PIPELINE_OUTPUT"
+          - id: join
+            needs: [fe]
+            run: echo "all=${{ (steps.fe.outputs.v | fromjson) | join(',') }}" >> "$PIPELINE_OUTPUT"
+          - id: quiet
+            run: exit 7
+            continue_on_error: true
+    """)
+    args = state_args(tmp_path, jobs)
+    code, _, err = cli("run", *args, "fan")
+    assert code == 0, err
+    run_id = json.loads(cli("runs", *args, "--json")[1])[0]["id"]
+    code, out, _ = cli("show", *args, run_id, "--json")
+    shown = json.loads(out)
+    # quiet started second (it needs nothing), but is listed where the file has it
+    assert [s["id"] for s in shown["steps"]] == ["first", "fe", "fe.0", "fe.1", "join", "quiet"]
+    assert shown["outputs"] == {"joined": "a!,b c!"}
+    assert shown["steps"][1]["outputs"] == {"v": '["a!", "b c!"]'}
+    assert shown["steps"][2]["item"] == '"a"'
+    code, out, _ = cli("show", *args, run_id)
+    assert "outputs  joined=a!,b c!" in out
+    assert [line.split()[0] for line in out.splitlines()[-6:]] == [
+        "first", "fe", "fe.0", "fe.1", "join", "quiet"]
+    code, out, _ = cli("logs", *args, run_id, "fe")
+    assert code == 0
+    assert out == "==> fe[0] (item: a) <==\nitem a\n==> fe[1] (item: b c) <==\nitem b c\n"
+    assert cli("logs", *args, run_id, "fe.1")[1] == "item b c\n"
+    assert cli("logs", *args, run_id, "quiet")[1] == "[pipeline] exit status 7\n"
+    code, out, _ = cli("logs", *args, run_id)
+    assert out == ("==> first <==\nfirst\n==> fe[0] (item: a) <==\nitem a\n"
+                   "==> fe[1] (item: b c) <==\nitem b c\n==> quiet <==\n"
+                   "[pipeline] exit status 7\n")
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_logs_follow_quietly(tmp_path: Path) -> None:
+    job = write(tmp_path / "slow.yaml", """
+        steps:
+          - {id: slow, run: "echo started; sleep 300"}
+    """)
+    state = tmp_path / "state"
+    running = subprocess.Popen([*PIPELINE, "run", "--state-dir", str(state), str(job)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = state / "logs" / "slow"
+        _wait_for(lambda: any(p.read_text() == "started\n" for p in log.rglob("*.log")))
+        run_id = next(log.iterdir()).name
+        follower = subprocess.Popen([*PIPELINE, "logs", "--state-dir", str(state), "-f",
+                                     run_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == b"==> slow <==\n"
+        assert follower.stdout.readline() == b"started\n"
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=10)
+        assert follower.returncode == 130
+        assert b"Aborted" not in err and b"Traceback" not in err, err
+    finally:
+        running.send_signal(signal.SIGINT)
+        running.communicate(timeout=30)
+
+
+# -- errors reach the user as one line -------------------------------------------------------
+
+def busy_port() -> socket.socket:
+    """A port some other program listens on."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+def pipeline(*args: str, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PIPELINE, *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "tick.yaml", """
+        schedule: {every: 1m, catchup: all}
+        steps:
+          - {id: t, run: "true"}
+    """).parent
+    state = tmp_path / "state"
+    with busy_port() as taken:
+        port = taken.getsockname()[1]
+        done = pipeline("serve", "--listen", f"127.0.0.1:{port}", "--jobs-dir", str(jobs),
+                        "--state-dir", str(state))
+    assert done.returncode == 1
+    assert done.stderr == f"pipeline: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert not state.exists()
+
+
+@pytest.mark.slow
+def test_serve_refuses_unusable_directories_and_token_files_in_one_line(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "a.yaml", "steps:\n  - {id: a, run: 'true'}\n").parent
+    a_file = write(tmp_path / "plain-file", "x\n")
+    empty = write(tmp_path / "empty-token", "\n")
+    cases = [
+        # (arguments, exit status, the one line)
+        (["--state-dir", str(a_file / "state")], 1,
+         f"pipeline: cannot lock {a_file}/state/daemon.lock: "),
+        (["--jobs-dir", str(a_file)], 2,
+         f"pipeline: the jobs directory {a_file} is not a directory"),
+        (["--token-file", str(tmp_path / "missing")], 2,
+         f"pipeline: cannot read the token file {tmp_path}/missing: No such file or directory"),
+        (["--token-file", str(tmp_path)], 2,
+         f"pipeline: cannot read the token file {tmp_path}: Is a directory"),
+        (["--token-file", str(empty)], 2, f"pipeline: the token file {empty} is empty"),
+    ]
+    for args, code, line in cases:
+        done = pipeline("serve", "--no-http", "--jobs-dir", str(jobs), "--state-dir",
+                        str(tmp_path / "state"), *args)
+        assert done.returncode == code, (args, done.stderr)
+        assert done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
+        assert not (tmp_path / "state").exists()
+
+
+def test_an_error_inside_a_trio_task_is_one_line_not_an_exception_group(tmp_path: Path) -> None:
+    """`uses: job` under `pipeline run` looks its child up inside the run's nursery (a name
+    from an expression: validation cannot know it)."""
+    jobs = write(tmp_path / "jobs.d" / "parent.yaml", """
+        params:
+          which: {type: string, default: nochild}
+        steps:
+          - {id: call, uses: job, with: {job: "${{ params.which }}"}}
+    """).parent
+    done = pipeline("run", "--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state"),
+                    "parent")
+    assert done.returncode == 1
+    assert "unknown job 'nochild'" in done.stderr
+    assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
+
+
+# -- looking creates nothing -----------------------------------------------------------------
+
+def test_list_without_a_jobs_directory_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    done = pipeline("list", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == ("pipeline: the jobs directory jobs.d does not exist (give --jobs-dir "
+                           "or set PIPELINE_JOBS_DIR)\n")
+    typo = pipeline("serve", "--no-http", "--jobs-dir", "typo", cwd=tmp_path)
+    assert typo.returncode == 2 and "the jobs directory typo does not exist" in typo.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_never_create_a_state_directory(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    state = tmp_path / "state"
+    code, out, err = cli("list", *args, "--json")
+    assert code == 0 and {r["name"] for r in json.loads(out)} == {"hello", "fails"}
+    assert all(r["last_run"] is None and r["circuit"] == "closed" for r in json.loads(out))
+    code, out, err = cli("runs", *args)
+    assert code == 0 and out == "" and "no runs yet" in err
+    assert cli("runs", *args, "--json")[:2] == (0, "[]\n")
+    assert cli("runs", *args, "hello")[0] == 0
+    for command in (["show", "20261128T000000-00000001"], ["logs", "20261128T000000-00000001"]):
+        code, _, err = cli(*command, *args)
+        assert code == 1 and "no runs yet" in err, command
+    assert cli("next", *args, "hello")[0] == 0
+    assert not state.exists()
+    assert cli("run", *args, "hello", "--dry-run")[0] == 0
+    assert not state.exists()
+    assert cli("run", *args, "hello")[0] == 0
+    assert (state / "state.db").is_file()
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+def test_runs_of_an_unknown_job_is_an_error_unless_it_ran(tmp_path: Path, jobs: Path) -> None:
+    args = state_args(tmp_path, jobs)
+    code, out, err = cli("runs", *args, "nosuchjob")
+    assert code == 1 and out == ""
+    assert "unknown job 'nosuchjob'" in err
+    assert cli("run", *args, "hello")[0] == 0
+    code, out, err = cli("runs", *args, "fails")  # a job file, no runs yet
+    assert code == 0 and out == "" and "no runs of fails yet" in err
+    (jobs / "hello.yaml").unlink()  # gone from the files, its history stays
+    code, out, _ = cli("runs", *args, "hello")
+    assert code == 0 and "succeeded" in out
+    assert cli("runs", *args, "nosuchjob")[0] == 1
+
+
+def seed_run(state: Path, job: str, *, owner: str | None, trigger: str = "manual",
+             status: str | None = None, params: dict[str, object] | None = None) -> str:
+    """A run in a real store, queued and started (and finished, with ``status``)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.events import Event, RunFinished, RunQueued, RunStarted
+    from pipeline.model import RunStatus, Trigger
+    from pipeline.statedir import new_run_id
+    from pipeline.store import SqliteStore
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    run_id = new_run_id(now)
+    events: list[Event] = [RunQueued(run_id, job, Trigger(trigger), now, owner=owner,
+                                     params=params or {}), RunStarted(run_id, now)]
+    if status is not None:
+        events.append(RunFinished(run_id, RunStatus(status), now + timedelta(seconds=1)))
+    store = SqliteStore.open(state)
+    try:
+        store.record(events)
+    finally:
+        store.close()
+    return run_id
+
+
+DEAD_OWNER = "999999999:1"  # no such pid
+
+
+def test_a_command_that_repairs_a_crash_says_what_it_recovered(tmp_path: Path,
+                                                                jobs: Path) -> None:
+    run_id = seed_run(tmp_path / "state", "hello", owner=DEAD_OWNER)
+    code, out, err = cli("runs", *state_args(tmp_path, jobs), "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == "interrupted"
+    assert err.startswith(f"pipeline: warning: run {run_id} of hello was left running by a "
+                          "process that died: marked interrupted")
+    assert cli("runs", *state_args(tmp_path, jobs))[2] == ""  # repaired once
+
+
+# -- times -----------------------------------------------------------------------------------
+
+ISO_WITH_OFFSET = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"
+
+
+def test_list_runs_and_show_print_times_with_their_offset(tmp_path: Path) -> None:
+    import re
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    jobs = write(tmp_path / "jobs.d" / "tokyo.yaml", """
+        schedule: {cron: "0 9 * * *", timezone: Asia/Tokyo}
+        steps:
+          - {id: a, run: "true"}
+    """).parent
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "tokyo")[0] == 0
+    code, out, _ = cli("list", *args)
+    assert code == 0
+    assert re.search(r"\d{4}-\d\d-\d\d 09:00:00\+09:00", out), out
+    code, out, _ = cli("runs", *args)
+    started = re.search(ISO_WITH_OFFSET, out)
+    assert started and started.group().endswith("+09:00"), out
+    run = json.loads(cli("runs", *args, "--json")[1])[0]
+    shown = datetime.fromisoformat(started.group())
+    assert abs((shown - datetime.fromisoformat(run["started_at"])).total_seconds()) < 1
+    assert shown.tzinfo and shown.utcoffset() == datetime.now(ZoneInfo("Asia/Tokyo")).utcoffset()
+    code, out, _ = cli("show", *args, run["id"])
+    assert code == 0 and re.search(r"started  " + ISO_WITH_OFFSET, out), out
+
+
+# -- list ------------------------------------------------------------------------------------
+
+def test_list_shows_each_jobs_circuit_breaker(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.d"
+    for name in ("flaky", "steady"):
+        write(jobs / f"{name}.yaml", """
+            schedule: every 1h
+            circuit_breaker: {after: 2, cooldown: 1h}
+            steps:
+              - {id: a, run: "true"}
+        """)
+    write(jobs / "plain.yaml", "steps:\n  - {id: a, run: 'true'}\n")
+    state = tmp_path / "state"
+    for _ in range(2):
+        seed_run(state, "flaky", owner=None, trigger="schedule", status="failed")
+    seed_run(state, "steady", owner=None, trigger="schedule", status="failed")
+    args = state_args(tmp_path, jobs)
+    rows = {r["name"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert {n: r["circuit"] for n, r in rows.items()} == {
+        "flaky": "open", "steady": "closed", "plain": "closed"}
+    header, *lines = cli("list", *args)[1].splitlines()
+    at = header.index("CIRCUIT")
+    circuits = {line.split()[0]: line[at:].split()[0] for line in lines}
+    assert circuits == {"flaky": "open", "steady": "closed", "plain": "closed"}
+
+
+# -- pipeline run and the daemon's runs -------------------------------------------------------
+
+def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.daemon import DAEMON_FILE
+    from pipeline.statedir import process_identity
+
+    args = state_args(tmp_path, jobs)
+    state = tmp_path / "state"
+    # A run left by a dead process does not count: recovery ends it first.
+    seed_run(state, "hello", owner=DEAD_OWNER)
+    assert cli("run", *args, "hello")[0] == 0
+    # One of a live daemon (this test process stands in for it) does.
+    (state / DAEMON_FILE).write_text(json.dumps({"pid": os.getpid(),
+                                                 "owner": process_identity()}))
+    active = seed_run(state, "hello", owner=process_identity())
+    code, out, err = cli("run", *args, "hello")
+    assert code == 1 and out == ""
+    assert err.startswith(f"pipeline: job hello has an active run: {active}, running since "
+                          f"20")
+    assert f"by the daemon (pid {os.getpid()})" in err and "concurrency: forbid" in err
+    assert "--force" in err
+    assert len(json.loads(cli("runs", *args, "--json")[1])) == 3  # nothing new recorded
+    code, out, err = cli("run", *args, "hello", "--force")
+    assert code == 0, err
+    assert "--force" in cli("run", "--help")[1]
+
+
+
+# -- what --help and the README say ----------------------------------------------------------
+
+def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:
+    from pipeline.cli import serve
+    from pipeline.model import Step
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    shutdown = next(p for p in serve.params if p.name == "grace").default
+    step = f"{Step.__dataclass_fields__['grace'].default:g}s"
+    assert (shutdown, step) == ("30s", "10s")
+    assert f"`serve` first gives active runs {shutdown} to finish (`--grace`)" in readme
+    assert f"SIGKILL after the step's `grace` (default {step})" in readme
+    help_text = " ".join(cli("serve", "--help")[1].split())
+    assert f"[default: {shutdown}]" in help_text and f"the step's own grace, {step}" in help_text
+    for command in ("serve", "trigger", "stop"):
+        help_text = " ".join(cli(command, "--help")[1].split())
+        assert "--token-file PATH" in help_text and "PIPELINE_TOKEN_FILE" in help_text, command
+        assert "`ps`: prefer --token-file" in help_text, command
+
+
+def test_a_token_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty", " \n")
+    for args, env, line in (
+            (["--token-file", str(tmp_path / "nope")], None,
+             f"pipeline: cannot read the token file {tmp_path}/nope: No such file or directory\n"),
+            ([], {"PIPELINE_TOKEN_FILE": str(empty)},
+             f"pipeline: the token file {empty} is empty\n")):
+        for command in (["trigger", "a"], ["stop", "20261128T000000-00000001"]):
+            code, out, err = cli(*command, "--state-dir", str(tmp_path / "state"), *args,
+                                 env=env)
+            assert (code, out, err) == (2, "", line), command

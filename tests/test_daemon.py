@@ -169,7 +169,7 @@ def test_kill_9_mid_step_then_restart(daemon: Daemon) -> None:
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-def test_sigterm_gives_active_runs_their_grace_then_cancels(daemon: Daemon) -> None:
+def test_sigterm_gives_active_runs_their_grace_then_interrupts(daemon: Daemon) -> None:
     daemon.write("long.yaml", """
         steps:
           - {id: s, run: "sleep 300"}
@@ -183,7 +183,7 @@ def test_sigterm_gives_active_runs_their_grace_then_cancels(daemon: Daemon) -> N
     assert time.monotonic() - t0 < 10
     assert proc.returncode == 0
     final = next(r for r in daemon.runs("long") if r["id"] == run["id"])
-    assert final["status"] == "cancelled"
+    assert final["status"] == "interrupted"  # the daemon stopped while it ran (contract §6)
     assert not process.processes_of_run(run["id"])
 
 
@@ -248,3 +248,69 @@ def test_retention_prunes_old_runs_and_their_logs(tmp_path: Path) -> None:
     assert sorted(left) == ids[3:]
     assert sorted(p.name for p in (state / "logs" / "kept").iterdir()) == ids[3:]
     store.close()
+
+
+def test_list_names_the_job_of_a_file_that_no_longer_parses(daemon: Daemon) -> None:
+    daemon.write("b.yaml", """
+        schedule: every 1s
+        circuit_breaker: {after: 3, cooldown: 1h}
+        steps:
+          - {id: t, run: "echo tick"}
+    """)
+    daemon.start()
+    good = wait_for(lambda: daemon.runs("b"), what="b fires")[-1]["version"]["sha256"]
+    daemon.write("b.yaml", "schedule: every 1s\nsteps: [\n")  # not even YAML
+    row = wait_for(lambda: next((r for r in daemon.cli("list") if not r["valid"]), None),
+                   what="b shown invalid")
+    assert row["name"] == "b" and row["stale"] is True
+    assert row["daemon"] == "running last good version"
+    assert row["version"] == good and row["schedule"] == "every 1s"
+    assert row["circuit"] == "closed" and row["last_run"]["job"] == "b"
+    text = subprocess.run(daemon.command("list"), capture_output=True, text=True, check=True)
+    line = next(line for line in text.stdout.splitlines() if line.endswith("b.yaml"))
+    assert line.startswith("b ") and "INVALID (1), last good version runs" in line
+    assert daemon.stop() == 0
+
+
+def test_serve_reads_its_token_from_a_file_and_binds_before_anything(
+        daemon: Daemon, tmp_path: Path) -> None:
+    import httpx
+
+    daemon.write("a.yaml", "steps:\n  - {id: a, run: 'true'}\n")
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-a-file\n")
+    with daemon.log.open("ab") as log:
+        daemon.proc = subprocess.Popen(daemon.command("serve", "--listen", "127.0.0.1:0",
+                                                      "--token-file", str(token_file)),
+                                       stdout=log, stderr=log)
+    info = wait_for(lambda: (daemon.state / "daemon.json").exists() and json.loads(
+        (daemon.state / "daemon.json").read_text()), what="daemon start")
+    url = info["listen"]
+    assert b"tok-from-a-file" not in (daemon.state / "daemon.json").read_bytes()
+    assert httpx.get(f"{url}/api/v1/jobs").status_code == 401
+    assert httpx.get(f"{url}/api/v1/jobs", headers={
+        "Authorization": "Bearer tok-from-a-file"}).status_code == 200
+
+    def pipeline(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(daemon.command(*args), capture_output=True, text=True, timeout=30)
+
+    triggered = pipeline("trigger", "a", "--wait", "--token-file", str(token_file))
+    assert triggered.returncode == 0, triggered.stderr
+    refused = pipeline("trigger", "a")
+    assert refused.returncode == 1 and "--token-file" in refused.stderr
+    both = pipeline("trigger", "a", "--token", "x", "--token-file", str(token_file))
+    assert both.returncode == 2 and "not both" in both.stderr
+    # The same address again: the state directory's daemon is named, in one line.
+    port = url.rsplit(":", 1)[1]
+    second = pipeline("serve", "--listen", f"127.0.0.1:{port}")
+    assert second.returncode == 1
+    assert second.stderr == (f"pipeline: another pipeline daemon (pid {daemon.proc.pid}) is "
+                             f"using the state directory {daemon.state}\n")
+    elsewhere = tmp_path / "other-state"
+    third = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--listen",
+                            f"127.0.0.1:{port}", "--jobs-dir", str(daemon.jobs),
+                            "--state-dir", str(elsewhere)], capture_output=True, text=True,
+                           timeout=30)
+    assert third.returncode == 1 and not elsewhere.exists()
+    assert third.stderr == f"pipeline: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert daemon.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -212,7 +213,8 @@ async def test_if_compares_contexts(job_from: JobFrom, tmp_path: Path) -> None:
 async def test_expression_error_fails_that_step_only(job_from: JobFrom, tmp_path: Path) -> None:
     job = job_from("""
         steps:
-          - {id: broken, run: "echo ${{ steps.nothere.outputs.x }}"}
+          - {id: first, run: "true"}
+          - {id: broken, needs: [first], run: "echo ${{ steps.first.outputs.nothere }}"}
           - {id: fine, run: "true"}
     """)
     result, rec = await run(job, tmp_path)
@@ -391,18 +393,30 @@ async def test_missing_secret_fails_the_run_with_a_reason(job_from: JobFrom,
     assert rec.status("a") == "skipped"
 
 
-async def test_log_is_capped_with_a_marker(job_from: JobFrom, tmp_path: Path) -> None:
+async def test_a_capped_log_keeps_its_head_and_its_tail(job_from: JobFrom,
+                                                        tmp_path: Path) -> None:
     job = job_from("""
         steps:
-          - {id: loud, run: "head -c 300000 /dev/zero | tr '\\\\0' x"}
+          - {id: loud, run: "seq 1 300000; echo the error at the end; exit 3"}
     """)
     result, _ = await run(job, tmp_path, log_cap=100_000)
-    assert result.status is RunStatus.SUCCEEDED
-    log = log_of(tmp_path, "loud")
-    assert log.startswith("x" * 1000)
-    assert "[pipeline] log truncated: over 100000 bytes of output" in log
-    assert log.endswith("[pipeline] 200000 bytes discarded\n")
-    assert len(log) < 100_200
+    assert result.status is RunStatus.FAILED
+    printed = ("".join(f"{n}\n" for n in range(1, 300001)) + "the error at the end\n"
+               + "[pipeline] exit status 3\n").encode()
+    log = (tmp_path / "logs/job/20261128T000000-00000001/loud.log").read_bytes()
+    assert not printed[:10_000].endswith(b"\n")  # so the marker gets a line of its own
+    head, rest = log[:10_000], log[10_000:]
+    gap, marker, tail = rest.split(b"\n", 2)
+    assert head == printed[:10_000] and gap == b""
+    assert marker == (f"[pipeline] {len(printed) - 100_000} bytes dropped here: the log keeps "
+                      "the first 10000 and the last 90000 bytes").encode()
+    assert tail == printed[-90_000:]
+    assert len(log) == 100_000 + len(marker) + 2
+    assert sorted(p.name for p in log_of_dir(tmp_path).iterdir()) == ["loud.log"]
+
+
+def log_of_dir(state_dir: Path) -> Path:
+    return state_dir / "logs" / "job" / "20261128T000000-00000001"
 
 
 async def test_a_missing_program_fails_its_step(job_from: JobFrom, tmp_path: Path) -> None:
@@ -481,6 +495,7 @@ async def test_a_stopped_run_still_runs_its_finally_hooks(job_from: JobFrom,
     assert log_of(tmp_path, "note") == "was cancelled\n"
 
 
+@pytest.mark.slow
 async def test_a_kill_ends_finally_hooks_too(job_from: JobFrom, tmp_path: Path) -> None:
     job = job_from("""
         steps:
@@ -549,3 +564,201 @@ async def test_a_retried_error_never_shows_a_secret(job_from: JobFrom, tmp_path:
     for event in rec.events:
         assert "hunter2-SECRET" not in repr(event), event
     assert "login refused for token ***" in (rec.steps()["login"].error or "")
+
+
+def trapping(marker: Path) -> str:
+    """A step's `run:` (as a YAML flow string) that traps TERM, and on it reports, writes
+    ``marker`` and reports again."""
+    return json.dumps(f"trap 'echo got TERM; echo done > {marker}; echo after file; exit 3' "
+                      "TERM; echo before; sleep 30 & wait")
+
+
+async def test_output_after_sigterm_is_logged_before_the_timeout_marker(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned"
+    job = job_from(f"""
+        steps:
+          - id: trapper
+            timeout: 0.5s
+            grace: 5s
+            run: {trapping(marker)}
+    """)
+    _, rec = await run(job, tmp_path)
+    assert rec.status("trapper") == "timed_out"
+    assert marker.read_text() == "done\n"
+    assert log_of(tmp_path, "trapper") == (
+        "before\ngot TERM\nafter file\n[pipeline] timed out after 0.5s\n")
+
+
+async def test_output_after_a_stop_is_logged_before_the_stopped_marker(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned"
+    job = job_from(f"""
+        steps:
+          - id: trapper
+            grace: 5s
+            run: {trapping(marker)}
+    """)
+    handle = RunHandle("20261128T000000-00000001", "job")
+    async with trio.open_nursery() as nursery:
+        async def stop_soon() -> None:
+            await trio.sleep(0.5)
+            handle.stop("stopped by test")
+
+        nursery.start_soon(stop_soon)
+        result, _ = await run(job, tmp_path, handle=handle)
+    assert result.status is RunStatus.CANCELLED
+    assert marker.read_text() == "done\n"
+    assert log_of(tmp_path, "trapper") == (
+        "before\ngot TERM\nafter file\n[pipeline] stopped: stopped by test\n")
+
+
+async def test_a_failed_step_that_printed_nothing_gets_its_exit_marker(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: quiet, run: "exit 7"}
+          - {id: loud, run: "echo oops; exit 2"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert log_of(tmp_path, "quiet") == "[pipeline] exit status 7\n"
+    assert log_of(tmp_path, "loud") == "oops\n[pipeline] exit status 2\n"
+    assert not rec.steps()["quiet"].no_log
+
+
+async def test_each_attempt_gets_its_marker_once(job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: slow
+            timeout: 0.3s
+            grace: 1s
+            retries: {limit: 1, delay: 0s}
+            run: "sleep 30"
+          - id: bad
+            retries: {limit: 1, delay: 0s}
+            exec: [/definitely/not/here]
+    """)
+    result, _ = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert log_of(tmp_path, "slow") == (
+        "[pipeline] timed out after 0.3s; retrying in 0s\n"
+        "[pipeline] attempt 2 of 2\n"
+        "[pipeline] timed out after 0.3s\n")
+    missing = "cannot start '/definitely/not/here': No such file or directory"
+    assert log_of(tmp_path, "bad") == (
+        f"[pipeline] {missing}; retrying in 0s\n[pipeline] attempt 2 of 2\n"
+        f"[pipeline] {missing}\n")
+
+
+async def test_a_missing_working_directory_is_named_as_such(job_from: JobFrom,
+                                                            tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - {id: here, cwd: /no/such/dir, run: "true"}
+          - {id: there, cwd: /no/such/dir, uses: python, with: {callable: "os:getcwd"}}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    for step in ("here", "there"):
+        assert rec.steps()[step].error == "working directory '/no/such/dir' does not exist"
+        assert log_of(tmp_path, step) == (
+            "[pipeline] working directory '/no/such/dir' does not exist\n")
+
+
+async def test_for_each_outputs_are_json_lists_a_join_step_can_read(
+        job_from: JobFrom, tmp_path: Path) -> None:
+    job = job_from("""
+        steps:
+          - id: fe
+            for_each: [a, b, c]
+            run: |
+              echo "upper=$(echo ${{ item }} | tr a-z A-Z)" >> "$PIPELINE_OUTPUT"
+              if [ ${{ item }} != b ]; then echo "odd=yes" >> "$PIPELINE_OUTPUT"; fi
+          - id: join
+            needs: [fe]
+            run: |
+              echo ${{ (steps.fe.outputs.upper | fromjson) | join('+') }}
+              echo '${{ steps.fe.outputs.odd | raw }}'
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.SUCCEEDED, rec.steps()
+    assert rec.steps()["fe"].outputs == {"upper": '["A", "B", "C"]',
+                                         "odd": '["yes", null, "yes"]'}
+    assert log_of(tmp_path, "join") == 'A+B+C\n["yes", null, "yes"]\n'
+    started = [e for e in rec.events if isinstance(e, StepStarted)]
+    assert [(e.step_id, e.item) for e in started if "." in e.step_id] == [
+        ("fe.0", '"a"'), ("fe.1", '"b"'), ("fe.2", '"c"')]
+
+
+async def test_independent_steps_start_in_file_order(job_from: JobFrom,
+                                                     tmp_path: Path) -> None:
+    ids = [f"s{i}" for i in range(8)]
+    job = job_from("steps:\n" + "".join(f"  - {{id: {i}, run: 'true'}}\n" for i in ids)
+                   + "  - {id: last, needs: [s0, s7], run: 'true'}\n")
+    for _ in range(5):  # trio shuffles the order of tasks made ready together
+        _, rec = await run(job, tmp_path)
+        assert [e.step_id for e in rec.events if isinstance(e, StepStarted)] == [*ids, "last"]
+
+
+async def test_job_outputs_come_from_the_steps_and_are_masked(job_from: JobFrom,
+                                                              tmp_path: Path) -> None:
+    job = job_from("""
+        secrets:
+          TOKEN: {env: THE_TOKEN}
+        outputs:
+          greeting: "${{ steps.greet.outputs.greeting }}"
+          count: "${{ steps.greet.outputs.n | int + 1 }}"
+          token: "t=${{ secrets.TOKEN }}"
+        steps:
+          - id: greet
+            run: |
+              echo "greeting=hello" >> "$PIPELINE_OUTPUT"
+              echo "n=41" >> "$PIPELINE_OUTPUT"
+        on_success:
+          - {id: hook, run: "echo greeting=changed >> $PIPELINE_OUTPUT"}
+    """)
+    result, rec = await run(job, tmp_path, environ={"THE_TOKEN": "hunter2-SECRET",
+                                                    "PATH": os.environ["PATH"]})
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.outputs == {"greeting": "hello", "count": "42", "token": "t=***"}
+    finished = rec.events[-1]
+    assert isinstance(finished, RunFinished) and finished.outputs == result.outputs
+
+
+async def test_a_job_output_that_cannot_be_evaluated_fails_the_run(job_from: JobFrom,
+                                                                   tmp_path: Path) -> None:
+    job = job_from("""
+        outputs:
+          fine: "${{ steps.a.outputs.x }}"
+          broken: "${{ steps.a.outputs.missing }}"
+        steps:
+          - {id: a, run: "echo x=1 >> $PIPELINE_OUTPUT"}
+        on_failure:
+          - {id: alert, run: "true"}
+    """)
+    result, rec = await run(job, tmp_path)
+    assert result.status is RunStatus.FAILED
+    assert result.reason is not None and result.reason.startswith("output broken:")
+    assert result.outputs == {"fine": "1"}
+    assert rec.status("alert") == "succeeded"
+
+
+async def test_a_for_each_item_from_a_secret_is_recorded_masked(job_from: JobFrom,
+                                                                tmp_path: Path) -> None:
+    job = job_from("""
+        secrets:
+          TOKEN: {env: THE_TOKEN}
+        steps:
+          - id: fe
+            for_each: ${{ [secrets.TOKEN, 'plain'] }}
+            run: echo "seen=${{ item }}" >> "$PIPELINE_OUTPUT"
+    """)
+    result, rec = await run(job, tmp_path, environ={"THE_TOKEN": "hunter2-SECRET",
+                                                    "PATH": os.environ["PATH"]})
+    assert result.status is RunStatus.SUCCEEDED
+    for event in rec.events:
+        assert "hunter2-SECRET" not in repr(event), event
+    started = [e for e in rec.events if isinstance(e, StepStarted) and "." in e.step_id]
+    assert [e.item for e in started] == ['"***"', '"plain"']
+    assert rec.steps()["fe"].outputs == {"seen": '["***", "plain"]'}

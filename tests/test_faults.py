@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from loguru import logger
 
 from pipeline import faults, process, spec, triggers
 from pipeline.daemon import prune_forever
@@ -330,10 +331,15 @@ def test_a_job_edited_while_the_disk_is_full_does_not_bring_the_daemon_down(
 
 
 @pytest.mark.timeout(60)
-def test_retention_on_a_full_disk_does_not_end_the_daemon(tmp_path: Path) -> None:
+def test_retention_on_a_full_disk_skips_and_prunes_once_there_is_room(tmp_path: Path) -> None:
+    """The retention task meets a full disk: it warns and tries again (a StateError ending it
+    would end the daemon's nursery), and prunes on the first pass after space is freed."""
     state = tmp_path / "state"
     job = spec.load_job(_write(tmp_path / "a.yaml",
                                "history: {keep_runs: 1}\nsteps:\n  - {id: s, run: 'true'}\n"))
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING",
+                      filter="pipeline.daemon")
     try:
         with small_fs(state, 4):
             store = SqliteStore.open(state)
@@ -346,21 +352,41 @@ def test_retention_on_a_full_disk_does_not_end_the_daemon(tmp_path: Path) -> Non
                                   RunFinished(run_id, RunStatus.SUCCEEDED, now)])
                 truncate_wal(state)
                 filler = fill(state)
+                # What prune_forever reads of the daemon: its store, state and jobs.
                 catalog = SimpleNamespace(jobs={"a": job})
                 daemon = SimpleNamespace(store=store, state_dir=state, catalog=catalog)
+                passes: list[tuple[int, int]] = []  # (warnings so far, runs kept) at each pass
+                stop = trio.CancelScope()
+
+                def clock() -> datetime:  # asked once at the start of each pass
+                    passes.append((len(warnings), store.count_runs(job="a")))
+                    if len(passes) == 3:
+                        filler.unlink()  # room again
+                    elif len(passes) == 4:
+                        stop.cancel()
+                    return now
 
                 async def main() -> None:
-                    with trio.move_on_after(1.0):
-                        await prune_forever(daemon, every=0.2)  # type: ignore[arg-type]
+                    with trio.fail_after(20), stop:
+                        await prune_forever(daemon, every=0.2,  # type: ignore[arg-type]
+                                            clock=clock)
 
                 try:
                     trio.run(main)
                 finally:
-                    filler.unlink()
+                    filler.unlink(missing_ok=True)
+                # Two passes met the full disk, each with a warning; the third pruned.
+                assert passes == [(0, 5), (1, 5), (2, 5), (2, 1)], passes
+                assert all(w.startswith("retention skipped: cannot write ") and "full" in w
+                           for w in warnings), warnings
+                assert [r.id for r in store.runs(job="a", limit=10)] == [
+                    "20261128T000000-00000004"]
             finally:
                 store.close()
     except Unavailable as exc:
         _skip_unless_small_fs(exc)
+    finally:
+        logger.remove(sink)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -395,7 +421,7 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
         time.sleep(0.2)
     at = (utc_now() + timedelta(seconds=2)).replace(microsecond=0)
     driver.job("big", {"schedule": {"at": at.isoformat()}, "steps": [
-        {"id": "out", "run": f"head -c {size} /dev/zero"}]})
+        {"id": "out", "run": f"head -c {size} /dev/zero; printf END"}]})
     time.sleep(max(0.0, (at - utc_now()).total_seconds() - 0.6))
     baseline = rss_kib(life.pid)
     assert baseline is not None
@@ -438,14 +464,17 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
     assert run["status"] == "succeeded", run
     started, ended = parse_time(run["started_at"]), parse_time(run["finished_at"])
     assert started is not None and ended is not None
-    # The log holds the cap, the truncation marker and the count of what was dropped.
+    # The log holds the head and the tail of the cap, with the count of what was dropped
+    # between them.
     log = driver.state_dir / f"logs/big/{run['id']}/out.log"
-    tail = f"\n[pipeline] log truncated: over {cap} bytes of output\n" \
-           f"[pipeline] {size - cap} bytes discarded\n".encode()
-    assert log.stat().st_size == cap + len(tail)
+    head, tail = cap // 10, cap - cap // 10
+    marker = (f"\n[pipeline] {size + 3 - cap} bytes dropped here: the log keeps the first "
+              f"{head} and the last {tail} bytes\n").encode()
+    assert log.stat().st_size == cap + len(marker)
     with log.open("rb") as f:
-        assert f.read(cap) == bytes(cap)
-        assert f.read() == tail
+        assert f.read(head) == bytes(head)
+        assert f.read(len(marker)) == marker
+        assert f.read() == bytes(tail - 3) + b"END"
     slowest = max((t1 - t0).total_seconds() for t0, t1, _ in probe.http)
     grew = (max(probe.rss) - baseline) / 1024
     during = [a for a in probe.http if started <= a[0] and a[1] <= ended]
@@ -466,7 +495,7 @@ def test_huge_output_is_capped_memory_stays_flat_and_answers_go_on(driver: Drive
     assert not lasting_zombies(life.pid)
 
 
-def test_the_truncation_marker_is_written_when_output_reaches_the_cap_exactly(
+def test_the_cap_marker_is_written_when_output_reaches_the_cap_exactly(
         tmp_path: Path) -> None:
     """Output that reaches the cap at a chunk boundary (64 KiB pipe reads, a 10 MiB cap) is
     cut with the marker too, not only a chunk that straddles the cap (a bug found here)."""
@@ -475,8 +504,8 @@ def test_the_truncation_marker_is_written_when_output_reaches_the_cap_exactly(
     log.output(b"0123456789")  # exactly the cap
     log.output(b"abc")
     log.close()
-    assert path.read_bytes() == (b"0123456789\n[pipeline] log truncated: over 10 bytes of "
-                                 b"output\n[pipeline] 3 bytes discarded\n")
+    assert path.read_bytes() == (b"0\n[pipeline] 3 bytes dropped here: the log keeps the "
+                                 b"first 1 and the last 9 bytes\n456789abc")
 
 
 def test_500_sequential_runs_leave_no_zombies(tmp_path: Path) -> None:

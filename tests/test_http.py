@@ -34,6 +34,9 @@ from pipeline.statedir import new_run_id
 from pipeline.store import SqliteStore
 from pipeline.watch import Catalog
 
+# Every test here but one starts the daemon's parts on the real clock (open_daemon).
+pytestmark = pytest.mark.slow
+
 JOBS = {
     "hello.yaml": """
 name: hello
@@ -636,3 +639,76 @@ async def test_lists_catch_up_with_runs_started_elsewhere(daemon: Daemon) -> Non
         assert after["last_run"]["id"] == dispatched.run_id
         listed = (await http.get("/api/v1/runs", params={"job": "hello"})).json()
         assert listed["runs"][0]["id"] == dispatched.run_id
+
+
+async def test_a_run_answer_carries_the_jobs_outputs_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_TEST_TOKEN", "hunter2-SECRET")
+    jobs = {"out.yaml": """
+name: out
+secrets:
+  TOKEN: {env: HTTP_TEST_TOKEN}
+outputs:
+  greeting: "${{ steps.greet.outputs.greeting }}"
+  leak: "${{ secrets.TOKEN }}"
+steps:
+  - id: greet
+    run: echo "greeting=hello" >> "$PIPELINE_OUTPUT"
+"""}
+    async with open_daemon(tmp_path, jobs=jobs) as started, client(started) as http:
+        run_id = (await http.post("/api/v1/jobs/out/runs")).json()["run_id"]
+        run = await wait_run(http, run_id)
+        assert run["status"] == "succeeded"
+        assert run["outputs"] == {"greeting": "hello", "leak": "***"}
+        listed = (await http.get("/api/v1/runs", params={"job": "out"})).json()["runs"]
+        assert listed[0]["outputs"] == run["outputs"]
+
+
+DEPLOY = """
+name: deploy
+params:
+  target: {type: string, enum: [prod, staging], default: staging}
+  count: {type: integer, default: 1}
+secrets:
+  API_KEY: {env: TEST_DEPLOY_KEY}
+steps:
+  - id: go
+    run: echo "to ${{ params.target }} x${{ params.count }} with ${{ secrets.API_KEY }}"
+"""
+
+
+def run_again_button(page: str) -> tuple[str, str]:
+    """The run page's "Run again" button: where it posts, and the body it sends (as the
+    page's script does: ``data-body``, else ``{}``)."""
+    import html
+    import re
+
+    button = re.search(r"<button ([^>]*)>Run again</button>", page)
+    assert button, "no Run again button"
+    attributes = {name: double or single for name, double, single in re.findall(
+        r'([\w-]+)=(?:"([^"]*)"|\'([^\']*)\')', button.group(1))}
+    return html.unescape(attributes["data-post"]), html.unescape(
+        attributes.get("data-body", "{}"))
+
+
+async def test_run_again_keeps_the_params_and_shows_no_secret(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cr3t-Deploy-Key-9931"
+    monkeypatch.setenv("TEST_DEPLOY_KEY", secret)
+    async with open_daemon(tmp_path, jobs={"deploy.yaml": DEPLOY}) as daemon, \
+            client(daemon) as http:
+        first = (await http.post("/api/v1/jobs/deploy/runs",
+                                 json={"params": {"target": "prod", "count": 3}})).json()
+        await wait_run(http, first["run_id"])
+        page = (await http.get(f"/runs/{first['run_id']}")).text
+        assert secret not in page
+        url, body = run_again_button(page)
+        assert json.loads(body) == {"params": {"target": "prod", "count": 3}}
+        assert "***" not in body  # secrets are not params: nothing masked to send back
+        again = await http.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert again.status_code == 202, again.text
+        rerun = await wait_run(http, again.json()["run_id"])
+        assert rerun["status"] == "succeeded"
+        assert rerun["params"] == {"target": "prod", "count": 3}
+        log = (await http.get(rerun["steps"][0]["log_url"])).text
+        assert log == "to prod x3 with ***\n"  # the secret was read anew, and masked

@@ -101,6 +101,7 @@ async def test_timeout_terminates_the_whole_group() -> None:
     assert process.group_members(pids_file[0]) == []
 
 
+@pytest.mark.slow
 async def test_a_step_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     script = "trap '' TERM; echo ready; while true; do sleep 0.05; done"
     chunks: list[bytes] = []
@@ -179,3 +180,31 @@ def test_start_time_identifies_a_process() -> None:
     assert isinstance(me, int) and me > 0
     assert process.start_time(2**22 + 12345) is None
     assert process.environ_of(os.getpid()).get("PATH") == os.environ.get("PATH")
+
+
+@pytest.mark.slow
+async def test_output_written_after_sigterm_reaches_the_caller(tmp_path: Path) -> None:
+    """A step that traps TERM and reports on its way out: every byte it writes until it
+    exits is passed on, not only what came before the signal."""
+    marker = tmp_path / "cleaned"
+    script = (f"trap 'echo got TERM; echo done > {marker}; sleep 0.2; echo after file; exit 3'"
+              " TERM; echo ready; sleep 30 & wait")
+    chunks: list[bytes] = []
+    with trio.move_on_after(0.5) as scope:
+        await process.run_group(["bash", "-c", script], env=ENV, cwd=None,
+                                output=chunks.append, grace=5)
+    assert scope.cancelled_caught
+    assert marker.read_text() == "done\n"
+    assert b"".join(chunks) == b"ready\ngot TERM\nafter file\n"
+
+
+@pytest.mark.slow
+async def test_output_until_the_sigkill_after_the_grace_reaches_the_caller() -> None:
+    script = ("trap 'echo got TERM; echo still cleaning' TERM; echo ready; "
+              "while true; do sleep 0.05; done")
+    chunks: list[bytes] = []
+    with trio.move_on_after(0.3):
+        await process.run_group(["bash", "-c", script], env=ENV, cwd=None,
+                                output=chunks.append, grace=0.5)
+    out = b"".join(chunks)  # bash may also report its killed sleep ("Terminated")
+    assert out.startswith(b"ready\n") and b"got TERM\nstill cleaning\n" in out

@@ -86,11 +86,14 @@ class World:
     def fired(self, job: str = "job") -> list[float]:
         """Fire times of runs that ran, as seconds after BASE."""
         return sorted((r.fire_time - BASE).total_seconds() for r in self.runs(job)
-                      if r.fire_time and r.status is not RunStatus.SKIPPED)
+                      if r.fire_time and r.status is not RunStatus.SKIPPED
+                      and r.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP))
 
     def skipped(self, job: str = "job") -> list[tuple[float, str]]:
-        return sorted(((r.fire_time - BASE).total_seconds() if r.fire_time else -1,
-                       r.reason or "") for r in self.runs(job) if r.status is RunStatus.SKIPPED)
+        return sorted(((r.fire_time - BASE).total_seconds()
+                       if r.fire_time and r.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
+                       else -1, r.reason or "")
+                      for r in self.runs(job) if r.status is RunStatus.SKIPPED)
 
 
 @pytest.fixture
@@ -156,7 +159,7 @@ async def test_replace_cancels_the_active_run_then_starts(world: World,
     runs = world.runs()
     assert len(runs) == 2
     assert runs[0].status is RunStatus.CANCELLED
-    assert runs[1].status in (RunStatus.RUNNING, RunStatus.CANCELLED)  # cancelled: shutdown
+    assert runs[1].status is RunStatus.INTERRUPTED  # cut off by the daemon's shutdown
     assert runs[0].reason is not None and runs[0].reason.startswith("replaced by run")
     assert runs[1].started_at is not None and runs[0].finished_at is not None
     assert runs[1].started_at >= runs[0].finished_at
@@ -193,8 +196,9 @@ async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: M
         await trio.sleep(3)
     fired = world.fired()
     assert fired[0] == 10
-    assert fired[1] == 3610  # the newest fire runs; it is only seconds late
+    assert fired[1] == 3610  # the newest missed fire runs, as a catch-up
     assert len(fired) == 2
+    assert world.runs()[-1].trigger is Trigger.CATCHUP
     skipped = world.skipped()
     assert len(skipped) == 359  # 20 .. 3600: recorded, not silently dropped
     assert all("superseded" in why for _, why in skipped)
@@ -212,13 +216,59 @@ async def test_restart_after_downtime_catchup_none_and_all(tmp_path: Path,
         world.offset += 125  # down for two minutes: 20 .. 140 are due at once on restart
         async with world.daemon(job):
             await trio.sleep(1)
-        if policy == "none":  # the newest fire is on time; the others were missed
-            assert world.fired() == [10, 140]
+        if policy == "none":  # every fire that came due while it was down was missed; 140
+            assert world.fired() == [10, 140]  # comes due at the very instant of the start
             assert [t for t, _ in world.skipped()] == list(range(20, 140, 10))
-            assert "catchup: none" in world.skipped()[0][1]
+            assert all(why == "missed while the daemon was down (catchup: none)"
+                       for _, why in world.skipped())
         else:  # every missed fire runs, one after another, in order
             assert world.fired() == list(range(10, 150, 10)), str(world.fired())
             assert world.skipped() == []
+
+
+@pytest.mark.parametrize("policy", ["none", "latest", "all"])
+async def test_a_fire_due_while_no_daemon_ran_is_left_to_catchup_however_recent(
+        tmp_path: Path, mock_clock: MockClock, policy: str) -> None:
+    """Stopped across one fire and back 5 s after it: not an on-time fire (issue 9.4)."""
+    mock_clock.autojump_threshold = 0.005
+    world = World(tmp_path)
+    job = world.job(EVERY_10S % (policy, "0s"))
+    async with world.daemon(job):
+        await trio.sleep(15)  # 10
+    world.offset += 10  # down from 15 to 25: the fire at 20 came due meanwhile
+    async with world.daemon(job):
+        await trio.sleep(1)
+    runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
+    assert set(runs) == {10, 20}
+    if policy == "none":
+        assert runs[20].status is RunStatus.SKIPPED
+        assert runs[20].reason == "missed while the daemon was down (catchup: none)"
+    else:
+        assert runs[20].status is RunStatus.SUCCEEDED
+        assert runs[20].trigger is Trigger.CATCHUP
+
+
+async def test_misfire_grace_covers_only_a_stall_while_running(tmp_path: Path,
+                                                               mock_clock: MockClock) -> None:
+    mock_clock.autojump_threshold = 0.005
+    for grace, expect in (("60s", Trigger.SCHEDULE), ("5s", None)):
+        world = World(tmp_path / grace)
+        job = world.job(f"""
+            schedule: {{every: 10s, catchup: none, misfire_grace: {grace}}}
+            steps:
+              - {{id: s, uses: sleep, with: {{duration: 0s}}}}
+        """)
+        async with world.daemon(job):
+            await trio.sleep(12)  # 10
+            world.offset += 15  # the loop stalls from 12 to 27: the fire at 20 is 7-9 s late
+            await trio.sleep(2)
+        runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
+        if expect is None:  # past its grace: catchup none decides
+            assert runs[20].status is RunStatus.SKIPPED, grace
+            assert runs[20].reason == "missed while the daemon stalled (catchup: none)"
+        else:
+            assert runs[20].status is RunStatus.SUCCEEDED, grace
+            assert runs[20].trigger is expect
 
 
 async def test_a_fire_is_never_run_twice_across_a_crash(world: World,
@@ -411,3 +461,28 @@ async def test_no_new_run_starts_once_the_daemon_is_stopping(world: World,
     assert late.status is RunStatus.SKIPPED and late.reason == "the daemon is shutting down"
     record = world.store.run(first.run_id)
     assert record is not None and record.status is RunStatus.SUCCEEDED
+
+
+async def test_a_triggered_run_has_the_instant_it_was_asked_for(world: World,
+                                                                mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job) as scheduler:
+        await trio.sleep(20)  # wall 20: the scheduled fire at 20 is made too
+        asked = world.now()
+        dispatched = await scheduler.trigger("job")
+        await trio.sleep(1)
+    run = world.store.run(dispatched.run_id)
+    assert run is not None and run.fire_time == asked
+    assert world.fired() == [10, 20]
+
+
+async def test_runs_cut_off_by_a_shutdown_are_interrupted(world: World,
+                                                         mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "1h"))
+    async with world.daemon(job, grace=5):
+        await trio.sleep(12)
+    [listed] = world.runs()
+    run = world.store.run(listed.id)
+    assert run is not None and run.status is RunStatus.INTERRUPTED
+    assert run.reason == "the daemon stopped while it ran"
+    assert run.steps[0].status.value == "cancelled"

@@ -185,6 +185,7 @@ def _load_anything(tmp_path: Path, text: str) -> None:
 FUZZ = int(os.environ.get("PIPELINE_FUZZ_EXAMPLES", "250"))
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ, deadline=2000,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=400))
@@ -192,6 +193,7 @@ def test_random_text_gives_a_job_or_problems(tmp_path: Path, text: str) -> None:
     _load_anything(tmp_path, text)
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ, deadline=2000,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=mutated_jobs())
@@ -565,7 +567,8 @@ def test_secrets(tmp_path: Path) -> None:
 
 
 def test_step_keys(tmp_path: Path) -> None:
-    job = load(tmp_path, """steps:
+    job = load(tmp_path, """params: {file: /tmp/x, go: "no"}
+steps:
   - id: dump
     name: Dump the database
     run: pg_dump > /tmp/x
@@ -591,7 +594,8 @@ def test_step_keys(tmp_path: Path) -> None:
     uses: sleep
     with: {duration: 1s}
   - id: dynamic
-    for_each: ${{ fromjson(steps.dump.outputs.list) }}
+    needs: [dump]
+    for_each: ${{ steps.dump.outputs.list | fromjson }}
     if: false
     run: echo ${{ item }}
 """)
@@ -611,8 +615,8 @@ def test_step_keys(tmp_path: Path) -> None:
     assert isinstance(ping.with_["headers"], MappingProxyType)
     assert (each.for_each, each.max_parallel, each.if_) == (
         ("eu", MappingProxyType({"name": "us"})), 2, "params.go == 'yes'")
-    assert (dynamic.for_each, dynamic.if_) == ("fromjson(steps.dump.outputs.list)", "false")
-    assert [s.line for s in job.steps] == [2, 11, 15, 20, 26]
+    assert (dynamic.for_each, dynamic.if_) == ("steps.dump.outputs.list | fromjson", "false")
+    assert [s.line for s in job.steps] == [3, 12, 16, 21, 27]
 
 
 def test_hook_lists(tmp_path: Path) -> None:

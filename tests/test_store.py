@@ -744,3 +744,45 @@ def test_process_identity_follows_a_child_until_it_exits(tmp_path: Path) -> None
 @pytest.mark.parametrize("identity", ["", "abc", "12", ":5", "-1:5", "0:0", "1.5:3", "x:y"])
 def test_malformed_identities_are_not_alive(identity: str) -> None:
     assert not identity_alive(identity)
+
+
+def test_only_scheduled_fires_are_keyed_by_their_instant(store: SqliteStore) -> None:
+    """A manual run carries the instant it was asked for, but never takes a fire's slot."""
+    assert store.record([
+        queued(1, fire=at(60), trigger=Trigger.MANUAL),
+        queued(2, fire=at(60), trigger=Trigger.API),
+        queued(3, fire=at(60)),  # the scheduled fire at the same instant still runs
+        queued(4, fire=at(60), trigger=Trigger.CATCHUP),  # but only once
+    ]) == {rid(4)}
+    assert store.fires_after("j", at(0)) == {at(60)}
+    manual = store.run(rid(1))
+    assert manual is not None and manual.fire_time == at(60)
+
+
+def test_a_run_keeps_its_outputs_and_an_instance_its_item(tmp_path: Path) -> None:
+    """A database made before outputs existed takes the migration and keeps its runs."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, path, MIGRATIONS[:1])
+    conn.execute("INSERT INTO runs (id, job, status, trigger, queued_at) "
+                 f"VALUES ('{rid(1)}', 'j', 'succeeded', 'manual', '{at(1).isoformat()}')")
+    conn.close()
+    store = SqliteStore.open(tmp_path)
+    try:
+        old = store.run(rid(1))
+        assert old is not None and old.outputs == {}
+        store.record([queued(2), RunStarted(rid(2), at(2)),
+                      StepStarted(rid(2), "fe", 1, at(2), ""),
+                      StepStarted(rid(2), "fe.0", 1, at(2), "logs/x", item='{"a": 1}'),
+                      StepFinished(rid(2), "fe.0", StepStatus.SUCCEEDED, at(3),
+                                   outputs={"n": "1"}),
+                      StepFinished(rid(2), "fe", StepStatus.SUCCEEDED, at(3),
+                                   outputs={"n": '["1"]'}),
+                      RunFinished(rid(2), RunStatus.SUCCEEDED, at(4),
+                                  outputs={"total": "1"})])
+        run = store.run(rid(2))
+        assert run is not None and run.outputs == {"total": "1"}
+        assert [(s.id, s.item) for s in run.steps] == [("fe", None), ("fe.0", '{"a": 1}')]
+        assert store.runs()[0].outputs == {"total": "1"}
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ import pytest
 from croniter import croniter
 
 from pipeline.model import Schedule, ScheduleKind
+from pipeline.spec import load_job
 from pipeline.triggers import (
     describe,
     fires_between,
@@ -121,6 +122,7 @@ def croniter_fires(text: str, start: datetime, count: int) -> list[datetime]:
     return [walker.get_next(datetime) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_fires_agree_with_croniter_on_random_expressions() -> None:
     rng = random.Random(20260501)
     compared = 0
@@ -519,6 +521,30 @@ def test_at_fires_once_when_in_the_future() -> None:
     # A time without an offset is a wall time in the schedule's zone.
     naive = next_fire(at(datetime(2026, 7, 1, 9, 0), "Europe/Berlin"), moment - timedelta(days=300))
     assert naive is not None and naive.isoformat() == "2026-07-01T09:00:00+02:00"
+
+
+def test_an_at_time_in_a_dst_gap_fires_at_the_end_of_the_gap_as_cron_does(
+        tmp_path: Path) -> None:
+    # Europe/Berlin skips 02:00-03:00 on 2026-03-29. "30 2 * * *" fires at 03:00 that day
+    # (cron's rule, CONTRACT §2); an `at:` of 02:30 without an offset must fire there too,
+    # not at 03:30 (02:30 read with the winter offset). A repeated time is its first pass.
+    path = tmp_path / "gap.yaml"
+    path.write_text("schedule:\n"
+                    "  - {at: '2026-03-29T02:30:00', timezone: Europe/Berlin}\n"
+                    "  - {at: '2026-10-25T02:30:00', timezone: Europe/Berlin}\n"
+                    "  - {cron: '30 2 29 3 *', timezone: Europe/Berlin}\n"
+                    "steps:\n  - {id: a, run: 'true'}\n")
+    gap, repeated, daily = load_job(path).schedules
+    after = iso("2026-03-01T00:00:00+00:00")
+    assert isos([next_fire(gap, after)]) == ["2026-03-29T03:00:00+02:00"]  # type: ignore[list-item]
+    assert next_fire(gap, after) == next_fire(daily, after)
+    assert isos([next_fire(repeated, after)]) == ["2026-10-25T02:30:00+02:00"]  # type: ignore[list-item]
+    assert describe(gap) == "at 2026-03-29T03:00:00+02:00"
+    found, _ = fires_between([gap], after, iso("2026-04-01T00:00:00+00:00"))
+    assert isos(found) == ["2026-03-29T03:00:00+02:00"]
+    # With an offset, a time is an instant, whatever the zone does.
+    assert isos(next_fires([at(iso("2026-03-29T02:30:00+01:00"), "Europe/Berlin")], after, 1)) \
+        == ["2026-03-29T03:30:00+02:00"]
 
 
 def test_merged_schedules_are_sorted_with_shared_instants_once() -> None:

@@ -45,10 +45,10 @@ from pipeline.http.guard import (
     parse_listen,
 )
 from pipeline.http.openapi import openapi_document
-from pipeline.http.server import serve_http
+from pipeline.http.server import listen_socket, serve_http
 
 __all__ = [
     "MAX_AGE", "MAX_BODY", "REBUILD", "SESSION_COOKIE", "ApiError", "Guard", "ListenRefused",
     "RecentAnswers", "StatusApp", "check_listen", "create_app", "is_loopback",
-    "openapi_document", "parse_listen", "serve_http",
+    "listen_socket", "openapi_document", "parse_listen", "serve_http",
 ]

@@ -69,7 +69,7 @@ def _schemas() -> dict[str, Any]:
         "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
         "started_at": time, "finished_at": time, "duration_s": _nullable(number),
         "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
-        "log": _nullable(text), "log_url": _nullable(text)}}
+        "log": _nullable(text), "log_url": _nullable(text), "item": text}}
     run_fields = {
         "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": run_status,
         "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
@@ -78,7 +78,8 @@ def _schemas() -> dict[str, Any]:
         "version": _nullable({"type": "object", "properties": {
             "sha256": text, "git_commit": _nullable(text), "git_blob": _nullable(text),
             "git_dirty": _nullable({"type": "boolean"})}}),
-        "reason": _nullable(text), "parent_run_id": _nullable(text)}
+        "reason": _nullable(text), "parent_run_id": _nullable(text),
+        "outputs": {"type": "object", "additionalProperties": text}}
     run_required = ["id", "job", "status", "trigger", "fire_time", "queued_at", "started_at",
                     "finished_at", "duration_s", "params", "version", "reason"]
     return {

@@ -15,6 +15,8 @@ from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
 from pipeline.http.guard import check_listen, parse_listen
 
+BACKLOG = 128
+
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon
 
@@ -34,55 +36,53 @@ def _hypercorn_log() -> logging.Logger:
     return log
 
 
-def _first_os_error(exc: BaseException) -> OSError | None:
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_os_error(inner)
-            if found is not None:
-                return found
-    return None
+def listen_socket(listen: str) -> socket.socket:
+    """A socket bound to ``listen`` and listening: what ``serve_http`` serves on.
+
+    ``pipeline serve`` binds it before it touches the state directory, so a taken address
+    costs nothing but one line. Raises ``ListenRefused`` for a malformed address and
+    ``PipelineError`` (``cannot listen on HOST:PORT: address already in use``) when the
+    address cannot be bound.
+    """
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise PipelineError(f"cannot listen on {listen}: {reason[:1].lower()}{reason[1:]}",
+                            ) from None
+    return sock
 
 
 async def serve_http(daemon: Daemon, *, listen: str, token: str | None = None,
+                     sock: socket.socket | None = None,
                      task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the API and the status page on ``listen`` until cancelled.
+    """Serve the API and the status page on ``sock`` (default: one bound to ``listen`` now)
+    until cancelled; the socket is closed on the way out.
 
     ``task_status.started`` gets the bound address as a URL (``http://127.0.0.1:PORT``, with
     the real port when port 0 was asked). Raises ``ListenRefused`` for an address
     ``check_listen`` refuses and ``PipelineError`` when the address cannot be bound.
     """
     check_listen(listen, token)
-    host, port = parse_listen(listen)
-    await trio.to_thread.run_sync(_probe, host, port, listen)
+    if sock is None:
+        sock = await trio.to_thread.run_sync(listen_socket, listen)
     config = Config()
-    config.bind = [listen]
+    # Hypercorn takes the bound socket over by its descriptor (and closes it when it stops);
+    # it never binds anything itself, so it cannot fail on the address.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.backlog = BACKLOG
     config.accesslog = None
     config.errorlog = _hypercorn_log()
     config.include_server_header = False
     config.graceful_timeout = 2.0
     app = cast(Any, create_app(daemon, token=token))
-    bound = _Bound(task_status, token)
-    try:
-        await hypercorn_serve(app, config, mode="asgi", task_status=bound)
-    except (OSError, ExceptionGroup) as exc:  # hypercorn's nurseries wrap its bind error
-        error = None if bound.url else _first_os_error(exc)
-        if error is None:
-            raise
-        raise PipelineError(f"cannot listen on {listen}: {error.strerror or error}") from None
-
-
-def _probe(host: str, port: int, listen: str) -> None:
-    """Bind once ourselves first: a clear error for a taken or foreign address (hypercorn's
-    own failed socket would be left open)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        raise PipelineError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    await hypercorn_serve(app, config, mode="asgi", task_status=_Bound(task_status, token))
 
 
 class _Bound(trio.TaskStatus[list[str]]):

@@ -65,7 +65,7 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> Mapping[str, Any] | 
                                            grace=ctx.grace, hurry=ctx.hurry)
         except OSError as exc:
             # Names the missing file: the interpreter, or the step's cwd.
-            raise RunnerError(f"cannot start the function's process: {exc}") from None
+            raise RunnerError(process.start_failure(exc, argv[0], ctx.cwd)) from None
         finally:
             lines.flush()
         outcome = _read_outcome(result_file)

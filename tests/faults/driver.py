@@ -348,8 +348,8 @@ class Driver:
     def fires_after(self, job: str, after: datetime, *, finished: bool = True,
                     ) -> list[dict[str, Any]]:
         """Runs of ``job`` for fires after ``after`` (finished ones only, by default)."""
-        rows = [r for r in self.runs(job) if r["fire_time"]
-                and parse_time(r["fire_time"]) > after]  # type: ignore[operator]
+        rows = [r for r in self.runs(job) if r["fire_key"]
+                and parse_time(r["fire_key"]) > after]  # type: ignore[operator]
         if finished:
             rows = [r for r in rows if r["status"] not in ("queued", "running")]
         return rows

@@ -118,11 +118,11 @@ def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
                     f"run {run['id']} ({run['job']}) is {run['status']} but its owner "
                     f"{owner} is dead")
 
-    # 3. One run per fire.
+    # 3. One run per fire (a scheduled fire's identity is its key; manual runs have none).
     fires: dict[tuple[str, datetime], list[str]] = defaultdict(list)
     for run in runs:
-        if run["fire_time"] is not None:
-            fires[(run["job"], _time(run["fire_time"]))].append(run["id"])
+        if run["fire_key"] is not None:
+            fires[(run["job"], _time(run["fire_key"]))].append(run["id"])
     for (job, at), ids in fires.items():
         if len(ids) > 1:
             report.violations.append(f"fire {job}@{at.isoformat()} has {len(ids)} runs: {ids}")

@@ -1,0 +1,145 @@
+"""The watched jobs directory: names, last good versions, symlinks, and the watcher itself.
+
+Real files in tmp_path, a real SQLite store: a catalog made again on the same store is what a
+daemon restart sees.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import trio
+
+from pipeline.store import SqliteStore
+from pipeline.watch import Catalog, watch_jobs
+
+JOB = """
+name: {name}
+schedule: every 10s
+steps:
+  - {{id: s, run: echo {word}}}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def catalog(jobs: Path, store: SqliteStore | None) -> Catalog:
+    found = Catalog(jobs, store=store)
+    found.scan()
+    return found
+
+
+def test_a_new_file_never_takes_over_a_name_while_running(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "child.yaml", JOB.format(name="child", word="original"))
+    store = SqliteStore.open(tmp_path / "state")
+    running = catalog(jobs, store)
+    assert running.files == {str(jobs / "child.yaml"): "child"}
+    # Sorts before child.yaml: alphabetical order must not decide.
+    write(jobs / "a-impostor.yaml", JOB.format(name="child", word="impostor"))
+    assert running.scan()
+    assert running.files == {str(jobs / "child.yaml"): "child"}
+    assert "original" in running.jobs["child"].steps[0].run  # type: ignore[operator]
+    [problem] = running.problems[str(jobs / "a-impostor.yaml")]
+    assert problem.line == 2 and "already used by" in problem.message
+    assert str(jobs / "child.yaml") in problem.message
+    assert str(jobs / "child.yaml") not in running.problems
+
+
+def test_the_holder_keeps_its_name_across_a_restart(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "child.yaml", JOB.format(name="child", word="original"))
+    store = SqliteStore.open(tmp_path / "state")
+    catalog(jobs, store)
+    write(jobs / "a-impostor.yaml", JOB.format(name="child", word="impostor"))
+    restarted = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert restarted.files == {str(jobs / "child.yaml"): "child"}
+    assert str(jobs / "a-impostor.yaml") in restarted.problems
+
+
+def test_without_history_the_first_file_in_path_order_wins(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "b.yaml", JOB.format(name="same", word="b"))
+    write(jobs / "a.yaml", JOB.format(name="same", word="a"))
+    found = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert found.files == {str(jobs / "a.yaml"): "same"}
+
+
+def test_the_last_good_version_keeps_firing_across_a_restart(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    path = write(jobs / "st.yaml", JOB.format(name="st", word="good"))
+    catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    path.write_text("name: st\nsteps: [oops\n")  # YAML that does not parse
+    restarted = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert "good" in restarted.jobs["st"].steps[0].run  # type: ignore[operator]
+    assert restarted.stale == {"st": str(path)}
+    assert restarted.problems[str(path)]  # the file's errors are shown all the same
+    # Fixed: the new version runs and becomes the one remembered.
+    write(path, JOB.format(name="st", word="fixed"))
+    assert restarted.scan()
+    assert restarted.stale == {}
+    again = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert "fixed" in again.jobs["st"].steps[0].run  # type: ignore[operator]
+
+
+def test_a_removed_file_is_forgotten(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    path = write(jobs / "gone.yaml", JOB.format(name="gone", word="x"))
+    store = SqliteStore.open(tmp_path / "state")
+    running = catalog(jobs, store)
+    path.unlink()
+    assert running.scan()
+    assert running.jobs == {}
+    assert store.definitions() == {}
+    # Another file may now take the name.
+    write(jobs / "new.yaml", JOB.format(name="gone", word="y"))
+    assert catalog(jobs, SqliteStore.open(tmp_path / "state")).files == {
+        str(jobs / "new.yaml"): "gone"}
+
+
+def test_definitions_are_kept_relative_to_the_jobs_directory(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "sub" / "x.yaml", JOB.format(name="x", word="x"))
+    store = SqliteStore.open(tmp_path / "state")
+    catalog(jobs, store)
+    assert set(store.definitions()) == {os.path.join("sub", "x.yaml")}
+
+
+def test_symlinked_folders_are_followed_each_real_folder_once(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    outside = tmp_path / "elsewhere"
+    write(outside / "linked.yaml", JOB.format(name="linked", word="x"))
+    jobs.mkdir()
+    (jobs / "team").symlink_to(outside, target_is_directory=True)
+    (jobs / "team-again").symlink_to(outside, target_is_directory=True)
+    (outside / "loop").symlink_to(jobs, target_is_directory=True)  # a cycle ends
+    found = catalog(jobs, None)
+    assert list(found.jobs) == ["linked"]
+    assert found.problems == {}
+
+
+async def test_watch_jobs_reports_a_new_file(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    found = Catalog(jobs)
+    found.scan()
+    changed = trio.Event()
+
+    async def on_change() -> None:
+        changed.set()
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: watch_jobs(
+            found, on_change, stop=stop, task_status=task_status))
+        write(jobs / "new.yaml", JOB.format(name="new", word="x"))
+        with trio.fail_after(10):
+            await changed.wait()
+        stop.set()
+    assert list(found.jobs) == ["new"]
