@@ -1,6 +1,6 @@
 """``bin/bench``: run the benchmarks, print the tables, write BENCHMARKS.md.
 
-    bin/bench                 everything, peers included (installed on first use), ≈ 40 min
+    bin/bench                 everything, peers included (installed on first use), ≈ 30 min
     bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
     bin/bench --only real     one group (or several: --only real,burst,cpu); see GROUPS
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
