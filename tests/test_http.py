@@ -533,7 +533,8 @@ async def test_status_page_and_run_page(daemon: Daemon) -> None:
         link = f'href="/runs/{run_id}"'
         assert index.text.count(link) == 2  # the job's last run, and among the recent runs
         filtered = (await http.get("/", params={"job": "hello"})).text
-        assert "Recent runs of hello" in filtered and filtered.count(link) == 1
+        assert 'Recent runs of <a href="/jobs/hello">hello</a>' in filtered
+        assert filtered.count(link) == 1
         page = await http.get(f"/runs/{run_id}")
         assert page.status_code == 200
         for text in ("boom", "about to fail", "failed", "exit 3"[:4]):
