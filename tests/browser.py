@@ -137,9 +137,9 @@ class Tab:
     async def html(self) -> str:
         return str(await self.evaluate("document.documentElement.outerHTML"))
 
-    async def wait_for(self, expression: str, *, timeout: float = 10.0) -> Any:
-        """Poll ``expression`` until it is truthy; its value."""
-        with trio.fail_after(timeout):
+    async def wait_for(self, expression: str, *, within: float = 10.0) -> Any:
+        """Poll ``expression`` until it is truthy (for at most ``within`` seconds)."""
+        with trio.fail_after(within):
             while True:
                 value = await self.evaluate(expression)
                 if value:
@@ -168,7 +168,7 @@ class Tab:
                 "x": 0, "y": 0, "width": viewport["clientWidth"],
                 "height": min(content["height"], 6000), "scale": 1})
         answer = await self.call("Page.captureScreenshot", **params)
-        path.write_bytes(base64.b64decode(answer["data"]))
+        await trio.Path(path).write_bytes(base64.b64decode(answer["data"]))
 
 
 @asynccontextmanager
@@ -176,7 +176,7 @@ async def open_browser(profile: Path) -> AsyncIterator[Tab]:
     """A fresh headless Chromium (its profile in ``profile``) with one tab; ended on exit."""
     if CHROMIUM is None:
         raise BrowserError("chromium is not installed (apt-get install chromium)")
-    profile.mkdir(parents=True, exist_ok=True)
+    await trio.Path(profile).mkdir(parents=True, exist_ok=True)
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     # The browser wants the pipes as its descriptors 3 and 4: bash puts them there (dash

@@ -128,7 +128,8 @@ steps:
     timeout: soon
 """
 
-BROKEN = "name: half-done\nschedule: every 1 hour\nsteps:\n  - id: a\n    run: echo hi\n    needs: [b]\n"
+BROKEN = ("name: half-done\nschedule: every 1 hour\nsteps:\n  - id: a\n    run: echo hi\n"
+          "    needs: [b]\n")
 
 JOBS = {"backup.yaml": BACKUP, "report.yaml": REPORT, "sync.yaml": FAILS,
         "cleanup.yaml": CLEANUP, "half-done.yaml": BROKEN}
@@ -232,7 +233,7 @@ async def main(out: Path) -> None:
 
     from tests.browser import open_browser
 
-    out.mkdir(parents=True, exist_ok=True)
+    await trio.Path(out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pipeline-screens-") as tmp:
         async with staged(Path(tmp)) as stage, open_browser(Path(tmp) / "profile") as tab:
             for path in await shoot(tab, stage, out):

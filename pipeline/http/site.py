@@ -69,6 +69,7 @@ JOBS_PER_PAGE = 100
 RUNS_PER_PAGE = 25
 STRIP = 50  # runs in a job's strip
 CHART = 100  # runs in its duration chart
+NODE_NAMES_FOR = 30.0  # seconds a read of the nodes' names serves
 MAX_MARKER_SCAN = 16 * 1024 * 1024  # bytes of a retried step's log read for attempt times
 JOB_STATES = ("paused", "stale", "circuit open", "disabled", "never ran")
 
@@ -142,6 +143,7 @@ class Site:
     def __init__(self, app: StatusApp) -> None:
         self.app = app
         self.assets = load_assets()
+        self._names: tuple[float, dict[str, str]] | None = None
         self.asset_version = hashlib.sha256(
             "".join(a.digest for a in self.assets.values()).encode()).hexdigest()[:12]
 
@@ -177,8 +179,15 @@ class Site:
             "Cache-Control": "public, max-age=31536000, immutable", "ETag": asset.digest})
 
     def node_names(self) -> dict[str, str]:
-        """Node id -> name, for the runs' "node" (store thread)."""
-        return {n.id: n.name for n in self.app.daemon.store.nodes()}
+        """Node id -> name, for the runs' "node" (store thread). Read at most every
+        ``NODE_NAMES_FOR`` seconds: names do not change, and ``Store.nodes`` counts each
+        node's running runs, which can cost a scan of the history."""
+        lease = self.app.daemon.lease.node
+        known = self._names
+        if known is None or time.monotonic() - known[0] > NODE_NAMES_FOR:
+            known = self._names = (time.monotonic(), {
+                n.id: n.name for n in self.app.daemon.store.nodes()})
+        return {**known[1], lease.id: lease.name}
 
     # -- the index --------------------------------------------------------------------------
 
@@ -248,7 +257,8 @@ class Site:
                         for v in views if not v["valid"]],
             "runs": run_views, "total": total, "more": more, "offset": offset,
             "limit": RUNS_PER_PAGE, "job_filter": runs_job, "name_filter": name_filter,
-            "status": status, "since_filter": since_text, "run_statuses": [str(s) for s in RunStatus],
+            "status": status, "since_filter": since_text,
+            "run_statuses": [str(s) for s in RunStatus],
             "job_states": JOB_STATES,
             "show_nodes": len({r.node for r in runs if r.node}) > 1
             or self.app.daemon.store.shared,

@@ -6,6 +6,7 @@
     startup      ``pipeline --help`` vs ``python -c 'import click'``
     serve        the daemon: fire lateness and CPU (vs a bare loop and APScheduler 3), memory,
                  the HTTP API under load
+    pages        the status pages' server time with 1,000 jobs and 100,000 runs
     peers        the separate environment (.bench-venv) for Luigi and Prefect 3
     report       BENCHMARKS.md
     __main__     ``python -m tests.bench [--quick] [--only ...]``

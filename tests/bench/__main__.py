@@ -4,6 +4,7 @@
     bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
     bin/bench --only dag,firing
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
+    bin/bench --only pages    the status pages' server time over 100,000 runs
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from tests.bench import dags, report, serve, startup, torture, validate
+from tests.bench import dags, pages, report, serve, startup, torture, validate
 from tests.bench.harness import (
     ROOT,
     BenchError,
@@ -35,7 +36,7 @@ from tests.bench.harness import (
 )
 from tests.bench.peers import ensure_peers
 
-GROUPS = ("startup", "validate", "dag", "memory", "api", "firing", "torture")
+GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "torture")
 
 
 def interrupted(signum: int, _: FrameType | None) -> None:
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "dag": lambda: dags.run(ctx, peers),
             "memory": lambda: serve.memory(ctx),
             "api": lambda: serve.api(ctx),
+            "pages": lambda: pages.run(ctx),
             "firing": lambda: serve.lateness(ctx),
             "torture": lambda: torture.run(ctx),
         }
