@@ -24,6 +24,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     store, versions, journal     SQLite state; which version of a job ran; the one writer
                                  between events and the store (group commit)
     scheduler, watch, metrics    the daemon loop; the watched jobs directory; Prometheus figures
+    ansi                         pure: terminal colours in step logs as safe HTML
+    sdnotify                     telling systemd the daemon is ready, stopping, alive
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, recovery, signals, shutdown)
     cli                          the one place that wires real objects together

@@ -401,6 +401,30 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
                    .rstrip())
 
 
+# -- shell completion (pipeline completion SHELL) ------------------------------------------
+
+
+def complete_job(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_jobs
+
+    return complete_jobs(ctx.ensure_object(Settings).jobs_dir, incomplete)
+
+
+def complete_run(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_runs
+
+    settings = ctx.ensure_object(Settings)
+    return complete_runs(settings.state_dir, settings.store_url, incomplete)
+
+
+def complete_step(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_steps
+
+    settings = ctx.ensure_object(Settings)
+    return complete_steps(settings.state_dir, settings.store_url, ctx.params.get("run_id"),
+                          incomplete)
+
+
 # -- validate, schema, graph --------------------------------------------------------------
 
 
@@ -479,7 +503,7 @@ def schema(settings: Settings, runner: str | None) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
               show_default=True)
 @dirs
@@ -495,7 +519,7 @@ def graph(settings: Settings, job: str, fmt: str) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the resolved commands.")
@@ -594,7 +618,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any], *,
 
 
 @main.command()
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.option("--status", type=click.Choice(RUN_STATES))
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -637,7 +661,7 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @dirs
 @pass_settings
@@ -677,8 +701,8 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_id")
-@click.argument("step", required=False)
+@click.argument("run_id", shell_complete=complete_run)
+@click.argument("step", required=False, shell_complete=complete_step)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the run is active.")
 @dirs
 @pass_settings
@@ -972,7 +996,7 @@ def parse_time(text: str, zone: Any) -> datetime:
 
 
 @main.command(name="next")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-n", "count", type=click.IntRange(1, 10000), default=5, show_default=True)
 @click.option("--after", "after", metavar="TIME", help="ISO 8601 time [default: now]")
 @dirs
@@ -1115,7 +1139,7 @@ def server_options(command: Any) -> Any:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it "
@@ -1149,7 +1173,7 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run)
 @server_options
 @dirs
 @pass_settings
@@ -1210,3 +1234,22 @@ def migrate(settings: Settings) -> None:
         store.close()
     click.echo(f"the store is at schema version {version}")
 
+
+# -- shell completion ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL: job names, run ids and step ids on Tab.
+
+    \b
+    bash:  echo 'eval "$(pipeline completion bash)"' >> ~/.bashrc
+    zsh:   echo 'eval "$(pipeline completion zsh)"' >> ~/.zshrc
+    fish:  pipeline completion fish > ~/.config/fish/completions/pipeline.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the choice is click's own shells
+    click.echo(completer(main, {}, "pipeline", "_PIPELINE_COMPLETE").source())
