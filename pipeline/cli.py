@@ -886,6 +886,9 @@ def check_jobs_dir(settings: Settings) -> None:
 @click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
               metavar="HOST:PORT", help="HTTP address of the status page and API.")
 @click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
+@click.option("--read-only", is_flag=True,
+              help="Serve the status page and API for looking only: the pages show no "
+                   "control, and every POST and DELETE is refused (403).")
 @token_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
@@ -907,7 +910,8 @@ def check_jobs_dir(settings: Settings) -> None:
               help="Runs this node holds at once [default: unlimited].")
 @dirs
 @pass_settings
-def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
+def serve(settings: Settings, grace: str, listen: str, no_http: bool, read_only: bool,
+          token: str | None,
           token_file: str | None, log_format: str, log_level: str, node_name: str | None,
           labels: str, roles: str, lease: str, max_runs: int | None) -> None:
     """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP.
@@ -960,7 +964,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
             raise
 
         async def serve_http(d: daemon.Daemon, *, task_status: Any) -> None:
-            await http_server(d, listen=listen, token=token, sock=sock,
+            await http_server(d, listen=listen, token=token, sock=sock, read_only=read_only,
                               task_status=task_status)
 
     try:

@@ -158,7 +158,8 @@ class Tab:
         await self.call("Input.dispatchKeyEvent", type="keyDown", **common)
         await self.call("Input.dispatchKeyEvent", type="keyUp", **common)
 
-    async def screenshot(self, path: Path, *, full_page: bool = True) -> None:
+    async def screenshot(self, path: Path, *, full_page: bool = True,
+                         max_height: int = 6000) -> None:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             metrics = await self.call("Page.getLayoutMetrics")
@@ -166,7 +167,7 @@ class Tab:
             viewport = metrics["cssLayoutViewport"]
             params.update(captureBeyondViewport=True, clip={
                 "x": 0, "y": 0, "width": viewport["clientWidth"],
-                "height": min(content["height"], 6000), "scale": 1})
+                "height": min(content["height"], max_height), "scale": 1})
         answer = await self.call("Page.captureScreenshot", **params)
         await trio.Path(path).write_bytes(base64.b64decode(answer["data"]))
 

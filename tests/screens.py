@@ -223,7 +223,8 @@ async def shoot(tab: Tab, stage: Staged, out: Path,
             for name in names:
                 await tab.goto(stage.base + pages(stage)[name], settle=0.3)
                 path = out / f"{name}-{size}-{'dark' if dark else 'light'}.png"
-                await tab.screenshot(path, full_page=name != "run-live")
+                # The whole page, down to where the index's list of runs gets repetitive.
+                await tab.screenshot(path, max_height=1800)
                 taken.append(path)
     return taken
 

@@ -116,7 +116,8 @@ def write_jobs(root: Path, jobs: Mapping[str, str]) -> tuple[Path, Path]:
 
 @asynccontextmanager
 async def open_daemon(root: Path, *, token: str | None = None,
-                      jobs: Mapping[str, str] = JOBS) -> AsyncIterator[Daemon]:
+                      jobs: Mapping[str, str] = JOBS,
+                      read_only: bool = False) -> AsyncIterator[Daemon]:
     """The daemon's real parts (``daemon.open_daemon``) with HTTP on a free port; without the
     directory watcher, whose shutdown takes seconds (watchfiles' thread)."""
     jobs_dir, state_dir = write_jobs(root, jobs)
@@ -126,7 +127,8 @@ async def open_daemon(root: Path, *, token: str | None = None,
         async with daemon_parts(jobs_dir=jobs_dir, state_dir=state_dir, store=store,
                                 runners=runners) as daemon, trio.open_nursery() as inner:
             daemon.listen = await inner.start(partial(serve_http, daemon,
-                                                      listen="127.0.0.1:0", token=token))
+                                                      listen="127.0.0.1:0", token=token,
+                                                      read_only=read_only))
             try:
                 yield daemon
             finally:
