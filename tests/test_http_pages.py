@@ -216,7 +216,12 @@ async def test_assets_and_the_content_security_policy(tmp_path: Path) -> None:
         policy = (await http.get("/", headers=bearer())).headers["content-security-policy"]
         assert "script-src 'self';" in policy  # no inline script runs
         assert "<script>" not in page and "onclick" not in page
-        assert (await http.get("/", headers=bearer())).headers["cache-control"] == "no-store"
+        index = await http.get("/", headers=bearer())
+        assert index.headers["cache-control"] == "no-store"
+        # Pages travel packed to a client that takes it (a run's logs: hundreds of KB).
+        assert index.headers["content-encoding"] == "gzip" and "<main" in index.text
+        unpacked = await http.get("/", headers={**bearer(), "Accept-Encoding": "identity"})
+        assert "content-encoding" not in unpacked.headers and "<main" in unpacked.text
 
 
 async def test_read_only_shows_no_control_and_refuses_changes(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -424,7 +424,7 @@ class StatusApp:
     # -- pages (the rest are the Site's) ------------------------------------------------------
 
     async def _html(self, template: str, context: Mapping[str, Any],
-                    status: int = 200) -> HTMLResponse:
+                    status: int = 200) -> Response:
         return await self.site.html(template, context, status)
 
     async def login(self, request: Request) -> Response:

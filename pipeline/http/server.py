@@ -11,6 +11,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 
+from pipeline import page
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
 from pipeline.http.guard import check_listen, parse_listen
@@ -83,6 +84,7 @@ async def serve_http(daemon: Daemon, *, listen: str, token: str | None = None,
     config.include_server_header = False
     config.graceful_timeout = 2.0
     app = cast(Any, create_app(daemon, token=token, read_only=read_only))
+    await trio.to_thread.run_sync(page.warm)
     await hypercorn_serve(app, config, mode="asgi", task_status=_Bound(task_status, token))
 
 

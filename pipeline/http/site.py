@@ -14,9 +14,10 @@ once the app has that route.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -65,10 +66,11 @@ PAGE_REFRESH = 5  # seconds between live updates of the index; a live run page: 
 RUN_PAGE_REFRESH = 2
 PAGE_LOG_TAIL = 48 * 1024  # of each step's log shown on the run page
 LOG_FRAGMENT = 64 * 1024  # the most one ask for a log's next lines returns
-JOBS_PER_PAGE = 100
+JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 25
 STRIP = 50  # runs in a job's strip
 CHART = 100  # runs in its duration chart
+GZIP_FROM = 4096  # bytes of HTML worth packing
 NODE_NAMES_FOR = 30.0  # seconds a read of the nodes' names serves
 MAX_MARKER_SCAN = 16 * 1024 * 1024  # bytes of a retried step's log read for attempt times
 JOB_STATES = ("paused", "stale", "circuit open", "disabled", "never ran")
@@ -163,12 +165,26 @@ class Site:
         return {key: not self.app.read_only and self.app.offered(*route)
                 for key, route in OPERATOR_ROUTES.items()}
 
-    async def html(self, template: str, context: Mapping[str, Any],
-                   status: int = 200) -> HTMLResponse:
+    async def html(self, template: str, context: Mapping[str, Any], status: int = 200,
+                   request: Request | None = None) -> Response:
+        """``template`` rendered (in a worker thread), gzipped for a client that takes it."""
         values = {"assets": self.asset_version, "read_only": self.app.read_only,
                   "offers": self.offers(), **context}
-        text = await trio.to_thread.run_sync(page.render, template, values)
-        return HTMLResponse(text, status_code=status)
+        packs = request is not None and "gzip" in request.headers.get("accept-encoding", "")
+
+        def render() -> tuple[bytes, bool]:
+            body = page.render(template, values).encode()
+            if packs and len(body) > GZIP_FROM:
+                # A run's logs make a few hundred KB of HTML, a tenth of that packed: what a
+                # phone on a slow link notices. Level 1: most of the gain, little CPU.
+                return gzip.compress(body, compresslevel=1, mtime=0), True
+            return body, False
+
+        body, packed = await trio.to_thread.run_sync(render)
+        headers = {"Vary": "Accept-Encoding"}
+        if packed:
+            headers["Content-Encoding"] = "gzip"
+        return HTMLResponse(body, status_code=status, headers=headers)
 
     async def asset(self, request: Request) -> Response:
         asset = self.assets.get(request.path_params["name"])
@@ -178,11 +194,14 @@ class Site:
         return Response(asset.body, media_type=asset.media_type, headers={
             "Cache-Control": "public, max-age=31536000, immutable", "ETag": asset.digest})
 
-    def node_names(self) -> dict[str, str]:
-        """Node id -> name, for the runs' "node" (store thread). Read at most every
-        ``NODE_NAMES_FOR`` seconds: names do not change, and ``Store.nodes`` counts each
-        node's running runs, which can cost a scan of the history."""
+    def node_names(self, runs: Sequence[RunRecord]) -> dict[str, str]:
+        """Node id -> name, for the ``runs``' "node" (store thread). This node's name is
+        known; the others' are read at most every ``NODE_NAMES_FOR`` seconds: names do not
+        change, and ``Store.nodes`` counts each node's running runs, which can cost a scan
+        of the history."""
         lease = self.app.daemon.lease.node
+        if all(r.node in (None, lease.id) for r in runs):
+            return {lease.id: lease.name}
         known = self._names
         if known is None or time.monotonic() - known[0] > NODE_NAMES_FOR:
             known = self._names = (time.monotonic(), {
@@ -224,7 +243,7 @@ class Site:
         if runs_job is None and name_filter in named:
             runs_job = name_filter
 
-        def read() -> tuple[list[RunRecord], int | None, int, dict[str, str]]:
+        def read() -> tuple[list[RunRecord], int | None, dict[str, str]]:
             store = self.app.daemon.store
             found = store.runs(job=runs_job, status=run_status, since=since,
                                limit=RUNS_PER_PAGE + 1, offset=offset)
@@ -233,10 +252,13 @@ class Site:
             # are more.
             total = (store.count_runs(job=runs_job) if run_status is None and since is None
                      else None)
-            failed = store.count_runs(status=RunStatus.FAILED, since=day_ago)
-            return found, total, failed, self.node_names()
+            return found, total, self.node_names(found)
 
-        runs, total, failed, nodes = await self.app.store(read)
+        runs, total, nodes = await self.app.store(read)
+        # Like the lists of the API, shared by the requests of the next moments.
+        failed = await self.app.recent.get("failed_24h", partial(
+            self.app.store, self.app.daemon.store.count_runs, status=RunStatus.FAILED,
+            since=day_ago))
         more = len(runs) > RUNS_PER_PAGE
         runs = runs[:RUNS_PER_PAGE]
         jobs = [v for v in views if v["name"] is not None]
@@ -250,7 +272,7 @@ class Site:
         loaded = self.app.daemon.catalog.jobs
         words = {v["name"]: "; ".join(triggers.in_words(s) for s in loaded[v["name"]].schedules)
                  for v in page_jobs if v["name"] in loaded}
-        return await self.html("index.html", {
+        return await self.html("index.html", request=request, context={
             "jobs": page_jobs, "words": words, "jobs_total": len(jobs),
             "jobs_shown": len(shown), "jobs_from": jobs_from, "jobs_per_page": JOBS_PER_PAGE,
             "invalid": [{**v, "page_name": v["name"] or _stem_name(v["file"])}
@@ -303,13 +325,12 @@ class Site:
         job = catalog.jobs.get(name)
         offers = self.offers()
 
-        def read() -> tuple[list[RunRecord], int, list[Any], dict[str, str]]:
+        def read() -> tuple[list[RunRecord], int, list[Any]]:
             store = self.app.daemon.store
             decisions = store.decisions(name, limit=20) if offers["decisions"] else []
-            return (store.runs(job=name, limit=CHART), store.count_runs(job=name), decisions,
-                    self.node_names())
+            return store.runs(job=name, limit=CHART), store.count_runs(job=name), decisions
 
-        runs, total, decisions, nodes = await self.app.store(read)
+        runs, total, decisions = await self.app.store(read)
         file = catalog.stale.get(name) or (job.file if job else None)
         if file is None:  # a file that never loaded: its job would take the file's name
             file = next((f for f in catalog.problems
@@ -322,7 +343,7 @@ class Site:
         scheduler_next = self.app.daemon.scheduler.next_fire(name) if job else None
         fires = next_fires(job, now) if job else []
         strip = [run_as_dict(r, steps=False) for r in reversed(runs[:STRIP])]
-        return await self.html("job.html", {
+        return await self.html("job.html", request=request, context={
             "name": name, "job": view, "loaded": job is not None,
             "words": [triggers.in_words(s) for s in job.schedules] if job else [],
             "fires": fires, "next_fire": scheduler_next,
@@ -334,7 +355,6 @@ class Site:
             "file_shown": _shown(file, self.app.daemon.jobs_dir) if file else None,
             "decisions": decisions,
             "facts": self._job_facts(job) if job else {},
-            "node_names": nodes,
             "refresh": PAGE_REFRESH if view and view["active_runs"] else 0,
         })
 
@@ -368,7 +388,8 @@ class Site:
         grep = (request.query_params.get("grep") or "").strip()[:200] or None
 
         def read() -> tuple[RunRecord | None, dict[str, str]]:
-            return self.app.daemon.store.run(run_id), self.node_names()
+            record = self.app.daemon.store.run(run_id)
+            return record, self.node_names([record] if record else [])
 
         record, nodes = await self.app.store(read)
         if record is None:
@@ -399,7 +420,7 @@ class Site:
                                "outputs": {}, "log_url": None, "started_at": None}
                               for i in pending]
         view["node_name"] = nodes.get(record.node or "", record.node)
-        return await self.html("run.html", {
+        return await self.html("run.html", request=request, context={
             "run": view, "logs": logs, "grep": grep or "",
             "timeline": timeline(record, now, found, pending),
             "graph": graph(record.document or {}, statuses, counts),
