@@ -282,3 +282,31 @@ def test_the_file_with_its_errors_at_their_lines() -> None:
     assert [p.message for p in lines[3].errors] == ["expected a duration",
                                                     "somewhere after the end"]
     assert all(not line.errors for line in lines[:3])
+
+
+def test_the_index_marks_paused_and_stale_jobs() -> None:
+    """A job view with ``paused`` (the API's field, CONTRACT §5) is marked and counted; the
+    index renders without it too (a daemon that has no pauses yet)."""
+    from pipeline import page
+
+    def view(name: str, **extra: object) -> dict[str, object]:
+        return {"name": name, "file": f"{name}.yaml", "valid": True, "errors": [],
+                "stale": False, "description": None, "enabled": True, "schedule": None,
+                "next_fire_time": None, "last_run": None, "active_runs": 0, "queued_runs": 0,
+                "circuit": "closed", **extra}
+
+    jobs = [view("held", paused=True, paused_reason="db migration"), view("old", stale=True),
+            view("plain")]
+    text = page.render("index.html", {
+        "jobs": jobs, "words": {}, "jobs_total": 3, "jobs_shown": 3, "jobs_from": 0,
+        "jobs_per_page": 50, "invalid": [], "runs": [], "total": 0, "more": False,
+        "offset": 0, "limit": 25, "job_filter": None, "name_filter": "", "status": "",
+        "since_filter": "", "run_statuses": [], "job_states": [], "show_nodes": False,
+        "stats": {"jobs": 3, "queued": 0, "running": 0, "failed_24h": 0, "invalid": 0,
+                  "circuits_open": 0, "paused": 1, "stale": 1},
+        "daemon": {"started_at": T0.isoformat(), "jobs_dir": "jobs.d",
+                   "journal_healthy": True, "journal_failure": None},
+        "refresh": 5, "read_only": False, "offers": {}, "assets": "x"})
+    assert '<span class="badge s-paused" title="db migration">paused</span>' in text
+    assert text.count("s-paused") == 1 and text.count('class="badge s-stale"') == 1
+    assert 'href="/?status=paused#jobs"><b>1</b><span>paused</span>' in text

@@ -109,6 +109,9 @@ async def test_a_person_uses_the_pages(tmp_path: Path) -> None:
             await tab.wait_for("document.querySelector('h1 .badge').textContent === "
                                "'cancelled'", within=15)
             assert await tab.evaluate("window.kept") == "this page"  # never reloaded
+            # The followed log got its last lines too, written as the step was stopped.
+            await tab.wait_for("[...document.querySelectorAll('#log-crunch .ln')].some(l => "
+                               "l.textContent.startsWith('[pipeline] stopped'))", within=10)
             assert await tab.evaluate("document.querySelector('main').dataset.refresh") == "0"
 
             # The filter box hides the lines that do not match, as one types.

@@ -118,9 +118,9 @@
     for (const child of [...fresh.children]) {
       const kept = child.id && document.getElementById(child.id);
       if (kept && old.contains(kept)) {
-        for (const name of ["data-state", "data-src"]) {
-          if (child.hasAttribute(name)) kept.setAttribute(name, child.getAttribute(name));
-        }
+        // A step that ended since: its last lines are still to be read, once.
+        const ended = kept.dataset.state === "running" && child.dataset.state === "done";
+        kept.dataset.state = ended ? "finishing" : (child.dataset.state || kept.dataset.state);
         const summary = kept.querySelector("summary"), freshSummary = child.querySelector("summary");
         if (summary && freshSummary) summary.innerHTML = freshSummary.innerHTML;
         old.appendChild(kept);
@@ -185,7 +185,8 @@
     if (pulling || document.hidden) return;
     pulling = true;
     try {
-      for (const log of $$("#logs details.log[data-state=running]")) await pull(log);
+      for (const log of $$("#logs details.log[data-state=running], "
+                           + "#logs details.log[data-state=finishing]")) await pull(log);
       filter();
       if (followBox && followBox.checked) {
         const running = document.querySelector("#logs details.log[data-state=running]");

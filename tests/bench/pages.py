@@ -211,9 +211,9 @@ def run(ctx: Context) -> list[Row]:
         f"**Status pages** — {written:,} runs of {JOBS:,} jobs seeded through the store in "
         f"{seeded:.0f} s; once the daemon had settled ({settled:.0f} s after it answered), "
         f"each page asked for {reps} times, one request at a time, over "
-        "HTTP, gzip accepted as browsers do; the figure is the answer's `Server-Timing` (the "
-        "route's own time, store reads, rendering and packing included). p95 / first request after start (templates not yet "
-        "compiled, lists not yet built) / median round trip: " + "; ".join(
+        "HTTP, gzip accepted as browsers do; the figure is the answer's `Server-Timing` "
+        "(the route's own time, store reads, rendering and packing included). p95 / first "
+        "request after start (lists not yet built) / median round trip: " + "; ".join(
             f"{name} {percentile(server[name], 0.95):.1f} / {cold[name]:.1f} / "
             f"{sorted(trip[name])[len(trip[name]) // 2]:.1f} ms" for name in pages) + ".")
     for name, path in pages.items():
