@@ -11,24 +11,42 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  masking, the step graph (graphlib)
     yamlsafe, notation           pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions; durations, times, schedule strings
+    schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
+                                 `file:` globs; the `after:` job-to-job graph
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, checks              what a schema cannot express: what each expression may look
                                  up where it is written; needs, cycles, cron, zones, ...
+    settings                     the jobs directory's settings file (kind: settings) -> Settings;
+                                 its defaults merged into jobs; values jobs and settings share
     spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
     process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
-                                 directory's layout, lock and owners; step runners (a registry
-                                 keyed by name, plus entry points)
+                                 directory's layout, lock and process identities; step runners
+                                 (a registry keyed by name, plus entry points)
+    policy                       pure: what to do with a fire (start, queue, replace, skip, not
+                                 made, and why); what catching up makes of missed fires
     steplog, engine, plan, live  a step's log and outputs; one run = one trio nursery, steps
                                  are tasks in it; the dry-run plan; `pipeline run`'s live view
-    store, versions, journal     SQLite state; which version of a job ran; the one writer
-                                 between events and the store (group commit)
-    scheduler, watch, metrics    the daemon loop; the watched jobs directory; Prometheus figures
+    store/ (protocol, sql,       the state of jobs, runs, nodes and decisions: one protocol,
+      sqlite, postgres)          the shared SQL, one module per backend
+    versions, journal            which version of a job ran; the one writer between events
+                                 and the store (group commit)
+    nodes, recovery              this process as a node (identity, lease, watchdog, fencing);
+                                 taking back the runs of lost nodes
+    worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
+      metrics, operate,          (claims fires); the watched jobs directory; Prometheus
+      foreground                 figures; pause, resume, backfill, rerun, why; `pipeline run`
+    notify                       notifications: webhook, Slack, email, ping, command; retried,
+                                 never blocking, pending ones saved across restarts
+    filewatch                    `file:` schedules: files that settled under their globs
     ansi                         pure: terminal colours in step logs as safe HTML
     sdnotify                     telling systemd the daemon is ready, stopping, alive
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
-                                 daemon's life (lock, recovery, signals, shutdown)
+                                 daemon's life (lock, parts, signals, shutdown)
     cli                          the one place that wires real objects together
+
+docs/architecture.md tells how a fire becomes a run and how one daemon on SQLite and a
+cluster of daemons on PostgreSQL run the same code.
 """
 
 __version__ = "0.1.0"

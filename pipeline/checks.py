@@ -18,24 +18,41 @@ The same lookup under ``| default`` or an ``is defined`` test does not fail, so 
 warning. Each is reported where it is written inside its string (``Document`` marks point at
 the string's start; the file's text gives the column of the lookup itself).
 
+Notifications (``notify:``) are templates rendered when one is sent, with ``secrets``,
+``params``, ``job`` and ``run`` (no step is there for them); an ``email`` target needs the
+settings file's ``smtp:``. A ``pool:`` must name a pool of the settings file, asking for no
+more slots than it has. Both are judged only when the settings are known (``settings``): a
+single file checked on its own does not know them. ``check_settings`` checks the settings
+file itself (its defaults' durations and notify templates).
+
 Warnings are for what loads and runs but is likely a mistake: an ``at:`` in the past (it
 never fires), a ``jitter`` longer than its ``every:`` interval. ``every:`` below one second
 and retry delays over a day are errors (retry limits over 100 the schema refuses).
+
+Schedules: a calendar's dates and cron expressions must read, its window must not end before
+it begins, and a calendar under which the schedule can never fire (an exclude list that
+removes every fire, a window that holds none) is an error; one that has only run out (a
+window that ended) is a warning. A ``file:`` glob must be one (``pipeline.globs``); a folder
+it names that is missing or unreadable is a warning, because that is the machine's state, not
+the file's. Keys of time schedules (``jitter``, ``exclude``...) on an event entry are errors,
+as is an ``after:`` naming its own job (other jobs are judged across files, by ``spec``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline import dag, expr, params, triggers
+from pipeline import dag, expr, globs, params, schedules, triggers
 from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
-from pipeline.model import JOB_NAME, ScheduleKind
+from pipeline.model import JOB_NAME, ScheduleKind, Settings
 from pipeline.notation import (
     local_zone,
     parse_duration,
@@ -48,6 +65,7 @@ from pipeline.schema import PATTERN_WORDS, dotted
 from pipeline.yamlsafe import Document, JsonPath, Mark, show
 
 _STEP_TEMPLATES = frozenset({"run", "exec", "with", "cwd"})
+NOTIFY_KINDS = frozenset({"webhook", "slack", "email", "ping", "command"})
 MIN_INTERVAL = 1.0  # seconds; a shorter every: is a typo (250ms for 250s), and a busy loop
 MAX_RETRY_DELAY = 86400.0  # a step that waits over a day to retry holds its run for that long
 
@@ -61,17 +79,47 @@ class Findings:
 
 
 def check(document: Document, reported: Iterable[JsonPath], file_stem: str, *,
-          text: str = "", now: datetime | None = None) -> Findings:
+          text: str = "", now: datetime | None = None,
+          settings: Settings | None = None, folder: str | None = None) -> Findings:
     """Every problem in ``document.data`` the schema cannot see, located, with its message.
 
     Paths in ``reported`` already have a message (from YAML or the schema) and get no other;
     ``file_stem`` is the job's name when the document sets none. ``text`` is the file's text
     (what ``document`` was parsed from), to place a message on an expression inside a string;
     without it a message points at the string. ``now``: what "in the past" is measured from
-    (None: no such warning).
+    (None: no such warning). ``settings``: the jobs directory's settings, against which pools,
+    email targets and notify secrets are judged (None: not known, not judged). ``folder``: the
+    job file's folder, which ``file:`` globs are read against and looked for (None: only their
+    syntax is checked).
     """
-    checks = _Checks(document, reported, text, now)
+    checks = _Checks(document, reported, text, now, settings, folder)
     checks.run(document.data, file_stem)
+    return Findings(checks.found, checks.warned)
+
+
+def check_settings(document: Document, reported: Iterable[JsonPath], *,
+                   text: str = "") -> Findings:
+    """What the settings file's schema cannot see: its defaults' zone and durations, and the
+    templates of its default notify targets, which may read the secrets it declares (and
+    ``params``, ``job``, ``run``: not judged here, a job's params vary)."""
+    checks = _Checks(document, reported, text, None, None)
+    checks.names.params = None
+    checks.names.declarer = "the settings file"
+    data = document.data
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        zone_name = defaults.get("timezone")
+        if isinstance(zone_name, str):
+            try:
+                zone(zone_name)
+            except ValueError as exc:
+                checks.report(("defaults", "timezone"), str(exc))
+        checks.duration(defaults.get("timeout"), ("defaults", "timeout"), positive=True)
+        checks.retries(defaults.get("retries"), ("defaults", "retries"))
+        checks.history(defaults.get("history"), ("defaults", "history"))
+        smtp = data.get("smtp")
+        checks.notify(defaults.get("notify"), ("defaults", "notify"),
+                      smtp=isinstance(smtp, dict))
     return Findings(checks.found, checks.warned)
 
 
@@ -80,11 +128,15 @@ class _Checks:
     path (and one per lookup inside an expression)."""
 
     def __init__(self, document: Document, reported: Iterable[JsonPath], text: str,
-                 now: datetime | None) -> None:
+                 now: datetime | None, settings: Settings | None,
+                 folder: str | None = None) -> None:
         self.doc = document
         self.reported = set(reported)
         self.text = text
         self.now = now
+        self.settings = settings
+        self.folder = folder
+        self.job_name: str | None = None
         self.found: list[tuple[Mark, str]] = []
         self.warned: list[tuple[Mark, str]] = []
         self.names = Names(document.data)
@@ -191,6 +243,8 @@ class _Checks:
             self.found.append(((1, 1), f"the job name {file_stem!r} comes from the file name "
                                f"and is not {PATTERN_WORDS[JOB_NAME.pattern]}; rename the "
                                "file or set `name:`"))
+        name = data.get("name", file_stem)
+        self.job_name = name if isinstance(name, str) else None
         schedule = data.get("schedule")
         if isinstance(schedule, list):
             for index, entry in enumerate(schedule):
@@ -198,19 +252,24 @@ class _Checks:
         elif schedule is not None:
             self.schedule(schedule, ("schedule",))
         self.duration(data.get("timeout"), ("timeout",), positive=True)
+        self.duration(data.get("deadline"), ("deadline",), positive=True)
         self.retries(data.get("retries"), ("retries",))
         breaker = data.get("circuit_breaker")
         if isinstance(breaker, dict):
             self.duration(breaker.get("cooldown"), ("circuit_breaker", "cooldown"))
-        history = data.get("history")
-        if isinstance(history, dict):
-            days = history.get("keep_days")
-            if isinstance(days, int | float) and not isinstance(days, bool):
-                try:
-                    days = float(days) * 86400.0  # a number is days; check it as seconds
-                except OverflowError:
-                    days = math.inf
-            self.duration(days, ("history", "keep_days"), positive=True)
+        self.history(data.get("history"), ("history",))
+        if "notify" in data:
+            settings = self.settings
+            declared = self.names.secrets
+            if settings is not None and declared is not None:
+                # A job's own targets may read the settings file's secrets too (its steps
+                # may not: they get only the job's).
+                self.names.secrets = declared | frozenset(settings.secrets)
+            self.notify(data["notify"], ("notify",),
+                        smtp=None if settings is None else settings.smtp is not None)
+            self.names.secrets = declared
+        if "pool" in data:
+            self.pool(data["pool"], ("pool",))
         # The job's env is rendered before any step runs, with an empty env.
         self.env(data.get("env"), ("env",), Scope(
             "env", item=NO_ITEM, env=frozenset(),
@@ -226,16 +285,71 @@ class _Checks:
                     self.report(("params", name, *where), message)
         self.steps(data)
 
+    def history(self, value: Any, path: JsonPath) -> None:
+        if isinstance(value, dict):
+            days = value.get("keep_days")
+            if isinstance(days, int | float) and not isinstance(days, bool):
+                try:
+                    days = float(days) * 86400.0  # a number is days; check it as seconds
+                except OverflowError:
+                    days = math.inf
+            self.duration(days, (*path, "keep_days"), positive=True)
+
+    def notify(self, value: Any, path: JsonPath, *, smtp: bool | None) -> None:
+        """A notify: list. ``smtp``: whether the settings have an SMTP server (None: the
+        settings are not known)."""
+        if not isinstance(value, list):
+            return
+        scope = Scope("notify", item=NO_ITEM)
+        for index, target in enumerate(value):
+            if not isinstance(target, dict):
+                continue
+            at = (*path, index)
+            self.duration(target.get("cooldown"), (*at, "cooldown"))
+            self.duration(target.get("timeout"), (*at, "timeout"), positive=True)
+            for key in target.keys() & NOTIFY_KINDS:
+                self.template(target[key], (*at, key), scope)
+            if "email" in target and smtp is False:
+                self.report((*at, "email"), "email needs an SMTP server: set smtp: in the "
+                            "settings file (kind: settings) of the jobs directory")
+
+    def pool(self, value: Any, path: JsonPath) -> None:
+        """A ``pool:``, against the settings' pools (not judged when they are not known)."""
+        if self.settings is None:
+            return
+        if isinstance(value, dict):
+            name, slots, at = value.get("name"), value.get("slots", 1), (*path, "name")
+        else:
+            name, slots, at = value, 1, path
+        if not isinstance(name, str):
+            return
+        pools = self.settings.pools
+        size = pools.get(name)
+        if size is None:
+            known = (f"pools: {', '.join(sorted(pools))}" if pools
+                     else "the jobs directory has no settings file with pools:" if not
+                     self.settings.file else f"{self.settings.file} defines no pools")
+            self.report(at, f"there is no pool {name!r}{dag.did_you_mean(name, pools)} "
+                        f"({known})")
+        elif isinstance(slots, int) and slots > size:
+            self.report((*path, "slots") if isinstance(value, dict) else path,
+                        f"asks for {slots} slots of pool {name!r}, which has {size}")
+
     def schedule(self, entry: Any, path: JsonPath) -> None:
         if isinstance(entry, str):
             kind, text = schedule_form(entry)
             if kind is ScheduleKind.EVERY:
                 self.interval(text, path)
-            else:
+            elif kind is not ScheduleKind.REBOOT:
                 self.cron(text, path)
             return
         if not isinstance(entry, dict):
             return
+        kinds = [k for k in ("cron", "every", "at", "file", "after") if k in entry]
+        if kinds in (["file"], ["after"]):
+            self.event(entry, path, kinds[0])
+            return
+        errors = len(self.found)
         if isinstance(entry.get("cron"), str):
             self.cron(entry["cron"], (*path, "cron"))
         every = self.interval(entry.get("every"), (*path, "every"))
@@ -243,7 +357,8 @@ class _Checks:
         if every and jitter and jitter > every:
             self.warn((*path, "jitter"), f"{show(entry['jitter'])} is longer than the interval "
                       f"({show(entry['every'])}): a fire can start after the next one")
-        tz: ZoneInfo | None = local_zone()
+        default = self.settings.defaults.timezone if self.settings is not None else None
+        tz: ZoneInfo | None = default or local_zone()
         zone_name = entry.get("timezone")
         if isinstance(zone_name, str):
             try:
@@ -262,6 +377,108 @@ class _Checks:
                         and moment < self.now:
                     self.warn((*path, key), f"{show(entry[key])} is in the past: this "
                               "schedule never fires")
+        if tz is not None:
+            self.active(entry.get("active"), (*path, "active"), tz)
+        self.exclude(entry.get("exclude"), (*path, "exclude"))
+        if len(kinds) == 1 and len(self.found) == errors and ("active" in entry
+                                                              or "exclude" in entry):
+            self.calendar(entry, path)
+
+    def active(self, value: Any, path: JsonPath, tz: ZoneInfo) -> None:
+        if not isinstance(value, dict):
+            return
+        bounds: dict[str, datetime] = {}
+        for key in ("from", "until"):
+            if isinstance(value.get(key), str):
+                try:
+                    bounds[key] = schedules.bound(value[key], tz, end=key == "until")
+                except ValueError as exc:
+                    self.report((*path, key), str(exc))
+        if len(bounds) == 2 and bounds["until"] < bounds["from"]:
+            self.report((*path, "until"), f"{show(value['until'])} is before from "
+                        f"({show(value['from'])}): the window holds no time")
+
+    def exclude(self, value: Any, path: JsonPath) -> None:
+        if not isinstance(value, list):
+            return
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                try:
+                    schedules.exclusion(item)
+                except ValueError as exc:
+                    self.report((*path, index), str(exc))
+
+    def calendar(self, entry: dict[str, Any], path: JsonPath) -> None:
+        """A calendar under which the schedule never fires is an error; one under which it
+        fires no more (a window that has ended) is a warning."""
+        try:
+            schedule = schedules.build(entry)
+        except ValueError:  # reported where it is written
+            return
+        now = self.now or datetime.now(UTC)
+        if triggers.first_fire(schedule, now) is None:
+            plain = triggers.first_fire(dataclasses.replace(schedule, exclude=()), now)
+            if schedule.kind is ScheduleKind.AT and plain is not None:
+                self.report((*path, "exclude"), f"excludes {show(entry['at'])}, the one fire "
+                            "of this schedule: it never fires")
+            elif plain is not None or schedule.active is None:
+                self.report((*path, "exclude"), "removes every fire of this schedule: it "
+                            "never fires")
+            elif schedule.kind is ScheduleKind.AT:
+                self.report((*path, "active"), f"{show(entry['at'])} is outside this "
+                            "window: the schedule never fires")
+            else:
+                self.report((*path, "active"), "no fire of this schedule falls in the "
+                            "window: it never fires")
+            return
+        if self.now is None or triggers.next_fire(schedule, now) is not None:
+            return
+        if schedule.kind is ScheduleKind.AT and isinstance(entry.get("at"), str):
+            return  # the `at` in the past is warned about already
+        until = entry.get("active", {}).get("until")
+        if isinstance(until, str):
+            self.warn((*path, "active", "until"), f"{show(until)} leaves no fire after now: "
+                      "this schedule fires no more")
+        else:
+            self.warn((*path, "exclude"), "removes every fire after now: this schedule "
+                      "fires no more")
+
+    def event(self, entry: dict[str, Any], path: JsonPath, kind: str) -> None:
+        for key in schedules.TIMED_ONLY:
+            if key in entry:
+                self.report((*path, key), f"applies to time schedules (cron, every, at), not "
+                            f"to a {kind} schedule")
+        if kind == "file":
+            self.duration(entry.get("settle"), (*path, "settle"))
+            if isinstance(entry.get("file"), str):
+                self.glob(entry["file"], (*path, "file"))
+        elif entry.get("after") == self.job_name and self.job_name is not None:
+            self.report((*path, "after"), f"a job cannot fire after itself "
+                        f"({self.job_name!r})")
+
+    def glob(self, pattern: str, path: JsonPath) -> None:
+        """A bad glob is an error; a folder it names that is not there or cannot be read is
+        a warning, because that depends on the machine, not on the file."""
+        absolute = schedules.glob_path(pattern, self.folder or os.sep)
+        try:
+            glob = globs.parse(absolute)
+        except ValueError as exc:
+            # in the words the user wrote, not the path it was made into
+            self.report(path, str(exc).replace(absolute.rstrip(os.sep), pattern.rstrip(os.sep)))
+            return
+        if self.folder is None:
+            return
+        root = glob.root
+        if not os.path.exists(root):
+            existing = root
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            self.warn(path, f"the folder {root} does not exist ({existing} is the nearest "
+                      "that does): nothing fires until it is created")
+        elif not os.path.isdir(root):
+            self.warn(path, f"{root} is not a folder: nothing fires")
+        elif not os.access(root, os.R_OK | os.X_OK):
+            self.warn(path, f"the folder {root} cannot be read: nothing fires until it can")
 
     def cron(self, text: str, path: JsonPath) -> None:
         try:
@@ -360,6 +577,8 @@ class _Checks:
             self.duration(step["grace"], (*path, "grace"))
         if "retries" in step:
             self.retries(step["retries"], (*path, "retries"))
+        if "pool" in step:
+            self.pool(step["pool"], (*path, "pool"))
 
 
 def _plain_run(value: str, offset: int) -> str:

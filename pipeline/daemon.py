@@ -31,14 +31,16 @@ from pipeline import sdnotify, triggers
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
 from pipeline.journal import Journal
+from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
 from pipeline.model import Job, iso
 from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
+from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler, runs_on_of
 from pipeline.statedir import identity_alive, process_identity
-from pipeline.store import NodeInfo, Store
+from pipeline.store import NodeInfo, Started, Store, outcome_of
 from pipeline.watch import Catalog, watch_jobs
 from pipeline.worker import Worker
 
@@ -176,8 +178,11 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         await holder.register()
         firing_clock = clock or holder.clock
         parts: list[Worker] = []
-        journal = Journal(store, node=lambda: holder.node_id,
-                          observers=(metrics.observe, lambda e: parts[0].observe(e)))
+        shipper = LogShipper(store, state_dir) if store.shared else None
+        observers = [metrics.observe, lambda e: parts[0].observe(e)]
+        if shipper is not None:
+            observers.append(shipper.observe)
+        journal = Journal(store, node=lambda: holder.node_id, observers=tuple(observers))
         async with trio.open_nursery() as outer:  # the journal outlives everything that writes
             await outer.start(journal.serve)
             scheduler: Scheduler
@@ -185,12 +190,14 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                             runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
                             environ=environ, watchdog=watchdog, max_runs=node.max_runs,
                             runner="runner" in node.roles,
-                            versions=lambda name: scheduler.version(name))
+                            versions=lambda name: scheduler.version(name),
+                            on_decision=lambda started: _count(metrics, started))
             parts.append(worker)
             holder.on_fence = worker.fence
             scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
                                   reserve=worker.reserve, forget=worker.forget_job,
                                   trouble=journal.failed,
+                                  on_decisions=metrics.not_made,
                                   hold=lambda job: worker.runner and worker.capacity() > 0
                                   and _fits(job, holder.node.labels))
             daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
@@ -199,6 +206,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                             listen=listen)
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
+                if shipper is not None:
+                    await outer.start(shipper.serve)  # ships the last logs after the runs end
                 await inner.start(worker.serve)
                 await scheduler.load(catalog.jobs)
                 if "scheduler" in node.roles:
@@ -295,6 +304,16 @@ async def wait_for_stop(daemon: Daemon, grace: float) -> None:
             daemon.scheduler.stop_firing()
             await daemon.worker.shutdown(grace)
             nursery.cancel_scope.cancel()
+
+
+def _count(metrics: Metrics, started: Started) -> None:
+    decision, run = started.decision, started.run
+    if decision.verdict in (Verdict.QUEUE, Verdict.REPLACE):
+        return  # decided when it starts
+    metrics.decided(run.job, str(outcome_of(decision)),
+                    None if decision.reason is None else str(decision.reason), run_id=run.id,
+                    fire_time=run.fire_time, at=run.started_at,
+                    automatic=run.trigger in AUTOMATIC)
 
 
 def _fits(job: Job, labels: Mapping[str, str]) -> bool:

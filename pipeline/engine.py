@@ -124,7 +124,7 @@ class _StepState:
 
     @property
     def ok(self) -> bool:
-        return self.status is StepStatus.SUCCEEDED or self.continued
+        return self.status in (StepStatus.SUCCEEDED, StepStatus.REUSED) or self.continued
 
 
 def check_chain(chain: Sequence[str], job: str) -> None:
@@ -189,8 +189,10 @@ class _Run:
                  emit: Emit, params: Mapping[str, Any], secrets: Mapping[str, str],
                  trigger: Trigger, fire_time: datetime | None, runners: Mapping[str, Runner],
                  clock: Clock, log_cap: int, environ: Mapping[str, str],
-                 start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None) -> None:
+                 start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None,
+                 reuse: Mapping[str, Mapping[str, str]]) -> None:
         self.job = job
+        self.reuse = reuse  # step -> outputs taken over from an earlier run (rerun --from)
         self.run_id = run_id
         self.handle = handle
         self.state_dir = state_dir
@@ -312,6 +314,16 @@ class _Run:
                        started: Callable[[], object] = lambda: None) -> None:
         """Run ``step``; ``started`` is called once its start (or skip) is recorded."""
         state = self.states[step.id]
+        reused = self.reuse.get(step.id)
+        if reused is not None:
+            # `rerun --from`: this step's outputs are the earlier run's; it does not run.
+            state.status, state.outputs = StepStatus.REUSED, dict(reused)
+            with trio.CancelScope(shield=True):
+                await self.emit(StepFinished(self.run_id, step.id, StepStatus.REUSED,
+                                             self.clock(), outputs=dict(reused),
+                                             started_at=None, no_log=True))
+            started()
+            return
         with logger.contextualize(step=step.id):
             try:
                 if step.if_ == "success()" and step.id not in self.hook_ids:
@@ -732,6 +744,7 @@ async def run_job(
     start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
     started_at: datetime | None = None,
     attempt: int | None = None,
+    reuse: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended, with
     the job's own ``outputs:`` (secrets masked).
@@ -758,7 +771,8 @@ async def run_job(
         run = _Run(job, run_id=run_id, handle=handle, state_dir=state_dir, emit=emit,
                    params=params or {}, secrets=secrets, trigger=trigger, fire_time=fire_time,
                    runners=runners if runners is not None else builtin_runners(),
-                   clock=clock, log_cap=log_cap, environ=environ, start_job=start_job)
+                   clock=clock, log_cap=log_cap, environ=environ, start_job=start_job,
+                   reuse=reuse or {})
         # Cancelled from outside without a stop (the daemon's nursery is going away), the run
         # still gets a final record.
         outcome = RunResult(RunStatus.CANCELLED, "cancelled")

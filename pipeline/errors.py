@@ -2,6 +2,7 @@
 
     PipelineError                 base; ``exit_code`` is what the CLI exits with
     ├── JobInvalid                a job file failed validation; carries its ``problems``
+    │   └── SettingsInvalid       the settings file (``kind: settings``) failed validation
     ├── ParamError                a ``-p KEY=VALUE`` is unknown or does not fit its declaration
     ├── NotFound                  an unknown job, run or step (exit 1)
     ├── StateError                the state cannot be used (locked, newer schema, I/O, a
@@ -10,6 +11,7 @@
     │   └── RunActive             a run is queued or running, so it cannot be deleted
     ├── ExpressionError           a ``${{ }}`` expression does not parse or fails; fails one step
     ├── RunnerError               a step runner refused its arguments or failed; fails one step
+    ├── NotifyError               one try of a notification failed (the notifier retries)
     ├── UsageError                options a command cannot use (an unreadable --store-file)
     └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
 
@@ -64,6 +66,10 @@ class JobInvalid(PipelineError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class SettingsInvalid(JobInvalid):
+    """The jobs directory's settings file failed validation. ``problems`` holds every error."""
+
+
 class ParamError(PipelineError):
     """A parameter given on the command line or the API is unknown or ill-typed."""
 
@@ -100,6 +106,11 @@ class ExpressionError(PipelineError):
 
 class RunnerError(PipelineError):
     """A step runner failed in a way it explains itself (bad status, unreachable URL, ...)."""
+
+
+class NotifyError(PipelineError):
+    """One try of a notification failed; the message says why (secrets already masked by
+    the notifier before it is shown)."""
 
 
 class UsageError(PipelineError):

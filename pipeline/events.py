@@ -33,6 +33,11 @@ class RunQueued:
     parent_run_id: str | None = None
     node: str | None = None  # the node that holds it (None: any node may claim it)
     runs_on: Mapping[str, str] = field(default_factory=empty_mapping)  # labels a holder needs
+    backlog: bool = False  # a missed fire caught up under `catchup: all`: queues in order
+    parallel: int = 1  # a backlog: how many of the job's runs may be active while it starts
+    keyed: bool | None = None  # takes its fire's identity (default: by its trigger)
+    rerun_of: str | None = None
+    reuse: Mapping[str, Mapping[str, str]] = field(default_factory=empty_mapping)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pipeline.engine import RunResult
 from pipeline.errors import PipelineError, StateError
 from pipeline.events import Event
 from pipeline.journal import Journal
-from pipeline.model import Job, RunStatus, Trigger
+from pipeline.model import Job, RunRecord, RunStatus, Trigger
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner
 from pipeline.store import Store
@@ -116,3 +116,49 @@ def now_utc() -> datetime:
     from datetime import UTC
 
     return datetime.now(UTC)
+
+
+async def run_queued(run_ids: list[str], *, store: Store, state_dir: Path,
+                     runners: Mapping[str, Runner], jobs: Callable[[str], Job | None],
+                     on_end: Callable[[RunRecord], None] | None = None,
+                     lease: float = 30.0, poll: float = 0.2) -> list[RunRecord]:
+    """Run queued runs (a backfill, a rerun) here when no daemon would: this process takes
+    them as a node, by their policies, and returns their records once all have ended."""
+    node = this_node(name=f"pipeline-run-{os.getpid()}", roles=frozenset({"runner"}))
+    holder = Lease(store, node, lease=lease)
+    await holder.register()
+    journal = Journal(store, node=lambda: holder.node_id)
+    worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
+                    runners=runners, jobs=jobs, poll=poll)
+    worker.only = set(run_ids)
+    ended: dict[str, RunRecord] = {}
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.serve)
+            await nursery.start(holder.serve)
+            await nursery.start(worker.serve)
+            nursery.start_soon(_signals, worker)
+            while len(ended) < len(run_ids):
+                await trio.sleep(poll)
+                active = {r.id for r in await trio.to_thread.run_sync(store.active_runs)}
+                for run_id in run_ids:
+                    if run_id in ended or run_id in active:
+                        continue
+                    record: RunRecord | None = await trio.to_thread.run_sync(store.run, run_id)
+                    if record is None or record.status.finished:
+                        if record is not None:
+                            ended[run_id] = record
+                            if on_end is not None:
+                                on_end(record)
+                        else:
+                            ended[run_id] = RunRecord(run_id, "?", RunStatus.CANCELLED,
+                                                      Trigger.MANUAL)
+                        worker.only.discard(run_id)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(store.leave, holder.node_id)
+            except StateError:
+                pass
+    return [ended[r] for r in run_ids]

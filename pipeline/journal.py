@@ -113,7 +113,7 @@ class Journal:
         daemon reports here: the journal, the scheduler's claims, the worker's starts)."""
         message = str(exc)
         if self.failure != message:
-            logger.error("cannot record state: {} (retrying every {:g}s)", message, self.retry)
+            logger.error("cannot record state: {} (retrying every {}s)", message, self.retry)
             self.failure = message
         self.healthy = False
 

@@ -17,6 +17,9 @@ is written, or None:
 * ``item``: only in the commands, ``with``, ``env`` and ``cwd`` of a ``for_each`` step (not
   its ``if:``, evaluated once before the items, nor its ``for_each:`` expression).
 * a call: one of the functions; a filter (``fromjson``) is not called but piped.
+* in ``notify:`` (reader ``"notify"``, rendered when a notification is sent): ``secrets``,
+  ``params``, ``job`` and ``run`` only (``run.status`` too): no step runs there, and no env
+  is set.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class Scope(NamedTuple):  # a NamedTuple: one or two are made for every step of 
 
     ``reader``: whose expression it is, for which steps' values can be there: a step (its list
     and id), ``"env"`` (the job's env, rendered before any step) or ``"outputs"`` (the job's
-    outputs, rendered when the steps end); None: do not judge steps by it. ``item``: None if
+    outputs, rendered when the steps end), ``"notify"`` (a notification, rendered when it is
+    sent); None: do not judge steps by it. ``item``: None if
     ``item`` is defined, else why not. ``env``: the names ``env.`` holds (None: not judged),
     ``env_words`` says what that is.
     """
@@ -72,6 +76,7 @@ class Names:
         self.needs: dict[str, list[str]] = {}  # step id -> the ids it needs
         self.home: dict[str, str] = {}  # step id -> the list it is in (its first one)
         self.for_each: set[str] = set()
+        self.declarer = "the job"  # who declares params and secrets, for messages
         for list_name in STEP_LISTS:
             items = data.get(list_name)
             for step in items if isinstance(items, list) else ():
@@ -146,6 +151,9 @@ class Names:
                     f"{', '.join(f + '()' for f in FUNCTIONS)}")
         if root in FUNCTIONS or root in expr.GLOBALS:
             return None
+        if scope.reader == "notify" and root in ("steps", "env"):
+            return (f"{root} is not there when a notification is sent: notify: reads "
+                    "secrets, params, job and run")
         if root == "item":
             return scope.item
         if root not in CONTEXT:
@@ -176,14 +184,15 @@ class Names:
             return f"{shown}: there is no {what} {key!r}" + (
                 dag.did_you_mean(key, declared) or (
                     f" ({root}: {_listed(declared)})" if declared
-                    else f" (the job declares no {root})"))
+                    else f" ({self.declarer} declares no {root})"))
         if root == "env":
             if scope.env is None or key in scope.env:
                 return None
             return (f"{shown} is not set: env holds {scope.env_words} "
                     f"({_listed(scope.env) or 'none'}){dag.did_you_mean(key, scope.env)}; a "
                     f"script reads other variables as ${key}")
-        known = RUN_KEYS if root == "run" else JOB_KEYS
+        known = (RUN_KEYS if root == "run" else JOB_KEYS) + (
+            ("status",) if root == "run" and scope.reader == "notify" else ())
         if key in known:
             return None
         return f"{shown}: {root} has {', '.join(known)}{dag.did_you_mean(key, known)}"

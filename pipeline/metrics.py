@@ -41,6 +41,7 @@ from pipeline.events import (
     StepStarted,
 )
 from pipeline.model import RunStatus
+from pipeline.policy import AUTOMATIC
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -69,12 +70,14 @@ class Snapshot:
     invalid_files: int = 0
     journal_healthy: bool = True
     started_at: float | None = None
+    # name -> (alive, active runs, heartbeat age in seconds, jobs directory matches)
+    nodes: Mapping[str, tuple[bool, int, float, bool | None]] = field(default_factory=dict)
 
 
 @dataclass
 class _Run:
     job: str
-    fire_time: datetime | None
+    fire_time: datetime | None  # of a scheduled fire (a trigger's has no lateness to tell)
     started_at: datetime | None = None
 
 
@@ -113,6 +116,23 @@ class _LiveCollector(Collector):
         if s.started_at is not None:
             yield _gauge("pipeline_start_time_seconds", "When the daemon started (Unix time).",
                          s.started_at)
+        if s.nodes:
+            yield _gauge("pipeline_nodes_alive", "Nodes of the store whose lease is alive.",
+                         sum(1 for alive, *_ in s.nodes.values() if alive))
+            families = (
+                ("pipeline_node_up", "1 while the node's lease is alive.", 0),
+                ("pipeline_node_active_runs", "Runs the node runs now.", 1),
+                ("pipeline_node_heartbeat_age_seconds", "Seconds since the node's last "
+                 "heartbeat.", 2),
+                ("pipeline_node_jobs_match", "1 if the node's jobs directory matches what the "
+                 "other schedulers loaded, 0 if it differs (absent: not a scheduler).", 3))
+            for name, documentation, index in families:
+                family = GaugeMetricFamily(name, documentation, labels=["node"])
+                for node, values in sorted(s.nodes.items()):
+                    value = values[index]
+                    if value is not None:
+                        family.add_metric([node], float(value))
+                yield family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -147,6 +167,10 @@ class Metrics:
         self.lateness = Histogram(
             "pipeline_fire_lateness_seconds", "How late a scheduled run started after its "
             "fire time (jitter included).", buckets=LATENESS_BUCKETS, registry=r)
+        self.fires = Counter(
+            "pipeline_fires", "The scheduler's decisions about fires and triggers, by job, "
+            "outcome (fired, skipped, not made) and reason.", ["job", "outcome", "reason"],
+            registry=r)
         self.last_success = Gauge(
             "pipeline_last_success_timestamp_seconds",
             "When the job's last succeeded run finished (Unix time).", ["job"], registry=r)
@@ -167,11 +191,14 @@ class Metrics:
         """Called synchronously for every event, before it is committed."""
         self.events += 1
         if isinstance(event, RunQueued):
-            self._runs[event.run_id] = _Run(event.job, event.fire_time)
+            self._runs[event.run_id] = _Run(
+                event.job, event.fire_time if event.trigger in AUTOMATIC else None)
         elif isinstance(event, RunStarted):
             run = self._runs.get(event.run_id)
             if run is None:
                 return
+            if run.started_at is not None:
+                return  # its start was decided (and its lateness observed) already
             run.started_at = event.started_at
             if run.fire_time is not None:
                 late = (event.started_at - run.fire_time).total_seconds()
@@ -211,6 +238,30 @@ class Metrics:
             self._succeeded.add(run.job)
             self.last_success.labels(run.job).set(event.finished_at.timestamp())
         self._steps.pop(event.run_id, None)
+
+    def decided(self, job: str, outcome: str, reason: str | None, *,
+                run_id: str | None = None, fire_time: datetime | None = None,
+                at: datetime | None = None, automatic: bool = False) -> None:
+        """A decision of the store's about a fire or a trigger (``pipeline why`` reads the
+        same): counted; a run that starts is followed from here, and for a scheduled fire its
+        lateness (the decision's time minus the fire's) observed."""
+        self.fires.labels(job, outcome, reason or "").inc()
+        if run_id is None:
+            return
+        if outcome == "fired":
+            run = self._runs.setdefault(run_id, _Run(job, fire_time if automatic else None))
+            if at is not None and run.started_at is None:
+                run.started_at = at
+                if automatic and fire_time is not None:
+                    self.lateness.observe(max((at - fire_time).total_seconds(), 0.0))
+        elif outcome == "skipped":
+            self._runs.pop(run_id, None)
+            self.runs.labels(job, str(RunStatus.SKIPPED)).inc()
+
+    def not_made(self, decisions: Iterable[Any]) -> None:
+        """Fires the scheduler made no run of (``StoredDecision``s)."""
+        for d in decisions:
+            self.fires.labels(d.job, str(d.outcome), d.reason or "").inc()
 
     # -- state that events do not carry ------------------------------------------------------
 

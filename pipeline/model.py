@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +53,7 @@ class StepStatus(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    REUSED = "reused"  # taken over from an earlier run by `rerun --from`
 
     @property
     def finished(self) -> bool:
@@ -65,6 +66,8 @@ class Trigger(StrEnum):
     MANUAL = "manual"  # `pipeline run`
     API = "api"  # the HTTP API and `pipeline trigger`
     PARENT = "parent"  # started by a `uses: job` step
+    BACKFILL = "backfill"  # `pipeline backfill`: a scheduled instant, run again or late
+    RERUN = "rerun"  # `pipeline rerun`: an earlier run again, from a step or its failures
 
 
 class Catchup(StrEnum):
@@ -89,12 +92,42 @@ class ScheduleKind(StrEnum):
     CRON = "cron"
     EVERY = "every"
     AT = "at"
+    # Events (CONTRACT §11): fired by what happens, not by the clock. ``pipeline.triggers``
+    # gives them no fire times; the daemon's watchers make their fires.
+    FILE = "file"  # a file under a glob settled (pipeline.filewatch)
+    AFTER = "after"  # a run of another job ended in one of the listed states
+    REBOOT = "reboot"  # a daemon started
+
+    @property
+    def timed(self) -> bool:
+        """Whether the clock makes this schedule's fires (cron, every, at)."""
+        return self in (ScheduleKind.CRON, ScheduleKind.EVERY, ScheduleKind.AT)
 
 
 class StepKind(StrEnum):
     RUN = "run"
     EXEC = "exec"
     USES = "uses"
+
+
+class NotifyEvent(StrEnum):
+    """What a notification tells (CONTRACT §10)."""
+
+    START = "start"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RECOVERY = "recovery"  # the first success after one or more failures
+    LATE = "late"  # a deadline passed before the fire's run succeeded
+    SKIPPED = "skipped"  # a fire recorded as a skipped run
+    RETRY = "retry"  # a step failed and will be tried again
+
+
+class TargetKind(StrEnum):
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    EMAIL = "email"
+    PING = "ping"
+    COMMAND = "command"
 
 
 class ParamType(StrEnum):
@@ -105,8 +138,37 @@ class ParamType(StrEnum):
 
 
 @dataclass(frozen=True)
+class Window:
+    """``active: {from, until}``: fires before ``start`` or after ``end`` are not made.
+
+    Both bounds are inclusive and either may be None. A bound without an offset carries the
+    schedule's ``ZoneInfo`` and is a wall time there (read as ``at:`` is); ``until`` written
+    as a date alone is the last microsecond of that day, so the whole day is in the window.
+    """
+
+    start: datetime | None = None
+    end: datetime | None = None
+    from_text: str = ""  # as written, for display
+    until_text: str = ""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """One ``exclude:`` entry: a fire on ``date`` (a wall date in the schedule's zone), or at a
+    wall time ``cron`` matches, is not made. Exactly one of ``date`` and ``cron`` is set."""
+
+    text: str  # as written, for messages and `pipeline why`
+    date: date | None = None
+    cron: str | None = None  # normalised by triggers.parse_cron
+
+
+@dataclass(frozen=True)
 class Schedule:
-    """One schedule entry. ``cron`` holds the expression with any ``@alias`` expanded."""
+    """One schedule entry. ``cron`` holds the expression with any ``@alias`` expanded.
+
+    ``active`` and ``exclude`` (the calendar) apply to the timed kinds; ``file``, ``settle``,
+    ``existing`` to FILE; ``after`` and ``status`` to AFTER; REBOOT has none of them.
+    """
 
     kind: ScheduleKind
     timezone: ZoneInfo
@@ -121,6 +183,22 @@ class Schedule:
     # while no daemon ran are always left to `catchup`.
     misfire_grace: float = 60.0
     text: str = ""  # as the user wrote it, for display
+    active: Window | None = None
+    exclude: tuple[Exclusion, ...] = ()
+    # FILE: the glob, absolute (a relative one is resolved against the job file's folder;
+    # `text` keeps it as written), how long a file must stay unchanged before it fires, and
+    # whether files already there when the watch first begins fire too
+    file: str | None = None
+    settle: float = 5.0
+    existing: bool = False
+    # AFTER: the upstream job, and the end states of its runs that fire this schedule
+    after: str | None = None
+    status: tuple[RunStatus, ...] = (RunStatus.SUCCEEDED,)
+
+    @property
+    def calendar(self) -> bool:
+        """Whether ``active`` or ``exclude`` remove some of the plain expression's fires."""
+        return self.active is not None or bool(self.exclude)
 
 
 @dataclass(frozen=True)
@@ -140,6 +218,42 @@ class RetryPolicy:
         if self.max_delay is not None:
             wait = min(wait, self.max_delay)
         return wait
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Slots of a pool (settings ``pools:``) that a run or a step holds while it is active."""
+
+    name: str
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One entry of ``notify:``. Its strings are templates (``${{ secrets.HOOK_URL }}``),
+    rendered when a notification is delivered, never before: a secret's value is read then.
+
+    ``url`` is the webhook's URL, the Slack webhook URL or the ping URL; ``to`` the email
+    recipients; ``command`` the argument vector of a local command.
+    """
+
+    kind: TargetKind
+    when: frozenset[NotifyEvent]
+    index: int = 0  # its place in the job's notify: list, which names it in records
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=empty_mapping)
+    to: tuple[str, ...] = ()
+    subject: str | None = None
+    channel: str | None = None  # slack: the channel to post in (default: the webhook's)
+    username: str | None = None  # slack: the name to post as
+    command: tuple[str, ...] = ()
+    cooldown: float = 0.0  # a repeat (same job, target and event) within this is suppressed
+    timeout: float = 10.0  # each try
+
+    @property
+    def label(self) -> str:
+        """How records name the target: ``notify[0] webhook``."""
+        return f"notify[{self.index}] {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -163,6 +277,7 @@ class Step:
     continue_on_error: bool = False
     for_each: tuple[Any, ...] | str | None = None  # a list, or an expression giving one
     max_parallel: int | None = None
+    pool: Pool | None = None  # slots the step waits for before it starts
 
     @property
     def title(self) -> str:
@@ -231,11 +346,58 @@ class Job:
     # the run's own outputs: name -> a template over steps.<id>.outputs, evaluated when the
     # DAG ends (CONTRACT §2)
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)
-    # the validated mapping, kept to store with each run
+    notify: tuple[NotifyTarget, ...] = ()
+    deadline: float | None = None  # seconds after the fire time by which a run must succeed
+    pool: Pool | None = None  # slots a whole run holds while it is active
+    # the validated mapping (the settings file's defaults applied), kept to store with each run
     document: Mapping[str, Any] = field(default_factory=empty_mapping)
 
     def all_steps(self) -> tuple[Step, ...]:
         return self.steps + self.on_success + self.on_failure + self.finally_
+
+
+@dataclass(frozen=True)
+class Smtp:
+    """How email notifications are sent (settings ``smtp:``)."""
+
+    host: str
+    sender: str  # `from:`
+    port: int = 587
+    starttls: bool = True  # refuse to go on (and to log in) if the server cannot STARTTLS
+    username: str | None = None
+    password: Secret | None = None  # read when an email is sent
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings file's ``defaults:``: what a job that does not set a key gets.
+
+    ``spec`` applies them to the job's document before it builds the job (so the document
+    stored with each run holds them, and a job rebuilt from that record has them too); the
+    typed values here are for showing them.
+    """
+
+    timezone: ZoneInfo | None = None
+    timeout: float | None = None
+    retries: RetryPolicy | None = None
+    notify: tuple[NotifyTarget, ...] | None = None
+    history: History | None = None
+    max_parallel: int | None = None
+    document: Mapping[str, Any] = field(default_factory=empty_mapping)  # as written
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings file (CONTRACT §11): pools, a cap on active runs, defaults, SMTP."""
+
+    file: str = ""
+    sha256: str = ""
+    pools: Mapping[str, int] = field(default_factory=empty_mapping)  # name -> slots
+    max_active_runs: int | None = None
+    defaults: Defaults = field(default_factory=Defaults)
+    smtp: Smtp | None = None
+    # secrets the defaults' notify targets may use (a job's own targets use the job's too)
+    secrets: Mapping[str, Secret] = field(default_factory=empty_mapping)
 
 
 @dataclass(frozen=True)
@@ -307,6 +469,9 @@ class RunRecord:
     parent_run_id: str | None = None
     node: str | None = None  # the node that holds (or last held) it
     attempt: int = 0  # how many times it was started (a run retried after its node was lost)
+    rerun_of: str | None = None  # `pipeline rerun`: the run it runs again
+    reuse: Mapping[str, Mapping[str, str]] = field(default_factory=empty_mapping)  # step ->
+    # outputs it takes over from that run instead of running
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # its job's `outputs:`
     document: Mapping[str, Any] | None = None
     steps: tuple[StepRecord, ...] = ()
@@ -381,7 +546,7 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "duration_s": run.duration_s, "params": thaw(run.params),
         "version": run.version.as_dict() if run.version else None, "reason": run.reason,
         "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs), "node": run.node,
-        "attempt": run.attempt,
+        "attempt": run.attempt, "rerun_of": run.rerun_of,
     }
     if steps:
         answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]

@@ -85,7 +85,10 @@ def parse_time(text: str, zone: tzinfo) -> datetime:
 
 
 def schedule_form(text: str) -> tuple[ScheduleKind, str]:
-    """How a schedule string reads: ``every 15m`` (or ``@every 15m``) or a cron expression."""
+    """How a schedule string reads: ``every 15m`` (or ``@every 15m``), ``@reboot`` (an event:
+    each daemon start) or a cron expression."""
+    if text.strip().lower() == "@reboot":
+        return ScheduleKind.REBOOT, "@reboot"
     words = text.split(None, 1)
     if len(words) == 2 and words[0] in ("every", "@every"):
         return ScheduleKind.EVERY, words[1].strip()

@@ -92,21 +92,24 @@ def circuit_open(breaker: CircuitBreaker | None, failures: int, opened_at: datet
 def decide(*, trigger: Trigger, concurrency: Concurrency, situation: Situation,
            now: datetime, breaker: CircuitBreaker | None = None, enabled: bool = True,
            waiting: bool = False, backlog: bool = False, stopping: bool = False,
-           force: bool = False) -> Decision:
+           force: bool = False, parallel: int = 1) -> Decision:
     """What becomes of one run that may start now.
 
     ``waiting``: the run is already in the job's queue (its verdict was ``queue`` or
     ``replace``); it starts once nothing of the job is active, and is never skipped for it.
     ``backlog``: a missed fire caught up under ``catchup: all``; it queues behind the job's
     other runs whatever the overlap policy says (the policy is about a new fire meeting a run,
-    not about a backlog). ``stopping``: the daemon is shutting down. ``force``: an operator
+    not about a backlog); ``parallel`` of a backlog may be active at once (a backfill's
+    ``--max-parallel``). ``stopping``: the daemon is shutting down. ``force``: an operator
     insists (``pipeline run --force``): it starts beside whatever runs.
     """
     if stopping:
         return Decision(Verdict.SKIP, Reason.SHUTTING_DOWN, "the daemon is shutting down")
     if force:
         return START
-    if waiting or backlog:  # first in, first out: the runs queued ahead go first
+    if backlog:  # first in, first out, ``parallel`` at a time
+        return START if situation.active + situation.waiting < max(parallel, 1) else QUEUE
+    if waiting:  # first in, first out: the runs queued ahead go first
         return START if situation.active == 0 and situation.waiting == 0 else QUEUE
     if trigger in AUTOMATIC:
         if not enabled:

@@ -36,7 +36,7 @@ from pipeline.faults import crash_point
 from pipeline.journal import Offload
 from pipeline.model import Job, Version
 from pipeline.policy import catchup_of, misfire_grace_of
-from pipeline.store import Claimed, Claims, FireClaim, JobSettings, Store
+from pipeline.store import Claimed, Claims, FireClaim, JobSettings, Store, StoredDecision
 from pipeline.versions import version_of
 
 RECHECK = 2.0  # longest sleep without looking at the clock again
@@ -75,7 +75,8 @@ class Scheduler:
                  hold: Callable[[Job], bool] = lambda job: True,
                  recheck: float = RECHECK, rng: random.Random | None = None,
                  offload: Offload = trio.to_thread.run_sync,
-                 trouble: Callable[[StateError], None] | None = None) -> None:
+                 trouble: Callable[[StateError], None] | None = None,
+                 on_decisions: Callable[[list[StoredDecision]], None] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.node = node  # this node's id (it changes if the node registers again)
@@ -87,6 +88,7 @@ class Scheduler:
         self.offload = offload
         # Told of a store that cannot be written (the journal says so once per condition).
         self.trouble = trouble or (lambda exc: logger.error("cannot record state: {}", exc))
+        self.on_decisions = on_decisions  # told of fires made no run of (metrics)
         self._chores: list[Callable[[], Any]] = []  # store writes to retry until they succeed
         self.jobs: dict[str, _Scheduled] = {}
         self.started: datetime | None = None  # when this node began to fire
@@ -260,6 +262,8 @@ class Scheduler:
                 heapq.heappush(self._heap, (now, known.job.name, known.generation))
             await trio.sleep(1.0)
             return
+        if result.decisions and self.on_decisions is not None:
+            self.on_decisions(result.decisions)
         if result.runs:
             self.claims += len(result.runs)
             crash_point("fire-claimed")

@@ -61,6 +61,7 @@ PATTERN_WORDS = {
     r"(\.[A-Za-z_][A-Za-z0-9_]*)*$": "a callable written \"package.module:function\"",
     r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$": "a valid HTTP header name",
     r"^[Hh][Tt][Tt][Pp][Ss]?://": "an http:// or https:// URL",
+    r"^\s*\$\{\{": "a URL that starts with a ${{ }} expression",
 }
 # Schemas in $defs whose title says what they are better than any one of their branches.
 TITLE_WORDS = {"duration": DURATION_WORDS, "expression": EXPRESSION_WORDS}

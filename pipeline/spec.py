@@ -12,9 +12,16 @@ never lets another exception out, whatever the bytes:
    warnings for what loads but is likely a mistake (an ``at:`` in the past).
 
 A set of files (``load_jobs``) is also checked as a whole: a ``uses: job`` step must name a
-job that is there, with parameters it declares (``call_problems``; the daemon's catalog uses
-it too). Given single files rather than a directory, a call to a job outside them is not
-judged: the jobs directory it will run in is not known.
+job that is there, with parameters it declares (``call_problems``), and an ``after:`` schedule
+a job that is there, with no ring of jobs firing after each other (``after_problems``); the
+daemon's catalog uses both. Given single files rather than a directory, a name outside them
+is not judged: the jobs directory it will run in is not known.
+
+The one settings file of a jobs directory (``kind: settings``, ``pipeline.settings``) is not
+a job: ``load_jobs`` validates it as settings, and judges each job's ``pool:`` and ``email``
+targets against it; its ``defaults`` are merged into every job's document before the job is
+built (``settings.apply_defaults``). A directory without a settings file has no pools and no
+SMTP server; single files without it are not judged on those.
 
 Only a document that passed all of them becomes a ``Job``: this module builds it, reading the
 notations inside strings with ``pipeline.notation`` and parameters with ``pipeline.params``,
@@ -29,7 +36,6 @@ import gc
 import hashlib
 import os
 import shlex
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,21 +43,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from pipeline import checks, dag, params, triggers, yamlsafe
+from pipeline import checks, dag, jobgraph, params, schedules, yamlsafe
 from pipeline.errors import JobInvalid, Problem, Severity
 from pipeline.model import (
     EMPTY,
-    Backoff,
-    Catchup,
     CircuitBreaker,
     Concurrency,
-    History,
     Job,
     Policy,
     RetryPolicy,
-    Schedule,
-    ScheduleKind,
-    Secret,
+    Settings,
     Step,
     StepKind,
     thaw,
@@ -60,12 +61,8 @@ from pipeline.notation import (
     AT_PATTERN,
     DURATION_PATTERN,
     EXPRESSION_PATTERN,
-    local_zone,
     parse_duration,
-    parse_time,
-    schedule_form,
     unwrap,
-    zone,
 )
 from pipeline.params import parse_params
 from pipeline.schema import (
@@ -76,12 +73,22 @@ from pipeline.schema import (
     schema_dir,
     validators,
 )
+from pipeline.settings import (
+    apply_defaults,
+    history,
+    is_settings_file,
+    notify_targets,
+    pool,
+    retry_policy,
+    secret_refs,
+    settings_or_problems,
+)
 from pipeline.yamlsafe import JsonPath, Mark
 
 __all__ = [
     "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "Loaded",
-    "builtin_runner_schemas", "call_problems", "find_job_files", "job_schema", "load_job",
-    "load_jobs",
+    "builtin_runner_schemas", "call_problems", "find_job_files", "find_settings_file",
+    "is_settings_file", "job_schema", "load_job", "load_jobs",
     "parse_duration", "parse_params", "schema_dir", "unwrap",
 ]
 
@@ -130,41 +137,17 @@ def find_job_files(root: Path) -> list[Path]:
     return sorted(map(Path, found))
 
 
+def find_settings_file(root: Path) -> Path | None:
+    """The settings file among ``find_job_files(root)`` (the first, if there are several)."""
+    return next((path for path in find_job_files(root) if is_settings_file(path)), None)
+
+
 # -- building the model ------------------------------------------------------------------
 # Every function here reads a document that passed all the checks: values are known to be
 # there and well-formed, so nothing is checked twice.
 
 
-def _schedule(entry: Any) -> Schedule:
-    if isinstance(entry, str):
-        kind, text = schedule_form(entry)
-        if kind is ScheduleKind.EVERY:
-            return Schedule(kind, local_zone(), every=parse_duration(text), text=entry)
-        return Schedule(kind, local_zone(), cron=triggers.parse_cron(text), text=entry)
-    tz = zone(entry["timezone"]) if "timezone" in entry else local_zone()
-    common: dict[str, Any] = {
-        "jitter": parse_duration(entry.get("jitter", 0)),
-        "catchup": Catchup(entry.get("catchup", "latest")),
-        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
-    }
-    if "cron" in entry:
-        return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
-                        text=entry["cron"], **common)
-    if "every" in entry:
-        start = parse_time(entry["start"], tz) if "start" in entry else None
-        return Schedule(ScheduleKind.EVERY, tz, every=parse_duration(entry["every"]),
-                        start=start, text=f"every {entry['every']}", **common)
-    return Schedule(ScheduleKind.AT, tz, at=parse_time(entry["at"], tz),
-                    text=f"at {entry['at']}", **common)
-
-
-def _retries(value: Any) -> RetryPolicy:
-    if isinstance(value, int | float):
-        return RetryPolicy(limit=int(value))
-    max_delay = value.get("max_delay")
-    return RetryPolicy(limit=int(value["limit"]), delay=parse_duration(value.get("delay", 0)),
-                       backoff=Backoff(value.get("backoff", "constant")),
-                       max_delay=None if max_delay is None else parse_duration(max_delay))
+_retries = retry_policy
 
 
 def _freeze(value: Any) -> Any:
@@ -218,7 +201,7 @@ def _step(raw: dict[str, Any], frozen: Mapping[str, Any], line: int) -> Step:
         continue_on_error=bool(raw.get("continue_on_error", False)),
         for_each=(unwrap(for_each) if isinstance(for_each, str)
                   else None if for_each is None else frozen["for_each"]),
-        max_parallel=_int(raw.get("max_parallel")),
+        max_parallel=_int(raw.get("max_parallel")), pool=pool(raw.get("pool")),
     )
 
 
@@ -236,14 +219,11 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
     if isinstance(concurrency, str):
         concurrency = {"policy": concurrency}
     breaker = data.get("circuit_breaker")
-    history = data.get("history", {})
-    keep_days = history.get("keep_days")
-    if isinstance(keep_days, str):
-        keep_days = parse_duration(keep_days) / 86400.0
     return Job(
         name=name, file=file, sha256=sha256, steps=steps("steps"),
         description=data.get("description", ""), enabled=data.get("enabled", True),
-        schedules=tuple(_schedule(e) for e in entries),
+        schedules=tuple(schedules.build(e, folder=os.path.dirname(os.path.abspath(file)))
+                        for e in entries),
         concurrency=Concurrency(Policy(concurrency["policy"]),
                                 _int(concurrency.get("max_active")),
                                 _int(concurrency.get("max_queued", 10))),
@@ -251,15 +231,15 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
         retries=_retries(data["retries"]) if "retries" in data else RetryPolicy(),
         circuit_breaker=None if breaker is None else CircuitBreaker(
             _int(breaker["after"]), parse_duration(breaker.get("cooldown", "1h"))),
-        history=History(_int(history.get("keep_runs")),
-                        None if keep_days is None else float(keep_days)),
+        history=history(data.get("history", {})),
         env=_env(data.get("env")),
         params=_freeze({k: params.declared(k, v) for k, v in data.get("params", {}).items()}),
-        secrets=_freeze({k: Secret(k, v.get("env"), v.get("file"))
-                        for k, v in data.get("secrets", {}).items()}),
+        secrets=secret_refs(data.get("secrets")),
         on_success=steps("on_success"), on_failure=steps("on_failure"),
         finally_=steps("finally"), outputs=_env(data.get("outputs")),
-        runs_on=_env(data.get("runs_on")),
+        notify=notify_targets(data.get("notify")),
+        deadline=parse_duration(data["deadline"]) if "deadline" in data else None,
+        pool=pool(data.get("pool")), runs_on=_env(data.get("runs_on")),
         on_node_loss_retry=data.get("on_node_loss", "fail") == "retry", document=frozen,
     )
 
@@ -296,26 +276,11 @@ class _Result:
 
 def _read(path: Path) -> bytes:
     """At most MAX_BYTES + 1 bytes of a regular file; OSError or ValueError with a message."""
-    # O_NONBLOCK: opening a FIFO that happens to be called x.yaml must not hang us.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        chunks = []
-        size = 0
-        while size <= MAX_BYTES:
-            chunk = os.read(fd, MAX_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return yamlsafe.read_file(path, MAX_BYTES)
 
 
 def _load(path: Path, schema: Validators, display: str, now: datetime,
-          data: bytes | None = None) -> _Result:
+          data: bytes | None = None, settings: Settings | None = None) -> _Result:
     warned: list[tuple[Mark, str]] = []
 
     def fail(problems: list[tuple[Mark, str]], name: str | None = None,
@@ -338,6 +303,9 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     except yamlsafe.Refused as exc:
         return fail([(exc.mark, exc.message)])
     mapping = document.data
+    if mapping.get("kind") == "settings":
+        return fail([(document.where(("kind",)), "this is the jobs directory's settings file "
+                      "(kind: settings), not a job")])
     stem = os.path.basename(display).rsplit(".", 1)[0]
     name_value = mapping.get("name", stem)
     name = name_value if isinstance(name_value, str) else None
@@ -355,11 +323,14 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
             reported.add(where)
     # The text places a message on a lookup inside a string (yamlsafe checked it decodes).
     text = data.decode("utf-8").removeprefix("\ufeff")
-    found = checks.check(document, reported, stem, text=text, now=now)
+    found = checks.check(document, reported, stem, text=text, now=now, settings=settings,
+                         folder=os.path.dirname(os.path.abspath(path)))
     problems.extend(found.errors)
     warned.extend(found.warnings)
     if problems:
         return fail(problems, name, name_mark)
+    if settings is not None:
+        mapping = apply_defaults(mapping, settings.defaults)
     job = _build(mapping, document, name=cast(str, name), file=display,
                  sha256=hashlib.sha256(data).hexdigest())
     return _Result(job, (), job.name, name_mark, _warnings(display, warned))
@@ -371,19 +342,22 @@ def _warnings(display: str, warned: list[tuple[Mark, str]]) -> tuple[Problem, ..
 
 
 def load_job(path: Path, *, runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-             display_path: str | None = None, data: bytes | None = None) -> Job:
+             display_path: str | None = None, data: bytes | None = None,
+             settings: Settings | None = None) -> Job:
     """Read, validate and build one job file.
 
     ``runner_schemas`` maps each runner name to the JSON Schema of its ``with`` (None: the
     built-in runners). ``display_path`` is the file name used in messages and ``Job.file``
     (default ``str(path)``). ``data``, when given, stands for the file's bytes (a version
-    of it remembered by the state). Raises ``JobInvalid`` with every problem found (errors:
-    warnings are not raised, see ``load_jobs``); a ``uses: job`` step is not checked against
-    other files.
+    of it remembered by the state). ``settings``: the jobs directory's settings, whose
+    defaults the job gets and against which its pools and email targets are judged (None:
+    no defaults, not judged). Raises ``JobInvalid`` with every problem found (errors:
+    warnings are not raised, see ``load_jobs``), also for the settings file itself; a ``uses:
+    job`` step is not checked against other files.
     """
     result = _load(path, validators(runner_schemas),
                    str(path) if display_path is None else display_path, datetime.now(UTC),
-                   data)
+                   data, settings)
     if result.job is None:
         raise JobInvalid(result.problems)
     return result.job
@@ -398,11 +372,16 @@ class Loaded:
     files: Mapping[str, str]  # file -> job name, wherever the name could be read
     # file -> its warnings, valid or not: a file with warnings only is valid
     warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
+    # the settings the jobs were judged and built with: the settings file's (None while it
+    # is invalid), else the one given to load_jobs, else for a directory an empty Settings()
+    # (no pools, no SMTP: its file is ""), else None (not judged)
+    settings: Settings | None = None
+    settings_files: tuple[str, ...] = ()  # the files that say kind: settings, valid or not
 
 
 def load_jobs(paths: Sequence[Path], *,
               runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-              now: datetime | None = None) -> Loaded:
+              now: datetime | None = None, settings: Settings | None = None) -> Loaded:
     """Load every job file in ``paths`` (directories are searched with ``find_job_files``).
 
     A job name used by an earlier file makes every later file with that name invalid. So
@@ -410,6 +389,11 @@ def load_jobs(paths: Sequence[Path], *,
     (``call_problems``); when ``paths`` holds no directory, a call to a job outside the files
     given is not judged. ``now`` is what an ``at:`` in the past is measured from (default:
     the current time). Never raises for a bad file: its problems are in ``Loaded.problems``.
+
+    A settings file among them (``kind: settings``) is validated as settings, not as a job,
+    and the jobs get its defaults and are judged against its pools and SMTP server; a second
+    one is invalid. Without one, ``settings`` (when given) stands for it; without either, a
+    directory has no pools and no SMTP server, and single files are not judged on those.
     """
     schema = validators(runner_schemas)
     # Loading allocates many short-lived objects while the loaded jobs pile up; the cyclic
@@ -418,24 +402,48 @@ def load_jobs(paths: Sequence[Path], *,
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_all(paths, schema, now or datetime.now(UTC))
+        return _load_all(paths, schema, now or datetime.now(UTC), settings)
     finally:
         if collecting:
             gc.enable()
 
 
-def _load_all(paths: Sequence[Path], schema: Validators, now: datetime) -> Loaded:
+def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
+              given: Settings | None) -> Loaded:
     jobs: dict[str, Job] = {}
     problems: dict[str, tuple[Problem, ...]] = {}
     warnings: dict[str, tuple[Problem, ...]] = {}
     files: dict[str, str] = {}
     owner: dict[str, str] = {}  # job name -> the first file that uses it
     targets: list[Path] = []
+    complete = any(path.is_dir() for path in paths)
     for path in paths:
         targets.extend(find_job_files(path) if path.is_dir() else [path])
+    job_files: list[tuple[Path, bytes | None]] = []
+    settings_files: list[str] = []
+    settings = given if given is not None else Settings() if complete else None
     for path in dict.fromkeys(targets):
+        try:
+            data: bytes | None = _read(path)
+        except (OSError, ValueError):
+            data = None  # _load says why
+        if data is None or not is_settings_file(path, data):
+            job_files.append((path, data))
+            continue
         display = str(path)
-        result = _load(path, schema, display, now)
+        settings_files.append(display)
+        if len(settings_files) == 1:
+            # An invalid settings file leaves settings None: pools and SMTP are not judged.
+            settings, bad = settings_or_problems(path, display_path=display, data=data)
+            if bad:
+                problems[display] = bad
+        else:
+            problems[display] = (Problem(display, *_kind_mark(data), (
+                f"a second settings file: {settings_files[0]} is the settings file of this "
+                "jobs directory (there is at most one)")),)
+    for path, data in job_files:
+        display = str(path)
+        result = _load(path, schema, display, now, data, settings)
         found = result.problems
         if result.warnings:
             warnings[display] = result.warnings
@@ -453,13 +461,25 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime) -> Loade
         elif result.job is not None:
             jobs[result.job.name] = result.job
     known: dict[str, Job | None] = {**dict.fromkeys(files.values()), **jobs}
-    complete = any(path.is_dir() for path in paths)
     for name, job in list(jobs.items()):
         calls = call_problems(job, known, complete=complete)
         if calls:
             del jobs[name]
             problems[job.file] = calls
-    return Loaded(jobs, problems, files, warnings)
+    # Jobs fire after each other only across files: judged once the files are all read.
+    for name, found in after_problems({**dict.fromkeys(files.values()), **jobs},
+                                      complete=complete).items():
+        file = jobs.pop(name).file
+        problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
+    return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files))
+
+
+def _kind_mark(data: bytes) -> Mark:
+    """Where a settings file writes ``kind:`` (1:1 if it cannot be read as YAML)."""
+    try:
+        return yamlsafe.parse(data).where(("kind",), key=True)
+    except yamlsafe.Refused:
+        return (1, 1)
 
 
 def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
@@ -513,6 +533,27 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 found.append((step.line, (*where, "params") if "params" in step.with_
                               else (*where, "job"), False,
                               f"job {name!r} requires {', '.join(map(repr, missing))}"))
+    return _located(job, found)
+
+
+def after_problems(jobs: Mapping[str, Job | None], *,
+                   complete: bool = True) -> dict[str, tuple[Problem, ...]]:
+    """What is wrong with the jobs' ``after:`` schedules, by job name (only those with some).
+
+    ``jobs`` maps each job name there is to its job (None: its file is invalid). An ``after:``
+    must name one of them (judged only when ``complete``), not its own job, and jobs must not
+    fire after each other in a ring (``pipeline.jobgraph``). Located in each job's file, read
+    again only when there are problems.
+    """
+    valid = {name: job for name, job in jobs.items() if job is not None}
+    found: dict[str, list[tuple[int, JsonPath, bool, str]]] = {}
+    for flaw in jobgraph.after_flaws(valid, jobs.keys(), complete=complete):
+        found.setdefault(flaw.job, []).append((1, flaw.path, False, flaw.message))
+    return {name: _located(valid[name], flaws) for name, flaws in found.items()}
+
+
+def _located(job: Job, found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Problem, ...]:
+    """Problems (line to fall back on, path, whether at the key, message) in ``job.file``."""
     if not found:
         return ()
     document = None

@@ -32,9 +32,16 @@ repeated hour it can return an instant before the one it was given. Nor does cro
 user's text: it reads a one-value range with a step (``5-5/10``) as ``5/10`` (5, 15, 25, ...),
 so it is handed every field in plain numbers.
 
+A schedule's calendar (``active: {from, until}``, ``exclude: [dates, cron expressions]``)
+removes fires from what its expression makes, judged by each fire's wall time in the
+schedule's zone; every function here honours it, ``removed_between`` and ``calendar_verdict``
+say which fires it removed and why. Event schedules (file, after, @reboot) have no fire times.
+
 Bounds: parsing is linear in the text, which is at most ``MAX_EXPRESSION`` characters. Every
 expression ``parse_cron`` accepts fires at least once in 40 years (the longest wait is for a
-29 February on a given weekday), and a search stops after ``SEARCH_YEARS`` without a fire.
+29 February on a given weekday), and a search stops after ``SEARCH_YEARS`` without a fire, or,
+through a calendar, after ``MAX_REMOVED`` excluded spans in a row: an exclude list that
+removes every fire ends a search in a fraction of a second (``pipeline validate`` refuses it).
 ``fires_between`` does work in proportion to its ``limit``, never to the length of the span.
 """
 
@@ -48,18 +55,24 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
-from pipeline.model import Schedule, ScheduleKind
+from pipeline.model import Exclusion, Schedule, ScheduleKind
 
 _T = TypeVar("_T")
 
 SEARCH_YEARS = 50  # no cron fire within this many years of the last one: there are no more
 MAX_EXPRESSION = 1000  # characters; keeps parsing bounded whatever the input
+# A search for the next fire through a calendar gives up after this many exclusion spans (or
+# removed fires) in a row: an exclude list that removes every fire must not spin (Temporal
+# #7793). Spans are whole minutes, hours, days... so no useful calendar comes near it.
+MAX_REMOVED = 10_000
+_SEARCH_SPAN = timedelta(days=366 * SEARCH_YEARS)  # a calendar search looks no further
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RANDOM = random.Random()
@@ -103,11 +116,23 @@ _MONTHS = _Field("month", 1, 12, _MONTH_NAMES)
 _DOWS = _Field("day-of-week", 0, 7, _DAY_NAMES)
 
 
+# How much wall time around a match an `exclude:` cron expression covers entirely: the finest
+# field that does not select every value decides (`* * * * 0,6` covers whole days, `* 12 * * *`
+# whole hours). The search for the next fire jumps over such spans instead of walking them.
+_SECOND_SPAN, _MINUTE_SPAN, _HOUR_SPAN, _DAY_SPAN, _MONTH_SPAN, _ALL_TIME = range(6)
+
+
 @dataclass(frozen=True)
 class _Cron:
     expression: str  # normalised, as parse_cron returns it
     walker: str  # the same in numbers only, for cronsim
     real_time: bool  # hour field has `*` or a step: fires follow real time across DST
+    # The values each field selects (seconds first when there are six fields), Sunday as 0
+    # only, to test a wall time directly (`exclude:`); `day_and`: cronie's rule that a `*`
+    # in either day field makes a day match only if both fields do.
+    fields: tuple[frozenset[int], ...] = ()
+    day_and: bool = True
+    span: int = _SECOND_SPAN
 
 
 def parse_cron(text: str) -> str:
@@ -132,7 +157,8 @@ def _compile(text: str) -> _Cron:
     if stripped.startswith("@"):
         alias = stripped.lower()
         if alias == "@reboot":
-            raise ValueError("@reboot is not supported: the daemon has no boot")
+            raise ValueError("@reboot is an event, not a time: write it as the schedule "
+                             "itself (schedule: \"@reboot\", or an item of its list)")
         if alias not in ALIASES:
             raise ValueError(f"unknown alias {stripped!r}; expected one of {', '.join(ALIASES)}")
         stripped = ALIASES[alias]
@@ -160,8 +186,25 @@ def _compile(text: str) -> _Cron:
     except CronSimError as error:  # cannot happen while our grammar is a subset of cronsim's
         raise ValueError(f"cron expression {stripped!r} is not understood: {error}") from None
     hour_text = parts[-4]
+    sets = [values for values, _ in parsed]
+    sets[-1] = frozenset(day % 7 for day in sets[-1])
+    day_and = dom_text.startswith("*") or dow_text.startswith("*")
     return _Cron(expression=" ".join(part.upper() for part in parts), walker=walker,
-                 real_time="*" in hour_text or "/" in hour_text)
+                 real_time="*" in hour_text or "/" in hour_text, fields=tuple(sets),
+                 day_and=day_and, span=_span(sets, day_and))
+
+
+def _span(sets: list[frozenset[int]], day_and: bool) -> int:
+    """The span of wall time around any match that the expression matches entirely."""
+    *clock, doms, months, dows = sets
+    full = [len(values) == 60 for values in clock[:-1]] + [len(clock[-1]) == 24]
+    if not all(full):
+        # five fields: a match covers its whole minute (the seconds are not looked at)
+        return full.index(False) + (0 if len(clock) == 3 else _MINUTE_SPAN)
+    every_dom, every_dow = len(doms) == 31, len(dows) == 7
+    if not ((every_dom and every_dow) if day_and else (every_dom or every_dow)):
+        return _DAY_SPAN
+    return _MONTH_SPAN if len(months) < 12 else _ALL_TIME
 
 
 def _parse_field(field: _Field, text: str) -> tuple[frozenset[int], str]:
@@ -343,6 +386,28 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime | None:
     return None
 
 
+def first_fire(schedule: Schedule, now: datetime) -> datetime | None:
+    """Some fire of ``schedule`` if it has any at all, else None: what ``pipeline validate``
+    refuses as "never fires" (an exclude list that removes every fire, a window that holds
+    none). Searched from the start of its ``active`` window, or its ``at``; with a window that
+    only ends, the last fire up to its end; otherwise (a repeating expression, whose calendar
+    repeats too, dates aside) from ``now``. Bounded like ``next_fire``; events have no fire
+    times, so None. Raises ``ValueError`` for a naive ``now``.
+    """
+    if not schedule.kind.timed:
+        return None
+    after = _utc(now)
+    low, high = _window(schedule)
+    if schedule.kind is ScheduleKind.AT:
+        after = _to_instant(_required(schedule.at, "at"), schedule.timezone) - _MICROSECOND
+    elif low is not None:
+        after = low - _MICROSECOND
+    elif high is not None:
+        last = _backward(schedule, datetime(1, 1, 2, tzinfo=UTC), high, 1)
+        return _local(last[0], schedule.timezone) if last else None
+    return next_fire(schedule, after)
+
+
 def next_fires(schedules: Sequence[Schedule], after: datetime, n: int) -> list[datetime]:
     """The next ``n`` fires of all ``schedules`` together, strictly after ``after``, ascending.
 
@@ -389,6 +454,115 @@ def fires_between(schedules: Sequence[Schedule], after: datetime, until: datetim
     return [_local(instant, zones[instant]) for instant in kept], truncated
 
 
+class CalendarReason(StrEnum):
+    """Why the calendar removed a fire: the reasons of a "not made" decision (CONTRACT §6)."""
+
+    EXCLUDED = "excluded"
+    OUTSIDE_WINDOW = "outside active window"
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A fire the schedule's expression makes and its calendar removes.
+
+    ``fire`` is in the schedule's zone (a fixed offset, as every fire here); ``rule`` says
+    which part of the calendar removed it, as the job file writes it: ``exclude 2026-12-25``,
+    ``exclude 0 12 * * *``, ``active from 2026-01-01``, ``active until 2026-12-31``.
+    """
+
+    fire: datetime
+    reason: CalendarReason
+    rule: str
+
+
+def removed_between(schedules: Sequence[Schedule], after: datetime, until: datetime,
+                    limit: int = 1000) -> tuple[list[Removed], bool]:
+    """The fires in (``after``, ``until``] that the schedules' expressions make but their
+    calendars remove, ascending: what the scheduler records as "not made" decisions.
+
+    ``fires_between`` over the same span gives the fires that are made; together they are
+    every fire of the plain expressions. An instant that another of the schedules makes is
+    not removed. At most ``limit``: when there are more, the most recent ``limit`` and True.
+    Each removed fire is looked at (no jumping over spans), so the work is proportional to
+    ``limit`` plus ``MAX_REMOVED``: a span holding more fires than that (an every-second
+    schedule excluded for a weekend) reports its latest ones and True. Raises ``ValueError``
+    as ``fires_between`` does.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+    start, end = _utc(after), _utc(until)
+    found: dict[datetime, Removed] = {}
+    truncated = False
+    for schedule in schedules:
+        if not (schedule.calendar and schedule.kind.timed) or end <= start:
+            continue
+        budget, kept = limit + MAX_REMOVED, 0
+        for instant in _plain_backward(schedule, end):
+            if instant <= start:
+                break
+            budget -= 1
+            if budget < 0 or kept > limit:
+                truncated = True
+                break
+            removed = _removal(schedule, instant)
+            if removed is None or instant in found or any(
+                    _makes(other, instant) for other in schedules if other is not schedule):
+                continue
+            found[instant] = removed
+            kept += 1
+    instants = sorted(found)
+    truncated = truncated or len(instants) > limit
+    kept_instants = instants[len(instants) - limit:] if len(instants) > limit else instants
+    return [found[instant] for instant in kept_instants], truncated
+
+
+def calendar_verdict(schedules: Sequence[Schedule], instant: datetime) -> Removed | None:
+    """Why the fire at ``instant`` is not made, when one of ``schedules`` makes it without
+    its calendar and none makes it with its calendar; None otherwise (the fire is made, or
+    no schedule's expression makes ``instant`` at all). For ``pipeline why --at``.
+
+    The verdict is the first schedule's (in the order given), and within it the window's
+    before the first matching exclusion's. Raises ``ValueError`` for a naive ``instant``.
+    """
+    moment = _utc(instant)
+    verdict: Removed | None = None
+    for schedule in schedules:
+        if not _plainly_makes(schedule, moment):
+            continue
+        removed = _removal(schedule, moment) if schedule.calendar else None
+        if removed is None:
+            return None
+        verdict = verdict or removed
+    return verdict
+
+
+def _plainly_makes(schedule: Schedule, instant: datetime) -> bool:
+    return next(_plain_forward(schedule, instant - _MICROSECOND), None) == instant
+
+
+def _makes(schedule: Schedule, instant: datetime) -> bool:
+    return (_plainly_makes(schedule, instant)
+            and (not schedule.calendar or _removal(schedule, instant) is None))
+
+
+def _removal(schedule: Schedule, instant: datetime) -> Removed | None:
+    """Why ``schedule``'s calendar removes ``instant`` (UTC), or None if it keeps it."""
+    tz = schedule.timezone
+    fire = _local(instant, tz)
+    low, high = _window(schedule)
+    window = schedule.active
+    if window is not None and low is not None and instant < low:
+        return Removed(fire, CalendarReason.OUTSIDE_WINDOW,
+                       f"active from {window.from_text or _local(low, tz).isoformat()}")
+    if window is not None and high is not None and instant > high:
+        return Removed(fire, CalendarReason.OUTSIDE_WINDOW,
+                       f"active until {window.until_text or _local(high, tz).isoformat()}")
+    exclusion = _exclusion_of(schedule, instant)
+    if exclusion is not None:
+        return Removed(fire, CalendarReason.EXCLUDED, f"exclude {exclusion.text}")
+    return None
+
+
 def jitter_delay(schedule: Schedule, rng: random.Random | None = None) -> float:
     """A random delay in [0, ``schedule.jitter``] seconds; 0.0 when the schedule has none."""
     if schedule.jitter <= 0:
@@ -398,7 +572,17 @@ def jitter_delay(schedule: Schedule, rng: random.Random | None = None) -> float:
 
 def describe(schedule: Schedule) -> str:
     """Short text for listings: ``cron "30 2 * * *" Europe/Berlin``, ``every 15m``,
-    ``at 2026-12-01T09:00:00+01:00``, with ``, jitter 30s`` when there is jitter."""
+    ``at 2026-12-01T09:00:00+01:00``, with ``, jitter 30s`` when there is jitter, and the
+    calendar: ``, active from 2026-01-01 until 2026-12-31, except 2026-12-25, 0 12 * * *``.
+    Events: ``file incoming/*.csv, settle 10s``, ``after extract (succeeded)``, ``@reboot``.
+    """
+    if schedule.kind is ScheduleKind.FILE:
+        text = f"file {schedule.text or schedule.file}, settle {format_duration(schedule.settle)}"
+        return text + (", existing files too" if schedule.existing else "")
+    if schedule.kind is ScheduleKind.AFTER:
+        return f"after {schedule.after} ({', '.join(map(str, schedule.status))})"
+    if schedule.kind is ScheduleKind.REBOOT:
+        return "@reboot"
     if schedule.kind is ScheduleKind.CRON:
         text = f'cron "{schedule.cron}" {schedule.timezone}'
     elif schedule.kind is ScheduleKind.EVERY:
@@ -411,6 +595,18 @@ def describe(schedule: Schedule) -> str:
         text = f"at {_local(moment, schedule.timezone).isoformat() if moment else '?'}"
     if schedule.jitter > 0:
         text += f", jitter {format_duration(schedule.jitter)}"
+    window = schedule.active
+    if window is not None:
+        low, high = _window(schedule)
+        text += ", active"
+        if low is not None:
+            text += f" from {window.from_text or _local(low, schedule.timezone).isoformat()}"
+        if high is not None:
+            text += f" until {window.until_text or _local(high, schedule.timezone).isoformat()}"
+    if schedule.exclude:
+        shown = [exclusion.text for exclusion in schedule.exclude[:5]]
+        more = len(schedule.exclude) - len(shown)
+        text += ", except " + ", ".join(shown) + (f" (+{more} more)" if more else "")
     return text
 
 
@@ -446,7 +642,17 @@ def _tagged(instants: Iterable[datetime], index: int) -> Iterator[tuple[datetime
 
 
 def _forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
-    """UTC instants of ``schedule`` strictly after ``after`` (UTC), ascending, each once."""
+    """UTC instants of ``schedule`` strictly after ``after`` (UTC), ascending, each once,
+    the calendar (``active``, ``exclude``) applied."""
+    if schedule.calendar and schedule.kind.timed:
+        return _calendar_forward(schedule, after)
+    return _plain_forward(schedule, after)
+
+
+def _plain_forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
+    """``_forward`` without the calendar: every instant the expression itself makes."""
+    if not schedule.kind.timed:
+        return iter(())
     if schedule.kind is ScheduleKind.CRON:
         return _cron_forward(_compile(_required(schedule.cron, "cron")), schedule.timezone,
                              after)
@@ -460,8 +666,10 @@ def _forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
 def _backward(schedule: Schedule, after: datetime, until: datetime,
               limit: int) -> list[datetime]:
     """The latest ``limit`` UTC instants of ``schedule`` in (``after``, ``until``]."""
-    if until <= after or limit <= 0:
+    if until <= after or limit <= 0 or not schedule.kind.timed:
         return []
+    if schedule.calendar:
+        return _calendar_backward(schedule, after, until, limit)
     if schedule.kind is ScheduleKind.CRON:
         found: list[datetime] = []
         cron = _compile(_required(schedule.cron, "cron"))
@@ -652,6 +860,213 @@ def _to_instant(moment: datetime, tz: ZoneInfo) -> datetime:
     return instants[0]
 
 
+# --- the calendar: `active` windows and `exclude` lists ---
+#
+# A calendar removes fires from what the expression makes; it never adds any. A fire is judged
+# by its wall time in the schedule's zone: a date excludes the fires on that day, a cron
+# expression the fires at wall times it matches (five fields: any second of a matching minute).
+# Excluded fires come in runs (`* * * * 0,6` excludes whole weekends of an every-second
+# schedule), so the searches jump over the span an exclusion covers (_span) instead of asking
+# the expression for each fire in it. Each search gives up after MAX_REMOVED jumps or removed
+# fires in a row: an exclude list that removes every fire (`0-29 * * * *` with
+# `30-59 * * * *`) ends a search in milliseconds, and `pipeline validate` refuses it.
+
+
+def _calendar_forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
+    tz = schedule.timezone
+    low, high = _window(schedule)
+    if low is not None and low - _MICROSECOND > after:
+        after = low - _MICROSECOND
+    # Restarting the expression after each jump would reset its own horizon: keep one.
+    horizon = _shifted(after, _SEARCH_SPAN)
+    if high is None or (horizon is not None and horizon < high):
+        high = horizon
+    stream = _plain_forward(schedule, after)
+    budget = MAX_REMOVED
+    while True:
+        candidate = next(stream, None)
+        if candidate is None or (high is not None and candidate > high):
+            return
+        moment: datetime | None = candidate
+        while moment is not None and (span := _excluded_span(schedule, moment)) is not None:
+            budget -= 1
+            if budget <= 0:
+                return
+            moment = _span_end(moment, span, tz)
+        if moment is None:
+            return  # an exclusion that matches all time
+        if moment == candidate:
+            budget = MAX_REMOVED
+            yield candidate
+            continue
+        if high is not None and moment > high:
+            return
+        stream = _plain_forward(schedule, moment - _MICROSECOND)
+
+
+def _calendar_backward(schedule: Schedule, after: datetime, until: datetime,
+                       limit: int) -> list[datetime]:
+    """``_backward`` with the calendar: at most ``limit`` instants, the latest first; fewer
+    when a search in between gives up (see above) or after ``MAX_REMOVED × 10`` jumps in
+    all, so the work stays bounded whatever the span."""
+    tz = schedule.timezone
+    low, high = _window(schedule)
+    if high is not None and high < until:
+        until = high
+    if low is not None and low - _MICROSECOND > after:
+        after = low - _MICROSECOND
+    horizon = _shifted(until, -_SEARCH_SPAN)
+    if horizon is not None and horizon > after:
+        after = horizon
+    found: list[datetime] = []
+    stream = _plain_backward(schedule, until)
+    budget, total = MAX_REMOVED, MAX_REMOVED * 10
+    while len(found) < limit:
+        candidate = next(stream, None)
+        if candidate is None or candidate <= after:
+            break
+        moment = candidate
+        while (span := _excluded_span(schedule, moment)) is not None:
+            budget -= 1
+            total -= 1
+            if budget <= 0 or total <= 0 or span == _ALL_TIME:
+                return found
+            moment = _span_start(moment, span, tz) - _MICROSECOND
+        if moment == candidate:
+            budget = MAX_REMOVED
+            found.append(candidate)
+        elif moment <= after:
+            break
+        else:
+            stream = _plain_backward(schedule, moment)
+    return found
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime | None:
+    """``moment + by``, or None past the ends of datetime's range."""
+    try:
+        return moment + by
+    except OverflowError:
+        return None
+
+
+def _plain_backward(schedule: Schedule, until: datetime) -> Iterator[datetime]:
+    """UTC instants the expression makes at or before ``until``, descending, each once."""
+    if schedule.kind is ScheduleKind.CRON:
+        yield from _cron_backward(_compile(_required(schedule.cron, "cron")),
+                                  schedule.timezone, until)
+    elif schedule.kind is ScheduleKind.EVERY:
+        origin, step = _grid(schedule)
+        for index in range(_index(origin, step, until), -1, -1):
+            yield origin + _MICROSECOND * (step * index)
+    elif schedule.kind is ScheduleKind.AT:
+        moment = _to_instant(_required(schedule.at, "at"), schedule.timezone)
+        if moment <= until:
+            yield moment
+
+
+def _window(schedule: Schedule) -> tuple[datetime | None, datetime | None]:
+    """The ``active`` window's bounds as UTC instants (inclusive), None where open."""
+    window = schedule.active
+    if window is None:
+        return None, None
+    return (None if window.start is None else _to_instant(window.start, schedule.timezone),
+            None if window.end is None else _to_instant(window.end, schedule.timezone))
+
+
+def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _excluded_span(schedule: Schedule, instant: datetime) -> int | None:
+    """The widest span an exclusion matching ``instant`` covers, or None if none matches."""
+    wall = _wall(instant, schedule.timezone)
+    widest: int | None = None
+    for exclusion in schedule.exclude:
+        if exclusion.date is not None:
+            span = _DAY_SPAN if wall.date() == exclusion.date else None
+        else:
+            cron = _compile(_required(exclusion.cron, "exclude"))
+            span = cron.span if _matches(cron, wall) else None
+        if span is not None and (widest is None or span > widest):
+            widest = span
+    return widest
+
+
+def _exclusion_of(schedule: Schedule, instant: datetime) -> Exclusion | None:
+    """The first exclusion (in the order written) that matches ``instant``."""
+    wall = _wall(instant, schedule.timezone)
+    for exclusion in schedule.exclude:
+        if exclusion.date is not None:
+            if wall.date() == exclusion.date:
+                return exclusion
+        elif _matches(_compile(_required(exclusion.cron, "exclude")), wall):
+            return exclusion
+    return None
+
+
+def _matches(cron: _Cron, wall: datetime) -> bool:
+    """Whether cron matches the wall time (a five-field one: any second of the minute)."""
+    fields = cron.fields
+    if len(fields) == 6:
+        if wall.second not in fields[0]:
+            return False
+        fields = fields[1:]
+    minutes, hours, doms, months, dows = fields
+    if wall.minute not in minutes or wall.hour not in hours or wall.month not in months:
+        return False
+    dom, dow = wall.day in doms, wall.isoweekday() % 7 in dows
+    return (dom and dow) if cron.day_and else (dom or dow)
+
+
+def _span_bounds(wall: datetime, span: int) -> tuple[datetime, datetime]:
+    """The wall-time span of kind ``span`` that holds ``wall``: [start, end)."""
+    if span == _SECOND_SPAN:
+        start = wall.replace(microsecond=0)
+        return start, start + _SECOND
+    if span == _MINUTE_SPAN:
+        start = wall.replace(second=0, microsecond=0)
+        return start, start + timedelta(minutes=1)
+    if span == _HOUR_SPAN:
+        start = wall.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    start = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+    if span == _DAY_SPAN:
+        return start, start + _DAY
+    start = start.replace(day=1)
+    following = (start + timedelta(days=32)).replace(day=1)
+    return start, following
+
+
+def _span_end(instant: datetime, span: int, tz: ZoneInfo) -> datetime | None:
+    """The first instant after ``instant`` whose wall time may be outside its ``span``.
+
+    The wall-clock distance to the span's end is real time only while the offset stays the
+    same, so a jump never crosses an offset change (it stops there and looks again), and
+    never goes further than a day (a zone changes its offset at most once in a day).
+    """
+    if span == _ALL_TIME:
+        return None
+    wall = _wall(instant, tz)
+    try:
+        target = instant + min(_span_bounds(wall, span)[1] - wall, _DAY)
+    except OverflowError:
+        return None
+    if _offset(tz, target) != _offset(tz, instant):
+        target = _gap_end(instant, target, tz)
+    return target
+
+
+def _span_start(instant: datetime, span: int, tz: ZoneInfo) -> datetime:
+    """The earliest instant up to ``instant`` from which on every wall time is in its
+    ``span``: ``_span_end`` mirrored."""
+    wall = _wall(instant, tz)
+    target = instant - min(wall - _span_bounds(wall, span)[0], _DAY)
+    if _offset(tz, target) != _offset(tz, instant):
+        target = _gap_end(target, instant, tz)
+    return target
+
+
 # -- schedules in words, and the clock changes between fires -----------------------------------
 
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
@@ -776,10 +1191,21 @@ def _duration_words(seconds: float) -> str:
 
 def in_words(schedule: Schedule) -> str:
     """The schedule as a person says it: ``02:30 every day, Europe/Berlin``, ``every 15
-    minutes``, ``09:00 on Monday to Friday, UTC``, ``once, at 2026-12-01 09:00 +01:00``.
+    minutes``, ``09:00 on Monday to Friday, UTC``, ``once, at 2026-12-01 09:00+01:00``,
+    ``after each run of extract that ended succeeded``; with its calendar (``, from ...
+    until ..., except ...``).
 
     Cron expressions beyond these words keep their text: ``cron "0 0 */2 * MON", UTC``.
     """
+    if schedule.kind is ScheduleKind.FILE:
+        return (f"when a file under {schedule.text or schedule.file} has not changed for "
+                f"{format_duration(schedule.settle)}"
+                + (", files already there too" if schedule.existing else ""))
+    if schedule.kind is ScheduleKind.AFTER:
+        ended = " or ".join(map(str, schedule.status))
+        return f"after each run of {schedule.after} that ended {ended}"
+    if schedule.kind is ScheduleKind.REBOOT:
+        return "each time a daemon starts"
     zone = str(schedule.timezone)
     if schedule.kind is ScheduleKind.CRON:
         expression = schedule.cron or ""
@@ -799,6 +1225,17 @@ def in_words(schedule: Schedule) -> str:
             sep=" ", timespec="minutes") if moment else "once")
     if schedule.jitter > 0:
         text += f", up to {format_duration(schedule.jitter)} later at random"
+    window = schedule.active
+    if window is not None:
+        low, high = _window(schedule)
+        if low is not None:
+            text += f", from {window.from_text or _local(low, schedule.timezone).isoformat()}"
+        if high is not None:
+            text += f" until {window.until_text or _local(high, schedule.timezone).isoformat()}"
+    if schedule.exclude:
+        shown = [exclusion.text for exclusion in schedule.exclude[:5]]
+        more = len(schedule.exclude) - len(shown)
+        text += ", except " + ", ".join(shown) + (f" (+{more} more)" if more else "")
     return text
 
 

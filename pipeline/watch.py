@@ -81,6 +81,8 @@ class Catalog:
             if known is not None and known.sha256 == digest:
                 seen[key] = known
                 continue
+            if spec.is_settings_file(path, data):
+                continue  # the settings file is not a job (CONTRACT §1)
             try:
                 job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data)
                 seen[key] = _File(job.sha256, job, (), data)
@@ -164,6 +166,12 @@ class Catalog:
                 if calls:
                     problems[job.file] = calls
                     stale[name] = job.file
+        # So is one whose `after:` names a job not there, or closes a ring of jobs.
+        for name, found in spec.after_problems(
+                {n: None if n in stale else j for n, j in jobs.items()}).items():
+            file = jobs[name].file
+            problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
+            stale[name] = file
         for key, found in problems.items():
             if self.problems.get(key) != found:
                 for problem in found:

@@ -39,6 +39,9 @@ from pipeline.statedir import new_run_id
 from pipeline.store import Claimed, Started, Store
 
 POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting runs, stops
+# At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
+# thousand instants is paced through the queue, not taken all at once.
+PER_LOOK = 64
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
@@ -81,7 +84,8 @@ class Worker:
                  offload: Offload = trio.to_thread.run_sync,
                  watchdog: Watchdog | None = None, max_runs: int | None = None,
                  poll: float = POLL, runner: bool = True, claims: bool = True,
-                 versions: Callable[[str], Version | None] | None = None) -> None:
+                 versions: Callable[[str], Version | None] | None = None,
+                 on_decision: Callable[[Started], None] | None = None) -> None:
         self.store = store
         self.journal = journal
         self.lease = lease
@@ -94,9 +98,11 @@ class Worker:
         self.watchdog = watchdog
         self.max_runs = max_runs
         self.poll = poll
+        self.only: set[str] | None = None  # take none but these runs (a foreground backfill)
         self.runner = runner  # may hold runs (the runner role)
         self.claims = claims and runner  # also take runs nobody holds
         self.versions = versions
+        self.on_decision = on_decision  # told of each decision the store took (metrics)
         self.runs: dict[str, _Local] = {}
         self._reserved: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
         self._reserved_ids: dict[str, str] = {}  # run id -> job
@@ -108,6 +114,7 @@ class Worker:
         self._stopping = False
         self._pgids: dict[tuple[str, str], int] = {}
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
+        self._next_look = 0.0
 
     @property
     def node(self) -> str:
@@ -130,10 +137,10 @@ class Worker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            next_poll = trio.current_time()
+            self._next_look = trio.current_time()
             while True:
-                if trio.current_time() >= next_poll:
-                    next_poll = trio.current_time() + self.poll
+                if trio.current_time() >= self._next_look:
+                    self._next_look = trio.current_time() + self.poll
                     if not self._stopping and not self.lease.fenced:
                         await self.look()
                 if not self._stopping and not self.lease.fenced:
@@ -141,7 +148,7 @@ class Worker:
                     if self._turns:  # a local run ended: its job's waiting runs may start
                         jobs, self._turns = self._turns, set()
                         await self._start([r for r, j in self._waiting.items() if j in jobs])
-                await self._sleep(next_poll)
+                await self._sleep(self._next_look)
 
     async def _sleep(self, next_poll: float) -> None:
         self._wakeup = trio.Event()
@@ -159,6 +166,11 @@ class Worker:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def poke(self) -> None:
+        """Look at the store now (runs were just made for any node to take)."""
+        self._next_look = 0.0
+        self.wake()
 
     def reserve(self, claimed: list[Claimed]) -> None:
         """Runs this node's scheduler claimed and holds: start each at its ``ready_at``."""
@@ -231,6 +243,8 @@ class Worker:
     def _act(self, started: Started) -> None:
         """Carry out the store's decision about a run this node holds."""
         run, decision = started.run, started.decision
+        if self.on_decision is not None:
+            self.on_decision(started)
         self._waiting.pop(run.id, None)
         for replaced in started.replaced:
             local = self.runs.get(replaced)
@@ -257,13 +271,13 @@ class Worker:
             local = self.runs.get(request.run_id)
             if local is not None and local.handle.stop_reason is None:
                 local.handle.stop(request.reason, status=request.status)
-        if self._waiting:
-            await self._start(list(self._waiting))
+        if self._waiting:  # first in, first out: the oldest may start now
+            await self._start(list(self._waiting)[:PER_LOOK])
         if self.claims and self.capacity() > 0:
             try:
                 started = await self.offload(functools.partial(
-                    self.store.claim_runs, self.lease.node, limit=self.capacity(),
-                    now=self.clock()))
+                    self.store.claim_runs, self.lease.node,
+                    limit=min(self.capacity(), PER_LOOK), now=self.clock(), only=self.only))
             except StateError as exc:
                 logger.error("cannot look for runs to take: {}", exc)
                 return
@@ -307,7 +321,8 @@ class Worker:
                 params=run.params, trigger=run.trigger, fire_time=run.fire_time,
                 handle=local.handle, runners=self.runners, clock=self.clock,
                 environ=self.environ, start_job=self.start_child,
-                started_at=run.started_at, attempt=run.attempt)
+                started_at=run.started_at, attempt=run.attempt,
+                reuse={k: dict(v) for k, v in run.reuse.items()})
             local.result = result
             status = result.status
         finally:

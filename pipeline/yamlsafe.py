@@ -19,7 +19,9 @@ a message needs a position, which is rare next to building values.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -331,6 +333,27 @@ class _Builder:
                     self.active.discard(id(source))
                 for key, value in merged.items():
                     result.setdefault(key, value)
+
+
+def read_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file (one more than allowed, so that a caller
+    can tell the file is too big); OSError, or ValueError for what is not a regular file."""
+    # O_NONBLOCK: opening a FIFO that happens to be called x.yaml must not hang us.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _text(data: bytes) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.bench import dags
+import pytest
+
+from tests.bench import dags, filewatch
 from tests.bench.harness import Children, Row, Stats, markdown_table, run_timed, text_table
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
 
 
+@pytest.mark.slow
 def test_bare_runner_and_pipeline_run_the_same_dag(tmp_path: Path) -> None:
     job, _ = dags.write_dag(tmp_path, "fanout", 5)
     children = Children()
@@ -31,3 +34,10 @@ def test_the_table_shows_ratios_and_targets() -> None:
     assert "2.20×" in text_table(rows)
     assert "| ours | 0.550 s | 0.500 s – 0.600 s | 3 | bare |" in markdown_table(rows)
     assert "**NO**" in markdown_table(rows)
+
+
+@pytest.mark.slow
+def test_dropped_files_each_fire_once(tmp_path: Path) -> None:
+    dropped = filewatch.drop_and_watch(tmp_path / "drop", 300, settle=0.2, timeout=60)
+    assert (dropped.fired, dropped.handed) == (300, 300)
+    assert dropped.batches >= 1 and dropped.seconds >= 0.2

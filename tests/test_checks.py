@@ -255,6 +255,16 @@ def test_a_hundred_retries_a_day_apart_are_allowed(tmp_path: Path) -> None:
     """) == ([], [])
 
 
+@pytest.mark.parametrize(("shell", "message"), [
+    ('"  "', "steps[0].shell: names no command"),
+    ("'bash -c \"x'", "steps[0].shell: cannot be split into words: No closing quotation"),
+])
+def test_a_shell_that_names_no_command_is_an_error_where_it_is(tmp_path: Path, shell: str,
+                                                               message: str) -> None:
+    errors, _ = found(tmp_path, f'steps:\n  - {{id: a, run: "true", shell: {shell}}}\n')
+    assert where(errors) == [(2, 33, message)]
+
+
 # -- uses: job across files ------------------------------------------------------------------
 
 

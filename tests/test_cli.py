@@ -147,6 +147,7 @@ def test_schema_commands() -> None:
     assert cli("schema", "--runner", "nope")[0] == 2
 
 
+@pytest.mark.slow
 def test_secret_appears_nowhere_under_the_state_directory(tmp_path: Path) -> None:
     secret = "Zq9-very-secret-value-4711"
     job = write(tmp_path / "jobs.d" / "secretive.yaml", """
@@ -190,6 +191,7 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -219,6 +221,7 @@ def test_ctrl_c_cancels_the_run_kills_groups_and_exits_130(tmp_path: Path) -> No
     assert process.processes_of_run(runs[0]["id"]) == []
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -240,6 +243,7 @@ def test_kill_9_leaves_state_that_the_next_command_repairs(tmp_path: Path) -> No
     db.close()
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
     """`pipeline schema` from a built wheel, away from the checkout."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
@@ -294,6 +298,7 @@ def test_a_plugin_runner_is_found_when_a_job_uses_one(tmp_path: Path) -> None:
     assert "unknown runner 'ecoh'" in out and "echo" in out  # plug-ins are suggested too
 
 
+@pytest.mark.slow
 def test_the_pre_commit_hook_validates_job_files(tmp_path: Path) -> None:
     """`.pre-commit-hooks.yaml` as pre-commit reads it: its entry, run on the files it picks."""
     import re
@@ -384,6 +389,7 @@ def test_show_and_logs_follow_the_file_with_outputs_items_and_markers(
                    "[pipeline] exit status 7\n")
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_logs_follow_quietly(tmp_path: Path) -> None:
     job = write(tmp_path / "slow.yaml", """
         steps:
@@ -442,6 +448,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line_and_writes_nothing(tmp_path: P
     assert not state.exists()
 
 
+@pytest.mark.slow
 def test_serve_refuses_unusable_directories_and_token_files_in_one_line(tmp_path: Path) -> None:
     jobs = write(tmp_path / "jobs.d" / "a.yaml", "steps:\n  - {id: a, run: 'true'}\n").parent
     a_file = write(tmp_path / "plain-file", "x\n")
@@ -750,3 +757,121 @@ def test_a_store_file_that_cannot_be_read_is_one_line(tmp_path: Path, jobs: Path
     code, _, err = cli("runs", *state_args(tmp_path, jobs), "--store-file",
                        str(tmp_path / "empty"))
     assert code == 2 and "is empty" in err
+
+
+def test_pause_resume_reset_and_why(tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "nightly.yaml", """
+        schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    args = state_args(tmp_path, jobs)
+    assert cli("pause", *args, "nope")[0] == 1  # unknown
+    assert cli("pause", *args)[0] == 2  # neither jobs nor --all
+    code, out, _ = cli("pause", *args, "nightly", "--reason", "db migration")
+    assert code == 0 and out == "paused nightly\n"
+    listed = {r["name"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert listed["nightly"]["paused"] and listed["nightly"]["paused_reason"] == "db migration"
+    assert not listed["hello"]["paused"]
+    assert "[paused]" in cli("list", *args)[1]
+    code, out, _ = cli("why", *args, "nightly")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "no decisions recorded yet"
+    assert lines[-1].startswith("next 20") and "30 2 * * *" in lines[-1]
+    assert "Europe/Berlin; but paused since" in lines[-1] and "db migration" in lines[-1]
+    assert json.loads(cli("why", *args, "nightly", "--json")[1])["decisions"] == []
+    code, out, _ = cli("resume", *args, "nightly")
+    assert code == 0 and out == "resumed nightly\n"
+    assert "paused" not in cli("why", *args, "nightly")[1]
+    assert cli("why", *args, "nope")[0] == 1
+    assert cli("reset", *args, "nightly")[0] == 0
+    assert cli("reset", *args, "nope")[0] == 1
+    code, out, _ = cli("pause", *args, "--all")
+    assert code == 0 and "nightly" in out and "hello" in out
+    assert cli("resume", *args, "--all")[0] == 0
+
+
+def test_why_says_when_the_job_will_not_fire(tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "off.yaml", """
+        enabled: false
+        schedule: every 1h
+        steps:
+          - {id: s, run: "true"}
+    """)
+    args = state_args(tmp_path, jobs)
+    out = cli("why", *args, "off")[1].splitlines()
+    assert out[-1].startswith("will not fire: enabled: false in ") and "off.yaml" in out[-1]
+    assert cli("why", *args, "hello")[1].splitlines()[-1].startswith(
+        "will not fire on its own")
+
+
+def test_backfill_runs_each_instant_once_in_the_foreground(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "daily.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+        steps:
+          - {id: s, run: 'echo "fire=$PIPELINE_FIRE_TIME" >> "$PIPELINE_OUTPUT"'}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines() == ["2026-11-01 03:00:00+01:00  run", "2026-11-02 03:00:00+01:00  run",
+                                "2026-11-03 03:00:00+01:00  run"]
+    assert not (tmp_path / "state").exists()  # a dry run writes nothing
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00", "--max-parallel", "2")
+    assert code == 0, err
+    made = out.split()
+    assert len(made) == 3 and "running 3 run(s) here" in err
+    runs = json.loads(cli("runs", *args, "daily", "--json")[1])
+    assert sorted(r["fire_time"] for r in runs) == [
+        "2026-11-01T02:00:00+00:00", "2026-11-02T02:00:00+00:00", "2026-11-03T02:00:00+00:00"]
+    assert {(r["trigger"], r["status"]) for r in runs} == {("backfill", "succeeded")}
+    shown = json.loads(cli("show", *args, made[0], "--json")[1])
+    assert shown["steps"][0]["outputs"]["fire"] == "2026-11-01T02:00:00+00:00"
+    # Again: every instant has its run; only --rerun runs them again.
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-03T23:00")
+    assert code == 0 and out == "" and err.count("left alone") == 3
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-02",
+                         "--to", "2026-11-02T23:00", "--rerun", "all")
+    assert code == 0 and len(out.split()) == 1
+    assert len(json.loads(cli("runs", *args, "daily", "--json")[1])) == 4
+    code, _, err = cli("backfill", *args, "daily", "--from", "2026-11-03", "--to", "2026-11-01")
+    assert code == 1 and "before --from" in err
+
+
+def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
+        tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    jobs = write(tmp_path / "jobs.d" / "etl.yaml", f"""
+        params: {{day: {{type: string, default: x}}}}
+        steps:
+          - {{id: extract, run: 'echo "rows=42" >> "$PIPELINE_OUTPUT"'}}
+          - id: load
+            needs: [extract]
+            run: >-
+              test -e {flag} &&
+              echo "got ${{{{ steps.extract.outputs.rows }}}} ${{{{ params.day }}}}"
+          - {{id: report, needs: [load], run: 'true'}}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    assert cli("run", *args, "etl", "-p", "day=mon")[0] == 1  # load fails: no flag
+    [first] = json.loads(cli("runs", *args, "--json")[1])
+    flag.touch()
+    code, out, err = cli("rerun", *args, first["id"], "--failed")
+    assert code == 0, err
+    again = json.loads(cli("show", *args, out.strip(), "--json")[1])
+    assert again["trigger"] == "rerun" and again["rerun_of"] == first["id"]
+    assert again["params"] == {"day": "mon"} and again["fire_time"] == first["fire_time"]
+    assert [(s["id"], s["status"]) for s in again["steps"]] == [
+        ("extract", "reused"), ("load", "succeeded"), ("report", "succeeded")]
+    assert again["steps"][0]["outputs"] == {"rows": "42"}
+    log = cli("logs", *args, again["id"], "load")[1]
+    assert log.strip() == "got 42 mon"
+    code, out, _ = cli("rerun", *args, again["id"], "--from", "report")
+    assert code == 0
+    third = json.loads(cli("show", *args, out.strip(), "--json")[1])
+    assert [s["status"] for s in third["steps"]] == ["reused", "reused", "succeeded"]
+    assert cli("rerun", *args, again["id"], "--failed")[0] == 1  # nothing failed
+    assert cli("rerun", *args, again["id"], "--from", "nope")[0] == 1

@@ -53,6 +53,7 @@ def test_nothing_listening_and_not_our_api() -> None:
         other.trigger("job")
 
 
+@pytest.mark.slow
 async def test_trigger_wait_and_stop_through_the_api(tmp_path: Path) -> None:
     async with open_daemon(tmp_path) as daemon:
         write_daemon_file(daemon)
@@ -90,6 +91,7 @@ async def test_trigger_wait_and_stop_through_the_api(tmp_path: Path) -> None:
             await in_thread(partial(client.stop, base, None, "../../state.db"))
 
 
+@pytest.mark.slow
 async def test_the_token(tmp_path: Path) -> None:
     async with open_daemon(tmp_path, token="tok") as daemon:
         assert daemon.listen is not None

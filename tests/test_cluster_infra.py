@@ -36,6 +36,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.faults import netns
 from tests.postgres import DIR_PREFIX, Postgres, in_ci, reap_stale
 
+pytestmark = pytest.mark.slow  # every test starts or uses a PostgreSQL server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The dead-peer settings CLUSTER-HARNESS.md recommends, scaled down for tests: keepalives notice

@@ -502,6 +502,7 @@ async def test_a_stopped_run_still_runs_its_finally_hooks(job_from: JobFrom,
     assert log_of(tmp_path, "note") == "was cancelled\n"
 
 
+@pytest.mark.slow
 async def test_a_kill_ends_finally_hooks_too(job_from: JobFrom, tmp_path: Path) -> None:
     job = job_from("""
         steps:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from loguru import logger
 
 from pipeline import faults, process, spec, triggers
 from pipeline.daemon import prune_forever
@@ -333,10 +334,15 @@ def test_a_job_edited_while_the_disk_is_full_does_not_bring_the_daemon_down(
 
 
 @pytest.mark.timeout(60)
-def test_retention_on_a_full_disk_does_not_end_the_daemon(tmp_path: Path) -> None:
+def test_retention_on_a_full_disk_skips_and_prunes_once_there_is_room(tmp_path: Path) -> None:
+    """The retention task meets a full disk: it warns and tries again (a StateError ending it
+    would end the daemon's nursery), and prunes on the first pass after space is freed."""
     state = tmp_path / "state"
     job = spec.load_job(_write(tmp_path / "a.yaml",
                                "history: {keep_runs: 1}\nsteps:\n  - {id: s, run: 'true'}\n"))
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING",
+                      filter="pipeline.daemon")
     try:
         with small_fs(state, 4):
             store = SqliteStore.open(state)
@@ -349,21 +355,41 @@ def test_retention_on_a_full_disk_does_not_end_the_daemon(tmp_path: Path) -> Non
                                   RunFinished(run_id, RunStatus.SUCCEEDED, now)])
                 truncate_wal(state)
                 filler = fill(state)
+                # What prune_forever reads of the daemon: its store, state and jobs.
                 catalog = SimpleNamespace(jobs={"a": job})
                 daemon = SimpleNamespace(store=store, state_dir=state, catalog=catalog)
+                passes: list[tuple[int, int]] = []  # (warnings so far, runs kept) at each pass
+                stop = trio.CancelScope()
+
+                def clock() -> datetime:  # asked once at the start of each pass
+                    passes.append((len(warnings), store.count_runs(job="a")))
+                    if len(passes) == 3:
+                        filler.unlink()  # room again
+                    elif len(passes) == 4:
+                        stop.cancel()
+                    return now
 
                 async def main() -> None:
-                    with trio.move_on_after(1.0):
-                        await prune_forever(daemon, every=0.2)  # type: ignore[arg-type]
+                    with trio.fail_after(20), stop:
+                        await prune_forever(daemon, every=0.2,  # type: ignore[arg-type]
+                                            clock=clock)
 
                 try:
                     trio.run(main)
                 finally:
-                    filler.unlink()
+                    filler.unlink(missing_ok=True)
+                # Two passes met the full disk, each with a warning; the third pruned.
+                assert passes == [(0, 5), (1, 5), (2, 5), (2, 1)], passes
+                assert all(w.startswith("retention skipped: cannot write ") and "full" in w
+                           for w in warnings), warnings
+                assert [r.id for r in store.runs(job="a", limit=10)] == [
+                    "20261128T000000-00000004"]
             finally:
                 store.close()
     except Unavailable as exc:
         _skip_unless_small_fs(exc)
+    finally:
+        logger.remove(sink)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -31,6 +31,9 @@ from pipeline.runners import load_runners
 from pipeline.statedir import new_run_id
 from pipeline.store.sqlite import SqliteStore
 
+# Every test here but one starts the daemon's parts on the real clock (open_daemon).
+pytestmark = pytest.mark.slow
+
 JOBS = {
     "hello.yaml": """
 name: hello
@@ -706,7 +709,9 @@ steps:
   - {id: call, uses: job, with: {job: child, params: {who: x}}}
   - id: use
     needs: [call]
-    run: 'echo "got=${{ steps.call.outputs.greeting }} from ${{ steps.call.outputs.run_id }}" >> "$PIPELINE_OUTPUT"'
+    run: >-
+      echo "got=${{ steps.call.outputs.greeting }} from ${{ steps.call.outputs.run_id }}"
+      >> "$PIPELINE_OUTPUT"
 """,
     "child.yaml": """
 name: child
@@ -714,7 +719,9 @@ concurrency: allow
 params: {who: {type: string}}
 steps:
   - id: s
-    run: 'sleep 0.${{ params.who | length }}; echo "greeting=hello ${{ params.who }}" >> "$PIPELINE_OUTPUT"'
+    run: >-
+      sleep 0.${{ params.who | length }};
+      echo "greeting=hello ${{ params.who }}" >> "$PIPELINE_OUTPUT"
 outputs: {greeting: "${{ steps.s.outputs.greeting }}"}
 """,
 }
@@ -743,3 +750,65 @@ async def test_nodes_show_this_daemon(daemon: Daemon) -> None:
     assert len(mine) == 1 and mine[0]["state"] == "alive"
     assert mine[0]["roles"] == ["http", "runner", "scheduler"]
     assert mine[0]["jobs_match"] is True and mine[0]["heartbeat_age_s"] < 60
+
+
+async def test_pause_resume_and_decisions_through_the_api(daemon: Daemon) -> None:
+    async with client(daemon) as http:
+        paused = await http.post("/api/v1/jobs/hello/pause", json={"reason": "maintenance"})
+        assert paused.status_code == 200, paused.text
+        view = paused.json()
+        assert view["paused"] and view["paused_reason"] == "maintenance"
+        assert view["paused_by"].startswith("api (")
+        error_of(await http.post("/api/v1/jobs/hello/pause", json={"why": "x"}), 400)
+        error_of(await http.post("/api/v1/jobs/hello/pause", json={"reason": 3}), 400)
+        error_of(await http.post("/api/v1/jobs/nope/pause"), 404)
+        resumed = await http.post("/api/v1/jobs/hello/resume", json={"catchup": False})
+        assert resumed.status_code == 200 and not resumed.json()["paused"]
+        every = (await http.post("/api/v1/pause")).json()
+        assert every["paused"] and "hello" in every["jobs"]
+        jobs = (await http.get("/api/v1/jobs")).json()["jobs"]
+        assert all(j["paused"] for j in jobs if j["name"])
+        assert (await http.post("/api/v1/resume")).status_code == 200
+        # A trigger is a decision too.
+        run_id = (await http.post("/api/v1/jobs/hello/runs")).json()["run_id"]
+        await wait_run(http, run_id)
+        found = (await http.get("/api/v1/jobs/hello/decisions")).json()["decisions"]
+        assert found[0]["outcome"] == "fired" and found[0]["run_id"] == run_id
+        error_of(await http.get("/api/v1/jobs/nope/decisions"), 404)
+        error_of(await http.get("/api/v1/jobs/hello/decisions?since=yesterday"), 400)
+
+
+async def test_backfill_and_rerun_through_the_api(tmp_path: Path) -> None:
+    jobs = {"daily.yaml": """
+name: daily
+schedule: {cron: "0 3 * * *", timezone: UTC}
+steps:
+  - {id: a, run: 'echo "n=1" >> "$PIPELINE_OUTPUT"'}
+  - {id: b, needs: [a], run: 'true'}
+"""}
+    async with open_daemon(tmp_path, jobs=jobs) as daemon, client(daemon) as http:
+        made = await http.post("/api/v1/jobs/daily/backfill",
+                               json={"from": "2026-11-01T00:00:00Z",
+                                     "to": "2026-11-02T23:00:00Z", "max_parallel": 2})
+        assert made.status_code == 202, made.text
+        ids = made.json()["run_ids"]
+        runs = [await wait_run(http, run_id) for run_id in ids]
+        assert [r["fire_time"] for r in runs] == ["2026-11-01T03:00:00+00:00",
+                                                  "2026-11-02T03:00:00+00:00"]
+        assert {(r["trigger"], r["status"]) for r in runs} == {("backfill", "succeeded")}
+        again = await http.post("/api/v1/jobs/daily/backfill",
+                                json={"from": "2026-11-01T00:00:00Z",
+                                      "to": "2026-11-02T23:00:00Z"})
+        assert again.json()["run_ids"] == [] and len(again.json()["left_alone"]) == 2
+        error_of(await http.post("/api/v1/jobs/daily/backfill", json={"from": "x"}), 400)
+        error_of(await http.post("/api/v1/jobs/daily/backfill",
+                                 json={"from": "2026-11-02T00:00:00Z",
+                                       "to": "2026-11-01T00:00:00Z"}), 409)
+        rerun = await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"from_step": "b"})
+        assert rerun.status_code == 202, rerun.text
+        run = await wait_run(http, rerun.json()["run_id"])
+        assert run["rerun_of"] == ids[0] and run["trigger"] == "rerun"
+        assert [(s["id"], s["status"]) for s in run["steps"]] == [("a", "reused"),
+                                                                  ("b", "succeeded")]
+        error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"failed": True}), 409)
+        error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"from_step": "z"}), 409)

@@ -30,6 +30,7 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 async def test_every_route_but_healthz_needs_the_token(guarded: Daemon) -> None:
     async with client(guarded) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
@@ -54,6 +55,7 @@ async def test_every_route_but_healthz_needs_the_token(guarded: Daemon) -> None:
         await wait_run(http, started.json()["run_id"])
 
 
+@pytest.mark.slow
 async def test_the_page_asks_for_the_token_once(guarded: Daemon) -> None:
     async with client(guarded) as http:
         page = await http.get("/runs/20260101T000000-00000000", params={"x": "1"})
@@ -86,6 +88,7 @@ async def test_the_page_asks_for_the_token_once(guarded: Daemon) -> None:
         assert (await http.get("/api/v1/jobs")).status_code == 401
 
 
+@pytest.mark.slow
 async def test_without_a_token_only_loopback_host_names_are_served(
         open_on_loopback: Daemon) -> None:
     daemon = open_on_loopback
@@ -103,6 +106,7 @@ async def test_without_a_token_only_loopback_host_names_are_served(
         assert status == 403, host
 
 
+@pytest.mark.slow
 async def test_other_sites_cannot_change_state(open_on_loopback: Daemon) -> None:
     async with client(open_on_loopback) as http:
         for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
@@ -137,6 +141,7 @@ def test_check_listen() -> None:
     assert ListenRefused.exit_code == 2
 
 
+@pytest.mark.slow
 async def test_serve_http_refuses_an_unsafe_or_taken_address(
         open_on_loopback: Daemon) -> None:
     from pipeline.errors import PipelineError

@@ -18,8 +18,9 @@ import trio
 from tests.test_http import JOBS, first_output, open_daemon, seed_failed_schedule, wait_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None,
+                                 reason="chromium is not installed (apt-get install chromium)")]
 
 LONG = """
 name: long

@@ -30,6 +30,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from pipeline.http import openapi_document  # noqa: E402
 from tests.test_http import open_daemon, wait_run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real daemon, and hundreds of requests
+
 EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]

@@ -16,8 +16,6 @@ import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.daemon import Daemon
@@ -262,46 +260,75 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
-async def test_operator_controls_appear_with_their_routes(daemon: Daemon) -> None:
-    """Pause, resume, backfill, rerun and the decision log are shown once the app has their
-    API routes, and post where those routes are."""
-    asked: list[tuple[str, Any]] = []
-
-    async def record(request: Request) -> Response:
-        asked.append((request.url.path, await request.json()))
-        return JSONResponse({"run_id": None, "run_ids": []}, status_code=202)
-
-    class WithOperators(StatusApp):
-        def routes(self) -> list[Route]:
-            return [*super().routes(),
-                    Route("/api/v1/jobs/{name}/pause", record, methods=["POST"]),
-                    Route("/api/v1/jobs/{name}/backfill", record, methods=["POST"]),
-                    Route("/api/v1/runs/{run_id}/rerun", record, methods=["POST"]),
-                    Route("/api/v1/jobs/{name}/decisions", record, methods=["GET"])]
-
+async def test_operator_controls_post_to_their_routes(daemon: Daemon) -> None:
+    """Pause with a reason, resume, backfill, rerun from a step and the decision log, as the
+    pages offer them over the API's routes."""
     now = datetime.now(UTC)
     await trio.to_thread.run_sync(daemon.store.record_decisions, [StoredDecision(
         "hello", Outcome.NOT_MADE, now, now - timedelta(hours=1), None, "missed while down")])
     async with client(daemon) as http:
         run_id = (await http.post("/api/v1/jobs/hello/runs")).json()["run_id"]
         await wait_run(http, run_id)
-        plain = (await http.get("/jobs/hello")).text + (await http.get(f"/runs/{run_id}")).text
-    for absent in ("/pause", "/backfill", "/rerun", "Decisions"):
-        assert absent not in plain, absent  # nothing fake ships
-    async with serve_app(create_app(daemon, status=WithOperators(daemon))) as base, \
-            httpx.AsyncClient(base_url=base, timeout=10) as http:
         job = (await http.get("/jobs/hello")).text
-        assert 'action="/api/v1/jobs/hello/pause"' in job and 'name="reason"' in job
-        assert 'action="/api/v1/jobs/hello/backfill"' in job
-        assert "Decisions" in job and "missed while down" in job
-        run_page = (await http.get(f"/runs/{run_id}")).text
-        form = re.search(r'<form[^>]*action="/api/v1/runs/' + run_id + '/rerun"[^>]*>', run_page)
-        assert form and 'name="from_step"' in run_page
-        options = re.findall(r"<option value='([^']+)'>", run_page[form.start():])
-        assert [html.unescape(o) for o in options[:2]] == ['"greet"', '"after"']
-        posted = await http.post("/api/v1/jobs/hello/pause", json={"reason": "maintenance"})
-        assert posted.status_code == 202 and asked == [("/api/v1/jobs/hello/pause",
-                                                         {"reason": "maintenance"})]
+        assert re.search(r'<form class="inline" data-api="fields" '
+                         r'action="/api/v1/jobs/hello/pause"', job) and 'name="reason"' in job
+        assert 'action="/api/v1/jobs/hello/backfill"' in job and 'name="from"' in job
+        assert "Decisions" in job and "missed while down" in job and ">not made<" in job
+        assert ">Resume</button>" not in job
+
+        # What the pause form sends (data-api="fields": {name: value}).
+        paused = await http.post("/api/v1/jobs/hello/pause", json={"reason": "db migration"})
+        assert paused.status_code == 200 and paused.json()["paused"]
+        job = (await http.get("/jobs/hello")).text
+        assert '<span class="badge s-paused" title="db migration">paused</span>' in job
+        assert 'data-post="/api/v1/jobs/hello/resume"' in job
+        assert "/api/v1/jobs/hello/pause" not in job  # paused: no second pause
+        assert "Paused: these fires are not made until it is resumed" in job
+        index = (await http.get("/")).text
+        assert 'title="db migration">paused</span>' in index
+        assert 'href="/?status=paused#jobs"><b>1</b>' in index
+        assert (await http.post("/api/v1/jobs/hello/resume", json={})).status_code == 200
+        assert "s-paused" not in (await http.get("/jobs/hello")).text
+
+        # What the backfill form sends: the two instants with their offsets, the rerun choice.
+        filled = await http.post("/api/v1/jobs/hello/backfill", json={
+            "from": (now - timedelta(hours=3, minutes=30)).isoformat(),
+            "to": (now - timedelta(minutes=30)).isoformat(), "rerun": "none"})
+        assert filled.status_code == 202 and len(filled.json()["run_ids"]) == 3
+        for backfilled in filled.json()["run_ids"]:  # hello allows one run at a time
+            await wait_run(http, backfilled)
+
+        # Rerun from a step: the run page lists the job's steps to start from.
+        page = (await http.get(f"/runs/{run_id}")).text
+        form = re.search(r'<form[^>]*action="/api/v1/runs/' + run_id + '/rerun"[^>]*>', page)
+        assert form and 'name="from_step"' in page
+        options = re.findall(r"<option value='([^']+)'>", page[form.start():])
+        assert [html.unescape(o) for o in options] == ['"greet"', '"after"']
+        again = await http.post(f"/api/v1/runs/{run_id}/rerun", json={"from_step": "after"})
+        assert again.status_code == 202, again.text
+        rerun = await wait_run(http, again.json()["run_id"])
+        assert rerun["status"] == "succeeded"
+
+
+async def test_operator_controls_appear_only_with_their_routes(daemon: Daemon) -> None:
+    """A daemon whose app lacks those routes shows none of their controls: nothing fake."""
+    gone = {"/api/v1/jobs/{name}/pause", "/api/v1/jobs/{name}/resume",
+            "/api/v1/jobs/{name}/backfill", "/api/v1/runs/{run_id}/rerun",
+            "/api/v1/jobs/{name}/decisions"}
+
+    class WithoutOperators(StatusApp):
+        def routes(self) -> list[Route]:
+            return [r for r in super().routes() if r.path not in gone]
+
+    async with serve_app(create_app(daemon, status=WithoutOperators(daemon))) as base, \
+            httpx.AsyncClient(base_url=base, timeout=10) as http:
+        dispatched, _ = await daemon.worker.trigger(daemon.catalog.jobs["hello"])
+        await wait_run(http, dispatched.run_id)
+        shown = ((await http.get("/jobs/hello")).text
+                 + (await http.get(f"/runs/{dispatched.run_id}")).text)
+        for absent in ("/pause", "/resume", "/backfill", "/rerun", "Decisions"):
+            assert absent not in shown, absent
+        assert "Run now" in shown  # the controls whose routes are there stay
 
 
 @pytest.mark.slow

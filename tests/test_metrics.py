@@ -137,3 +137,30 @@ def test_json_has_the_same_figures_and_instances_are_independent() -> None:
     text_names = {f.name for f in text_string_to_metric_families(one.render().decode())}
     assert text_names == set(families)
     assert ("pipeline_runs_total", (("job", "a"), ("status", "succeeded"))) not in parsed(other)
+
+
+def test_decisions_count_fires_by_outcome_and_reason_and_time_a_fired_run() -> None:
+    from pipeline.store import Outcome, StoredDecision
+
+    metrics = Metrics()
+    metrics.decided("backup", "fired", None, run_id="r1", fire_time=at(0), at=at(0.02),
+                    automatic=True)
+    metrics.decided("backup", "skipped", "overlap", run_id="r2", fire_time=at(60),
+                    at=at(60), automatic=True)
+    metrics.decided("backup", "fired", None, run_id="r3", fire_time=at(70), at=at(75))
+    metrics.not_made([StoredDecision("backup", Outcome.NOT_MADE, at(130), at(120),
+                                     reason="paused")])
+    metrics.observe(RunStarted("r1", at(0.03)))  # the engine's own start: not counted again
+    found = parsed(metrics)
+
+    def value(name: str, **labels: str) -> float:
+        return found[(name, tuple(sorted(labels.items())))]
+
+    assert value("pipeline_fires_total", job="backup", outcome="fired", reason="") == 2
+    assert value("pipeline_fires_total", job="backup", outcome="skipped",
+                 reason="overlap") == 1
+    assert value("pipeline_fires_total", job="backup", outcome="not made",
+                 reason="paused") == 1
+    assert value("pipeline_runs_total", job="backup", status="skipped") == 1
+    assert value("pipeline_fire_lateness_seconds_count") == 1  # only the scheduled one
+    assert value("pipeline_fire_lateness_seconds_sum") == pytest.approx(0.02)

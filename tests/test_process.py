@@ -101,6 +101,7 @@ async def test_timeout_terminates_the_whole_group() -> None:
     assert process.group_members(pids_file[0]) == []
 
 
+@pytest.mark.slow
 async def test_a_step_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     script = "trap '' TERM; echo ready; while true; do sleep 0.05; done"
     chunks: list[bytes] = []
@@ -181,6 +182,7 @@ def test_start_time_identifies_a_process() -> None:
     assert process.environ_of(os.getpid()).get("PATH") == os.environ.get("PATH")
 
 
+@pytest.mark.slow
 async def test_output_written_after_sigterm_reaches_the_caller(tmp_path: Path) -> None:
     """A step that traps TERM and reports on its way out: every byte it writes until it
     exits is passed on, not only what came before the signal."""
@@ -196,6 +198,7 @@ async def test_output_written_after_sigterm_reaches_the_caller(tmp_path: Path) -
     assert b"".join(chunks) == b"ready\ngot TERM\nafter file\n"
 
 
+@pytest.mark.slow
 async def test_output_until_the_sigkill_after_the_grace_reaches_the_caller() -> None:
     script = ("trap 'echo got TERM; echo still cleaning' TERM; echo ready; "
               "while true; do sleep 0.05; done")

@@ -1,6 +1,7 @@
 import copy
 from types import MappingProxyType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,6 +104,7 @@ def masked_values(secrets: list[str]) -> list[bytes]:
     return [v.encode() for v in values if len(v) >= MIN_LENGTH]
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(streams())
 def test_stream_equals_whole_and_never_leaks(case: tuple[list[str], bytes, list[int]]) -> None:

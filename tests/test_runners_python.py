@@ -227,6 +227,7 @@ async def test_bad_arguments(job_dir: Path) -> None:
 # -- killing ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_function_that_blocks_is_killed_by_the_timeout(job_dir: Path) -> None:
     pid_file = job_dir / "pid"
     start = time.monotonic()
@@ -238,6 +239,7 @@ async def test_function_that_blocks_is_killed_by_the_timeout(job_dir: Path) -> N
     assert time.monotonic() - start < 2.5
 
 
+@pytest.mark.slow
 async def test_function_that_ignores_sigterm_is_killed_after_grace(job_dir: Path) -> None:
     pid_file = job_dir / "pid"
     ctx = context(job_dir, [], grace=0.3)
@@ -251,6 +253,7 @@ async def test_function_that_ignores_sigterm_is_killed_after_grace(job_dir: Path
 # -- cost -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_start_up_cost(job_dir: Path) -> None:
     """A call costs about one interpreter start; print the median for the docs."""
     times = []

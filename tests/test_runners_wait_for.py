@@ -57,6 +57,7 @@ async def test_relative_path_is_taken_from_the_step_cwd(tmp_path: Path) -> None:
         await call({"path": "here.txt", "timeout": "200ms", "interval": "50ms"})
 
 
+@pytest.mark.slow
 async def test_file_still_being_written_is_not_taken(tmp_path: Path,
                                                      nursery: trio.Nursery) -> None:
     target = tmp_path / "export.csv"
@@ -89,6 +90,7 @@ async def test_gives_up_after_the_timeout(tmp_path: Path) -> None:
     assert trio.current_time() - start < 1
 
 
+@pytest.mark.slow
 async def test_gives_up_on_a_file_that_keeps_changing(tmp_path: Path) -> None:
     target = tmp_path / "busy.log"
     target.write_text("")

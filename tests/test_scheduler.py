@@ -18,10 +18,10 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from pipeline import spec
+from pipeline import operate, spec
 from pipeline.errors import RunnerError
 from pipeline.journal import Journal
-from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
@@ -529,3 +529,61 @@ async def test_runs_cut_off_by_a_shutdown_are_interrupted(world: World,
     assert run is not None and run.status is RunStatus.INTERRUPTED
     assert run.reason == "the daemon stopped while it ran"
     assert run.steps[0].status.value == "cancelled"
+
+
+async def test_a_paused_job_makes_no_fire_until_resumed_and_triggers_still_run(
+        world: World, mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job) as node:
+        await trio.sleep(15)  # 10 fires
+        operate.pause(world.store, ["job"], by="alice@host", reason="db migration",
+                      now=world.now())
+        await trio.sleep(20)  # 20 and 30 are not made
+        manual = await node.trigger("job")  # an operator's trigger still runs
+        operate.resume(world.store, ["job"], jobs=node.jobs, catchup=False, now=world.now())
+        await trio.sleep(10)  # 40 fires
+    assert world.fired() == [10, 40]
+    assert world.not_made() == [(20, "the job is paused (by alice@host)"),
+                                (30, "the job is paused (by alice@host)")]
+    assert manual.status is RunStatus.RUNNING
+
+
+@pytest.mark.parametrize(("policy", "caught"), [("latest", [30]), ("all", [20, 30]),
+                                                ("none", [])])
+async def test_resume_with_catchup_follows_the_jobs_policy(
+        tmp_path: Path, mock_clock: MockClock, policy: str, caught: list[float]) -> None:
+    mock_clock.autojump_threshold = 0.005
+    world = World(tmp_path)
+    job = world.job(EVERY_10S % (policy, "0s"))
+    async with world.daemon(job) as node:
+        await trio.sleep(15)
+        operate.pause(world.store, ["job"], by="ops", reason=None, now=world.now())
+        await trio.sleep(20)
+        made = operate.resume(world.store, ["job"], jobs=node.jobs, catchup=True,
+                              now=world.now())
+        await trio.sleep(3)  # any node (this one) takes the caught-up runs
+    assert len(made) == len(caught)
+    assert world.fired() == sorted([10, *caught])
+    assert all(world.store.run(r) is not None and world.store.run(r).trigger is  # type: ignore[union-attr]
+               Trigger.CATCHUP for r in made)
+
+
+async def test_a_backfilled_instant_is_not_fired_again_and_the_reverse(
+        world: World, mock_clock: MockClock) -> None:
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job) as node:
+        await trio.sleep(12)  # 10 fires on schedule
+        made, left = operate.backfill(
+            world.store, job, [BASE + timedelta(seconds=s) for s in (10, 20)], rerun="none",
+            max_parallel=1, now=world.now(), version=Version(sha256=job.sha256))
+        node.worker.poke()
+        await trio.sleep(20)  # 20 comes due: its instant is taken by the backfill
+    assert [(i - BASE).total_seconds() for i, _ in left] == [10]
+    runs = [r for r in world.runs() if r.fire_time is not None]
+    by_instant: dict[float, list[Trigger]] = {}
+    for r in runs:
+        by_instant.setdefault((r.fire_time - BASE).total_seconds(), []).append(r.trigger)
+    assert by_instant[10] == [Trigger.SCHEDULE]
+    assert by_instant[20] == [Trigger.BACKFILL]
+    assert by_instant[30] == [Trigger.SCHEDULE]
+    assert len(made) == 1

@@ -26,6 +26,8 @@ from pipeline import spec
 from pipeline.cli import main
 from pipeline.runners import load_runners
 
+pytestmark = pytest.mark.slow  # node runs ajv-cli, once per schema and corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 CORPUS = Path(__file__).parent / "corpus"
@@ -45,6 +47,38 @@ MORE = {
     "two-actions": {"steps": [{"id": "a", "run": "true", "exec": ["true"]}]},
     "json-and-body": {"steps": [{"id": "a", "uses": "http", "with": {
         "url": "https://x.invalid", "json": {}, "body": ""}}]},
+    "notify-and-pools": {"deadline": "30m", "pool": {"name": "db", "slots": 2}, "notify": [
+        {"when": ["failure", "late"], "webhook": {"url": "${{ secrets.HOOK_URL }}",
+                                                  "headers": {"X-Team": "ops"}}},
+        {"ping": "https://hc.example/ping/UUID"}, {"command": ["/bin/page"], "timeout": 5},
+        {"slack": {"webhook_url": "https://hooks.example/x", "channel": "#ops"},
+         "cooldown": "30m"}],
+        "steps": [{"id": "a", "run": "true", "pool": "gpu"}]},
+    "notify-two-kinds": {"notify": [{"ping": "https://x", "command": ["x"]}],
+                         "steps": [{"id": "a", "run": "true"}]},
+    "notify-bad-event": {"notify": [{"when": ["failed"], "ping": "https://x"}],
+                         "steps": [{"id": "a", "run": "true"}]},
+}
+# Settings files: ajv and pipeline's own check must agree on these too.
+SETTINGS_DOCUMENTS = {
+    "full": {"kind": "settings", "pools": {"db": 2, "gpu": 1}, "max_active_runs": 50,
+             "defaults": {"timezone": "Europe/Berlin", "timeout": "6h", "retries": 2,
+                          "history": {"keep_runs": 10, "keep_days": "36h"},
+                          "max_parallel": 4, "notify": [
+                              {"when": ["failure"], "email": {"to": ["ops@example.com"]}}]},
+             "smtp": {"host": "smtp.internal", "port": 587, "starttls": True,
+                      "from": "pipeline@example.com", "username": "u",
+                      "password": {"env": "SMTP_PASSWORD"}},
+             "secrets": {"HOOK_URL": {"file": "/run/secrets/hook"}}, "x-anchor": [1]},
+    "bare": {"kind": "settings"},
+    "no-kind": {"pools": {"db": 1}},
+    "other-kind": {"kind": "job"},
+    "pool-zero": {"kind": "settings", "pools": {"db": 0}},
+    "bad-pool-name": {"kind": "settings", "pools": {"../db": 1}},
+    "password-without-user": {"kind": "settings",
+                              "smtp": {"host": "h", "from": "a@b.c", "password": {"env": "X"}}},
+    "secret-env-and-file": {"kind": "settings", "secrets": {"A": {"env": "X", "file": "/y"}}},
+    "unknown-default": {"kind": "settings", "defaults": {"concurrency": "allow"}},
 }
 
 
@@ -62,7 +96,8 @@ def ajv() -> list[str]:
 
 def published(tmp_path: Path) -> dict[str, Path]:
     """Every schema a user can get: the committed files and `pipeline schema`'s output."""
-    found = {"schemas/job.schema.json": SCHEMAS / "job.schema.json"}
+    found = {"schemas/job.schema.json": SCHEMAS / "job.schema.json",
+             "schemas/settings.schema.json": SCHEMAS / "settings.schema.json"}
     for path in sorted((SCHEMAS / "runners").glob("*.schema.json")):
         found[f"schemas/runners/{path.name}"] = path
     registry, problems = load_runners()
@@ -122,3 +157,24 @@ def test_ajv_and_pipeline_agree_on_which_files_are_valid(ajv: list[str],
             said[Path(name).name] = verdict == "valid"
     assert set(said) == set(expected), done.stderr
     assert {k: v for k, v in said.items() if v != expected[k]} == {}
+
+
+def test_ajv_and_pipeline_agree_on_settings_files(ajv: list[str], tmp_path: Path) -> None:
+    schema = json.loads((SCHEMAS / "settings.schema.json").read_text(encoding="utf-8"))
+    ours = Draft202012Validator(schema)
+    expected = {}
+    for name, document in SETTINGS_DOCUMENTS.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(document), encoding="utf-8")
+        expected[f"{name}.json"] = ours.is_valid(document)
+    assert expected["full.json"] and expected["bare.json"]
+    assert sum(expected.values()) == 2
+    done = subprocess.run([*ajv, "validate", *STRICT, "--errors=no", "-s",
+                           str(SCHEMAS / "settings.schema.json"), "-d",
+                           str(tmp_path / "*.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    said = {}
+    for line in (done.stdout + done.stderr).splitlines():
+        name, _, verdict = line.rpartition(" ")
+        if verdict in ("valid", "invalid") and name:
+            said[Path(name).name] = verdict == "valid"
+    assert said == expected, done.stderr

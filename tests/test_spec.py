@@ -185,6 +185,7 @@ def _load_anything(tmp_path: Path, text: str) -> None:
 FUZZ = int(os.environ.get("PIPELINE_FUZZ_EXAMPLES", "250"))
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ, deadline=2000,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=400))
@@ -192,6 +193,7 @@ def test_random_text_gives_a_job_or_problems(tmp_path: Path, text: str) -> None:
     _load_anything(tmp_path, text)
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ, deadline=2000,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=mutated_jobs())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline import spec
+from pipeline import operate, spec
 from pipeline.errors import (
     PipelineError,
     RunActive,
@@ -79,6 +79,8 @@ from pipeline.model import (
     RunRecord,
     RunStatus,
     Trigger,
+    Version,
+    iso,
     run_as_dict,
 )
 from pipeline.nodes import node_views
@@ -142,6 +144,13 @@ class StatusApp:
             Route("/api/v1/jobs/{name}", self.get_job, methods=["GET"]),
             Route("/api/v1/jobs/{name}/runs", self.trigger, methods=["POST"]),
             Route("/api/v1/jobs/{name}/circuit/reset", self.reset_circuit, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/pause", self.pause, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/resume", self.resume, methods=["POST"]),
+            Route("/api/v1/jobs/{name}/decisions", self.decisions, methods=["GET"]),
+            Route("/api/v1/jobs/{name}/backfill", self.backfill, methods=["POST"]),
+            Route("/api/v1/runs/{run_id}/rerun", self.rerun, methods=["POST"]),
+            Route("/api/v1/pause", self.pause_all, methods=["POST"]),
+            Route("/api/v1/resume", self.resume_all, methods=["POST"]),
             Route("/api/v1/runs", self.list_runs, methods=["GET"]),
             Route("/api/v1/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/api/v1/runs/{run_id}", self.delete_run, methods=["DELETE"]),
@@ -167,7 +176,9 @@ class StatusApp:
                                         states[name].circuit_opened_at, now)
                            if name in states else False)
                     for name, job in catalog.jobs.items()}
-            return await trio.to_thread.run_sync(job_views, files, live, last, active)
+            paused = {n: (st.paused_at, st.paused_by, st.paused_reason)
+                      for n, st in states.items() if st.paused_at is not None}
+            return await trio.to_thread.run_sync(job_views, files, live, last, active, paused)
 
         return await self.recent.get("jobs", build)
 
@@ -230,6 +241,131 @@ class StatusApp:
         self.daemon.circuits += 1
         self.recent.clear()
         return JSONResponse({"job": job.name, "circuit": "closed"})
+
+    async def _body(self, request: Request, allowed: Mapping[str, type]) -> dict[str, Any]:
+        """A JSON object body of the ``allowed`` fields (by type); {} when empty."""
+        body = await read_json(request)
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_body", "the body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise ApiError(400, "bad_body", f"unknown field(s) {', '.join(unknown)}; known: "
+                                            f"{', '.join(allowed)}")
+        for key, kind in allowed.items():
+            if key in body and body[key] is not None and not isinstance(body[key], kind):
+                raise ApiError(400, "bad_body", f'"{key}" must be a {kind.__name__}')
+        return body
+
+    def _who(self, request: Request) -> str:
+        client = request.client.host if request.client else "?"
+        return f"api ({client})"
+
+    async def _paused(self, request: Request, names: list[str], *, pause: bool) -> None:
+        if pause:
+            body = await self._body(request, {"reason": str})
+            reason = body.get("reason")
+            if reason is not None and len(reason) > 1000:
+                raise ApiError(400, "bad_body", '"reason" is at most 1000 characters')
+            await self.store(operate.pause, self.daemon.store, names, by=self._who(request),
+                             reason=reason, now=self.now())
+        else:
+            body = await self._body(request, {"catchup": bool})
+            await self.store(operate.resume, self.daemon.store, names,
+                             jobs=dict(self.daemon.catalog.jobs),
+                             catchup=bool(body.get("catchup")), now=self.now())
+        self.daemon.circuits += 1
+        self.recent.clear()
+
+    async def pause(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        await self._paused(request, [job.name], pause=True)
+        return await self.get_job(request)
+
+    async def resume(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        await self._paused(request, [job.name], pause=False)
+        return await self.get_job(request)
+
+    async def pause_all(self, request: Request) -> Response:
+        names = sorted(self.daemon.catalog.jobs)
+        await self._paused(request, names, pause=True)
+        return JSONResponse({"jobs": names, "paused": True})
+
+    async def resume_all(self, request: Request) -> Response:
+        names = sorted(self.daemon.catalog.jobs)
+        await self._paused(request, names, pause=False)
+        return JSONResponse({"jobs": names, "paused": False})
+
+    async def backfill(self, request: Request) -> Response:
+        job = self._loaded_job(request)
+        body = await self._body(request, {"from": str, "to": str, "rerun": str,
+                                          "max_parallel": int})
+        for key in ("from", "to"):
+            if key not in body:
+                raise ApiError(400, "bad_body", f'"{key}" is required (an ISO 8601 time)')
+        start = time_param(body["from"], "from")
+        end = time_param(body["to"], "to")
+        assert start is not None and end is not None
+        rerun = body.get("rerun") or "none"
+        if rerun not in ("none", "failed", "all"):
+            raise ApiError(400, "bad_body", '"rerun" is one of none, failed, all')
+        parallel = body.get("max_parallel") or 1
+        if not 1 <= parallel <= 1000:
+            raise ApiError(400, "bad_body", '"max_parallel" is from 1 to 1000')
+        try:
+            instants = operate.backfill_instants(job, start, end)
+        except operate.Refused as exc:
+            raise ApiError(409, "refused", str(exc)) from None
+        version = self.daemon.scheduler.version(job.name) or Version(sha256=job.sha256)
+        made, left = await self.store(operate.backfill, self.daemon.store, job, instants,
+                                      rerun=rerun, max_parallel=parallel, now=self.now(),
+                                      version=version)
+        self.daemon.worker.poke()
+        self.recent.clear()
+        return JSONResponse({"job": job.name, "run_ids": made,
+                             "left_alone": [{"fire_time": iso(i), "run_id": r.id,
+                                             "status": str(r.status)} for i, r in left]},
+                            status_code=202)
+
+    async def rerun(self, request: Request) -> Response:
+        record = await self._run(request.path_params["run_id"])
+        body = await self._body(request, {"from_step": str, "failed": bool})
+        job = self.daemon.catalog.jobs.get(record.job)
+        if job is None:
+            raise ApiError(409, "refused", f"job {record.job} is not loaded: nothing to rerun "
+                                           "it from")
+        try:
+            reuse = operate.rerun_reuse(job, record, from_step=body.get("from_step"),
+                                        failed=bool(body.get("failed")))
+        except operate.Refused as exc:
+            raise ApiError(409, "refused", str(exc)) from None
+        version = self.daemon.scheduler.version(job.name) or Version(sha256=job.sha256)
+        run_id = await self.store(operate.rerun, self.daemon.store, record, job, reuse=reuse,
+                                  now=self.now(), version=version)
+        self.daemon.worker.poke()
+        self.recent.clear()
+        url = f"/api/v1/runs/{run_id}"
+        return JSONResponse({"run_id": run_id, "rerun_of": record.id, "url": url,
+                             "changed": record.version is not None
+                             and record.version.sha256 != job.sha256},
+                            status_code=202, headers={"Location": url})
+
+    async def decisions(self, request: Request) -> Response:
+        name = match(request.path_params["name"], JOB_NAME, "job")
+        query = request.query_params
+        since = time_param(query.get("since"), "since")
+        until = time_param(query.get("until"), "until")
+        limit = integer(request, "limit", 50, 1, MAX_LIMIT)
+        found = await self.store(self.daemon.store.decisions, name, since=since, until=until,
+                                 limit=limit)
+        if not found and name not in self.daemon.catalog.jobs:
+            raise ApiError(404, "not_found", f"no job {name!r}")
+        return JSONResponse({"job": name, "decisions": [
+            {"fire_time": iso(d.fire_time), "decided_at": iso(d.decided_at),
+             "outcome": str(d.outcome), "reason": d.reason, "detail": d.detail,
+             "run_id": d.run_id, "node": d.node} for d in found]})
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -331,10 +467,34 @@ class StatusApp:
                 return Response(b"", media_type="text/plain; charset=utf-8",
                                 headers={"X-Log-Offset": str(offset)})
         path = self.state_dir / log_relpath(record.job, record.id, step_id)
-        stream = (self._follow(record.id, step_id, path, offset) if follow
-                  else self._read_to_end(path, offset))
+        if self.daemon.store.shared and not await trio.to_thread.run_sync(path.exists):
+            # Another node ran it: its log was shipped to the store.
+            stream = self._shipped(record.id, step_id, offset, follow)
+        else:
+            stream = (self._follow(record.id, step_id, path, offset) if follow
+                      else self._read_to_end(path, offset))
         return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
                                  headers={"X-Log-Offset": str(offset)})
+
+    async def _shipped(self, run_id: str, step_id: str, offset: int,
+                       follow: bool) -> AsyncIterator[bytes]:
+        store = self.daemon.store
+        while True:
+            data, size = await self.store(store.shipped_log, run_id, step_id, offset,
+                                          LOG_CHUNK)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if not follow or size is not None:
+                return
+            record = await self.store(store.run, run_id)
+            # Ended without a final shipment (its node was lost): what is there is all.
+            if record is None or (record.status.finished and (
+                    record.finished_at is None
+                    or (self.now() - record.finished_at).total_seconds() > 5)):
+                return
+            await trio.sleep(FOLLOW_POLL)
 
     async def _read_to_end(self, path: Path, offset: int) -> AsyncIterator[bytes]:
         end = await trio.to_thread.run_sync(log_size, path)
@@ -374,9 +534,11 @@ class StatusApp:
             for name, at in found.items():
                 daemon.metrics.seed_last_success(name, at)
         _, active, states = await self.store(self._last_and_active)
-        daemon.metrics.update(self.snapshot(active, states))
+        nodes = await self.store(lambda: node_views(daemon.store.nodes(), daemon.store.now()))
+        daemon.metrics.update(self.snapshot(active, states, nodes))
 
-    def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState]) -> Snapshot:
+    def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState],
+                 nodes: Sequence[Mapping[str, Any]] = ()) -> Snapshot:
         """The scheduler's, the store's and the catalog's state now (trio thread only)."""
         scheduler = self.daemon.scheduler
         now = self.now()
@@ -393,7 +555,10 @@ class StatusApp:
             next_fire={n: f.timestamp() for n, f in next_fires.items() if f},
             invalid_files=len(self.daemon.catalog.problems),
             journal_healthy=self.daemon.journal.healthy,
-            started_at=self.daemon.started_at.timestamp())
+            started_at=self.daemon.started_at.timestamp(),
+            nodes={n["name"]: (n["state"] == "alive", n["active_runs"],
+                               n["heartbeat_age_s"] or 0.0, n["jobs_match"])
+                   for n in nodes if n["state"] == "alive" or n["active_runs"]})
 
     async def metrics(self, request: Request) -> Response:
         await self._fresh_metrics()

@@ -116,7 +116,15 @@ def _schemas() -> dict[str, Any]:
             "active_runs": integer, "queued_runs": integer,
             "circuit": {"type": "string", "enum": ["closed", "open"]},
             "concurrency": _nullable(text), "params": {"type": "object"},
-            "version": _nullable(text)}},
+            "version": _nullable(text), "paused": {"type": "boolean"},
+            "paused_at": time, "paused_by": _nullable(text),
+            "paused_reason": _nullable(text)}},
+        "Decision": {"type": "object", "required": ["outcome", "decided_at"], "properties": {
+            "fire_time": time, "decided_at": {"type": "string", "format": "date-time"},
+            "outcome": {"enum": ["fired", "skipped", "not made", "late", "notified",
+                                 "notify failed"]},
+            "reason": _nullable(text), "detail": _nullable(text), "run_id": _nullable(text),
+            "node": _nullable(text)}},
         "JobList": {"type": "object", "required": ["jobs"],
                     "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
         "Step": step,
@@ -210,6 +218,72 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "resetCircuit", "parameters": [name],
                 "responses": _answers(200, _ref("Circuit"), "Circuit closed", 404, 413,
                                       415)}},
+            "/api/v1/jobs/{name}/pause": {"post": {
+                "operationId": "pauseJob", "parameters": [name],
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reason": _nullable({"type": "string",
+                                                        "maxLength": 1000})}})},
+                "responses": _answers(200, _ref("Job"), "Paused", 400, 404, 413, 415)}},
+            "/api/v1/jobs/{name}/resume": {"post": {
+                "operationId": "resumeJob", "parameters": [name],
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"catchup": _nullable({"type": "boolean"})}})},
+                "responses": _answers(200, _ref("Job"), "Resumed", 400, 404, 413, 415)}},
+            "/api/v1/jobs/{name}/backfill": {"post": {
+                "operationId": "backfillJob", "parameters": [name],
+                "requestBody": {"required": True, **_content({
+                    "type": "object", "additionalProperties": False, "required": ["from", "to"],
+                    "properties": {
+                        "from": {"type": "string", "format": "date-time"},
+                        "to": {"type": "string", "format": "date-time"},
+                        "rerun": _nullable({"enum": ["none", "failed", "all"]}),
+                        "max_parallel": _nullable({"type": "integer", "minimum": 1,
+                                                   "maximum": 1000})}})},
+                "responses": _answers(202, {"type": "object", "required": ["run_ids"],
+                                            "properties": {"run_ids": {
+                                                "type": "array",
+                                                "items": {"type": "string"}}}},
+                                      "Runs made, one per instant", 400, 404, 409, 413,
+                                      415)}},
+            "/api/v1/runs/{run_id}/rerun": {"post": {
+                "operationId": "rerunRun", "parameters": [run_id],
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "from_step": _nullable({"type": "string"}),
+                        "failed": _nullable({"type": "boolean"})}})},
+                "responses": _answers(202, {"type": "object", "required": ["run_id"],
+                                            "properties": {"run_id": {"type": "string"}}},
+                                      "The new run", 400, 404, 409, 413, 415)}},
+            "/api/v1/pause": {"post": {
+                "operationId": "pauseAll",
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reason": _nullable({"type": "string",
+                                                        "maxLength": 1000})}})},
+                "responses": _answers(200, {"type": "object"}, "Every job paused", 400, 413,
+                                      415)}},
+            "/api/v1/resume": {"post": {
+                "operationId": "resumeAll",
+                "requestBody": {"required": False, **_content({
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"catchup": _nullable({"type": "boolean"})}})},
+                "responses": _answers(200, {"type": "object"}, "Every job resumed", 400, 413,
+                                      415)}},
+            "/api/v1/jobs/{name}/decisions": {"get": {
+                "operationId": "jobDecisions", "parameters": [
+                    name,
+                    _query("since", {"type": "string", "format": "date-time"},
+                           "Decisions about fires at or after this time"),
+                    _query("until", {"type": "string", "format": "date-time"},
+                           "Decisions about fires up to this time"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                           "At most this many, newest first")],
+                "responses": _answers(200, {"type": "object", "required": ["decisions"],
+                                            "properties": {"job": {"type": "string"}, "decisions": {
+                                                "type": "array", "items": _ref("Decision")}}},
+                                      "The scheduler's decisions, newest first", 400, 404)}},
             "/api/v1/runs": {"get": {"operationId": "listRuns", "parameters": [
                 _query("job", {"type": "string", "pattern": JOB_NAME.pattern}, "Job name"),
                 _query("status", {"type": "string", "enum": [str(s) for s in RunStatus]},

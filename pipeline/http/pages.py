@@ -462,10 +462,11 @@ class Fire:
 def next_fires(job: Job, after: datetime, n: int = 10) -> list[Fire]:
     """The job's next ``n`` fires after ``after``, each with what the clocks do before it
     (``triggers.clock_change``) in the zone of the job's first schedule."""
-    if not job.schedules:
+    timed = [s for s in job.schedules if s.kind.timed]  # events have no fire times
+    if not timed:
         return []
-    zone: ZoneInfo = job.schedules[0].timezone
-    fires = triggers.next_fires(job.schedules, after, n)
+    zone: ZoneInfo = timed[0].timezone
+    fires = triggers.next_fires(timed, after, n)
     found, previous = [], after
     for fire in fires:
         found.append(Fire(fire, triggers.clock_change(fire, previous, zone)))

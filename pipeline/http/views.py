@@ -67,6 +67,7 @@ class CatalogFiles(NamedTuple):
 
 def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, bool]],
               last: Mapping[str, RunRecord], active: Sequence[RunRecord],
+              paused: Mapping[str, tuple[datetime, str | None, str | None]] | None = None,
               ) -> list[dict[str, Any]]:
     """Every job file as the API shows it, loaded jobs and invalid files, by file name.
 
@@ -81,6 +82,7 @@ def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, boo
         problems = files.problems.get(file, ())
         run = last.get(name) if name else None
         next_fire, circuit_open = live.get(name, (None, False)) if name else (None, False)
+        pause = (paused or {}).get(name) if name else None
         views.append({
             "name": name, "file": file, "valid": not problems,
             "errors": [p.as_dict() for p in problems],
@@ -101,6 +103,10 @@ def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, boo
                                 "description": p.description}
                        for p in job.params.values()} if job else {},
             "version": job.sha256 if job else None,
+            "paused": pause is not None,
+            "paused_at": iso(pause[0]) if pause else None,
+            "paused_by": pause[1] if pause else None,
+            "paused_reason": pause[2] if pause else None,
         })
     return views
 

@@ -54,7 +54,7 @@ from pipeline.policy import Decision, Verdict
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 # Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.
-KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP})
+KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.BACKFILL})
 
 INTERRUPTED_RUNNING = "the daemon stopped while it ran"
 INTERRUPTED_QUEUED = "the daemon stopped before it started"
@@ -157,6 +157,7 @@ class Claims:
 
     runs: list[Claimed]
     watermarks: dict[str, datetime]
+    decisions: list[StoredDecision] = field(default_factory=list)  # fires made no run of
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,10 @@ class Store(Protocol):
         """Every fire of ``job`` up to ``until`` is dealt with (it only ever moves forward)."""
         ...
 
+    def fired(self, job: str, *, since: datetime, until: datetime) -> dict[datetime, RunRecord]:
+        """The runs that hold the job's instants in [since, until], by instant."""
+        ...
+
     def fires_after(self, job: str, after: datetime) -> set[datetime]:
         """Instants after ``after`` that already have a run (skipped ones too)."""
         ...
@@ -329,11 +334,12 @@ class Store(Protocol):
         out of the answer."""
         ...
 
-    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
         """Take up to ``limit`` ready runs that no node holds (whose ``runs_on`` labels the
         node has), decide about each as ``start_runs`` does, and hold the ones that run or
         wait. Runs nobody has claimed are taken oldest first, past rows other nodes are
-        claiming (SKIP LOCKED)."""
+        claiming (SKIP LOCKED). ``only``: take none but these."""
         ...
 
     def release(self, node: str, run_ids: Collection[str]) -> None:
@@ -373,8 +379,9 @@ class Store(Protocol):
         """``node`` stops cleanly: it holds no run any more."""
         ...
 
-    def nodes(self) -> list[NodeInfo]:
-        """Every node alive, and those that left or were lost in the last day."""
+    def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
+        """Every node alive, and those whose last heartbeat was after ``since`` (default: a
+        day ago)."""
         ...
 
     def alive_identities(self) -> dict[str, str]:
@@ -388,6 +395,20 @@ class Store(Protocol):
         node), queued ones are released to any node. Returns the runs that ended or were
         released, with their steps (their process groups may need killing). Safe on every node
         at once: each lost node is reaped by one of them."""
+        ...
+
+    # -- shipped logs (cluster mode) ----------------------------------------------------------
+
+    def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
+                 final: int | None = None) -> None:
+        """Keep ``data`` as the step's log from byte ``start``. ``final``: the log is complete
+        at that size (what a capped log was rebuilt to); chunks past it are dropped."""
+        ...
+
+    def shipped_log(self, run_id: str, step_id: str, start: int = 0,
+                    limit: int = 1 << 20) -> tuple[bytes, int | None]:
+        """Up to ``limit`` bytes of a shipped log from ``start``, and its final size if it is
+        complete (None while its step runs, or if nothing was shipped)."""
         ...
 
     # -- the decision log ------------------------------------------------------------------------
@@ -488,7 +509,9 @@ def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
 
 
 RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
-               "reason, params, version, parent_run_id, node, attempt, outputs")
+               "reason, params, version, parent_run_id, node, attempt, outputs, rerun_of, "
+               "reuse")
+DOCUMENT = 17  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
                 "outputs, error, log, pgid, item")
 
@@ -506,6 +529,7 @@ def run_record(row: Sequence[Any], document: Any = None,
         version=None if version is None else Version(**version), parent_run_id=row[11],
         node=row[12], attempt=row[13] or 0,
         outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
+        rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
         document=None if document is None else freeze(from_json(document)),
         steps=steps)
 

@@ -41,6 +41,7 @@ from pipeline.model import (
 )
 from pipeline.statedir import new_run_id
 from pipeline.store import (
+    DOCUMENT,
     INTERRUPTED_RUNNING,
     NODE_LOST,
     RUN_COLUMNS,
@@ -85,9 +86,11 @@ Tx = Any
 # transaction goes on and the rest of the batch commits, without a savepoint per claim.
 _INSERT_QUEUED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, ready_at, params,
-                      version, document, parent_run_id, node, runs_on)
+                      version, document, parent_run_id, node, runs_on, backlog, parallel,
+                      rerun_of, reuse)
     VALUES (:id, :job, 'queued', :trigger, :fire_time, :fire_key, :queued_at, :queued_at,
-            :params, :version, :document, :parent, :node, :runs_on)
+            :params, :version, :document, :parent, :node, :runs_on, :backlog, :parallel,
+            :rerun_of, :reuse)
     ON CONFLICT DO NOTHING"""
 _INSERT_SKIPPED = """
     INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at, started_at,
@@ -180,14 +183,18 @@ class SqlStore:
                                        "item": e.item, "node": node})
         elif isinstance(e, RunQueued):
             fire_time = iso_or_none(e.fire_time)
+            keyed = fire_key(e.trigger, fire_time) if e.keyed is None else (
+                fire_time if e.keyed else None)
             cursor = tx.execute(_INSERT_QUEUED, {
                 "id": e.run_id, "job": e.job, "trigger": str(e.trigger),
-                "fire_time": fire_time, "fire_key": fire_key(e.trigger, fire_time),
+                "fire_time": fire_time, "fire_key": keyed,
                 "queued_at": iso(e.queued_at), "params": to_json(e.params) if e.params else "{}",
                 "version": version_json(e.version),
                 "document": None if e.document is None else document_json(e.document),
                 "parent": e.parent_run_id, "node": e.node,
-                "runs_on": to_json(e.runs_on) if e.runs_on else None})
+                "runs_on": to_json(e.runs_on) if e.runs_on else None,
+                "backlog": int(e.backlog), "parallel": e.parallel, "rerun_of": e.rerun_of,
+                "reuse": to_json(e.reuse) if e.reuse else None})
             if cursor.rowcount == 0:
                 refused.add(e.run_id)
         elif isinstance(e, RunStarted):
@@ -360,7 +367,7 @@ class SqlStore:
             for step in tx.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id "
                                    f"{self.in_ids} ORDER BY seq", {"ids": self._ids(steps)}):
                 steps[step[0]].append(step_record(step))
-        return [run_record(row, row[15], tuple(steps[row[0]])) for row in rows]
+        return [run_record(row, row[DOCUMENT], tuple(steps[row[0]])) for row in rows]
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -399,6 +406,14 @@ class SqlStore:
         with self._write() as tx:
             tx.execute(_WATERMARK, {"job": job, "until": iso(until)})
 
+    def fired(self, job: str, *, since: datetime, until: datetime) -> dict[datetime, RunRecord]:
+        with self._read() as tx:
+            rows = tx.execute(f"SELECT {RUN_COLUMNS}, fire_key FROM runs WHERE job = :job "
+                              "AND fire_key >= :since AND fire_key <= :until",
+                              {"job": job, "since": iso(since), "until": iso(until)}).fetchall()
+        return {time_of(row[DOCUMENT]): run_record(row)  # type: ignore[misc]
+                for row in rows}
+
     def fires_after(self, job: str, after: datetime) -> set[datetime]:
         with self._read() as tx:
             rows = tx.execute("SELECT fire_key FROM runs WHERE job = :job AND fire_key > :after",
@@ -432,17 +447,18 @@ class SqlStore:
                     now: datetime) -> Claims:
         made: list[Claimed] = []
         watermarks: dict[str, datetime] = {}
+        decided: list[StoredDecision] = []
         with self._write() as tx:
             store_now = self._store_now(tx)
             if self.shared:
                 now = store_now  # due-ness is judged by the database's clock (CLUSTER rule 4)
             for claim in sorted(claims, key=lambda c: c.job):  # one lock order: no deadlock
-                runs, watermarks[claim.job] = self._claim(tx, claim, node, now)
+                runs, watermarks[claim.job] = self._claim(tx, claim, node, now, decided)
                 made.extend(runs)
-        return Claims(made, watermarks)
+        return Claims(made, watermarks, decided)
 
-    def _claim(self, tx: Tx, claim: FireClaim, node: str | None,
-               now: datetime) -> tuple[list[Claimed], datetime]:
+    def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
+               decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
         row = tx.execute(f"SELECT watermark, paused_at, paused_by, settings FROM jobs "
                          f"WHERE name = :job{self.for_update}", {"job": claim.job}).fetchone()
         stored = time_of(row[0]) if row else None
@@ -497,6 +513,7 @@ class SqlStore:
                 made.append(Claimed(run_id, claim.job, fire, trigger, ready, holder is not None,
                                     plan.backlog))
         self._decide_log(tx, decided)
+        decisions.extend(decided)
         tx.execute(_WATERMARK, {"job": claim.job, "until": iso(until)})
         return made, until
 
@@ -514,12 +531,16 @@ class SqlStore:
                               {"ids": self._ids(run_ids), "node": node}).fetchall()
             return self._start(tx, node, rows, now, stopping, frozenset(force))
 
-    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime) -> list[Started]:
-        if limit <= 0:
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
+        if limit <= 0 or (only is not None and not only):
             return []
+        wanted = "" if only is None else f" AND id {self.in_ids}"
+        ids = {} if only is None else {"ids": self._ids(only)}
         with self._read() as tx:  # most looks find nothing: no write lock for them
             if tx.execute("SELECT 1 FROM runs WHERE status = 'queued' AND node IS NULL "
-                          "AND ready_at <= :now LIMIT 1", {"now": iso(now)}).fetchone() is None:
+                          f"AND ready_at <= :now{wanted} LIMIT 1",
+                          {"now": iso(now), **ids}).fetchone() is None:
                 return []
         with self._write(durable=False) as tx:
             if self.shared:
@@ -528,9 +549,9 @@ class SqlStore:
             # (a row that does not fit stays for another node).
             rows = tx.execute(f"""
                 SELECT id, job, runs_on FROM runs
-                WHERE status = 'queued' AND node IS NULL AND ready_at <= :now
+                WHERE status = 'queued' AND node IS NULL AND ready_at <= :now{wanted}
                 ORDER BY ready_at, id LIMIT :limit{self.skip_locked}""",
-                {"now": iso(now), "limit": limit * 4}).fetchall()
+                {"now": iso(now), "limit": limit * 4, **ids}).fetchall()
             fits = [(row[0], row[1]) for row in rows
                     if _fits(from_json(row[2]) or {}, node.labels)][:limit]
             if not fits:
@@ -548,9 +569,9 @@ class SqlStore:
             jobs[name] = self._job(tx, name)
         for run_id, name in ((row[0], row[1]) for row in rows):
             settings, state = jobs[name]
-            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at FROM runs "
-                             "WHERE id = :id", {"id": run_id}).fetchone()
-            waiting, backlog = bool(run[15]), bool(run[16])
+            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at, parallel "
+                             "FROM runs WHERE id = :id", {"id": run_id}).fetchone()
+            waiting, backlog = bool(run[DOCUMENT]), bool(run[DOCUMENT + 1])
             active = tx.execute("SELECT count(*) FROM runs WHERE job = :job "
                                 "AND status = 'running'", {"job": name}).fetchone()[0]
             ahead = tx.execute(
@@ -558,7 +579,7 @@ class SqlStore:
                 "AND waiting = 1 AND id <> :id AND (:all = 1 OR queued_at < :queued "
                 "OR (queued_at = :queued AND id < :id))",
                 {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
-                 "queued": run[17]}).fetchone()[0]
+                 "queued": run[DOCUMENT + 2]}).fetchone()[0]
             situation = policy.Situation(
                 active=active, waiting=ahead, failures=state.failures,
                 circuit_opened_at=state.circuit_opened_at, paused=state.paused)
@@ -566,7 +587,8 @@ class SqlStore:
             decision = policy.decide(
                 trigger=trigger, concurrency=settings.concurrency, situation=situation,
                 now=now, breaker=settings.breaker, enabled=settings.enabled, waiting=waiting,
-                backlog=backlog, stopping=stopping, force=run_id in force)
+                backlog=backlog, stopping=stopping, force=run_id in force,
+                parallel=run[DOCUMENT + 3] or 1)
             replaced: tuple[str, ...] = ()
             verdict = decision.verdict
             if verdict is policy.Verdict.START:
@@ -676,16 +698,16 @@ class SqlStore:
             tx.execute("UPDATE nodes SET state = 'left' WHERE id = :id AND state = 'alive'",
                        {"id": node})
 
-    def nodes(self) -> list[NodeInfo]:
+    def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
         with self._read() as tx:
-            since = iso(self._store_now(tx) - NODES_KEPT)
+            since_text = iso(since if since is not None else self._store_now(tx) - NODES_KEPT)
             rows = tx.execute("""
                 SELECT id, name, roles, labels, version, identity, listen, digest, max_runs,
                        started_at, heartbeat_at, expires_at, state,
                        (SELECT count(*) FROM runs WHERE runs.node = nodes.id
                         AND runs.status = 'running')
                 FROM nodes WHERE state = 'alive' OR heartbeat_at >= :since
-                ORDER BY name, started_at""", {"since": since}).fetchall()
+                ORDER BY name, started_at""", {"since": since_text}).fetchall()
         return [NodeInfo(row[0], row[1], frozenset(filter(None, row[2].split(","))),
                          from_json(row[3]) or {}, row[4] or "", row[5] or "", row[6], row[7],
                          row[8], time_of(row[9]), time_of(row[10]), time_of(row[11]),
@@ -749,6 +771,45 @@ class SqlStore:
                        f"error = '{INTERRUPTED_RUNNING}' WHERE status IN ('running', 'pending') "
                        f"AND run_id {self.in_ids}", {"at": at, "ids": self._ids(ids)})
         return self._runs_by_id(tx, [r[0] for r in rows])
+
+    # -- shipped logs ---------------------------------------------------------------------------
+
+    def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
+                 final: int | None = None) -> None:
+        with self._write(durable=False) as tx:
+            if final is not None:
+                tx.execute("DELETE FROM log_chunks WHERE run_id = :run AND step_id = :step "
+                           "AND start >= :start",
+                           {"run": run_id, "step": step_id, "start": start})
+            if data:
+                tx.execute("INSERT INTO log_chunks (run_id, step_id, start, data) "
+                           "VALUES (:run, :step, :start, :data) ON CONFLICT "
+                           "(run_id, step_id, start) DO UPDATE SET data = excluded.data",
+                           {"run": run_id, "step": step_id, "start": start, "data": data})
+            if final is not None:
+                tx.execute("UPDATE steps SET log_size = :size WHERE run_id = :run "
+                           "AND step_id = :step",
+                           {"size": final, "run": run_id, "step": step_id})
+
+    def shipped_log(self, run_id: str, step_id: str, start: int = 0,
+                    limit: int = 1 << 20) -> tuple[bytes, int | None]:
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT start, data FROM log_chunks WHERE run_id = :run AND step_id = :step "
+                "AND start < :end ORDER BY start",
+                {"run": run_id, "step": step_id, "end": start + limit}).fetchall()
+            size = tx.execute("SELECT log_size FROM steps WHERE run_id = :run "
+                              "AND step_id = :step", {"run": run_id, "step": step_id}
+                              ).fetchone()
+        out = bytearray()
+        for begin, data in rows:
+            data = bytes(data)
+            if begin + len(data) <= start:
+                continue
+            if begin > start + len(out):
+                break  # a hole: what follows is not shipped yet
+            out += data[max(0, start + len(out) - begin):]
+        return bytes(out[:limit]), (size[0] if size else None)
 
     # -- the decision log -----------------------------------------------------------------------
 
@@ -820,6 +881,8 @@ class SqlStore:
             gone = self._runs_by_id(tx, doomed)
             tx.execute(f"DELETE FROM steps WHERE run_id {self.in_ids}",
                        {"ids": self._ids(sorted(doomed))})
+            tx.execute(f"DELETE FROM log_chunks WHERE run_id {self.in_ids}",
+                       {"ids": self._ids(sorted(doomed))})
             tx.execute(f"DELETE FROM runs WHERE id {self.in_ids}",
                        {"ids": self._ids(sorted(doomed))})
         return gone
@@ -836,6 +899,7 @@ class SqlStore:
             if not found[0].status.finished:
                 raise RunActive(run_id)
             tx.execute("DELETE FROM steps WHERE run_id = :id", {"id": run_id})
+            tx.execute("DELETE FROM log_chunks WHERE run_id = :id", {"id": run_id})
             tx.execute("DELETE FROM runs WHERE id = :id", {"id": run_id})
         return found[0]
 

@@ -193,6 +193,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX decisions_by_job ON decisions (job, fire_time)",
         "CREATE INDEX decisions_by_time ON decisions (job, decided_at)",
     ),
+    (
+        # Backfills and reruns: how many of a backlog may run at once, and what a rerun takes
+        # over from the run it runs again.
+        "ALTER TABLE runs ADD COLUMN parallel INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
+        "ALTER TABLE runs ADD COLUMN reuse TEXT",
+    ),
+    (
+        # Step logs shipped to a shared store in chunks, so any node shows any run's log; a
+        # step's shipped log is complete once its size is known.
+        """CREATE TABLE log_chunks (
+            run_id  TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            start   INTEGER NOT NULL,
+            data    BLOB NOT NULL,
+            PRIMARY KEY (run_id, step_id, start)
+        )""",
+        "ALTER TABLE steps ADD COLUMN log_size INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

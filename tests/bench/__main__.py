@@ -5,6 +5,7 @@
     bin/bench --only dag,firing
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
     bin/bench --only pages    the status pages' server time over 100,000 runs
+    bin/bench --only files    10,000 files dropped into a watched folder at once
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from tests.bench import dags, pages, report, serve, startup, torture, validate
+from tests.bench import dags, filewatch, pages, report, serve, startup, torture, validate
 from tests.bench.harness import (
     ROOT,
     BenchError,
@@ -36,7 +37,8 @@ from tests.bench.harness import (
 )
 from tests.bench.peers import ensure_peers
 
-GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "torture")
+GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "files",
+          "torture")
 
 
 def interrupted(signum: int, _: FrameType | None) -> None:
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "api": lambda: serve.api(ctx),
             "pages": lambda: pages.run(ctx),
             "firing": lambda: serve.lateness(ctx),
+            "files": lambda: filewatch.run(ctx),
             "torture": lambda: torture.run(ctx),
         }
         for group in GROUPS:

@@ -1,0 +1,89 @@
+"""Step logs shipped to the store, read back from any node (real files, a real store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.events import RunFinished, RunQueued, StepFinished, StepStarted
+from pipeline.logship import CHUNK, LogShipper, read_any
+from pipeline.model import RunStatus, StepStatus, Trigger
+from pipeline.store.sqlite import SqliteStore
+
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+RUN = "20261207T000000-0000abcd"
+REL = f"logs/job/{RUN}/s.log"
+
+
+async def inline(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+def setup(tmp_path: Path) -> tuple[SqliteStore, LogShipper, Path]:
+    store = SqliteStore.open(tmp_path / "state")
+    store.record([RunQueued(RUN, "job", Trigger.API, NOW),
+                  StepStarted(RUN, "s", 1, NOW, REL)])
+    shipper = LogShipper(store, tmp_path / "state", offload=inline)
+    path = tmp_path / "state" / REL
+    path.parent.mkdir(parents=True)
+    return store, shipper, path
+
+
+async def test_live_output_is_shipped_as_it_grows_then_whole_at_the_end(tmp_path: Path) -> None:
+    store, shipper, path = setup(tmp_path)
+    shipper.observe(StepStarted(RUN, "s", 1, NOW, REL))
+    await shipper.ship()  # nothing written yet: nothing shipped
+    assert store.shipped_log(RUN, "s") == (b"", None)
+    path.write_bytes(b"one\n")
+    await shipper.ship()
+    with path.open("ab") as f:
+        f.write(b"two\n")
+    await shipper.ship()
+    assert store.shipped_log(RUN, "s") == (b"one\ntwo\n", None)  # live: not complete
+    assert store.shipped_log(RUN, "s", 4) == (b"two\n", None)
+    # The step ends and its (capped) log was put together anew: the final version wins.
+    path.write_bytes(b"head\n[pipeline] 9 bytes dropped here\ntail\n")
+    store.record([StepFinished(RUN, "s", StepStatus.SUCCEEDED, NOW, attempt=1)])
+    shipper.observe(StepFinished(RUN, "s", StepStatus.SUCCEEDED, NOW, attempt=1))
+    await shipper.ship()
+    data, size = store.shipped_log(RUN, "s")
+    assert data == b"head\n[pipeline] 9 bytes dropped here\ntail\n" and size == len(data)
+
+
+async def test_a_big_log_goes_in_chunks_and_reads_back_whole(tmp_path: Path) -> None:
+    store, shipper, path = setup(tmp_path)
+    body = bytes(range(256)) * (3 * CHUNK // 256 + 7)
+    path.write_bytes(body)
+    shipper.observe(StepStarted(RUN, "s", 1, NOW, REL))
+    shipper.observe(StepFinished(RUN, "s", StepStatus.SUCCEEDED, NOW, attempt=1))
+    await shipper.ship()
+    got, start = b"", 0
+    while True:
+        data, size = store.shipped_log(RUN, "s", start, limit=100_000)
+        if not data:
+            break
+        got, start = got + data, start + len(data)
+    assert got == body and size == len(body)
+
+
+async def test_a_step_that_wrote_nothing_ships_an_empty_complete_log(tmp_path: Path) -> None:
+    store, shipper, _ = setup(tmp_path)
+    shipper.observe(StepStarted(RUN, "s", 1, NOW, REL))
+    shipper.observe(StepFinished(RUN, "s", StepStatus.SUCCEEDED, NOW, attempt=1))
+    await shipper.ship()
+    assert store.shipped_log(RUN, "s") == (b"", 0)
+
+
+async def test_readers_take_the_local_file_else_the_store(tmp_path: Path) -> None:
+    store, shipper, path = setup(tmp_path)
+    path.write_bytes(b"local\n")
+    shipper.observe(StepStarted(RUN, "s", 1, NOW, REL))
+    shipper.observe(StepFinished(RUN, "s", StepStatus.SUCCEEDED, NOW, attempt=1))
+    await shipper.ship()
+    assert read_any(store, tmp_path / "state", REL, RUN, "s", 0, 100) == (b"local\n", False)
+    path.unlink()  # another node's reader: no file here
+    assert read_any(store, tmp_path / "state", REL, RUN, "s", 2, 100) == (b"cal\n", True)
+    # Retention takes the shipped log with its run.
+    store.record([RunFinished(RUN, RunStatus.SUCCEEDED, NOW)])
+    store.delete_run(RUN)
+    assert store.shipped_log(RUN, "s") == (b"", None)
