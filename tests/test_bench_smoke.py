@@ -41,3 +41,23 @@ def test_dropped_files_each_fire_once(tmp_path: Path) -> None:
     dropped = filewatch.drop_and_watch(tmp_path / "drop", 300, settle=0.2, timeout=60)
     assert (dropped.fired, dropped.handed) == (300, 300)
     assert dropped.batches >= 1 and dropped.seconds >= 0.2
+
+
+def test_the_pages_benchmark_seeds_through_the_store(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.store.sqlite import SqliteStore
+    from tests.bench import pages
+
+    now = datetime.now(UTC)
+    assert pages.seed(tmp_path, now, jobs=3, per_job=20) == 60
+    run_id = pages.sample_run(tmp_path, now)
+    store = SqliteStore.open(tmp_path)
+    try:
+        assert store.count_runs() == 61 and len(store.last_runs()) == 3 + 1  # + job-00500
+        record = store.run(run_id)
+    finally:
+        store.close()
+    assert record is not None and [(s.id, s.attempt) for s in record.steps] == [
+        ("prepare", 1), ("work_0", 3), ("work_1", 1)]
+    assert all((tmp_path / s.log).stat().st_size > 30_000 for s in record.steps if s.log)

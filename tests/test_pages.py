@@ -310,3 +310,24 @@ def test_the_index_marks_paused_and_stale_jobs() -> None:
     assert '<span class="badge s-paused" title="db migration">paused</span>' in text
     assert text.count("s-paused") == 1 and text.count('class="badge s-stale"') == 1
     assert 'href="/?status=paused#jobs"><b>1</b><span>paused</span>' in text
+
+
+def test_events_and_calendars_in_words(job_from: JobFrom) -> None:
+    job = job_from("""
+        schedule:
+          - {file: "incoming/*.csv", settle: 10s}
+          - {after: extract, status: [succeeded, failed]}
+          - "@reboot"
+          - cron: "0 9 * * *"
+            timezone: UTC
+            exclude: ["2026-12-25"]
+        steps: [{id: a, run: "true"}]
+    """)
+    assert [triggers.in_words(s) for s in job.schedules] == [
+        "when a file under incoming/*.csv has not changed for 10s",
+        "after each run of extract that ended succeeded or failed",
+        "each time a daemon starts",
+        "09:00 every day, UTC, except 2026-12-25"]
+    fires = next_fires(job, datetime(2026, 12, 23, 12, tzinfo=UTC), 3)  # the cron only
+    assert [f.at.date().isoformat() for f in fires] == ["2026-12-24", "2026-12-26",
+                                                         "2026-12-27"]

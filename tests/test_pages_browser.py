@@ -147,6 +147,23 @@ async def test_a_person_uses_the_pages(tmp_path: Path) -> None:
             assert run["params"] == {"keep_days": 3, "target": "staging", "verify": False}
             assert run["trigger"] == "api"
 
+            # Pause with a reason, then resume: the page changes in place each time.
+            await tab.goto(job_url)
+            await tab.evaluate("window.kept = 'job page'; "
+                               "document.querySelector('#pause-reason').focus()")
+            await tab.call("Input.insertText", text="db migration")
+            await tab.evaluate("document.querySelector('#controls button[type=submit]')"
+                               ".click()")
+            await tab.wait_for("document.querySelector('h1 .s-paused') !== null")
+            assert (await http.get("/api/v1/jobs/nightly-backup")).json()[
+                "paused_reason"] == "db migration"
+            await tab.evaluate("[...document.querySelectorAll('button')].find(b => "
+                               "b.textContent === 'Resume').click()")
+            await tab.wait_for("document.querySelector('h1 .s-paused') === null && "
+                               "document.querySelector('#pause-reason') !== null")
+            assert await tab.evaluate("window.kept") == "job page"
+            assert not (await http.get("/api/v1/jobs/nightly-backup")).json()["paused"]
+
             # The strip of runs with the keyboard: Tab to a square, Enter opens its run.
             await tab.goto(job_url)
             for _ in range(40):

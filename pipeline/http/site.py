@@ -64,7 +64,10 @@ ASSETS = {"pipeline.css": "text/css; charset=utf-8",
           "pipeline.js": "text/javascript; charset=utf-8"}
 PAGE_REFRESH = 5  # seconds between live updates of the index; a live run page: faster
 RUN_PAGE_REFRESH = 2
-PAGE_LOG_TAIL = 48 * 1024  # of each step's log shown on the run page
+# Of each step's log, the run page shows the tail: more of the logs it opens (a failed or
+# running step's, or the only one), less of those it leaves closed; "raw" has them whole.
+PAGE_LOG_TAIL = 48 * 1024
+CLOSED_LOG_TAIL = 16 * 1024
 LOG_FRAGMENT = 64 * 1024  # the most one ask for a log's next lines returns
 JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 25
@@ -441,12 +444,15 @@ class Site:
     def _logs(self, record: RunRecord, grep: str | None) -> list[dict[str, Any]]:
         """Each step's log tail as HTML (worker thread)."""
         logs = []
-        for step in in_file_order(record):
-            if not step.log or not STEP_INSTANCE_ID.fullmatch(step.id):
-                continue
-            path = self.app.state_dir / log_relpath(record.job, record.id, step.id)
-            text, skipped, size = log_tail(path, PAGE_LOG_TAIL, keep_colors=True)
+        steps = [s for s in in_file_order(record)
+                 if s.log and STEP_INSTANCE_ID.fullmatch(s.id)]
+        for step in steps:
             entry = self._log_head(record, step.id, str(step.status))
+            if len(steps) == 1 or grep:
+                entry["open"] = True
+            path = self.app.state_dir / log_relpath(record.job, record.id, step.id)
+            text, skipped, size = log_tail(path, PAGE_LOG_TAIL if entry["open"]
+                                           else CLOSED_LOG_TAIL, keep_colors=True)
             next_offset = size
             if entry["state"] == "running" and not text.endswith("\n"):
                 # The line being written comes whole with the next lines the page asks for.
@@ -457,8 +463,6 @@ class Site:
             entry.update(html="".join(f'<span class="ln">{line}</span>' for line in lines),
                          hidden=hidden, skipped=skipped, size=size, next=next_offset)
             logs.append(entry)
-        if len(logs) == 1:
-            logs[0]["open"] = True
         if grep:
             for entry in logs:
                 entry["open"] = entry["html"] != ""

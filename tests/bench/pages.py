@@ -58,10 +58,10 @@ def _outcome(rng: random.Random) -> RunStatus:
 
 
 def seed(state: Path, now: datetime, jobs: int = JOBS, per_job: int = RUNS_PER_JOB) -> int:
-    """``jobs`` × ``per_job`` finished runs, one every 0.8 days per job; how many."""
+    """``jobs`` × ``per_job`` finished runs, one every 0.8 days per job; how many the store
+    holds then."""
     rng = random.Random(15)
     store = SqliteStore.open(state)
-    written = 0
     try:
         for first in range(0, jobs, 50):
             events: list[Event] = []
@@ -71,11 +71,10 @@ def seed(state: Path, now: datetime, jobs: int = JOBS, per_job: int = RUNS_PER_J
                 for back in range(per_job, 0, -1):
                     # Within the last 80 days: the daemon's retention (90 days by default)
                     # must not be deleting runs while the pages are measured.
-                    fire = (now - timedelta(days=back * 0.8)).replace(
-                        hour=minute // 60, minute=minute % 60, second=0, microsecond=0)
+                    fire = now.replace(second=0, microsecond=0) - timedelta(
+                        days=back * 0.8, minutes=minute)
                     run_id = new_run_id(fire)
                     status = _outcome(rng)
-                    written += 1
                     if status is RunStatus.SKIPPED:
                         events.append(RunSkipped(run_id, name, Trigger.SCHEDULE, fire, fire,
                                                  "overlap"))
@@ -93,15 +92,18 @@ def seed(state: Path, now: datetime, jobs: int = JOBS, per_job: int = RUNS_PER_J
                         at += took
                     events.append(RunFinished(run_id, status, at, reason=None if status is
                                               RunStatus.SUCCEEDED else "step failed: work_1"))
-            store.record(events)
+            refused = store.record(events)
+            if refused:
+                raise ValueError(f"the store refused {len(refused)} seeded runs")
+        return store.count_runs()
     finally:
         store.close()
-    return written
 
 
 def sample_run(state: Path, now: datetime) -> str:
     """A run of ``SAMPLE_JOB`` an hour ago with real logs: ~40 KiB of coloured output a step,
-    its second step retried twice (attempt markers with their times)."""
+    its second step retried twice (attempt markers with their times), its last step failed
+    (the run people open most: its failed step's log opens with the page)."""
     run_id = new_run_id(now - timedelta(hours=1))
     start = now - timedelta(hours=1)
     events: list[Event] = [RunQueued(run_id, SAMPLE_JOB, Trigger.SCHEDULE, start,
@@ -126,11 +128,15 @@ def sample_run(state: Path, now: datetime) -> str:
                 attempt = failed + 1
                 lines.append(f"[pipeline] attempt {attempt} of 3 at "
                              f"{at.isoformat(timespec='milliseconds')}")
+        last = step == STEPS[-1]
+        if last:
+            lines.append("\x1b[31merror:\x1b[0m the target refused the batch")
         path.write_text("\n".join(lines) + "\n")
         at += timedelta(seconds=25)
-        events.append(StepFinished(run_id, step, StepStatus.SUCCEEDED, at, attempt=attempt,
-                                   exit_code=0))
-    events.append(RunFinished(run_id, RunStatus.SUCCEEDED, at))
+        events.append(StepFinished(run_id, step, StepStatus.FAILED if last
+                                   else StepStatus.SUCCEEDED, at, attempt=attempt,
+                                   exit_code=1 if last else 0))
+    events.append(RunFinished(run_id, RunStatus.FAILED, at, reason="step failed: work_1"))
     store = SqliteStore.open(state)
     try:
         store.record(events)
@@ -181,7 +187,7 @@ def run(ctx: Context) -> list[Row]:
         "index, runs interrupted (0.5 %)": "/?status=interrupted",
         "index, name filter": "/?q=job-0042",
         "job": f"/jobs/{SAMPLE_JOB}",
-        "run (3 logs of 40 KiB, a retried step)": f"/runs/{run_id}",
+        "run (3 logs of 40 KiB, a retried step, the last failed)": f"/runs/{run_id}",
         "run, live update": f"/runs/{run_id}?live=1",
         "log lines": f"/runs/{run_id}/log/work_0?offset=0",
     }
@@ -217,6 +223,7 @@ def run(ctx: Context) -> list[Row]:
             f"{name} {percentile(server[name], 0.95):.1f} / {cold[name]:.1f} / "
             f"{sorted(trip[name])[len(trip[name]) // 2]:.1f} ms" for name in pages) + ".")
     for name, path in pages.items():
-        ctx.command(f"curl -s -o /dev/null -D - {base}{path}  # {name}".replace(
-            listen, "127.0.0.1:PORT"))
+        ctx.command(f"curl -s -H 'Accept-Encoding: gzip' -o /dev/null -D - "
+                    f"'{base}{path}'  # {name}".replace(listen, "127.0.0.1:PORT")
+                    .replace(run_id, "RUN_ID"))
     return rows
