@@ -290,6 +290,9 @@ async def test_operator_controls_post_to_their_routes(daemon: Daemon) -> None:
         assert (await http.post("/api/v1/jobs/hello/resume", json={})).status_code == 200
         assert "s-paused" not in (await http.get("/jobs/hello")).text
 
+        # A form left empty is the client's mistake: a 400, never a 500.
+        empty = await http.post("/api/v1/jobs/hello/backfill", json={"from": "", "to": ""})
+        assert error_of(empty, 400)["error"]["code"] == "bad_body"
         # What the backfill form sends: the two instants with their offsets, the rerun choice.
         filled = await http.post("/api/v1/jobs/hello/backfill", json={
             "from": (now - timedelta(hours=3, minutes=30)).isoformat(),

@@ -303,7 +303,7 @@ class StatusApp:
         body = await self._body(request, {"from": str, "to": str, "rerun": str,
                                           "max_parallel": int})
         for key in ("from", "to"):
-            if key not in body:
+            if not body.get(key):  # missing, or empty: an empty form field
                 raise ApiError(400, "bad_body", f'"{key}" is required (an ISO 8601 time)')
         start = time_param(body["from"], "from")
         end = time_param(body["to"], "to")

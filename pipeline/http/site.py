@@ -221,15 +221,12 @@ class Site:
         name_filter = (query.get("q") or "").strip()[:100]
         status = query.get("status") or ""
         run_status = None
-        if status:
-            if status in JOB_STATES:
-                pass
-            else:
-                try:
-                    run_status = RunStatus(status)
-                except ValueError:
-                    return error_page(400, f"status must be one of "
-                                           f"{', '.join([*RunStatus, *JOB_STATES])}")
+        if status and status not in JOB_STATES:  # a job state filters the jobs only
+            try:
+                run_status = RunStatus(status)
+            except ValueError:
+                return error_page(400, f"status must be one of "
+                                       f"{', '.join([*RunStatus, *JOB_STATES])}")
         since_text = query.get("since") or ""
         since: datetime | None = None
         if since_text:
