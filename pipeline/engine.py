@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +40,10 @@ from pipeline.events import (
     StepRetrying,
     StepSpawned,
     StepStarted,
+    StepWaiting,
 )
 from pipeline.faults import crash_point
-from pipeline.model import Job, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
+from pipeline.model import Job, Pool, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
 from pipeline.redact import Redactor
 from pipeline.runners import Runner, StepContext, builtin_runners
 from pipeline.statedir import log_relpath
@@ -56,6 +57,11 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 NO_SECRETS = Redactor(())
 MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
+
+# (run id, step instance, pool, waiting) -> holds the pool's slots for the block; calls
+# ``waiting(reason)`` once if it has to wait for them.
+Pools = Callable[[str, str, Pool, Callable[[str], Awaitable[None]]],
+                 AbstractAsyncContextManager[None]]
 
 Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
@@ -190,8 +196,17 @@ class _Run:
                  trigger: Trigger, fire_time: datetime | None, runners: Mapping[str, Runner],
                  clock: Clock, log_cap: int, environ: Mapping[str, str],
                  start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None,
-                 reuse: Mapping[str, Mapping[str, str]]) -> None:
+                 reuse: Mapping[str, Mapping[str, str]], pools: Pools | None = None,
+                 event: Mapping[str, Any] | None = None) -> None:
         self.job = job
+        self.pools = pools  # takes a pool's slots for a step (the worker's, through the store)
+        self.event = event  # what fired the run: a file, or the upstream run (`after:`)
+        # `run.event` (a file: path, size, mtime) or `run.upstream` (id, job, status, outputs)
+        self.fired_by: dict[str, Any] = {} if event is None else {
+            "upstream" if trigger is Trigger.AFTER else "event": thaw(event)}
+        self.event_env: dict[str, str] = {}
+        if event is not None and trigger is Trigger.FILE and "path" in event:
+            self.event_env["PIPELINE_EVENT_PATH"] = str(event["path"])
         self.reuse = reuse  # step -> outputs taken over from an earlier run (rerun --from)
         self.run_id = run_id
         self.handle = handle
@@ -254,7 +269,8 @@ class _Run:
             "secrets": self.secrets,
             "steps": steps,
             "run": {"id": self.run_id, "trigger": str(self.trigger),
-                    "fire_time": self.fire_time.isoformat() if self.fire_time else ""},
+                    "fire_time": self.fire_time.isoformat() if self.fire_time else "",
+                    **self.fired_by},
             "job": {"name": self.job.name},
             # A hook's success() is about its own needs: a stopped run still cleans up.
             "success": lambda: (not self.stopping or hook) and all(s.ok for s in states),
@@ -416,6 +432,22 @@ class _Run:
     async def attempts(self, step: Step, instance: str, item: Any,
                        ancestors: Sequence[str],
                        started: Callable[[], object] = lambda: None) -> _Attempt:
+        """Run ``step`` (or one item of it), first taking its pool's slots if it names one:
+        meanwhile it is ``pending``, ``waiting for pool NAME`` (and counts as started for its
+        DAG: the steps after it in file order may start)."""
+        if step.pool is None or self.pools is None:
+            return await self._attempts(step, instance, item, ancestors, started)
+
+        async def waiting(reason: str) -> None:
+            await self.emit(StepWaiting(self.run_id, instance, reason, self.clock()))
+            started()
+
+        async with self.pools(self.run_id, instance, step.pool, waiting):
+            return await self._attempts(step, instance, item, ancestors, started)
+
+    async def _attempts(self, step: Step, instance: str, item: Any,
+                        ancestors: Sequence[str],
+                        started: Callable[[], object] = lambda: None) -> _Attempt:
         """Run ``step`` (or one item of it) with its retries; ``started`` is called once its
         start is recorded. Its log gets one ``[pipeline]`` marker per attempt that did not
         succeed (``exit status 7``, ``timed out after 5s``, ``... ; retrying in 10s``), or
@@ -492,7 +524,8 @@ class _Run:
         env = {**self.base_env, **env_view, **self.secrets,
                "PIPELINE_JOB": self.job.name, "PIPELINE_RUN_ID": self.run_id,
                "PIPELINE_STEP": instance, "PIPELINE_ATTEMPT": str(attempt),
-               "PIPELINE_FIRE_TIME": self.fire_time.isoformat() if self.fire_time else ""}
+               "PIPELINE_FIRE_TIME": self.fire_time.isoformat() if self.fire_time else "",
+               **self.event_env}
         output_file = None
         if step.kind is not StepKind.USES:  # runners return their outputs instead
             try:
@@ -745,6 +778,8 @@ async def run_job(
     started_at: datetime | None = None,
     attempt: int | None = None,
     reuse: Mapping[str, Mapping[str, str]] | None = None,
+    pools: Pools | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended, with
     the job's own ``outputs:`` (secrets masked).
@@ -772,7 +807,7 @@ async def run_job(
                    params=params or {}, secrets=secrets, trigger=trigger, fire_time=fire_time,
                    runners=runners if runners is not None else builtin_runners(),
                    clock=clock, log_cap=log_cap, environ=environ, start_job=start_job,
-                   reuse=reuse or {})
+                   reuse=reuse or {}, pools=pools, event=event)
         # Cancelled from outside without a stop (the daemon's nursery is going away), the run
         # still gets a final record.
         outcome = RunResult(RunStatus.CANCELLED, "cancelled")
