@@ -39,6 +39,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     notify                       notifications: webhook, Slack, email, ping, command; retried,
                                  never blocking, pending ones saved across restarts
     filewatch                    `file:` schedules: files that settled under their globs
+    ansi                         pure: terminal colours in step logs as safe HTML
+    sdnotify                     telling systemd the daemon is ready, stopping, alive
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, parts, signals, shutdown)
     cli                          the one place that wires real objects together

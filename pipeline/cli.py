@@ -401,6 +401,30 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
                    .rstrip())
 
 
+# -- shell completion (pipeline completion SHELL) ------------------------------------------
+
+
+def complete_job(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_jobs
+
+    return complete_jobs(ctx.ensure_object(Settings).jobs_dir, incomplete)
+
+
+def complete_run(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_runs
+
+    settings = ctx.ensure_object(Settings)
+    return complete_runs(settings.state_dir, settings.store_url, incomplete)
+
+
+def complete_step(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    from pipeline.completion import complete_steps
+
+    settings = ctx.ensure_object(Settings)
+    return complete_steps(settings.state_dir, settings.store_url, ctx.params.get("run_id"),
+                          incomplete)
+
+
 # -- validate, schema, graph --------------------------------------------------------------
 
 
@@ -479,7 +503,7 @@ def schema(settings: Settings, runner: str | None) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
               show_default=True)
 @dirs
@@ -495,7 +519,7 @@ def graph(settings: Settings, job: str, fmt: str) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the resolved commands.")
@@ -594,7 +618,7 @@ def run_in_foreground(settings: Settings, job: Job, params: dict[str, Any], *,
 
 
 @main.command()
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.option("--status", type=click.Choice(RUN_STATES))
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -637,7 +661,7 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @dirs
 @pass_settings
@@ -677,8 +701,8 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_id")
-@click.argument("step", required=False)
+@click.argument("run_id", shell_complete=complete_run)
+@click.argument("step", required=False, shell_complete=complete_step)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the run is active.")
 @dirs
 @pass_settings
@@ -876,6 +900,9 @@ def check_jobs_dir(settings: Settings) -> None:
 @click.option("--listen", envvar="PIPELINE_LISTEN", default="127.0.0.1:8765", show_default=True,
               metavar="HOST:PORT", help="HTTP address of the status page and API.")
 @click.option("--no-http", is_flag=True, help="Serve no HTTP endpoint.")
+@click.option("--read-only", is_flag=True,
+              help="Serve the status page and API for looking only: the pages show no "
+                   "control, and every POST and DELETE is refused (403).")
 @token_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
@@ -897,7 +924,8 @@ def check_jobs_dir(settings: Settings) -> None:
               help="Runs this node holds at once [default: unlimited].")
 @dirs
 @pass_settings
-def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str | None,
+def serve(settings: Settings, grace: str, listen: str, no_http: bool, read_only: bool,
+          token: str | None,
           token_file: str | None, log_format: str, log_level: str, node_name: str | None,
           labels: str, roles: str, lease: str, max_runs: int | None) -> None:
     """Run the daemon: load and watch the jobs directory, fire schedules, serve HTTP.
@@ -950,7 +978,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
             raise
 
         async def serve_http(d: daemon.Daemon, *, task_status: Any) -> None:
-            await http_server(d, listen=listen, token=token, sock=sock,
+            await http_server(d, listen=listen, token=token, sock=sock, read_only=read_only,
                               task_status=task_status)
 
     try:
@@ -986,7 +1014,7 @@ def parse_time(text: str, zone: Any) -> datetime:
 
 
 @main.command(name="next")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-n", "count", type=click.IntRange(1, 10000), default=5, show_default=True)
 @click.option("--after", "after", metavar="TIME", help="ISO 8601 time [default: now]")
 @dirs
@@ -1136,7 +1164,7 @@ def server_options(command: Any) -> Any:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable).")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it "
@@ -1170,7 +1198,7 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run)
 @server_options
 @dirs
 @pass_settings
@@ -1253,7 +1281,7 @@ def _operated(settings: Settings, store: Store, names: tuple[str, ...], every: b
 
 
 @main.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("--all", "every", is_flag=True, help="Pause every job.")
 @click.option("--reason", metavar="TEXT", help="Why, for whoever looks later.")
 @dirs
@@ -1273,7 +1301,7 @@ def pause(settings: Settings, jobs: tuple[str, ...], every: bool, reason: str | 
 
 
 @main.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("--all", "every", is_flag=True, help="Resume every job.")
 @click.option("--catchup", is_flag=True,
               help="Let each job's catchup policy run the fires it missed while paused "
@@ -1292,7 +1320,7 @@ def resume(settings: Settings, jobs: tuple[str, ...], every: bool, catchup: bool
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @dirs
 @pass_settings
 def reset(settings: Settings, job: str) -> None:
@@ -1307,7 +1335,7 @@ def reset(settings: Settings, job: str) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--at", "at", metavar="TIME",
               help="Explain the fires around this time (ISO 8601) [default: the latest].")
 @click.option("-n", "count", type=click.IntRange(1, 10000), default=10, show_default=True,
@@ -1366,7 +1394,7 @@ def why(settings: Settings, job: str, at: str | None, count: int, since: str | N
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--from", "start", required=True, metavar="TIME",
               help="The first instant (ISO 8601, or a date; in the job's zone).")
 @click.option("--to", "end", required=True, metavar="TIME", help="The last instant.")
@@ -1424,7 +1452,7 @@ def backfill(settings: Settings, job: str, start: str, end: str, rerun: str,
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run)
 @click.option("--from", "from_step", metavar="STEP",
               help="Run STEP and what depends on it again; reuse the other steps' outputs.")
 @click.option("--failed", is_flag=True,
@@ -1478,3 +1506,23 @@ def run_here(settings: Settings, store: Store, run_ids: list[str]) -> list[RunRe
     return trio.run(lambda: foreground.run_queued(
         run_ids, store=store, state_dir=settings.state_dir, runners=settings.runners(),
         jobs=jobs, on_end=ended))
+
+
+# -- shell completion ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL: job names, run ids and step ids on Tab.
+
+    \b
+    bash:  echo 'eval "$(pipeline completion bash)"' >> ~/.bashrc
+    zsh:   echo 'eval "$(pipeline completion zsh)"' >> ~/.zshrc
+    fish:  pipeline completion fish > ~/.config/fish/completions/pipeline.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the choice is click's own shells
+    click.echo(completer(main, {}, "pipeline", "_PIPELINE_COMPLETE").source())

@@ -95,12 +95,22 @@ def order(steps: Sequence[Step]) -> graphlib.TopologicalSorter[str]:
 def levels(steps: Sequence[Step]) -> list[list[Step]]:
     """``steps`` in generations: every step comes after all it needs, in file order within one."""
     by_id = {s.id: s for s in steps}
-    position = {s.id: i for i, s in enumerate(steps)}
-    sorter = order(steps)
-    found: list[list[Step]] = []
+    return [[by_id[sid] for sid in layer]
+            for layer in layers({s.id: s.needs for s in steps})]
+
+
+def layers(needs: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Step ids (``needs``: id -> the ids it needs, in file order) in generations, as
+    graphlib hands them out: each after every step it needs, in file order within one. Needs
+    of ids not in ``needs`` are ignored; a cycle raises ``graphlib.CycleError``."""
+    position = {sid: i for i, sid in enumerate(needs)}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+        {sid: [n for n in wanted if n in position] for sid, wanted in needs.items()})
+    sorter.prepare()
+    found: list[list[str]] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=position.__getitem__)
-        found.append([by_id[sid] for sid in ready])
+        found.append(ready)
         sorter.done(*ready)
     return found
 

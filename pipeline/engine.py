@@ -466,7 +466,10 @@ class _Run:
             started()
             while True:
                 if attempt > 1:
-                    log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1}")
+                    # The time lets the run page draw each attempt (the store keeps a step's
+                    # first start and last end only).
+                    log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1} at "
+                             f"{self.clock().isoformat(timespec='milliseconds')}")
                 result = await self.attempt(step, instance, item, attempt, ancestors, log)
                 if result.error:  # masked here, once: it goes to the log, state and answers
                     result.error = self.redactor.text(result.error)

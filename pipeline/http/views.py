@@ -40,15 +40,18 @@ def log_size(path: Path) -> int:
         return 0
 
 
-def log_tail(path: Path, size: int) -> tuple[str, int, int]:
-    """The last ``size`` bytes as text from a line start, how much was left out, the size."""
+def log_tail(path: Path, size: int, *, keep_colors: bool = False) -> tuple[str, int, int]:
+    """The last ``size`` bytes as text from a line start, how much was left out, the size.
+
+    Terminal escape sequences are removed, unless ``keep_colors`` (for ``ansi.to_html``)."""
     total = log_size(path)
     start = max(total - size, 0)
     data = read_log(path, start, size)
     if start and b"\n" in data:
         cut = data.index(b"\n") + 1
         data, start = data[cut:], start + cut
-    return _ANSI.sub("", data.decode(errors="replace")), start, total
+    text = data.decode(errors="replace")
+    return (text if keep_colors else _ANSI.sub("", text)), start, total
 
 
 # -- jobs as the API shows them -----------------------------------------------------------------
