@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from pipeline.events import (
 )
 from pipeline.faults import crash_point
 from pipeline.model import Job, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
+from pipeline.model import utc_now as utc_now  # daemon.py imports it from here
 from pipeline.redact import Redactor
 from pipeline.runners import Runner, StepContext, builtin_runners
 from pipeline.statedir import log_relpath
@@ -59,10 +60,6 @@ MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
 
 Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def default_shell() -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -499,6 +499,12 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [thaw(v) for v in value]
     return value
+
+
+def utc_now() -> datetime:
+    """The current instant, in UTC: every clock the engine, the scheduler and the commands
+    take defaults to this one."""
+    return datetime.now(UTC)
 
 
 def iso(value: datetime | None) -> str | None:
