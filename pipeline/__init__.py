@@ -23,8 +23,9 @@ Modules, with imports flowing one way (a module imports only from the rows above
     process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
                                  directory's layout, lock and process identities; step runners
                                  (a registry keyed by name, plus entry points)
-    policy                       pure: what to do with a fire (start, queue, replace, skip, not
-                                 made, and why); what catching up makes of missed fires
+    policy, views                pure: what to do with a fire (start, queue, replace, skip, not
+                                 made, and why); what catching up makes of missed fires; jobs
+                                 as the API and `pipeline list` show them
     steplog, engine, plan, live  a step's log and outputs; one run = one trio nursery, steps
                                  are tasks in it; the dry-run plan; `pipeline run`'s live view
     store/ (protocol, sql,       the state of jobs, runs, nodes and decisions: one protocol,
@@ -41,7 +42,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
     filewatch                    `file:` schedules: files that settled under their globs
     http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
                                  daemon's life (lock, parts, signals, shutdown)
-    cli                          the one place that wires real objects together
+    cli/                         the one place that wires real objects together: the group,
+                                 and one module per family of commands, each imported lazily
 
 docs/architecture.md tells how a fire becomes a run and how one daemon on SQLite and a
 cluster of daemons on PostgreSQL run the same code.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,7 +17,13 @@ from pipeline.cli import Settings, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem
-from pipeline.model import Job, RunRecord, run_as_dict, utc_now
+from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
+from pipeline.policy import circuit_open
+from pipeline.spec import Loaded
+from pipeline.views import job_row
+
+if TYPE_CHECKING:
+    from pipeline.store import JobState
 
 
 @click.command()
@@ -136,73 +143,13 @@ def list_(settings: Settings, as_json: bool) -> None:
         fail(f"the jobs directory {settings.jobs_dir} does not exist (give --jobs-dir or set "
              "PIPELINE_JOBS_DIR)", 2)
     daemon = daemon_info(settings)
-    running: dict[str, Any] = (daemon or {}).get("jobs", {})
-
-    def where(info: Mapping[str, Any]) -> str:
-        return os.path.abspath(str(info.get("path") or info.get("file")))
-
-    # A file that the daemon loaded once may not even parse now: the daemon knows its name.
-    named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
-    files = sorted({*loaded.files, *loaded.problems})
-    rows: list[dict[str, Any]] = []
-    definitions: list[Job | None] = []  # each row's valid job, if its file holds one
-    breakers: dict[str, tuple[int, float]] = {}  # job -> (after, cooldown), where one is known
-    for file in files:
-        name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
-        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
-        kept = running.get(name, {}) if name else {}
-        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
-        if name and job is not None and job.circuit_breaker is not None:
-            breakers[name] = (job.circuit_breaker.after, job.circuit_breaker.cooldown)
-        elif name and stale and kept.get("circuit_breaker"):
-            breakers[name] = (int(kept["circuit_breaker"]["after"]),
-                              float(kept["circuit_breaker"]["cooldown"]))
-        rows.append({
-            "name": name, "file": file, "valid": file not in loaded.problems,
-            "errors": [p.as_dict() for p in loaded.problems.get(file, ())],
-            "enabled": job.enabled if job else kept.get("enabled") if stale else None,
-            "schedule": ("; ".join(triggers.describe(s) for s in job.schedules) or None)
-            if job else kept.get("schedule") if stale else None,
-            "next_fire_time": None, "last_run": None, "active_runs": 0,
-            # Unknown only for a file of which no version was ever loaded.
-            "circuit": "closed" if job is not None or stale else None,
-            "paused": False, "paused_reason": None, "paused_by": None,
-            "stale": stale,
-            "version": job.sha256 if job else kept.get("sha256") if stale else None,
-            "daemon": None if daemon is None or not name else (
-                "running last good version" if stale else
-                "loaded" if name in running else "not loaded"),
-        })
-        definitions.append(job)
     last: Mapping[str, RunRecord] = {}
-    marks: Mapping[str, datetime] = {}
     active: Sequence[RunRecord] = []
-    opened: Mapping[str, datetime | None] = {}
-    states: Mapping[str, Any] = {}
+    states: Mapping[str, JobState] = {}
     if has_state(settings):
         with open_state(settings) as store:
             last, active, states = store.last_runs(), store.active_runs(), store.job_states()
-            marks = {n: st.watermark for n, st in states.items() if st.watermark is not None}
-            opened = {name: states[name].circuit_opened_at for name, (after, _) in
-                      breakers.items() if name in states and states[name].failures >= after}
-    now = utc_now()
-    for row, job in zip(rows, definitions, strict=True):
-        name = row["name"]
-        if job is not None and job.enabled and job.schedules:
-            fires = triggers.next_fires(job.schedules, max(now, marks.get(name, now)), 1)
-            row["next_fire_time"] = fires[0].isoformat() if fires else None
-        if name in last:
-            row["last_run"] = run_as_dict(last[name], steps=False)
-        row["active_runs"] = sum(1 for r in active if r.job == name) if name else 0
-        # Open as the scheduler judges it: from the failure that opened it until the cooldown
-        # has passed.
-        since = opened.get(name) if name else None
-        if since is not None and now < since + timedelta(seconds=breakers[name][1]):
-            row["circuit"] = "open"
-        state = states.get(name) if name else None
-        if state is not None and state.paused_at is not None:
-            row.update(paused=True, paused_reason=state.paused_reason,
-                       paused_by=state.paused_by)
+    rows = list_rows(loaded, daemon, last=last, active=active, states=states, now=utc_now())
     if as_json:
         echo_json(rows)
         return
@@ -231,3 +178,54 @@ def list_(settings: Settings, as_json: bool) -> None:
             click.echo(str(Problem(e["file"], e["line"], e["column"], e["message"])), err=True)
     if daemon is None:
         click.echo("(no daemon is running on this state directory)", err=True)
+
+
+def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
+              last: Mapping[str, RunRecord], active: Sequence[RunRecord],
+              states: Mapping[str, JobState], now: datetime) -> list[dict[str, Any]]:
+    """Each job file as the API shows it (``views.job_row``), and what the daemon makes of
+    it: a file that no longer loads shows the version the daemon still runs (``stale``)."""
+    running: Mapping[str, Any] = (daemon or {}).get("jobs", {})
+
+    def where(info: Mapping[str, Any]) -> str:
+        return os.path.abspath(str(info.get("path") or info.get("file")))
+
+    # A file that the daemon loaded once may not even parse now: the daemon knows its name.
+    named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
+    counts = Counter(r.job for r in active)
+    queued = Counter(r.job for r in active if r.status is RunStatus.QUEUED)
+    rows: list[dict[str, Any]] = []
+    for file in sorted({*loaded.files, *loaded.problems}):
+        name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
+        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
+        kept = running.get(name, {}) if name else {}
+        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
+        state = states.get(name) if name else None
+        next_fire = None
+        if job is not None and job.enabled and job.schedules:
+            mark = state.watermark if state is not None and state.watermark else now
+            next_fire = next(iter(triggers.next_fires(job.schedules, max(now, mark), 1)), None)
+        breaker = job.circuit_breaker if job else _kept_breaker(kept) if stale else None
+        row = job_row(
+            file, name, job, loaded.problems.get(file, ()), stale=stale, next_fire=next_fire,
+            # Unknown only for a file of which no version was ever loaded.
+            circuit_open=None if job is None and not stale else state is not None and (
+                circuit_open(breaker, state.failures, state.circuit_opened_at, now)),
+            last=last.get(name) if name else None, active=counts[name] if name else 0,
+            queued=queued[name] if name else 0,
+            pause=(state.paused_at, state.paused_by, state.paused_reason)
+            if state is not None and state.paused_at is not None else None)
+        if job is None and stale:  # the version that runs, as the daemon describes it
+            row.update(enabled=kept.get("enabled"), schedule=kept.get("schedule"),
+                       version=kept.get("sha256"))
+        row["daemon"] = None if daemon is None or not name else (
+            "running last good version" if stale else
+            "loaded" if name in running else "not loaded")
+        rows.append(row)
+    return rows
+
+
+def _kept_breaker(kept: Mapping[str, Any]) -> CircuitBreaker | None:
+    """The circuit breaker of the version the daemon runs, from what it wrote of it."""
+    breaker = kept.get("circuit_breaker")
+    return CircuitBreaker(int(breaker["after"]), float(breaker["cooldown"])) if breaker else None
