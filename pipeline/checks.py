@@ -51,6 +51,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline import dag, expr, globs, params, schedules, triggers
+from pipeline.errors import did_you_mean
 from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
 from pipeline.model import JOB_NAME, ScheduleKind, Settings
 from pipeline.notation import (
@@ -329,7 +330,7 @@ class _Checks:
             known = (f"pools: {', '.join(sorted(pools))}" if pools
                      else "the jobs directory has no settings file with pools:" if not
                      self.settings.file else f"{self.settings.file} defines no pools")
-            self.report(at, f"there is no pool {name!r}{dag.did_you_mean(name, pools)} "
+            self.report(at, f"there is no pool {name!r}{did_you_mean(name, pools)} "
                         f"({known})")
         elif isinstance(slots, int) and slots > size:
             self.report((*path, "slots") if isinstance(value, dict) else path,

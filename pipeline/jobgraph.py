@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import dag
+from pipeline.errors import did_you_mean
 from pipeline.model import Job
 from pipeline.yamlsafe import JsonPath
 
@@ -67,7 +67,7 @@ def after_flaws(jobs: Mapping[str, Job], known: Collection[str], *,
             elif upstream in jobs:
                 graph[name].setdefault(upstream, where)
             elif complete and upstream not in known:
-                hint = dag.did_you_mean(upstream, known)
+                hint = did_you_mean(upstream, known)
                 flaws[name, where] = AfterFlaw(name, where, f"there is no job {upstream!r} in "
                                                f"the jobs directory{hint}")
     # graphlib reports one ring at a time: cut the edge that closes it and look again, so

@@ -19,7 +19,8 @@ import re
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from pipeline import dag, triggers
+from pipeline import triggers
+from pipeline.errors import did_you_mean
 from pipeline.model import ScheduleKind
 
 DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+|[0-9]+(\.[0-9]+)?)$"
@@ -102,7 +103,7 @@ def zone(name: str) -> ZoneInfo:
     except ValueError as exc:
         from zoneinfo import available_timezones  # reads the whole zone database: only here
 
-        raise ValueError(f"{exc}{dag.did_you_mean(name, available_timezones())}") from None
+        raise ValueError(f"{exc}{did_you_mean(name, available_timezones())}") from None
 
 
 def local_zone() -> ZoneInfo:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import jsonschema_rs
 
 import pipeline
-from pipeline import dag
+from pipeline.errors import did_you_mean
 from pipeline.model import JOB_NAME
 from pipeline.notation import (
     AT_PATTERN,
@@ -308,7 +308,7 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[JsonPath, bool
         for key in value:
             if key in known or any(re.search(p, key) for p in patterns):
                 continue
-            hint = dag.did_you_mean(key, known)
+            hint = did_you_mean(key, known)
             if not hint and len(known) <= 20:
                 hint = f" (expected one of: {', '.join(known)})"
             yield (*path, key), True, f"unknown key {key!r}{hint}"
@@ -317,7 +317,7 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[JsonPath, bool
         strays = [k for k in value if k not in known]
         for key in cast(list[str], error.validator_value):
             # A misspelt key is reported as unknown, with this key as its did-you-mean.
-            if key not in value and not any(dag.did_you_mean(k, [key]) for k in strays):
+            if key not in value and not any(did_you_mean(k, [key]) for k in strays):
                 yield path, False, f"missing required key {key!r}"
     elif kind == "dependentRequired" and isinstance(value, dict):
         for key, needed in cast(dict[str, list[str]], error.validator_value).items():
@@ -339,19 +339,19 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[JsonPath, bool
             yield path, False, f"needs one of {', '.join(options)}"
     elif kind in ("oneOf", "anyOf"):
         if error.context:
-            hint = dag.did_you_mean(value, _words(error)) if isinstance(value, str) else ""
+            hint = did_you_mean(value, _words(error)) if isinstance(value, str) else ""
             yield path, False, f"expected {_expected(error)}, got {show(value)}{hint}"
         else:
             yield path, False, "matches more than one of the allowed forms"
     elif kind == "enum" and path and path[-1] == "uses":
         names = cast(list[str], error.validator_value)
         yield path, False, (f"unknown runner {show(value)}"
-                            f"{dag.did_you_mean(str(value), names)} (known: "
+                            f"{did_you_mean(str(value), names)} (known: "
                             f"{', '.join(names)})")
     elif kind == "pattern":
         yield path, False, f"{show(value)} is not {_expected(error)}"
     elif kind in ("type", "enum", "const"):
-        hint = dag.did_you_mean(value, cast(list[str], error.validator_value)) \
+        hint = did_you_mean(value, cast(list[str], error.validator_value)) \
             if kind == "enum" and isinstance(value, str) else ""
         yield path, False, f"expected {_expected(error)}, got {show(value)}{hint}"
     elif kind in ("minItems", "minLength", "minProperties") and error.validator_value == 1:

@@ -43,8 +43,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from pipeline import checks, dag, jobgraph, params, schedules, yamlsafe
-from pipeline.errors import JobInvalid, Problem, Severity
+from pipeline import checks, jobgraph, params, schedules, yamlsafe
+from pipeline.errors import JobInvalid, Problem, Severity, did_you_mean
 from pipeline.model import (
     EMPTY,
     CircuitBreaker,
@@ -507,7 +507,7 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 continue
             if name not in jobs:
                 if complete:
-                    hint = dag.did_you_mean(name, jobs) or (
+                    hint = did_you_mean(name, jobs) or (
                         f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
                     found.append((step.line, (*where, "job"), False,
                                   f"there is no job {name!r} in the jobs directory{hint}"))
@@ -522,7 +522,7 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 if param is None:
                     found.append((step.line, (*where, "params", key), True,
                                   f"job {name!r} has no parameter {key!r}"
-                                  f"{dag.did_you_mean(key, callee.params)} (its parameters: "
+                                  f"{did_you_mean(key, callee.params)} (its parameters: "
                                   f"{declared})"))
                 elif (message := params.value_problem(param, value)) is not None:
                     found.append((step.line, (*where, "params", key), False,
