@@ -7,10 +7,13 @@ Modules, with imports flowing one way (a module imports only from the rows above
 
     errors, model, events, faults  the exception tree; frozen job objects and states; event
                                  records; crash points for the fault-injection tests
-    triggers, expr, redact, dag  pure: cron and interval arithmetic, ${{ }} expressions, secret
-                                 masking, the step graph (graphlib)
-    yamlsafe, notation           pure, as are the job-file rows down to spec: YAML that cannot
-                                 hurt us, with positions; durations, times, schedule strings
+    notation                     pure: the notations of a job file's strings: durations (read,
+                                 and written back), times, time zones (the machine's too)
+    cron, triggers, expr,        pure: cron expressions (cronie's grammar, the DST rule); when
+      redact, dag                schedules fire (intervals, one-shots, calendars); ${{ }}
+                                 expressions; secret masking; the step graph (graphlib)
+    yamlsafe                     pure, as are the job-file rows down to spec: YAML that cannot
+                                 hurt us, with positions
     schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
                                  `file:` globs; the `after:` job-to-job graph
     schema                       the job JSON Schema: runner composition, errors in words
@@ -20,9 +23,10 @@ Modules, with imports flowing one way (a module imports only from the rows above
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
     spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
-    process, statedir, runners   process groups (spawn, terminate, kill, reap); the state
-                                 directory's layout, lock and process identities; step runners
-                                 (a registry keyed by name, plus entry points)
+    statedir, process, runners   the state directory's layout, lock and process identities
+                                 (/proc read in one place); process groups (spawn, terminate,
+                                 kill, reap); step runners (a registry keyed by name, plus
+                                 entry points; their arguments checked in `runners.args`)
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; jobs
                                  as the API and `pipeline list` show them

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline import dag, expr, globs, params, schedules, triggers
+from pipeline import cron, dag, expr, globs, params, schedules, triggers
 from pipeline.errors import did_you_mean
 from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
 from pipeline.model import JOB_NAME, ScheduleKind, Settings
@@ -483,7 +483,7 @@ class _Checks:
 
     def cron(self, text: str, path: JsonPath) -> None:
         try:
-            triggers.parse_cron(text)
+            cron.parse_cron(text)
         except ValueError as exc:
             self.report(path, f"invalid cron expression {text!r}: {exc}")
 

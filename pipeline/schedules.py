@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline import triggers
+from pipeline import cron
 from pipeline.model import Catchup, Exclusion, RunStatus, Schedule, ScheduleKind, Window
 from pipeline.notation import local_zone, parse_duration, parse_time, schedule_form, zone
 
@@ -36,7 +36,7 @@ def build(entry: Any, *, folder: str | None = None) -> Schedule:
             return Schedule(kind, local_zone(), every=parse_duration(text), text=entry)
         if kind is ScheduleKind.REBOOT:
             return Schedule(kind, local_zone(), text=text)
-        return Schedule(kind, local_zone(), cron=triggers.parse_cron(text), text=entry)
+        return Schedule(kind, local_zone(), cron=cron.parse_cron(text), text=entry)
     tz = zone(entry["timezone"]) if "timezone" in entry else local_zone()
     if "file" in entry:
         return Schedule(ScheduleKind.FILE, tz, file=glob_path(entry["file"], folder),
@@ -54,7 +54,7 @@ def build(entry: Any, *, folder: str | None = None) -> Schedule:
         "exclude": tuple(exclusion(text) for text in entry.get("exclude", ())),
     }
     if "cron" in entry:
-        return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
+        return Schedule(ScheduleKind.CRON, tz, cron=cron.parse_cron(entry["cron"]),
                         text=entry["cron"], **common)
     if "every" in entry:
         start = parse_time(entry["start"], tz) if "start" in entry else None
@@ -92,7 +92,7 @@ def exclusion(text: str) -> Exclusion:
         except ValueError:
             raise ValueError(f"{text!r} is not a real date") from None
     try:
-        return Exclusion(text, cron=triggers.parse_cron(stripped))
+        return Exclusion(text, cron=cron.parse_cron(stripped))
     except ValueError as exc:
         raise ValueError(f"{text!r} is neither a date (YYYY-MM-DD) nor a cron expression: "
                          f"{exc}") from None

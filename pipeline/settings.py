@@ -27,7 +27,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from pipeline import checks, triggers, yamlsafe
+from pipeline import checks, cron, yamlsafe
 from pipeline.errors import Problem, SettingsInvalid
 from pipeline.lookups import STEP_LISTS
 from pipeline.model import (
@@ -238,7 +238,7 @@ def _zoned(entry: Any, tz: str) -> Any:
     if kind is ScheduleKind.EVERY:
         return {"every": text, "timezone": tz}
     try:
-        triggers.parse_cron(text)
+        cron.parse_cron(text)
     except ValueError:  # not a cron expression (an event alias): no zone to give
         return entry
     return {"cron": text, "timezone": tz}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import dag, spec, triggers
+from pipeline import dag, notation, spec, triggers
 from pipeline.cli import Settings, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
@@ -115,7 +115,7 @@ def graph(settings: Settings, job: str, fmt: str) -> None:
 def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
     """Print the next N fire times of JOB (a name or a file), in the job's zone."""
     definition = find_job(settings, job, missing_code=1)
-    zone = definition.schedules[0].timezone if definition.schedules else triggers.local_zone()
+    zone = definition.schedules[0].timezone if definition.schedules else notation.local_zone()
     start = parse_time(after, zone) if after else utc_now()
     if not definition.schedules:
         click.echo(f"pipeline: job {definition.name} has no schedule; it runs only when "
