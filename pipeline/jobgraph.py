@@ -42,11 +42,6 @@ def upstreams(job: Job) -> list[tuple[JsonPath, str]]:
             if isinstance(entry, Mapping) and isinstance(entry.get("after"), str)]
 
 
-def edges(jobs: Mapping[str, Job]) -> dict[str, list[str]]:
-    """Each job -> the jobs it fires after (for drawing the job graph)."""
-    return {name: [upstream for _, upstream in upstreams(job)] for name, job in jobs.items()}
-
-
 def after_flaws(jobs: Mapping[str, Job], known: Collection[str], *,
                 complete: bool = True) -> list[AfterFlaw]:
     """What is wrong with the ``after:`` entries of ``jobs`` (the valid jobs, by name).

@@ -16,9 +16,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-# A for_each instance of step "build" is "build.0", "build.1", ...: the dot cannot occur in a
-# declared id, so instance ids never collide with real ones.
+# A step id as declared, optionally with the index of a for_each instance: step "build" has
+# instances "build.0", "build.1", ...; the dot cannot occur in a declared id, so instance ids
+# never collide with real ones.
 STEP_INSTANCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[0-9]{1,6})?$")
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
 
@@ -159,7 +159,7 @@ class Exclusion:
 
     text: str  # as written, for messages and `pipeline why`
     date: date | None = None
-    cron: str | None = None  # normalised by triggers.parse_cron
+    cron: str | None = None  # normalised by cron.parse_cron
 
 
 @dataclass(frozen=True)
