@@ -312,7 +312,7 @@ class Concurrency:
 @dataclass(frozen=True)
 class CircuitBreaker:
     after: int
-    cooldown: float
+    cooldown: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def declared(name: str, declaration: Any) -> Param:
         default = int(default)
     enum = declaration.get("enum")
     return Param(name, kind, default, has_default, None if enum is None else tuple(enum),
-                 declaration.get("description", ""), bool(declaration.get("required", False)))
+                 declaration.get("description", Param.description),
+                 bool(declaration.get("required", Param.required)))
 
 
 def problems(declaration: Any) -> Iterator[tuple[JsonPath, str]]:

@@ -185,7 +185,7 @@ def _step(raw: dict[str, Any], frozen: Mapping[str, Any], line: int) -> Step:
     needs = raw.get("needs", ())
     shell = raw.get("shell")
     for_each = raw.get("for_each")
-    if_ = raw.get("if", "success()")
+    if_ = raw.get("if", Step.if_)
     return Step(
         id=raw["id"], kind=kind, line=line, name=raw.get("name"), run=raw.get("run"),
         exec=tuple(_text(a) for a in raw.get("exec", ())), uses=raw.get("uses"),
@@ -196,9 +196,9 @@ def _step(raw: dict[str, Any], frozen: Mapping[str, Any], line: int) -> Step:
         shell=None if shell is None else tuple(shlex.split(shell) if isinstance(shell, str)
                                                else shell),
         timeout=parse_duration(raw["timeout"]) if "timeout" in raw else None,
-        grace=parse_duration(raw.get("grace", 10)),
+        grace=parse_duration(raw.get("grace", Step.grace)),
         retries=_retries(raw["retries"]) if "retries" in raw else None,
-        continue_on_error=bool(raw.get("continue_on_error", False)),
+        continue_on_error=bool(raw.get("continue_on_error", Step.continue_on_error)),
         for_each=(unwrap(for_each) if isinstance(for_each, str)
                   else None if for_each is None else frozen["for_each"]),
         max_parallel=_int(raw.get("max_parallel")), pool=pool(raw.get("pool")),
@@ -215,22 +215,24 @@ def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file
 
     schedule = data.get("schedule")
     entries = [] if schedule is None else schedule if isinstance(schedule, list) else [schedule]
-    concurrency = data.get("concurrency", "forbid")
+    concurrency = data.get("concurrency", Concurrency.policy)
     if isinstance(concurrency, str):
         concurrency = {"policy": concurrency}
     breaker = data.get("circuit_breaker")
     return Job(
         name=name, file=file, sha256=sha256, steps=steps("steps"),
-        description=data.get("description", ""), enabled=data.get("enabled", True),
+        description=data.get("description", Job.description),
+        enabled=data.get("enabled", Job.enabled),
         schedules=tuple(schedules.build(e, folder=os.path.dirname(os.path.abspath(file)))
                         for e in entries),
         concurrency=Concurrency(Policy(concurrency["policy"]),
                                 _int(concurrency.get("max_active")),
-                                _int(concurrency.get("max_queued", 10))),
+                                _int(concurrency.get("max_queued", Concurrency.max_queued))),
         timeout=parse_duration(data["timeout"]) if "timeout" in data else None,
         retries=_retries(data["retries"]) if "retries" in data else RetryPolicy(),
         circuit_breaker=None if breaker is None else CircuitBreaker(
-            _int(breaker["after"]), parse_duration(breaker.get("cooldown", "1h"))),
+            _int(breaker["after"]),
+            parse_duration(breaker.get("cooldown", CircuitBreaker.cooldown))),
         history=history(data.get("history", {})),
         env=_env(data.get("env")),
         params=_freeze({k: params.declared(k, v) for k, v in data.get("params", {}).items()}),
