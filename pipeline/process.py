@@ -7,7 +7,8 @@ seconds for it to empty, then SIGKILL. Timeouts, ``pipeline stop``, Ctrl-C and d
 shutdown all reach it through trio cancellation.
 
 We do not use PR_SET_PDEATHSIG to tie steps to the daemon: Linux ties it to the parent
-*thread*, and trio spawns from worker threads that exit after ~10 s idle (MEASURED.md).
+*thread*, and trio spawns from worker threads that exit after about 10 s idle, so a step started
+with it is killed about 10 s later (measured).
 Instead every step carries PIPELINE_RUN_ID in its environment and its group is recorded, so the
 next start of a crashed daemon finds and kills what is left (``kill_leftovers``).
 """
