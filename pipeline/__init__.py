@@ -30,8 +30,10 @@ Modules, with imports flowing one way (a module imports only from the rows above
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; jobs
                                  as the API and `pipeline list` show them
-    steplog, engine, plan, live  a step's log and outputs; one run = one trio nursery, steps
-                                 are tasks in it; the dry-run plan; `pipeline run`'s live view
+    steplog, steps, engine,      a step's log and outputs; one step's condition, items,
+      plan, live                 attempts and retries, its process or runner; one run = one
+                                 trio nursery walking the step graph, steps are tasks in it;
+                                 the dry-run plan; `pipeline run`'s live view
     store/ (protocol, sql,       the state of jobs, runs, nodes and decisions: one protocol,
       sqlite, postgres)          the shared SQL, one module per backend
     versions, journal            which version of a job ran; the one writer between events
