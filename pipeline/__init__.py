@@ -9,9 +9,11 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  records; crash points for the fault-injection tests
     notation                     pure: the notations of a job file's strings: durations (read,
                                  and written back), times, time zones (the machine's too)
-    cron, triggers, expr,        pure: cron expressions (cronie's grammar, the DST rule); when
-      redact, dag                schedules fire (intervals, one-shots, calendars); ${{ }}
-                                 expressions; secret masking; the step graph (graphlib)
+    cron, triggers               pure: cron expressions (cronie's grammar, the DST rule); when
+                                 schedules fire (intervals, one-shots, calendars)
+    sandbox, shell, expr,        pure: the expression language (jinja2's sandbox, our rules and
+      redact, dag                guards); shell quoting; ${{ }} expressions parsed, evaluated,
+                                 rendered; secret masking; the step graph (graphlib)
     yamlsafe                     pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions
     schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
