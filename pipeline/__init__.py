@@ -24,7 +24,8 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  up where it is written; needs, cycles, cron, zones, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
-    spec                         job file -> Job: bytes, YAML, schema, checks, frozen model
+    build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
+                                 YAML, schema, checks, build; a set of files judged together
     statedir, process, runners   the state directory's layout, lock and process identities
                                  (/proc read in one place); process groups (spawn, terminate,
                                  kill, reap); step runners (a registry keyed by name, plus

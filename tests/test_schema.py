@@ -17,7 +17,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from pipeline import spec
+from pipeline import spec, yamlsafe
 from pipeline.errors import JobInvalid
 from pipeline.model import (
     CircuitBreaker,
@@ -49,8 +49,8 @@ def runner_files() -> dict[str, dict[str, Any]]:
 def yaml_data(path: Path) -> Any:
     """What our loader builds from a file, or None if it does not get that far."""
     try:
-        return spec._parse_yaml(path.read_bytes()).data
-    except spec._Refused:
+        return yamlsafe.parse(path.read_bytes()).data
+    except yamlsafe.Refused:
         return None
 
 

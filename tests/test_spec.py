@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import cron, notation, spec
+from pipeline import cron, notation, spec, yamlsafe
 from pipeline.errors import JobInvalid, ParamError, Problem
 from pipeline.model import (
     Backoff,
@@ -377,10 +377,10 @@ def test_crlf_line_endings_and_a_bom_are_fine(tmp_path: Path) -> None:
 def test_the_pure_python_fallback_reads_like_libyaml(path: Path) -> None:
     data = path.read_bytes()
     results: list[Any] = []
-    for loader in (spec._LOADER, spec._PyLoader):
+    for loader in (yamlsafe.LOADER, yamlsafe.PyLoader):
         try:
-            document = spec._parse_yaml(data, loader)
-        except spec._Refused:
+            document = yamlsafe.parse(data, loader)
+        except yamlsafe.Refused:
             results.append("invalid")
         else:
             results.append("invalid" if document.problems else document.data)
