@@ -20,8 +20,9 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  `file:` globs; the `after:` job-to-job graph
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
-    lookups, checks              what a schema cannot express: what each expression may look
-                                 up where it is written; needs, cycles, cron, zones, ...
+    lookups, schedule_checks,    what a schema cannot express: what each expression may look
+      checks                     up where it is written; a schedule entry's cron, zone,
+                                 calendar and glob; needs, cycles, durations, templates, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
     build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
