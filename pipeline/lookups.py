@@ -142,14 +142,7 @@ class Names:
         path = ref.path
         root = str(path[0])
         if ref.called:
-            if root in FUNCTIONS or root in expr.GLOBALS or root in CONTEXT or root == "item":
-                return None  # calling a value that is no function: the run says so
-            if root in expr.FILTERS:
-                return f"{root} is a filter, not a function: write `value | {root}`"
-            close = difflib.get_close_matches(root, [*FUNCTIONS, *expr.GLOBALS], n=1)
-            hint = f" (did you mean {close[0]}()?)" if close else ""
-            return (f"unknown function {root}(){hint}; the functions are "
-                    f"{', '.join(f + '()' for f in FUNCTIONS)}")
+            return _call(root)
         if root in FUNCTIONS or root in expr.GLOBALS:
             return None
         if scope.reader == "notify" and root in ("steps", "env"):
@@ -166,17 +159,7 @@ class Names:
         key = path[1]
         shown = f"{root}.{key}" if key.isidentifier() else _shown(path[:2])
         if root == "steps":
-            if key not in self.home:
-                return f"{shown}: there is no step {key!r} in this job" + (
-                    did_you_mean(key, self.home) or f" (steps: {_listed(self.home)})")
-            reason = None if scope.reader is None else self.unseen(key, scope.reader)
-            if reason:
-                return f"{shown}: {reason}"
-            keys = (*STEP_KEYS, "items") if key in self.for_each else STEP_KEYS
-            if len(path) > 2 and isinstance(path[2], str) and path[2] not in keys:
-                return (f"{_shown(path[:3])}: a step has {' and '.join(keys)}"
-                        f"{did_you_mean(path[2], keys)}")
-            return None
+            return self.step_lookup(path, key, shown, scope)
         if root in ("params", "secrets"):
             declared = self.params if root == "params" else self.secrets
             what = "parameter" if root == "params" else "secret"
@@ -197,6 +180,35 @@ class Names:
         if key in known:
             return None
         return f"{shown}: {root} has {', '.join(known)}{did_you_mean(key, known)}"
+
+
+    def step_lookup(self, path: tuple[str | int, ...], key: str, shown: str,
+                    scope: Scope) -> str | None:
+        """Why ``steps.KEY...`` cannot succeed in ``scope``: no such step, one not there yet
+        (``unseen``), or a key a step does not have; None if it can."""
+        if key not in self.home:
+            return f"{shown}: there is no step {key!r} in this job" + (
+                did_you_mean(key, self.home) or f" (steps: {_listed(self.home)})")
+        reason = None if scope.reader is None else self.unseen(key, scope.reader)
+        if reason:
+            return f"{shown}: {reason}"
+        keys = (*STEP_KEYS, "items") if key in self.for_each else STEP_KEYS
+        if len(path) > 2 and isinstance(path[2], str) and path[2] not in keys:
+            return (f"{_shown(path[:3])}: a step has {' and '.join(keys)}"
+                    f"{did_you_mean(path[2], keys)}")
+        return None
+
+
+def _call(root: str) -> str | None:
+    """Why calling ``root()`` cannot succeed, or None if it may."""
+    if root in FUNCTIONS or root in expr.GLOBALS or root in CONTEXT or root == "item":
+        return None  # calling a value that is no function: the run says so
+    if root in expr.FILTERS:
+        return f"{root} is a filter, not a function: write `value | {root}`"
+    close = difflib.get_close_matches(root, [*FUNCTIONS, *expr.GLOBALS], n=1)
+    hint = f" (did you mean {close[0]}()?)" if close else ""
+    return (f"unknown function {root}(){hint}; the functions are "
+            f"{', '.join(f + '()' for f in FUNCTIONS)}")
 
 
 def _shown(path: tuple[str | int, ...]) -> str:
