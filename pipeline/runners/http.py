@@ -56,27 +56,10 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
     content, json_body = request_body(args)
     verify = verify_arg(args.get("verify", True))
     shown = f"{method} {mask_url(url)}"
-
-    started: dict[int, float] = {}
-
-    async def on_request(request: httpx.Request) -> None:
-        started[id(request)] = trio.current_time()
-        via = f" via proxy {mask_url(proxy)}" if proxy else ""
-        ctx.log(f"[http] {request.method} {mask_url(str(request.url))}{via}"
-                f"{describe_headers(headers)}")
-
-    async def on_response(response: httpx.Response) -> None:
-        began = started.pop(id(response.request), trio.current_time())
-        ms = round((trio.current_time() - began) * 1000)
-        ctx.log(f"[http] {status_text(response)} after {ms} ms")
-
     try:
-        client = httpx.AsyncClient(
-            proxy=proxy, verify=verify, follow_redirects=follow, timeout=None,
-            trust_env=False, event_hooks={"request": [on_request], "response": [on_response]})
+        client = logging_client(ctx, headers, proxy=proxy, verify=verify, follow=follow)
     except (ValueError, TypeError, ImportError, httpx.InvalidURL) as exc:
         raise RunnerError(f"{shown} failed: bad proxy {mask_url(proxy or '')}: {exc}") from None
-
     begin = trio.current_time()
     try:
         with trio.fail_after(timeout if timeout > 0 else float("inf")):
@@ -104,6 +87,28 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
         "headers": json.dumps(response_headers(response)),
         "body": text,
     }
+
+
+def logging_client(ctx: StepContext, headers: Mapping[str, str], *, proxy: str | None,
+                   verify: bool | ssl.SSLContext, follow: bool) -> httpx.AsyncClient:
+    """A client that writes each request (secrets masked) and each answer, with how long it
+    took, to the step's log; none of the daemon's environment (``trust_env`` off)."""
+    started: dict[int, float] = {}
+
+    async def on_request(request: httpx.Request) -> None:
+        started[id(request)] = trio.current_time()
+        via = f" via proxy {mask_url(proxy)}" if proxy else ""
+        ctx.log(f"[http] {request.method} {mask_url(str(request.url))}{via}"
+                f"{describe_headers(headers)}")
+
+    async def on_response(response: httpx.Response) -> None:
+        began = started.pop(id(response.request), trio.current_time())
+        ms = round((trio.current_time() - began) * 1000)
+        ctx.log(f"[http] {status_text(response)} after {ms} ms")
+
+    return httpx.AsyncClient(
+        proxy=proxy, verify=verify, follow_redirects=follow, timeout=None,
+        trust_env=False, event_hooks={"request": [on_request], "response": [on_response]})
 
 
 def expected_statuses(value: Any) -> frozenset[int] | None:
