@@ -11,6 +11,7 @@ the runs' process groups at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -28,19 +29,23 @@ import trio
 from loguru import logger
 
 from pipeline import triggers
+from pipeline.deadlines import Deadlines
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
+from pipeline.eventfires import EventFires
+from pipeline.filewatch import watched_of
 from pipeline.journal import Journal
 from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
-from pipeline.model import Job, iso
+from pipeline.model import Job, RunRecord, iso
 from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
+from pipeline.notify import Notifier
 from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler, runs_on_of
 from pipeline.statedir import identity_alive, process_identity
-from pipeline.store import NodeInfo, Started, Store, outcome_of
+from pipeline.store import NodeInfo, Outcome, Started, Store, StoredDecision, outcome_of
 from pipeline.watch import Catalog, watch_jobs
 from pipeline.worker import Worker
 
@@ -68,6 +73,9 @@ class Daemon:
     jobs_dir: Path
     listen: str | None = None
     circuits: int = 0  # operators' circuit resets so far (what the API's answers depend on)
+    events: EventFires | None = None
+    notifier: Notifier | None = None
+    published_pools: dict[str, int] | None = None
 
 
 def write_daemon_file(daemon: Daemon) -> None:
@@ -178,6 +186,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         await holder.register()
         firing_clock = clock or holder.clock
         parts: list[Worker] = []
+        daemon_ref: list[Daemon] = []
         shipper = LogShipper(store, state_dir) if store.shared else None
         observers = [metrics.observe, lambda e: parts[0].observe(e)]
         if shipper is not None:
@@ -204,14 +213,44 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                             worker=worker, lease=holder, state_dir=state_dir,
                             started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
                             listen=listen)
+            notifier = Notifier(
+                report=functools.partial(_notified, daemon_ref, holder),
+                save=lambda pending: store.save_outbox(holder.node.name, pending),
+                load=lambda: store.load_outbox(holder.node.name),
+                settings=catalog.settings, base_url=_base_url(listen))
+            worker.notifier = notifier
+
+            def missed(job: Job, fire: datetime, deadline: datetime,
+                       run: RunRecord | None) -> None:
+                metrics.deadlines_missed.labels(job.name).inc()
+                notifier.deadline_missed(job, fire, deadline, run)
+
+            deadlines = Deadlines(store=store, clock=firing_clock, jobs=lambda: catalog.jobs,
+                                  node=lambda: holder.node_id, missed=missed)
+            events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
+                                jobs=lambda: catalog.jobs, reserve=worker.reserve,
+                                hold=lambda job: worker.runner and worker.capacity() > 0
+                                and _fits(job, holder.node.labels),
+                                version=lambda name: scheduler.version(name),
+                                trouble=journal.failed)
+            daemon.events = events
+            daemon.notifier = notifier
+            daemon_ref.append(daemon)
+            await outer.start(notifier.serve)  # alerts outlive the runs: flushed at the end
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
                 if shipper is not None:
                     await outer.start(shipper.serve)  # ships the last logs after the runs end
                 await inner.start(worker.serve)
+                await publish_pools(daemon)
                 await scheduler.load(catalog.jobs)
                 if "scheduler" in node.roles:
                     await inner.start(scheduler.serve)
+                    await events.rebooted()
+                    events.watcher.load(watched_of(catalog.jobs.values()))
+                    await inner.start(events.watcher.serve)
+                    await inner.start(events.serve_after)
+                    await inner.start(deadlines.serve)
                 try:
                     yield daemon
                 finally:
@@ -220,6 +259,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                         with trio.move_on_after(30):
                             await worker.shutdown(0)
                     inner.cancel_scope.cancel()
+            with trio.move_on_after(5):  # pending alerts get a few seconds to go out
+                await notifier.flush()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:
@@ -243,7 +284,12 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
                            lease=lease, listen=listen) as daemon:
 
         async def reload() -> None:
+            await publish_pools(daemon)
+            if daemon.notifier is not None:
+                daemon.notifier.settings = daemon.catalog.settings
             await daemon.scheduler.load(daemon.catalog.jobs)
+            if daemon.events is not None:
+                daemon.events.watcher.load(watched_of(daemon.catalog.jobs.values()))
             publish(daemon)
 
         async with trio.open_nursery() as nursery:
@@ -266,6 +312,47 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
             nursery.cancel_scope.cancel()
         (state_dir / DAEMON_FILE).unlink(missing_ok=True)
     logger.info("stopped")
+
+
+async def _notified(daemon_ref: list[Daemon], holder: Lease, outcome: Any) -> None:
+    """A notification's outcome: with its run, in the decision log, in the metrics."""
+    daemon = daemon_ref[0]
+    status = str(outcome.status)
+    daemon.metrics.notifications.labels(outcome.job, str(outcome.event), status).inc()
+    if status == "suppressed":
+        return
+    decision = StoredDecision(
+        outcome.job, Outcome.NOTIFIED if status == "delivered" else Outcome.NOTIFY_FAILED,
+        outcome.at, outcome.fire_time, holder.node_id, str(outcome.event),
+        f"{outcome.target}: {outcome.event} {status}"
+        + (f" ({outcome.error})" if outcome.error else ""), outcome.run_id)
+    try:
+        await trio.to_thread.run_sync(functools.partial(
+            daemon.store.record_notification, outcome.run_id, outcome.as_dict(),
+            decision=decision))
+    except StateError as exc:
+        daemon.journal.failed(exc)
+
+
+def _base_url(listen: str | None) -> str | None:
+    return None if not listen else f"http://{listen}"
+
+
+async def publish_pools(daemon: Daemon) -> None:
+    """The settings file's pools (and its cap on active runs, as the pool ``*``) to the
+    store, where every node counts them."""
+    settings = daemon.catalog.settings
+    pools = dict(settings.pools)
+    if settings.max_active_runs is not None:
+        pools["*"] = settings.max_active_runs
+    if pools == daemon.published_pools:
+        return
+    try:
+        await trio.to_thread.run_sync(daemon.store.publish_pools, pools)
+    except StateError as exc:
+        daemon.journal.failed(exc)
+        return
+    daemon.published_pools = pools
 
 
 async def reap_forever(daemon: Daemon, lease: float) -> None:

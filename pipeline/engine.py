@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from pipeline.events import (
     RunStarted,
     StepFinished,
 )
-from pipeline.model import Job, RunStatus, Step, StepStatus, Trigger
+from pipeline.model import Job, Pool, RunStatus, Step, StepStatus, Trigger, thaw
 from pipeline.model import utc_now as utc_now  # daemon.py imports it from here
 from pipeline.redact import Redactor
 from pipeline.runners import Runner, builtin_runners
@@ -50,6 +50,11 @@ INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE",
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 NO_SECRETS = Redactor(())
 MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
+
+# (run id, step instance, pool, waiting) -> holds the pool's slots for the block; calls
+# ``waiting(reason)`` once if it has to wait for them.
+Pools = Callable[[str, str, Pool, Callable[[str], Awaitable[None]]],
+                 AbstractAsyncContextManager[None]]
 
 Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
@@ -165,8 +170,17 @@ class Run:
                  trigger: Trigger, fire_time: datetime | None, runners: Mapping[str, Runner],
                  clock: Clock, log_cap: int, environ: Mapping[str, str],
                  start_job: Callable[..., Awaitable[Mapping[str, Any]]] | None,
-                 reuse: Mapping[str, Mapping[str, str]]) -> None:
+                 reuse: Mapping[str, Mapping[str, str]], pools: Pools | None = None,
+                 event: Mapping[str, Any] | None = None) -> None:
         self.job = job
+        self.pools = pools  # takes a pool's slots for a step (the worker's, through the store)
+        self.event = event  # what fired the run: a file, or the upstream run (`after:`)
+        # `run.event` (a file: path, size, mtime) or `run.upstream` (id, job, status, outputs)
+        self.fired_by: dict[str, Any] = {} if event is None else {
+            "upstream" if trigger is Trigger.AFTER else "event": thaw(event)}
+        self.event_env: dict[str, str] = {}
+        if event is not None and trigger is Trigger.FILE and "path" in event:
+            self.event_env["PIPELINE_EVENT_PATH"] = str(event["path"])
         self.reuse = reuse  # step -> outputs taken over from an earlier run (rerun --from)
         self.run_id = run_id
         self.handle = handle
@@ -229,7 +243,8 @@ class Run:
             "secrets": self.secrets,
             "steps": steps,
             "run": {"id": self.run_id, "trigger": str(self.trigger),
-                    "fire_time": self.fire_time.isoformat() if self.fire_time else ""},
+                    "fire_time": self.fire_time.isoformat() if self.fire_time else "",
+                    **self.fired_by},
             "job": {"name": self.job.name},
             # A hook's success() is about its own needs: a stopped run still cleans up.
             "success": lambda: (not self.stopping or hook) and all(s.ok for s in states),
@@ -428,6 +443,8 @@ async def run_job(
     started_at: datetime | None = None,
     attempt: int | None = None,
     reuse: Mapping[str, Mapping[str, str]] | None = None,
+    pools: Pools | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``job`` once, emitting RunStarted ... RunFinished, and return how it ended, with
     the job's own ``outputs:`` (secrets masked).
@@ -455,7 +472,7 @@ async def run_job(
                    params=params or {}, secrets=secrets, trigger=trigger, fire_time=fire_time,
                    runners=runners if runners is not None else builtin_runners(),
                    clock=clock, log_cap=log_cap, environ=environ, start_job=start_job,
-                   reuse=reuse or {})
+                   reuse=reuse or {}, pools=pools, event=event)
         # Cancelled from outside without a stop (the daemon's nursery is going away), the run
         # still gets a final record.
         outcome = RunResult(RunStatus.CANCELLED, "cancelled")

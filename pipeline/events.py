@@ -80,6 +80,16 @@ class StepStarted:
 
 
 @dataclass(frozen=True)
+class StepWaiting:
+    """A step (or a for_each item) waits before it starts: for slots of a pool."""
+
+    run_id: str
+    step_id: str
+    reason: str  # "waiting for pool db"
+    at: datetime
+
+
+@dataclass(frozen=True)
 class StepSpawned:
     """The step's process group exists; recorded so a crashed daemon's groups can be reaped."""
 
@@ -121,5 +131,6 @@ class WatermarkMoved:
     until: datetime
 
 
-Event = (RunQueued | RunStarted | RunFinished | RunSkipped | StepStarted | StepSpawned
+Event = (RunQueued | RunStarted | RunFinished | RunSkipped | StepStarted | StepWaiting
+         | StepSpawned
          | StepFinished | StepRetrying | WatermarkMoved)

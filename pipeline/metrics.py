@@ -72,6 +72,7 @@ class Snapshot:
     started_at: float | None = None
     # name -> (alive, active runs, heartbeat age in seconds, jobs directory matches)
     nodes: Mapping[str, tuple[bool, int, float, bool | None]] = field(default_factory=dict)
+    pools: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # slots, used, waiting
 
 
 @dataclass
@@ -116,6 +117,16 @@ class _LiveCollector(Collector):
         if s.started_at is not None:
             yield _gauge("pipeline_start_time_seconds", "When the daemon started (Unix time).",
                          s.started_at)
+        if s.pools:
+            family = GaugeMetricFamily("pipeline_pool_slots", "Slots of each pool (`*`: the "
+                                       "cap on active runs) by state: total, used, free, "
+                                       "waiting (runs and steps waiting for them).",
+                                       labels=["pool", "state"])
+            for pool, (slots, used, waiting) in sorted(s.pools.items()):
+                for state, value in (("total", slots), ("used", used),
+                                     ("free", max(slots - used, 0)), ("waiting", waiting)):
+                    family.add_metric([pool, state], float(value))
+            yield family
         if s.nodes:
             yield _gauge("pipeline_nodes_alive", "Nodes of the store whose lease is alive.",
                          sum(1 for alive, *_ in s.nodes.values() if alive))
@@ -129,9 +140,9 @@ class _LiveCollector(Collector):
             for name, documentation, index in families:
                 family = GaugeMetricFamily(name, documentation, labels=["node"])
                 for node, values in sorted(s.nodes.items()):
-                    value = values[index]
-                    if value is not None:
-                        family.add_metric([node], float(value))
+                    shown = values[index]
+                    if shown is not None:
+                        family.add_metric([node], float(shown))
                 yield family
 
 
@@ -171,6 +182,12 @@ class Metrics:
             "pipeline_fires", "The scheduler's decisions about fires and triggers, by job, "
             "outcome (fired, skipped, not made) and reason.", ["job", "outcome", "reason"],
             registry=r)
+        self.deadlines_missed = Counter(
+            "pipeline_deadline_missed", "Fires whose run had not succeeded by its deadline.",
+            ["job"], registry=r)
+        self.notifications = Counter(
+            "pipeline_notifications", "Notifications by job, event and outcome (delivered, "
+            "failed, suppressed, dropped).", ["job", "event", "status"], registry=r)
         self.last_success = Gauge(
             "pipeline_last_success_timestamp_seconds",
             "When the job's last succeeded run finished (Unix time).", ["job"], registry=r)

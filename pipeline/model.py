@@ -67,6 +67,9 @@ class Trigger(StrEnum):
     API = "api"  # the HTTP API and `pipeline trigger`
     PARENT = "parent"  # started by a `uses: job` step
     BACKFILL = "backfill"  # `pipeline backfill`: a scheduled instant, run again or late
+    FILE = "file"  # a file settled under a `file:` schedule's glob
+    AFTER = "after"  # a run of the job an `after:` schedule names ended
+    REBOOT = "reboot"  # a daemon started (`@reboot`)
     RERUN = "rerun"  # `pipeline rerun`: an earlier run again, from a step or its failures
 
 
@@ -470,6 +473,11 @@ class RunRecord:
     node: str | None = None  # the node that holds (or last held) it
     attempt: int = 0  # how many times it was started (a run retried after its node was lost)
     rerun_of: str | None = None  # `pipeline rerun`: the run it runs again
+    # what fired it: a file ({path, size, mtime}) or, for `after:`, the upstream run
+    # ({id, job, status, outputs})
+    event: Mapping[str, Any] | None = None
+    notifications: tuple[Mapping[str, Any], ...] = ()  # each: target, event, status, at, error
+    late: bool = False  # its deadline passed before it succeeded
     reuse: Mapping[str, Mapping[str, str]] = field(default_factory=empty_mapping)  # step ->
     # outputs it takes over from that run instead of running
     outputs: Mapping[str, str] = field(default_factory=empty_mapping)  # its job's `outputs:`
@@ -554,6 +562,12 @@ def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs), "node": run.node,
         "attempt": run.attempt, "rerun_of": run.rerun_of,
     }
+    if run.event is not None:
+        answer["upstream" if run.trigger is Trigger.AFTER else "event"] = thaw(run.event)
+    if run.notifications:
+        answer["notifications"] = thaw(run.notifications)
+    if run.late:
+        answer["late"] = True
     if steps:
         answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
     return answer

@@ -31,7 +31,8 @@ from pipeline.model import Catchup, CircuitBreaker, Concurrency, Job, Policy, Tr
 
 # Fires a schedule makes by itself. The others come from a person or a program asking (a
 # trigger, a parent run, a backfill, a rerun): they pass a pause and an open circuit.
-AUTOMATIC = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP})
+AUTOMATIC = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.FILE, Trigger.AFTER,
+                       Trigger.REBOOT})
 
 
 class Verdict(StrEnum):

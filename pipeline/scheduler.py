@@ -44,6 +44,7 @@ RECHECK = 2.0  # longest sleep without looking at the clock again
 # durable and the run starts on time (a thousand claims take tens of milliseconds to commit).
 LEAD = 0.25
 MAX_MISSED = 1000
+MAX_REMOVED_LOGGED = 100  # fires a calendar removed, logged per claim
 PRECISE = 0.010
 
 Clock = Callable[[], datetime]
@@ -281,6 +282,11 @@ class Scheduler:
         if truncated:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
+        removed, more = triggers.removed_between(job.schedules, known.watermark, horizon,
+                                                 limit=MAX_REMOVED_LOGGED)
+        if more:
+            logger.info("job {}: its calendar removed more than {} fires; the latest are "
+                        "logged", job.name, MAX_REMOVED_LOGGED)
         spread = max((s.jitter for s in job.schedules), default=0.0)
         assert self.started is not None
         return FireClaim(
@@ -288,7 +294,8 @@ class Scheduler:
             fires=tuple((f, self.rng.uniform(0, spread) if spread else 0.0) for f in fires),
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
             started=self.started, version=_version(known), document=job.document,
-            runs_on=runs_on_of(job), hold=self.hold(job))
+            runs_on=runs_on_of(job), hold=self.hold(job),
+            removed=tuple((r.fire, str(r.reason), r.rule) for r in removed))
 
     async def _look_up_versions(self) -> None:
         """Find each loaded job's git facts, one file at a time, off the firing path.
@@ -322,7 +329,8 @@ def describe(job: Job) -> str:
 
 def settings_of(job: Job) -> JobSettings:
     return JobSettings(job.name, job.concurrency, job.circuit_breaker, job.enabled,
-                       job.on_node_loss_retry)
+                       job.on_node_loss_retry,
+                       None if job.pool is None else (job.pool.name, job.pool.slots))
 
 
 def runs_on_of(job: Job) -> Mapping[str, str]:

@@ -24,7 +24,7 @@ from loguru import logger
 
 from pipeline import expr, process
 from pipeline.errors import ExpressionError, RunnerError
-from pipeline.events import StepFinished, StepRetrying, StepSpawned, StepStarted
+from pipeline.events import StepFinished, StepRetrying, StepSpawned, StepStarted, StepWaiting
 from pipeline.faults import crash_point
 from pipeline.model import Step, StepKind, StepStatus, thaw
 from pipeline.runners import StepContext
@@ -164,6 +164,23 @@ def gathered(run: Run, results: Sequence[Attempt]) -> dict[str, str]:
 async def attempts(run: Run, step: Step, instance: str, item: Any,
                    ancestors: Sequence[str],
                    started: Callable[[], object] = lambda: None) -> Attempt:
+    """Run ``step`` (or one item of it), first taking its pool's slots if it names one:
+    meanwhile it is ``pending``, ``waiting for pool NAME`` (and counts as started for its
+    DAG: the steps after it in file order may start)."""
+    if step.pool is None or run.pools is None:
+        return await _attempts(run, step, instance, item, ancestors, started)
+
+    async def waiting(reason: str) -> None:
+        await run.emit(StepWaiting(run.run_id, instance, reason, run.clock()))
+        started()
+
+    async with run.pools(run.run_id, instance, step.pool, waiting):
+        return await _attempts(run, step, instance, item, ancestors, started)
+
+
+async def _attempts(run: Run, step: Step, instance: str, item: Any,
+                    ancestors: Sequence[str],
+                    started: Callable[[], object] = lambda: None) -> Attempt:
     """Run ``step`` (or one item of it) with its retries; ``started`` is called once its
     start is recorded. Its log gets one ``[pipeline]`` marker per attempt that did not
     succeed (``exit status 7``, ``timed out after 5s``, ``... ; retrying in 10s``), or
@@ -240,7 +257,8 @@ async def run_attempt(run: Run, step: Step, instance: str, item: Any, attempt: i
     env = {**run.base_env, **env_view, **run.secrets,
            "PIPELINE_JOB": run.job.name, "PIPELINE_RUN_ID": run.run_id,
            "PIPELINE_STEP": instance, "PIPELINE_ATTEMPT": str(attempt),
-           "PIPELINE_FIRE_TIME": run.fire_time.isoformat() if run.fire_time else ""}
+           "PIPELINE_FIRE_TIME": run.fire_time.isoformat() if run.fire_time else "",
+           **run.event_env}
     output_file = None
     if step.kind is not StepKind.USES:  # runners return their outputs instead
         try:

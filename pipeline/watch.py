@@ -26,7 +26,8 @@ from loguru import logger
 
 from pipeline import spec
 from pipeline.errors import JobInvalid, Problem, StateError
-from pipeline.model import Definition, Job
+from pipeline.model import Definition, Job, Settings
+from pipeline.settings import settings_or_problems
 from pipeline.store import Store
 
 IGNORED = (".*", "*~", "*.swp", "*.swx", "*.tmp", "#*#", "4913")  # 4913: vim's probe file
@@ -65,11 +66,18 @@ class Catalog:
     _seen: dict[str, _File] = field(default_factory=dict)
     _good: dict[str, Job] = field(default_factory=dict)  # file -> last good version
     _remembered: dict[str, Definition] | None = None  # file -> what the store holds
+    settings: Settings = field(default_factory=Settings)  # the settings file's, in force
+    _settings_files: set[str] = field(default_factory=set)
+    _settings_good: Settings | None = None
+    _settings_digest: str | None = None
+    _settings_problems: dict[str, tuple[Problem, ...]] = field(default_factory=dict)
 
     def scan(self) -> bool:
         """Read the directory again; True if anything that matters changed."""
         paths = spec.find_job_files(self.root) if self.root.exists() else []
         seen: dict[str, _File] = {}
+        files: list[tuple[Path, str, bytes, str]] = []
+        settings_files: list[tuple[str, bytes, str]] = []
         for path in paths:
             key = str(path)
             try:
@@ -77,26 +85,66 @@ class Catalog:
             except OSError:
                 continue  # vanished between listing and reading: the next scan sees it
             digest = hashlib.sha256(data).hexdigest()
-            known = self._seen.get(key)
+            if key in self._settings_files or spec.is_settings_file(path, data):
+                settings_files.append((key, data, digest))  # not a job (CONTRACT §1)
+            else:
+                files.append((path, key, data, digest))
+        settings_changed = self._scan_settings(settings_files)
+        for path, key, data, digest in files:
+            known = None if settings_changed else self._seen.get(key)
             if known is not None and known.sha256 == digest:
                 seen[key] = known
                 continue
-            if spec.is_settings_file(path, data):
-                continue  # the settings file is not a job (CONTRACT §1)
             try:
-                job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data)
+                job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data,
+                                    settings=self.settings)
                 seen[key] = _File(job.sha256, job, (), data)
             except JobInvalid as exc:
                 seen[key] = _File(digest, None, exc.problems)
         first = self._remembered is None
         if first:
             self._recall(seen)
-        changed = first or seen.keys() != self._seen.keys() or any(
+        changed = first or settings_changed or seen.keys() != self._seen.keys() or any(
             seen[k].sha256 != self._seen[k].sha256 for k in seen)
         self._seen = seen
         if changed:
             self._rebuild(first)
             self._remember()
+        return changed
+
+    def _scan_settings(self, found: list[tuple[str, bytes, str]]) -> bool:
+        """Read the settings file (at most one; a second is invalid). A broken one keeps its
+        last good version, as a job file does; True if the settings in force changed (every
+        job is then judged again: its defaults and pools may differ)."""
+        problems: dict[str, tuple[Problem, ...]] = {}
+        chosen = None
+        for key, data, digest in found:
+            if chosen is not None:
+                problems[key] = (Problem(key, 1, 1, f"a second settings file: {chosen[0]} is "
+                                                    "the jobs directory's settings file"),)
+                continue
+            chosen = (key, data, digest)
+        self._settings_files = {key for key, _, _ in found}
+        wanted = Settings()
+        if chosen is not None:
+            key, data, digest = chosen
+            if digest == self._settings_digest and self._settings_good is not None:
+                wanted = self._settings_good
+            else:
+                loaded, found_problems = settings_or_problems(Path(key), data=data)
+                if loaded is not None:
+                    wanted = self._settings_good = loaded
+                    self._settings_digest = digest
+                else:
+                    problems[key] = found_problems
+                    wanted = self._settings_good or Settings()
+                    if self._settings_good is not None:
+                        logger.warning("{}: invalid; its last good version stays in force", key)
+        else:
+            self._settings_good, self._settings_digest = None, None
+        self._settings_problems = problems
+        changed = wanted != self.settings
+        self.settings = wanted
         return changed
 
     def _file(self, key: str) -> str:
@@ -157,6 +205,7 @@ class Catalog:
         for key, entry in self._seen.items():
             if entry.job is None and key not in problems:
                 problems[key] = entry.problems
+        problems.update(self._settings_problems)
         # A valid file whose `uses: job` steps name a job not there, or a parameter it does
         # not declare, is invalid too; the version that loaded keeps running, as any file's
         # last good version does.

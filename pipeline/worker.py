@@ -12,10 +12,12 @@ has its writes refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +29,12 @@ from loguru import logger
 from pipeline import policy, spec
 from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_job
 from pipeline.errors import NotFound, PipelineError, StateError
-from pipeline.events import RunFinished, RunQueued, StepFinished, StepSpawned
+from pipeline.events import RunFinished, RunQueued, StepFinished, StepRetrying, StepSpawned
 from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
-from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
+from pipeline.model import Job, Pool, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, Watchdog
+from pipeline.notify import Notifier
 from pipeline.params import parse_params
 from pipeline.policy import Verdict
 from pipeline.runners import Runner
@@ -85,7 +88,8 @@ class Worker:
                  watchdog: Watchdog | None = None, max_runs: int | None = None,
                  poll: float = POLL, runner: bool = True, claims: bool = True,
                  versions: Callable[[str], Version | None] | None = None,
-                 on_decision: Callable[[Started], None] | None = None) -> None:
+                 on_decision: Callable[[Started], None] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.store = store
         self.journal = journal
         self.lease = lease
@@ -103,10 +107,12 @@ class Worker:
         self.claims = claims and runner  # also take runs nobody holds
         self.versions = versions
         self.on_decision = on_decision  # told of each decision the store took (metrics)
+        self.notifier = notifier  # told of runs' starts, ends, retries (notify:)
         self.runs: dict[str, _Local] = {}
         self._reserved: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
         self._reserved_ids: dict[str, str] = {}  # run id -> job
         self._claims: dict[str, Claimed] = {}
+        self._records: dict[str, RunRecord] = {}  # the local runs, as they started
         self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
         self._seq = 0
         self._nursery: trio.Nursery | None = None
@@ -115,6 +121,7 @@ class Worker:
         self._pgids: dict[tuple[str, str], int] = {}
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
         self._next_look = 0.0
+        self._freed = trio.Event()  # set when this node gives slots of a pool back
 
     @property
     def node(self) -> str:
@@ -145,9 +152,9 @@ class Worker:
                         await self.look()
                 if not self._stopping and not self.lease.fenced:
                     await self.start_due()
-                    if self._turns:  # a local run ended: its job's waiting runs may start
-                        jobs, self._turns = self._turns, set()
-                        await self._start([r for r, j in self._waiting.items() if j in jobs])
+                    if self._turns:  # a local run ended: waiting runs may start
+                        self._turns = set()
+                        await self._start(list(self._waiting)[:PER_LOOK])
                 await self._sleep(self._next_look)
 
     async def _sleep(self, next_poll: float) -> None:
@@ -252,9 +259,18 @@ class Worker:
                 local.handle.stop(f"replaced by run {run.id}")
         if decision.verdict is Verdict.START:
             self._run(run)
+            job = self.jobs(run.job)
+            if self.notifier is not None and job is not None and job.notify:
+                self.notifier.run_started(job, run)
         elif decision.verdict in (Verdict.QUEUE, Verdict.REPLACE):
             self._waiting[run.id] = run.job
         else:
+            job = self.jobs(run.job)
+            if (self.notifier is not None and job is not None and job.notify
+                    and decision.verdict is Verdict.SKIP):
+                self.notifier.run_ended(job, dataclasses.replace(
+                    run, status=RunStatus.SKIPPED, reason=decision.detail,
+                    finished_at=self.clock()), None)
             logger.info("job {}: {} {}: {}", run.job,
                         "fire " + run.fire_time.isoformat() if run.fire_time else "run",
                         "skipped" if decision.verdict is Verdict.SKIP else "not made",
@@ -304,6 +320,7 @@ class Worker:
         assert self._nursery is not None, "serve() is not running"
         handle = RunHandle(run.id, run.job)
         local = self.runs[run.id] = _Local(handle, run.job)
+        self._records[run.id] = run
         self._nursery.start_soon(self._run_task, run, local, name=f"run {run.id}")
 
     async def _run_task(self, run: RunRecord, local: _Local) -> None:
@@ -322,20 +339,78 @@ class Worker:
                 handle=local.handle, runners=self.runners, clock=self.clock,
                 environ=self.environ, start_job=self.start_child,
                 started_at=run.started_at, attempt=run.attempt,
-                reuse={k: dict(v) for k, v in run.reuse.items()})
+                reuse={k: dict(v) for k, v in run.reuse.items()}, pools=self.hold_pool,
+                event=run.event)
             local.result = result
             status = result.status
+            if self.notifier is not None and job.notify:
+                await self._tell_end(job, run, result)
         finally:
             self.runs.pop(run.id, None)
+            self._records.pop(run.id, None)
             local.done.set()
             logger.debug("run {} of {} ended {}", run.id, run.job, status)
-            # Its job's waiting runs may start now.
-            if any(job == run.job for job in self._waiting.values()):
+            # Its job's waiting runs may start now, and so may runs waiting for slots it held.
+            if self._waiting:
                 self._turns.add(run.job)
                 self.wake()
+            self._slots_freed()
+
+    @asynccontextmanager
+    async def hold_pool(self, run_id: str, step_id: str, pool: Pool,
+                        waiting: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
+        """A step's slots of ``pool`` for the block, first come, first served across the
+        cluster (the store counts them); given back however the block ends."""
+        told = False
+        try:
+            while not await self.offload(functools.partial(
+                    self.store.acquire, pool.name, pool.slots, run_id=run_id, step_id=step_id,
+                    now=self.clock())):
+                if not told:
+                    await waiting(f"waiting for pool {pool.name}")
+                    told = True
+                with trio.move_on_after(self.poll / 2):  # another node's release: polled
+                    await self._freed.wait()
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.offload(self.store.release, run_id, step_id)
+                except StateError as exc:  # the run's end gives them back anyway
+                    self.journal.failed(exc)
+            self._slots_freed()
+
+    def _slots_freed(self) -> None:
+        self._freed.set()
+        self._freed = trio.Event()
+
+    async def _tell_end(self, job: Job, run: RunRecord, result: RunResult) -> None:
+        """The notifier hears how a run ended, and how the job's run before it did (for
+        ``recovery``): skipped and cancelled runs say nothing about the job."""
+        assert self.notifier is not None
+        try:
+            earlier: list[RunRecord] = await self.offload(functools.partial(
+                self.store.runs, job=run.job, limit=20))
+        except StateError:
+            earlier = []
+        # Newest first: the first that ended before this one was queued, and said something.
+        previous = next((r.status for r in earlier if r.id != run.id and r.status.finished
+                         and r.status not in (RunStatus.SKIPPED, RunStatus.CANCELLED)
+                         and (r.id < run.id)), None)
+        self.notifier.run_ended(job, dataclasses.replace(
+            run, status=result.status, reason=result.reason, outputs=result.outputs,
+            finished_at=self.clock()), previous)
 
     def observe(self, event: object) -> None:
-        """A journal observer: tell the watchdog of every step's process group."""
+        """A journal observer: tell the watchdog of every step's process group, and the
+        notifier of every retry."""
+        if isinstance(event, StepRetrying) and self.notifier is not None:
+            local = self.runs.get(event.run_id)
+            job = self.jobs(local.job) if local is not None else None
+            record = self._records.get(event.run_id)
+            if job is not None and job.notify and record is not None:
+                self.notifier.step_retrying(job, record, event.step_id, event.attempt,
+                                            event.error)
         if self.watchdog is None:
             return
         if isinstance(event, StepSpawned):
@@ -503,7 +578,7 @@ class Worker:
         self._waiting.clear()
         if pending and self.store.shared:
             try:
-                await self.offload(self.store.release, self.node, pending)
+                await self.offload(self.store.release_runs, self.node, pending)
             except StateError as exc:
                 logger.error("cannot leave {} run(s) to other nodes: {}", len(pending), exc)
         elif pending:

@@ -18,6 +18,13 @@ from pipeline.model import Job
 pytest_plugins = ["tests.postgres"]  # the throwaway PostgreSQL: postgres, postgres_url
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs PostgreSQL starts a server (or a database in it): slow."""
+    for item in items:
+        if {"postgres", "postgres_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def write_job(directory: Path, text: str, name: str = "job.yaml") -> Job:
     path = directory / name
     path.write_text(textwrap.dedent(text))

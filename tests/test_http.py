@@ -809,3 +809,17 @@ steps:
                                                                   ("b", "succeeded")]
         error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"failed": True}), 409)
         error_of(await http.post(f"/api/v1/runs/{ids[0]}/rerun", json={"from_step": "z"}), 409)
+
+
+async def test_pools_are_shown_with_their_use(tmp_path: Path) -> None:
+    jobs = {"settings.yaml": "kind: settings\npools: {db: 2}\nmax_active_runs: 10\n",
+            "long.yaml": "name: long\npool: db\nconcurrency: allow\n"
+                         "steps:\n  - {id: s, run: 'sleep 5'}\n"}
+    async with open_daemon(tmp_path, jobs=jobs) as daemon, client(daemon) as http:
+        for _ in range(3):
+            assert (await http.post("/api/v1/jobs/long/runs")).status_code == 202
+        answer = (await http.get("/api/v1/pools")).json()
+        assert answer["pools"] == [{"name": "db", "slots": 2, "used": 2, "waiting": 1}]
+        assert answer["max_active_runs"]["slots"] == 10
+        metrics = (await http.get("/metrics")).text
+        assert 'pipeline_pool_slots{pool="db",state="waiting"} 1.0' in metrics

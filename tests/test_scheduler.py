@@ -7,6 +7,7 @@ while a worker thread is committing to SQLite.
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from trio.testing import MockClock
 
 from pipeline import operate, spec
 from pipeline.errors import RunnerError
+from pipeline.eventfires import EventFires
 from pipeline.journal import Journal
 from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, this_node
@@ -79,12 +81,16 @@ class World:
         scheduler = Scheduler(store=self.store, clock=self.now, node=lambda: lease.node_id,
                               reserve=worker.reserve, forget=worker.forget_job,
                               offload=inline)
-        node = Node(scheduler, worker, loaded)
+        events = EventFires(store=self.store, clock=self.now, node=lambda: lease.node_id,
+                            jobs=lambda: loaded, reserve=worker.reserve, offload=inline)
+        node = Node(scheduler, worker, loaded, events)
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.serve)
             await nursery.start(worker.serve)
             await node.load({j.name: j for j in jobs})
             await nursery.start(scheduler.serve)
+            await events.rebooted()
+            await nursery.start(events.serve_after)
             try:
                 yield node
             finally:
@@ -117,10 +123,12 @@ class World:
 class Node:
     """A daemon's firing and running parts, as the tests drive them."""
 
-    def __init__(self, scheduler: Scheduler, worker: Worker, jobs: dict[str, Job]) -> None:
+    def __init__(self, scheduler: Scheduler, worker: Worker, jobs: dict[str, Job],
+                 events: EventFires) -> None:
         self.scheduler = scheduler
         self.worker = worker
         self.jobs = jobs
+        self.events = events
 
     async def load(self, jobs: Mapping[str, Job]) -> None:
         self.jobs.clear()
@@ -587,3 +595,158 @@ async def test_a_backfilled_instant_is_not_fired_again_and_the_reverse(
     assert by_instant[20] == [Trigger.BACKFILL]
     assert by_instant[30] == [Trigger.SCHEDULE]
     assert len(made) == 1
+
+
+
+async def test_reboot_fires_once_per_daemon_start_and_not_on_a_reload(
+        world: World, mock_clock: MockClock) -> None:
+    job = world.job("""
+        schedule: "@reboot"
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job) as node:
+        await trio.sleep(2)
+        await node.load({})
+        await node.load({"job": job})  # a hot reload makes no second fire
+        await trio.sleep(2)
+    async with world.daemon(job):
+        await trio.sleep(2)
+    runs = world.runs()
+    assert [r.trigger for r in runs] == [Trigger.REBOOT, Trigger.REBOOT]
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+
+
+async def test_after_fires_once_per_upstream_run_with_its_outputs(
+        world: World, mock_clock: MockClock) -> None:
+    up = world.job("""
+        name: extract
+        schedule: every 10s
+        steps:
+          - {id: s, uses: sleep, with: {duration: 1s}}
+        outputs: {rows: "42"}
+    """, name="extract")
+    down = world.job("""
+        name: load
+        schedule: {after: extract, status: [succeeded]}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """, name="load")
+    async with world.daemon(up, down):
+        await trio.sleep(25)  # extract at 10 and 20
+    async with world.daemon(up, down):  # a restart neither loses nor doubles one
+        await trio.sleep(2)
+    upstream = [r for r in world.runs("extract") if r.status is RunStatus.SUCCEEDED]
+    fired = world.runs("load")
+    assert len(upstream) == 2 and len(fired) == 2
+    assert [r.trigger for r in fired] == [Trigger.AFTER, Trigger.AFTER]
+    records = [world.store.run(r.id) for r in fired]
+    assert [r.event["id"] for r in records if r and r.event] == [u.id for u in upstream]
+    assert records[0] is not None and records[0].event is not None
+    assert dict(records[0].event["outputs"]) == {"rows": "42"}
+
+
+async def test_a_pool_lets_no_more_runs_hold_slots_than_it_has(world: World,
+                                                              mock_clock: MockClock) -> None:
+    world.store.publish_pools({"db": 2})
+    jobs = [world.job(f"""
+        name: j{i}
+        pool: db
+        steps:
+          - {{id: s, uses: sleep, with: {{duration: 10s}}}}
+    """, name=f"j{i}") for i in range(4)]
+    async with world.daemon(*jobs) as node:
+        started = [await node.trigger(f"j{i}") for i in range(4)]
+        await trio.sleep(1)
+        assert [world.store.pools()[0].used, world.store.pools()[0].waiting] == [2, 2]
+        waiting = world.store.run(started[2].run_id)
+        assert waiting is not None and waiting.reason == "waiting for pool db"
+        await trio.sleep(30)
+    runs = sorted((world.store.run(d.run_id) for d in started), key=lambda r: r.started_at)  # type: ignore[union-attr, arg-type, return-value]
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs)  # type: ignore[union-attr]
+    # First come, first served: the two that waited started when the first two ended.
+    assert [(r.started_at - BASE).total_seconds() // 10 for r in runs] == [0, 0, 1, 1]  # type: ignore[union-attr, operator]
+
+
+async def test_calendar_removed_fires_are_decisions(world: World, mock_clock: MockClock) -> None:
+    job = world.job("""
+        schedule: {cron: "*/10 * * * * *", timezone: UTC, exclude: ["0 12 * * *"]}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(65)  # 12:00:10 .. 12:00:50 are excluded; 12:01:00 fires
+    assert world.fired() == [60]
+    assert world.not_made() == [(t, "exclude 0 12 * * *") for t in (10, 20, 30, 40, 50)]
+
+
+async def test_a_step_pool_and_the_cap_on_active_runs(world: World,
+                                                      mock_clock: MockClock) -> None:
+    world.store.publish_pools({"db": 1, "*": 3})
+    fan = world.job("""
+        name: fan
+        concurrency: allow
+        steps:
+          - id: items
+            for_each: [1, 2, 3]
+            pool: {name: db, slots: 1}
+            uses: sleep
+            with: {duration: 10s}
+    """, name="fan")
+    other = world.job("""
+        name: other
+        concurrency: allow
+        steps:
+          - {id: s, uses: sleep, with: {duration: 10s}}
+    """, name="other")
+    async with world.daemon(fan, other) as node:
+        first = await node.trigger("fan")
+        await trio.sleep(1)
+        record = world.store.run(first.run_id)
+        assert record is not None
+        states = {s.id: (s.status.value, s.error) for s in record.steps}
+        assert states["items.0"][0] == "running"
+        assert states["items.1"] == ("pending", "waiting for pool db")
+        others = [await node.trigger("other") for _ in range(3)]
+        await trio.sleep(1)
+        # The cap: fan and two of the others run, the third waits for a place.
+        assert [o.status.value for o in others] == ["running", "running", "queued"]
+        late = world.store.run(others[2].run_id)
+        assert late is not None and late.reason == "waiting for max_active_runs"
+        await trio.sleep(40)
+    done = world.store.run(first.run_id)
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+    starts = sorted(s.started_at for s in done.steps if "." in s.id and s.started_at)
+    # One item at a time: each began when the one before had given its slot back.
+    assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(starts)] == [10, 10]
+    assert all(world.store.run(o.run_id).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+               for o in others)
+
+
+async def test_a_settled_file_fires_once_with_its_event(world: World,
+                                                        mock_clock: MockClock) -> None:
+    from pipeline.filewatch import FileFire
+    from pipeline.filewatch import Outcome as FileOutcome
+
+    job = world.job("""
+        schedule: {file: "incoming/*.csv"}
+        steps:
+          - {id: s, run: 'echo "path=$PIPELINE_EVENT_PATH" >> "$PIPELINE_OUTPUT"'}
+    """)
+    async with world.daemon(job) as node:
+        seen = FileFire("job", "incoming/*.csv", "/in/old.csv", 3, 1, FileOutcome.BASELINE)
+        new = FileFire("job", "incoming/*.csv", "/in/a.csv", 10, 2)
+        await node.events._files([seen, new])
+        await node.events._files([new])  # the same file again: nothing
+        changed = FileFire("job", "incoming/*.csv", "/in/a.csv", 12, 3)
+        await node.events._files([changed])  # changed later: fires again
+        with trio.move_on_after(5):
+            while len([r for r in world.runs() if r.status.finished]) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+    runs = world.runs()
+    assert [r.trigger for r in runs] == [Trigger.FILE, Trigger.FILE]
+    events = sorted((world.store.run(r.id).event["size"], world.store.run(r.id).event["path"])  # type: ignore[union-attr, index]
+                    for r in runs)
+    assert events == [(10, "/in/a.csv"), (12, "/in/a.csv")]
+    assert world.store.known_keys("job", [seen.key, new.key, changed.key]) == {
+        seen.key, new.key, changed.key}

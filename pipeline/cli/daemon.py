@@ -128,7 +128,7 @@ def serve(settings: Settings, grace: str, listen: str, no_http: bool, token: str
 
     try:
         with lock_state_dir(settings.state_dir):
-            store = open_store(settings.state_dir, settings.store_url)
+            store = open_store(settings.state_dir, settings.store_url, lease=lease_s)
             try:
                 trio.run(partial(daemon.serve, jobs_dir=settings.jobs_dir,
                                  state_dir=settings.state_dir, store=store,

@@ -6,6 +6,7 @@ the trio thread only reads the scheduler's state.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import shutil
 from collections import Counter
@@ -156,6 +157,7 @@ class StatusApp:
             Route("/api/v1/metrics", self.metrics_json, methods=["GET"]),
             Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
             Route("/api/v1/nodes", self.list_nodes, methods=["GET"]),
+            Route("/api/v1/pools", self.list_pools, methods=["GET"]),
         ]
 
     # -- jobs --------------------------------------------------------------------------------
@@ -532,7 +534,10 @@ class StatusApp:
                 daemon.metrics.seed_last_success(name, at)
         _, active, states = await self.store(self._last_and_active)
         nodes = await self.store(lambda: node_views(daemon.store.nodes(), daemon.store.now()))
-        daemon.metrics.update(self.snapshot(active, states, nodes))
+        pools = await self.store(daemon.store.pools)
+        daemon.metrics.update(dataclasses.replace(
+            self.snapshot(active, states, nodes),
+            pools={p.name: (p.slots, p.used, p.waiting) for p in pools}))
 
     def snapshot(self, active: list[RunRecord], states: Mapping[str, JobState],
                  nodes: Sequence[Mapping[str, Any]] = ()) -> Snapshot:
@@ -576,6 +581,14 @@ class StatusApp:
             return node_views(store.nodes(), store.now())
 
         return JSONResponse({"nodes": await self.store(read)})
+
+    async def list_pools(self, request: Request) -> Response:
+        found = await self.store(self.daemon.store.pools)
+        return JSONResponse({"pools": [
+            {"name": p.name, "slots": p.slots, "used": p.used, "waiting": p.waiting}
+            for p in found if p.name != "*"],
+            "max_active_runs": next(({"slots": p.slots, "used": p.used, "waiting": p.waiting}
+                                     for p in found if p.name == "*"), None)})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -302,6 +302,16 @@ def openapi_document() -> dict[str, Any]:
                 200, _ref("Metrics"), "The figures of /metrics as JSON")}},
             "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": _answers(
                 200, {"type": "object"}, "This document")}},
+            "/api/v1/pools": {"get": {"operationId": "listPools", "responses": _answers(
+                200, {"type": "object", "required": ["pools"], "properties": {
+                    "pools": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "slots", "used", "waiting"],
+                        "properties": {"name": {"type": "string"},
+                                       "slots": {"type": "integer"},
+                                       "used": {"type": "integer"},
+                                       "waiting": {"type": "integer"}}}},
+                    "max_active_runs": _nullable({"type": "object"})}},
+                "Each pool of the settings file: its slots, those in use, and waiters")}},
             "/api/v1/nodes": {"get": {"operationId": "listNodes", "responses": _answers(
                 200, {"type": "object", "required": ["nodes"], "properties": {"nodes": {
                     "type": "array", "items": _ref("Node")}}},

@@ -97,6 +97,7 @@ class JobSettings:
     breaker: CircuitBreaker | None = None
     enabled: bool = True
     on_node_loss_retry: bool = False
+    pool: tuple[str, int] | None = None  # (name, slots) a whole run holds
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class FireClaim:
     document: Mapping[str, Any] | None = None
     runs_on: Mapping[str, str] = field(default_factory=empty_mapping)
     hold: bool = True  # the claiming node holds the runs (else any node may take them)
+    # fires the calendar removed (instant, reason, rule): recorded as not made
+    removed: tuple[tuple[datetime, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,35 @@ class Started:
     run: RunRecord  # as it is now (with its document), for the runner to run
     decision: Decision
     replaced: tuple[str, ...] = ()  # active runs asked to stop (`replace`)
+
+
+@dataclass(frozen=True)
+class EventFire:
+    """A fire an event made (a file settled, an upstream run ended, a daemon started).
+
+    ``key`` is its identity for the job (``file:PATH:SIZE:MTIME_NS``, ``after:RUN_ID``,
+    ``reboot:NODE``): the store records each once, and makes a run of it only then (and not
+    for ``record_only``: a file that was there when a watch began). ``event`` is what the run
+    gets as ``run.event`` (or, for ``after``, ``run.upstream``).
+    """
+
+    job: str
+    key: str
+    trigger: Trigger
+    event: Mapping[str, Any] | None = None
+    record_only: bool = False
+    hold: bool = True
+    version: Version | None = None
+    document: Mapping[str, Any] | None = None
+    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)
+
+
+@dataclass(frozen=True)
+class PoolState:
+    name: str
+    slots: int
+    used: int
+    waiting: int
 
 
 @dataclass(frozen=True)
@@ -342,12 +374,77 @@ class Store(Protocol):
         claiming (SKIP LOCKED). ``only``: take none but these."""
         ...
 
-    def release(self, node: str, run_ids: Collection[str]) -> None:
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
         """``node`` lets go of queued runs it holds: any node may take them."""
         ...
 
     def waiting_runs(self, node: str) -> list[str]:
         """Ids of ``node``'s runs waiting in their job's queue, oldest first."""
+        ...
+
+    def claim_events(self, fires: Sequence[EventFire], *, node: str | None,
+                     now: datetime) -> Claims:
+        """Record event fires and make runs of the new ones (held by ``node`` where the fire
+        says ``hold``), ready now; a paused or disabled job's fires are decisions only.
+        Fires whose key is already recorded make nothing."""
+        ...
+
+    def known_keys(self, job: str, keys: Collection[str]) -> set[str]:
+        """Which of ``keys`` are recorded for ``job`` (event identities)."""
+        ...
+
+    def ended_runs(self, jobs: Collection[str], *, since: datetime,
+                   limit: int = 1000) -> list[RunRecord]:
+        """Runs of ``jobs`` that ended after ``since``, oldest end first, with outputs."""
+        ...
+
+    def event_cursors(self) -> dict[str, datetime]:
+        """Per job, up to when its ``after:`` upstreams' ended runs were looked at."""
+        ...
+
+    def move_event_cursor(self, job: str, at: datetime) -> None:
+        ...
+
+    # -- pools -----------------------------------------------------------------------------------
+
+    def publish_pools(self, pools: Mapping[str, int]) -> None:
+        """The pools' sizes (from the settings file; ``*`` for ``max_active_runs``)."""
+        ...
+
+    def acquire(self, pool: str, slots: int, *, run_id: str, step_id: str = "",
+                now: datetime) -> bool:
+        """Take ``slots`` of ``pool`` for a run (or one of its steps), first come first
+        served: True once they are held; False means it waits (and keeps its place)."""
+        ...
+
+    def release(self, run_id: str, step_id: str | None = None) -> None:
+        """Give back what a run (or one of its steps) holds or waits for."""
+        ...
+
+    def pools(self) -> list[PoolState]:
+        ...
+
+    # -- notifications and deadlines -------------------------------------------------------------
+
+    def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,
+                            decision: StoredDecision) -> None:
+        """Keep a notification's outcome with its run (``notifications``) and in the
+        decision log."""
+        ...
+
+    def save_outbox(self, node: str, pending: Sequence[Mapping[str, Any]]) -> None:
+        """What ``node`` (by name) has still to deliver, replacing what it saved before."""
+        ...
+
+    def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        ...
+
+    def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
+                      node: str | None) -> tuple[bool, RunRecord | None]:
+        """Judge a fire's deadline once ``deadline`` has passed: missed unless its run (the
+        one holding the instant) succeeded by then. The first to judge a miss records it
+        (the run marked late, a ``late`` decision) and gets True with the run (None if the
+        fire made none); every later judge, or a met deadline, gets False."""
         ...
 
     # -- operators ------------------------------------------------------------------------------
@@ -437,12 +534,18 @@ class Store(Protocol):
         ...
 
 
-def open_store(state_dir: Path, url: str | None = None) -> Store:
-    """The store at ``url`` (``postgresql://...``), or SQLite in ``state_dir``."""
-    if url:
-        from pipeline.store.postgres import PostgresStore
+def open_store(state_dir: Path, url: str | None = None, *,
+               lease: float | None = None) -> Store:
+    """The store at ``url`` (``postgresql://...``), or SQLite in ``state_dir``.
 
-        return PostgresStore.open(url)
+    ``lease``: the node lease of a daemon in a shared store; its connection and session
+    timeouts are derived from it (``postgres.Timeouts.for_lease``), 30 s when not given.
+    """
+    if url:
+        from pipeline.store.postgres import DEFAULT_TIMEOUTS, PostgresStore, Timeouts
+
+        return PostgresStore.open(url, timeouts=DEFAULT_TIMEOUTS if lease is None
+                                  else Timeouts.for_lease(lease))
     from pipeline.store.sqlite import SqliteStore
 
     return SqliteStore.open(state_dir)
@@ -510,8 +613,8 @@ def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
 
 RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
                "reason, params, version, parent_run_id, node, attempt, outputs, rerun_of, "
-               "reuse")
-DOCUMENT = 17  # the column after RUN_COLUMNS, where a query adds the document
+               "reuse, event, notifications, late")
+DOCUMENT = 20  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
                 "outputs, error, log, pgid, item")
 
@@ -530,6 +633,8 @@ def run_record(row: Sequence[Any], document: Any = None,
         node=row[12], attempt=row[13] or 0,
         outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
         rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
+        event=freeze(from_json(row[17])) if row[17] else None,
+        notifications=freeze(from_json(row[18]) or []), late=bool(row[19]),
         document=None if document is None else freeze(from_json(document)),
         steps=steps)
 

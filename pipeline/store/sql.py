@@ -9,6 +9,7 @@ transaction is opened (``SqliteStore``, ``PostgresStore``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -27,6 +28,7 @@ from pipeline.events import (
     StepRetrying,
     StepSpawned,
     StepStarted,
+    StepWaiting,
     WatermarkMoved,
 )
 from pipeline.model import (
@@ -48,12 +50,14 @@ from pipeline.store import (
     STEP_COLUMNS,
     Claimed,
     Claims,
+    EventFire,
     FireClaim,
     JobSettings,
     JobState,
     NodeInfo,
     NodeState,
     Outcome,
+    PoolState,
     Started,
     StopRequest,
     StoredDecision,
@@ -71,6 +75,9 @@ from pipeline.store import (
 )
 
 ACTIVE = "('queued', 'running')"
+# runs.waiting: 0 not waiting; 1 in its job's queue (queue, replace, a backlog); 2 for slots of
+# a pool (its policy said start)
+WAITING_POOL = 2
 # Nodes that left or were lost stay listed this long (for `pipeline nodes` and the page).
 NODES_KEPT = timedelta(days=1)
 
@@ -219,6 +226,13 @@ class SqlStore:
                 refused.add(e.run_id)
         elif isinstance(e, WatermarkMoved):
             tx.execute(_WATERMARK, {"job": e.job, "until": iso(e.until)})
+        elif isinstance(e, StepWaiting):
+            tx.execute(f"""
+                INSERT INTO steps (run_id, step_id, status, attempt, error)
+                SELECT :run, :step, 'pending', 0, :reason WHERE {_RUN_HELD}
+                ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'pending',
+                    error = excluded.error""",
+                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "node": node})
 
     def _step_finished(self, tx: Tx, e: StepFinished, node: str | None) -> None:
         tx.execute(f"""
@@ -245,6 +259,8 @@ class SqlStore:
             "outputs": to_json(e.outputs) if e.outputs else "{}", "id": e.run_id,
             "node": node, "attempt": e.attempt}).fetchone()
         if row is not None:
+            # Slots the run held count for nothing now (only active runs' do); the rows go
+            # with retention, off the firing path.
             self._count(tx, row[0], Trigger(row[1]), e.status, e.finished_at)
 
     def _count(self, tx: Tx, job: str, trigger: Trigger, status: RunStatus,
@@ -258,12 +274,9 @@ class SqlStore:
             return
         if status is not RunStatus.FAILED or trigger not in policy.AUTOMATIC:
             return
-        row = tx.execute("SELECT failures, circuit_opened_at, settings FROM jobs "
-                         "WHERE name = :job", {"job": job}).fetchone()
-        if row is None:
-            tx.execute("INSERT INTO jobs (name, failures) VALUES (:job, 1) "
-                       "ON CONFLICT (name) DO NOTHING", {"job": job})
-            return
+        # Read and written under the row's lock: two nodes ending failed runs of one job at
+        # once must count both.
+        row = self._lock_job(tx, job, "failures, circuit_opened_at, settings")
         failures, opened = row[0] + 1, time_of(row[1])
         breaker = _settings(job, row[2]).breaker
         if breaker is None:
@@ -457,11 +470,23 @@ class SqlStore:
                 made.extend(runs)
         return Claims(made, watermarks, decided)
 
+    def _lock_job(self, tx: Tx, job: str, columns: str) -> Sequence[Any]:
+        """``columns`` of the job's row, locked until the transaction ends. A job without a
+        row (one no scheduler has published yet) gets one first: a missing row locks
+        nothing, and every decision about a job must be taken under its lock (rule 6)."""
+        query = f"SELECT {columns} FROM jobs WHERE name = :job{self.for_update}"
+        row: Sequence[Any] | None = tx.execute(query, {"job": job}).fetchone()
+        if row is None:
+            tx.execute("INSERT INTO jobs (name) VALUES (:job) ON CONFLICT (name) DO NOTHING",
+                       {"job": job})
+            row = tx.execute(query, {"job": job}).fetchone()
+        assert row is not None
+        return row
+
     def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
                decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
-        row = tx.execute(f"SELECT watermark, paused_at, paused_by, settings FROM jobs "
-                         f"WHERE name = :job{self.for_update}", {"job": claim.job}).fetchone()
-        stored = time_of(row[0]) if row else None
+        row = self._lock_job(tx, claim.job, "watermark, paused_at, paused_by, settings")
+        stored = time_of(row[0])
         until = claim.until
         if self.shared:  # a node whose clock runs ahead claims nothing before it is due
             until = min(until, now + LEAD_ALLOWED)
@@ -475,8 +500,8 @@ class SqlStore:
                                catchup=claim.catchup, misfire_grace=claim.misfire_grace)
         made: list[Claimed] = []
         decided: list[StoredDecision] = []
-        paused = row is not None and row[1] is not None
-        enabled = row is None or _settings(claim.job, row[3]).enabled
+        paused = row[1] is not None
+        enabled = _settings(claim.job, row[3]).enabled
         runs = [(m.fire, Trigger.CATCHUP) for m in plan.missed if m.caught_up]
         runs += [(f, Trigger.SCHEDULE) for f in plan.on_time]
         runs.sort()
@@ -484,6 +509,10 @@ class SqlStore:
             if not m.caught_up:
                 decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, m.fire, node,
                                               str(m.reason), m.detail))
+        for fire, reason, rule in claim.removed:
+            if (stored is None or fire > stored) and fire <= until:
+                decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
+                                              reason, rule))
         for fire, trigger in runs:
             if not enabled:
                 decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
@@ -492,7 +521,7 @@ class SqlStore:
             if paused:
                 decided.append(StoredDecision(
                     claim.job, Outcome.NOT_MADE, now, fire, node, str(policy.Reason.PAUSED),
-                    f"the job is paused (by {row[2]})" if row and row[2] else "the job is paused"))
+                    f"the job is paused (by {row[2]})" if row[2] else "the job is paused"))
                 continue
             run_id = new_run_id(now)
             ready = fire + timedelta(seconds=jitter.get(fire, 0.0)) \
@@ -516,6 +545,154 @@ class SqlStore:
         decisions.extend(decided)
         tx.execute(_WATERMARK, {"job": claim.job, "until": iso(until)})
         return made, until
+
+    # -- event fires ----------------------------------------------------------------------------
+
+    def claim_events(self, fires: Sequence[EventFire], *, node: str | None,
+                     now: datetime) -> Claims:
+        made: list[Claimed] = []
+        decided: list[StoredDecision] = []
+        with self._write() as tx:
+            if self.shared:
+                now = self._store_now(tx)
+            at = iso(now)
+            for fire in sorted(fires, key=lambda f: (f.job, f.key)):
+                row = tx.execute(f"SELECT paused_at, paused_by, settings FROM jobs "
+                                 f"WHERE name = :job{self.for_update}", {"job": fire.job}
+                                 ).fetchone()
+                cursor = tx.execute(
+                    "INSERT INTO fired_keys (job, key, at) VALUES (:job, :key, :at) "
+                    "ON CONFLICT DO NOTHING", {"job": fire.job, "key": fire.key, "at": at})
+                if not cursor.rowcount or fire.record_only:
+                    continue
+                if row is not None and not _settings(fire.job, row[2]).enabled:
+                    decided.append(StoredDecision(fire.job, Outcome.NOT_MADE, now, None, node,
+                                                  str(policy.Reason.DISABLED),
+                                                  f"the job is disabled ({fire.key})"))
+                    continue
+                if row is not None and row[0] is not None:
+                    decided.append(StoredDecision(
+                        fire.job, Outcome.NOT_MADE, now, None, node, str(policy.Reason.PAUSED),
+                        f"the job is paused (by {row[1]}): {fire.key}"))
+                    continue
+                run_id = new_run_id(now)
+                holder = node if fire.hold else None
+                tx.execute("""
+                    INSERT INTO runs (id, job, status, trigger, fire_time, queued_at, ready_at,
+                                      params, version, document, node, runs_on, event)
+                    VALUES (:id, :job, 'queued', :trigger, :at, :at, :at, '{}', :version,
+                            :document, :node, :runs_on, :event)""", {
+                    "id": run_id, "job": fire.job, "trigger": str(fire.trigger), "at": at,
+                    "version": version_json(fire.version),
+                    "document": None if fire.document is None else document_json(fire.document),
+                    "node": holder, "runs_on": to_json(fire.runs_on) if fire.runs_on else None,
+                    "event": None if fire.event is None else to_json(fire.event)})
+                tx.execute("UPDATE fired_keys SET run_id = :run WHERE job = :job AND key = :key",
+                           {"run": run_id, "job": fire.job, "key": fire.key})
+                made.append(Claimed(run_id, fire.job, now, fire.trigger, now,
+                                    holder is not None, False))
+            self._decide_log(tx, decided)
+        return Claims(made, {}, decided)
+
+    def known_keys(self, job: str, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        with self._read() as tx:
+            return {row[0] for row in tx.execute(
+                f"SELECT key FROM fired_keys WHERE job = :job AND key {self.in_ids}",
+                {"job": job, "ids": self._ids(keys)})}
+
+    def ended_runs(self, jobs: Collection[str], *, since: datetime,
+                   limit: int = 1000) -> list[RunRecord]:
+        if not jobs:
+            return []
+        with self._read() as tx:
+            rows = tx.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE job {self.in_ids} "
+                f"AND finished_at > :since AND status NOT IN {ACTIVE} "
+                "ORDER BY finished_at, id LIMIT :limit",
+                {"ids": self._ids(jobs), "since": iso(since), "limit": limit}).fetchall()
+        return [run_record(row) for row in rows]
+
+    def event_cursors(self) -> dict[str, datetime]:
+        with self._read() as tx:
+            return {row[0]: time_of(row[1])  # type: ignore[misc]
+                    for row in tx.execute("SELECT name, event_cursor FROM jobs "
+                                          "WHERE event_cursor IS NOT NULL")}
+
+    def move_event_cursor(self, job: str, at: datetime) -> None:
+        with self._write(durable=False) as tx:
+            tx.execute("INSERT INTO jobs (name, event_cursor) VALUES (:job, :at) "
+                       "ON CONFLICT (name) DO UPDATE SET event_cursor = excluded.event_cursor "
+                       "WHERE jobs.event_cursor IS NULL OR excluded.event_cursor > "
+                       "jobs.event_cursor", {"job": job, "at": iso(at)})
+
+    # -- pools ----------------------------------------------------------------------------------
+
+    def publish_pools(self, pools: Mapping[str, int]) -> None:
+        with self._write() as tx:
+            tx.execute("DELETE FROM pools WHERE 1 = 1")
+            for name, slots in sorted(pools.items()):
+                tx.execute("INSERT INTO pools (name, slots) VALUES (:name, :slots)",
+                           {"name": name, "slots": slots})
+
+    def acquire(self, pool: str, slots: int, *, run_id: str, step_id: str = "",
+                now: datetime) -> bool:
+        with self._write(durable=False) as tx:
+            return self._acquire(tx, [(pool, slots)], run_id, step_id, now)
+
+    def _acquire(self, tx: Tx, wanted: Sequence[tuple[str, int]], run_id: str, step_id: str,
+                 now: datetime) -> bool:
+        """Under the pools' row locks: all of ``wanted`` or nothing, each first come, first
+        served among the active runs' holdings; a refused holder keeps its place."""
+        places: list[int] = []
+        ready = True
+        for pool, slots in sorted(wanted):
+            size = tx.execute(f"SELECT slots FROM pools WHERE name = :pool{self.for_update}",
+                              {"pool": pool}).fetchone()
+            if size is None:
+                continue  # no such pool (any more): nothing to wait for
+            tx.execute("INSERT INTO pool_slots (pool, run_id, step_id, slots, since) "
+                       "VALUES (:pool, :run, :step, :slots, :at) ON CONFLICT DO NOTHING",
+                       {"pool": pool, "run": run_id, "step": step_id, "slots": slots,
+                        "at": iso(now)})
+            seq, granted = tx.execute(
+                "SELECT seq, granted FROM pool_slots WHERE run_id = :run AND step_id = :step "
+                "AND pool = :pool", {"run": run_id, "step": step_id, "pool": pool}).fetchone()
+            if granted:
+                continue
+            live = f"pool = :pool AND run_id IN (SELECT id FROM runs WHERE status IN {ACTIVE})"
+            used = tx.execute(f"SELECT coalesce(sum(slots), 0) FROM pool_slots WHERE {live} "
+                              "AND granted = 1", {"pool": pool}).fetchone()[0]
+            ahead = tx.execute(f"SELECT count(*) FROM pool_slots WHERE {live} AND granted = 0 "
+                               "AND seq < :seq", {"pool": pool, "seq": seq}).fetchone()[0]
+            places.append(seq)
+            ready = ready and not ahead and used + slots <= size[0]
+        if not ready:
+            return False
+        for seq in places:
+            tx.execute("UPDATE pool_slots SET granted = 1 WHERE seq = :seq", {"seq": seq})
+        return True
+
+    def release(self, run_id: str, step_id: str | None = None) -> None:
+        with self._write(durable=False) as tx:
+            if step_id is None:
+                tx.execute("DELETE FROM pool_slots WHERE run_id = :run", {"run": run_id})
+            else:
+                tx.execute("DELETE FROM pool_slots WHERE run_id = :run AND step_id = :step",
+                           {"run": run_id, "step": step_id})
+
+    def pools(self) -> list[PoolState]:
+        live = f"run_id IN (SELECT id FROM runs WHERE status IN {ACTIVE})"
+        with self._read() as tx:
+            rows = tx.execute(f"""
+                SELECT name, slots,
+                    (SELECT coalesce(sum(ps.slots), 0) FROM pool_slots AS ps
+                     WHERE ps.pool = pools.name AND ps.granted = 1 AND ps.{live}),
+                    (SELECT count(*) FROM pool_slots AS ps
+                     WHERE ps.pool = pools.name AND ps.granted = 0 AND ps.{live})
+                FROM pools ORDER BY name""").fetchall()
+        return [PoolState(*row) for row in rows]
 
     # -- starting runs --------------------------------------------------------------------------
 
@@ -562,39 +739,63 @@ class SqlStore:
 
     def _start(self, tx: Tx, node: str, rows: Sequence[Sequence[Any]], now: datetime,
                stopping: bool, force: frozenset[str]) -> list[Started]:
+        """Decide about each of ``rows`` (id, job), under its job's lock; the statements per
+        run are few on purpose: this is the firing path (a count, an update, a decision)."""
+        if not rows:
+            return []
         started: list[Started] = []
         decided: list[StoredDecision] = []
         jobs: dict[str, tuple[JobSettings, JobState]] = {}
         for name in sorted({row[1] for row in rows}):  # one lock order: no deadlock
             jobs[name] = self._job(tx, name)
+        runs = {row[0]: row for row in tx.execute(
+            f"SELECT {RUN_COLUMNS}, document, waiting, backlog, queued_at, parallel "
+            f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids([r[0] for r in rows])})}
+        pools = {row[0] for row in tx.execute("SELECT name FROM pools")}
+        at = iso(now)
         for run_id, name in ((row[0], row[1]) for row in rows):
             settings, state = jobs[name]
-            run = tx.execute(f"SELECT {RUN_COLUMNS}, waiting, backlog, queued_at, parallel "
-                             "FROM runs WHERE id = :id", {"id": run_id}).fetchone()
-            waiting, backlog = bool(run[DOCUMENT]), bool(run[DOCUMENT + 1])
-            active = tx.execute("SELECT count(*) FROM runs WHERE job = :job "
-                                "AND status = 'running'", {"job": name}).fetchone()[0]
-            ahead = tx.execute(
-                "SELECT count(*) FROM runs WHERE job = :job AND status = 'queued' "
-                "AND waiting = 1 AND id <> :id AND (:all = 1 OR queued_at < :queued "
-                "OR (queued_at = :queued AND id < :id))",
-                {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
-                 "queued": run[DOCUMENT + 2]}).fetchone()[0]
+            run = runs[run_id]
+            waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
+            active, ahead = tx.execute(
+                "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
+                "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
+                "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
+                "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
+                f"{ACTIVE}", {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
+                              "queued": run[DOCUMENT + 3]}).fetchone()
             situation = policy.Situation(
                 active=active, waiting=ahead, failures=state.failures,
                 circuit_opened_at=state.circuit_opened_at, paused=state.paused)
             trigger = Trigger(run[3])
-            decision = policy.decide(
-                trigger=trigger, concurrency=settings.concurrency, situation=situation,
-                now=now, breaker=settings.breaker, enabled=settings.enabled, waiting=waiting,
-                backlog=backlog, stopping=stopping, force=run_id in force,
-                parallel=run[DOCUMENT + 3] or 1)
-            replaced: tuple[str, ...] = ()
+            if waiting == WAITING_POOL and not stopping:
+                decision = policy.START  # its policy said yes already: only slots are missing
+            else:
+                decision = policy.decide(
+                    trigger=trigger, concurrency=settings.concurrency, situation=situation,
+                    now=now, breaker=settings.breaker, enabled=settings.enabled,
+                    waiting=bool(waiting), backlog=backlog, stopping=stopping,
+                    force=run_id in force, parallel=run[DOCUMENT + 4] or 1)
             verdict = decision.verdict
+            wanted = [(p, n) for p, n in (("*", 1), settings.pool or ("", 0)) if p in pools]
+            if verdict is policy.Verdict.START and wanted and not self._acquire(
+                    tx, wanted, run_id, "", now):
+                blocked = next((p for p, _ in wanted if p != "*"), "*")
+                detail = ("waiting for max_active_runs" if blocked == "*"
+                          else f"waiting for pool {blocked}")
+                tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
+                           "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
+                                              "reason": detail, "id": run_id})
+                started.append(Started(_as_now(run, node=node, reason=detail),
+                                       policy.Decision(policy.Verdict.QUEUE, None, detail)))
+                continue
+            replaced: tuple[str, ...] = ()
             if verdict is policy.Verdict.START:
                 tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
-                           " attempt = attempt + 1, waiting = 0 WHERE id = :id",
-                           {"now": iso(now), "node": node, "id": run_id})
+                           " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
+                           {"now": at, "node": node, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.RUNNING, started_at=now,
+                                 attempt=(run[13] or 0) + 1, reason=None)
             elif verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
                 tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
                            {"node": node, "id": run_id})
@@ -603,31 +804,30 @@ class SqlStore:
                         "UPDATE runs SET stop_reason = :reason, stop_status = 'cancelled' "
                         "WHERE job = :job AND status = 'running' AND stop_reason IS NULL "
                         "RETURNING id", {"reason": f"replaced by run {run_id}", "job": name}))
+                record = _as_now(run, node=node)
             else:
                 tx.execute("UPDATE runs SET status = 'skipped', started_at = :now, "
                            "finished_at = :now, reason = :reason, waiting = 0 WHERE id = :id",
-                           {"now": iso(now), "reason": decision.detail, "id": run_id})
+                           {"now": at, "reason": decision.detail, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.SKIPPED, started_at=now,
+                                 finished_at=now, reason=decision.detail)
             if verdict in (policy.Verdict.START, policy.Verdict.SKIP, policy.Verdict.NOT_MADE):
                 decided.append(StoredDecision(
                     name, outcome_of(decision), now, time_of(run[4]), node,
                     None if decision.reason is None else str(decision.reason),
                     decision.detail, run_id))
-            record = self._runs_by_id(tx, [run_id])[0]
             started.append(Started(record, decision, replaced))
         self._decide_log(tx, decided)
         return started
 
     def _job(self, tx: Tx, name: str) -> tuple[JobSettings, JobState]:
-        row = tx.execute("SELECT settings, failures, circuit_opened_at, paused_at, paused_by, "
-                         f"paused_reason, watermark FROM jobs WHERE name = :job{self.for_update}",
-                         {"job": name}).fetchone()
-        if row is None:
-            return JobSettings(name), JobState(name)
+        row = self._lock_job(tx, name, "settings, failures, circuit_opened_at, paused_at, "
+                                       "paused_by, paused_reason, watermark")
         return (_settings(name, row[0]),
                 JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
                          row[4], row[5]))
 
-    def release(self, node: str, run_ids: Collection[str]) -> None:
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
         with self._write() as tx:
             tx.execute(f"UPDATE runs SET node = NULL WHERE node = :node AND status = 'queued' "
                        f"AND id {self.in_ids}", {"node": node, "ids": self._ids(run_ids)})
@@ -637,6 +837,61 @@ class SqlStore:
             return [row[0] for row in tx.execute(
                 "SELECT id FROM runs WHERE node = :node AND status = 'queued' AND waiting = 1 "
                 "ORDER BY queued_at, id", {"node": node})]
+
+    # -- notifications and deadlines ------------------------------------------------------------
+
+    def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,
+                            decision: StoredDecision) -> None:
+        with self._write(durable=False) as tx:
+            if run_id is not None:
+                row = tx.execute(f"SELECT notifications FROM runs WHERE id = :id"
+                                 f"{self.for_update}", {"id": run_id}).fetchone()
+                if row is not None:
+                    found = list(from_json(row[0]) or [])
+                    found.append(dict(outcome))
+                    tx.execute("UPDATE runs SET notifications = :n WHERE id = :id",
+                               {"n": to_json(found[-100:]), "id": run_id})
+            self._decide_log(tx, [decision])
+
+    def save_outbox(self, node: str, pending: Sequence[Mapping[str, Any]]) -> None:
+        with self._write() as tx:
+            if pending:
+                tx.execute("INSERT INTO outbox (node, pending) VALUES (:node, :pending) "
+                           "ON CONFLICT (node) DO UPDATE SET pending = excluded.pending",
+                           {"node": node, "pending": to_json(list(pending))})
+            else:
+                tx.execute("DELETE FROM outbox WHERE node = :node", {"node": node})
+
+    def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        with self._read() as tx:
+            row = tx.execute("SELECT pending FROM outbox WHERE node = :node",
+                             {"node": node}).fetchone()
+        return list(from_json(row[0])) if row else []
+
+    def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
+                      node: str | None) -> tuple[bool, RunRecord | None]:
+        with self._write(durable=False) as tx:
+            now = self._store_now(tx)
+            row = tx.execute("SELECT id, status, finished_at FROM runs WHERE job = :job "
+                             "AND fire_key = :fire", {"job": job, "fire": iso(fire_time)}
+                             ).fetchone()
+            if row is not None and row[1] == "succeeded" and row[2] <= iso(deadline):
+                return False, None
+            cursor = tx.execute(
+                "INSERT INTO deadlines (job, fire_time, missed_at, run_id) "
+                "VALUES (:job, :fire, :at, :run) ON CONFLICT DO NOTHING",
+                {"job": job, "fire": iso(fire_time), "at": iso(now),
+                 "run": row[0] if row else None})
+            if not cursor.rowcount:
+                return False, None
+            if row is not None:
+                tx.execute("UPDATE runs SET late = 1 WHERE id = :id", {"id": row[0]})
+            detail = (f"not succeeded by {iso(deadline)}" + (
+                f" (run {row[0]} is {row[1]})" if row else " (the fire made no run)"))
+            self._decide_log(tx, [StoredDecision(job, Outcome.LATE, now, fire_time, node,
+                                                 "deadline", detail,
+                                                 row[0] if row else None)])
+            return True, self._runs_by_id(tx, [row[0]])[0] if row else None
 
     # -- operators ------------------------------------------------------------------------------
 
@@ -859,6 +1114,9 @@ class SqlStore:
         """
         if keep_runs is None and keep_days is None:
             return []
+        with self._write() as tx:  # holdings of runs that ended count for nothing: drop them
+            tx.execute(f"DELETE FROM pool_slots WHERE run_id NOT IN "
+                       f"(SELECT id FROM runs WHERE status IN {ACTIVE})")
         finished = f"""job = :job AND status NOT IN {ACTIVE} AND (fire_key IS NULL
             OR fire_key <= (SELECT watermark FROM jobs WHERE name = :job))"""
         doomed: set[str] = set()
@@ -932,6 +1190,11 @@ class SqlStore:
 LEAD_ALLOWED = timedelta(seconds=1)
 
 
+def _as_now(row: Sequence[Any], **changes: Any) -> RunRecord:
+    """The run of a ``RUN_COLUMNS, document`` row, with what a decision just changed."""
+    return dataclasses.replace(run_record(row, row[DOCUMENT]), **changes)
+
+
 def _fits(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
@@ -941,7 +1204,8 @@ def _settings_json(job: JobSettings) -> str:
     return to_json({"policy": str(c.policy), "max_active": c.max_active,
                     "max_queued": c.max_queued, "enabled": job.enabled,
                     "breaker": None if b is None else {"after": b.after, "cooldown": b.cooldown},
-                    "on_node_loss": "retry" if job.on_node_loss_retry else "fail"})
+                    "on_node_loss": "retry" if job.on_node_loss_retry else "fail",
+                    "pool": None if job.pool is None else list(job.pool)})
 
 
 def _settings(name: str, text: str | None) -> JobSettings:
@@ -953,4 +1217,5 @@ def _settings(name: str, text: str | None) -> JobSettings:
         name, Concurrency(Policy(data["policy"]), data.get("max_active"),
                           data.get("max_queued", 10)),
         None if breaker is None else CircuitBreaker(breaker["after"], breaker["cooldown"]),
-        bool(data.get("enabled", True)), data.get("on_node_loss") == "retry")
+        bool(data.get("enabled", True)), data.get("on_node_loss") == "retry",
+        None if not data.get("pool") else (str(data["pool"][0]), int(data["pool"][1])))

@@ -212,6 +212,54 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "ALTER TABLE steps ADD COLUMN log_size INTEGER",
     ),
+    (
+        # Event fires (file arrival, job after job, @reboot): each identity once, kept apart
+        # from the runs so that retention of runs never brings a fire back.
+        """CREATE TABLE fired_keys (
+            job    TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            at     TEXT NOT NULL,
+            run_id TEXT,
+            PRIMARY KEY (job, key)
+        )""",
+        "ALTER TABLE runs ADD COLUMN event TEXT",
+        "ALTER TABLE jobs ADD COLUMN event_cursor TEXT",
+        # Pools (settings `pools:`; `*` is the cap on all active runs): who holds or waits for
+        # slots. A holding of a run that is no longer active counts for nothing, so a crash
+        # never keeps a slot.
+        """CREATE TABLE pools (
+            name  TEXT PRIMARY KEY,
+            slots INTEGER NOT NULL
+        )""",
+        """CREATE TABLE pool_slots (
+            seq     INTEGER PRIMARY KEY,
+            pool    TEXT NOT NULL,
+            run_id  TEXT NOT NULL,
+            step_id TEXT NOT NULL DEFAULT '',
+            slots   INTEGER NOT NULL,
+            granted INTEGER NOT NULL DEFAULT 0,
+            since   TEXT NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX pool_slots_by_holder ON pool_slots (run_id, step_id, pool)",
+        "CREATE INDEX pool_slots_by_pool ON pool_slots (pool, seq)",
+    ),
+    (
+        # Notifications: each outcome with its run; what is still to be delivered, per node
+        # name (a restarted node sends what it had not); and deadlines missed, once per fire.
+        "ALTER TABLE runs ADD COLUMN notifications TEXT",
+        "ALTER TABLE runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE outbox (
+            node    TEXT PRIMARY KEY,
+            pending TEXT NOT NULL
+        )""",
+        """CREATE TABLE deadlines (
+            job       TEXT NOT NULL,
+            fire_time TEXT NOT NULL,
+            missed_at TEXT NOT NULL,
+            run_id    TEXT,
+            PRIMARY KEY (job, fire_time)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,11 +6,17 @@
     startup      ``pipeline --help`` vs ``python -c 'import click'``
     serve        the daemon: fire lateness and CPU (vs a bare loop and APScheduler 3), memory,
                  the HTTP API under load
-    peers        the separate environment (.bench-venv) for Luigi and Prefect 3
-    report       BENCHMARKS.md
+    steps        real steps: steady load, a burst, CPU per fire (vs the bare loop spawning the
+                 same commands, APScheduler 3 and cron)
+    cron         cron(8) on a crontab of the bench's own, in a mount namespace
+    peers        the peers' environments (.bench-venv for Luigi and Prefect 3; Airflow and
+                 Dagster under the cache directory)
+    report       BENCHMARKS.md (with README.md, how to run each, and profile.md)
+    profile      py-spy, perf and kernel tracepoints on the daemon under the real-step loads
     __main__     ``python -m tests.bench [--quick] [--only ...]``
 
-Scripts run as whole processes: ``bare_dag.py``, ``bare_loop.py``, ``aps_loop.py`` and
-``api_load.py`` (in .venv), ``luigi_dag.py`` and ``prefect_dag.py`` (in .bench-venv).
-``gen_jobs.py`` writes realistic job files.
+Scripts run as whole processes: ``bare_dag.py``, ``bare_loop.py``, ``aps_loop.py``,
+``parse_floor.py`` and ``api_load.py`` (in .venv), ``luigi_dag.py`` and ``prefect_dag.py`` (in
+.bench-venv), ``airflow_dag.py`` and ``dagster_dag.py`` (in their own). ``gen_jobs.py`` writes
+realistic job files.
 """

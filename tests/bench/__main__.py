@@ -1,8 +1,8 @@
-"""``bin/bench``: run the benchmarks, print the table, write BENCHMARKS.md.
+"""``bin/bench``: run the benchmarks, print the tables, write BENCHMARKS.md.
 
-    bin/bench                 everything, peers included (installed on first use), ≈ 10 min
+    bin/bench                 everything, peers included (installed on first use), ≈ 30 min
     bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
-    bin/bench --only dag,firing
+    bin/bench --only real     one group (or several: --only real,burst,cpu); see GROUPS
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
     bin/bench --only files    10,000 files dropped into a watched folder at once
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from tests.bench import dags, filewatch, report, serve, startup, torture, validate
+from tests.bench import dags, filewatch, report, serve, startup, steps, torture, validate
 from tests.bench.harness import (
     ROOT,
     BenchError,
@@ -34,9 +34,25 @@ from tests.bench.harness import (
     say,
     text_table,
 )
-from tests.bench.peers import ensure_peers
+from tests.bench.peers import ensure_own_venvs, ensure_peers
 
-GROUPS = ("startup", "validate", "dag", "memory", "api", "firing", "files", "torture")
+# In the order they run: cpu reuses what firing, real and burst measured before it.
+GROUPS = ("startup", "validate", "dag", "memory", "api", "firing", "real", "burst", "cpu",
+          "files", "torture")
+# In the order the report shows them, with their headings.
+SECTIONS = (
+    ("real", "Real steps, steady load: 100 jobs every second"),
+    ("burst", "Burst: 1,000 real steps due at one instant"),
+    ("cpu", "CPU per fire"),
+    ("firing", "Fire lateness with steps that start no process"),
+    ("dag", "Whole-process DAGs and start-up"),
+    ("validate", "Validation"),
+    ("startup", "CLI start-up"),
+    ("memory", "Memory"),
+    ("api", "HTTP API under load"),
+    ("files", "File arrival: 10,000 files at once"),
+    ("torture", "Fault harnesses and fuzzing at full size"),
+)
 
 
 def interrupted(signum: int, _: FrameType | None) -> None:
@@ -49,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer repetitions, 10 s windows, no peer installs")
     parser.add_argument("--only", default=None,
                         help=f"comma-separated groups among {', '.join(GROUPS)}")
-    parser.add_argument("--no-peers", action="store_true", help="skip Luigi and Prefect")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip Luigi, Prefect, Airflow, Dagster and cron")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: BENCHMARKS.md for a full "
                              "run of every group, nowhere otherwise)")
@@ -73,16 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "logs").mkdir()
     ctx = Context(quick=args.quick, tmp=tmp, children=children, peers=not args.no_peers)
     started, load_before = time.monotonic(), load_average()
-    rows: list[Row] = []
+    rows: dict[str, list[Row]] = {}
     notes: list[str] = []
     try:
         info, fingerprint = machine(), product_fingerprint()
         if "dag" in groups and ctx.peers:
             peers = ensure_peers(ctx, install=not args.quick)
-            notes += [f"Peer {name} {version} measured in .bench-venv."
-                      for name, version in sorted(peers.versions.items())]
-            notes += [f"Peer {name} not measured: {why}."
-                      for name, why in sorted(peers.missing.items())]
+            ensure_own_venvs(ctx, peers, install=not args.quick)
         else:
             peers = ensure_peers(ctx, install=False)
             peers.versions.clear()
@@ -93,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             "memory": lambda: serve.memory(ctx),
             "api": lambda: serve.api(ctx),
             "firing": lambda: serve.lateness(ctx),
+            "real": lambda: steps.real(ctx, cron=ctx.peers),
+            "burst": lambda: steps.burst(ctx, cron=ctx.peers),
+            "cpu": lambda: steps.cpu(ctx),
             "files": lambda: filewatch.run(ctx),
             "torture": lambda: torture.run(ctx),
         }
@@ -100,20 +117,24 @@ def main(argv: list[str] | None = None) -> int:
             if group in groups:
                 found = runs[group]()
                 say(text_table(found) + "\n")
-                rows += found
+                rows[group] = found
+        if "dag" in groups and ctx.peers:
+            notes += peers.notes()  # after the DAGs: a peer that failed to set up says why
     except KeyboardInterrupt:
         say("\nbench: interrupted; ending every process it started")
         return 130
     except BenchError as exc:
         say(f"bench: {exc}")
-        print(text_table(rows))
+        print(text_table([row for found in rows.values() for row in found]))
         return 1
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
         children.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(text_table(rows), flush=True)
+    sections = [(title, rows[group]) for group, title in SECTIONS if group in rows]
+    for title, found in sections:
+        print(f"\n{title}\n{text_table(found)}", flush=True)
     took = time.monotonic() - started
     command_line = "bin/bench" + "".join(f" {shlex.quote(a)}"
                                          for a in (argv if argv is not None else sys.argv[1:]))
@@ -124,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                              "changed during the run; re-run on a still tree")
         say(f"bench: warning: {info['pipeline']}")
     if out is not None:
-        out.write_text(report.render(ctx, rows, info, command_line, took,
+        out.write_text(report.render(ctx, sections, info, command_line, took,
                                      (load_before, load_average()), notes))
         say(f"bench: wrote {out}")
-    missed = [r for r in rows if r.met is False]
+    missed = [r for _, found in sections for r in found if r.met is False]
     say(f"bench: {len(missed)} target(s) missed" if missed else "bench: every target met")
     return 0
 

@@ -23,12 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "tests" / "bench"
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 PIPELINE = VENV / "bin" / "pipeline"
+T = TypeVar("T")
 
 
 # What every child gets: the harness's environment, except that Python may write its bytecode
@@ -96,6 +98,10 @@ def fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
     if unit == "ms":
+        if value >= 1000:
+            return f"{value / 1000:.2f} s"
+        if value < 0.1:
+            return f"{value:.3f} ms"  # CPU per fire of the bare loop
         return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
     if unit == "%":
         return f"{value:.1f} %"
@@ -261,15 +267,27 @@ class Context:
     commands: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)  # Markdown lines for the report
 
+    memo: dict[str, Any] = field(default_factory=dict)  # measurements groups share
+
     def reps(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+    def once(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``, measured once per invocation: a later group that needs the same run
+        (CPU per fire reads the firing runs) reuses it rather than measuring it again."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        found: T = self.memo[key]
+        return found
 
     def show(self, argv: Sequence[str | Path], env: Mapping[str, str] | None = None) -> str:
         """``argv`` as a shell line a reader can paste (scratch paths shown as $BENCH_TMP)."""
         prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
         line = prefix + shlex.join(str(a) for a in argv)
         line = re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", line)
-        return line.replace(str(self.tmp), "$BENCH_TMP").replace(str(ROOT) + "/", "")
+        line = re.sub(r"-rep\d+\b", "-repN", line)  # one line for every repetition
+        line = line.replace(str(self.tmp), "$BENCH_TMP").replace(str(ROOT) + "/", "")
+        return line.replace(str(Path.home()) + "/", "~/")
 
     def command(self, line: str) -> None:
         if line not in self.commands:

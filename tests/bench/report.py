@@ -1,19 +1,35 @@
-"""BENCHMARKS.md: the table, what it leaves out, the machine, and the exact commands."""
+"""BENCHMARKS.md: a table per benchmark, what they leave out, how to run each, the profile,
+the machine, and the exact commands.
+
+How to run them (``README.md`` beside this file) and the profile's findings (``profile.md``,
+written by hand from a run of ``python -m tests.bench.profile``) are copied in as they are: a
+full ``bin/bench`` rewrites the figures but keeps them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tests.bench.harness import Context, Row, markdown_table
+from tests.bench.harness import BENCH, Context, Row, markdown_table
+
+PROFILE = BENCH / "profile.md"
+RUNNING = BENCH / "README.md"  # how to run each benchmark; its first line is its own title
 
 
-def render(ctx: Context, rows: Sequence[Row], machine: Mapping[str, str],
-           command_line: str, took: float, load: tuple[str, str],
-           notes: Sequence[str]) -> str:
+
+def render(ctx: Context, sections: Sequence[tuple[str, Sequence[Row]]],
+           machine: Mapping[str, str], command_line: str, took: float,
+           load: tuple[str, str], notes: Sequence[str]) -> str:
+    rows = [row for _, found in sections for row in found]
     judged = [r for r in rows if r.met is not None]
     missed = [r for r in judged if not r.met]
     summary = (f"{len(judged) - len(missed)} of {len(judged)} targets met"
                + (": missed — " + "; ".join(_missed(r) for r in missed) if missed else "."))
+    tables: list[str] = []
+    for title, found in sections:
+        tables += [f"### {title}", "", markdown_table(found), ""]
+    profile = PROFILE.read_text().strip() if PROFILE.exists() else "Not profiled yet."
+    running = RUNNING.read_text().split("\n", 1)[1].strip()
     lines = [
         "# Benchmarks",
         "",
@@ -25,20 +41,30 @@ def render(ctx: Context, rows: Sequence[Row], machine: Mapping[str, str],
         "",
         f"**{summary}**",
         "",
-        markdown_table(rows),
-        "",
-        "A ratio is the row's median over its baseline's median. For the peers (Luigi, "
-        "Prefect) the baseline is `pipeline run`, so the ratio says how many times slower "
-        "the peer is. Lateness is measured twice for pipeline: by the run's start as the "
-        "daemon records it (`runs.started_at`, the issue's definition), and by its step's "
-        "start (`steps.started_at`), when the fire's work began, which is what the bare loop "
-        "and APScheduler record for themselves. Its samples are the p99 of each slice of the "
-        "firing window.",
+        *tables,
+        "A ratio is the row's median over its baseline's median. For the DAG peers (Luigi, "
+        "Prefect, Dagster, Airflow) the baseline is `pipeline run`, so the ratio says how many "
+        "times slower the peer is. With real steps, lateness is what the step itself saw: its "
+        "own clock (`date +%s.%N`) minus the instant it was due, the same command for every "
+        "contender; the daemon's record is the run's start as pipeline stored it "
+        "(`runs.started_at`). With steps that start no process, lateness is measured twice "
+        "for pipeline: by the run's start as the daemon records it, and by its step's start "
+        "(`steps.started_at`), when the fire's work began, which is what the bare loop and "
+        "APScheduler record for themselves. Steady-load samples are the p50 or p99 of each "
+        "slice of the firing window; burst samples are one per repetition.",
         "",
         "## Details",
         "",
         *[f"- {line}" for line in ctx.details],
         *[f"- {note}" for note in notes],
+        "",
+        "## Running them",
+        "",
+        running,
+        "",
+        "## Profile",
+        "",
+        profile,
         "",
         "## Machine",
         "",

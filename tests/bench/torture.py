@@ -41,8 +41,12 @@ def run(ctx: Context) -> list[Row]:
             done = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, stdout=out,
                                   stderr=subprocess.STDOUT)
         took = time.monotonic() - started
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-        ctx.details.append(f"**{title}** — {tail[0] if tail else 'no output'}")
+        lines = log.read_text(errors="replace").strip().splitlines()
+        # pytest -ra names each failure on a FAILED line: which invariant broke, not just how
+        # many (the log goes with the scratch directory).
+        failed = [line.removeprefix("FAILED ") for line in lines if line.startswith("FAILED ")]
+        ctx.details.append(f"**{title}** — {lines[-1] if lines else 'no output'}"
+                           + (f"; failed: {'; '.join(failed)}" if failed else ""))
         rows.append(Row(title, "s", Stats((took,)), target="every invariant holds",
                         met=done.returncode == 0,
                         note="" if done.returncode == 0 else f"pytest exit {done.returncode}"))

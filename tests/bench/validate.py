@@ -1,5 +1,7 @@
-"""Validation (issue 2): 1,000 generated job files checked by a whole ``pipeline validate``
-process, and the same load in-process (``spec.load_jobs``), which leaves start-up out."""
+"""Validation (issues 2 and 14): 1,000 generated job files checked by a whole ``pipeline
+validate`` process, against the parse floor (a whole process that only parses the same files
+with libyaml, ``parse_floor.py``); and the same load in-process (``spec.load_jobs``), which
+leaves start-up out."""
 
 from __future__ import annotations
 
@@ -8,10 +10,22 @@ from pathlib import Path
 
 from pipeline import spec
 from tests.bench.gen_jobs import write_jobs
-from tests.bench.harness import PIPELINE, Context, Row, Stats, Tool, measure, say, seconds
+from tests.bench.harness import (
+    BENCH,
+    PIPELINE,
+    PYTHON,
+    Context,
+    Row,
+    Stats,
+    Tool,
+    measure,
+    say,
+    seconds,
+)
 
 FILES = 1000
 TARGET = 0.5  # seconds for 1,000 valid files, whole process
+FLOOR_FACTOR = 1.5  # ... and within this × the parse floor
 
 
 def run(ctx: Context) -> list[Row]:
@@ -21,10 +35,12 @@ def run(ctx: Context) -> list[Row]:
     write_jobs(one, 1)
     say(f"bench: validation of {FILES:,} job files")
     timings = measure(ctx, [
+        Tool("floor", ctx.reps(10, 5), lambda rep: [PYTHON, BENCH / "parse_floor.py", many]),
         Tool("many", ctx.reps(10, 5), lambda rep: [PIPELINE, "validate", many]),
         Tool("one", ctx.reps(10, 5), lambda rep: [PIPELINE, "validate", one]),
     ], what="validate")
     whole = seconds(timings["many"])
+    floor = seconds(timings["floor"])
     in_process = load_in_process(ctx, many)
     ctx.command(f"python: pipeline.spec.load_jobs([Path('{ctx.show([many])}')])")
     per_file = (in_process.median / FILES) * 1000
@@ -34,7 +50,11 @@ def run(ctx: Context) -> list[Row]:
         f"process is start-up (`pipeline validate` of one file: "
         f"{seconds(timings['one']).median:.3f} s).")
     return [
-        Row(f"validate {FILES:,} job files: pipeline validate", "s", whole,
+        Row(f"validate {FILES:,} job files: libyaml parse floor (whole process)", "s", floor,
+            target="baseline"),
+        Row(f"validate {FILES:,} job files: pipeline validate", "s", whole, "parse floor",
+            floor, f"≤ {FLOOR_FACTOR:g}× parse floor", whole.median <= FLOOR_FACTOR * floor.median),
+        Row(f"validate {FILES:,} job files: pipeline validate, absolute", "s", whole,
             target=f"≤ {TARGET:g} s", met=whole.median <= TARGET),
         Row(f"validate {FILES:,} job files: spec.load_jobs in-process", "s", in_process,
             target="(reference)"),
