@@ -48,6 +48,8 @@ class Lazy(NamedTuple):
     summary: str
 
 
+# Every command, by name. A new one is a @click.command() in its family's module, named here
+# with the first paragraph of its docstring (tests/test_cli_lazy.py holds the two equal).
 COMMANDS = {
     "backfill": Lazy("pipeline.cli.operate:backfill",
                      "One run of JOB per scheduled instant in [--from, --to]: the job's own "
