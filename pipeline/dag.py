@@ -8,12 +8,12 @@ text, Mermaid or Graphviz dot. The main DAG and each hook list (``on_success``, 
 
 from __future__ import annotations
 
-import difflib
 import graphlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pipeline.errors import did_you_mean as did_you_mean  # operate.py asks dag for it
 from pipeline.model import Job, Step
 
 HOOK_LISTS = ("on_success", "on_failure", "finally")
@@ -75,12 +75,6 @@ def check(needs: Mapping[str, Sequence[str]], *,
             graph[step] = [n for n in graph[step] if n != need]
         else:
             return flaws
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for a close match among ``choices``, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def order(steps: Sequence[Step]) -> graphlib.TopologicalSorter[str]:

@@ -676,7 +676,7 @@ def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
 # -- what --help and the README say ----------------------------------------------------------
 
 def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:
-    from pipeline.cli import serve
+    from pipeline.cli.daemon import serve
     from pipeline.model import Step
 
     readme = " ".join((ROOT / "README.md").read_text().split())

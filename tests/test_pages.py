@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline import triggers
+from pipeline import schedule_words
+from pipeline.cron import parse_cron
 from pipeline.errors import Problem
 from pipeline.http.pages import (
     attempt_markers,
@@ -72,18 +73,18 @@ def at(seconds: float) -> datetime:
     ("7,19,31 */3 * * *", 'cron "7,19,31 */3 * * *"'),
 ])
 def test_cron_in_words(cron: str, words: str) -> None:
-    schedule = Schedule(ScheduleKind.CRON, BERLIN, cron=triggers.parse_cron(cron))
-    assert triggers.in_words(schedule) == f"{words}, Europe/Berlin"
+    schedule = Schedule(ScheduleKind.CRON, BERLIN, cron=parse_cron(cron))
+    assert schedule_words.in_words(schedule) == f"{words}, Europe/Berlin"
 
 
 def test_intervals_and_one_shots_in_words() -> None:
-    assert triggers.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=900)) == \
+    assert schedule_words.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=900)) == \
         "every 15 minutes"
-    assert triggers.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=5400,
+    assert schedule_words.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=5400,
                                       jitter=30)) == \
         "every 90 minutes, up to 30s later at random"
-    assert triggers.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=86400)) == "every day"
-    assert triggers.in_words(Schedule(ScheduleKind.AT, BERLIN, at=datetime(
+    assert schedule_words.in_words(Schedule(ScheduleKind.EVERY, BERLIN, every=86400)) == "every day"
+    assert schedule_words.in_words(Schedule(ScheduleKind.AT, BERLIN, at=datetime(
         2026, 12, 1, 9, tzinfo=BERLIN))) == "once, at 2026-12-01 09:00+01:00"
 
 
@@ -323,7 +324,7 @@ def test_events_and_calendars_in_words(job_from: JobFrom) -> None:
             exclude: ["2026-12-25"]
         steps: [{id: a, run: "true"}]
     """)
-    assert [triggers.in_words(s) for s in job.schedules] == [
+    assert [schedule_words.in_words(s) for s in job.schedules] == [
         "when a file under incoming/*.csv has not changed for 10s",
         "after each run of extract that ended succeeded or failed",
         "each time a daemon starts",

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline import dag, triggers
+from pipeline import dag, schedule_words, triggers
 from pipeline.errors import Problem
 from pipeline.model import (
     EMPTY,
@@ -461,7 +461,7 @@ class Fire:
 
 def next_fires(job: Job, after: datetime, n: int = 10) -> list[Fire]:
     """The job's next ``n`` fires after ``after``, each with what the clocks do before it
-    (``triggers.clock_change``) in the zone of the job's first schedule."""
+    (``schedule_words.clock_change``) in the zone of the job's first schedule."""
     timed = [s for s in job.schedules if s.kind.timed]  # events have no fire times
     if not timed:
         return []
@@ -469,7 +469,7 @@ def next_fires(job: Job, after: datetime, n: int = 10) -> list[Fire]:
     fires = triggers.next_fires(timed, after, n)
     found, previous = [], after
     for fire in fires:
-        found.append(Fire(fire, triggers.clock_change(fire, previous, zone)))
+        found.append(Fire(fire, schedule_words.clock_change(fire, previous, zone)))
         previous = fire
     return found
 

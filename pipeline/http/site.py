@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from pipeline import ansi, page, triggers
+from pipeline import ansi, page, schedule_words
 from pipeline.http.answers import ApiError, error_page
 from pipeline.http.pages import (
     attempt_markers,
@@ -53,7 +53,7 @@ from pipeline.model import (
     in_file_order,
     run_as_dict,
 )
-from pipeline.notation import parse_duration
+from pipeline.notation import format_duration, parse_duration
 from pipeline.statedir import log_relpath
 
 if TYPE_CHECKING:
@@ -270,7 +270,8 @@ class Site:
             view["node_name"] = nodes.get(view["node"] or "", view["node"])
         page_jobs = shown[jobs_from:jobs_from + JOBS_PER_PAGE]
         loaded = self.app.daemon.catalog.jobs
-        words = {v["name"]: "; ".join(triggers.in_words(s) for s in loaded[v["name"]].schedules)
+        in_words = schedule_words.in_words
+        words = {v["name"]: "; ".join(in_words(s) for s in loaded[v["name"]].schedules)
                  for v in page_jobs if v["name"] in loaded}
         return await self.html("index.html", request=request, context={
             "jobs": page_jobs, "words": words, "jobs_total": len(jobs),
@@ -345,7 +346,7 @@ class Site:
         strip = [run_as_dict(r, steps=False) for r in reversed(runs[:STRIP])]
         return await self.html("job.html", request=request, context={
             "name": name, "job": view, "loaded": job is not None,
-            "words": [triggers.in_words(s) for s in job.schedules] if job else [],
+            "words": [schedule_words.in_words(s) for s in job.schedules] if job else [],
             "fires": fires, "next_fire": scheduler_next,
             "zone": str(job.schedules[0].timezone) if job and job.schedules else None,
             "strip": strip, "total": total, "chart": durations(runs),
@@ -364,14 +365,14 @@ class Site:
                  + (f", at most {job.concurrency.max_active} at once"
                     if job.concurrency.max_active else "")}
         if job.timeout:
-            facts["timeout"] = triggers.format_duration(job.timeout)
+            facts["timeout"] = format_duration(job.timeout)
         if job.retries.limit:
             facts["retries"] = (f"{job.retries.limit}, {job.retries.backoff} from "
-                                f"{triggers.format_duration(job.retries.delay)}")
+                                f"{format_duration(job.retries.delay)}")
         if job.circuit_breaker:
             facts["circuit breaker"] = (
                 f"open after {job.circuit_breaker.after} failed runs, for "
-                f"{triggers.format_duration(job.circuit_breaker.cooldown)}")
+                f"{format_duration(job.circuit_breaker.cooldown)}")
         facts["steps"] = str(len(job.steps)) + (
             f" (+{len(job.all_steps()) - len(job.steps)} hook steps)"
             if len(job.all_steps()) > len(job.steps) else "")
