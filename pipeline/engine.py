@@ -17,8 +17,6 @@ from __future__ import annotations
 import graphlib
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -202,18 +200,6 @@ class Run:
         self.job_env: dict[str, str] = {}
         self.base_env = inherited_env(environ)
         self.outputs: dict[str, str] = {}  # the job's `outputs:`, once the DAG has ended
-        self._tmp: Path | None = None
-
-    @property
-    def tmp(self) -> Path:
-        """A private directory for the run's $PIPELINE_OUTPUT files, made when first needed."""
-        if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{self.run_id}-"))
-        return self._tmp
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- expressions -------------------------------------------------------------------
 
@@ -486,7 +472,6 @@ async def run_job(
             outcome = RunResult(RunStatus.FAILED,
                                 f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            run.cleanup()
             outcome = RunResult(outcome.status, run.redactor.text(outcome.reason)
                                 if outcome.reason else None, dict(run.outputs))
             with trio.CancelScope(shield=True):

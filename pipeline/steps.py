@@ -12,6 +12,7 @@ succeed, and records how the step ended. A process runs in its own process group
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from loguru import logger
 
-from pipeline import expr, process
+from pipeline import expr, process, scratch
 from pipeline.errors import ExpressionError, RunnerError
 from pipeline.events import StepFinished, StepRetrying, StepSpawned, StepStarted, StepWaiting
 from pipeline.faults import crash_point
@@ -38,6 +39,7 @@ OUTPUT_FILE_CAP = 1024 * 1024
 FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
 
+@functools.cache  # a PATH search per step showed in the profile; the daemon's PATH is fixed
 def default_shell() -> tuple[str, ...]:
     """``bash -e -o pipefail -c``, or ``sh -e -c`` where bash is missing."""
     bash = shutil.which("bash")
@@ -265,26 +267,24 @@ async def run_attempt(run: Run, step: Step, instance: str, item: Any, attempt: i
     output_file = None
     if step.kind is not StepKind.USES:  # runners return their outputs instead
         try:
-            output_file = run.tmp / f"{instance}.{attempt}.out"
-            output_file.write_bytes(b"")
+            output_file = scratch.output_path(run.run_id)
         except OSError as exc:
             error = f"cannot make $PIPELINE_OUTPUT: {exc.strerror or exc}"
             return Attempt(StepStatus.FAILED, error=error)
         env["PIPELINE_OUTPUT"] = str(output_file)
     deadline = trio.move_on_after(step.timeout) if step.timeout else None
-    with deadline or nullcontext():
-        if step.kind is StepKind.USES:
-            result = await call_runner(run, step, instance, ctx, env, attempt, log, cwd)
-        else:
-            result = await spawn(run, step, instance, ctx, env, cwd, log)
-    if deadline is not None and deadline.cancelled_caught:
-        result = Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
-    text = ""
-    if output_file is not None:
-        try:
-            text = output_file.read_bytes()[:OUTPUT_FILE_CAP].decode(errors="replace")
-        except OSError:
-            pass
+    try:
+        with deadline or nullcontext():
+            if step.kind is StepKind.USES:
+                result = await call_runner(run, step, instance, ctx, env, attempt, log, cwd)
+            else:
+                result = await spawn(run, step, instance, ctx, env, cwd, log)
+        if deadline is not None and deadline.cancelled_caught:
+            result = Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
+        text = scratch.read_output(output_file, OUTPUT_FILE_CAP) if output_file else ""
+    finally:
+        if output_file is not None:
+            scratch.discard(output_file)
     outputs, warnings = parse_outputs(text)
     for warning in warnings:
         log.line(f"[pipeline] {warning}")
