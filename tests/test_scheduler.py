@@ -750,3 +750,32 @@ async def test_a_settled_file_fires_once_with_its_event(world: World,
     assert events == [(10, "/in/a.csv"), (12, "/in/a.csv")]
     assert world.store.known_keys("job", [seen.key, new.key, changed.key]) == {
         seen.key, new.key, changed.key}
+
+
+async def test_a_burst_starts_in_slices_and_every_run_on_time(world: World,
+                                                              mock_clock: MockClock) -> None:
+    # More jobs due at one instant than one start transaction decides (START_SLICE): they
+    # are decided slice by slice (each slice's runs start while the next is decided), and
+    # every run keeps the instant the worker took the burst up as its start.
+    from pipeline.worker import START_SLICE
+    count = START_SLICE * 2 + 3
+    jobs = [world.job("""
+        schedule: every 10s
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """, name=f"j{i:02d}") for i in range(count)]
+    slices: list[int] = []
+
+    async def recording(fn: Callable[..., Any], *args: Any) -> Any:
+        if getattr(fn, "func", None) == world.store.start_runs:
+            slices.append(len(fn.args[1]))  # type: ignore[attr-defined]
+        return fn(*args)
+
+    async with world.daemon(*jobs) as node:
+        node.worker.offload = recording
+        await trio.sleep(15)
+    runs = [run for i in range(count) for run in world.runs(f"j{i:02d}")]
+    assert len(runs) == count and all(r.status is RunStatus.SUCCEEDED for r in runs)
+    assert len({r.started_at for r in runs}) == 1
+    assert all((r.started_at - r.fire_time).total_seconds() < 0.5 for r in runs)  # type: ignore[operator]
+    assert slices == [START_SLICE, START_SLICE, 3]
