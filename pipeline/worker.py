@@ -209,7 +209,9 @@ class Worker:
         for name, claims in due.items():
             job = self.jobs(name)
             scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
-            if job is None or not scheduled:
+            if job is None or not scheduled or (
+                    len(scheduled) == 1 and (now - scheduled[0].ready_at).total_seconds()
+                    <= policy.misfire_grace_of(job)):  # the usual case: one fire, on time
                 starting.extend(c.run_id for c in claims)
                 continue
             plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
