@@ -719,6 +719,10 @@ async def test_a_step_pool_and_the_cap_on_active_runs(world: World,
     starts = sorted(s.started_at for s in done.steps if "." in s.id and s.started_at)
     # One item at a time: each began when the one before had given its slot back.
     assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(starts)] == [10, 10]
+    # Each waiting item says since when it waited (the run page draws it).
+    waits = {s.id: round((s.started_at - s.waited_from).total_seconds())  # type: ignore[operator]
+             for s in done.steps if s.waited_from is not None}
+    assert waits == {"items.1": 10, "items.2": 20}
     assert all(world.store.run(o.run_id).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
                for o in others)
 

@@ -85,7 +85,8 @@ def _schemas() -> dict[str, Any]:
         "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
         "started_at": time, "finished_at": time, "duration_s": _nullable(number),
         "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
-        "log": _nullable(text), "log_url": _nullable(text), "item": text}}
+        "log": _nullable(text), "log_url": _nullable(text), "item": text,
+        "waited_from": time}}
     run_fields = {
         "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": run_status,
         "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},

@@ -633,7 +633,7 @@ RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, fini
                "reuse, event, notifications, late")
 DOCUMENT = 20  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
-                "outputs, error, log, pgid, item")
+                "outputs, error, log, pgid, item, waited_from")
 
 
 def run_record(row: Sequence[Any], document: Any = None,
@@ -661,4 +661,4 @@ def step_record(row: Sequence[Any]) -> StepRecord:
         run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
         signal=row[5], started_at=time_of(row[6]), finished_at=time_of(row[7]),
         outputs=MappingProxyType(from_json(row[8]) or {}), error=row[9], log=row[10],
-        pgid=row[11], item=row[12])
+        pgid=row[11], item=row[12], waited_from=time_of(row[13]))

@@ -263,6 +263,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job, fire_time)
         )""",
     ),
+    (
+        # When a step began to wait for its pool's slots: the run page draws the wait.
+        "ALTER TABLE steps ADD COLUMN waited_from TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -228,11 +228,12 @@ class SqlStore:
             tx.execute(_WATERMARK, {"job": e.job, "until": iso(e.until)})
         elif isinstance(e, StepWaiting):
             tx.execute(f"""
-                INSERT INTO steps (run_id, step_id, status, attempt, error)
-                SELECT :run, :step, 'pending', 0, :reason WHERE {_RUN_HELD}
+                INSERT INTO steps (run_id, step_id, status, attempt, error, waited_from)
+                SELECT :run, :step, 'pending', 0, :reason, :at WHERE {_RUN_HELD}
                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'pending',
-                    error = excluded.error""",
-                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "node": node})
+                    error = excluded.error, waited_from = excluded.waited_from""",
+                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "at": iso(e.at),
+                 "node": node})
 
     def _step_finished(self, tx: Tx, e: StepFinished, node: str | None) -> None:
         tx.execute(f"""
