@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import did_you_mean as did_you_mean  # operate.py asks dag for it
+from pipeline.errors import did_you_mean
 from pipeline.model import Job, Step
 
 HOOK_LISTS = ("on_success", "on_failure", "finally")

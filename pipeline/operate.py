@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline import triggers
-from pipeline.errors import NotFound, PipelineError
+from pipeline.errors import NotFound, PipelineError, did_you_mean
 from pipeline.events import RunQueued
 from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
@@ -213,12 +213,10 @@ def rerun_reuse(job: Job, record: RunRecord, *, from_step: str | None,
     with its outputs. ``from_step``: that step and everything downstream of it run again;
     ``failed``: the failed, timed-out and cancelled steps and their downstream. Neither: all
     run again. Raises ``Refused`` for an unknown step or nothing to rerun."""
-    from pipeline import dag
-
     steps = {s.id: s for s in job.steps}
     if from_step is not None and from_step not in steps:
         raise Refused(f"job {job.name} has no step {from_step!r}"
-                      f"{dag.did_you_mean(from_step, list(steps))}")
+                      f"{did_you_mean(from_step, list(steps))}")
     previous = {s.id.split(".", 1)[0]: s for s in record.steps if "." not in s.id}
     if from_step is None and not failed:
         return {}

@@ -63,13 +63,7 @@ from pipeline.http.reading import (
     time_param,
 )
 from pipeline.http.site import Site
-from pipeline.http.views import (
-    CatalogFiles,
-    declares,
-    job_views,
-    log_size,
-    read_log,
-)
+from pipeline.http.views import declares, log_size, read_log
 from pipeline.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.metrics import Snapshot
 from pipeline.model import (
@@ -88,6 +82,7 @@ from pipeline.nodes import node_views
 from pipeline.policy import circuit_open
 from pipeline.statedir import log_relpath
 from pipeline.store import JobState
+from pipeline.views import CatalogFiles, job_views
 
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon
