@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import dag, notation, spec, triggers
+from pipeline import dag, jobgraph, notation, spec, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
-from pipeline.errors import Problem
+from pipeline.errors import Problem, UsageError
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
 from pipeline.policy import circuit_open
 from pipeline.spec import Loaded
@@ -96,14 +96,53 @@ def schema(settings: Settings, runner: str | None) -> None:
 
 
 @click.command()
-@click.argument("job", shell_complete=complete_job)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
               show_default=True)
+@click.option("--jobs", "between_jobs", is_flag=True,
+              help="Draw which jobs fire after which (`after:` schedules) across the jobs "
+                   "directory; with JOB, the jobs it fires after and that fire after it.")
+@click.option("--all", "every", is_flag=True,
+              help="With --jobs: every job, also those no `after:` connects.")
 @dirs
 @pass_settings
-def graph(settings: Settings, job: str, fmt: str) -> None:
-    """Print a job's step DAG."""
-    click.echo(dag.render(find_job(settings, job, missing_code=1), fmt))
+def graph(settings: Settings, job: str | None, fmt: str, between_jobs: bool,
+          every: bool) -> None:
+    """Print a job's step DAG, or with --jobs the graph of which jobs fire after which.
+
+    Edges of the job graph are labelled with the states of the upstream's run that fire
+    the downstream (`schedule: {after: JOB, status: [...]}`). Without --all it shows the
+    jobs that some `after:` connects; a job whose file is invalid shows as not loaded.
+    """
+    if not between_jobs:
+        if job is None:
+            raise UsageError("name a JOB, or give --jobs for the graph of the jobs directory")
+        if every:
+            raise UsageError("--all goes with --jobs")
+        click.echo(dag.render(find_job(settings, job, missing_code=1), fmt))
+        return
+    loaded = jobs_on_disk(settings)
+    if loaded is None:
+        fail(f"the jobs directory {settings.jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    edges = jobgraph.edges(loaded.jobs)
+    known = set(loaded.jobs) | set(loaded.files.values())
+    shown: Collection[str] = known if every else ()
+    if job is not None:
+        if every:
+            raise UsageError("give JOB (the jobs around it) or --all (every job), not both")
+        if job not in known:
+            fail(f"unknown job {job!r} in {settings.jobs_dir} (jobs: "
+                 f"{', '.join(sorted(known)) or 'none'})", 1)
+        edges, shown = jobgraph.around(edges, job), [job]
+    click.echo(jobgraph.render(edges, fmt, jobs=shown, loaded=loaded.jobs))
+    if loaded.problems:
+        count = len(loaded.problems)
+        click.echo(f"pipeline: {count} invalid job file{'s' if count != 1 else ''} left out "
+                   "(pipeline validate says why)", err=True)
+    if not edges and job is None:
+        click.echo(f"pipeline: no job in {settings.jobs_dir} fires after another"
+                   + ("" if every else " (--all shows every job)"), err=True)
 
 
 @click.command(name="next")

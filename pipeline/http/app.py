@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline import operate, spec
+from pipeline import jobgraph, operate, spec
 from pipeline.errors import (
     PipelineError,
     RunActive,
@@ -156,6 +156,7 @@ class StatusApp:
             Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
             Route("/api/v1/nodes", self.list_nodes, methods=["GET"]),
             Route("/api/v1/pools", self.list_pools, methods=["GET"]),
+            Route("/api/v1/graph", self.job_graph, methods=["GET"]),
         ]
 
     # -- jobs --------------------------------------------------------------------------------
@@ -587,6 +588,20 @@ class StatusApp:
             for p in found if p.name != "*"],
             "max_active_runs": next(({"slots": p.slots, "used": p.used, "waiting": p.waiting}
                                      for p in found if p.name == "*"), None)})
+
+    async def job_graph(self, request: Request) -> Response:
+        """Which loaded jobs fire after which (``pipeline graph --jobs``): the jobs an
+        ``after:`` connects, or with ``?all=1`` every job; a name whose file is invalid now
+        is not ``loaded``."""
+        catalog = self.daemon.catalog
+        edges = jobgraph.edges(catalog.jobs)
+        names = {*(e.upstream for e in edges), *(e.downstream for e in edges)}
+        if flag(request, "all"):
+            names |= {*catalog.jobs, *catalog.files.values()}
+        return JSONResponse({
+            "jobs": [{"name": n, "loaded": n in catalog.jobs} for n in sorted(names)],
+            "edges": [{"upstream": e.upstream, "downstream": e.downstream,
+                       "status": [str(s) for s in e.status]} for e in edges]})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
