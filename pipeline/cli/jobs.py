@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import dag, jobgraph, notation, spec, triggers
+from pipeline import dag, jobgraph, notation, schedule_words, spec, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
@@ -163,7 +163,13 @@ def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
     if not definition.enabled:
         click.echo(f"pipeline: job {definition.name} is disabled (enabled: false); these are "
                    "the fires it would get", err=True)
-    for fire in triggers.next_fires(definition.schedules, start, count):
+    fires = triggers.next_fires(definition.schedules, start, count)
+    # Events have no times to print: say what fires the job instead (on stderr, so that
+    # stdout stays one time per line), or why it fires no more.
+    note = schedule_words.next_note(definition.schedules, fires[0] if fires else None, start)
+    if note is not None:
+        click.echo(f"pipeline: job {definition.name}: {note.words}", err=True)
+    for fire in fires:
         click.echo(fire.isoformat())
 
 
@@ -188,7 +194,8 @@ def list_(settings: Settings, as_json: bool) -> None:
     if has_state(settings):
         with open_state(settings) as store:
             last, active, states = store.last_runs(), store.active_runs(), store.job_states()
-    rows = list_rows(loaded, daemon, last=last, active=active, states=states, now=utc_now())
+    now = utc_now()
+    rows = list_rows(loaded, daemon, last=last, active=active, states=states, now=now)
     if as_json:
         echo_json(rows)
         return
@@ -201,7 +208,10 @@ def list_(settings: Settings, as_json: bool) -> None:
 
     def when(row: dict[str, Any]) -> str:
         if not row["next_fire_time"]:
-            return "-"
+            job = loaded.jobs.get(row["name"])
+            note = schedule_words.next_note(job.schedules, None, now, enabled=job.enabled) \
+                if job is not None else None
+            return str(note.kind) if note is not None else "-"
         return local(datetime.fromisoformat(row["next_fire_time"]),
                      zone_of(loaded.jobs.get(row["name"])))
 
@@ -246,7 +256,8 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
             next_fire = next(iter(triggers.next_fires(job.schedules, max(now, mark), 1)), None)
         breaker = job.circuit_breaker if job else _kept_breaker(kept) if stale else None
         row = job_row(
-            file, name, job, loaded.problems.get(file, ()), stale=stale, next_fire=next_fire,
+            file, name, job, loaded.problems.get(file, ()), now=now, stale=stale,
+            next_fire=next_fire,
             # Unknown only for a file of which no version was ever loaded.
             circuit_open=None if job is None and not stale else state is not None and (
                 circuit_open(breaker, state.failures, state.circuit_opened_at, now)),

@@ -176,7 +176,8 @@ class StatusApp:
                     for name, job in catalog.jobs.items()}
             paused = {n: (st.paused_at, st.paused_by, st.paused_reason)
                       for n, st in states.items() if st.paused_at is not None}
-            return await trio.to_thread.run_sync(job_views, files, live, last, active, paused)
+            return await trio.to_thread.run_sync(partial(
+                job_views, files, live, last, active, paused, now=now))
 
         return await self.recent.get("jobs", build)
 
