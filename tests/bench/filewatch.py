@@ -173,10 +173,10 @@ def run(ctx: Context) -> list[Row]:
     reps = ctx.reps(3, 1)
     say(f"bench: file arrival, {DAEMON_FILES:,} files dropped at once into pipeline serve's "
         f"watched folder ({reps}), then {FILES:,} into a watcher alone")
-    arrived = [drop_into_daemon(ctx, ctx.tmp / f"files-daemon-{rep}", DAEMON_FILES)
+    arrived = [drop_into_daemon(ctx, ctx.tmp / f"files-daemon-rep{rep}", DAEMON_FILES)
                for rep in range(reps)]
     ctx.command(f"python: tests.bench.filewatch.drop_into_daemon(ctx, "
-                f"Path('$BENCH_TMP/files-daemon'), {DAEMON_FILES})")
+                f"Path('$BENCH_TMP/files-daemon-repN'), {DAEMON_FILES})")
     for result in arrived:
         if result.runs != DAEMON_FILES:
             raise AssertionError(f"{result.runs:,} runs for {DAEMON_FILES:,} files")
