@@ -43,7 +43,7 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from enum import StrEnum
@@ -69,9 +69,11 @@ from pipeline.model import (
     freeze,
     iso,
     thaw,
+    utc_now,
 )
+from pipeline.notation import short_duration
 from pipeline.redact import Redactor
-from pipeline.runners.http import describe_error, human, ssl_context
+from pipeline.runners.http import describe_error, ssl_context
 
 __all__ = ["JsonFile", "Message", "Notice", "Notifier", "NotifierStatistics", "NotifyStatus",
            "Outcome", "end_events", "send_message"]
@@ -94,10 +96,6 @@ SLACK_MARK = {
     NotifyEvent.RETRY: ":repeat:",
 }
 Offload = Callable[..., Awaitable[Any]]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def end_events(status: RunStatus, previous: RunStatus | None) -> tuple[NotifyEvent, ...]:
@@ -591,8 +589,9 @@ class Notifier:
             last = self._last.get(key)
             if target.cooldown > 0 and last is not None and now - last < target.cooldown:
                 self._outcome(notice, target, NotifyStatus.SUPPRESSED, 0,
-                              f"the same event was sent {human(round(now - last, 3))} ago, "
-                              f"within the cooldown of {human(target.cooldown)}")
+                              "the same event was sent "
+                              f"{short_duration(round(now - last, 3))} ago, "
+                              f"within the cooldown of {short_duration(target.cooldown)}")
                 continue
             if len(self._pending) >= self.max_pending:
                 self._outcome(notice, target, NotifyStatus.DROPPED, 0,
@@ -710,7 +709,7 @@ class Notifier:
                                                settings=self.settings, environ=self.environ,
                                                tls=self.tls)
             except trio.TooSlowError:
-                error = f"timed out after {human(target.timeout)}"
+                error = f"timed out after {short_duration(target.timeout)}"
             except Exception as exc:  # any failure of one try is that try's: retried
                 error = str(exc) or type(exc).__name__
             else:
@@ -725,7 +724,7 @@ class Notifier:
             delay = self.retry_delays[delivery.tries - 1]
             logger.warning("{}: {} of {} {} failed (try {} of {}), again in {}: {}",
                            notice.job, target.label, notice.kind, notice.run_id or "",
-                           delivery.tries, self.tries, human(delay), error)
+                           delivery.tries, self.tries, short_duration(delay), error)
             await trio.sleep(delay)
 
     def _message(self, delivery: _Delivery) -> tuple[Message, Redactor]:

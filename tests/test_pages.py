@@ -314,7 +314,7 @@ def test_the_index_marks_paused_and_stale_jobs() -> None:
     jobs = [view("held", paused=True, paused_reason="db migration"), view("old", stale=True),
             view("plain")]
     text = page.render("index.html", {
-        "jobs": jobs, "words": {}, "jobs_total": 3, "jobs_shown": 3, "jobs_from": 0,
+        "jobs": jobs, "words": {}, "notes": {}, "jobs_total": 3, "jobs_shown": 3, "jobs_from": 0,
         "jobs_per_page": 50, "invalid": [], "runs": [], "total": 0, "more": False,
         "offset": 0, "limit": 25, "job_filter": None, "name_filter": "", "status": "",
         "since_filter": "", "run_statuses": [], "job_states": [], "show_nodes": False,

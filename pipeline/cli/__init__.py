@@ -58,7 +58,9 @@ COMMANDS = {
                      "One run of JOB per scheduled instant in [--from, --to]: the job's own "
                      "schedule, exclusions and zone; trigger `backfill`, `run.fire_time` = the "
                      "instant."),
-    "graph": Lazy("pipeline.cli.jobs:graph", "Print a job's step DAG."),
+    "graph": Lazy("pipeline.cli.jobs:graph",
+                  "Print a job's step DAG, or with --jobs the graph of which jobs fire after "
+                  "which."),
     "list": Lazy("pipeline.cli.jobs:list_",
                  "Every job in the jobs directory: schedule, next fire (in the job's zone), "
                  "last status, circuit breaker, validity, and what a running daemon makes of "
