@@ -218,6 +218,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                 report=functools.partial(_notified, daemon_ref, holder),
                 save=lambda pending: store.save_outbox(holder.node.name, pending),
                 load=lambda: store.load_outbox(holder.node.name),
+                claim=lambda job, target, kind, at, cooldown, delivery: store.claim_notice(
+                    job, target, kind, at=at, cooldown=cooldown, delivery=delivery),
                 settings=catalog.settings, base_url=_base_url(listen))
             worker.notifier = notifier
 

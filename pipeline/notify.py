@@ -96,6 +96,8 @@ SLACK_MARK = {
     NotifyEvent.RETRY: ":repeat:",
 }
 Offload = Callable[..., Awaitable[Any]]
+# ``claim(job, target label, event kind, now, cooldown, delivery id)``: ``Store.claim_notice``.
+Claim = Callable[[str, str, str, datetime, float, str], "datetime | None"]
 
 
 def end_events(status: RunStatus, previous: RunStatus | None) -> tuple[NotifyEvent, ...]:
@@ -523,9 +525,12 @@ class Notifier:
     ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
     secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
     verify servers with (default: the system's CAs). ``send``: how a rendered ``Message`` is
-    sent (default ``send_message``; tests pass a plain function). ``max_concurrent``: tries
-    under way at once, all targets together; ``max_pending``: deliveries kept before new
-    ones are dropped.
+    sent (default ``send_message``; tests pass a plain function). ``claim``: where a
+    target's ``cooldown`` is kept beyond this process (``Store.claim_notice``, blocking,
+    called through ``offload`` before a delivery with a cooldown is first tried), so that it
+    holds across restarts and across a cluster's nodes; without it, it holds in memory.
+    ``max_concurrent``: tries under way at once, all targets together; ``max_pending``:
+    deliveries kept before new ones are dropped.
     """
 
     def __init__(self, *, report: Callable[[Outcome], Awaitable[object]] | None = None,
@@ -537,7 +542,8 @@ class Notifier:
                  max_concurrent: int = MAX_CONCURRENT,
                  send: Callable[[Message], Awaitable[object]] | None = None,
                  offload: Offload = trio.to_thread.run_sync,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 claim: Claim | None = None) -> None:
         self.report = report
         self.settings = settings
         self.base_url = base_url
@@ -549,6 +555,7 @@ class Notifier:
         self._save = save
         self._load = load
         self._send = send
+        self._claim = claim
         self._offload = offload
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._pending: dict[str, _Delivery] = {}  # by id, in order of arrival
@@ -692,6 +699,8 @@ class Notifier:
 
     async def _deliver(self, delivery: _Delivery) -> None:
         notice, target = delivery.notice, delivery.target
+        if target.cooldown > 0 and self._claim is not None and not await self._claimed(delivery):
+            return
         try:
             message, redactor = self._message(delivery)
         except (NotifyError, ExpressionError) as exc:
@@ -726,6 +735,28 @@ class Notifier:
                            notice.job, target.label, notice.kind, notice.run_id or "",
                            delivery.tries, self.tries, short_duration(delay), error)
             await trio.sleep(delay)
+
+    async def _claimed(self, delivery: _Delivery) -> bool:
+        """Whether ``delivery`` may be sent as far as the shared cooldown goes; if not, it
+        is done (suppressed). A store that cannot answer lets it go: a repeated alert is
+        better than a lost one."""
+        notice, target = delivery.notice, delivery.target
+        assert self._claim is not None
+        now = self.clock()
+        try:
+            last = await self._offload(self._claim, notice.job, target.label, str(notice.kind),
+                                       now, target.cooldown, delivery.id)
+        except Exception as exc:  # the store is down: send, and say why the cooldown lapsed
+            logger.warning("{}: {} of {}: the cooldown cannot be checked, sent anyway: {}",
+                           notice.job, target.label, notice.kind, exc)
+            return True
+        if last is None:
+            return True
+        ago = max(0.0, round((now - last).total_seconds(), 3))
+        self._done(delivery, NotifyStatus.SUPPRESSED,
+                   f"the same event was sent {short_duration(ago)} ago, within the cooldown "
+                   f"of {short_duration(target.cooldown)}")
+        return False
 
     def _message(self, delivery: _Delivery) -> tuple[Message, Redactor]:
         """Render the delivery's target, reading the secrets it uses now."""

@@ -439,6 +439,15 @@ class Store(Protocol):
     def load_outbox(self, node: str) -> list[dict[str, Any]]:
         ...
 
+    def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
+                     cooldown: float, delivery: str) -> datetime | None:
+        """Take the right to send ``job``'s ``kind`` event (which happened ``at``) to
+        ``target``: None if no such notice was sent within ``cooldown`` seconds before
+        ``at`` (or the one sent was this same ``delivery``, tried again after a restart),
+        recording this one as sent; otherwise when the one that was sent happened. Atomic,
+        so that two nodes (or a node and its successor) never both send within a cooldown."""
+        ...
+
     def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
                       node: str | None) -> tuple[bool, RunRecord | None]:
         """Judge a fire's deadline once ``deadline`` has passed: missed unless its run (the

@@ -869,6 +869,24 @@ class SqlStore:
                              {"node": node}).fetchone()
         return list(from_json(row[0])) if row else []
 
+    def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
+                     cooldown: float, delivery: str) -> datetime | None:
+        keys = {"job": job, "target": target, "kind": kind}
+        with self._write(durable=False) as tx:
+            cursor = tx.execute(
+                "INSERT INTO notices_sent (job, target, kind, at, delivery) "
+                "VALUES (:job, :target, :kind, :at, :delivery) "
+                "ON CONFLICT (job, target, kind) DO UPDATE SET at = excluded.at, "
+                "delivery = excluded.delivery WHERE notices_sent.at <= :cutoff "
+                "OR notices_sent.delivery = excluded.delivery",
+                {**keys, "at": iso(at), "delivery": delivery,
+                 "cutoff": iso(at - timedelta(seconds=cooldown))})
+            if cursor.rowcount:
+                return None
+            row = tx.execute("SELECT at FROM notices_sent WHERE job = :job "
+                             "AND target = :target AND kind = :kind", keys).fetchone()
+        return time_of(row[0]) if row else None
+
     def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
                       node: str | None) -> tuple[bool, RunRecord | None]:
         with self._write(durable=False) as tx:
