@@ -39,10 +39,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; jobs
                                  as the API and `pipeline list` show them
-    steplog, steps, engine,      a step's log and outputs; one step's condition, items,
-      plan, live                 attempts and retries, its process or runner; one run = one
-                                 trio nursery walking the step graph, steps are tasks in it;
-                                 the dry-run plan; `pipeline run`'s live view
+    scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
+      engine, plan, live         per process); a step's log and outputs; one step's
+                                 condition, items, attempts and retries, its process or
+                                 runner; one run = one trio nursery walking the step graph,
+                                 steps are tasks in it; the dry-run plan; `pipeline run`'s
+                                 live view
     store/ (sql, sqlite,         the state of jobs, runs, nodes and decisions: one protocol
       postgres)                  (store/__init__), the shared SQL, one module per backend
     versions, journal            which version of a job ran; the one writer between events

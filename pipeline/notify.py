@@ -48,9 +48,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 from loguru import logger
 
@@ -73,7 +72,12 @@ from pipeline.model import (
 )
 from pipeline.notation import short_duration
 from pipeline.redact import Redactor
-from pipeline.runners.http import describe_error, ssl_context
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx (and the CA bundle) are loaded when a notifier first sends, not when this module is
+# imported: every run of ``pipeline run`` imports this module, few of them notify anyone.
 
 __all__ = ["JsonFile", "Message", "Notice", "Notifier", "NotifierStatistics", "NotifyStatus",
            "Outcome", "end_events", "send_message"]
@@ -279,6 +283,10 @@ async def send_message(message: Message, *, client: httpx.AsyncClient,
 
 
 async def _post(message: Message, client: httpx.AsyncClient) -> None:
+    import httpx
+
+    from pipeline.runners.http import describe_error
+
     assert message.url is not None
     try:
         response = await client.post(message.url, content=message.body, headers={
@@ -407,6 +415,8 @@ def _render(target: NotifyTarget, notice: Notice, context: Mapping[str, Any],
         return Message(target.kind, target.timeout, url=text(target.url or ""),
                        body=json.dumps(body).encode())
     if target.kind is TargetKind.PING:
+        import httpx
+
         url = httpx.URL(text(target.url or ""))
         url = url.copy_with(path=url.path.rstrip("/") + PING_SUFFIX[notice.kind]
                             if PING_SUFFIX[notice.kind] else url.path)
@@ -548,7 +558,7 @@ class Notifier:
         self.settings = settings
         self.base_url = base_url
         self.environ = environ
-        self.tls = tls or ssl_context(None)
+        self._tls = tls
         self.retry_delays = tuple(retry_delays)
         self.max_pending = max_pending
         self.clock = clock
@@ -568,6 +578,14 @@ class Notifier:
         self._changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        if self._tls is None:
+            from pipeline.runners.http import ssl_context
+
+            self._tls = ssl_context(None)
+        return self._tls
 
     @property
     def tries(self) -> int:
@@ -643,6 +661,8 @@ class Notifier:
                     ) -> None:
         """Send what is pending (what ``load`` gives back first) until cancelled; on the way
         out, save what is still pending."""
+        import httpx
+
         if self._load is not None:
             self._restore(await self._offload(self._load))
         try:
