@@ -52,8 +52,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes
-    notify                       notifications: webhook, Slack, email, ping, command; retried,
-                                 never blocking, pending ones saved across restarts
+    notify/ (notice, message,    notifications: a run's events as notices, rendered for each
+      send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
+                                 retried, never blocking, pending ones saved across restarts
     worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
       metrics, operate,          (claims fires); the watched jobs directory; Prometheus
       foreground                 figures; pause, resume, backfill, rerun, why; runs in the

@@ -39,7 +39,7 @@ from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
 from pipeline.model import Job, RunRecord, iso
 from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
-from pipeline.notify import Notifier
+from pipeline.notify.notifier import Notifier
 from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of

@@ -34,7 +34,7 @@ from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
 from pipeline.model import Job, Pool, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, Watchdog
-from pipeline.notify import Notifier
+from pipeline.notify.notifier import Notifier
 from pipeline.params import parse_params
 from pipeline.policy import Verdict
 from pipeline.runners import Runner
