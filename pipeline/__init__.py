@@ -55,10 +55,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     notify/ (notice, message,    notifications: a run's events as notices, rendered for each
       send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
                                  retried, never blocking, pending ones saved across restarts
-    worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
-      metrics, operate,          (claims fires); the watched jobs directory; Prometheus
-      foreground                 figures; pause, resume, backfill, rerun, why; runs in the
-                                 foreground (`pipeline run`, a backfill with no daemon)
+    localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
+      scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
+      metrics, operate,          firing loop (claims fires); the watched jobs directory;
+      foreground                 Prometheus figures; pause, resume, backfill, rerun, why;
+                                 runs in the foreground (`pipeline run`, a backfill with no
+                                 daemon)
     filewatch, eventfires,       `file:` schedules: files that settled under their globs;
       deadlines, logship         fires that events make (a file, an upstream's end, a start);
                                  missed deadlines; step logs shipped to a shared store

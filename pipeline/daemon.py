@@ -43,7 +43,7 @@ from pipeline.notify.notifier import Notifier
 from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
-from pipeline.scheduler import Scheduler, runs_on_of
+from pipeline.scheduler import Scheduler
 from pipeline.statedir import identity_alive, process_identity
 from pipeline.store import NodeInfo, Outcome, Started, Store, StoredDecision, outcome_of
 from pipeline.watch import Catalog, watch_jobs
@@ -189,31 +189,12 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         parts: list[Worker] = []
         daemon_ref: list[Daemon] = []
         shipper = LogShipper(store, state_dir) if store.shared else None
-        observers = [metrics.observe, lambda e: parts[0].observe(e)]
+        observers = [metrics.observe, lambda e: parts[0].local.observe(e)]
         if shipper is not None:
             observers.append(shipper.observe)
         journal = Journal(store, node=lambda: holder.node_id, observers=tuple(observers))
         async with trio.open_nursery() as outer:  # the journal outlives everything that writes
             await outer.start(journal.serve)
-            scheduler: Scheduler
-            worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
-                            runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
-                            environ=environ, watchdog=watchdog, max_runs=node.max_runs,
-                            runner="runner" in node.roles,
-                            versions=lambda name: scheduler.version(name),
-                            on_decision=lambda started: _count(metrics, started))
-            parts.append(worker)
-            holder.on_fence = worker.fence
-            scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
-                                  reserve=worker.reserve, forget=worker.forget_job,
-                                  trouble=journal.failed,
-                                  on_decisions=metrics.not_made,
-                                  hold=lambda job: worker.runner and worker.capacity() > 0
-                                  and _fits(job, holder.node.labels))
-            daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
-                            worker=worker, lease=holder, state_dir=state_dir,
-                            started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
-                            listen=listen)
             notifier = Notifier(
                 report=functools.partial(_notified, daemon_ref, holder),
                 save=lambda pending: store.save_outbox(holder.node.name, pending),
@@ -221,7 +202,24 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                 claim=lambda job, target, kind, at, cooldown, delivery: store.claim_notice(
                     job, target, kind, at=at, cooldown=cooldown, delivery=delivery),
                 settings=catalog.settings, base_url=_base_url(listen))
-            worker.notifier = notifier
+            scheduler: Scheduler
+            worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
+                            runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
+                            environ=environ, watchdog=watchdog, max_runs=node.max_runs,
+                            runner="runner" in node.roles,
+                            versions=lambda name: scheduler.version(name),
+                            on_decision=lambda started: _count(metrics, started),
+                            notifier=notifier)
+            parts.append(worker)
+            holder.on_fence = worker.fence
+            scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
+                                  reserve=worker.reserve, forget=worker.forget_job,
+                                  trouble=journal.failed,
+                                  on_decisions=metrics.not_made, hold=worker.may_hold)
+            daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
+                            worker=worker, lease=holder, state_dir=state_dir,
+                            started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
+                            listen=listen)
 
             def missed(job: Job, fire: datetime, deadline: datetime,
                        run: RunRecord | None) -> None:
@@ -232,8 +230,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                                   node=lambda: holder.node_id, missed=missed)
             events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
                                 jobs=lambda: catalog.jobs, reserve=worker.reserve,
-                                hold=lambda job: worker.runner and worker.capacity() > 0
-                                and _fits(job, holder.node.labels),
+                                hold=worker.may_hold,
                                 version=lambda name: scheduler.version(name),
                                 trouble=journal.failed)
             daemon.events = events
@@ -408,7 +405,3 @@ def _count(metrics: Metrics, started: Started) -> None:
                     None if decision.reason is None else str(decision.reason), run_id=run.id,
                     fire_time=run.fire_time, at=run.started_at,
                     automatic=run.trigger in AUTOMATIC)
-
-
-def _fits(job: Job, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in runs_on_of(job).items())

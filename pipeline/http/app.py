@@ -415,7 +415,7 @@ class StatusApp:
         if wait and not record.status.finished:
             with trio.move_on_after(wait):
                 while not record.status.finished:
-                    local = self.daemon.worker.runs.get(run_id)
+                    local = self.daemon.worker.local.runs.get(run_id)
                     with trio.move_on_after(1.0 if local else 0.2):  # elsewhere: poll
                         await (local.done if local else trio.Event()).wait()
                     record = await self._run(run_id)
