@@ -68,9 +68,11 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  systemd the daemon is ready, stopping, alive; the HTML pages
     http/ (answers, guard,       the status app and API (its answers, token and same-site
       reading, openapi, views,   guard, request reading, OpenAPI document, what it reads of
-      pages, site, app,          runs, the pages' figures and routes, the routes, the
-      server), daemon, client,   server); the daemon's life (lock, parts, signals,
-      completion                 shutdown); the CLI's API client; shell completion
+      pages, runpage, site,      runs, the pages' figures, a run's page, the page routes, the
+      jobs, control, runs,       routes of jobs, of the operator, of runs and logs, of metrics
+      figures, app, server),     and nodes, the route table, the server); the daemon's life
+      daemon, client,            (lock, parts, signals, shutdown); the CLI's API client; shell
+      completion                 completion
     cli/ (text, jobfiles,        the one place that wires real objects together: the group,
       state, remote, jobs,       and one module per family of commands, each imported
       runs, operate, run,        lazily; `python -m pipeline`
