@@ -1100,6 +1100,25 @@ def test_on_node_loss_retry_queues_the_run_again_for_another_node(store: Store) 
     assert status(store, rid(1)) is RunStatus.SUCCEEDED
 
 
+def test_a_retried_run_of_an_allow_job_starts_beside_the_jobs_other_runs(store: Store) -> None:
+    """Found by the cluster harness: a run queued again after its node was lost waited for
+    its job to have no active run at all, which an `allow` job firing every second never has,
+    so it never ran again. It was admitted once: only max_active may hold it back (and then it
+    waits: tests/test_policy.py)."""
+    store.publish_jobs([JobSettings("j", Concurrency(Policy.ALLOW, max_active=2),
+                                    on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    held(store, (2, "j"), node_id="b")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.start_runs("b", [rid(2)], now=store.now())
+    store.reap(now=at(100), dead=["a"])
+    (again,) = store.claim_runs(node("b"), limit=5, now=store.now())
+    assert (again.run.id, again.decision.verdict, again.run.attempt) == (
+        rid(1), Verdict.START, 2)
+
+
 # -- the decision log ----------------------------------------------------------------------------
 
 def test_decisions_are_listed_newest_first_by_their_fire(store: Store) -> None:
