@@ -50,7 +50,9 @@ from pipeline.model import (
     Trigger,
     Version,
 )
+from pipeline.nodes import machine_identity
 from pipeline.policy import Reason, Verdict
+from pipeline.recovery import recover
 from pipeline.statedir import (
     identity_alive,
     lock_state_dir,
@@ -1098,6 +1100,35 @@ def test_on_node_loss_retry_queues_the_run_again_for_another_node(store: Store) 
     assert status(store, rid(1)) is RunStatus.RUNNING  # a stale attempt, even from b
     store.record([RunFinished(rid(1), RunStatus.SUCCEEDED, at(103), attempt=2)], node="b")
     assert status(store, rid(1)) is RunStatus.SUCCEEDED
+
+
+def test_recovery_keeps_a_lost_nodes_log_unless_it_is_on_its_own_disk(store: Store,
+                                                                      tmp_path: Path) -> None:
+    """Found by the cluster harness: the node that took back a lost node's runs dropped the
+    log of every step whose file was not in its own state directory, which in a cluster is
+    every one of them (the file is on the lost node's disk, its start shipped to the store).
+    With SQLite the reaper's directory is the dead daemon's: a file missing there was never
+    written, and saying so keeps the record true."""
+    gone = subprocess.Popen(["sleep", "30"])
+    identity = machine_identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    store.register_node(node("a", identity=identity), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    log = log_relpath("j", rid(1), "s")
+    store.record([StepStarted(rid(1), "s", 1, at(1), log)], node="a")
+    if store.shared:
+        store.ship_log(rid(1), "s", 0, b"half a line")
+    elsewhere = tmp_path / "another-node"  # the reaper's own state directory: no such file
+    (reaped,) = recover(store, elsewhere, at(10))
+    assert reaped.status is RunStatus.INTERRUPTED
+    (step,) = store.run(rid(1)).steps  # type: ignore[union-attr]
+    if store.shared:
+        assert step.log == log  # on the lost node's disk; `pipeline logs` reads the store
+        assert store.shipped_log(rid(1), "s")[0] == b"half a line"
+    else:
+        assert step.log is None  # never written: the record says so
 
 
 def test_a_retried_run_of_an_allow_job_starts_beside_the_jobs_other_runs(store: Store) -> None:
