@@ -689,6 +689,7 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
     item; STEP may also name one item (build.2). Ctrl-C while following exits 130.
     """
     from pipeline.errors import NotFound
+    from pipeline.logship import shipped_whole
     from pipeline.model import STEP_INSTANCE_ID, in_file_order
 
     if step is not None and not STEP_INSTANCE_ID.match(step):
@@ -720,6 +721,8 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
                     if seen is None and s.id != step:
                         click.echo(heading(s))
                     try:
+                        if shipped_whole(store, record.id, s.id):
+                            raise FileNotFoundError  # a file here may be of a lost attempt
                         with (settings.state_dir / s.log).open("rb") as f:
                             inode, offset = os.fstat(f.fileno()).st_ino, seen[1] if seen else 0
                             if seen is not None and seen[0] != inode:

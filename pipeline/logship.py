@@ -111,17 +111,26 @@ class LogShipper:
             live.shipped += len(data)
 
 
+def shipped_whole(store: Store, run_id: str, step_id: str) -> bool:
+    """Whether a shared store holds the final version of a step's log. Then the store's copy
+    is what to read, even where a file of that log is on this machine: the file may be that
+    of an attempt cut short when this node was lost, the run going on elsewhere."""
+    return store.shared and store.shipped_log(run_id, step_id, 0, 0)[1] is not None
+
+
 def read_any(store: Store, state_dir: Path, relpath: str, run_id: str, step_id: str,
              start: int, limit: int) -> tuple[bytes, bool]:
     """Up to ``limit`` bytes of a step's log from ``start``: from the local file if this node
-    has it, else from the store. Also whether the store says the log is complete (a local
-    file's readers judge that from the step's record)."""
+    has it (and the store has not its final version), else from the store. Also whether the
+    store says the log is complete (a local file's readers judge that from the step's
+    record)."""
     path = state_dir / relpath
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            return f.read(limit), False
-    except FileNotFoundError:
-        pass
+    if not shipped_whole(store, run_id, step_id):
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(limit), False
+        except FileNotFoundError:
+            pass
     data, size = store.shipped_log(run_id, step_id, start, limit)
     return data, size is not None and start + len(data) >= size
