@@ -208,7 +208,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                                   trouble=journal.failed,
                                   on_decisions=metrics.not_made,
                                   hold=lambda job: worker.runner and worker.capacity() > 0
-                                  and _fits(job, holder.node.labels))
+                                  and not holder.fenced and _fits(job, holder.node.labels))
             daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
                             worker=worker, lease=holder, state_dir=state_dir,
                             started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
@@ -230,7 +230,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
             events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
                                 jobs=lambda: catalog.jobs, reserve=worker.reserve,
                                 hold=lambda job: worker.runner and worker.capacity() > 0
-                                and _fits(job, holder.node.labels),
+                                and not holder.fenced and _fits(job, holder.node.labels),
                                 version=lambda name: scheduler.version(name),
                                 trouble=journal.failed)
             daemon.events = events

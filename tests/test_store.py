@@ -1102,6 +1102,22 @@ def test_on_node_loss_retry_queues_the_run_again_for_another_node(store: Store) 
     assert status(store, rid(1)) is RunStatus.SUCCEEDED
 
 
+def test_a_lost_node_takes_no_run(store: Store) -> None:
+    """Found by the cluster harness: a node woken from a freeze past its lease polled for runs
+    nobody held before its lease loop learnt it was lost, and took its own retried run
+    again, under the id the others had declared lost (so the run was taken back once more).
+    The store refuses a claim from a node that is not alive."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.reap(now=at(100), dead=["a"])
+    assert store.claim_runs(node("a"), limit=5, now=store.now()) == []
+    (again,) = store.claim_runs(node("b"), limit=5, now=store.now())
+    assert (again.run.node, again.run.attempt) == ("b", 2)
+
+
 def test_recovery_keeps_a_lost_nodes_log_unless_it_is_on_its_own_disk(store: Store,
                                                                       tmp_path: Path) -> None:
     """Found by the cluster harness: the node that took back a lost node's runs dropped the

@@ -733,6 +733,13 @@ class SqlStore:
                     if _fits(from_json(row[2]) or {}, node.labels)][:limit]
             if not fits:
                 return []
+            # A node found lost (frozen past its lease, cut off) may poll again before it
+            # knows: it must not take back what was just taken from it. Its row is locked
+            # against a reap meanwhile.
+            state = tx.execute(f"SELECT state FROM nodes WHERE id = :node{self.for_update}",
+                               {"node": node.id}).fetchone()
+            if state is not None and state[0] != "alive":
+                return []
             tx.execute(f"UPDATE runs SET node = :node WHERE id {self.in_ids} AND node IS NULL",
                        {"node": node.id, "ids": self._ids([i for i, _ in fits])})
             return self._start(tx, node.id, fits, now, False, frozenset())
