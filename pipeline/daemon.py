@@ -187,7 +187,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         firing_clock = clock or holder.clock
         parts: list[Worker] = []
         daemon_ref: list[Daemon] = []
-        shipper = LogShipper(store, state_dir) if store.shared else None
+        shipper = LogShipper(store, state_dir, node=lambda: holder.node_id) \
+            if store.shared else None
         observers = [metrics.observe, lambda e: parts[0].observe(e)]
         if shipper is not None:
             observers.append(shipper.observe)

@@ -941,6 +941,29 @@ def test_shipped_logs_read_back_from_any_offset(store: Store) -> None:
     assert scalar(store, "SELECT count(*) FROM log_chunks") == 0
 
 
+def test_a_shipped_log_is_the_holders_and_a_new_attempt_starts_it_anew(store: Store) -> None:
+    """Found by the cluster harness: a node frozen past its lease woke, its shipper shipped
+    the final version of its cut-short attempt, and overwrote the whole log that the retried
+    attempt had shipped from another node. A shipment carries its node, as every write of a
+    run does, and is refused from a node that does not hold the run; the first shipment of an
+    attempt replaces what an earlier one shipped."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.record([StepStarted(rid(1), "s", 1, at(1), "s.log")], node="a")
+    assert store.ship_log(rid(1), "s", 0, b"attempt 1: one\n", node="a")
+    assert store.ship_log(rid(1), "s", 15, b"attempt 1: two, and a long line\n", node="a")
+    store.reap(now=at(100), dead=["a"])
+    store.claim_runs(node("b"), limit=5, now=store.now())
+    assert store.ship_log(rid(1), "s", 0, b"attempt 2\n", node="b")
+    assert store.shipped_log(rid(1), "s") == (b"attempt 2\n", None)  # nothing of attempt 1
+    assert store.ship_log(rid(1), "s", 0, b"attempt 2\ndone\n", final=15, node="b")
+    assert not store.ship_log(rid(1), "s", 0, b"attempt 1: one\n", final=15, node="a")
+    assert store.shipped_log(rid(1), "s") == (b"attempt 2\ndone\n", 15)
+
+
 # -- operators -----------------------------------------------------------------------------------
 
 def test_request_stop_ends_a_queued_run_and_flags_a_running_one(store: Store) -> None:

@@ -1037,9 +1037,17 @@ class SqlStore:
     # -- shipped logs ---------------------------------------------------------------------------
 
     def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
-                 final: int | None = None) -> None:
-        with self._write(durable=False) as tx:
-            if final is not None:
+                 final: int | None = None, node: str | None = None) -> bool:
+        # A log's end is waited for on disk: nothing ships it again after a crash.
+        with self._write(durable=final is not None) as tx:
+            # No row lock: the journal's writes lock the step's row, then the run's; taking
+            # them the other way round here deadlocked. A shipment that crosses a takeover
+            # may land; the next is refused.
+            if node is not None and tx.execute(
+                    "SELECT 1 FROM runs WHERE id = :run AND node = :node",
+                    {"run": run_id, "node": node}).fetchone() is None:
+                return False
+            if final is not None or start == 0:
                 tx.execute("DELETE FROM log_chunks WHERE run_id = :run AND step_id = :step "
                            "AND start >= :start",
                            {"run": run_id, "step": step_id, "start": start})
@@ -1052,6 +1060,11 @@ class SqlStore:
                 tx.execute("UPDATE steps SET log_size = :size WHERE run_id = :run "
                            "AND step_id = :step",
                            {"size": final, "run": run_id, "step": step_id})
+            elif start == 0:  # a new attempt's: no longer complete
+                tx.execute("UPDATE steps SET log_size = NULL WHERE run_id = :run "
+                           "AND step_id = :step AND log_size IS NOT NULL",
+                           {"run": run_id, "step": step_id})
+        return True
 
     def shipped_log(self, run_id: str, step_id: str, start: int = 0,
                     limit: int = 1 << 20) -> tuple[bytes, int | None]:
