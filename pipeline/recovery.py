@@ -39,7 +39,10 @@ def recover(store: Store, state_dir: Path, now: datetime) -> list[RunRecord]:
     if silent:
         store.record(silent)
     for run in recovered:
-        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
+        # A run queued again may already have a new attempt, started on this machine by
+        # another node: only the lost attempt's groups are the lost node's.
+        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid],
+                                        marked=run.status is not RunStatus.QUEUED)
         if run.status is RunStatus.INTERRUPTED:
             what = "marked interrupted"
         elif run.steps:

@@ -1170,6 +1170,36 @@ def test_recovery_keeps_a_lost_nodes_log_unless_it_is_on_its_own_disk(store: Sto
         assert step.log is None  # never written: the record says so
 
 
+def test_recovery_of_a_retried_run_kills_the_lost_attempt_not_the_new_one(
+        store: Store, tmp_path: Path) -> None:
+    """Found by the cluster harness: the node that took back a lost node's run killed every
+    process carrying the run's id, after the run was already back in the queue; a node on the
+    same machine that had claimed it meanwhile lost its new attempt (the run ended failed,
+    killed by SIGKILL). For a run queued again only the lost attempt's groups are killed."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    gone = subprocess.Popen(["sleep", "30"])
+    identity = machine_identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    store.register_node(node("a", identity=identity), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    env = {**os.environ, "PIPELINE_RUN_ID": rid(1)}
+    lost = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    new = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    try:
+        store.record([StepStarted(rid(1), "s", 1, at(1), ""),
+                      StepSpawned(rid(1), "s", lost.pid, lost.pid)], node="a")
+        (reaped,) = recover(store, tmp_path, at(10))
+        assert reaped.status is RunStatus.QUEUED
+        assert lost.wait(5) == -9  # the lost attempt's group
+        assert new.poll() is None  # another attempt's: not the reaper's to kill
+    finally:
+        for proc in (lost, new):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_retried_run_of_an_allow_job_starts_beside_the_jobs_other_runs(store: Store) -> None:
     """Found by the cluster harness: a run queued again after its node was lost waited for
     its job to have no active run at all, which an `allow` job firing every second never has,
