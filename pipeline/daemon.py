@@ -262,6 +262,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                     inner.cancel_scope.cancel()
             with trio.move_on_after(5):  # pending alerts get a few seconds to go out
                 await notifier.flush()
+            with trio.move_on_after(10):  # the runs' ends first: a node that left is lost
+                await journal.drain()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:
