@@ -1,9 +1,9 @@
 """This process as a node of the store: its identity, its lease, and its watchdog.
 
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
-``Lease.serve`` renews the node's lease every ``lease / 3`` seconds, measures the offset between
-this machine's wall clock and the store's (the node fires by the store's clock, rule 4), and
-pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
+``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
+again within a second), measures the offset between this machine's wall clock and the store's
+(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
 monotonic clock, in a store other daemons share, the node **fences** itself (rule 5): it stops
 claiming and stops its runs before anyone may take them over; the watchdog, a separate process,
 kills its steps' process groups even if the daemon is frozen. When the store says the node is
@@ -36,6 +36,7 @@ from pipeline.store import NodeInfo, NodeState, Store
 
 Offload = Callable[..., Awaitable[Any]]
 DEFAULT_LEASE = 30.0
+RETRY = 1.0  # longest pause between renewals that fail
 
 
 def new_node_id() -> str:
@@ -233,7 +234,14 @@ class Lease:
         task_status.started()
         fence_after = self.lease * 2 / 3
         while True:
-            await trio.sleep(self.lease / 3)
+            if self._failure is None:
+                await trio.sleep(self.lease / 3)
+            else:
+                # A renewal failed: try again soon. A third of a lease later, an outage of
+                # the store that began at the wrong moment and lasted a second (a restart)
+                # would have kept the node unrenewed for two thirds of it: fenced, every step
+                # killed by its watchdog.
+                await trio.sleep(min(RETRY, self.lease / 15))
             await self.renew(fence_after)
 
     async def renew(self, fence_after: float | None = None) -> None:
