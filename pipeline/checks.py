@@ -29,38 +29,29 @@ Warnings are for what loads and runs but is likely a mistake: an ``at:`` in the 
 never fires), a ``jitter`` longer than its ``every:`` interval. ``every:`` below one second
 and retry delays over a day are errors (retry limits over 100 the schema refuses).
 
-Schedules: a calendar's dates and cron expressions must read, its window must not end before
-it begins, and a calendar under which the schedule can never fire (an exclude list that
-removes every fire, a window that holds none) is an error; one that has only run out (a
-window that ended) is a warning. A ``file:`` glob must be one (``pipeline.globs``); a folder
-it names that is missing or unreadable is a warning, because that is the machine's state, not
-the file's. Keys of time schedules (``jitter``, ``exclude``...) on an event entry are errors,
-as is an ``after:`` naming its own job (other jobs are judged across files, by ``spec``).
+Each ``schedule:`` entry is checked by ``pipeline.schedule_checks`` (cron, zones, calendars,
+``file:`` globs, event keys), reporting through the same ``Checks``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from pipeline import dag, expr, globs, params, schedules, triggers
+from pipeline import dag, expr, params
+from pipeline.errors import did_you_mean
 from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
-from pipeline.model import JOB_NAME, ScheduleKind, Settings
+from pipeline.model import JOB_NAME, Settings
 from pipeline.notation import (
-    local_zone,
     parse_duration,
-    parse_time,
-    schedule_form,
     unwrap,
     zone,
 )
+from pipeline.schedule_checks import check_schedule
 from pipeline.schema import PATTERN_WORDS, dotted
 from pipeline.yamlsafe import Document, JsonPath, Mark, show
 
@@ -92,7 +83,7 @@ def check(document: Document, reported: Iterable[JsonPath], file_stem: str, *,
     job file's folder, which ``file:`` globs are read against and looked for (None: only their
     syntax is checked).
     """
-    checks = _Checks(document, reported, text, now, settings, folder)
+    checks = Checks(document, reported, text, now, settings, folder)
     checks.run(document.data, file_stem)
     return Findings(checks.found, checks.warned)
 
@@ -102,7 +93,7 @@ def check_settings(document: Document, reported: Iterable[JsonPath], *,
     """What the settings file's schema cannot see: its defaults' zone and durations, and the
     templates of its default notify targets, which may read the secrets it declares (and
     ``params``, ``job``, ``run``: not judged here, a job's params vary)."""
-    checks = _Checks(document, reported, text, None, None)
+    checks = Checks(document, reported, text, None, None)
     checks.names.params = None
     checks.names.declarer = "the settings file"
     data = document.data
@@ -123,7 +114,7 @@ def check_settings(document: Document, reported: Iterable[JsonPath], *,
     return Findings(checks.found, checks.warned)
 
 
-class _Checks:
+class Checks:
     """One document's checks; ``found`` and ``warned`` collect their problems, at most one per
     path (and one per lookup inside an expression)."""
 
@@ -248,9 +239,9 @@ class _Checks:
         schedule = data.get("schedule")
         if isinstance(schedule, list):
             for index, entry in enumerate(schedule):
-                self.schedule(entry, ("schedule", index))
+                check_schedule(self, entry, ("schedule", index))
         elif schedule is not None:
-            self.schedule(schedule, ("schedule",))
+            check_schedule(self, schedule, ("schedule",))
         self.duration(data.get("timeout"), ("timeout",), positive=True)
         self.duration(data.get("deadline"), ("deadline",), positive=True)
         self.retries(data.get("retries"), ("retries",))
@@ -329,162 +320,11 @@ class _Checks:
             known = (f"pools: {', '.join(sorted(pools))}" if pools
                      else "the jobs directory has no settings file with pools:" if not
                      self.settings.file else f"{self.settings.file} defines no pools")
-            self.report(at, f"there is no pool {name!r}{dag.did_you_mean(name, pools)} "
+            self.report(at, f"there is no pool {name!r}{did_you_mean(name, pools)} "
                         f"({known})")
         elif isinstance(slots, int) and slots > size:
             self.report((*path, "slots") if isinstance(value, dict) else path,
                         f"asks for {slots} slots of pool {name!r}, which has {size}")
-
-    def schedule(self, entry: Any, path: JsonPath) -> None:
-        if isinstance(entry, str):
-            kind, text = schedule_form(entry)
-            if kind is ScheduleKind.EVERY:
-                self.interval(text, path)
-            elif kind is not ScheduleKind.REBOOT:
-                self.cron(text, path)
-            return
-        if not isinstance(entry, dict):
-            return
-        kinds = [k for k in ("cron", "every", "at", "file", "after") if k in entry]
-        if kinds in (["file"], ["after"]):
-            self.event(entry, path, kinds[0])
-            return
-        errors = len(self.found)
-        if isinstance(entry.get("cron"), str):
-            self.cron(entry["cron"], (*path, "cron"))
-        every = self.interval(entry.get("every"), (*path, "every"))
-        jitter = self.duration(entry.get("jitter"), (*path, "jitter"))
-        if every and jitter and jitter > every:
-            self.warn((*path, "jitter"), f"{show(entry['jitter'])} is longer than the interval "
-                      f"({show(entry['every'])}): a fire can start after the next one")
-        default = self.settings.defaults.timezone if self.settings is not None else None
-        tz: ZoneInfo | None = default or local_zone()
-        zone_name = entry.get("timezone")
-        if isinstance(zone_name, str):
-            try:
-                tz = zone(zone_name)
-            except ValueError as exc:
-                self.report((*path, "timezone"), str(exc))
-                tz = None
-        for key in ("at", "start"):
-            if isinstance(entry.get(key), str):
-                try:
-                    moment = parse_time(entry[key], tz or ZoneInfo("UTC"))
-                except ValueError as exc:
-                    self.report((*path, key), str(exc))
-                    continue
-                if key == "at" and tz is not None and self.now is not None \
-                        and moment < self.now:
-                    self.warn((*path, key), f"{show(entry[key])} is in the past: this "
-                              "schedule never fires")
-        if tz is not None:
-            self.active(entry.get("active"), (*path, "active"), tz)
-        self.exclude(entry.get("exclude"), (*path, "exclude"))
-        if len(kinds) == 1 and len(self.found) == errors and ("active" in entry
-                                                              or "exclude" in entry):
-            self.calendar(entry, path)
-
-    def active(self, value: Any, path: JsonPath, tz: ZoneInfo) -> None:
-        if not isinstance(value, dict):
-            return
-        bounds: dict[str, datetime] = {}
-        for key in ("from", "until"):
-            if isinstance(value.get(key), str):
-                try:
-                    bounds[key] = schedules.bound(value[key], tz, end=key == "until")
-                except ValueError as exc:
-                    self.report((*path, key), str(exc))
-        if len(bounds) == 2 and bounds["until"] < bounds["from"]:
-            self.report((*path, "until"), f"{show(value['until'])} is before from "
-                        f"({show(value['from'])}): the window holds no time")
-
-    def exclude(self, value: Any, path: JsonPath) -> None:
-        if not isinstance(value, list):
-            return
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                try:
-                    schedules.exclusion(item)
-                except ValueError as exc:
-                    self.report((*path, index), str(exc))
-
-    def calendar(self, entry: dict[str, Any], path: JsonPath) -> None:
-        """A calendar under which the schedule never fires is an error; one under which it
-        fires no more (a window that has ended) is a warning."""
-        try:
-            schedule = schedules.build(entry)
-        except ValueError:  # reported where it is written
-            return
-        now = self.now or datetime.now(UTC)
-        if triggers.first_fire(schedule, now) is None:
-            plain = triggers.first_fire(dataclasses.replace(schedule, exclude=()), now)
-            if schedule.kind is ScheduleKind.AT and plain is not None:
-                self.report((*path, "exclude"), f"excludes {show(entry['at'])}, the one fire "
-                            "of this schedule: it never fires")
-            elif plain is not None or schedule.active is None:
-                self.report((*path, "exclude"), "removes every fire of this schedule: it "
-                            "never fires")
-            elif schedule.kind is ScheduleKind.AT:
-                self.report((*path, "active"), f"{show(entry['at'])} is outside this "
-                            "window: the schedule never fires")
-            else:
-                self.report((*path, "active"), "no fire of this schedule falls in the "
-                            "window: it never fires")
-            return
-        if self.now is None or triggers.next_fire(schedule, now) is not None:
-            return
-        if schedule.kind is ScheduleKind.AT and isinstance(entry.get("at"), str):
-            return  # the `at` in the past is warned about already
-        until = entry.get("active", {}).get("until")
-        if isinstance(until, str):
-            self.warn((*path, "active", "until"), f"{show(until)} leaves no fire after now: "
-                      "this schedule fires no more")
-        else:
-            self.warn((*path, "exclude"), "removes every fire after now: this schedule "
-                      "fires no more")
-
-    def event(self, entry: dict[str, Any], path: JsonPath, kind: str) -> None:
-        for key in schedules.TIMED_ONLY:
-            if key in entry:
-                self.report((*path, key), f"applies to time schedules (cron, every, at), not "
-                            f"to a {kind} schedule")
-        if kind == "file":
-            self.duration(entry.get("settle"), (*path, "settle"))
-            if isinstance(entry.get("file"), str):
-                self.glob(entry["file"], (*path, "file"))
-        elif entry.get("after") == self.job_name and self.job_name is not None:
-            self.report((*path, "after"), f"a job cannot fire after itself "
-                        f"({self.job_name!r})")
-
-    def glob(self, pattern: str, path: JsonPath) -> None:
-        """A bad glob is an error; a folder it names that is not there or cannot be read is
-        a warning, because that depends on the machine, not on the file."""
-        absolute = schedules.glob_path(pattern, self.folder or os.sep)
-        try:
-            glob = globs.parse(absolute)
-        except ValueError as exc:
-            # in the words the user wrote, not the path it was made into
-            self.report(path, str(exc).replace(absolute.rstrip(os.sep), pattern.rstrip(os.sep)))
-            return
-        if self.folder is None:
-            return
-        root = glob.root
-        if not os.path.exists(root):
-            existing = root
-            while not os.path.exists(existing):
-                existing = os.path.dirname(existing)
-            self.warn(path, f"the folder {root} does not exist ({existing} is the nearest "
-                      "that does): nothing fires until it is created")
-        elif not os.path.isdir(root):
-            self.warn(path, f"{root} is not a folder: nothing fires")
-        elif not os.access(root, os.R_OK | os.X_OK):
-            self.warn(path, f"the folder {root} cannot be read: nothing fires until it can")
-
-    def cron(self, text: str, path: JsonPath) -> None:
-        try:
-            triggers.parse_cron(text)
-        except ValueError as exc:
-            self.report(path, f"invalid cron expression {text!r}: {exc}")
 
     def retries(self, value: Any, path: JsonPath) -> None:
         if isinstance(value, dict):

@@ -28,7 +28,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import triggers
+from pipeline import sdnotify, triggers
 from pipeline.deadlines import Deadlines
 from pipeline.engine import utc_now
 from pipeline.errors import StateError
@@ -310,6 +310,11 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
                         len(daemon.catalog.jobs), jobs_dir, len(daemon.catalog.problems),
                         state_dir, daemon.lease.node.name)
             task_status.started(daemon)
+            sdnotify.notify(f"READY=1\nSTATUS=serving {len(daemon.catalog.jobs)} jobs"
+                            + (f" on {daemon.listen}" if daemon.listen else ""))
+            watchdog = sdnotify.watchdog_interval()
+            if watchdog is not None:
+                nursery.start_soon(sdnotify.watchdog_forever, watchdog)
             await wait_for_stop(daemon, grace)
             stop_watching.set()
             nursery.cancel_scope.cancel()
@@ -376,6 +381,8 @@ async def wait_for_stop(daemon: Daemon, grace: float) -> None:
         async for signum in signals:
             logger.info("{}: stopping; active runs get {:g}s to finish (signal again to kill "
                         "them now)", signal.Signals(signum).name, grace)
+            sdnotify.notify(f"STOPPING=1\nSTATUS=stopping: active runs get {grace:g}s to "
+                            "finish")
             break
         async with trio.open_nursery() as nursery:
             async def second_signal() -> None:

@@ -8,12 +8,12 @@ text, Mermaid or Graphviz dot. The main DAG and each hook list (``on_success``, 
 
 from __future__ import annotations
 
-import difflib
 import graphlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pipeline.errors import did_you_mean as did_you_mean  # operate.py asks dag for it
 from pipeline.model import Job, Step
 
 HOOK_LISTS = ("on_success", "on_failure", "finally")
@@ -77,12 +77,6 @@ def check(needs: Mapping[str, Sequence[str]], *,
             return flaws
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for a close match among ``choices``, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def order(steps: Sequence[Step]) -> graphlib.TopologicalSorter[str]:
     """A prepared sorter over ``steps``; needs outside ``steps`` are ignored (checked earlier)."""
     ids = {s.id for s in steps}
@@ -95,12 +89,22 @@ def order(steps: Sequence[Step]) -> graphlib.TopologicalSorter[str]:
 def levels(steps: Sequence[Step]) -> list[list[Step]]:
     """``steps`` in generations: every step comes after all it needs, in file order within one."""
     by_id = {s.id: s for s in steps}
-    position = {s.id: i for i, s in enumerate(steps)}
-    sorter = order(steps)
-    found: list[list[Step]] = []
+    return [[by_id[sid] for sid in layer]
+            for layer in layers({s.id: s.needs for s in steps})]
+
+
+def layers(needs: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Step ids (``needs``: id -> the ids it needs, in file order) in generations, as
+    graphlib hands them out: each after every step it needs, in file order within one. Needs
+    of ids not in ``needs`` are ignored; a cycle raises ``graphlib.CycleError``."""
+    position = {sid: i for i, sid in enumerate(needs)}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+        {sid: [n for n in wanted if n in position] for sid, wanted in needs.items()})
+    sorter.prepare()
+    found: list[list[str]] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=position.__getitem__)
-        found.append([by_id[sid] for sid in ready])
+        found.append(ready)
         sorter.done(*ready)
     return found
 

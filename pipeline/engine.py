@@ -1,9 +1,9 @@
 """One run of a job: a trio nursery whose tasks are the steps.
 
 ``run_job`` walks the step DAG with ``graphlib.TopologicalSorter``: every step whose needs are
-finished starts as a task in the run's nursery (steps ready together in file order),
-evaluates its ``if``, and runs (with retries, a timeout as a cancel scope, ``for_each``
-instances under a capacity limiter). When the DAG ends the job's own ``outputs:`` are
+finished starts as a task in the run's nursery (steps ready together in file order), where
+``steps.run_step`` evaluates its ``if`` and runs it (with retries, a timeout as a cancel scope,
+``for_each`` instances under a capacity limiter). When the DAG ends the job's own ``outputs:`` are
 evaluated; then the hooks run: ``on_success`` or ``on_failure``, then ``finally``. Everything
 that happens is emitted as an event record; the caller decides where events go (the store, a
 live view, metrics).
@@ -15,46 +15,37 @@ group goes through ``process.end_group`` (SIGTERM, grace, SIGKILL) on the way ou
 from __future__ import annotations
 
 import graphlib
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 from loguru import logger
 
-from pipeline import expr, process
+from pipeline import expr
 from pipeline.errors import ExpressionError, PipelineError, RunnerError
 from pipeline.events import (
     Event,
     RunFinished,
     RunStarted,
     StepFinished,
-    StepRetrying,
-    StepSpawned,
-    StepStarted,
-    StepWaiting,
 )
-from pipeline.faults import crash_point
-from pipeline.model import Job, Pool, RunStatus, Step, StepKind, StepStatus, Trigger, thaw
+from pipeline.model import Job, Pool, RunStatus, Step, StepStatus, Trigger, thaw
+from pipeline.model import utc_now as utc_now  # daemon.py imports it from here
 from pipeline.redact import Redactor
-from pipeline.runners import Runner, StepContext, builtin_runners
-from pipeline.statedir import log_relpath
-from pipeline.steplog import DEFAULT_LOG_CAP, StepLog, parse_outputs
+from pipeline.runners import Runner, builtin_runners
+from pipeline.steplog import DEFAULT_LOG_CAP
+from pipeline.steps import FAILED_STATES, Once, run_step
 
-OUTPUT_FILE_CAP = 1024 * 1024
 # What a step inherits from the daemon's environment: what cron and systemd give a service, no
 # more. Everything else (and every secret) must be declared in the job.
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-FAILED_STATES = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 NO_SECRETS = Redactor(())
 MAX_CHAIN = 8  # jobs starting jobs (`uses: job`): how deep a chain may grow
 
@@ -65,16 +56,6 @@ Pools = Callable[[str, str, Pool, Callable[[str], Awaitable[None]]],
 
 Emit = Callable[[Event], Awaitable[object]]
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def default_shell() -> tuple[str, ...]:
-    """``bash -e -o pipefail -c``, or ``sh -e -c`` where bash is missing."""
-    bash = shutil.which("bash")
-    return (bash, "-e", "-o", "pipefail", "-c") if bash else ("/bin/sh", "-e", "-c")
 
 
 class RunHandle:
@@ -179,16 +160,7 @@ def resolve_secrets(job: Job, environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-@dataclass
-class _Attempt:
-    status: StepStatus
-    exit: process.Exit | None = None
-    error: str | None = None
-    outputs: Mapping[str, str] = field(default_factory=dict)
-    retryable: bool = True
-
-
-class _Run:
+class Run:
     """The bookkeeping of one run while it is under way."""
 
     def __init__(self, job: Job, *, run_id: str, handle: RunHandle, state_dir: Path,
@@ -228,18 +200,6 @@ class _Run:
         self.job_env: dict[str, str] = {}
         self.base_env = inherited_env(environ)
         self.outputs: dict[str, str] = {}  # the job's `outputs:`, once the DAG has ended
-        self._tmp: Path | None = None
-
-    @property
-    def tmp(self) -> Path:
-        """A private directory for the run's $PIPELINE_OUTPUT files, made when first needed."""
-        if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{self.run_id}-"))
-        return self._tmp
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- expressions -------------------------------------------------------------------
 
@@ -298,7 +258,7 @@ class _Run:
         if not steps:
             return
         if len(steps) == 1:  # most jobs: no graph to sort
-            await self.run_step(steps[0], [])
+            await run_step(self, steps[0], [])
             return
         by_id = {s.id: s for s in steps}
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
@@ -319,297 +279,18 @@ class _Run:
     async def step_task(self, step: Step, ancestors: Sequence[str],
                         finished: trio.MemorySendChannel[str],
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        started = _Once(task_status.started)
+        started = Once(task_status.started)
         try:
-            await self.run_step(step, ancestors, started)
+            await run_step(self, step, ancestors, started)
         finally:
             started()
             finished.send_nowait(step.id)
-
-    async def run_step(self, step: Step, ancestors: Sequence[str],
-                       started: Callable[[], object] = lambda: None) -> None:
-        """Run ``step``; ``started`` is called once its start (or skip) is recorded."""
-        state = self.states[step.id]
-        reused = self.reuse.get(step.id)
-        if reused is not None:
-            # `rerun --from`: this step's outputs are the earlier run's; it does not run.
-            state.status, state.outputs = StepStatus.REUSED, dict(reused)
-            with trio.CancelScope(shield=True):
-                await self.emit(StepFinished(self.run_id, step.id, StepStatus.REUSED,
-                                             self.clock(), outputs=dict(reused),
-                                             started_at=None, no_log=True))
-            started()
-            return
-        with logger.contextualize(step=step.id):
-            try:
-                if step.if_ == "success()" and step.id not in self.hook_ids:
-                    # The default condition, without building a context and asking jinja.
-                    go = not self.stopping and all(self.states[a].ok for a in ancestors)
-                else:
-                    go = expr.evaluate(step.if_, self.context(step, ancestors=ancestors))
-            except ExpressionError as exc:
-                await self.finish_unstarted(step.id, StepStatus.FAILED, f"if: {exc}")
-                state.status = StepStatus.FAILED
-                return
-            if not go:
-                why = ("a needed step did not succeed" if step.if_ == "success()"
-                       else f"condition is false: {step.if_}")
-                state.status = StepStatus.SKIPPED
-                await self.finish_unstarted(step.id, StepStatus.SKIPPED, why)
-                return
-            if step.for_each is None:
-                result = await self.attempts(step, step.id, None, ancestors, started)
-            else:
-                result = await self.for_each(step, ancestors, started)
-            state.status = result.status
-            state.outputs = result.outputs
-            state.continued = result.status in FAILED_STATES and step.continue_on_error
-
-    async def for_each(self, step: Step, ancestors: Sequence[str],
-                       started: Callable[[], object]) -> _Attempt:
-        assert step.for_each is not None
-        started_at = self.clock()
-        try:
-            items = step.for_each
-            if isinstance(items, str):
-                items = expr.evaluate(items, self.context(step, ancestors=ancestors))
-            if not isinstance(items, list | tuple):
-                raise ExpressionError(f"for_each must give a list, got {type(items).__name__}")
-        except ExpressionError as exc:
-            await self.finish_unstarted(step.id, StepStatus.FAILED, f"for_each: {exc}")
-            return _Attempt(StepStatus.FAILED, error=str(exc))
-        await self.emit(StepStarted(self.run_id, step.id, 1, started_at, ""))
-        started()
-        limiter = trio.CapacityLimiter(step.max_parallel or max(len(items), 1))
-        results: list[_Attempt | None] = [None] * len(items)
-
-        async def one(index: int, item: Any,
-                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            begun = _Once(task_status.started)
-            try:
-                results[index] = await self.attempts(step, f"{step.id}.{index}", item,
-                                                     ancestors, begun)
-            finally:
-                begun()
-                limiter.release_on_behalf_of(index)
-
-        async with trio.open_nursery() as nursery:
-            for index, item in enumerate(items):
-                # Items start in their order, each as soon as a place is free.
-                await limiter.acquire_on_behalf_of(index)
-                await nursery.start(one, index, item)
-        done = [r for r in results if r is not None]
-        self.states[step.id].items = [
-            {"item": item, "status": str(r.status), "outputs": dict(r.outputs)}
-            for item, r in zip(items, done, strict=True)]
-        failed = [i for i, r in enumerate(done) if r.status is not StepStatus.SUCCEEDED]
-        status = StepStatus.SUCCEEDED
-        error = None
-        if failed:
-            status = StepStatus.FAILED
-            error = f"{len(failed)} of {len(done)} items failed (first: item {failed[0]})"
-        outputs = self.gathered(done)
-        await self.emit(StepFinished(self.run_id, step.id, status, self.clock(), attempt=1,
-                                     error=error, outputs=outputs))
-        return _Attempt(status, error=error, outputs=outputs)
-
-    def gathered(self, results: Sequence[_Attempt]) -> dict[str, str]:
-        """A for_each step's outputs: each key any item wrote, as the JSON list of the items'
-        values in item order (null where an item did not write it), CONTRACT §2."""
-        keys = dict.fromkeys(key for r in results for key in r.outputs)
-        return {key: self.redactor.text(json.dumps([r.outputs.get(key) for r in results],
-                                                   ensure_ascii=False))
-                for key in keys}
 
     async def finish_unstarted(self, step_id: str, status: StepStatus, error: str) -> None:
         now = self.clock()
         with trio.CancelScope(shield=True):
             await self.emit(StepFinished(self.run_id, step_id, status, now,
                                          error=self.redactor.text(error), started_at=None))
-
-    # -- one step, with retries -----------------------------------------------------------
-
-    async def attempts(self, step: Step, instance: str, item: Any,
-                       ancestors: Sequence[str],
-                       started: Callable[[], object] = lambda: None) -> _Attempt:
-        """Run ``step`` (or one item of it), first taking its pool's slots if it names one:
-        meanwhile it is ``pending``, ``waiting for pool NAME`` (and counts as started for its
-        DAG: the steps after it in file order may start)."""
-        if step.pool is None or self.pools is None:
-            return await self._attempts(step, instance, item, ancestors, started)
-
-        async def waiting(reason: str) -> None:
-            await self.emit(StepWaiting(self.run_id, instance, reason, self.clock()))
-            started()
-
-        async with self.pools(self.run_id, instance, step.pool, waiting):
-            return await self._attempts(step, instance, item, ancestors, started)
-
-    async def _attempts(self, step: Step, instance: str, item: Any,
-                        ancestors: Sequence[str],
-                        started: Callable[[], object] = lambda: None) -> _Attempt:
-        """Run ``step`` (or one item of it) with its retries; ``started`` is called once its
-        start is recorded. Its log gets one ``[pipeline]`` marker per attempt that did not
-        succeed (``exit status 7``, ``timed out after 5s``, ``... ; retrying in 10s``), or
-        ``stopped: REASON``, always after everything the step's processes wrote."""
-        policy = step.retries or self.job.retries
-        relpath = log_relpath(self.job.name, self.run_id, instance)
-        log = StepLog(self.state_dir, relpath, cap=self.log_cap, redactor=self.redactor)
-        attempt = 1
-        result = _Attempt(StepStatus.CANCELLED, error="cancelled before it started")
-        ended = False
-        try:
-            shown = None if step.for_each is None else self.redactor.text(
-                json.dumps(item, ensure_ascii=False, default=str))
-            await self.emit(StepStarted(self.run_id, instance, attempt, self.clock(), relpath,
-                                        item=shown))
-            started()
-            while True:
-                if attempt > 1:
-                    log.line(f"[pipeline] attempt {attempt} of {policy.limit + 1}")
-                result = await self.attempt(step, instance, item, attempt, ancestors, log)
-                if result.error:  # masked here, once: it goes to the log, state and answers
-                    result.error = self.redactor.text(result.error)
-                again = (result.status in FAILED_STATES and result.retryable
-                         and attempt <= policy.limit)
-                delay = policy.delay_before(attempt + 1) if again else 0.0
-                if result.status is not StepStatus.SUCCEEDED and result.error:
-                    log.line(f"[pipeline] {result.error}"
-                             + (f"; retrying in {delay:g}s" if again else ""))
-                if not again:
-                    break
-                await self.emit(StepRetrying(self.run_id, instance, attempt, delay,
-                                             result.error))
-                await trio.sleep(delay)
-                attempt += 1
-            ended = True
-        finally:
-            # Not ended: cancelled (a stop, the run's timeout), which may reach us wrapped in
-            # an exception group from a nursery below, so it is told by this flag.
-            if not ended:
-                result = _Attempt(StepStatus.CANCELLED,
-                                  error=self.handle.stop_reason or "run cancelled")
-                if self.run_timed_out and self.handle.stop_reason is None:
-                    result.error = "run timed out"
-                log.line(f"[pipeline] stopped: {result.error}")
-                if instance == step.id:  # recorded below: not one for record_unstarted
-                    self.states[step.id].status = StepStatus.CANCELLED
-            log.close()
-            exit = result.exit
-            # Shielded only when cancelled: a cancel scope costs more than the rest of a
-            # simple step's bookkeeping, and on the normal path nothing can cancel this emit.
-            with trio.CancelScope(shield=True) if not ended else nullcontext():
-                await self.emit(StepFinished(
-                    self.run_id, instance, result.status, self.clock(), attempt=attempt,
-                    exit_code=exit.exit_code if exit else None,
-                    signal=exit.signal if exit else None,
-                    error=result.error, outputs=result.outputs, no_log=not log.exists))
-        return result
-
-    async def attempt(self, step: Step, instance: str, item: Any, attempt: int,
-                      ancestors: Sequence[str], log: StepLog) -> _Attempt:
-        # Building the context costs more than a simple step's whole run: only when needed.
-        ctx = (self.context(step, item=item, ancestors=ancestors) if _uses_expressions(step)
-               else {})
-        try:
-            step_env = {k: expr.text_of(expr.render_value(v, ctx)) for k, v in step.env.items()}
-            env_view = {**self.job_env, **step_env}
-            ctx["env"] = env_view
-            cwd = expr.render(step.cwd, ctx) if step.cwd else None
-        except ExpressionError as exc:
-            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
-        env = {**self.base_env, **env_view, **self.secrets,
-               "PIPELINE_JOB": self.job.name, "PIPELINE_RUN_ID": self.run_id,
-               "PIPELINE_STEP": instance, "PIPELINE_ATTEMPT": str(attempt),
-               "PIPELINE_FIRE_TIME": self.fire_time.isoformat() if self.fire_time else "",
-               **self.event_env}
-        output_file = None
-        if step.kind is not StepKind.USES:  # runners return their outputs instead
-            try:
-                output_file = self.tmp / f"{instance}.{attempt}.out"
-                output_file.write_bytes(b"")
-            except OSError as exc:
-                error = f"cannot make $PIPELINE_OUTPUT: {exc.strerror or exc}"
-                return _Attempt(StepStatus.FAILED, error=error)
-            env["PIPELINE_OUTPUT"] = str(output_file)
-        deadline = trio.move_on_after(step.timeout) if step.timeout else None
-        with deadline or nullcontext():
-            if step.kind is StepKind.USES:
-                result = await self.call_runner(step, instance, ctx, env, attempt, log, cwd)
-            else:
-                result = await self.spawn(step, instance, ctx, env, cwd, log)
-        if deadline is not None and deadline.cancelled_caught:
-            result = _Attempt(StepStatus.TIMED_OUT, error=f"timed out after {step.timeout:g}s")
-        text = ""
-        if output_file is not None:
-            try:
-                text = output_file.read_bytes()[:OUTPUT_FILE_CAP].decode(errors="replace")
-            except OSError:
-                pass
-        outputs, warnings = parse_outputs(text)
-        for warning in warnings:
-            log.line(f"[pipeline] {warning}")
-        result.outputs = {**outputs, **result.outputs}
-        if self.redactor:
-            result.outputs = {k: self.redactor.text(v) for k, v in result.outputs.items()}
-        return result
-
-    async def spawn(self, step: Step, instance: str, ctx: Mapping[str, Any],
-                    env: Mapping[str, str], cwd: str | None, log: StepLog) -> _Attempt:
-        try:
-            if step.kind is StepKind.RUN:
-                assert step.run is not None
-                script = expr.render_script(step.run, ctx)
-                argv = [*(step.shell or default_shell()), script]
-            else:
-                argv = [expr.render(a, ctx) for a in step.exec]
-        except ExpressionError as exc:
-            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
-
-        async def spawned(pid: int) -> None:
-            await self.emit(StepSpawned(self.run_id, instance, pid, pid))
-            crash_point("step-spawned")
-
-        crash_point("step-spawning")
-        try:
-            exit = await process.run_group(argv, env=env, cwd=cwd, output=log.output,
-                                           grace=step.grace, spawned=spawned,
-                                           hurry=self.handle.hurry)
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
-            return _Attempt(StepStatus.FAILED, error=process.start_failure(exc, argv[0], cwd))
-        log.flush_output()
-        crash_point("step-exited")
-        if exit.ok:
-            return _Attempt(StepStatus.SUCCEEDED, exit=exit)
-        return _Attempt(StepStatus.FAILED, exit=exit, error=exit.describe())
-
-    async def call_runner(self, step: Step, instance: str, ctx: Mapping[str, Any],
-                          env: Mapping[str, str], attempt: int, log: StepLog,
-                          cwd: str | None) -> _Attempt:
-        assert step.uses is not None
-        runner = self.runners.get(step.uses)
-        if runner is None:
-            return _Attempt(StepStatus.FAILED, error=f"unknown runner {step.uses!r}",
-                            retryable=False)
-        try:
-            args = expr.render_value(step.with_, ctx)
-        except ExpressionError as exc:
-            return _Attempt(StepStatus.FAILED, error=str(exc), retryable=False)
-        step_ctx = StepContext(job=self.job.name, run_id=self.run_id, step_id=instance,
-                               attempt=attempt, env=env, log=log.line,
-                               state_dir=self.state_dir, start_job=self.start_job, cwd=cwd,
-                               job_file=self.job.file, grace=step.grace,
-                               hurry=self.handle.hurry)
-        try:
-            outputs = await runner.run(args, step_ctx)
-        except (RunnerError, ExpressionError) as exc:
-            return _Attempt(StepStatus.FAILED, error=str(exc))
-        except Exception as exc:  # a runner's bug fails its step, never the run
-            logger.opt(exception=exc).error("runner {} crashed", step.uses)
-            error = f"runner {step.uses} crashed: {type(exc).__name__}: {exc}"
-            return _Attempt(StepStatus.FAILED, error=error)
-        return _Attempt(StepStatus.SUCCEEDED,
-                        outputs={str(k): expr.text_of(v) for k, v in (outputs or {}).items()})
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -710,33 +391,6 @@ class _Run:
         return RunResult(RunStatus.FAILED, reason)
 
 
-class _Once:
-    """Calls ``function`` the first time it is called, never again: a task's
-    ``task_status.started`` may be reached on the normal path and again on the way out."""
-
-    def __init__(self, function: Callable[[], object]) -> None:
-        self.function: Callable[[], object] | None = function
-
-    def __call__(self) -> None:
-        function, self.function = self.function, None
-        if function is not None:
-            function()
-
-
-_expressive: dict[int, tuple[Step, bool]] = {}
-
-
-def _uses_expressions(step: Step) -> bool:
-    """Whether anything ``step`` renders holds a ``${{ }}`` (asked once per step object)."""
-    known = _expressive.get(id(step))
-    if known is None or known[0] is not step:
-        found = "${{" in json.dumps(
-            [step.run, step.exec, thaw(step.with_), thaw(step.env), step.cwd], default=str)
-        if len(_expressive) > 65536:
-            _expressive.clear()
-        known = _expressive[id(step)] = (step, found)
-    return known[1]
-
 
 def _ancestors(steps: Sequence[Step]) -> dict[str, list[str]]:
     """Every step's transitive needs (within ``steps``), nearest first."""
@@ -800,7 +454,7 @@ async def run_job(
             failure: str | None = str(exc)
         else:
             failure = None
-        run = _Run(job, run_id=run_id, handle=handle, state_dir=state_dir, emit=emit,
+        run = Run(job, run_id=run_id, handle=handle, state_dir=state_dir, emit=emit,
                    params=params or {}, secrets=secrets, trigger=trigger, fire_time=fire_time,
                    runners=runners if runners is not None else builtin_runners(),
                    clock=clock, log_cap=log_cap, environ=environ, start_job=start_job,
@@ -818,7 +472,6 @@ async def run_job(
             outcome = RunResult(RunStatus.FAILED,
                                 f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            run.cleanup()
             outcome = RunResult(outcome.status, run.redactor.text(outcome.reason)
                                 if outcome.reason else None, dict(run.outputs))
             with trio.CancelScope(shield=True):

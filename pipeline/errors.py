@@ -15,13 +15,17 @@
     ├── UsageError                options a command cannot use (an unreadable --store-file)
     └── DaemonUnreachable         ``trigger``/``stop`` found no daemon to talk to
 
-Exceptions carry fields, not pre-formatted sentences, so the CLI, the HTTP API and the log can
-each render them their own way.
+Most carry their message, written for the person who reads it (the CLI prints it after
+``pipeline:``, the API puts it in ``{"error": {"message"}}``); the few that someone renders in
+more than one way carry fields too: ``JobInvalid`` its located ``problems`` (lines in a
+terminal, JSON, GitHub annotations), ``RunActive`` its ``run_id``. ``did_you_mean`` gives the
+hint that messages about an unknown name end with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -48,6 +52,12 @@ class Problem:
     def as_dict(self) -> dict[str, str | int]:
         return {"file": self.file, "line": self.line, "column": self.column,
                 "message": self.message}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a close match among ``choices``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class PipelineError(Exception):

@@ -2,28 +2,14 @@
 
 An expression is a Jinja expression (``params.target == 'prod' and steps.build.status ==
 'succeeded'``, ``steps['my-step'].outputs.version``, ``params.name | lower``), evaluated in
-jinja2's immutable sandbox: no attribute starting with ``_`` or internal to Python
-(``''.__class__.__mro__``), no method that mutates a list or dict, and only the callables the
-context brings (``success()``, ``failure()``, ``always()``, ``cancelled()``) plus ``range`` and
-``dict``.
+the sandbox of ``pipeline.sandbox``, whose docstring gives the rules of the language and its
+resource guards. A missing name or key fails naming the path
+(``steps.biuld is undefined (did you mean steps.build?)``). A literal ``${{`` is written
+``${{ '${{' }}``; there is no escape syntax.
 
-Rules of the language, beyond Jinja's:
-
-* ``a.b`` on a mapping means the key ``b``, never a method of the mapping, so an output called
-  ``items`` or ``keys`` is reachable.
-* A missing name or key is an error when its value is used (``StrictUndefined``), naming the
-  path (``steps.biuld is undefined (did you mean steps.build?)``). Lookups through a missing
-  value chain, so ``steps.x.outputs.v | default('none')`` works before ``x`` has run.
-* Filters added: ``raw`` (see ``render``) and ``fromjson``; ``tojson`` gives plain compact
-  JSON.
-* A literal ``${{`` is written ``${{ '${{' }}``; there is no escape syntax.
-
-Resource guards: ``*`` refuses to build a string or list over 1,000,000 items, ``**`` a number
-over 100,000 bits, ``%`` a format with a width or precision of 7 digits, a string method
-(``center``, ``zfill``...) a number argument over 1,000,000, ``range`` more than 100,000 items.
-They stop the cheap mistakes; they are not a resource sandbox (``replace``, ``str.format`` or
-the ``indent`` filter can still grow a string). Expressions come from job files, whose authors
-can run any command anyway; what matters is that a typo cannot take the daemon down.
+Parsing splits a template into its literal text and its ``${{ }}`` expressions; ``references``
+says what each expression looks up (for the checks before a run, ``pipeline.lookups``);
+``render_script`` quotes each value for where it stands in a shell script (``pipeline.shell``).
 
 Every failure, of parsing or of evaluation, raises ``ExpressionError`` and nothing else.
 """
@@ -34,134 +20,24 @@ import difflib
 import functools
 import json
 import re
-import shlex
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, nodes
-from jinja2.exceptions import TemplateRuntimeError, UndefinedError
+from jinja2.exceptions import UndefinedError
 from jinja2.lexer import describe_token
 from jinja2.parser import Parser
-from jinja2.runtime import StrictUndefined, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
+from pipeline import shell
 from pipeline.errors import ExpressionError
+from pipeline.sandbox import ENV, Missing, native
 
 __all__ = ["Reference", "check_expression", "check_template", "evaluate", "references",
-           "render", "render_value", "shell_quote"]
-
-shell_quote = shlex.quote
+           "render", "render_script", "render_value", "text_of"]
 
 OPEN, CLOSE = "${{", "}}"
-MAX_ITEMS = 1_000_000  # characters of a string, items of a list, built by `*`
-MAX_POWER_BITS = 100_000
-_WIDE_FORMAT = re.compile(r"%[-#0 +]*(?:\*|\d{7,})|%[-#0 +]*\d*\.(?:\*|\d{7,})")
-
-
-class _Missing(UndefinedError):
-    """An undefined value was used; ``name`` is what was missing, ``obj`` where it was looked up."""
-
-    def __init__(self, message: str, *, name: Any, obj: Any) -> None:
-        super().__init__(message)
-        self.name = name
-        self.obj = obj
-
-
-class _Undefined(StrictUndefined):
-    """StrictUndefined whose error remembers what was missing, so the message can name its path."""
-
-    __slots__ = ()
-
-    def __init__(self, hint: str | None = None, obj: Any = missing, name: str | None = None,
-                 exc: type[TemplateRuntimeError] = UndefinedError) -> None:
-        super().__init__(hint, obj, name, exc)
-        if exc is UndefinedError:
-            # Jinja raises ``self._undefined_exception(message)``: bind the name and the object
-            # into it. (The sandbox's own undefineds carry SecurityError and keep it.)
-            self._undefined_exception = functools.partial(  # type: ignore[assignment]
-                _Missing, name=name, obj=obj)
-
-
-def _multiply(left: Any, right: Any) -> Any:
-    for seq, times in ((left, right), (right, left)):
-        if (isinstance(seq, str | bytes | list | tuple) and isinstance(times, int)
-                and len(seq) * times > MAX_ITEMS):
-            raise OverflowError(f"refusing to repeat a {type(seq).__name__} of {len(seq)} "
-                                f"items {times} times (limit {MAX_ITEMS:,} items)")
-    return left * right
-
-
-def _power(base: Any, exponent: Any) -> Any:
-    if (isinstance(base, int) and isinstance(exponent, int) and exponent > 0
-            and abs(base) > 1 and base.bit_length() * exponent > MAX_POWER_BITS):
-        raise OverflowError(f"refusing to compute {base} ** {exponent}: the result would have "
-                            f"over {MAX_POWER_BITS:,} bits")
-    return base**exponent
-
-
-def _modulo(left: Any, right: Any) -> Any:
-    if isinstance(left, str) and _WIDE_FORMAT.search(left):
-        raise OverflowError("refusing a %-format with a width or precision of millions")
-    return left % right
-
-
-def _fromjson(value: str) -> Any:
-    return json.loads(value)
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    separators = (",", ": ") if indent is not None else (",", ":")
-    return json.dumps(_native(value), ensure_ascii=False, indent=indent, separators=separators,
-                      default=str)
-
-
-def _raw(value: Any) -> Any:
-    return value
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def __init__(self) -> None:
-        super().__init__(undefined=_Undefined, autoescape=False)
-        self.binop_table.update({"*": _multiply, "**": _power, "%": _modulo})
-        for name in ("lipsum", "cycler", "joiner", "namespace"):
-            self.globals.pop(name, None)
-        self.filters.update({"raw": _raw, "fromjson": _fromjson, "tojson": _tojson})
-
-    # Positional-only by their double underscores, as in Jinja: the call's own keyword
-    # arguments may be called ``self`` or ``obj``.
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        # str.center, ljust, zfill, expandtabs...: a width of millions is a mistake.
-        if isinstance(getattr(__obj, "__self__", None), str) and any(
-                isinstance(a, int) and a > MAX_ITEMS for a in (*args, *kwargs.values())):
-            raise OverflowError(f"refusing a string method argument over {MAX_ITEMS:,}")
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Undefined):
-            return obj  # keep the first missing name: it is the one the message must show
-        if isinstance(obj, Mapping):
-            try:
-                return obj[attribute]
-            except (KeyError, TypeError):
-                return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        if isinstance(obj, Undefined):
-            return obj
-        if isinstance(obj, Mapping):
-            try:
-                return obj[argument]
-            except (KeyError, TypeError):
-                return self.undefined(obj=obj, name=argument)
-        return super().getitem(obj, argument)
-
-
-_ENV = _Sandbox()
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -190,9 +66,9 @@ def _nodes(tree: nodes.Node, kinds: tuple[type[nodes.Node], ...]) -> Iterator[An
 
 def _problem_in(tree: nodes.Expr) -> str | None:
     for node in _nodes(tree, (nodes.Filter, nodes.Test)):
-        if isinstance(node, nodes.Filter) and node.name not in _ENV.filters:
+        if isinstance(node, nodes.Filter) and node.name not in ENV.filters:
             return f"unknown filter {node.name!r}"
-        if isinstance(node, nodes.Test) and node.name not in _ENV.tests:
+        if isinstance(node, nodes.Test) and node.name not in ENV.tests:
             return f"unknown test {node.name!r}"
     return None
 
@@ -203,7 +79,7 @@ def _parse(source: str) -> nodes.Expr | str:
     if not source.strip():
         return "empty expression"
     try:
-        parser = Parser(_ENV, source, state="variable")
+        parser = Parser(ENV, source, state="variable")
         tree = parser.parse_expression()
         if not parser.stream.eos:
             return f"unexpected {describe_token(parser.stream.current)!r}"
@@ -303,8 +179,8 @@ def check_expression(text: str) -> str | None:
 # `steps.x.outputs.v | default('none')`, `params.p is defined`.
 _GUARD_FILTERS = frozenset({"default", "d"})
 _GUARD_TESTS = frozenset({"defined", "undefined"})
-GLOBALS = frozenset(_ENV.globals)  # range, dict: callables every expression has
-FILTERS = frozenset(_ENV.filters)  # `value | name`
+GLOBALS = frozenset(ENV.globals)  # range, dict: callables every expression has
+FILTERS = frozenset(ENV.filters)  # `value | name`
 
 
 @dataclass(frozen=True)
@@ -423,7 +299,7 @@ def _spelling(path: tuple[str | int, ...], called: bool) -> re.Pattern[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _compiled(source: str) -> Any:
-    return _ENV.compile_expression(source, undefined_to_none=False)
+    return ENV.compile_expression(source, undefined_to_none=False)
 
 
 def _join(base: str | None, key: Any) -> str:
@@ -448,7 +324,7 @@ def _path(node: nodes.Node) -> str | None:
     return None
 
 
-def _missing_message(exc: _Missing, tree: nodes.Expr, context: Mapping[str, Any]) -> str:
+def _missing_message(exc: Missing, tree: nodes.Expr, context: Mapping[str, Any]) -> str:
     name = exc.name
     path = parent = None
     for node in _nodes(tree, (nodes.Name, nodes.Getattr, nodes.Getitem)):
@@ -466,7 +342,7 @@ def _missing_message(exc: _Missing, tree: nodes.Expr, context: Mapping[str, Any]
             break
     what = path or repr(name)
     if exc.obj is missing:
-        known: Iterable[Any] = [*context, *_ENV.globals]
+        known: Iterable[Any] = [*context, *ENV.globals]
     elif isinstance(exc.obj, Mapping):
         known = exc.obj
     elif isinstance(exc.obj, list | tuple):
@@ -483,29 +359,11 @@ def _missing_message(exc: _Missing, tree: nodes.Expr, context: Mapping[str, Any]
     return f"{what} is undefined (there is: {listed})"
 
 
-def _native(value: Any) -> Any:
-    """Plain JSON-like data: mappings to dicts, sequences and iterators to lists.
-
-    Raises the undefined's error if one is found inside (``[steps.nope]``).
-    """
-    if isinstance(value, Undefined):
-        value._fail_with_undefined_error()
-    if isinstance(value, str):
-        return str(value)  # Markup and other subclasses become plain text
-    if isinstance(value, Mapping):
-        return {k: _native(v) for k, v in value.items()}
-    if isinstance(value, bytes | bytearray):
-        return value
-    if isinstance(value, Iterable):
-        return [_native(v) for v in value]
-    return value
-
-
 def _evaluate(source: str, context: Mapping[str, Any]) -> Any:
     tree = _parse_or_raise(source)
     try:
-        value = _native(_compiled(source)(dict(context)))
-    except _Missing as exc:
+        value = native(_compiled(source)(dict(context)))
+    except Missing as exc:
         raise ExpressionError(f'expression "{_show(source)}" failed: '
                               f"{_missing_message(exc, tree, context)}") from None
     except Exception as exc:  # the sandbox's SecurityError, TypeError, ZeroDivisionError...
@@ -553,15 +411,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render(text: str, context: Mapping[str, Any], *,
-           quote: Callable[[str], str] | None = None) -> str:
+def render(text: str, context: Mapping[str, Any]) -> str:
     """``text`` with each ``${{ expr }}`` replaced by its value as text.
 
     Text of a value: a string as is, a bool ``true``/``false``, None empty, a number ``str()``,
-    a list or mapping compact JSON. With ``quote`` (``shlex.quote`` for ``run`` scripts) every
-    value goes through it, unless its expression ends with ``| raw``. For ``run`` scripts use
-    ``render_script``, which quotes each value for the quotes it stands in.
-    Raises ``ExpressionError``.
+    a list or mapping compact JSON. For ``run`` scripts use ``render_script``, which quotes
+    each value for the quotes it stands in. Raises ``ExpressionError``.
     """
     if OPEN not in text:
         return text
@@ -570,49 +425,8 @@ def render(text: str, context: Mapping[str, Any], *,
         if isinstance(part, str):
             out.append(part)
             continue
-        value = text_of(_evaluate(part.source, context))
-        out.append(quote(value) if quote is not None and not part.raw else value)
+        out.append(text_of(_evaluate(part.source, context)))
     return "".join(out)
-
-
-def _shell_scan(text: str, state: str, prev: str) -> tuple[str, str]:
-    """Carry a POSIX shell's quoting state across ``text``: ``""`` (unquoted), ``"'"``,
-    ``'"'`` or ``"#"`` (a comment, to the end of the line).
-
-    Rough on purpose: quotes, backslashes and comments (so an apostrophe in a comment does not
-    open a quote); not heredocs or ``$'...'``. ``prev`` is the character before ``text``.
-    """
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if state == "#":
-            if c == "\n":
-                state = ""
-        elif state == "'":
-            if c == "'":
-                state = ""
-        elif state == '"':
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                state = ""
-        elif c == "\\":
-            i += 1
-        elif c in "'\"":
-            state = c
-        elif c == "#" and (prev == "" or prev.isspace() or prev in ";&|()"):
-            state = "#"
-        prev = c
-        i += 1
-    return state, prev
-
-
-def _shell_quote(value: str, state: str) -> str:
-    if state == "'":
-        return value.replace("'", "'\\''")
-    if state == '"':
-        return re.sub(r'([\\"$`])', r"\\\1", value)
-    return shlex.quote(value)
 
 
 def render_script(text: str, context: Mapping[str, Any]) -> str:
@@ -631,10 +445,10 @@ def render_script(text: str, context: Mapping[str, Any]) -> str:
     for part in _split_or_raise(text):
         if isinstance(part, str):
             out.append(part)
-            state, prev = _shell_scan(part, state, prev)
+            state, prev = shell.scan(part, state, prev)
             continue
         value = text_of(_evaluate(part.source, context))
-        out.append(value if part.raw else _shell_quote(value, state))
+        out.append(value if part.raw else shell.quote(value, state))
         prev = "x"
     return "".join(out)
 

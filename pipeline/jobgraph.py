@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import dag
+from pipeline.errors import did_you_mean
 from pipeline.model import Job
 from pipeline.yamlsafe import JsonPath
 
@@ -42,11 +42,6 @@ def upstreams(job: Job) -> list[tuple[JsonPath, str]]:
             if isinstance(entry, Mapping) and isinstance(entry.get("after"), str)]
 
 
-def edges(jobs: Mapping[str, Job]) -> dict[str, list[str]]:
-    """Each job -> the jobs it fires after (for drawing the job graph)."""
-    return {name: [upstream for _, upstream in upstreams(job)] for name, job in jobs.items()}
-
-
 def after_flaws(jobs: Mapping[str, Job], known: Collection[str], *,
                 complete: bool = True) -> list[AfterFlaw]:
     """What is wrong with the ``after:`` entries of ``jobs`` (the valid jobs, by name).
@@ -67,7 +62,7 @@ def after_flaws(jobs: Mapping[str, Job], known: Collection[str], *,
             elif upstream in jobs:
                 graph[name].setdefault(upstream, where)
             elif complete and upstream not in known:
-                hint = dag.did_you_mean(upstream, known)
+                hint = did_you_mean(upstream, known)
                 flaws[name, where] = AfterFlaw(name, where, f"there is no job {upstream!r} in "
                                                f"the jobs directory{hint}")
     # graphlib reports one ring at a time: cut the edge that closes it and look again, so

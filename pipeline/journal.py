@@ -88,20 +88,6 @@ class Journal:
         await done.wait()
         return not verdict or verdict[0]
 
-    async def write_many(self, claims: list[RunQueued | RunSkipped]) -> list[bool]:
-        """Write claims together and wait once for their commit; False for each refused."""
-        if self.closed or len(claims) <= 1:
-            return [await self.write(claim) for claim in claims]
-        pending = []
-        for claim in claims:
-            self._observe(claim)
-            done, verdict = trio.Event(), list[bool]()
-            self._queue((claim, done, verdict))
-            pending.append((done, verdict))
-        for done, _ in pending:
-            await done.wait()
-        return [not verdict or verdict[0] for _, verdict in pending]
-
     def _queue(self, item: tuple[Event, trio.Event | None, list[bool]]) -> None:
         self._send.send_nowait(item)
         self._sent += 1

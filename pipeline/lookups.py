@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from pipeline import dag, expr
+from pipeline.errors import did_you_mean
 
 # What every expression can read: the names engine's run context holds (CONTRACT §2).
 CONTEXT = ("params", "env", "secrets", "steps", "run", "job")
@@ -141,14 +142,7 @@ class Names:
         path = ref.path
         root = str(path[0])
         if ref.called:
-            if root in FUNCTIONS or root in expr.GLOBALS or root in CONTEXT or root == "item":
-                return None  # calling a value that is no function: the run says so
-            if root in expr.FILTERS:
-                return f"{root} is a filter, not a function: write `value | {root}`"
-            close = difflib.get_close_matches(root, [*FUNCTIONS, *expr.GLOBALS], n=1)
-            hint = f" (did you mean {close[0]}()?)" if close else ""
-            return (f"unknown function {root}(){hint}; the functions are "
-                    f"{', '.join(f + '()' for f in FUNCTIONS)}")
+            return _call(root)
         if root in FUNCTIONS or root in expr.GLOBALS:
             return None
         if scope.reader == "notify" and root in ("steps", "env"):
@@ -158,44 +152,63 @@ class Names:
             return scope.item
         if root not in CONTEXT:
             names = [*CONTEXT, *(["item"] if scope.item is None else [])]
-            return (f"unknown name {root!r}{dag.did_you_mean(root, names)}; an expression "
+            return (f"unknown name {root!r}{did_you_mean(root, names)}; an expression "
                     f"reads {', '.join(names)}")
         if len(path) < 2 or not isinstance(path[1], str):
             return None
         key = path[1]
         shown = f"{root}.{key}" if key.isidentifier() else _shown(path[:2])
         if root == "steps":
-            if key not in self.home:
-                return f"{shown}: there is no step {key!r} in this job" + (
-                    dag.did_you_mean(key, self.home) or f" (steps: {_listed(self.home)})")
-            reason = None if scope.reader is None else self.unseen(key, scope.reader)
-            if reason:
-                return f"{shown}: {reason}"
-            keys = (*STEP_KEYS, "items") if key in self.for_each else STEP_KEYS
-            if len(path) > 2 and isinstance(path[2], str) and path[2] not in keys:
-                return (f"{_shown(path[:3])}: a step has {' and '.join(keys)}"
-                        f"{dag.did_you_mean(path[2], keys)}")
-            return None
+            return self.step_lookup(path, key, shown, scope)
         if root in ("params", "secrets"):
             declared = self.params if root == "params" else self.secrets
             what = "parameter" if root == "params" else "secret"
             if declared is None or key in declared:
                 return None
             return f"{shown}: there is no {what} {key!r}" + (
-                dag.did_you_mean(key, declared) or (
+                did_you_mean(key, declared) or (
                     f" ({root}: {_listed(declared)})" if declared
                     else f" ({self.declarer} declares no {root})"))
         if root == "env":
             if scope.env is None or key in scope.env:
                 return None
             return (f"{shown} is not set: env holds {scope.env_words} "
-                    f"({_listed(scope.env) or 'none'}){dag.did_you_mean(key, scope.env)}; a "
+                    f"({_listed(scope.env) or 'none'}){did_you_mean(key, scope.env)}; a "
                     f"script reads other variables as ${key}")
         known = (RUN_KEYS if root == "run" else JOB_KEYS) + (
             ("status",) if root == "run" and scope.reader == "notify" else ())
         if key in known:
             return None
-        return f"{shown}: {root} has {', '.join(known)}{dag.did_you_mean(key, known)}"
+        return f"{shown}: {root} has {', '.join(known)}{did_you_mean(key, known)}"
+
+
+    def step_lookup(self, path: tuple[str | int, ...], key: str, shown: str,
+                    scope: Scope) -> str | None:
+        """Why ``steps.KEY...`` cannot succeed in ``scope``: no such step, one not there yet
+        (``unseen``), or a key a step does not have; None if it can."""
+        if key not in self.home:
+            return f"{shown}: there is no step {key!r} in this job" + (
+                did_you_mean(key, self.home) or f" (steps: {_listed(self.home)})")
+        reason = None if scope.reader is None else self.unseen(key, scope.reader)
+        if reason:
+            return f"{shown}: {reason}"
+        keys = (*STEP_KEYS, "items") if key in self.for_each else STEP_KEYS
+        if len(path) > 2 and isinstance(path[2], str) and path[2] not in keys:
+            return (f"{_shown(path[:3])}: a step has {' and '.join(keys)}"
+                    f"{did_you_mean(path[2], keys)}")
+        return None
+
+
+def _call(root: str) -> str | None:
+    """Why calling ``root()`` cannot succeed, or None if it may."""
+    if root in FUNCTIONS or root in expr.GLOBALS or root in CONTEXT or root == "item":
+        return None  # calling a value that is no function: the run says so
+    if root in expr.FILTERS:
+        return f"{root} is a filter, not a function: write `value | {root}`"
+    close = difflib.get_close_matches(root, [*FUNCTIONS, *expr.GLOBALS], n=1)
+    hint = f" (did you mean {close[0]}()?)" if close else ""
+    return (f"unknown function {root}(){hint}; the functions are "
+            f"{', '.join(f + '()' for f in FUNCTIONS)}")
 
 
 def _shown(path: tuple[str | int, ...]) -> str:

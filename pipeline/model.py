@@ -9,16 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-# A for_each instance of step "build" is "build.0", "build.1", ...: the dot cannot occur in a
-# declared id, so instance ids never collide with real ones.
+# A step id as declared, optionally with the index of a for_each instance: step "build" has
+# instances "build.0", "build.1", ...; the dot cannot occur in a declared id, so instance ids
+# never collide with real ones.
 STEP_INSTANCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[0-9]{1,6})?$")
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
 
@@ -162,7 +162,7 @@ class Exclusion:
 
     text: str  # as written, for messages and `pipeline why`
     date: date | None = None
-    cron: str | None = None  # normalised by triggers.parse_cron
+    cron: str | None = None  # normalised by cron.parse_cron
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ class Concurrency:
 @dataclass(frozen=True)
 class CircuitBreaker:
     after: int
-    cooldown: float
+    cooldown: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -507,6 +507,12 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [thaw(v) for v in value]
     return value
+
+
+def utc_now() -> datetime:
+    """The current instant, in UTC: every clock the engine, the scheduler and the commands
+    take defaults to this one."""
+    return datetime.now(UTC)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -3,9 +3,10 @@
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
 ``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
 again within a second), measures the offset between this machine's wall clock and the store's
-(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
-monotonic clock, in a store other daemons share, the node **fences** itself (rule 5): it stops
-claiming and stops its runs before anyone may take them over; the watchdog, a separate process,
+(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal.
+When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
+daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
+before anyone may take them over; the watchdog, a separate process,
 kills its steps' process groups even if the daemon is frozen. When the store says the node is
 no longer alive (another node found it lost), it registers again under a new id.
 """

@@ -15,8 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipeline import dag
-from pipeline.errors import ParamError
+from pipeline.errors import ParamError, did_you_mean
 from pipeline.model import Job, Param, ParamType
 from pipeline.schema import TYPE_WORDS
 from pipeline.yamlsafe import JsonPath, show
@@ -67,7 +66,8 @@ def declared(name: str, declaration: Any) -> Param:
         default = int(default)
     enum = declaration.get("enum")
     return Param(name, kind, default, has_default, None if enum is None else tuple(enum),
-                 declaration.get("description", ""), bool(declaration.get("required", False)))
+                 declaration.get("description", Param.description),
+                 bool(declaration.get("required", Param.required)))
 
 
 def problems(declaration: Any) -> Iterator[tuple[JsonPath, str]]:
@@ -157,7 +157,7 @@ def parse_params(job: Job, given: Mapping[str, Any]) -> dict[str, Any]:
         param = job.params.get(key)
         if param is None:
             known = ", ".join(sorted(job.params)) or "none"
-            errors.append(f"unknown parameter {key!r}{dag.did_you_mean(key, job.params)} "
+            errors.append(f"unknown parameter {key!r}{did_you_mean(key, job.params)} "
                           f"(parameters of {job.name}: {known})")
             continue
         try:

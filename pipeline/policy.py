@@ -14,7 +14,8 @@ Two questions, each answered without I/O and without a clock of its own:
     replace the active runs, skip it (recorded as a skipped run), or make no run at all.
 
 The store calls ``decide`` inside the transaction that starts a run, with the counts it has
-just read under lock, so the answer holds across every node of a cluster (CLUSTER.md, rule 6).
+just read under lock, so the answer holds across every node of a cluster (rule 6 of
+docs/architecture.md).
 Both answers say why, as an enum for programs and a sentence for people: they are what the
 decision log records.
 """

@@ -7,7 +7,8 @@ seconds for it to empty, then SIGKILL. Timeouts, ``pipeline stop``, Ctrl-C and d
 shutdown all reach it through trio cancellation.
 
 We do not use PR_SET_PDEATHSIG to tie steps to the daemon: Linux ties it to the parent
-*thread*, and trio spawns from worker threads that exit after ~10 s idle (MEASURED.md).
+*thread*, and trio spawns from worker threads that exit after about 10 s idle, so a step started
+with it is killed about 10 s later (measured).
 Instead every step carries PIPELINE_RUN_ID in its environment and its group is recorded, so the
 next start of a crashed daemon finds and kills what is left (``kill_leftovers``).
 """
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from pipeline.statedir import stat_fields
 
 # Once the leader has exited and its group has been told to stop, how long the pipe may stay
 # open before we stop reading: a holder outside the group (a process that called setsid) must
@@ -72,13 +75,9 @@ def group_members(pgid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which may itself contain spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = stat_fields(int(entry.name))
+        if fields is not None and len(fields) > 2 and fields[0] != b"Z" \
+                and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
 
@@ -215,29 +214,6 @@ async def run_group(
                 await stdout.aclose()
     assert proc.returncode is not None
     return Exit.from_returncode(proc.returncode)
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(")") + 2 :].split()[19])
-
-
-def environ_of(pid: int) -> dict[str, str]:
-    """The environment ``pid`` started with (empty if unreadable)."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
 
 
 def processes_of_run(run_id: str) -> list[int]:

@@ -16,12 +16,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline import triggers
+from pipeline import cron
 from pipeline.model import Catchup, Exclusion, RunStatus, Schedule, ScheduleKind, Window
 from pipeline.notation import local_zone, parse_duration, parse_time, schedule_form, zone
 
 DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-DEFAULT_SETTLE = 5.0  # seconds a file must stay unchanged before it fires
 TIMED_ONLY = ("timezone", "jitter", "catchup", "misfire_grace", "active", "exclude")
 
 _DATE = re.compile(DATE_PATTERN)
@@ -36,25 +35,26 @@ def build(entry: Any, *, folder: str | None = None) -> Schedule:
             return Schedule(kind, local_zone(), every=parse_duration(text), text=entry)
         if kind is ScheduleKind.REBOOT:
             return Schedule(kind, local_zone(), text=text)
-        return Schedule(kind, local_zone(), cron=triggers.parse_cron(text), text=entry)
+        return Schedule(kind, local_zone(), cron=cron.parse_cron(text), text=entry)
     tz = zone(entry["timezone"]) if "timezone" in entry else local_zone()
     if "file" in entry:
         return Schedule(ScheduleKind.FILE, tz, file=glob_path(entry["file"], folder),
-                        settle=parse_duration(entry.get("settle", DEFAULT_SETTLE)),
-                        existing=bool(entry.get("existing", False)), text=entry["file"])
+                        settle=parse_duration(entry.get("settle", Schedule.settle)),
+                        existing=bool(entry.get("existing", Schedule.existing)),
+                        text=entry["file"])
     if "after" in entry:
         return Schedule(ScheduleKind.AFTER, tz, after=entry["after"],
-                        status=tuple(RunStatus(s) for s in entry.get("status", ["succeeded"])),
+                        status=tuple(RunStatus(s) for s in entry.get("status", Schedule.status)),
                         text=f"after {entry['after']}")
     common: dict[str, Any] = {
-        "jitter": parse_duration(entry.get("jitter", 0)),
-        "catchup": Catchup(entry.get("catchup", "latest")),
-        "misfire_grace": parse_duration(entry.get("misfire_grace", 60)),
+        "jitter": parse_duration(entry.get("jitter", Schedule.jitter)),
+        "catchup": Catchup(entry.get("catchup", Schedule.catchup)),
+        "misfire_grace": parse_duration(entry.get("misfire_grace", Schedule.misfire_grace)),
         "active": window(entry["active"], tz) if "active" in entry else None,
         "exclude": tuple(exclusion(text) for text in entry.get("exclude", ())),
     }
     if "cron" in entry:
-        return Schedule(ScheduleKind.CRON, tz, cron=triggers.parse_cron(entry["cron"]),
+        return Schedule(ScheduleKind.CRON, tz, cron=cron.parse_cron(entry["cron"]),
                         text=entry["cron"], **common)
     if "every" in entry:
         start = parse_time(entry["start"], tz) if "start" in entry else None
@@ -92,7 +92,7 @@ def exclusion(text: str) -> Exclusion:
         except ValueError:
             raise ValueError(f"{text!r} is not a real date") from None
     try:
-        return Exclusion(text, cron=triggers.parse_cron(stripped))
+        return Exclusion(text, cron=cron.parse_cron(stripped))
     except ValueError as exc:
         raise ValueError(f"{text!r} is neither a date (YYYY-MM-DD) nor a cron expression: "
                          f"{exc}") from None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import jsonschema_rs
 
 import pipeline
-from pipeline import dag
+from pipeline.errors import did_you_mean
 from pipeline.model import JOB_NAME
 from pipeline.notation import (
     AT_PATTERN,
@@ -294,73 +294,94 @@ def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationErro
 
 
 def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[JsonPath, bool, str]]:
-    """(path, at the key?, message) for one leaf error."""
+    """(path, at the key?, message) for one leaf error: one or more about a mapping's keys
+    (unknown, missing, not together, one of), or one about the value."""
     path: JsonPath = tuple(error.absolute_path)
+    if _about_keys(error):
+        yield from _key_problems(error, path)
+    else:
+        yield path, False, _value_problem(error, path)
+
+
+def _about_keys(error: jsonschema.ValidationError) -> bool:
+    value, kind = error.instance, error.validator
+    return ("propertyNames" in error.relative_schema_path
+            or (isinstance(value, dict)
+                and kind in ("additionalProperties", "required", "dependentRequired"))
+            or (kind == "not" and isinstance(value, dict)
+                and _required_only([error.validator_value]))
+            or (kind in ("oneOf", "anyOf") and _required_only(error.validator_value)))
+
+
+def _key_problems(error: jsonschema.ValidationError,
+                  path: JsonPath) -> Iterator[tuple[JsonPath, bool, str]]:
     value = error.instance
+    mapping: dict[str, Any] = value if isinstance(value, dict) else {}
     schema = error.schema if isinstance(error.schema, dict) else {}
     kind = error.validator
     if "propertyNames" in error.relative_schema_path:
         # jsonschema checks a key as a value at the mapping's own path
         yield (*path, cast(str, value)), True, f"{value!r} is not {_expected(error)}"
-    elif kind == "additionalProperties" and isinstance(value, dict):
+    elif kind == "additionalProperties":
         known = schema.get("properties", {})
         patterns = schema.get("patternProperties", {})
-        for key in value:
+        for key in mapping:
             if key in known or any(re.search(p, key) for p in patterns):
                 continue
-            hint = dag.did_you_mean(key, known)
+            hint = did_you_mean(key, known)
             if not hint and len(known) <= 20:
                 hint = f" (expected one of: {', '.join(known)})"
             yield (*path, key), True, f"unknown key {key!r}{hint}"
-    elif kind == "required" and isinstance(value, dict):
+    elif kind == "required":
         known = schema.get("properties", {})
-        strays = [k for k in value if k not in known]
+        strays = [k for k in mapping if k not in known]
         for key in cast(list[str], error.validator_value):
             # A misspelt key is reported as unknown, with this key as its did-you-mean.
-            if key not in value and not any(dag.did_you_mean(k, [key]) for k in strays):
+            if key not in mapping and not any(did_you_mean(k, [key]) for k in strays):
                 yield path, False, f"missing required key {key!r}"
-    elif kind == "dependentRequired" and isinstance(value, dict):
+    elif kind == "dependentRequired":
         for key, needed in cast(dict[str, list[str]], error.validator_value).items():
             for other in needed:
-                if key in value and other not in value:
+                if key in mapping and other not in mapping:
                     yield (*path, key), True, (f"{key!r} only applies together with "
                                                f"{other!r}, which is missing")
-    elif kind == "not" and isinstance(value, dict) and _required_only([error.validator_value]):
+    elif kind == "not":
         keys = cast(dict[str, list[str]], error.validator_value)["required"]
         yield (*path, keys[-1]), True, f"{' and '.join(map(repr, keys))} cannot be used together"
-    elif kind in ("oneOf", "anyOf") and _required_only(error.validator_value):
+    else:  # oneOf/anyOf that picks one key of several
         options = [b["required"][0] for b in cast(list[dict[str, list[str]]],
                                                    error.validator_value)]
-        found = [k for k in options if isinstance(value, dict) and k in value]
+        found = [k for k in options if k in mapping]
         if found:
             yield (*path, found[-1]), True, (f"takes only one of {', '.join(options)}; found "
                                              f"{' and '.join(found)}")
         else:
             yield path, False, f"needs one of {', '.join(options)}"
-    elif kind in ("oneOf", "anyOf"):
-        if error.context:
-            hint = dag.did_you_mean(value, _words(error)) if isinstance(value, str) else ""
-            yield path, False, f"expected {_expected(error)}, got {show(value)}{hint}"
-        else:
-            yield path, False, "matches more than one of the allowed forms"
-    elif kind == "enum" and path and path[-1] == "uses":
+
+
+def _value_problem(error: jsonschema.ValidationError, path: JsonPath) -> str:
+    value, kind = error.instance, error.validator
+    if kind in ("oneOf", "anyOf"):
+        if not error.context:
+            return "matches more than one of the allowed forms"
+        hint = did_you_mean(value, _words(error)) if isinstance(value, str) else ""
+        return f"expected {_expected(error)}, got {show(value)}{hint}"
+    if kind == "enum" and path and path[-1] == "uses":
         names = cast(list[str], error.validator_value)
-        yield path, False, (f"unknown runner {show(value)}"
-                            f"{dag.did_you_mean(str(value), names)} (known: "
-                            f"{', '.join(names)})")
-    elif kind == "pattern":
-        yield path, False, f"{show(value)} is not {_expected(error)}"
-    elif kind in ("type", "enum", "const"):
-        hint = dag.did_you_mean(value, cast(list[str], error.validator_value)) \
+        return (f"unknown runner {show(value)}{did_you_mean(str(value), names)} (known: "
+                f"{', '.join(names)})")
+    if kind == "pattern":
+        return f"{show(value)} is not {_expected(error)}"
+    if kind in ("type", "enum", "const"):
+        hint = did_you_mean(value, cast(list[str], error.validator_value)) \
             if kind == "enum" and isinstance(value, str) else ""
-        yield path, False, f"expected {_expected(error)}, got {show(value)}{hint}"
-    elif kind in ("minItems", "minLength", "minProperties") and error.validator_value == 1:
-        yield path, False, "must not be empty"
-    elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        return f"expected {_expected(error)}, got {show(value)}{hint}"
+    if kind in ("minItems", "minLength", "minProperties") and error.validator_value == 1:
+        return "must not be empty"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         words = {"minimum": "at least", "exclusiveMinimum": "greater than",
                  "maximum": "at most", "exclusiveMaximum": "less than"}[kind]
-        yield path, False, f"must be {words} {error.validator_value}, got {show(value)}"
-    elif kind == "uniqueItems":
-        yield path, False, "has the same item more than once"
-    else:
-        yield path, False, error.message
+        return f"must be {words} {error.validator_value}, got {show(value)}"
+    if kind == "uniqueItems":
+        return "has the same item more than once"
+    return str(error.message)

@@ -27,7 +27,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from pipeline import checks, triggers, yamlsafe
+from pipeline import checks, cron, yamlsafe
 from pipeline.errors import Problem, SettingsInvalid
 from pipeline.lookups import STEP_LISTS
 from pipeline.model import (
@@ -60,7 +60,6 @@ _KIND_LINE = re.compile(rb"^kind[ \t]*:[ \t]*(['\"]?)settings\1[ \t]*(#.*)?\r?$"
 # What a target sends when its `when:` is not given.
 DEFAULT_WHEN = frozenset({NotifyEvent.FAILURE})
 PING_WHEN = frozenset({NotifyEvent.START, NotifyEvent.SUCCESS, NotifyEvent.FAILURE})
-DEFAULT_NOTIFY_TIMEOUT = 10.0
 
 
 # -- recognising the file ----------------------------------------------------------------
@@ -181,8 +180,8 @@ def _build(data: dict[str, Any], file: str, sha256: str) -> Settings:
             max_parallel=_int(given.get("max_parallel")),
             document=freeze(given)),
         smtp=None if smtp is None else Smtp(
-            host=smtp["host"], sender=smtp["from"], port=int(smtp.get("port", 587)),
-            starttls=bool(smtp.get("starttls", True)), username=smtp.get("username"),
+            host=smtp["host"], sender=smtp["from"], port=int(smtp.get("port", Smtp.port)),
+            starttls=bool(smtp.get("starttls", Smtp.starttls)), username=smtp.get("username"),
             password=None if password is None else Secret(
                 "smtp.password", password.get("env"), password.get("file"))),
         secrets=secret_refs(data.get("secrets")),
@@ -238,7 +237,7 @@ def _zoned(entry: Any, tz: str) -> Any:
     if kind is ScheduleKind.EVERY:
         return {"every": text, "timezone": tz}
     try:
-        triggers.parse_cron(text)
+        cron.parse_cron(text)
     except ValueError:  # not a cron expression (an event alias): no zone to give
         return entry
     return {"cron": text, "timezone": tz}
@@ -257,8 +256,9 @@ def retry_policy(value: Any) -> RetryPolicy:
     if isinstance(value, int | float):
         return RetryPolicy(limit=int(value))
     max_delay = value.get("max_delay")
-    return RetryPolicy(limit=int(value["limit"]), delay=parse_duration(value.get("delay", 0)),
-                       backoff=Backoff(value.get("backoff", "constant")),
+    return RetryPolicy(limit=int(value["limit"]),
+                       delay=parse_duration(value.get("delay", RetryPolicy.delay)),
+                       backoff=Backoff(value.get("backoff", RetryPolicy.backoff)),
                        max_delay=None if max_delay is None else parse_duration(max_delay))
 
 
@@ -284,7 +284,7 @@ def pool(value: Any) -> Pool | None:
         return None
     if isinstance(value, str):
         return Pool(value)
-    return Pool(value["name"], int(value.get("slots", 1)))
+    return Pool(value["name"], int(value.get("slots", Pool.slots)))
 
 
 def notify_targets(value: Any) -> tuple[NotifyTarget, ...]:
@@ -299,8 +299,8 @@ def _target(index: int, entry: Mapping[str, Any]) -> NotifyTarget:
             else PING_WHEN if kind is TargetKind.PING else DEFAULT_WHEN)
     common: dict[str, Any] = {
         "kind": kind, "when": when, "index": index,
-        "cooldown": parse_duration(entry.get("cooldown", 0)),
-        "timeout": parse_duration(entry.get("timeout", DEFAULT_NOTIFY_TIMEOUT)),
+        "cooldown": parse_duration(entry.get("cooldown", NotifyTarget.cooldown)),
+        "timeout": parse_duration(entry.get("timeout", NotifyTarget.timeout)),
     }
     body = entry[kind.value]
     if kind is TargetKind.WEBHOOK:

@@ -23,9 +23,7 @@ targets against it; its ``defaults`` are merged into every job's document before
 built (``settings.apply_defaults``). A directory without a settings file has no pools and no
 SMTP server; single files without it are not judged on those.
 
-Only a document that passed all of them becomes a ``Job``: this module builds it, reading the
-notations inside strings with ``pipeline.notation`` and parameters with ``pipeline.params``,
-and freezes every mapping and list so that no raw dict travels further.
+Only a document that passed all of them becomes a ``Job``, frozen (``pipeline.build``).
 
 The names other modules use are all importable from here, wherever they are defined.
 """
@@ -35,27 +33,18 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, cast
 
-from pipeline import checks, dag, jobgraph, params, schedules, yamlsafe
-from pipeline.errors import JobInvalid, Problem, Severity
+from pipeline import checks, jobgraph, params, yamlsafe
+from pipeline.build import build_job, job_from_record
+from pipeline.errors import JobInvalid, Problem, Severity, did_you_mean
 from pipeline.model import (
-    EMPTY,
-    CircuitBreaker,
-    Concurrency,
     Job,
-    Policy,
-    RetryPolicy,
     Settings,
-    Step,
-    StepKind,
-    thaw,
 )
 from pipeline.notation import (
     AT_PATTERN,
@@ -75,12 +64,7 @@ from pipeline.schema import (
 )
 from pipeline.settings import (
     apply_defaults,
-    history,
     is_settings_file,
-    notify_targets,
-    pool,
-    retry_policy,
-    secret_refs,
     settings_or_problems,
 )
 from pipeline.yamlsafe import JsonPath, Mark
@@ -88,16 +72,11 @@ from pipeline.yamlsafe import JsonPath, Mark
 __all__ = [
     "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "Loaded",
     "builtin_runner_schemas", "call_problems", "find_job_files", "find_settings_file",
-    "is_settings_file", "job_schema", "load_job", "load_jobs",
+    "is_settings_file", "job_from_record", "job_schema", "load_job", "load_jobs",
     "parse_duration", "parse_params", "schema_dir", "unwrap",
 ]
 
 MAX_BYTES = 1 << 20  # a job file is a page or two; anything near this is a mistake or an attack
-
-# The YAML stage's tests were written against this module, where it used to live.
-_LOADER, _PyLoader, _Refused, _parse_yaml = (yamlsafe.LOADER, yamlsafe.PyLoader,
-                                             yamlsafe.Refused, yamlsafe.parse)
-
 
 # -- finding job files -------------------------------------------------------------------
 
@@ -140,126 +119,6 @@ def find_job_files(root: Path) -> list[Path]:
 def find_settings_file(root: Path) -> Path | None:
     """The settings file among ``find_job_files(root)`` (the first, if there are several)."""
     return next((path for path in find_job_files(root) if is_settings_file(path)), None)
-
-
-# -- building the model ------------------------------------------------------------------
-# Every function here reads a document that passed all the checks: values are known to be
-# there and well-formed, so nothing is checked twice.
-
-
-_retries = retry_policy
-
-
-def _freeze(value: Any) -> Any:
-    """``model.freeze`` for the plain dicts and lists we construct, without its ABC checks
-    (which cost a third of building a job); the result is the same."""
-    kind = value.__class__
-    if kind is dict:
-        return MappingProxyType({k: v if v.__class__ not in _CONTAINERS else _freeze(v)
-                                 for k, v in value.items()})
-    if kind is list:
-        return tuple([v if v.__class__ not in _CONTAINERS else _freeze(v) for v in value])
-    return value
-
-
-_CONTAINERS = frozenset({dict, list})
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _env(value: Any) -> Mapping[str, str]:
-    return _freeze({k: _text(v) for k, v in value.items()}) if value else EMPTY
-
-
-def _int(value: Any) -> Any:
-    """JSON Schema's integers include 2.0; the model wants 2."""
-    return int(value) if isinstance(value, float) else value
-
-
-def _step(raw: dict[str, Any], frozen: Mapping[str, Any], line: int) -> Step:
-    kind = StepKind.RUN if "run" in raw else StepKind.EXEC if "exec" in raw else StepKind.USES
-    needs = raw.get("needs", ())
-    shell = raw.get("shell")
-    for_each = raw.get("for_each")
-    if_ = raw.get("if", "success()")
-    return Step(
-        id=raw["id"], kind=kind, line=line, name=raw.get("name"), run=raw.get("run"),
-        exec=tuple(_text(a) for a in raw.get("exec", ())), uses=raw.get("uses"),
-        with_=frozen.get("with", EMPTY),
-        needs=(needs,) if isinstance(needs, str) else tuple(needs),
-        if_=_text(if_) if isinstance(if_, bool) else unwrap(if_),
-        env=_env(raw.get("env")), cwd=raw.get("cwd"),
-        shell=None if shell is None else tuple(shlex.split(shell) if isinstance(shell, str)
-                                               else shell),
-        timeout=parse_duration(raw["timeout"]) if "timeout" in raw else None,
-        grace=parse_duration(raw.get("grace", 10)),
-        retries=_retries(raw["retries"]) if "retries" in raw else None,
-        continue_on_error=bool(raw.get("continue_on_error", False)),
-        for_each=(unwrap(for_each) if isinstance(for_each, str)
-                  else None if for_each is None else frozen["for_each"]),
-        max_parallel=_int(raw.get("max_parallel")), pool=pool(raw.get("pool")),
-    )
-
-
-def _build(data: dict[str, Any], document: yamlsafe.Document, *, name: str, file: str,
-           sha256: str) -> Job:
-    frozen = _freeze(data)
-
-    def steps(key: str) -> tuple[Step, ...]:
-        return tuple(_step(raw, frozen[key][i], document.where((key, i))[0])
-                     for i, raw in enumerate(data.get(key, ())))
-
-    schedule = data.get("schedule")
-    entries = [] if schedule is None else schedule if isinstance(schedule, list) else [schedule]
-    concurrency = data.get("concurrency", "forbid")
-    if isinstance(concurrency, str):
-        concurrency = {"policy": concurrency}
-    breaker = data.get("circuit_breaker")
-    return Job(
-        name=name, file=file, sha256=sha256, steps=steps("steps"),
-        description=data.get("description", ""), enabled=data.get("enabled", True),
-        schedules=tuple(schedules.build(e, folder=os.path.dirname(os.path.abspath(file)))
-                        for e in entries),
-        concurrency=Concurrency(Policy(concurrency["policy"]),
-                                _int(concurrency.get("max_active")),
-                                _int(concurrency.get("max_queued", 10))),
-        timeout=parse_duration(data["timeout"]) if "timeout" in data else None,
-        retries=_retries(data["retries"]) if "retries" in data else RetryPolicy(),
-        circuit_breaker=None if breaker is None else CircuitBreaker(
-            _int(breaker["after"]), parse_duration(breaker.get("cooldown", "1h"))),
-        history=history(data.get("history", {})),
-        env=_env(data.get("env")),
-        params=_freeze({k: params.declared(k, v) for k, v in data.get("params", {}).items()}),
-        secrets=secret_refs(data.get("secrets")),
-        on_success=steps("on_success"), on_failure=steps("on_failure"),
-        finally_=steps("finally"), outputs=_env(data.get("outputs")),
-        notify=notify_targets(data.get("notify")),
-        deadline=parse_duration(data["deadline"]) if "deadline" in data else None,
-        pool=pool(data.get("pool")), runs_on=_env(data.get("runs_on")),
-        on_node_loss_retry=data.get("on_node_loss", "fail") == "retry", document=frozen,
-    )
-
-
-class _Unplaced:
-    """Positions for a job rebuilt from a run's record, which has none."""
-
-    def where(self, path: JsonPath, key: bool = False) -> Mark:
-        return (0, 0)
-
-
-def job_from_record(document: Mapping[str, Any], *, name: str, file: str, sha256: str) -> Job:
-    """A job as a run's record holds it: what a node without the jobs directory runs.
-
-    The record is the document that passed every check when its file was loaded (secrets as
-    references, never values), so it is built again as it is.
-    """
-    data = thaw(document)
-    return _build(data, cast(yamlsafe.Document, _Unplaced()), name=name, file=file,
-                  sha256=sha256)
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -331,7 +190,7 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
         return fail(problems, name, name_mark)
     if settings is not None:
         mapping = apply_defaults(mapping, settings.defaults)
-    job = _build(mapping, document, name=cast(str, name), file=display,
+    job = build_job(mapping, document, name=cast(str, name), file=display,
                  sha256=hashlib.sha256(data).hexdigest())
     return _Result(job, (), job.name, name_mark, _warnings(display, warned))
 
@@ -419,28 +278,8 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
     complete = any(path.is_dir() for path in paths)
     for path in paths:
         targets.extend(find_job_files(path) if path.is_dir() else [path])
-    job_files: list[tuple[Path, bytes | None]] = []
-    settings_files: list[str] = []
     settings = given if given is not None else Settings() if complete else None
-    for path in dict.fromkeys(targets):
-        try:
-            data: bytes | None = _read(path)
-        except (OSError, ValueError):
-            data = None  # _load says why
-        if data is None or not is_settings_file(path, data):
-            job_files.append((path, data))
-            continue
-        display = str(path)
-        settings_files.append(display)
-        if len(settings_files) == 1:
-            # An invalid settings file leaves settings None: pools and SMTP are not judged.
-            settings, bad = settings_or_problems(path, display_path=display, data=data)
-            if bad:
-                problems[display] = bad
-        else:
-            problems[display] = (Problem(display, *_kind_mark(data), (
-                f"a second settings file: {settings_files[0]} is the settings file of this "
-                "jobs directory (there is at most one)")),)
+    job_files, settings, settings_files = _settings_among(targets, settings, problems)
     for path, data in job_files:
         display = str(path)
         result = _load(path, schema, display, now, data, settings)
@@ -472,6 +311,36 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
         file = jobs.pop(name).file
         problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
     return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files))
+
+
+def _settings_among(targets: Sequence[Path], settings: Settings | None,
+                    problems: dict[str, tuple[Problem, ...]],
+                    ) -> tuple[list[tuple[Path, bytes | None]], Settings | None, list[str]]:
+    """The job files among ``targets`` (with their bytes, None if unreadable), the settings
+    to judge them with (the settings file's, else ``settings``) and the settings files found;
+    a settings file's problems, and a second one, go into ``problems``."""
+    job_files: list[tuple[Path, bytes | None]] = []
+    settings_files: list[str] = []
+    for path in dict.fromkeys(targets):
+        try:
+            data: bytes | None = _read(path)
+        except (OSError, ValueError):
+            data = None  # _load says why
+        if data is None or not is_settings_file(path, data):
+            job_files.append((path, data))
+            continue
+        display = str(path)
+        settings_files.append(display)
+        if len(settings_files) == 1:
+            # An invalid settings file leaves settings None: pools and SMTP are not judged.
+            settings, bad = settings_or_problems(path, display_path=display, data=data)
+            if bad:
+                problems[display] = bad
+        else:
+            problems[display] = (Problem(display, *_kind_mark(data), (
+                f"a second settings file: {settings_files[0]} is the settings file of this "
+                "jobs directory (there is at most one)")),)
+    return job_files, settings, settings_files
 
 
 def _kind_mark(data: bytes) -> Mark:
@@ -507,7 +376,7 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 continue
             if name not in jobs:
                 if complete:
-                    hint = dag.did_you_mean(name, jobs) or (
+                    hint = did_you_mean(name, jobs) or (
                         f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
                     found.append((step.line, (*where, "job"), False,
                                   f"there is no job {name!r} in the jobs directory{hint}"))
@@ -522,7 +391,7 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
                 if param is None:
                     found.append((step.line, (*where, "params", key), True,
                                   f"job {name!r} has no parameter {key!r}"
-                                  f"{dag.did_you_mean(key, callee.params)} (its parameters: "
+                                  f"{did_you_mean(key, callee.params)} (its parameters: "
                                   f"{declared})"))
                 elif (message := params.value_problem(param, value)) is not None:
                     found.append((step.line, (*where, "params", key), False,

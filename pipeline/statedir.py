@@ -88,8 +88,9 @@ def lock_state_dir(state_dir: Path) -> Iterator[Path]:
 
 # -- process identity --------------------------------------------------------------------------
 
-def _stat(pid: int) -> list[bytes] | None:
-    """Fields 3 onward of /proc/PID/stat (index 0 is the state), None if there is no such process.
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onward of /proc/PID/stat (index 0 is the state, 2 the process group, 19 the
+    start time), None if there is no such process.
 
     The command name (field 2) is in parentheses and may itself hold spaces and ")", so the
     fields start after the last ")".
@@ -110,7 +111,7 @@ def process_identity(pid: int | None = None) -> str:
     """
     if pid is None:
         return _own_identity(os.getpid())
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     if fields is None:
         raise ProcessLookupError(f"no process {pid}")
     return f"{pid}:{fields[19].decode()}"
@@ -130,5 +131,5 @@ def identity_alive(identity: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    fields = _stat(pid) if pid > 0 else None
+    fields = stat_fields(pid) if pid > 0 else None
     return fields is not None and fields[0] not in (b"Z", b"X") and fields[19].decode() == start

@@ -103,3 +103,23 @@ def test_a_burst_of_a_few_jobs(ctx: Context) -> None:
     assert 0 < ours.stats.median < 10
     cpu = ctx.memo["burst-5-pipeline"].cpu_ms
     assert len(cpu) == 1 and cpu[0] > 0
+
+
+def test_the_pages_benchmark_seeds_through_the_store(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.store.sqlite import SqliteStore
+    from tests.bench import pages
+
+    now = datetime.now(UTC)
+    assert pages.seed(tmp_path, now, jobs=3, per_job=20) == 60
+    run_id = pages.sample_run(tmp_path, now)
+    store = SqliteStore.open(tmp_path)
+    try:
+        assert store.count_runs() == 61 and len(store.last_runs()) == 3 + 1  # + job-00500
+        record = store.run(run_id)
+    finally:
+        store.close()
+    assert record is not None and [(s.id, s.attempt) for s in record.steps] == [
+        ("prepare", 1), ("work_0", 3), ("work_1", 1)]
+    assert all((tmp_path / s.log).stat().st_size > 30_000 for s in record.steps if s.log)

@@ -254,6 +254,9 @@ def test_wheel_carries_the_schemas(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "pipeline/schemas/job.schema.json" in names
     assert "pipeline/schemas/runners/sleep.schema.json" in names
+    # The status pages' templates, stylesheet and script travel with the code.
+    assert {"pipeline/templates/job.html", "pipeline/static/pipeline.css",
+            "pipeline/static/pipeline.js"} <= set(names)
     target = tmp_path / "installed"
     zipfile.ZipFile(wheel).extractall(target)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['pipeline', 'schema'];"
@@ -673,7 +676,7 @@ def test_run_refuses_while_another_run_of_a_forbid_job_is_active(tmp_path: Path,
 # -- what --help and the README say ----------------------------------------------------------
 
 def test_help_and_readme_agree_with_the_code_on_graces_and_tokens() -> None:
-    from pipeline.cli import serve
+    from pipeline.cli.daemon import serve
     from pipeline.model import Step
 
     readme = " ".join((ROOT / "README.md").read_text().split())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ JobFrom = Callable[[str], Job]
 
 def log_of(state_dir: Path, step: str) -> str:
     return (state_dir / "logs" / "job" / "20261128T000000-00000001" / f"{step}.log").read_text()
+
+
+def without_times(log: str) -> str:
+    """A log without the start times of its attempt markers."""
+    return re.sub(r"(\[pipeline\] attempt \d+ of \d+) at \S+", r"\1", log)
 
 
 async def test_chain_passes_outputs_through_expressions(job_from: JobFrom,
@@ -641,12 +648,16 @@ async def test_each_attempt_gets_its_marker_once(job_from: JobFrom, tmp_path: Pa
     """)
     result, _ = await run(job, tmp_path)
     assert result.status is RunStatus.FAILED
-    assert log_of(tmp_path, "slow") == (
+    slow = log_of(tmp_path, "slow")
+    # Each attempt after the first says when it started (the run page draws attempts by it).
+    started = re.search(r"attempt 2 of 2 at (\S+)\n", slow)
+    assert started and datetime.fromisoformat(started.group(1)).utcoffset() is not None
+    assert without_times(slow) == (
         "[pipeline] timed out after 0.3s; retrying in 0s\n"
         "[pipeline] attempt 2 of 2\n"
         "[pipeline] timed out after 0.3s\n")
     missing = "cannot start '/definitely/not/here': No such file or directory"
-    assert log_of(tmp_path, "bad") == (
+    assert without_times(log_of(tmp_path, "bad")) == (
         f"[pipeline] {missing}; retrying in 0s\n[pipeline] attempt 2 of 2\n"
         f"[pipeline] {missing}\n")
 

@@ -1,5 +1,4 @@
 import json
-import shlex
 import subprocess
 import time
 from types import MappingProxyType
@@ -296,15 +295,15 @@ def test_render(text: str, expected: str) -> None:
     assert expr.render(text, context()) == expected
 
 
-def test_render_quotes_every_value_with_quote() -> None:
-    script = expr.render("rm -rf /tmp/${{ params.target }} ${{ params.flags }} ${{ 'a b' }}",
-                         context(), quote=shlex.quote)
+def test_render_script_quotes_every_value_outside_quotes() -> None:
+    script = expr.render_script(
+        "rm -rf /tmp/${{ params.target }} ${{ params.flags }} ${{ 'a b' }}", context())
     assert script == "rm -rf /tmp/prod '-l -a' 'a b'"
 
 
 def test_raw_opts_out_of_quoting() -> None:
-    script = expr.render("ls ${{ params.flags | raw }} ${{ params.flags | raw | upper }}",
-                         context(), quote=shlex.quote)
+    script = expr.render_script(
+        "ls ${{ params.flags | raw }} ${{ params.flags | raw | upper }}", context())
     assert script == "ls -l -a '-L -A'"
 
 
@@ -317,16 +316,15 @@ HOSTILE = [
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_a_hostile_value_prints_literally_in_bash(value: str) -> None:
-    script = expr.render("printf '%s' ${{ params.v }}", context(params={"v": value}),
-                         quote=shlex.quote)
+    script = expr.render_script("printf '%s' ${{ params.v }}", context(params={"v": value}))
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script],
                           capture_output=True, text=True, check=True, cwd="/")
     assert done.stdout == value
 
 
 def test_hostile_values_inside_a_list_print_literally() -> None:
-    script = expr.render("printf '%s' ${{ params.v }}", context(params={"v": HOSTILE}),
-                         quote=shlex.quote)
+    script = expr.render_script("printf '%s' ${{ params.v }}",
+                                context(params={"v": HOSTILE}))
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == HOSTILE
 

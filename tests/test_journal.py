@@ -159,8 +159,8 @@ async def test_a_second_claim_for_the_same_fire_is_refused(store: SqliteStore) -
         await nursery.start(journal.serve)
         assert await journal.write(claim(1, fire=0)) is True
         assert await journal.write(claim(2, fire=0)) is False  # another node, a restart
-        assert await journal.write_many([claim(3, fire=60), claim(4, fire=60), claim(5)]) \
-            == [True, False, True]
+        assert [await journal.write(c) for c in (claim(3, fire=60), claim(4, fire=60),
+                                                 claim(5))] == [True, False, True]
         skip = RunSkipped(run_id(6), "job", Trigger.SCHEDULE, NOW + timedelta(seconds=120), NOW,
                           "forbid: a run is active")
         assert await journal.write(skip) is True

@@ -10,16 +10,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline import triggers
+from pipeline import cron
 from pipeline.model import ScheduleKind
 from pipeline.notation import (
     AT_PATTERN,
     DURATION_PATTERN,
     MAX_DURATION,
+    format_duration,
     local_zone,
     parse_duration,
     parse_time,
     schedule_form,
+    short_duration,
     unwrap,
     zone,
 )
@@ -78,6 +80,19 @@ def test_a_text_duration_is_read_once_and_answers_the_same_after() -> None:
 def test_every_duration_read_matches_the_schemas_pattern(text: str) -> None:
     assert re.match(DURATION_PATTERN, text)
     parse_duration(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (900, "15m"), (5400, "1h30m"), (0.25, "250ms"), (0, "0s"), (30, "30s"), (172800, "2d"),
+    (90061.5, "1d1h1m1s500ms"), (-60, "-1m"),
+])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_short_durations_say_one_unit() -> None:
+    assert [short_duration(s) for s in (300, 3600, 90, 0.25, 86400 * 2)] == [
+        "5m", "1h", "90s", "0.25s", "2d"]
 
 
 # -- times ----------------------------------------------------------------------------------------
@@ -177,7 +192,7 @@ def test_a_schedule_string_reads_as_its_form_says(text: str, valid: bool) -> Non
         if kind is ScheduleKind.EVERY:
             parse_duration(rest)
         else:
-            triggers.parse_cron(rest)
+            cron.parse_cron(rest)
     except ValueError:
         assert not valid, text
     else:

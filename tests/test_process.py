@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -175,13 +176,6 @@ def test_kill_leftovers_only_touches_marked_processes(tmp_path: Path) -> None:
         other.wait()
 
 
-def test_start_time_identifies_a_process() -> None:
-    me = process.start_time(os.getpid())
-    assert isinstance(me, int) and me > 0
-    assert process.start_time(2**22 + 12345) is None
-    assert process.environ_of(os.getpid()).get("PATH") == os.environ.get("PATH")
-
-
 @pytest.mark.slow
 async def test_output_written_after_sigterm_reaches_the_caller(tmp_path: Path) -> None:
     """A step that traps TERM and reports on its way out: every byte it writes until it
@@ -208,3 +202,31 @@ async def test_output_until_the_sigkill_after_the_grace_reaches_the_caller() -> 
                                 output=chunks.append, grace=0.5)
     out = b"".join(chunks)  # bash may also report its killed sleep ("Terminated")
     assert out.startswith(b"ready\n") and b"got TERM\nstill cleaning\n" in out
+
+
+def test_stat_fields_read_this_process_past_a_name_with_spaces_and_parentheses(
+        tmp_path: Path) -> None:
+    """One reader of /proc/PID/stat for the process groups and the process identities."""
+    from pipeline.statedir import process_identity, stat_fields
+
+    fields = stat_fields(os.getpid())
+    assert fields is not None and fields[0] in (b"R", b"S")
+    assert int(fields[2]) == os.getpgid(0)
+    assert process_identity() == f"{os.getpid()}:{fields[19].decode()}"
+    assert stat_fields(2**22 + 12345) is None
+    # A command name may hold ") " itself: the fields start after the last ")".
+    odd = tmp_path / "a) b (c"
+    odd.write_text("#!/bin/sh\nsleep 5\n")
+    odd.chmod(0o755)
+    child = subprocess.Popen([str(odd)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child.pid}/comm").read_text().strip() != "a) b (c":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        found = stat_fields(child.pid)
+        assert found is not None and int(found[2]) == child.pid  # its own group
+        assert child.pid in process.group_members(child.pid)
+    finally:
+        child.kill()
+        child.wait()

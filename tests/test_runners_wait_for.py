@@ -176,8 +176,3 @@ async def test_url_that_never_answers() -> None:
                     "interval": "100ms"})
     assert str(info.value) == (f"gave up after 0.3s: http://127.0.0.1:{port}/ "
                                "failed: connection refused")
-
-
-def test_human_durations() -> None:
-    assert [wait_for.human(s) for s in (300, 3600, 90, 0.25, 86400 * 2)] == [
-        "5m", "1h", "90s", "0.25s", "2d"]

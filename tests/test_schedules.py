@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline import schedules, spec
+from pipeline import spec
 from pipeline.cli import main
 from pipeline.errors import JobInvalid, Problem
-from pipeline.model import Exclusion, RunStatus, ScheduleKind
+from pipeline.model import Exclusion, RunStatus, Schedule, ScheduleKind
 from pipeline.watch import Catalog
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -72,7 +72,7 @@ def test_calendars_and_events_build_into_the_model(tmp_path: Path) -> None:
             local_glob.text) == (ScheduleKind.FILE, str(tmp_path / "jobs" / "incoming" /
                                                         "*.csv"), 10.0, False, "incoming/*.csv")
     assert (absolute.file, absolute.settle, absolute.existing) == (
-        "/srv/drop/**/*.json", schedules.DEFAULT_SETTLE, True)
+        "/srv/drop/**/*.json", Schedule.settle, True)
     assert (after.kind, after.after, after.status) == (
         ScheduleKind.AFTER, "extract", (RunStatus.SUCCEEDED, RunStatus.FAILED))
     assert after_default.status == (RunStatus.SUCCEEDED,)

@@ -17,8 +17,19 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from pipeline import spec
+from pipeline import spec, yamlsafe
 from pipeline.errors import JobInvalid
+from pipeline.model import (
+    CircuitBreaker,
+    Concurrency,
+    Job,
+    Param,
+    RetryPolicy,
+    Schedule,
+    Smtp,
+    Step,
+)
+from pipeline.notation import parse_duration
 
 ROOT = Path(__file__).parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -38,8 +49,8 @@ def runner_files() -> dict[str, dict[str, Any]]:
 def yaml_data(path: Path) -> Any:
     """What our loader builds from a file, or None if it does not get that far."""
     try:
-        return spec._parse_yaml(path.read_bytes()).data
-    except spec._Refused:
+        return yamlsafe.parse(path.read_bytes()).data
+    except yamlsafe.Refused:
         return None
 
 
@@ -125,6 +136,39 @@ def test_the_duration_pattern_is_the_one_parse_duration_reads() -> None:
     for schema in runner_files().values():
         assert schema["$defs"]["duration"] == defs["duration"]
         assert schema["$defs"]["expression"] == defs["expression"]
+
+
+def test_the_defaults_the_schemas_show_are_the_models() -> None:
+    """A key a job leaves out gets the model's default (spec, schedules and settings read
+    them from the model); the schemas' `default` annotations, which editors show, say the
+    same."""
+    job = committed()
+    props, defs = job["properties"], job["$defs"]
+    schedule = defs["schedule_map"]["properties"]
+    assert props["enabled"]["default"] is Job.enabled
+    assert (props["on_node_loss"]["default"] == "retry") is Job.on_node_loss_retry
+    assert defs["policy"]["default"] == Concurrency.policy
+    assert schedule["catchup"]["default"] == Schedule.catchup
+    assert parse_duration(schedule["misfire_grace"]["default"]) == Schedule.misfire_grace
+    assert parse_duration(schedule["settle"]["default"]) == Schedule.settle
+    assert schedule["existing"]["default"] is Schedule.existing
+    assert tuple(schedule["status"]["default"]) == Schedule.status
+    assert defs["retries"]["anyOf"][1]["properties"]["backoff"]["default"] == RetryPolicy.backoff
+    assert defs["param"]["anyOf"][0]["properties"]["required"]["default"] is Param.required
+    assert defs["step"]["properties"]["continue_on_error"]["default"] is Step.continue_on_error
+    settings = json.loads((SCHEMAS / "settings.schema.json").read_text(encoding="utf-8"))
+    assert settings["properties"]["smtp"]["properties"]["starttls"]["default"] is Smtp.starttls
+    assert settings["$defs"]["retries"]["anyOf"][1]["properties"]["backoff"]["default"] == (
+        RetryPolicy.backoff)
+    # And a job that sets nothing gets them.
+    bare = spec.job_from_record({"steps": [{"id": "a", "run": "true"}],
+                                 "schedule": {"cron": "* * * * *"},
+                                 "circuit_breaker": {"after": 3}},
+                                name="bare", file="bare.yaml", sha256="0" * 64)
+    assert (bare.enabled, bare.concurrency, bare.steps[0].grace, bare.steps[0].if_) == (
+        Job.enabled, Concurrency(), Step.grace, Step.if_)
+    assert bare.schedules[0].misfire_grace == Schedule.misfire_grace
+    assert bare.circuit_breaker == CircuitBreaker(3, CircuitBreaker.cooldown) == CircuitBreaker(3)
 
 
 def test_schema_dir_and_builtin_runner_schemas() -> None:

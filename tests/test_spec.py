@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import spec, triggers
+from pipeline import cron, notation, spec, yamlsafe
 from pipeline.errors import JobInvalid, ParamError, Problem
 from pipeline.model import (
     Backoff,
@@ -377,10 +377,10 @@ def test_crlf_line_endings_and_a_bom_are_fine(tmp_path: Path) -> None:
 def test_the_pure_python_fallback_reads_like_libyaml(path: Path) -> None:
     data = path.read_bytes()
     results: list[Any] = []
-    for loader in (spec._LOADER, spec._PyLoader):
+    for loader in (yamlsafe.LOADER, yamlsafe.PyLoader):
         try:
-            document = spec._parse_yaml(data, loader)
-        except spec._Refused:
+            document = yamlsafe.parse(data, loader)
+        except yamlsafe.Refused:
             results.append("invalid")
         else:
             results.append("invalid" if document.problems else document.data)
@@ -496,14 +496,14 @@ def test_schedule_string_forms(tmp_path: Path) -> None:
   - "@every 90s"
   - "*/10 * * * * *"
 """ + STEP)
-    local = triggers.local_zone()
+    local = notation.local_zone()
     kinds = [(s.kind, s.cron, s.every, s.text) for s in job.schedules]
     assert kinds == [
-        (ScheduleKind.CRON, triggers.parse_cron("30 2 * * *"), None, "30 2 * * *"),
-        (ScheduleKind.CRON, triggers.parse_cron("@daily"), None, "@daily"),
+        (ScheduleKind.CRON, cron.parse_cron("30 2 * * *"), None, "30 2 * * *"),
+        (ScheduleKind.CRON, cron.parse_cron("@daily"), None, "@daily"),
         (ScheduleKind.EVERY, None, 900.0, "every 15m"),
         (ScheduleKind.EVERY, None, 90.0, "@every 90s"),
-        (ScheduleKind.CRON, triggers.parse_cron("*/10 * * * * *"), None, "*/10 * * * * *"),
+        (ScheduleKind.CRON, cron.parse_cron("*/10 * * * * *"), None, "*/10 * * * * *"),
     ]
     for schedule in job.schedules:
         assert schedule.timezone == local

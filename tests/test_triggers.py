@@ -17,19 +17,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
+from pipeline.cron import parse_cron
 from pipeline.model import Schedule, ScheduleKind
+from pipeline.notation import local_zone, zone
 from pipeline.spec import load_job
-from pipeline.triggers import (
-    describe,
-    fires_between,
-    format_duration,
-    jitter_delay,
-    local_zone,
-    next_fire,
-    next_fires,
-    parse_cron,
-    zone,
-)
+from pipeline.triggers import describe, fires_between, next_fire, next_fires
 
 
 def cron(text: str, tz: str = "UTC", jitter: float = 0.0) -> Schedule:
@@ -674,17 +666,6 @@ def test_local_zone_recognises_a_copied_zone_file(tmp_path: Path) -> None:
 # --- jitter, descriptions, durations ---
 
 
-def test_jitter_delay_stays_within_the_jitter() -> None:
-    assert jitter_delay(cron("* * * * *")) == 0.0
-    schedule = cron("* * * * *", jitter=30)
-    rng = random.Random(1)
-    delays = [jitter_delay(schedule, rng) for _ in range(1000)]
-    assert all(0 <= delay <= 30 for delay in delays)
-    assert max(delays) > 25 and min(delays) < 5
-    assert 0 <= jitter_delay(schedule) <= 30
-    assert jitter_delay(schedule, random.Random(5)) == jitter_delay(schedule, random.Random(5))
-
-
 def test_describe() -> None:
     assert describe(cron("30 2 * * *", "Europe/Berlin")) == 'cron "30 2 * * *" Europe/Berlin'
     assert describe(every(900)) == "every 15m"
@@ -693,11 +674,3 @@ def test_describe() -> None:
     assert describe(at(iso("2026-12-01T09:00:00+01:00"), "Europe/Berlin")) == (
         "at 2026-12-01T09:00:00+01:00")
     assert describe(cron("@daily", jitter=30)) == 'cron "0 0 * * *" UTC, jitter 30s'
-
-
-@pytest.mark.parametrize(("seconds", "text"), [
-    (900, "15m"), (5400, "1h30m"), (0.25, "250ms"), (0, "0s"), (30, "30s"), (172800, "2d"),
-    (90061.5, "1d1h1m1s500ms"), (-60, "-1m"),
-])
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text

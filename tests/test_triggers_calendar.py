@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from pipeline.cron import parse_cron
 from pipeline.model import Exclusion, RunStatus, Schedule, ScheduleKind, Window
 from pipeline.triggers import (
     MAX_REMOVED,
@@ -27,7 +28,6 @@ from pipeline.triggers import (
     first_fire,
     next_fire,
     next_fires,
-    parse_cron,
     removed_between,
 )
 

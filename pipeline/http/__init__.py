@@ -4,6 +4,8 @@
     answers    JSON answers and errors in the contract's shape; list answers shared a moment
     reading    a request's body, path and query parameters, checked before use
     views      jobs and step logs as the API and the pages show them
+    pages      what the pages draw: a run's timeline and graph, a job's runs, fires, form, file
+    site       the page routes (index, job, run, a log's next lines) and their assets
     app        the routes of CONTRACT §5 and the status pages over one daemon's parts
     openapi    the OpenAPI document of those routes
     server     hypercorn's trio worker serving it all, started with ``nursery.start``
@@ -26,6 +28,9 @@ Security lives in one outer ASGI layer, ``Guard``, before any route runs:
   (or ``Sec-Fetch-Site``) says it comes from another site is refused, and form content types are
   refused outright, so neither a cross-site form nor a ``no-cors`` fetch can trigger a run.
 * Bodies over 1 MiB are refused (413), by ``Content-Length`` and by counting what streams in.
+* Read-only (``serve --read-only``): every POST and DELETE but the sign-in is refused (403),
+  and the pages show no control.
+* The pages' stylesheet and script (``/assets/``) need no token: they hold nothing private.
 * Names and ids taken from a URL are matched against their patterns before they reach the store
   or a path; anything else is a 404, whatever its encoding.
 

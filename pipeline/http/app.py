@@ -11,7 +11,7 @@ import hmac
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,11 +21,11 @@ import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline import operate, page, spec
+from pipeline import operate, spec
 from pipeline.errors import (
     PipelineError,
     RunActive,
@@ -38,7 +38,6 @@ from pipeline.http.answers import (
     api_error,
     dumps,
     encode_shared,
-    error_page,
     http_error,
     internal_error,
     pipeline_error,
@@ -63,13 +62,12 @@ from pipeline.http.reading import (
     read_json,
     time_param,
 )
+from pipeline.http.site import Site
 from pipeline.http.views import (
     CatalogFiles,
-    declared_steps,
     declares,
     job_views,
     log_size,
-    log_tail,
     read_log,
 )
 from pipeline.logship import shipped_whole
@@ -82,7 +80,6 @@ from pipeline.model import (
     Job,
     RunRecord,
     RunStatus,
-    StepStatus,
     Trigger,
     Version,
     iso,
@@ -98,10 +95,7 @@ if TYPE_CHECKING:
 
 
 LOG_CHUNK = 64 * 1024
-PAGE_LOG_TAIL = 48 * 1024  # of each step's log shown on the run page
 FOLLOW_POLL = 0.25  # seconds between looks at a followed log that has nothing new
-PAGE_REFRESH = 5  # seconds, the status page; a live run page refreshes faster
-RUN_PAGE_REFRESH = 2
 T = TypeVar("T")
 
 
@@ -110,10 +104,20 @@ T = TypeVar("T")
 class StatusApp:
     """The routes, over one daemon's parts."""
 
-    def __init__(self, daemon: Daemon, *, token: str | None = None) -> None:
+    def __init__(self, daemon: Daemon, *, token: str | None = None,
+                 read_only: bool = False) -> None:
         self.daemon = daemon
         self.token = token
+        self.read_only = read_only  # the pages show no control (the Guard refuses changes)
         self.recent = RecentAnswers(self.version)
+        self.site = Site(self)
+        self._offered = frozenset((method, route.path) for route in self.routes()
+                                  for method in route.methods or ())
+
+    def offered(self, method: str, path: str) -> bool:
+        """Whether the app has a route for ``method`` on ``path`` (as routes spell it:
+        ``/api/v1/jobs/{name}/pause``); the pages show a control only then."""
+        return (method, path) in self._offered
 
     def version(self) -> Hashable:
         """Changes whenever what the lists show may have changed (trio thread only)."""
@@ -136,8 +140,7 @@ class StatusApp:
         return [
             Route("/healthz", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/", self.index_page, methods=["GET"]),
-            Route("/runs/{run_id}", self.run_page, methods=["GET"]),
+            *self.site.routes(),
             Route("/login", self.login, methods=["GET", "POST"], include_in_schema=False),
             Route("/api/v1/jobs", self.list_jobs, methods=["GET"]),
             Route("/api/v1/jobs/{name}", self.get_job, methods=["GET"]),
@@ -303,7 +306,7 @@ class StatusApp:
         body = await self._body(request, {"from": str, "to": str, "rerun": str,
                                           "max_parallel": int})
         for key in ("from", "to"):
-            if key not in body:
+            if not body.get(key):  # missing, or empty: an empty form field
                 raise ApiError(400, "bad_body", f'"{key}" is required (an ISO 8601 time)')
         start = time_param(body["from"], "from")
         end = time_param(body["to"], "to")
@@ -599,77 +602,11 @@ class StatusApp:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
-    # -- pages -------------------------------------------------------------------------------
+    # -- pages (the rest are the Site's) ------------------------------------------------------
 
     async def _html(self, template: str, context: Mapping[str, Any],
-                    status: int = 200) -> HTMLResponse:
-        text = await trio.to_thread.run_sync(page.render, template, context)
-        return HTMLResponse(text, status_code=status)
-
-    async def index_page(self, request: Request) -> Response:
-        job_filter = request.query_params.get("job") or None
-        if job_filter is not None and not JOB_NAME.fullmatch(job_filter):
-            return error_page(404, f"no job {job_filter[:80]!r}")
-        offset = integer(request, "offset", 0, 0, 10**9)
-        limit = 25
-        day_ago = self.now() - timedelta(days=1)
-
-        def read() -> tuple[list[RunRecord], int, int]:
-            store = self.daemon.store
-            return (store.runs(job=job_filter, limit=limit, offset=offset),
-                    store.count_runs(job=job_filter),
-                    store.count_runs(status=RunStatus.FAILED, since=day_ago))
-
-        views = await self._job_views()
-        runs, total, failed = await self.store(read)
-        queued = sum(v["queued_runs"] for v in views)
-        journal = self.daemon.journal
-        return await self._html("index.html", {
-            "jobs": [v for v in views if v["name"] is not None],
-            "invalid": [v for v in views if not v["valid"]],
-            "runs": [run_as_dict(r, steps=False) for r in runs],
-            "total": total, "offset": offset, "limit": limit, "job_filter": job_filter,
-            "stats": {"jobs": len(self.daemon.catalog.jobs), "queued": queued,
-                      "running": sum(v["active_runs"] for v in views) - queued,
-                      "failed_24h": failed, "invalid": len(self.daemon.catalog.problems),
-                      "circuits_open": sum(v["circuit"] == "open" for v in views)},
-            "daemon": {"started_at": iso(self.daemon.started_at),
-                       "jobs_dir": str(self.daemon.jobs_dir),
-                       "journal_healthy": journal.healthy, "journal_failure": journal.failure},
-            "refresh": PAGE_REFRESH,
-        })
-
-    async def run_page(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        if not RUN_ID.fullmatch(run_id):
-            return error_page(404, f"no run {run_id[:80]!r}")
-        record = await self.store(self.daemon.store.run, run_id)
-        if record is None:
-            return error_page(404, f"no run {run_id!r}")
-        view = self.run_view(record)
-        active = not record.status.finished
-        if active:
-            seen = {s["id"] for s in view["steps"]}
-            view["steps"] += [{"id": i, "status": "pending", "attempt": 0, "exit_code": None,
-                               "signal": None, "duration_s": None, "error": None,
-                               "outputs": {}, "log_url": None, "started_at": None}
-                              for i in declared_steps(record) if i not in seen]
-        logs = []
-        for step in record.steps:
-            if not step.log or not STEP_INSTANCE_ID.fullmatch(step.id):
-                continue
-            path = self.state_dir / log_relpath(record.job, record.id, step.id)
-            text, skipped, size = await trio.to_thread.run_sync(log_tail, path,
-                                                                PAGE_LOG_TAIL)
-            logs.append({"step": step.id, "status": str(step.status), "text": text,
-                         "skipped": skipped, "size": size,
-                         "url": f"/api/v1/runs/{record.id}/steps/{step.id}/log",
-                         "open": step.status not in (StepStatus.SUCCEEDED,
-                                                     StepStatus.SKIPPED)})
-        if len(logs) == 1:
-            logs[0]["open"] = True
-        return await self._html("run.html", {
-            "run": view, "logs": logs, "refresh": RUN_PAGE_REFRESH if active else 0})
+                    status: int = 200) -> Response:
+        return await self.site.html(template, context, status)
 
     async def login(self, request: Request) -> Response:
         """The status page's sign-in: the token once, then a session cookie."""
@@ -689,11 +626,15 @@ class StatusApp:
         return response
 
 
-def create_app(daemon: Daemon, *, token: str | None = None) -> ASGIApp:
-    """The whole HTTP app over ``daemon``: routes behind the ``Guard``."""
-    app = Starlette(routes=StatusApp(daemon, token=token).routes(), exception_handlers={
+def create_app(daemon: Daemon, *, token: str | None = None, read_only: bool = False,
+               status: StatusApp | None = None) -> ASGIApp:
+    """The whole HTTP app over ``daemon``: routes behind the ``Guard``. ``read_only``: the
+    pages show no control and every POST and DELETE is refused (403). ``status``: the routes,
+    when not ``StatusApp(daemon, ...)``'s."""
+    status = status or StatusApp(daemon, token=token, read_only=read_only)
+    app = Starlette(routes=status.routes(), exception_handlers={
         ApiError: api_error, HTTPException: http_error, PipelineError: pipeline_error,
         Exception: internal_error})
-    return Guard(app, token=token)
+    return Guard(app, token=token, read_only=status.read_only)
 
 

@@ -93,8 +93,9 @@ def session_value(token: str) -> str:
 class Guard:
     """The outer ASGI layer: host, origin, token and size checks, and the last-resort 500."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, *, token: str | None, read_only: bool = False) -> None:
         self.app = app
+        self.read_only = read_only
         self.token = token.encode() if token else None
         self.session = session_value(token).encode() if token else None
         # Requests are handled a few at a time: fifty busy clients then leave the trio run
@@ -111,8 +112,11 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message = {**message, "headers": [*message.get("headers", ()),
-                                                  *SECURITY_HEADERS]}
+                headers = list(message.get("headers", ()))
+                # An answer that says how long it may be kept (an asset) keeps saying so.
+                cached = any(name.lower() == b"cache-control" for name, _ in headers)
+                message = {**message, "headers": [*headers, *(
+                    h for h in SECURITY_HEADERS if not (cached and h[0] == b"cache-control"))]}
             await send(message)
 
         try:
@@ -150,13 +154,18 @@ class Guard:
                        or fetch_site in ("cross-site", "same-site")):
             return refuse(scope, 403, "cross_origin",
                             f"refusing a {method} from another site ({origin or fetch_site})")
-        if self.token is not None and path not in ("/healthz", "/login"):
+        if self.token is not None and path not in ("/healthz", "/login") and not (
+                path.startswith("/assets/") and method in ("GET", "HEAD")):
             how = self.authenticated(headers)
             if how is None:
                 return self.unauthenticated(scope, headers)
             if how == "cookie" and unsafe and not same_origin:
                 return refuse(scope, 403, "cross_origin",
                                 "a signed-in browser may change state only from this site")
+        if unsafe and self.read_only and path != "/login":
+            return refuse(scope, 403, "read_only",
+                          f"this daemon serves read-only (--read-only): {method} {path} is "
+                          "refused")
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():

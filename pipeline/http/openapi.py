@@ -177,12 +177,33 @@ def openapi_document() -> dict[str, Any]:
                 200, {"type": "string"}, "Prometheus text format", kind="text/plain")}},
             "/": {"get": {"operationId": "statusPage", "parameters": [
                 _query("job", {"type": "string"}, "Show only this job's runs"),
-                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip")],
+                _query("q", {"type": "string"}, "Show only jobs whose name contains this"),
+                _query("status", {"type": "string"}, "A run status (runs, and jobs whose "
+                       "last run has it) or a job state: paused, stale, circuit open, "
+                       "disabled, never ran"),
+                _query("since", {"type": "string"}, "Only runs queued in this last duration "
+                       "(24h)"),
+                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip"),
+                _query("jobs_from", {"type": "integer", "minimum": 0}, "Jobs to skip")],
                 "responses": _answers(200, html, "The status page", 400, 404,
                                       kind="text/html")}},
-            "/runs/{run_id}": {"get": {"operationId": "runPage", "parameters": [run_id],
-                                       "responses": _answers(200, html, "A run's page", 404,
-                                                             kind="text/html")}},
+            "/jobs/{name}": {"get": {"operationId": "jobPage", "parameters": [name],
+                                     "responses": _answers(200, html, "A job's page", 404,
+                                                           kind="text/html")}},
+            "/runs/{run_id}": {"get": {"operationId": "runPage", "parameters": [
+                run_id, _query("grep", {"type": "string"}, "Show only log lines containing "
+                               "this"),
+                _query("live", {"type": "string"}, "1: the page without reading logs (what "
+                       "the page's script asks for while the run is active)")],
+                "responses": _answers(200, html, "A run's page", 404, kind="text/html")}},
+            "/runs/{run_id}/log/{step}": {"get": {
+                "operationId": "logLines", "parameters": [
+                    run_id, step, _query("offset", {"type": "integer", "minimum": 0},
+                                         "Where to start, in bytes")],
+                "responses": _answers(200, html, "The step's log from offset, as HTML lines "
+                                      "(whole lines while the step runs); X-Log-Next says "
+                                      "where to go on, X-Log-Done: 1 that there is no more",
+                                      400, 404, kind="text/html")}},
             "/api/v1/jobs": {"get": {"operationId": "listJobs", "responses": _answers(
                 200, _ref("JobList"), "Every job file, valid or not")}},
             "/api/v1/jobs/{name}": {"get": {"operationId": "getJob", "parameters": [name],

@@ -11,6 +11,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 
+from pipeline import page
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
 from pipeline.http.guard import check_listen, parse_listen
@@ -60,11 +61,12 @@ def listen_socket(listen: str) -> socket.socket:
 
 
 async def serve_http(daemon: Daemon, *, listen: str, token: str | None = None,
-                     sock: socket.socket | None = None,
+                     read_only: bool = False, sock: socket.socket | None = None,
                      task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API and the status page on ``sock`` (default: one bound to ``listen`` now)
     until cancelled; the socket is closed on the way out.
 
+    ``read_only``: the pages show no control, and POST and DELETE are refused (403).
     ``task_status.started`` gets the bound address as a URL (``http://127.0.0.1:PORT``, with
     the real port when port 0 was asked). Raises ``ListenRefused`` for an address
     ``check_listen`` refuses and ``PipelineError`` when the address cannot be bound.
@@ -81,7 +83,8 @@ async def serve_http(daemon: Daemon, *, listen: str, token: str | None = None,
     config.errorlog = _hypercorn_log()
     config.include_server_header = False
     config.graceful_timeout = 2.0
-    app = cast(Any, create_app(daemon, token=token))
+    app = cast(Any, create_app(daemon, token=token, read_only=read_only))
+    await trio.to_thread.run_sync(page.warm)
     await hypercorn_serve(app, config, mode="asgi", task_status=_Bound(task_status, token))
 
 

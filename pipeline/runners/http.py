@@ -27,9 +27,10 @@ from typing import Any
 import httpx
 import trio
 
-from pipeline.errors import PipelineError, RunnerError
-from pipeline.notation import parse_duration
+from pipeline.errors import RunnerError
+from pipeline.notation import short_duration
 from pipeline.runners import StepContext
+from pipeline.runners.args import bool_arg, duration_arg, mapping_arg, text_arg
 
 DEFAULT_TIMEOUT = 30.0
 BODY_CAP = 64 * 1024
@@ -39,6 +40,7 @@ SECRET_HEADER = re.compile(r"authorization|cookie|api[-_]?key|token|secret|passw
                            re.IGNORECASE)
 SECRET_QUERY = re.compile(r"token|secret|key|passw|sig|auth|session", re.IGNORECASE)
 MASK = "***"
+human = short_duration  # notify.py imports it from here by that name
 
 
 async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -54,27 +56,10 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
     content, json_body = request_body(args)
     verify = verify_arg(args.get("verify", True))
     shown = f"{method} {mask_url(url)}"
-
-    started: dict[int, float] = {}
-
-    async def on_request(request: httpx.Request) -> None:
-        started[id(request)] = trio.current_time()
-        via = f" via proxy {mask_url(proxy)}" if proxy else ""
-        ctx.log(f"[http] {request.method} {mask_url(str(request.url))}{via}"
-                f"{describe_headers(headers)}")
-
-    async def on_response(response: httpx.Response) -> None:
-        began = started.pop(id(response.request), trio.current_time())
-        ms = round((trio.current_time() - began) * 1000)
-        ctx.log(f"[http] {status_text(response)} after {ms} ms")
-
     try:
-        client = httpx.AsyncClient(
-            proxy=proxy, verify=verify, follow_redirects=follow, timeout=None,
-            trust_env=False, event_hooks={"request": [on_request], "response": [on_response]})
+        client = logging_client(ctx, headers, proxy=proxy, verify=verify, follow=follow)
     except (ValueError, TypeError, ImportError, httpx.InvalidURL) as exc:
         raise RunnerError(f"{shown} failed: bad proxy {mask_url(proxy or '')}: {exc}") from None
-
     begin = trio.current_time()
     try:
         with trio.fail_after(timeout if timeout > 0 else float("inf")):
@@ -82,7 +67,7 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
                                              json=json_body) as response:
                 body, truncated = await read_capped(response, BODY_CAP)
     except trio.TooSlowError:
-        raise RunnerError(f"{shown} failed: timed out after {human(timeout)}") from None
+        raise RunnerError(f"{shown} failed: timed out after {short_duration(timeout)}") from None
     except httpx.InvalidURL as exc:  # not an HTTPError: raised before any request is made
         raise RunnerError(f"{shown} failed: invalid URL: {exc}") from None
     except httpx.HTTPError as exc:
@@ -104,58 +89,26 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:
     }
 
 
-# -- arguments ------------------------------------------------------------------------------
-# `with` was validated against the schema, but a `${{ }}` expression can give any value at run
-# time, so each argument is checked again where it is used.
+def logging_client(ctx: StepContext, headers: Mapping[str, str], *, proxy: str | None,
+                   verify: bool | ssl.SSLContext, follow: bool) -> httpx.AsyncClient:
+    """A client that writes each request (secrets masked) and each answer, with how long it
+    took, to the step's log; none of the daemon's environment (``trust_env`` off)."""
+    started: dict[int, float] = {}
 
+    async def on_request(request: httpx.Request) -> None:
+        started[id(request)] = trio.current_time()
+        via = f" via proxy {mask_url(proxy)}" if proxy else ""
+        ctx.log(f"[http] {request.method} {mask_url(str(request.url))}{via}"
+                f"{describe_headers(headers)}")
 
-def text_arg(args: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = args.get(key, default)
-    if value is None:
-        raise RunnerError(f"{key} is required")
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise RunnerError(f"{key} must be a string, not {type(value).__name__}")
-    return str(value)
+    async def on_response(response: httpx.Response) -> None:
+        began = started.pop(id(response.request), trio.current_time())
+        ms = round((trio.current_time() - began) * 1000)
+        ctx.log(f"[http] {status_text(response)} after {ms} ms")
 
-
-def mapping_arg(args: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = args.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise RunnerError(f"{key} must be a mapping, not {type(value).__name__}")
-    return value
-
-
-def bool_arg(args: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = args.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise RunnerError(f"{key} must be true or false, not {value!r}")
-
-
-def duration_arg(args: Mapping[str, Any], key: str, default: float) -> float:
-    """``args[key]`` as seconds (a duration string or a number), ``default`` when absent."""
-    value = args.get(key)
-    if value is None:
-        return default
-    try:
-        seconds = float(parse_duration(value))
-    except (ValueError, TypeError, PipelineError) as exc:
-        raise RunnerError(f"{key}: {exc}") from None
-    if seconds < 0:
-        raise RunnerError(f"{key}: a duration cannot be negative: {value!r}")
-    return seconds
-
-
-def human(seconds: float) -> str:
-    """A duration the way a user writes one: 5m, 1h, 2.5s."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+    return httpx.AsyncClient(
+        proxy=proxy, verify=verify, follow_redirects=follow, timeout=None,
+        trust_env=False, event_hooks={"request": [on_request], "response": [on_response]})
 
 
 def expected_statuses(value: Any) -> frozenset[int] | None:

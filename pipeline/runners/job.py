@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError, RunnerError
 from pipeline.runners import StepContext
-from pipeline.runners.http import bool_arg, mapping_arg
+from pipeline.runners.args import bool_arg, mapping_arg
 
 
 async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:

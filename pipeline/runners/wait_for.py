@@ -18,8 +18,10 @@ import httpx
 import trio
 
 from pipeline.errors import RunnerError
+from pipeline.notation import short_duration
 from pipeline.runners import StepContext
-from pipeline.runners.http import describe_error, duration_arg, human, mask_url, ssl_context
+from pipeline.runners.args import duration_arg
+from pipeline.runners.http import describe_error, mask_url, ssl_context
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_INTERVAL = 1.0
@@ -53,7 +55,7 @@ async def run(args: Mapping[str, Any], ctx: StepContext) -> None:
         with trio.move_on_after(timeout if timeout > 0 else math.inf):
             await watch.run()
             return
-    raise RunnerError(f"gave up after {human(timeout)}: {watch.what} {watch.describe()}")
+    raise RunnerError(f"gave up after {short_duration(timeout)}: {watch.what} {watch.describe()}")
 
 
 class Watch:
@@ -71,7 +73,7 @@ class Watch:
 
     def describe(self) -> str:
         if self.since is not None:
-            return f"{self.seen}, but not unchanged for {human(self.stable_for)}"
+            return f"{self.seen}, but not unchanged for {short_duration(self.stable_for)}"
         return self.seen
 
     async def run(self) -> None:
@@ -98,7 +100,7 @@ class Watch:
                 return
             if not told_stable:
                 self.log(f"[wait_for] {self.what} waiting until it has stayed so for "
-                         f"{human(self.stable_for)}")
+                         f"{short_duration(self.stable_for)}")
                 told_stable = True
             pause = min(self.interval, self.since + self.stable_for - now)
             await trio.sleep(max(pause, MIN_INTERVAL))
@@ -131,7 +133,7 @@ def check_url(client: httpx.AsyncClient, url: str) -> Check:
                 async with client.stream("GET", url) as response:
                     status = response.status_code
         except trio.TooSlowError:
-            return False, None, f"no answer within {human(PROBE_TIMEOUT)}"
+            return False, None, f"no answer within {short_duration(PROBE_TIMEOUT)}"
         except httpx.HTTPError as exc:
             return False, None, f"failed: {describe_error(exc)}"
         return 200 <= status < 300, None, f"answered {status}"

@@ -967,6 +967,7 @@ class SqlStore:
                 SELECT id, name, roles, labels, version, identity, listen, digest, max_runs,
                        started_at, heartbeat_at, expires_at, state,
                        (SELECT count(*) FROM runs WHERE runs.node = nodes.id
+                        AND runs.status IN ('queued', 'running')  -- the partial index
                         AND runs.status = 'running')
                 FROM nodes WHERE state = 'alive' OR heartbeat_at >= :since
                 ORDER BY name, started_at""", {"since": since_text}).fetchall()

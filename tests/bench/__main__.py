@@ -5,6 +5,7 @@
     bin/bench --only real     one group (or several: --only real,burst,cpu); see GROUPS
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
     bin/bench --only files    10,000 files dropped into a watched folder at once
+    bin/bench --only pages    the status pages' server time over 100,000 runs
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from tests.bench import dags, filewatch, report, serve, startup, steps, torture, validate
+from tests.bench import (
+    dags,
+    filewatch,
+    pages,
+    report,
+    serve,
+    startup,
+    steps,
+    torture,
+    validate,
+)
 from tests.bench.harness import (
     ROOT,
     BenchError,
@@ -37,8 +48,8 @@ from tests.bench.harness import (
 from tests.bench.peers import ensure_own_venvs, ensure_peers
 
 # In the order they run: cpu reuses what firing, real and burst measured before it.
-GROUPS = ("startup", "validate", "dag", "memory", "api", "firing", "real", "burst", "cpu",
-          "files", "torture")
+GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "real", "burst",
+          "cpu", "files", "torture")
 # In the order the report shows them, with their headings.
 SECTIONS = (
     ("real", "Real steps, steady load: 100 jobs every second"),
@@ -50,6 +61,7 @@ SECTIONS = (
     ("startup", "CLI start-up"),
     ("memory", "Memory"),
     ("api", "HTTP API under load"),
+    ("pages", "Status pages: 1,000 jobs, 100,000 runs"),
     ("files", "File arrival: 10,000 files at once"),
     ("torture", "Fault harnesses and fuzzing at full size"),
 )
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "dag": lambda: dags.run(ctx, peers),
             "memory": lambda: serve.memory(ctx),
             "api": lambda: serve.api(ctx),
+            "pages": lambda: pages.run(ctx),
             "firing": lambda: serve.lateness(ctx),
             "real": lambda: steps.real(ctx, cron=ctx.peers),
             "burst": lambda: steps.burst(ctx, cron=ctx.peers),

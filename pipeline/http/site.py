@@ -1,0 +1,500 @@
+"""The status pages: the index, a job's page, a run's page, a log's next lines, and the two
+local assets (stylesheet and script) they share.
+
+Every page is complete HTML from the server: it reads, links and filters (GET forms) without
+a script. ``pipeline.js`` adds what needs one: the controls post JSON to the API, the
+sections marked ``data-live`` of an active page are fetched again (``?live=1``, which skips
+reading logs) and swapped in place, and logs follow by asking for their next lines
+(``/runs/ID/log/STEP?offset=N``, HTML rendered here, colours included).
+
+Controls are shown only where they can work: not in read-only mode, and the operator
+controls that need an API route (pause, resume, backfill, rerun, the decision log) only
+once the app has that route.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from pipeline import ansi, page, schedule_words
+from pipeline.http.answers import ApiError, error_page
+from pipeline.http.pages import (
+    attempt_markers,
+    durations,
+    graph,
+    next_fires,
+    param_fields,
+    source_lines,
+    step_statuses,
+    timeline,
+)
+from pipeline.http.reading import integer
+from pipeline.http.views import declared_steps, log_size, log_tail, read_log
+from pipeline.model import (
+    JOB_NAME,
+    RUN_ID,
+    STEP_INSTANCE_ID,
+    RunRecord,
+    RunStatus,
+    StepStatus,
+    in_file_order,
+    run_as_dict,
+)
+from pipeline.notation import format_duration, parse_duration
+from pipeline.statedir import log_relpath
+
+if TYPE_CHECKING:
+    from pipeline.http.app import StatusApp
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+ASSETS = {"pipeline.css": "text/css; charset=utf-8",
+          "pipeline.js": "text/javascript; charset=utf-8"}
+PAGE_REFRESH = 5  # seconds between live updates of the index; a live run page: faster
+RUN_PAGE_REFRESH = 2
+# Of each step's log, the run page shows the tail: more of the logs it opens (a failed or
+# running step's, or the only one), less of those it leaves closed; "raw" has them whole.
+PAGE_LOG_TAIL = 48 * 1024
+CLOSED_LOG_TAIL = 16 * 1024
+LOG_FRAGMENT = 64 * 1024  # the most one ask for a log's next lines returns
+JOBS_PER_PAGE = 50
+RUNS_PER_PAGE = 25
+STRIP = 50  # runs in a job's strip
+CHART = 100  # runs in its duration chart
+GZIP_FROM = 4096  # bytes of HTML worth packing
+NODE_NAMES_FOR = 30.0  # seconds a read of the nodes' names serves
+MAX_MARKER_SCAN = 16 * 1024 * 1024  # bytes of a retried step's log read for attempt times
+JOB_STATES = ("paused", "stale", "circuit open", "disabled", "never ran")
+
+# The API routes the operator controls post to; a control is shown once its route exists.
+OPERATOR_ROUTES = {
+    "pause": ("POST", "/api/v1/jobs/{name}/pause"),
+    "resume": ("POST", "/api/v1/jobs/{name}/resume"),
+    "backfill": ("POST", "/api/v1/jobs/{name}/backfill"),
+    "rerun": ("POST", "/api/v1/runs/{run_id}/rerun"),
+    "decisions": ("GET", "/api/v1/jobs/{name}/decisions"),
+}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    media_type: str
+    digest: str
+
+
+def load_assets() -> dict[str, Asset]:
+    return {name: Asset(data, kind, hashlib.sha256(data).hexdigest()[:12])
+            for name, kind in ASSETS.items()
+            for data in [(STATIC / name).read_bytes()]}
+
+
+def timed(handler: Callable[[Request], Awaitable[Response]],
+          ) -> Callable[[Request], Awaitable[Response]]:
+    """``handler``, its answer carrying the time it took (``Server-Timing: app;dur=MS``): what
+    the page benchmark reads, and what a browser's developer tools show."""
+    async def answer(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await handler(request)
+        response.headers["Server-Timing"] = \
+            f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        return response
+
+    return answer
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _stem_name(file: str) -> str | None:
+    """The job name a file would give its job by default, if that is a valid name."""
+    stem = Path(file).stem
+    return stem if JOB_NAME.fullmatch(stem) else None
+
+
+def _shown(file: str, jobs_dir: Path) -> str:
+    """A job file's path as the jobs directory's listing says it."""
+    try:
+        return str(Path(file).relative_to(jobs_dir))
+    except ValueError:
+        return file
+
+
+def _markers(path: Path) -> list[str]:
+    """The ``[pipeline]`` lines of a retried step's log (up to ``MAX_MARKER_SCAN`` bytes)."""
+    data = read_log(path, 0, MAX_MARKER_SCAN)
+    return attempt_markers(data.decode(errors="replace"))
+
+
+class Site:
+    """The pages, over the app's reads of the daemon."""
+
+    def __init__(self, app: StatusApp) -> None:
+        self.app = app
+        self.assets = load_assets()
+        self._names: tuple[float, dict[str, str]] | None = None
+        self.asset_version = hashlib.sha256(
+            "".join(a.digest for a in self.assets.values()).encode()).hexdigest()[:12]
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", timed(self.index), methods=["GET"]),
+            Route("/jobs/{name}", timed(self.job), methods=["GET"]),
+            Route("/runs/{run_id}", timed(self.run), methods=["GET"]),
+            Route("/runs/{run_id}/log/{step}", timed(self.log_lines), methods=["GET"]),
+            Route("/assets/{name}", self.asset, methods=["GET"], include_in_schema=False),
+        ]
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def offers(self) -> dict[str, bool]:
+        """The operator controls the app can serve now (none in read-only mode)."""
+        return {key: not self.app.read_only and self.app.offered(*route)
+                for key, route in OPERATOR_ROUTES.items()}
+
+    async def html(self, template: str, context: Mapping[str, Any], status: int = 200,
+                   request: Request | None = None) -> Response:
+        """``template`` rendered (in a worker thread), gzipped for a client that takes it."""
+        values = {"assets": self.asset_version, "read_only": self.app.read_only,
+                  "offers": self.offers(), **context}
+        packs = request is not None and "gzip" in request.headers.get("accept-encoding", "")
+
+        def render() -> tuple[bytes, bool]:
+            body = page.render(template, values).encode()
+            if packs and len(body) > GZIP_FROM:
+                # A run's logs make a few hundred KB of HTML, a tenth of that packed: what a
+                # phone on a slow link notices. Level 1: most of the gain, little CPU.
+                return gzip.compress(body, compresslevel=1, mtime=0), True
+            return body, False
+
+        body, packed = await trio.to_thread.run_sync(render)
+        headers = {"Vary": "Accept-Encoding"}
+        if packed:
+            headers["Content-Encoding"] = "gzip"
+        return HTMLResponse(body, status_code=status, headers=headers)
+
+    async def asset(self, request: Request) -> Response:
+        asset = self.assets.get(request.path_params["name"])
+        if asset is None:
+            raise ApiError(404, "not_found", "no such asset")
+        # The pages name each asset with its digest (?v=), so a copy never goes stale.
+        return Response(asset.body, media_type=asset.media_type, headers={
+            "Cache-Control": "public, max-age=31536000, immutable", "ETag": asset.digest})
+
+    def node_names(self, runs: Sequence[RunRecord]) -> dict[str, str]:
+        """Node id -> name, for the ``runs``' "node" (store thread). This node's name is
+        known; the others' are read at most every ``NODE_NAMES_FOR`` seconds: names do not
+        change, and ``Store.nodes`` counts each node's running runs, which can cost a scan
+        of the history."""
+        lease = self.app.daemon.lease.node
+        if all(r.node in (None, lease.id) for r in runs):
+            return {lease.id: lease.name}
+        known = self._names
+        if known is None or time.monotonic() - known[0] > NODE_NAMES_FOR:
+            known = self._names = (time.monotonic(), {
+                n.id: n.name for n in self.app.daemon.store.nodes()})
+        return {**known[1], lease.id: lease.name}
+
+    # -- the index --------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        query = request.query_params
+        job_filter = query.get("job") or None
+        if job_filter is not None and not JOB_NAME.fullmatch(job_filter):
+            return error_page(404, f"no job {job_filter[:80]!r}")
+        name_filter = (query.get("q") or "").strip()[:100]
+        status = query.get("status") or ""
+        run_status = None
+        if status and status not in JOB_STATES:  # a job state filters the jobs only
+            try:
+                run_status = RunStatus(status)
+            except ValueError:
+                return error_page(400, f"status must be one of "
+                                       f"{', '.join([*RunStatus, *JOB_STATES])}")
+        since_text = query.get("since") or ""
+        since: datetime | None = None
+        if since_text:
+            try:
+                since = self.app.now() - timedelta(seconds=parse_duration(since_text))
+            except ValueError:
+                return error_page(400, "since must be a duration, like 24h")
+        offset = integer(request, "offset", 0, 0, 10**9)
+        jobs_from = integer(request, "jobs_from", 0, 0, 10**9)
+        day_ago = self.app.now() - timedelta(days=1)
+        runs_job = job_filter
+        views = await self.app._job_views()
+        named = {v["name"] for v in views if v["name"]}
+        if runs_job is None and name_filter in named:
+            runs_job = name_filter
+
+        def read() -> tuple[list[RunRecord], int | None, dict[str, str]]:
+            store = self.app.daemon.store
+            found = store.runs(job=runs_job, status=run_status, since=since,
+                               limit=RUNS_PER_PAGE + 1, offset=offset)
+            # Counting a rare status means reading the whole history: only the plain list
+            # (and one job's) says how many there are; a filtered one says whether there
+            # are more.
+            total = (store.count_runs(job=runs_job) if run_status is None and since is None
+                     else None)
+            return found, total, self.node_names(found)
+
+        runs, total, nodes = await self.app.store(read)
+        # Like the lists of the API, shared by the requests of the next moments.
+        failed = await self.app.recent.get("failed_24h", partial(
+            self.app.store, self.app.daemon.store.count_runs, status=RunStatus.FAILED,
+            since=day_ago))
+        more = len(runs) > RUNS_PER_PAGE
+        runs = runs[:RUNS_PER_PAGE]
+        jobs = [v for v in views if v["name"] is not None]
+        shown = [v for v in jobs if self._job_matches(v, name_filter, status)]
+        queued = sum(v["queued_runs"] for v in views)
+        journal = self.app.daemon.journal
+        run_views = [run_as_dict(r, steps=False) for r in runs]
+        for view in run_views:
+            view["node_name"] = nodes.get(view["node"] or "", view["node"])
+        page_jobs = shown[jobs_from:jobs_from + JOBS_PER_PAGE]
+        loaded = self.app.daemon.catalog.jobs
+        in_words = schedule_words.in_words
+        words = {v["name"]: "; ".join(in_words(s) for s in loaded[v["name"]].schedules)
+                 for v in page_jobs if v["name"] in loaded}
+        return await self.html("index.html", request=request, context={
+            "jobs": page_jobs, "words": words, "jobs_total": len(jobs),
+            "jobs_shown": len(shown), "jobs_from": jobs_from, "jobs_per_page": JOBS_PER_PAGE,
+            "invalid": [{**v, "page_name": v["name"] or _stem_name(v["file"])}
+                        for v in views if not v["valid"]],
+            "runs": run_views, "total": total, "more": more, "offset": offset,
+            "limit": RUNS_PER_PAGE, "job_filter": runs_job, "name_filter": name_filter,
+            "status": status, "since_filter": since_text,
+            "run_statuses": [str(s) for s in RunStatus],
+            "job_states": JOB_STATES,
+            "show_nodes": len({r.node for r in runs if r.node}) > 1
+            or self.app.daemon.store.shared,
+            "stats": {"jobs": len(self.app.daemon.catalog.jobs), "queued": queued,
+                      "running": sum(v["active_runs"] for v in views) - queued,
+                      "failed_24h": failed, "invalid": len(self.app.daemon.catalog.problems),
+                      "circuits_open": sum(v["circuit"] == "open" for v in views),
+                      "paused": sum(bool(v.get("paused")) for v in views),
+                      "stale": sum(bool(v["stale"]) for v in views)},
+            "daemon": {"started_at": self.app.daemon.started_at.isoformat(),
+                       "jobs_dir": str(self.app.daemon.jobs_dir),
+                       "journal_healthy": journal.healthy, "journal_failure": journal.failure},
+            "refresh": PAGE_REFRESH,
+        })
+
+    @staticmethod
+    def _job_matches(view: Mapping[str, Any], name: str, status: str) -> bool:
+        if name and name.casefold() not in view["name"].casefold():
+            return False
+        if not status:
+            return True
+        last = view["last_run"]["status"] if view["last_run"] else None
+        return bool({
+            "paused": bool(view.get("paused")),
+            "stale": bool(view["stale"]),
+            "circuit open": view["circuit"] == "open",
+            "disabled": view["enabled"] is False,
+            "never ran": last is None,
+            "running": view["active_runs"] > view["queued_runs"] or last == "running",
+            "queued": view["queued_runs"] > 0,
+        }.get(status, last == status))
+
+    # -- a job ------------------------------------------------------------------------------
+
+    async def job(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if not JOB_NAME.fullmatch(name):
+            return error_page(404, f"no job {name[:80]!r}")
+        views = await self.app._job_views()
+        view = next((v for v in views if v["name"] == name), None)
+        catalog = self.app.daemon.catalog
+        job = catalog.jobs.get(name)
+        offers = self.offers()
+
+        def read() -> tuple[list[RunRecord], int, list[Any]]:
+            store = self.app.daemon.store
+            decisions = store.decisions(name, limit=20) if offers["decisions"] else []
+            return store.runs(job=name, limit=CHART), store.count_runs(job=name), decisions
+
+        runs, total, decisions = await self.app.store(read)
+        file = catalog.stale.get(name) or (job.file if job else None)
+        if file is None:  # a file that never loaded: its job would take the file's name
+            file = next((f for f in catalog.problems
+                         if Path(f).stem == name and f not in catalog.files), None)
+        if view is None and job is None and not runs and file is None:
+            return error_page(404, f"no job {name!r}: no job file names it, and it never ran")
+        problems = catalog.problems.get(file, ()) if file else ()
+        text = await trio.to_thread.run_sync(_read_text, Path(file)) if file else None
+        now = self.app.now()
+        scheduler_next = self.app.daemon.scheduler.next_fire(name) if job else None
+        fires = next_fires(job, now) if job else []
+        strip = [run_as_dict(r, steps=False) for r in reversed(runs[:STRIP])]
+        return await self.html("job.html", request=request, context={
+            "name": name, "job": view, "loaded": job is not None,
+            "words": [schedule_words.in_words(s) for s in job.schedules] if job else [],
+            "fires": fires, "next_fire": scheduler_next,
+            "zone": str(job.schedules[0].timezone) if job and job.schedules else None,
+            "strip": strip, "total": total, "chart": durations(runs),
+            "fields": param_fields(job) if job else [],
+            "source": source_lines(text, problems) if text is not None else None,
+            "file": file, "problems": problems,
+            "file_shown": _shown(file, self.app.daemon.jobs_dir) if file else None,
+            "decisions": decisions,
+            "facts": self._job_facts(job) if job else {},
+            "refresh": PAGE_REFRESH if view and view["active_runs"] else 0,
+        })
+
+    @staticmethod
+    def _job_facts(job: Any) -> dict[str, str]:
+        facts = {"concurrency": str(job.concurrency.policy)
+                 + (f", at most {job.concurrency.max_active} at once"
+                    if job.concurrency.max_active else "")}
+        if job.timeout:
+            facts["timeout"] = format_duration(job.timeout)
+        if job.retries.limit:
+            facts["retries"] = (f"{job.retries.limit}, {job.retries.backoff} from "
+                                f"{format_duration(job.retries.delay)}")
+        if job.circuit_breaker:
+            facts["circuit breaker"] = (
+                f"open after {job.circuit_breaker.after} failed runs, for "
+                f"{format_duration(job.circuit_breaker.cooldown)}")
+        facts["steps"] = str(len(job.steps)) + (
+            f" (+{len(job.all_steps()) - len(job.steps)} hook steps)"
+            if len(job.all_steps()) > len(job.steps) else "")
+        facts["version"] = f"sha256:{job.sha256[:16]}"
+        return facts
+
+    # -- a run ------------------------------------------------------------------------------
+
+    async def run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        if not RUN_ID.fullmatch(run_id):
+            return error_page(404, f"no run {run_id[:80]!r}")
+        live = request.query_params.get("live") == "1"
+        grep = (request.query_params.get("grep") or "").strip()[:200] or None
+
+        def read() -> tuple[RunRecord | None, dict[str, str]]:
+            record = self.app.daemon.store.run(run_id)
+            return record, self.node_names([record] if record else [])
+
+        record, nodes = await self.app.store(read)
+        if record is None:
+            return error_page(404, f"no run {run_id!r}")
+        view = self.app.run_view(record)
+        active = not record.status.finished
+        seen = {s.id.partition(".")[0] for s in record.steps}
+        pending = [i for i in declared_steps(record) if i not in seen] if active else []
+        state_dir = self.app.state_dir
+        retried = {s.id: state_dir / log_relpath(record.job, record.id, s.id)
+                   for s in record.steps if s.attempt > 1 and s.log
+                   and STEP_INSTANCE_ID.fullmatch(s.id)}
+
+        def markers() -> dict[str, list[str]]:
+            return {sid: _markers(path) for sid, path in retried.items()}
+
+        found = await trio.to_thread.run_sync(markers) if retried else {}
+        now = self.app.now()
+        statuses, counts = step_statuses(record, pending)
+        logs = [] if live else await trio.to_thread.run_sync(
+            partial(self._logs, record, grep))
+        if live:  # the page's script keeps what it read; these say what there is now
+            logs = [self._log_head(record, s.id, str(s.status)) for s in in_file_order(record)
+                    if s.log and STEP_INSTANCE_ID.fullmatch(s.id)]
+        if active:
+            view["steps"] += [{"id": i, "status": "pending", "attempt": 0, "exit_code": None,
+                               "signal": None, "duration_s": None, "error": None,
+                               "outputs": {}, "log_url": None, "started_at": None}
+                              for i in pending]
+        view["node_name"] = nodes.get(record.node or "", record.node)
+        return await self.html("run.html", request=request, context={
+            "run": view, "logs": logs, "grep": grep or "",
+            "timeline": timeline(record, now, found, pending),
+            "graph": graph(record.document or {}, statuses, counts),
+            "refresh": RUN_PAGE_REFRESH if active else 0, "noscript_refresh": True,
+            "step_ids": [s for s in declared_steps(record)],
+        })
+
+    def _log_head(self, record: RunRecord, step_id: str, status: str) -> dict[str, Any]:
+        step = next(s for s in record.steps if s.id == step_id)
+        return {"step": step_id, "status": status, "html": "", "hidden": 0, "skipped": 0,
+                "size": None, "next": 0,
+                "src": f"/runs/{record.id}/log/{step_id}",
+                "url": f"/api/v1/runs/{record.id}/steps/{step_id}/log",
+                "state": "done" if record.status.finished or step.status.finished
+                else "running",
+                "open": step.status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)}
+
+    def _logs(self, record: RunRecord, grep: str | None) -> list[dict[str, Any]]:
+        """Each step's log tail as HTML (worker thread)."""
+        logs = []
+        steps = [s for s in in_file_order(record)
+                 if s.log and STEP_INSTANCE_ID.fullmatch(s.id)]
+        for step in steps:
+            entry = self._log_head(record, step.id, str(step.status))
+            if len(steps) == 1 or grep:
+                entry["open"] = True
+            path = self.app.state_dir / log_relpath(record.job, record.id, step.id)
+            text, skipped, size = log_tail(path, PAGE_LOG_TAIL if entry["open"]
+                                           else CLOSED_LOG_TAIL, keep_colors=True)
+            next_offset = size
+            if entry["state"] == "running" and not text.endswith("\n"):
+                # The line being written comes whole with the next lines the page asks for.
+                unfinished = text[text.rfind("\n") + 1:]
+                text = text[:len(text) - len(unfinished)]
+                next_offset = size - len(unfinished.encode())
+            lines, hidden = ansi.lines_html(text, grep=grep)
+            entry.update(html="".join(f'<span class="ln">{line}</span>' for line in lines),
+                         hidden=hidden, skipped=skipped, size=size, next=next_offset)
+            logs.append(entry)
+        if grep:
+            for entry in logs:
+                entry["open"] = entry["html"] != ""
+        return logs
+
+    async def log_lines(self, request: Request) -> Response:
+        """A step's log from ``?offset=`` as HTML lines: whole lines only while the step
+        runs; ``X-Log-Next`` says where to ask from next, ``X-Log-Done: 1`` that this is
+        all there will be."""
+        run_id = request.path_params["run_id"]
+        step_id = request.path_params["step"]
+        if not RUN_ID.fullmatch(run_id) or not STEP_INSTANCE_ID.fullmatch(step_id):
+            raise ApiError(404, "not_found", "no such log")
+        offset = integer(request, "offset", 0, 0, 2**62)
+        record = await self.app.store(self.app.daemon.store.run, run_id)
+        step = next((s for s in record.steps if s.id == step_id), None) if record else None
+        if record is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        finished = record.status.finished or (step is not None and step.status.finished)
+        path = self.app.state_dir / log_relpath(record.job, record.id, step_id)
+
+        def read() -> tuple[bytes, int]:
+            size = log_size(path)
+            return read_log(path, offset, min(LOG_FRAGMENT, max(size - offset, 0))), size
+
+        data, size = await trio.to_thread.run_sync(read)
+        if not finished and b"\n" in data:
+            data = data[:data.rindex(b"\n") + 1]  # a line still being written comes later
+        elif not finished:
+            data = b""
+        next_offset = offset + len(data)
+        done = finished and next_offset >= size
+        body = ansi.to_html(data.decode(errors="replace"))
+        return HTMLResponse(body, headers={"X-Log-Offset": str(offset),
+                                           "X-Log-Next": str(next_offset),
+                                           "X-Log-Done": "1" if done else "0"})
+

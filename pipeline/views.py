@@ -1,0 +1,89 @@
+"""Jobs as the API and ``pipeline list`` show them: one row per job file, valid or not.
+
+The daemon builds the rows from its catalog and its scheduler (``http``); ``pipeline list``
+from the files on disk, the store and what a running daemon wrote about itself (``cli``). Both
+hand ``job_row`` the same facts, so a job reads the same wherever it is looked at (CONTRACT
+§5, "A job").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from pipeline import triggers
+from pipeline.errors import Problem
+from pipeline.model import Job, RunRecord, RunStatus, iso, run_as_dict
+
+Pause = tuple[datetime, str | None, str | None]  # paused at, by whom, why
+
+
+class CatalogFiles(NamedTuple):
+    """The catalog's dictionaries at one moment (it replaces them whole, never edits them)."""
+
+    jobs: Mapping[str, Job]
+    problems: Mapping[str, tuple[Problem, ...]]
+    files: Mapping[str, str]
+    stale: Mapping[str, str]
+
+
+def job_row(file: str, name: str | None, job: Job | None, problems: Sequence[Problem], *,
+            stale: bool = False, next_fire: datetime | None = None,
+            circuit_open: bool | None = False, last: RunRecord | None = None,
+            active: int = 0, queued: int = 0, pause: Pause | None = None) -> dict[str, Any]:
+    """One job file as the API shows it.
+
+    ``job`` is the version that runs (for a ``stale`` file, the last good one), None if none
+    is known; ``circuit_open`` None: not known (no version of the file was ever loaded).
+    """
+    return {
+        "name": name, "file": file, "valid": not problems,
+        "errors": [p.as_dict() for p in problems],
+        "stale": stale,
+        "description": job.description if job else None,
+        "enabled": job.enabled if job else None,
+        "schedule": "; ".join(triggers.describe(s) for s in job.schedules)
+        if job and job.schedules else None,
+        "next_fire_time": iso(next_fire),
+        "last_run": run_as_dict(last, steps=False) if last else None,
+        "active_runs": active,
+        "queued_runs": queued,
+        "circuit": None if circuit_open is None else "open" if circuit_open else "closed",
+        "concurrency": str(job.concurrency.policy) if job else None,
+        "params": {p.name: {"type": str(p.type), "default": p.default,
+                            "required": p.required and not p.has_default,
+                            "enum": list(p.enum) if p.enum is not None else None,
+                            "description": p.description}
+                   for p in job.params.values()} if job else {},
+        "version": job.sha256 if job else None,
+        "paused": pause is not None,
+        "paused_at": iso(pause[0]) if pause else None,
+        "paused_by": pause[1] if pause else None,
+        "paused_reason": pause[2] if pause else None,
+    }
+
+
+def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, bool]],
+              last: Mapping[str, RunRecord], active: Sequence[RunRecord],
+              paused: Mapping[str, Pause] | None = None) -> list[dict[str, Any]]:
+    """Every job file as the API shows it, loaded jobs and invalid files, by file name.
+
+    ``live`` is each scheduled job's next fire and whether its circuit is open.
+    """
+    counts = Counter(r.job for r in active)
+    queued = Counter(r.job for r in active if r.status is RunStatus.QUEUED)
+    views = []
+    for file in sorted({*files.files, *files.problems}):
+        name = files.files.get(file)
+        if name is None:
+            views.append(job_row(file, None, None, files.problems.get(file, ())))
+            continue
+        next_fire, circuit_open = live.get(name, (None, False))
+        views.append(job_row(
+            file, name, files.jobs.get(name), files.problems.get(file, ()),
+            stale=files.stale.get(name) == file, next_fire=next_fire,
+            circuit_open=circuit_open, last=last.get(name), active=counts.get(name, 0),
+            queued=queued.get(name, 0), pause=(paused or {}).get(name)))
+    return views
