@@ -81,24 +81,27 @@ class LogShipper:
 
     async def ship(self) -> None:
         for key, live in list(self._live.items()):
+            # Its end may be seen while this shipment is under way: only a shipment that
+            # began after it ships the whole file.
+            ended = live.ended
             try:
-                await self.offload(functools.partial(self._ship_one, key, live))
+                await self.offload(functools.partial(self._ship_one, key, live, ended))
             except StateError as exc:
                 if str(exc) != self._failure:
                     logger.warning("cannot ship step logs to the store: {} (retrying)", exc)
                     self._failure = str(exc)
                 return
             self._failure = None
-            if live.ended or live.refused:
+            if ended or live.refused:
                 del self._live[key]
 
-    def _ship_one(self, key: tuple[str, str], live: _Live) -> None:
+    def _ship_one(self, key: tuple[str, str], live: _Live, ended: bool) -> None:
         """What is new of one log (worker thread); its whole file once the step has ended.
         A shipment the store refuses (this node lost the run) ends the log's shipping."""
         run_id, step_id = key
         try:
             with open(live.path, "rb") as f:
-                if live.ended:
+                if ended:
                     data = f.read()
                     chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
                     for index, chunk in enumerate(chunks):
@@ -112,7 +115,7 @@ class LogShipper:
                 f.seek(live.shipped)
                 data = f.read(CHUNK)
         except FileNotFoundError:
-            if live.ended:  # the step wrote nothing: an empty, complete log
+            if ended:  # the step wrote nothing: an empty, complete log
                 live.refused = not self.store.ship_log(run_id, step_id, 0, b"", final=0,
                                                        node=live.node)
             return

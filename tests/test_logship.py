@@ -118,3 +118,28 @@ def test_in_a_cluster_a_whole_shipped_log_wins_over_a_stale_file_here(
                            "--state-dir", str(tmp_path / "state"), "--jobs-dir", str(tmp_path)],
                           capture_output=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"==> s <==\n" + whole, b"")
+
+
+async def test_a_step_that_ends_while_its_log_is_shipped_still_ships_its_end(
+        tmp_path: Path) -> None:
+    """Found by the cluster harness: the step ended (its StepFinished seen) while a live
+    shipment of its log was under way in a worker thread; once that shipment returned, the
+    log was dropped as if its end had been shipped, and the store never had it whole."""
+    store, _, path = setup(tmp_path)
+    ending: list[StepFinished] = []
+
+    async def racing(fn, *args):  # type: ignore[no-untyped-def]
+        result = fn(*args)  # the live shipment, in its thread...
+        if ending:
+            shipper.observe(ending.pop())  # ...while the step ends
+        return result
+
+    shipper = LogShipper(store, tmp_path / "state", offload=racing)
+    shipper.observe(StepStarted(RUN, "s", 1, NOW, REL))
+    path.write_bytes(b"started\n")
+    ending.append(StepFinished(RUN, "s", StepStatus.CANCELLED, NOW, attempt=1))
+    await shipper.ship()
+    path.write_bytes(b"started\n[pipeline] stopped\n")  # what the engine wrote at its end
+    await shipper.ship()
+    whole = b"started\n[pipeline] stopped\n"
+    assert store.shipped_log(RUN, "s") == (whole, len(whole))
