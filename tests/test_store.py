@@ -1868,6 +1868,43 @@ def test_a_restart_between_two_verbs_loses_nothing(postgres: Postgres, postgres_
 
 
 @pytest.mark.slow
+def test_a_crash_of_the_database_forgets_no_start_nor_renewal(postgres: Postgres,
+                                                              postgres_url: str) -> None:
+    """Found by the cluster harness (pg_ctl restart -m immediate): a start was committed
+    without waiting for the WAL (synchronous_commit off for that transaction), and a crash of
+    the server just after forgot it, while the node that had started the run went on running
+    it: another node started it again, two attempts at once. With SQLite a crash that loses a
+    start is the daemon's own, whose runs are all recovered; a database that crashes on its
+    own must not forget what it acknowledged. The test server commits asynchronously
+    throughout, for speed: this database does not, as a production one would not, and its
+    WAL writer waits 10 s, so anything not flushed at commit is lost in the crash."""
+    name = postgres_url.rpartition("/")[2]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on")
+                     .format(sql.Identifier(name)))
+        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        conn.execute("SELECT pg_reload_conf()")
+    store = PostgresStore.open(postgres_url, timeouts=FAST)
+    try:
+        store.publish_jobs([JobSettings("j")])
+        store.register_node(node("a"), lease=300)
+        held(store, (1, "j"), node_id="a")
+        before = scalar(store, "SELECT expires_at FROM nodes WHERE id = 'a'")
+        (started,) = store.start_runs("a", [rid(1)], now=store.now())
+        assert started.decision.verdict is Verdict.START
+        store.renew_lease("a", lease=600)
+        postgres.restart("immediate")
+        run = store.run(rid(1))
+        assert run is not None and (run.status, run.attempt) == (RunStatus.RUNNING, 1)
+        assert scalar(store, "SELECT expires_at FROM nodes WHERE id = 'a'") > before
+    finally:
+        store.close()
+        with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET wal_writer_delay")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.slow
 def test_the_pool_checks_a_connection_idle_for_long(
         postgres: Postgres, postgres_url: str, logged: list[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,8 +148,9 @@ class SqlStore:
     # -- what a backend supplies ----------------------------------------------------------------
 
     def _write(self, *, durable: bool = True) -> AbstractContextManager[Tx]:
-        """A write transaction; ``durable=False`` may skip waiting for the disk (a start's
-        decision: after a crash its run is recovered either way)."""
+        """A write transaction; ``durable=False`` may skip waiting for the disk where a crash
+        that loses it is the daemon's own (SQLite: after it, its runs are recovered either
+        way); a shared store's writes are all durable."""
         raise NotImplementedError
 
     def _read(self) -> AbstractContextManager[Tx]:
