@@ -3,7 +3,8 @@
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
 ``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
 again within a second), measures the offset between this machine's wall clock and the store's
-(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal.
+(the node fires and stamps what it records by the store's clock, rule 4), and pings the
+watchdog after every renewal.
 When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
 daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
 before anyone may take them over; the watchdog, a separate process,
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from loguru import logger
@@ -36,6 +37,7 @@ from pipeline.statedir import process_identity
 from pipeline.store import NodeInfo, NodeState, Store
 
 Offload = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 DEFAULT_LEASE = 30.0
 RETRY = 1.0  # longest pause between renewals that fail
 
@@ -174,6 +176,19 @@ async def open_watchdog(*, fence_after: float, grace: float) -> AsyncIterator[Wa
 
 # -- the lease ---------------------------------------------------------------------------------
 
+def _timed(call: Callable[[], T]) -> Callable[[], tuple[datetime, T, datetime]]:
+    """``call`` with this machine's clock read just before and just after it, where it runs.
+    The store's clock is read between the two, so the offset measured from them is off by
+    half the call at most; read around the offload instead, it was off by half the wait for
+    a thread too (on a loaded machine, hundreds of milliseconds: a run's end, stamped by the
+    node, then came after the next run's start, stamped by the store)."""
+    def timed() -> tuple[datetime, T, datetime]:
+        before = datetime.now(UTC)
+        answer = call()
+        return before, answer, datetime.now(UTC)
+    return timed
+
+
 class Lease:
     """The node's registration and lease in ``store``; the clock the node fires by."""
 
@@ -217,16 +232,14 @@ class Lease:
 
     async def register(self) -> None:
         """Register the node; raises ``StateError`` if the store cannot be reached."""
-        before = datetime.now(UTC)
-        store_now = await self.offload(
-            functools.partial(self.store.register_node, self.node, lease=self.lease))
-        self._measured(before, store_now)
+        before, store_now, after = await self.offload(_timed(
+            functools.partial(self.store.register_node, self.node, lease=self.lease)))
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()
 
-    def _measured(self, before: datetime, store_now: datetime) -> None:
-        after = datetime.now(UTC)
+    def _measured(self, before: datetime, store_now: datetime, after: datetime) -> None:
         self.offset = store_now - (before + (after - before) / 2)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -252,11 +265,10 @@ class Lease:
             # its runs are stopped whatever the store answers, and end interrupted.
             await self._fence("its lease went unrenewed for "
                               f"{trio.current_time() - self._last_ok:.1f}s")
-        before = datetime.now(UTC)
         try:
             digest = self.digest() if self.digest is not None else None
-            store_now = await self.offload(functools.partial(
-                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest))
+            before, store_now, after = await self.offload(_timed(functools.partial(
+                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest)))
         except StateError as exc:
             message = str(exc)
             if self._failure != message:
@@ -277,7 +289,7 @@ class Lease:
             return
         # Renewed: whatever happened meanwhile, nobody took our runs (a reap needs the lease
         # to have run out at the moment it looks, and it runs out no more now).
-        self._measured(before, store_now)
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()

@@ -263,3 +263,27 @@ async def test_a_failed_renewal_is_retried_soon_so_a_short_outage_fences_nothing
         assert not lease.fenced
     finally:
         store.close()
+
+
+async def test_the_clock_offset_is_measured_around_the_call_not_the_wait_for_a_thread(
+        postgres_url: str) -> None:
+    """Found by the harness (a forbid job's runs overlapping in the store, never in fact): a
+    node stamps a run's end by its clock corrected by the offset to the store's, the next
+    run's start is stamped by the store. The offset was measured around the offload, so on a
+    loaded machine half the wait for a thread went into it, and an end came out later than
+    the next start. Here every call waits 0.6 s for its thread (real time): the offset must
+    still be this machine's to the store's (the same clock, so nearly zero)."""
+    store = PostgresStore.open(postgres_url)
+
+    async def slow_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        await trio.sleep(0.6)
+        return fn(*args)
+
+    try:
+        lease = Lease(store, this_node(), lease=3.0, offload=slow_thread)
+        await lease.register()
+        assert abs(lease.offset.total_seconds()) < 0.1, lease.offset
+        await lease.renew()
+        assert abs(lease.offset.total_seconds()) < 0.1, lease.offset
+    finally:
+        store.close()
