@@ -3,8 +3,9 @@
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
 ``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
 again within a second), measures the offset between this machine's wall clock and the store's
-(the node fires and stamps what it records by the store's clock, rule 4), and pings the
-watchdog after every renewal.
+(the node fires and stamps what it records by the store's clock, rule 4; a measurement that
+waited does not replace a sharper one, ``measured_offset``), and pings the watchdog after every
+renewal.
 When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
 daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
 before anyone may take them over; the watchdog, a separate process,
@@ -23,6 +24,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,6 +178,38 @@ async def open_watchdog(*, fence_after: float, grace: float) -> AsyncIterator[Wa
 
 # -- the lease ---------------------------------------------------------------------------------
 
+# How fast two healthy clocks may part (NTP slews at most 500 ppm), with room to spare: how
+# much vaguer a kept offset grows each second.
+DRIFT = 0.001
+
+
+@dataclass(frozen=True)
+class Offset:
+    """The store's clock minus this machine's: ``value``, right within ``error``, as measured
+    at ``at`` (seconds of the monotonic clock the lease renews by)."""
+
+    value: timedelta
+    error: timedelta
+    at: float
+
+
+def measured_offset(kept: Offset | None, before: datetime, store_now: datetime,
+                    after: datetime, at: float) -> Offset:
+    """The offset to keep after a measurement: the store read its clock (``store_now``)
+    between this machine's ``before`` and ``after``, so the offset is their midpoint's,
+    right within half the round trip. A round trip that waited (a loaded machine: the GIL, a
+    slow commit) gives a vaguer offset than the one kept, which stays (its error grown by the
+    drift since), unless the two disagree beyond both errors: this machine's clock was set."""
+    error = (after - before) / 2
+    new = Offset(store_now - (before + error), error, at)
+    if kept is None:
+        return new
+    kept_error = kept.error + timedelta(seconds=DRIFT * max(0.0, at - kept.at))
+    if error <= kept_error or abs(new.value - kept.value) > error + kept_error:
+        return new
+    return kept
+
+
 def _timed(call: Callable[[], T]) -> Callable[[], tuple[datetime, T, datetime]]:
     """``call`` with this machine's clock read just before and just after it, where it runs.
     The store's clock is read between the two, so the offset measured from them is off by
@@ -205,6 +239,7 @@ class Lease:
         self.on_fence = on_fence
         self.digest = digest
         self.offset = timedelta(0)  # the store's clock minus this machine's
+        self._offset: Offset | None = None  # ... as measured, and how well
         self._fenced = False
         self.renewed = trio.Event()  # set at every renewal (tests and the fence wait on it)
         self._last_ok = 0.0
@@ -240,7 +275,9 @@ class Lease:
             self.watchdog.ping()
 
     def _measured(self, before: datetime, store_now: datetime, after: datetime) -> None:
-        self.offset = store_now - (before + (after - before) / 2)
+        self._offset = measured_offset(self._offset, before, store_now, after,
+                                       trio.current_time())
+        self.offset = self._offset.value
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
