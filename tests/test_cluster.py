@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,12 @@ import pytest
 import trio
 
 from pipeline.errors import StateError
+from pipeline.journal import Journal
+from pipeline.model import Catchup
 from pipeline.nodes import Lease, this_node
+from pipeline.store import FireClaim, JobSettings
 from pipeline.store.postgres import PostgresStore
+from pipeline.worker import Worker
 from tests.faults import netns
 from tests.faults.cluster import (
     Cluster,
@@ -285,5 +290,35 @@ async def test_the_clock_offset_is_measured_around_the_call_not_the_wait_for_a_t
         assert abs(lease.offset.total_seconds()) < 0.1, lease.offset
         await lease.renew()
         assert abs(lease.offset.total_seconds()) < 0.1, lease.offset
+    finally:
+        store.close()
+
+
+async def test_a_fenced_node_lets_go_of_the_runs_it_held_but_had_not_started(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Found by the harness (SIGSTOP for 0.8 of the lease, the node not found lost): the
+    fence made the worker forget the runs its scheduler had claimed ahead for it, but the
+    store still had them held by this node, alive, so no other node took them: they ran 24 s
+    late, when the node was restarted. Once the fence lifts, the next look lets them go."""
+    store = PostgresStore.open(postgres_url)
+    try:
+        store.publish_jobs([JobSettings("j")])
+        lease = Lease(store, this_node(), lease=3.0, offload=inline)
+        await lease.register()
+        journal = Journal(store, node=lambda: lease.node_id, offload=inline)
+        worker = Worker(store=store, journal=journal, lease=lease, state_dir=tmp_path,
+                        runners={}, jobs=lambda name: None, offload=inline, claims=False)
+        now = store.now()
+        made = store.claim_fires([FireClaim("j", ((now + timedelta(seconds=1), 0.0),),
+                                            now + timedelta(seconds=1), Catchup.LATEST, 60.0,
+                                            now - timedelta(minutes=1))],
+                                 node=lease.node_id, now=now)
+        (held,) = made.runs
+        worker.reserve([held])
+        assert store.run(held.run_id).node == lease.node_id  # type: ignore[union-attr]
+        await worker.fence("asleep past two thirds of its lease")
+        await worker.look()  # renewed meanwhile: it was not found lost
+        run = store.run(held.run_id)
+        assert run is not None and run.node is None and str(run.status) == "queued"
     finally:
         store.close()
