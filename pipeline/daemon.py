@@ -193,7 +193,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                        if "scheduler" in node.roles else None)
         await holder.register()
         parts: list[Worker] = []
-        shipper = LogShipper(store, state_dir) if store.shared else None
+        shipper = LogShipper(store, state_dir, node=lambda: holder.node_id) \
+            if store.shared else None
         observers = [metrics.observe, lambda e: parts[0].local.observe(e)]
         if shipper is not None:
             observers.append(shipper.observe)
@@ -234,6 +235,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                     inner.cancel_scope.cancel()
             with trio.move_on_after(5):  # pending alerts get a few seconds to go out
                 await notifier.flush()
+            with trio.move_on_after(10):  # the runs' ends first: a node that left is lost
+                await journal.drain()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:

@@ -160,6 +160,7 @@ class Worker:
             notifier=notifier, trigger=self.trigger, ended=self._ended)
         self._reserved = Reserved()
         self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
+        self._unstarted: set[str] = set()  # held but forgotten by a fence, to let go of
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._stopping = False
@@ -172,8 +173,9 @@ class Worker:
 
     def may_hold(self, job: Job) -> bool:
         """Whether this node may hold a new run of ``job`` now: it runs runs, has room for
-        one, and its labels fit the job's ``runs_on``."""
-        return self.runner and self.capacity() > 0 and _fits(job, self.lease.node.labels)
+        one, is not fenced, and its labels fit the job's ``runs_on``."""
+        return (self.runner and self.capacity() > 0 and not self.lease.fenced
+                and _fits(job, self.lease.node.labels))
 
     def capacity(self) -> int:
         if self.max_runs is None:
@@ -301,6 +303,9 @@ class Worker:
         holds. A store that cannot be reached is tried again at the next look."""
         try:
             requests = await self.offload(self.store.stop_requests, self.node)
+            if self._unstarted:  # forgotten by a fence: any node may take them now
+                await self.offload(self.store.release_runs, self.node, list(self._unstarted))
+                self._unstarted.clear()
         except StateError:
             return
         for request in requests:
@@ -421,7 +426,12 @@ class Worker:
         self.local.kill_all(reason)
 
     async def fence(self, why: str) -> None:
-        """This node may have lost its runs: stop them all now, forget what it held."""
+        """This node may have lost its runs: stop them all now, forget what it held, and let
+        go of the runs it held but had not started (at the next look: the store may be out
+        of reach now). If the others found it lost they took those already; if not (a
+        stall shorter than the lease), nobody else could, and they waited for its restart."""
+        self._unstarted.update(self._reserved)
+        self._unstarted.update(self._waiting)
         self._reserved.clear()
         self._waiting.clear()
         self.local.kill_all(f"this node was fenced: {why}")

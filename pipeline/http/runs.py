@@ -20,6 +20,7 @@ from pipeline.http.answers import ApiError, Encoded, JSONResponse, encode_shared
 from pipeline.http.guard import MAX_LIMIT, MAX_WAIT
 from pipeline.http.reading import flag, integer, match, number, one_of, time_param
 from pipeline.http.views import declares, log_size, read_log
+from pipeline.logship import shipped_whole
 from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID, RunStatus, Trigger, run_as_dict
 from pipeline.statedir import log_relpath
 
@@ -119,8 +120,10 @@ class RunRoutes:
                 return Response(b"", media_type="text/plain; charset=utf-8",
                                 headers={"X-Log-Offset": str(offset)})
         path = self.app.state_dir / log_relpath(record.job, record.id, step_id)
-        if self.app.daemon.store.shared and not await trio.to_thread.run_sync(path.exists):
-            # Another node ran it: its log was shipped to the store.
+        if self.app.daemon.store.shared and (
+                not await trio.to_thread.run_sync(path.exists) or await self.app.store(
+                    shipped_whole, self.app.daemon.store, record.id, step_id)):
+            # Another node ran it (or ran its last attempt): its log was shipped to the store.
             stream = self._shipped(record.id, step_id, offset, follow)
         else:
             stream = (self._follow(record.id, step_id, path, offset) if follow
