@@ -52,12 +52,15 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes
-    notify                       notifications: webhook, Slack, email, ping, command; retried,
-                                 never blocking, pending ones saved across restarts
-    worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
-      metrics, operate,          (claims fires); the watched jobs directory; Prometheus
-      foreground                 figures; pause, resume, backfill, rerun, why; runs in the
-                                 foreground (`pipeline run`, a backfill with no daemon)
+    notify/ (notice, message,    notifications: a run's events as notices, rendered for each
+      send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
+                                 retried, never blocking, pending ones saved across restarts
+    localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
+      scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
+      metrics, operate,          firing loop (claims fires); the watched jobs directory;
+      foreground                 Prometheus figures; pause, resume, backfill, rerun, why;
+                                 runs in the foreground (`pipeline run`, a backfill with no
+                                 daemon)
     filewatch, eventfires,       `file:` schedules: files that settled under their globs;
       deadlines, logship         fires that events make (a file, an upstream's end, a start);
                                  missed deadlines; step logs shipped to a shared store
@@ -65,9 +68,11 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  systemd the daemon is ready, stopping, alive; the HTML pages
     http/ (answers, guard,       the status app and API (its answers, token and same-site
       reading, openapi, views,   guard, request reading, OpenAPI document, what it reads of
-      pages, site, app,          runs, the pages' figures and routes, the routes, the
-      server), daemon, client,   server); the daemon's life (lock, parts, signals,
-      completion                 shutdown); the CLI's API client; shell completion
+      pages, runpage, site,      runs, the pages' figures, a run's page, the page routes, the
+      jobs, control, runs,       routes of jobs, of the operator, of runs and logs, of metrics
+      figures, app, server),     and nodes, the route table, the server); the daemon's life
+      daemon, client,            (lock, parts, signals, shutdown); the CLI's API client; shell
+      completion                 completion
     cli/ (text, jobfiles,        the one place that wires real objects together: the group,
       state, remote, jobs,       and one module per family of commands, each imported
       runs, operate, run,        lazily; `python -m pipeline`

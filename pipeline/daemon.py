@@ -38,12 +38,19 @@ from pipeline.journal import Journal
 from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
 from pipeline.model import Job, RunRecord, iso
-from pipeline.nodes import DEFAULT_LEASE, Lease, definitions_digest, open_watchdog, this_node
-from pipeline.notify import Notifier
+from pipeline.nodes import (
+    DEFAULT_LEASE,
+    Lease,
+    Watchdog,
+    definitions_digest,
+    open_watchdog,
+    this_node,
+)
+from pipeline.notify.notifier import Notifier
 from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
-from pipeline.scheduler import Scheduler, runs_on_of
+from pipeline.scheduler import Scheduler
 from pipeline.statedir import identity_alive, process_identity
 from pipeline.store import NodeInfo, Outcome, Started, Store, StoredDecision, outcome_of
 from pipeline.watch import Catalog, watch_jobs
@@ -185,60 +192,24 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                        digest=lambda: definitions_digest(catalog.jobs)
                        if "scheduler" in node.roles else None)
         await holder.register()
-        firing_clock = clock or holder.clock
         parts: list[Worker] = []
-        daemon_ref: list[Daemon] = []
-        shipper = LogShipper(store, state_dir) if store.shared else None
-        observers = [metrics.observe, lambda e: parts[0].observe(e)]
+        shipper = LogShipper(store, state_dir, node=lambda: holder.node_id) \
+            if store.shared else None
+        observers = [metrics.observe, lambda e: parts[0].local.observe(e)]
         if shipper is not None:
             observers.append(shipper.observe)
         journal = Journal(store, node=lambda: holder.node_id, observers=tuple(observers))
         async with trio.open_nursery() as outer:  # the journal outlives everything that writes
             await outer.start(journal.serve)
-            scheduler: Scheduler
-            worker = Worker(store=store, journal=journal, lease=holder, state_dir=state_dir,
-                            runners=runners, jobs=catalog.jobs.get, clock=firing_clock,
-                            environ=environ, watchdog=watchdog, max_runs=node.max_runs,
-                            runner="runner" in node.roles,
-                            versions=lambda name: scheduler.version(name),
-                            on_decision=lambda started: _count(metrics, started))
+            daemon, deadlines = _parts(
+                store=store, journal=journal, lease=holder, watchdog=watchdog,
+                catalog=catalog, metrics=metrics, runners=runners, state_dir=state_dir,
+                jobs_dir=jobs_dir, clock=clock or holder.clock, environ=environ,
+                listen=listen)
+            worker, scheduler, events = daemon.worker, daemon.scheduler, daemon.events
+            notifier = daemon.notifier
+            assert events is not None and notifier is not None
             parts.append(worker)
-            holder.on_fence = worker.fence
-            scheduler = Scheduler(store=store, clock=firing_clock, node=lambda: holder.node_id,
-                                  reserve=worker.reserve, forget=worker.forget_job,
-                                  trouble=journal.failed,
-                                  on_decisions=metrics.not_made,
-                                  hold=lambda job: worker.runner and worker.capacity() > 0
-                                  and _fits(job, holder.node.labels))
-            daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
-                            worker=worker, lease=holder, state_dir=state_dir,
-                            started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
-                            listen=listen)
-            notifier = Notifier(
-                report=functools.partial(_notified, daemon_ref, holder),
-                save=lambda pending: store.save_outbox(holder.node.name, pending),
-                load=lambda: store.load_outbox(holder.node.name),
-                claim=lambda job, target, kind, at, cooldown, delivery: store.claim_notice(
-                    job, target, kind, at=at, cooldown=cooldown, delivery=delivery),
-                settings=catalog.settings, base_url=_base_url(listen))
-            worker.notifier = notifier
-
-            def missed(job: Job, fire: datetime, deadline: datetime,
-                       run: RunRecord | None) -> None:
-                metrics.deadlines_missed.labels(job.name).inc()
-                notifier.deadline_missed(job, fire, deadline, run)
-
-            deadlines = Deadlines(store=store, clock=firing_clock, jobs=lambda: catalog.jobs,
-                                  node=lambda: holder.node_id, missed=missed)
-            events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
-                                jobs=lambda: catalog.jobs, reserve=worker.reserve,
-                                hold=lambda job: worker.runner and worker.capacity() > 0
-                                and _fits(job, holder.node.labels),
-                                version=lambda name: scheduler.version(name),
-                                trouble=journal.failed)
-            daemon.events = events
-            daemon.notifier = notifier
-            daemon_ref.append(daemon)
             await outer.start(notifier.serve)  # alerts outlive the runs: flushed at the end
             async with trio.open_nursery() as inner:
                 await inner.start(holder.serve)
@@ -264,11 +235,62 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                     inner.cancel_scope.cancel()
             with trio.move_on_after(5):  # pending alerts get a few seconds to go out
                 await notifier.flush()
+            with trio.move_on_after(10):  # the runs' ends first: a node that left is lost
+                await journal.drain()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:
                 logger.warning("cannot record that this node stopped: {}", exc)
             outer.cancel_scope.cancel()
+
+
+def _parts(*, store: Store, journal: Journal, lease: Lease, watchdog: Watchdog,
+           catalog: Catalog, metrics: Metrics, runners: Mapping[str, Runner], state_dir: Path,
+           jobs_dir: Path, clock: Clock, environ: Mapping[str, str] | None,
+           listen: str | None) -> tuple[Daemon, Deadlines]:
+    """The daemon's parts, wired to each other and not yet started: the notifier (its
+    outcomes recorded, its pending alerts and cooldowns kept in the store), the worker, the
+    scheduler, the fires that events make, and the deadlines that notify when missed."""
+    node = lease.node
+    notifier = Notifier(
+        report=functools.partial(_notified, metrics, store, journal, lease),
+        save=lambda pending: store.save_outbox(lease.node.name, pending),
+        load=lambda: store.load_outbox(lease.node.name),
+        claim=lambda job, target, kind, at, cooldown, delivery: store.claim_notice(
+            job, target, kind, at=at, cooldown=cooldown, delivery=delivery),
+        settings=catalog.settings, base_url=_base_url(listen))
+    scheduler: Scheduler
+    worker = Worker(store=store, journal=journal, lease=lease, state_dir=state_dir,
+                    runners=runners, jobs=catalog.jobs.get, clock=clock,
+                    environ=environ, watchdog=watchdog, max_runs=node.max_runs,
+                    runner="runner" in node.roles,
+                    versions=lambda name: scheduler.version(name),
+                    on_decision=lambda started: _count(metrics, started),
+                    notifier=notifier)
+    lease.on_fence = worker.fence
+    scheduler = Scheduler(store=store, clock=clock, node=lambda: lease.node_id,
+                          reserve=worker.reserve, forget=worker.forget_job,
+                          trouble=journal.failed,
+                          on_decisions=metrics.not_made, hold=worker.may_hold)
+    daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
+                    worker=worker, lease=lease, state_dir=state_dir,
+                    started_at=clock(), metrics=metrics, jobs_dir=jobs_dir,
+                    listen=listen)
+
+    def missed(job: Job, fire: datetime, deadline: datetime,
+               run: RunRecord | None) -> None:
+        metrics.deadlines_missed.labels(job.name).inc()
+        notifier.deadline_missed(job, fire, deadline, run)
+
+    deadlines = Deadlines(store=store, clock=clock, jobs=lambda: catalog.jobs,
+                          node=lambda: lease.node_id, missed=missed)
+    daemon.events = EventFires(store=store, clock=clock, node=lambda: lease.node_id,
+                               jobs=lambda: catalog.jobs, reserve=worker.reserve,
+                               hold=worker.may_hold,
+                               version=lambda name: scheduler.version(name),
+                               trouble=journal.failed)
+    daemon.notifier = notifier
+    return daemon, deadlines
 
 
 async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
@@ -326,11 +348,11 @@ async def serve(*, jobs_dir: Path, state_dir: Path, store: Store,
     logger.info("stopped")
 
 
-async def _notified(daemon_ref: list[Daemon], holder: Lease, outcome: Any) -> None:
+async def _notified(metrics: Metrics, store: Store, journal: Journal, holder: Lease,
+                    outcome: Any) -> None:
     """A notification's outcome: with its run, in the decision log, in the metrics."""
-    daemon = daemon_ref[0]
     status = str(outcome.status)
-    daemon.metrics.notifications.labels(outcome.job, str(outcome.event), status).inc()
+    metrics.notifications.labels(outcome.job, str(outcome.event), status).inc()
     if status == "suppressed":
         return
     decision = StoredDecision(
@@ -340,10 +362,10 @@ async def _notified(daemon_ref: list[Daemon], holder: Lease, outcome: Any) -> No
         + (f" ({outcome.error})" if outcome.error else ""), outcome.run_id)
     try:
         await trio.to_thread.run_sync(functools.partial(
-            daemon.store.record_notification, outcome.run_id, outcome.as_dict(),
+            store.record_notification, outcome.run_id, outcome.as_dict(),
             decision=decision))
     except StateError as exc:
-        daemon.journal.failed(exc)
+        journal.failed(exc)
 
 
 def _base_url(listen: str | None) -> str | None:
@@ -408,7 +430,3 @@ def _count(metrics: Metrics, started: Started) -> None:
                     None if decision.reason is None else str(decision.reason), run_id=run.id,
                     fire_time=run.fire_time, at=run.started_at,
                     automatic=run.trigger in AUTOMATIC)
-
-
-def _fits(job: Job, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in runs_on_of(job).items())

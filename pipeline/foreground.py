@@ -97,7 +97,7 @@ async def _signals(worker: Worker) -> None:
 
                 click.echo(f"\npipeline: {name}: stopping the run (again to kill it now)",
                            err=True)
-            for local in list(worker.runs.values()):
+            for local in list(worker.local.runs.values()):
                 if first:
                     local.handle.stop(f"interrupted by {name}")
                 else:

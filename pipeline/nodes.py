@@ -1,11 +1,14 @@
 """This process as a node of the store: its identity, its lease, and its watchdog.
 
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
-``Lease.serve`` renews the node's lease every ``lease / 3`` seconds, measures the offset between
-this machine's wall clock and the store's (the node fires by the store's clock, rule 4), and
-pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
-monotonic clock, in a store other daemons share, the node **fences** itself (rule 5): it stops
-claiming and stops its runs before anyone may take them over; the watchdog, a separate process,
+``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
+again within a second), measures the offset between this machine's wall clock and the store's
+(the node fires and stamps what it records by the store's clock, rule 4; a measurement that
+waited does not replace a sharper one, ``measured_offset``), and pings the watchdog after every
+renewal.
+When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
+daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
+before anyone may take them over; the watchdog, a separate process,
 kills its steps' process groups even if the daemon is frozen. When the store says the node is
 no longer alive (another node found it lost), it registers again under a new id.
 """
@@ -21,9 +24,10 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from loguru import logger
@@ -35,7 +39,9 @@ from pipeline.statedir import process_identity
 from pipeline.store import NodeInfo, NodeState, Store
 
 Offload = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 DEFAULT_LEASE = 30.0
+RETRY = 1.0  # longest pause between renewals that fail
 
 
 def new_node_id() -> str:
@@ -172,6 +178,51 @@ async def open_watchdog(*, fence_after: float, grace: float) -> AsyncIterator[Wa
 
 # -- the lease ---------------------------------------------------------------------------------
 
+# How fast two healthy clocks may part (NTP slews at most 500 ppm), with room to spare: how
+# much vaguer a kept offset grows each second.
+DRIFT = 0.001
+
+
+@dataclass(frozen=True)
+class Offset:
+    """The store's clock minus this machine's: ``value``, right within ``error``, as measured
+    at ``at`` (seconds of the monotonic clock the lease renews by)."""
+
+    value: timedelta
+    error: timedelta
+    at: float
+
+
+def measured_offset(kept: Offset | None, before: datetime, store_now: datetime,
+                    after: datetime, at: float) -> Offset:
+    """The offset to keep after a measurement: the store read its clock (``store_now``)
+    between this machine's ``before`` and ``after``, so the offset is their midpoint's,
+    right within half the round trip. A round trip that waited (a loaded machine: the GIL, a
+    slow commit) gives a vaguer offset than the one kept, which stays (its error grown by the
+    drift since), unless the two disagree beyond both errors: this machine's clock was set."""
+    error = (after - before) / 2
+    new = Offset(store_now - (before + error), error, at)
+    if kept is None:
+        return new
+    kept_error = kept.error + timedelta(seconds=DRIFT * max(0.0, at - kept.at))
+    if error <= kept_error or abs(new.value - kept.value) > error + kept_error:
+        return new
+    return kept
+
+
+def _timed(call: Callable[[], T]) -> Callable[[], tuple[datetime, T, datetime]]:
+    """``call`` with this machine's clock read just before and just after it, where it runs.
+    The store's clock is read between the two, so the offset measured from them is off by
+    half the call at most; read around the offload instead, it was off by half the wait for
+    a thread too (on a loaded machine, hundreds of milliseconds: a run's end, stamped by the
+    node, then came after the next run's start, stamped by the store)."""
+    def timed() -> tuple[datetime, T, datetime]:
+        before = datetime.now(UTC)
+        answer = call()
+        return before, answer, datetime.now(UTC)
+    return timed
+
+
 class Lease:
     """The node's registration and lease in ``store``; the clock the node fires by."""
 
@@ -188,7 +239,8 @@ class Lease:
         self.on_fence = on_fence
         self.digest = digest
         self.offset = timedelta(0)  # the store's clock minus this machine's
-        self.fenced = False
+        self._offset: Offset | None = None  # ... as measured, and how well
+        self._fenced = False
         self.renewed = trio.Event()  # set at every renewal (tests and the fence wait on it)
         self._last_ok = 0.0
         self._failure: str | None = None
@@ -198,22 +250,34 @@ class Lease:
         return datetime.now(UTC) + self.offset
 
     @property
+    def fenced(self) -> bool:
+        """Whether this node must claim and start nothing now: it fenced itself, or, in a
+        shared store, its lease has gone unrenewed for two thirds of it by its monotonic
+        clock (rule 5). A node woken from a freeze knows that before any renewal can tell it
+        the others found it lost, and its worker may poll first."""
+        return self._fenced or (self.store.shared and self._stale())
+
+    def _stale(self, fence_after: float | None = None) -> bool:
+        limit = self.lease * 2 / 3 if fence_after is None else fence_after
+        return trio.current_time() - self._last_ok > limit
+
+    @property
     def node_id(self) -> str:
         return self.node.id
 
     async def register(self) -> None:
         """Register the node; raises ``StateError`` if the store cannot be reached."""
-        before = datetime.now(UTC)
-        store_now = await self.offload(
-            functools.partial(self.store.register_node, self.node, lease=self.lease))
-        self._measured(before, store_now)
+        before, store_now, after = await self.offload(_timed(
+            functools.partial(self.store.register_node, self.node, lease=self.lease)))
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()
 
-    def _measured(self, before: datetime, store_now: datetime) -> None:
-        after = datetime.now(UTC)
-        self.offset = store_now - (before + (after - before) / 2)
+    def _measured(self, before: datetime, store_now: datetime, after: datetime) -> None:
+        self._offset = measured_offset(self._offset, before, store_now, after,
+                                       trio.current_time())
+        self.offset = self._offset.value
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
@@ -221,23 +285,33 @@ class Lease:
         task_status.started()
         fence_after = self.lease * 2 / 3
         while True:
-            await trio.sleep(self.lease / 3)
+            if self._failure is None:
+                await trio.sleep(self.lease / 3)
+            else:
+                # A renewal failed: try again soon. A third of a lease later, an outage of
+                # the store that began at the wrong moment and lasted a second (a restart)
+                # would have kept the node unrenewed for two thirds of it: fenced, every step
+                # killed by its watchdog.
+                await trio.sleep(min(RETRY, self.lease / 15))
             await self.renew(fence_after)
 
     async def renew(self, fence_after: float | None = None) -> None:
         fence_after = self.lease * 2 / 3 if fence_after is None else fence_after
-        before = datetime.now(UTC)
+        if self.store.shared and not self._fenced and self._stale(fence_after):
+            # Asleep (frozen, starved) past the moment the watchdog killed this node's steps:
+            # its runs are stopped whatever the store answers, and end interrupted.
+            await self._fence("its lease went unrenewed for "
+                              f"{trio.current_time() - self._last_ok:.1f}s")
         try:
             digest = self.digest() if self.digest is not None else None
-            store_now = await self.offload(functools.partial(
-                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest))
+            before, store_now, after = await self.offload(_timed(functools.partial(
+                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest)))
         except StateError as exc:
             message = str(exc)
             if self._failure != message:
                 logger.error("cannot renew this node's lease: {} (retrying)", message)
                 self._failure = message
-            if (self.store.shared and not self.fenced
-                    and trio.current_time() - self._last_ok > fence_after):
+            if self.store.shared and not self._fenced and self._stale(fence_after):
                 await self._fence("the store could not be reached for "
                                   f"{trio.current_time() - self._last_ok:.0f}s")
             return
@@ -246,24 +320,24 @@ class Lease:
             self._failure = None
         if store_now is None:
             # Another node found us lost and took our runs: they are not ours to finish.
-            if not self.fenced:
+            if not self._fenced:
                 await self._fence("another node found this node lost")
             await self._register_again()
             return
         # Renewed: whatever happened meanwhile, nobody took our runs (a reap needs the lease
         # to have run out at the moment it looks, and it runs out no more now).
-        self._measured(before, store_now)
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()
-        if self.fenced:
+        if self._fenced:
             logger.warning("this node's lease is renewed: claiming again")
-            self.fenced = False
+            self._fenced = False
         self.renewed.set()
         self.renewed = trio.Event()
 
     async def _fence(self, why: str) -> None:
-        self.fenced = True
+        self._fenced = True
         logger.error("fencing this node: {}; its runs are stopped and it claims nothing until "
                      "it is registered again", why)
         if self.on_fence is not None:
@@ -278,5 +352,5 @@ class Lease:
         except StateError as exc:
             logger.error("cannot register this node again: {} (retrying)", exc)
             return  # the next renewal finds the new id unknown and tries again
-        self.fenced = False
+        self._fenced = False
         logger.warning("registered again as node {} (was {})", self.node.id, old)

@@ -15,10 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,15 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import policy, spec
-from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_job
-from pipeline.errors import NotFound, PipelineError, StateError
-from pipeline.events import RunFinished, RunQueued, StepFinished, StepRetrying, StepSpawned
+from pipeline import policy
+from pipeline.errors import StateError
+from pipeline.events import RunQueued
 from pipeline.faults import crash_point
 from pipeline.journal import Journal, Offload
-from pipeline.model import Job, Pool, RunRecord, RunStatus, Trigger, Version
+from pipeline.localruns import Dispatched, LocalRun, LocalRuns
+from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, Watchdog
-from pipeline.notify import Notifier
-from pipeline.params import parse_params
+from pipeline.notify.notifier import Notifier
 from pipeline.policy import Verdict
 from pipeline.runners import Runner
 from pipeline.statedir import new_run_id
@@ -54,29 +51,82 @@ Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
-class Dispatched:
-    """What became of a trigger: a run started, queued, or skipped (and why)."""
-
-    run_id: str
-    status: RunStatus
-    reason: str | None = None
-
-
-@dataclass
-class _Local:
-    """A run this node runs: its handle, and what it ended as."""
-
-    handle: RunHandle
-    job: str
-    done: trio.Event = field(default_factory=trio.Event)
-    result: RunResult | None = None
-
-
-@dataclass(frozen=True)
 class Statistics:
     active_runs: int
     reserved_runs: int
     waiting_runs: int
+
+
+class Reserved:
+    """The fires this node's scheduler claimed and holds, each to start at its instant."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
+        self._claims: dict[str, Claimed] = {}  # by run id, until it is due or dropped
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._claims)
+
+    def add(self, claim: Claimed) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (claim.ready_at, self._seq, claim.run_id))
+        self._claims[claim.run_id] = claim
+
+    def next_instant(self) -> datetime | None:
+        return self._heap[0][0] if self._heap else None
+
+    def of_job(self, job: str) -> list[str]:
+        return [run_id for run_id, claim in self._claims.items() if claim.job == job]
+
+    def drop(self, run_id: str) -> None:
+        self._claims.pop(run_id, None)
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._claims.clear()
+
+    def due(self, now: datetime, jobs: Callable[[str], Job | None],
+            ) -> tuple[list[str], list[tuple[Claimed, str]]]:
+        """Take out the runs whose instant has come: the ids of those to start, and the fires
+        to skip, each with why.
+
+        Several fires of one job due at once mean the daemon stalled past them (suspended,
+        starved): as when they are found late at claim time, only the newest can be on time
+        (within the misfire grace) and the catch-up policy decides about the others.
+        """
+        due: dict[str, list[Claimed]] = {}
+        while self._heap and self._heap[0][0] <= now:
+            claim = self._claims.pop(heapq.heappop(self._heap)[2], None)
+            if claim is not None:
+                due.setdefault(claim.job, []).append(claim)
+        starting: list[str] = []
+        skipped: list[tuple[Claimed, str]] = []
+        for name, claims in due.items():
+            job = jobs(name)
+            scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
+            if job is None or not scheduled or (
+                    len(scheduled) == 1 and (now - scheduled[0].ready_at).total_seconds()
+                    <= policy.misfire_grace_of(job)):  # the usual case: one fire, on time
+                starting.extend(c.run_id for c in claims)
+                continue
+            plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
+                                   started=datetime.min.replace(tzinfo=UTC),
+                                   catchup=policy.catchup_of(job),
+                                   misfire_grace=policy.misfire_grace_of(job))
+            missed = {m.fire: m for m in plan.missed}
+            starting.extend(c.run_id for c in claims if c not in scheduled)
+            for claim in scheduled:
+                miss = missed.get(claim.ready_at)
+                if miss is None or miss.caught_up:
+                    starting.append(claim.run_id)
+                    continue
+                skipped.append((claim, (miss.detail or "").replace("the daemon was down",
+                                                                    "the daemon stalled")))
+        return starting, skipped
 
 
 class Worker:
@@ -94,13 +144,9 @@ class Worker:
         self.store = store
         self.journal = journal
         self.lease = lease
-        self.state_dir = state_dir
-        self.runners = runners
         self.jobs = jobs  # the jobs this node loaded, by name (None: build from the record)
         self.clock = clock or lease.clock
-        self.environ = environ
         self.offload = offload
-        self.watchdog = watchdog
         self.max_runs = max_runs
         self.poll = poll
         self.only: set[str] | None = None  # take none but these runs (a foreground backfill)
@@ -108,33 +154,36 @@ class Worker:
         self.claims = claims and runner  # also take runs nobody holds
         self.versions = versions
         self.on_decision = on_decision  # told of each decision the store took (metrics)
-        self.notifier = notifier  # told of runs' starts, ends, retries (notify:)
-        self.runs: dict[str, _Local] = {}
-        self._reserved: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
-        self._reserved_ids: dict[str, str] = {}  # run id -> job
-        self._claims: dict[str, Claimed] = {}
-        self._records: dict[str, RunRecord] = {}  # the local runs, as they started
+        self.local = LocalRuns(  # the runs it runs; its notifier is told of them (notify:)
+            store=store, journal=journal, state_dir=state_dir, runners=runners, jobs=jobs,
+            clock=self.clock, environ=environ, offload=offload, watchdog=watchdog, poll=poll,
+            notifier=notifier, trigger=self.trigger, ended=self._ended)
+        self._reserved = Reserved()
         self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
-        self._seq = 0
+        self._unstarted: set[str] = set()  # held but forgotten by a fence, to let go of
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._stopping = False
-        self._pgids: dict[tuple[str, str], int] = {}
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
         self._next_look = 0.0
-        self._freed = trio.Event()  # set when this node gives slots of a pool back
 
     @property
     def node(self) -> str:
         return self.lease.node_id
 
+    def may_hold(self, job: Job) -> bool:
+        """Whether this node may hold a new run of ``job`` now: it runs runs, has room for
+        one, is not fenced, and its labels fit the job's ``runs_on``."""
+        return (self.runner and self.capacity() > 0 and not self.lease.fenced
+                and _fits(job, self.lease.node.labels))
+
     def capacity(self) -> int:
         if self.max_runs is None:
             return 1 << 30
-        return max(0, self.max_runs - len(self.runs) - len(self._reserved_ids))
+        return max(0, self.max_runs - len(self.local.runs) - len(self._reserved))
 
     def statistics(self) -> Statistics:
-        return Statistics(len(self.runs), len(self._reserved_ids), len(self._waiting))
+        return Statistics(len(self.local.runs), len(self._reserved), len(self._waiting))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -161,8 +210,9 @@ class Worker:
     async def _sleep(self, next_poll: float) -> None:
         self._wakeup = trio.Event()
         delay = next_poll - trio.current_time()
-        if self._reserved and not self._stopping:
-            delay = min(delay, (self._reserved[0][0] - self.clock()).total_seconds())
+        instant = self._reserved.next_instant()
+        if instant is not None and not self._stopping:
+            delay = min(delay, (instant - self.clock()).total_seconds())
         delay = max(delay, 0.0)
         if delay > PRECISE:
             with trio.move_on_after(delay - PRECISE):
@@ -183,53 +233,18 @@ class Worker:
     def reserve(self, claimed: list[Claimed]) -> None:
         """Runs this node's scheduler claimed and holds: start each at its ``ready_at``."""
         for claim in claimed:
-            if not claim.held:
-                continue
-            self._seq += 1
-            heapq.heappush(self._reserved, (claim.ready_at, self._seq, claim.run_id))
-            self._reserved_ids[claim.run_id] = claim.job
-            self._claims[claim.run_id] = claim
+            if claim.held:
+                self._reserved.add(claim)
         self.wake()
 
     async def start_due(self) -> None:
-        """Start every reserved run whose instant has come.
-
-        Several fires of one job due at once mean the daemon stalled past them (suspended,
-        starved): as when they are found late at claim time, only the newest can be on time
-        (within the misfire grace) and the catch-up policy decides about the others.
-        """
-        now = self.clock()
-        due: dict[str, list[Claimed]] = {}
-        while self._reserved and self._reserved[0][0] <= now:
-            run_id = heapq.heappop(self._reserved)[2]
-            claim = self._claims.pop(run_id, None)
-            if self._reserved_ids.pop(run_id, None) is not None and claim is not None:
-                due.setdefault(claim.job, []).append(claim)
-        starting: list[str] = []
-        for name, claims in due.items():
-            job = self.jobs(name)
-            scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
-            if job is None or not scheduled or (
-                    len(scheduled) == 1 and (now - scheduled[0].ready_at).total_seconds()
-                    <= policy.misfire_grace_of(job)):  # the usual case: one fire, on time
-                starting.extend(c.run_id for c in claims)
-                continue
-            plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
-                                   started=datetime.min.replace(tzinfo=UTC),
-                                   catchup=policy.catchup_of(job),
-                                   misfire_grace=policy.misfire_grace_of(job))
-            missed = {m.fire: m for m in plan.missed}
-            starting.extend(c.run_id for c in claims if c not in scheduled)
-            for claim in scheduled:
-                miss = missed.get(claim.ready_at)
-                if miss is None or miss.caught_up:
-                    starting.append(claim.run_id)
-                    continue
-                detail = (miss.detail or "").replace("the daemon was down",
-                                                     "the daemon stalled")
-                logger.info("job {}: fire {} skipped: {}", name, claim.fire_time.isoformat(),
-                            detail)
-                await self._end_unstarted(claim.run_id, detail)
+        """Start every reserved run whose instant has come; skip the fires a stall made
+        late (``Reserved.due``)."""
+        starting, skipped = self._reserved.due(self.clock(), self.jobs)
+        for claim, detail in skipped:
+            logger.info("job {}: fire {} skipped: {}", claim.job, claim.fire_time.isoformat(),
+                        detail)
+            await self._end_unstarted(claim.run_id, detail)
         if starting:
             await self._start(starting)
 
@@ -264,21 +279,18 @@ class Worker:
             self.on_decision(started)
         self._waiting.pop(run.id, None)
         for replaced in started.replaced:
-            local = self.runs.get(replaced)
-            if local is not None:
-                local.handle.stop(f"replaced by run {run.id}")
+            self.local.stop(replaced, f"replaced by run {run.id}")
         if decision.verdict is Verdict.START:
-            self._run(run)
-            job = self.jobs(run.job)
-            if self.notifier is not None and job is not None and job.notify:
-                self.notifier.run_started(job, run)
+            assert self._nursery is not None, "serve() is not running"
+            self.local.start(run, self._nursery)
         elif decision.verdict in (Verdict.QUEUE, Verdict.REPLACE):
             self._waiting[run.id] = run.job
         else:
             job = self.jobs(run.job)
-            if (self.notifier is not None and job is not None and job.notify
+            notifier = self.local.notifier
+            if (notifier is not None and job is not None and job.notify
                     and decision.verdict is Verdict.SKIP):
-                self.notifier.run_ended(job, dataclasses.replace(
+                notifier.run_ended(job, dataclasses.replace(
                     run, status=RunStatus.SKIPPED, reason=decision.detail,
                     finished_at=self.clock()), None)
             logger.info("job {}: {} {}: {}", run.job,
@@ -291,10 +303,13 @@ class Worker:
         holds. A store that cannot be reached is tried again at the next look."""
         try:
             requests = await self.offload(self.store.stop_requests, self.node)
+            if self._unstarted:  # forgotten by a fence: any node may take them now
+                await self.offload(self.store.release_runs, self.node, list(self._unstarted))
+                self._unstarted.clear()
         except StateError:
             return
         for request in requests:
-            local = self.runs.get(request.run_id)
+            local = self.local.runs.get(request.run_id)
             if local is not None and local.handle.stop_reason is None:
                 local.handle.stop(request.reason, status=request.status)
         if self._waiting:  # first in, first out: the oldest may start now
@@ -310,133 +325,18 @@ class Worker:
             for one in started:
                 self._act(one)
 
-    # -- running --------------------------------------------------------------------------------
-
-    def _job_of(self, run: RunRecord) -> Job:
-        """The job to run: as this node loaded it when it is the version the run was made
-        with, else as the run's record holds it (a runner node needs no jobs directory)."""
-        loaded = self.jobs(run.job)
-        if loaded is not None and (run.version is None
-                                   or run.version.sha256 == loaded.sha256):
-            return loaded
-        if run.document is None:
-            if loaded is not None:
-                return loaded
-            raise NotFound(f"job {run.job!r} is not loaded here and its run has no record")
-        return spec.job_from_record(run.document, name=run.job, file=f"<{run.job} record>",
-                                    sha256=run.version.sha256 if run.version else "")
-
-    def _run(self, run: RunRecord) -> None:
-        assert self._nursery is not None, "serve() is not running"
-        handle = RunHandle(run.id, run.job)
-        local = self.runs[run.id] = _Local(handle, run.job)
-        self._records[run.id] = run
-        self._nursery.start_soon(self._run_task, run, local, name=f"run {run.id}")
-
-    async def _run_task(self, run: RunRecord, local: _Local) -> None:
-        status = RunStatus.CANCELLED
-        try:
-            try:
-                job = self._job_of(run)
-            except PipelineError as exc:
-                await self.journal.write(RunFinished(run.id, RunStatus.FAILED, self.clock(),
-                                                     str(exc), attempt=run.attempt))
-                status = RunStatus.FAILED
-                return
-            result = await run_job(
-                job, run_id=run.id, state_dir=self.state_dir, emit=self.journal.write,
-                params=run.params, trigger=run.trigger, fire_time=run.fire_time,
-                handle=local.handle, runners=self.runners, clock=self.clock,
-                environ=self.environ, start_job=self.start_child,
-                started_at=run.started_at, attempt=run.attempt,
-                reuse={k: dict(v) for k, v in run.reuse.items()}, pools=self.hold_pool,
-                event=run.event)
-            local.result = result
-            status = result.status
-            if self.notifier is not None and job.notify:
-                await self._tell_end(job, run, result)
-        finally:
-            self.runs.pop(run.id, None)
-            self._records.pop(run.id, None)
-            local.done.set()
-            logger.debug("run {} of {} ended {}", run.id, run.job, status)
-            # Its job's waiting runs may start now, and so may runs waiting for slots it held.
-            if self._waiting:
-                self._turns.add(run.job)
-                self.wake()
-            self._slots_freed()
-
-    @asynccontextmanager
-    async def hold_pool(self, run_id: str, step_id: str, pool: Pool,
-                        waiting: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
-        """A step's slots of ``pool`` for the block, first come, first served across the
-        cluster (the store counts them); given back however the block ends."""
-        told = False
-        try:
-            while not await self.offload(functools.partial(
-                    self.store.acquire, pool.name, pool.slots, run_id=run_id, step_id=step_id,
-                    now=self.clock())):
-                if not told:
-                    await waiting(f"waiting for pool {pool.name}")
-                    told = True
-                with trio.move_on_after(self.poll / 2):  # another node's release: polled
-                    await self._freed.wait()
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.offload(self.store.release, run_id, step_id)
-                except StateError as exc:  # the run's end gives them back anyway
-                    self.journal.failed(exc)
-            self._slots_freed()
-
-    def _slots_freed(self) -> None:
-        self._freed.set()
-        self._freed = trio.Event()
-
-    async def _tell_end(self, job: Job, run: RunRecord, result: RunResult) -> None:
-        """The notifier hears how a run ended, and how the job's run before it did (for
-        ``recovery``): skipped and cancelled runs say nothing about the job."""
-        assert self.notifier is not None
-        try:
-            earlier: list[RunRecord] = await self.offload(functools.partial(
-                self.store.runs, job=run.job, limit=20))
-        except StateError:
-            earlier = []
-        # Newest first: the first that ended before this one was queued, and said something.
-        previous = next((r.status for r in earlier if r.id != run.id and r.status.finished
-                         and r.status not in (RunStatus.SKIPPED, RunStatus.CANCELLED)
-                         and (r.id < run.id)), None)
-        self.notifier.run_ended(job, dataclasses.replace(
-            run, status=result.status, reason=result.reason, outputs=result.outputs,
-            finished_at=self.clock()), previous)
-
-    def observe(self, event: object) -> None:
-        """A journal observer: tell the watchdog of every step's process group, and the
-        notifier of every retry."""
-        if isinstance(event, StepRetrying) and self.notifier is not None:
-            local = self.runs.get(event.run_id)
-            job = self.jobs(local.job) if local is not None else None
-            record = self._records.get(event.run_id)
-            if job is not None and job.notify and record is not None:
-                self.notifier.step_retrying(job, record, event.step_id, event.attempt,
-                                            event.error)
-        if self.watchdog is None:
-            return
-        if isinstance(event, StepSpawned):
-            self._pgids[(event.run_id, event.step_id)] = event.pgid
-            self.watchdog.add(event.pgid)
-        elif isinstance(event, StepFinished):
-            pgid = self._pgids.pop((event.run_id, event.step_id), None)
-            if pgid is not None:
-                self.watchdog.remove(pgid)
+    def _ended(self, job: str) -> None:
+        """A run of ``job`` ended here: its job's waiting runs may start now."""
+        if self._waiting:
+            self._turns.add(job)
+            self.wake()
 
     # -- asking for runs ------------------------------------------------------------------------
 
     async def trigger(self, job: Job, params: Mapping[str, Any] | None = None, *,
                       trigger: Trigger = Trigger.API, parent: str | None = None,
                       version: Version | None = None, run_id: str | None = None,
-                      force: bool = False) -> tuple[Dispatched, _Local | None]:
+                      force: bool = False) -> tuple[Dispatched, LocalRun | None]:
         """Make a run of ``job`` now (outside its schedule) and start it by its policies.
 
         Params must already be checked. The run is held here when this node may run it
@@ -446,7 +346,7 @@ class Worker:
         """
         asked = self.clock()
         run_id = run_id or new_run_id(asked)
-        hold = self.runner and self.capacity() > 0 and _fits(job, self.lease.node.labels)
+        hold = self.may_hold(job)
         # The instant it was asked for is its fire time (scripts name files by it); it is
         # not a fire's identity, so it never takes a scheduled fire's slot.
         await self.journal.write(RunQueued(
@@ -462,87 +362,14 @@ class Worker:
             return Dispatched(run_id, RunStatus.QUEUED), None
         decision = started[0].decision
         if decision.verdict is Verdict.START:
-            return Dispatched(run_id, RunStatus.RUNNING), self.runs.get(run_id)
+            return Dispatched(run_id, RunStatus.RUNNING), self.local.runs.get(run_id)
         if decision.verdict in (Verdict.QUEUE, Verdict.REPLACE):
             return Dispatched(run_id, RunStatus.QUEUED), None
         return Dispatched(run_id, RunStatus.SKIPPED, decision.detail), None
 
-    async def wait_for(self, run_id: str, local: _Local | None) -> RunRecord | None:
-        """Wait for ``run_id`` to end (here, or on whichever node holds it); its record."""
-        if local is None:
-            local = self.runs.get(run_id)
-        if local is not None:
-            await local.done.wait()
-        while True:
-            record: RunRecord | None = await self.offload(self.store.run, run_id)
-            if record is None or record.status.finished:
-                return record
-            local = self.runs.get(run_id)
-            if local is not None:
-                await local.done.wait()
-            else:
-                await trio.sleep(self.poll / 2)
-
-    async def start_child(self, job: str, params: Mapping[str, Any] | None = None, *,
-                          parent_run_id: str | None = None, wait: bool = True,
-                          ) -> Mapping[str, Any]:
-        """For ``uses: job``: start ``job`` as a child run of ``parent_run_id``.
-
-        The child goes through the job's overlap policy like any trigger. With ``wait``, this
-        returns when the child has ended, with its status and its own outputs (the child
-        job's ``outputs:``); if the waiting parent is cancelled, the child is stopped too.
-        Raises NotFound, ParamError, and PipelineError for a chain of jobs that would call
-        itself or grow too deep.
-        """
-        child = self.jobs(job)
-        if child is None:
-            raise NotFound(f"no job {job!r}")
-        chain = await self.offload(self._chain, parent_run_id)
-        check_chain(chain, job)
-        values = parse_params(child, params or {})
-        dispatched, local = await self.trigger(child, values, trigger=Trigger.PARENT,
-                                               parent=parent_run_id)
-        answer: dict[str, Any] = {"run_id": dispatched.run_id,
-                                  "status": str(dispatched.status)}
-        if dispatched.status is RunStatus.SKIPPED:
-            answer["reason"] = dispatched.reason
-            return answer
-        if not wait:
-            return answer
-        try:
-            record = await self.wait_for(dispatched.run_id, local)
-        except trio.Cancelled:
-            self.stop(dispatched.run_id, "its parent run was cancelled")
-            raise
-        if local is not None and local.result is not None:
-            # What the run itself ended with: its final record may not be written yet.
-            answer.update(status=str(local.result.status), reason=local.result.reason,
-                          outputs=dict(local.result.outputs))
-        elif record is not None:
-            answer.update(status=str(record.status), reason=record.reason,
-                          outputs=dict(record.outputs))
-        return answer
-
-    def _chain(self, run_id: str | None) -> list[str]:
-        """The jobs of a run's ancestry, root first (runs in a worker thread)."""
-        chain: list[str] = []
-        seen: set[str] = set()
-        while run_id is not None and run_id not in seen and len(chain) <= MAX_CHAIN:
-            seen.add(run_id)
-            record = self.store.run(run_id)
-            if record is None:
-                break
-            chain.insert(0, record.job)
-            run_id = record.parent_run_id
-        return chain
-
     def stop(self, run_id: str, reason: str = "stopped by an operator") -> bool:
         """Stop a run this node runs; False if it runs elsewhere (or not at all)."""
-        local = self.runs.get(run_id)
-        if local is None:
-            return False
-        local.handle.stop(reason)
-        return True
+        return self.local.stop(run_id, reason)
 
     async def request_stop(self, run_id: str, reason: str = "stopped by an operator",
                            ) -> RunRecord | None:
@@ -558,10 +385,9 @@ class Worker:
 
     async def forget_job(self, job: str, reason: str) -> None:
         """Runs of ``job`` held here but not started end (the job was edited or removed)."""
-        doomed = [r for r, j in {**self._reserved_ids, **self._waiting}.items() if j == job]
+        doomed = [*self._reserved.of_job(job), *(r for r, j in self._waiting.items() if j == job)]
         for run_id in doomed:
-            self._reserved_ids.pop(run_id, None)
-            self._claims.pop(run_id, None)
+            self._reserved.drop(run_id)
             self._waiting.pop(run_id, None)
             await self._end_unstarted(run_id, reason)
 
@@ -581,10 +407,8 @@ class Worker:
         store is shared, and skipped otherwise (the catch-up policy decides about the fires
         a stopped daemon misses, not a queue kept for it)."""
         self._stopping = True
-        pending = [*self._reserved_ids, *self._waiting]
+        pending = [*self._reserved, *self._waiting]
         self._reserved.clear()
-        self._reserved_ids.clear()
-        self._claims.clear()
         self._waiting.clear()
         if pending and self.store.shared:
             try:
@@ -595,34 +419,22 @@ class Worker:
             for run_id in pending:
                 await self._end_unstarted(run_id,
                                           "the daemon stopped before the run could start")
-        if self.runs:
-            logger.info("waiting up to {:g}s for {} active run(s)", grace, len(self.runs))
-        await self._all_finished(grace)
-        for local in list(self.runs.values()):
-            local.handle.stop("the daemon stopped while it ran", status=RunStatus.INTERRUPTED)
-        # Stopped runs get their `finally` hooks, within the grace period again.
-        await self._all_finished(max(grace, 1.0))
-        self.kill_all()
-        await self._all_finished(None)
-
-    async def _all_finished(self, within: float | None) -> None:
-        with trio.move_on_after(math.inf if within is None else within):
-            while self.runs:
-                await next(iter(self.runs.values())).done.wait()
+        await self.local.shutdown(grace)
 
     def kill_all(self, reason: str = "the daemon stopped while it ran") -> None:
         self._stopping = True
-        for local in list(self.runs.values()):
-            local.handle.kill(reason, status=RunStatus.INTERRUPTED)
+        self.local.kill_all(reason)
 
     async def fence(self, why: str) -> None:
-        """This node may have lost its runs: stop them all now, forget what it held."""
+        """This node may have lost its runs: stop them all now, forget what it held, and let
+        go of the runs it held but had not started (at the next look: the store may be out
+        of reach now). If the others found it lost they took those already; if not (a
+        stall shorter than the lease), nobody else could, and they waited for its restart."""
+        self._unstarted.update(self._reserved)
+        self._unstarted.update(self._waiting)
         self._reserved.clear()
-        self._reserved_ids.clear()
-        self._claims.clear()
         self._waiting.clear()
-        for local in list(self.runs.values()):
-            local.handle.kill(f"this node was fenced: {why}", status=RunStatus.INTERRUPTED)
+        self.local.kill_all(f"this node was fenced: {why}")
 
 
 def _runs_on(job: Job) -> Mapping[str, str]:

@@ -30,15 +30,10 @@ from pipeline import spec
 from pipeline.engine import run_job
 from pipeline.events import Event, RunFinished, RunStarted
 from pipeline.model import Job, NotifyEvent, RunRecord, RunStatus, Trigger
-from pipeline.notify import (
-    JsonFile,
-    Message,
-    Notice,
-    Notifier,
-    NotifyStatus,
-    Outcome,
-    end_events,
-)
+from pipeline.notify.message import Message
+from pipeline.notify.notice import Notice, NotifyStatus, Outcome, end_events
+from pipeline.notify.notifier import Notifier
+from pipeline.notify.outbox import JsonFile
 from pipeline.settings import load_settings
 from pipeline.store.sqlite import SqliteStore
 
@@ -733,7 +728,7 @@ async def test_a_saved_entry_that_cannot_be_read_is_skipped(tmp_path: Path,
     job = webhook_job(tmp_path, "/ok/kept")
     first = Notifier(save=file.save, environ=environ(endpoint))
     first.notify(job, Notice.of_run(NotifyEvent.FAILURE, record()))  # not serving: kept
-    await first._save_now()
+    await first._outbox.save_now()
     entries = file.load()
     file.save([{"id": "x", "notice": {"kind": "nope"}}, *entries, "junk"])  # type: ignore[list-item]
     outcomes = Outcomes()

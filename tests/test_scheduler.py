@@ -23,13 +23,14 @@ from pipeline import operate, spec
 from pipeline.errors import RunnerError
 from pipeline.eventfires import EventFires
 from pipeline.journal import Journal
+from pipeline.localruns import Dispatched
 from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
 from pipeline.store import Outcome
 from pipeline.store.sqlite import SqliteStore
-from pipeline.worker import Dispatched, Worker
+from pipeline.worker import Worker
 
 BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -5,8 +5,13 @@
     reading    a request's body, path and query parameters, checked before use
     views      jobs and step logs as the API and the pages show them
     pages      what the pages draw: a run's timeline and graph, a job's runs, fires, form, file
+    runpage    a run's page and a log's next lines as HTML
     site       the page routes (index, job, run, a log's next lines) and their assets
-    app        the routes of CONTRACT §5 and the status pages over one daemon's parts
+    jobs       the jobs' routes: list, one job, trigger, circuit reset, the jobs' graph
+    control    the operator's routes: pause, resume, backfill, rerun, the decision log
+    runs       the runs' routes: list, one run, stop, delete, a step's log (followed)
+    figures    metrics (Prometheus text and JSON), the nodes, the pools
+    app        the route table and what its families share, over one daemon's parts
     openapi    the OpenAPI document of those routes
     server     hypercorn's trio worker serving it all, started with ``nursery.start``
 

@@ -163,7 +163,6 @@ def openapi_document() -> dict[str, Any]:
     name = _path_param("name", JOB_NAME, "A job's name")
     run_id = _path_param("run_id", RUN_ID, "A run's id")
     step = _path_param("step", STEP_INSTANCE_ID, "A step's id (for_each instances: ID.N)")
-    html = {"type": "string"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "pipeline", "version": "1",
@@ -172,188 +171,227 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": _schemas(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],
-        "paths": {
-            "/healthz": {"get": {"operationId": "health", "security": [],
-                                 "responses": _answers(200, _ref("Health"), "Alive", )}},
-            "/metrics": {"get": {"operationId": "metrics", "responses": _answers(
-                200, {"type": "string"}, "Prometheus text format", kind="text/plain")}},
-            "/": {"get": {"operationId": "statusPage", "parameters": [
-                _query("job", {"type": "string"}, "Show only this job's runs"),
-                _query("q", {"type": "string"}, "Show only jobs whose name contains this"),
-                _query("status", {"type": "string"}, "A run status (runs, and jobs whose "
-                       "last run has it) or a job state: paused, stale, circuit open, "
-                       "disabled, never ran"),
-                _query("since", {"type": "string"}, "Only runs queued in this last duration "
-                       "(24h)"),
-                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip"),
-                _query("jobs_from", {"type": "integer", "minimum": 0}, "Jobs to skip")],
-                "responses": _answers(200, html, "The status page", 400, 404,
-                                      kind="text/html")}},
-            "/jobs/{name}": {"get": {"operationId": "jobPage", "parameters": [name],
-                                     "responses": _answers(200, html, "A job's page", 404,
-                                                           kind="text/html")}},
-            "/runs/{run_id}": {"get": {"operationId": "runPage", "parameters": [
-                run_id, _query("grep", {"type": "string"}, "Show only log lines containing "
-                               "this"),
-                _query("live", {"type": "string"}, "1: the page without reading logs (what "
-                       "the page's script asks for while the run is active)")],
-                "responses": _answers(200, html, "A run's page", 404, kind="text/html")}},
-            "/runs/{run_id}/log/{step}": {"get": {
-                "operationId": "logLines", "parameters": [
-                    run_id, step, _query("offset", {"type": "integer", "minimum": 0},
-                                         "Where to start, in bytes")],
-                "responses": _answers(200, html, "The step's log from offset, as HTML lines "
-                                      "(whole lines while the step runs); X-Log-Next says "
-                                      "where to go on, X-Log-Done: 1 that there is no more",
-                                      400, 404, kind="text/html")}},
-            "/api/v1/jobs": {"get": {"operationId": "listJobs", "responses": _answers(
-                200, _ref("JobList"), "Every job file, valid or not")}},
-            "/api/v1/jobs/{name}": {"get": {"operationId": "getJob", "parameters": [name],
-                                            "responses": _answers(200, _ref("Job"), "One job",
-                                                                  404)}},
-            "/api/v1/jobs/{name}/runs": {"post": {
-                "operationId": "triggerJob", "parameters": [name],
-                "requestBody": {"required": False, **_content(_ref("TriggerRequest"))},
-                "responses": _answers(202, _ref("Accepted"), "Run started or queued", 400,
-                                      404, 409, 413, 415, 422)}},
-            "/api/v1/jobs/{name}/circuit/reset": {"post": {
-                "operationId": "resetCircuit", "parameters": [name],
-                "responses": _answers(200, _ref("Circuit"), "Circuit closed", 404, 413,
-                                      415)}},
-            "/api/v1/jobs/{name}/pause": {"post": {
-                "operationId": "pauseJob", "parameters": [name],
-                "requestBody": {"required": False, **_content({
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"reason": _nullable({"type": "string",
-                                                        "maxLength": 1000})}})},
-                "responses": _answers(200, _ref("Job"), "Paused", 400, 404, 413, 415)}},
-            "/api/v1/jobs/{name}/resume": {"post": {
-                "operationId": "resumeJob", "parameters": [name],
-                "requestBody": {"required": False, **_content({
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"catchup": _nullable({"type": "boolean"})}})},
-                "responses": _answers(200, _ref("Job"), "Resumed", 400, 404, 413, 415)}},
-            "/api/v1/jobs/{name}/backfill": {"post": {
-                "operationId": "backfillJob", "parameters": [name],
-                "requestBody": {"required": True, **_content({
-                    "type": "object", "additionalProperties": False, "required": ["from", "to"],
-                    "properties": {
-                        "from": {"type": "string", "format": "date-time"},
-                        "to": {"type": "string", "format": "date-time"},
-                        "rerun": _nullable({"enum": ["none", "failed", "all"]}),
-                        "max_parallel": _nullable({"type": "integer", "minimum": 1,
-                                                   "maximum": 1000})}})},
-                "responses": _answers(202, {"type": "object", "required": ["run_ids"],
-                                            "properties": {"run_ids": {
-                                                "type": "array",
-                                                "items": {"type": "string"}}}},
-                                      "Runs made, one per instant", 400, 404, 409, 413,
-                                      415)}},
-            "/api/v1/runs/{run_id}/rerun": {"post": {
-                "operationId": "rerunRun", "parameters": [run_id],
-                "requestBody": {"required": False, **_content({
-                    "type": "object", "additionalProperties": False, "properties": {
-                        "from_step": _nullable({"type": "string"}),
-                        "failed": _nullable({"type": "boolean"})}})},
-                "responses": _answers(202, {"type": "object", "required": ["run_id"],
-                                            "properties": {"run_id": {"type": "string"}}},
-                                      "The new run", 400, 404, 409, 413, 415)}},
-            "/api/v1/pause": {"post": {
-                "operationId": "pauseAll",
-                "requestBody": {"required": False, **_content({
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"reason": _nullable({"type": "string",
-                                                        "maxLength": 1000})}})},
-                "responses": _answers(200, {"type": "object"}, "Every job paused", 400, 413,
-                                      415)}},
-            "/api/v1/resume": {"post": {
-                "operationId": "resumeAll",
-                "requestBody": {"required": False, **_content({
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"catchup": _nullable({"type": "boolean"})}})},
-                "responses": _answers(200, {"type": "object"}, "Every job resumed", 400, 413,
-                                      415)}},
-            "/api/v1/jobs/{name}/decisions": {"get": {
-                "operationId": "jobDecisions", "parameters": [
-                    name,
-                    _query("since", {"type": "string", "format": "date-time"},
-                           "Decisions about fires at or after this time"),
-                    _query("until", {"type": "string", "format": "date-time"},
-                           "Decisions about fires up to this time"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                           "At most this many, newest first")],
-                "responses": _answers(200, {"type": "object", "required": ["decisions"],
-                                            "properties": {"job": {"type": "string"}, "decisions": {
-                                                "type": "array", "items": _ref("Decision")}}},
-                                      "The scheduler's decisions, newest first", 400, 404)}},
-            "/api/v1/runs": {"get": {"operationId": "listRuns", "parameters": [
-                _query("job", {"type": "string", "pattern": JOB_NAME.pattern}, "Job name"),
-                _query("status", {"type": "string", "enum": [str(s) for s in RunStatus]},
-                       "Run status"),
-                _query("trigger", {"type": "string", "enum": [str(t) for t in Trigger]},
-                       "What started the run"),
+        "paths": {**_probe_paths(), **_page_paths(name, run_id, step), **_job_paths(name),
+                  **_operator_paths(name, run_id), **_run_paths(run_id, step),
+                  **_daemon_paths()},
+    }
+
+
+def _probe_paths() -> dict[str, Any]:
+    """What a probe and a scraper read: liveness, and the Prometheus metrics."""
+    return {
+        "/healthz": {"get": {"operationId": "health", "security": [],
+                             "responses": _answers(200, _ref("Health"), "Alive", )}},
+        "/metrics": {"get": {"operationId": "metrics", "responses": _answers(
+            200, {"type": "string"}, "Prometheus text format", kind="text/plain")}},
+    }
+
+
+def _page_paths(name: dict[str, Any], run_id: dict[str, Any],
+                step: dict[str, Any]) -> dict[str, Any]:
+    """The status pages (HTML), and a log's next lines as the pages follow it."""
+    html = {"type": "string"}
+    return {
+        "/": {"get": {"operationId": "statusPage", "parameters": [
+            _query("job", {"type": "string"}, "Show only this job's runs"),
+            _query("q", {"type": "string"}, "Show only jobs whose name contains this"),
+            _query("status", {"type": "string"}, "A run status (runs, and jobs whose "
+                   "last run has it) or a job state: paused, stale, circuit open, "
+                   "disabled, never ran"),
+            _query("since", {"type": "string"}, "Only runs queued in this last duration "
+                   "(24h)"),
+            _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip"),
+            _query("jobs_from", {"type": "integer", "minimum": 0}, "Jobs to skip")],
+            "responses": _answers(200, html, "The status page", 400, 404,
+                                  kind="text/html")}},
+        "/jobs/{name}": {"get": {"operationId": "jobPage", "parameters": [name],
+                                 "responses": _answers(200, html, "A job's page", 404,
+                                                       kind="text/html")}},
+        "/runs/{run_id}": {"get": {"operationId": "runPage", "parameters": [
+            run_id, _query("grep", {"type": "string"}, "Show only log lines containing "
+                           "this"),
+            _query("live", {"type": "string"}, "1: the page without reading logs (what "
+                   "the page's script asks for while the run is active)")],
+            "responses": _answers(200, html, "A run's page", 404, kind="text/html")}},
+        "/runs/{run_id}/log/{step}": {"get": {
+            "operationId": "logLines", "parameters": [
+                run_id, step, _query("offset", {"type": "integer", "minimum": 0},
+                                     "Where to start, in bytes")],
+            "responses": _answers(200, html, "The step's log from offset, as HTML lines "
+                                  "(whole lines while the step runs); X-Log-Next says "
+                                  "where to go on, X-Log-Done: 1 that there is no more",
+                                  400, 404, kind="text/html")}},
+    }
+
+
+def _job_paths(name: dict[str, Any]) -> dict[str, Any]:
+    """The jobs: the list, one job, a run made now, a circuit closed."""
+    return {
+        "/api/v1/jobs": {"get": {"operationId": "listJobs", "responses": _answers(
+            200, _ref("JobList"), "Every job file, valid or not")}},
+        "/api/v1/jobs/{name}": {"get": {"operationId": "getJob", "parameters": [name],
+                                        "responses": _answers(200, _ref("Job"), "One job",
+                                                              404)}},
+        "/api/v1/jobs/{name}/runs": {"post": {
+            "operationId": "triggerJob", "parameters": [name],
+            "requestBody": {"required": False, **_content(_ref("TriggerRequest"))},
+            "responses": _answers(202, _ref("Accepted"), "Run started or queued", 400,
+                                  404, 409, 413, 415, 422)}},
+        "/api/v1/jobs/{name}/circuit/reset": {"post": {
+            "operationId": "resetCircuit", "parameters": [name],
+            "responses": _answers(200, _ref("Circuit"), "Circuit closed", 404, 413,
+                                  415)}},
+    }
+
+
+def _operator_paths(name: dict[str, Any], run_id: dict[str, Any]) -> dict[str, Any]:
+    """The operator's: pause, resume (one job or all), backfill, rerun, the decision log."""
+    return {
+        "/api/v1/jobs/{name}/pause": {"post": {
+            "operationId": "pauseJob", "parameters": [name],
+            "requestBody": {"required": False, **_content({
+                "type": "object", "additionalProperties": False,
+                "properties": {"reason": _nullable({"type": "string",
+                                                    "maxLength": 1000})}})},
+            "responses": _answers(200, _ref("Job"), "Paused", 400, 404, 413, 415)}},
+        "/api/v1/jobs/{name}/resume": {"post": {
+            "operationId": "resumeJob", "parameters": [name],
+            "requestBody": {"required": False, **_content({
+                "type": "object", "additionalProperties": False,
+                "properties": {"catchup": _nullable({"type": "boolean"})}})},
+            "responses": _answers(200, _ref("Job"), "Resumed", 400, 404, 413, 415)}},
+        "/api/v1/jobs/{name}/backfill": {"post": {
+            "operationId": "backfillJob", "parameters": [name],
+            "requestBody": {"required": True, **_content({
+                "type": "object", "additionalProperties": False, "required": ["from", "to"],
+                "properties": {
+                    "from": {"type": "string", "format": "date-time"},
+                    "to": {"type": "string", "format": "date-time"},
+                    "rerun": _nullable({"enum": ["none", "failed", "all"]}),
+                    "max_parallel": _nullable({"type": "integer", "minimum": 1,
+                                               "maximum": 1000})}})},
+            "responses": _answers(202, {"type": "object", "required": ["run_ids"],
+                                        "properties": {"run_ids": {
+                                            "type": "array",
+                                            "items": {"type": "string"}}}},
+                                  "Runs made, one per instant", 400, 404, 409, 413,
+                                  415)}},
+        "/api/v1/runs/{run_id}/rerun": {"post": {
+            "operationId": "rerunRun", "parameters": [run_id],
+            "requestBody": {"required": False, **_content({
+                "type": "object", "additionalProperties": False, "properties": {
+                    "from_step": _nullable({"type": "string"}),
+                    "failed": _nullable({"type": "boolean"})}})},
+            "responses": _answers(202, {"type": "object", "required": ["run_id"],
+                                        "properties": {"run_id": {"type": "string"}}},
+                                  "The new run", 400, 404, 409, 413, 415)}},
+        "/api/v1/pause": {"post": {
+            "operationId": "pauseAll",
+            "requestBody": {"required": False, **_content({
+                "type": "object", "additionalProperties": False,
+                "properties": {"reason": _nullable({"type": "string",
+                                                    "maxLength": 1000})}})},
+            "responses": _answers(200, {"type": "object"}, "Every job paused", 400, 413,
+                                  415)}},
+        "/api/v1/resume": {"post": {
+            "operationId": "resumeAll",
+            "requestBody": {"required": False, **_content({
+                "type": "object", "additionalProperties": False,
+                "properties": {"catchup": _nullable({"type": "boolean"})}})},
+            "responses": _answers(200, {"type": "object"}, "Every job resumed", 400, 413,
+                                  415)}},
+        "/api/v1/jobs/{name}/decisions": {"get": {
+            "operationId": "jobDecisions", "parameters": [
+                name,
                 _query("since", {"type": "string", "format": "date-time"},
-                       "Runs queued at or after this time"),
+                       "Decisions about fires at or after this time"),
+                _query("until", {"type": "string", "format": "date-time"},
+                       "Decisions about fires up to this time"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                       "Page size (default 50)"),
-                _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip")],
-                "responses": _answers(200, _ref("RunList"), "Runs, newest first", 400)}},
-            "/api/v1/runs/{run_id}": {
-                "get": {"operationId": "getRun", "parameters": [run_id, _query(
-                    "wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-                    "Answer once the run has finished, or after this many seconds")],
-                    "responses": _answers(200, _ref("Run"), "One run with its steps", 400,
-                                          404)},
-                "delete": {"operationId": "deleteRun", "parameters": [run_id],
-                           "responses": _answers(200, _ref("Deleted"),
-                                                 "Run and its logs deleted", 404, 409, 413,
-                                                 415)}},
-            "/api/v1/runs/{run_id}/stop": {"post": {
-                "operationId": "stopRun", "parameters": [run_id],
-                "responses": _answers(202, _ref("Stopping"), "The run is being cancelled", 404,
-                                      409, 413, 415)}},
-            "/api/v1/runs/{run_id}/steps/{step}/log": {"get": {
-                "operationId": "stepLog", "parameters": [
-                    run_id, step,
-                    _query("offset", {"type": "integer", "minimum": 0},
-                           "Start at this byte (resume a follow)"),
-                    _query("follow", {"type": "boolean"},
-                           "Stream the log until the step has finished")],
-                "responses": _answers(200, {"type": "string"}, "The log as text", 400, 404,
-                                      kind="text/plain")}},
-            "/api/v1/metrics": {"get": {"operationId": "metricsJson", "responses": _answers(
-                200, _ref("Metrics"), "The figures of /metrics as JSON")}},
-            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": _answers(
-                200, {"type": "object"}, "This document")}},
-            "/api/v1/pools": {"get": {"operationId": "listPools", "responses": _answers(
-                200, {"type": "object", "required": ["pools"], "properties": {
-                    "pools": {"type": "array", "items": {
-                        "type": "object", "required": ["name", "slots", "used", "waiting"],
-                        "properties": {"name": {"type": "string"},
-                                       "slots": {"type": "integer"},
-                                       "used": {"type": "integer"},
-                                       "waiting": {"type": "integer"}}}},
-                    "max_active_runs": _nullable({"type": "object"})}},
-                "Each pool of the settings file: its slots, those in use, and waiters")}},
-            "/api/v1/graph": {"get": {
-                "operationId": "jobGraph", "parameters": [_query(
-                    "all", {"type": "boolean"}, "Every job, also those no `after:` connects")],
-                "responses": _answers(200, {
-                    "type": "object", "required": ["jobs", "edges"], "properties": {
-                        "jobs": {"type": "array", "items": {
-                            "type": "object", "required": ["name", "loaded"], "properties": {
-                                "name": {"type": "string"}, "loaded": {"type": "boolean"}}}},
-                        "edges": {"type": "array", "items": {
-                            "type": "object", "required": ["upstream", "downstream", "status"],
-                            "properties": {"upstream": {"type": "string"},
-                                           "downstream": {"type": "string"},
-                                           "status": {"type": "array",
-                                                      "items": {"type": "string"}}}}}}},
-                    "Which jobs fire after which (`schedule: {after: JOB}`), each edge with "
-                    "the states of the upstream's run that fire it", 400)}},
-            "/api/v1/nodes": {"get": {"operationId": "listNodes", "responses": _answers(
-                200, {"type": "object", "required": ["nodes"], "properties": {"nodes": {
-                    "type": "array", "items": _ref("Node")}}},
-                "The nodes of the store (one in a single-machine setup)")}},
-        },
+                       "At most this many, newest first")],
+            "responses": _answers(200, {"type": "object", "required": ["decisions"],
+                                        "properties": {"job": {"type": "string"}, "decisions": {
+                                            "type": "array", "items": _ref("Decision")}}},
+                                  "The scheduler's decisions, newest first", 400, 404)}},
+    }
+
+
+def _run_paths(run_id: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+    """The runs: the list, one run (or delete it), stop, a step's log."""
+    return {
+        "/api/v1/runs": {"get": {"operationId": "listRuns", "parameters": [
+            _query("job", {"type": "string", "pattern": JOB_NAME.pattern}, "Job name"),
+            _query("status", {"type": "string", "enum": [str(s) for s in RunStatus]},
+                   "Run status"),
+            _query("trigger", {"type": "string", "enum": [str(t) for t in Trigger]},
+                   "What started the run"),
+            _query("since", {"type": "string", "format": "date-time"},
+                   "Runs queued at or after this time"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                   "Page size (default 50)"),
+            _query("offset", {"type": "integer", "minimum": 0}, "Runs to skip")],
+            "responses": _answers(200, _ref("RunList"), "Runs, newest first", 400)}},
+        "/api/v1/runs/{run_id}": {
+            "get": {"operationId": "getRun", "parameters": [run_id, _query(
+                "wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                "Answer once the run has finished, or after this many seconds")],
+                "responses": _answers(200, _ref("Run"), "One run with its steps", 400,
+                                      404)},
+            "delete": {"operationId": "deleteRun", "parameters": [run_id],
+                       "responses": _answers(200, _ref("Deleted"),
+                                             "Run and its logs deleted", 404, 409, 413,
+                                             415)}},
+        "/api/v1/runs/{run_id}/stop": {"post": {
+            "operationId": "stopRun", "parameters": [run_id],
+            "responses": _answers(202, _ref("Stopping"), "The run is being cancelled", 404,
+                                  409, 413, 415)}},
+        "/api/v1/runs/{run_id}/steps/{step}/log": {"get": {
+            "operationId": "stepLog", "parameters": [
+                run_id, step,
+                _query("offset", {"type": "integer", "minimum": 0},
+                       "Start at this byte (resume a follow)"),
+                _query("follow", {"type": "boolean"},
+                       "Stream the log until the step has finished")],
+            "responses": _answers(200, {"type": "string"}, "The log as text", 400, 404,
+                                  kind="text/plain")}},
+    }
+
+
+def _daemon_paths() -> dict[str, Any]:
+    """What the daemon tells of itself: figures, this document, pools, the jobs' graph, nodes."""
+    return {
+        "/api/v1/metrics": {"get": {"operationId": "metricsJson", "responses": _answers(
+            200, _ref("Metrics"), "The figures of /metrics as JSON")}},
+        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": _answers(
+            200, {"type": "object"}, "This document")}},
+        "/api/v1/pools": {"get": {"operationId": "listPools", "responses": _answers(
+            200, {"type": "object", "required": ["pools"], "properties": {
+                "pools": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "slots", "used", "waiting"],
+                    "properties": {"name": {"type": "string"},
+                                   "slots": {"type": "integer"},
+                                   "used": {"type": "integer"},
+                                   "waiting": {"type": "integer"}}}},
+                "max_active_runs": _nullable({"type": "object"})}},
+            "Each pool of the settings file: its slots, those in use, and waiters")}},
+        "/api/v1/graph": {"get": {
+            "operationId": "jobGraph", "parameters": [_query(
+                "all", {"type": "boolean"}, "Every job, also those no `after:` connects")],
+            "responses": _answers(200, {
+                "type": "object", "required": ["jobs", "edges"], "properties": {
+                    "jobs": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "loaded"], "properties": {
+                            "name": {"type": "string"}, "loaded": {"type": "boolean"}}}},
+                    "edges": {"type": "array", "items": {
+                        "type": "object", "required": ["upstream", "downstream", "status"],
+                        "properties": {"upstream": {"type": "string"},
+                                       "downstream": {"type": "string"},
+                                       "status": {"type": "array",
+                                                  "items": {"type": "string"}}}}}}},
+                "Which jobs fire after which (`schedule: {after: JOB}`), each edge with "
+                "the states of the upstream's run that fire it", 400)}},
+        "/api/v1/nodes": {"get": {"operationId": "listNodes", "responses": _answers(
+            200, {"type": "object", "required": ["nodes"], "properties": {"nodes": {
+                "type": "array", "items": _ref("Node")}}},
+            "The nodes of the store (one in a single-machine setup)")}},
     }

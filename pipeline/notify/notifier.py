@@ -1,0 +1,331 @@
+"""The notifier: notices queued per target, sent by its own tasks, retried, kept in order per
+target, saved while pending; see the package's docstring."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import trio
+from loguru import logger
+
+from pipeline.errors import ExpressionError, NotifyError
+from pipeline.model import (
+    EMPTY,
+    Job,
+    NotifyEvent,
+    NotifyTarget,
+    RunRecord,
+    RunStatus,
+    Settings,
+    utc_now,
+)
+from pipeline.notation import short_duration
+from pipeline.notify.message import Message, render_message
+from pipeline.notify.notice import Notice, NotifyStatus, Outcome, end_events
+from pipeline.notify.outbox import Delivery, Offload, Outbox
+from pipeline.notify.send import send_message
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx (and the CA bundle) are loaded when a notifier first sends, not when this module is
+# imported: every run of ``pipeline run`` imports it, few of them notify anyone.
+
+RETRY_DELAYS = (2.0, 10.0)  # between the 3 tries
+MAX_PENDING = 1000
+MAX_CONCURRENT = 16
+# ``claim(job, target label, event kind, now, cooldown, delivery id)``: ``Store.claim_notice``.
+Claim = Callable[[str, str, str, datetime, float, str], "datetime | None"]
+
+
+@dataclass(frozen=True)
+class NotifierStatistics:
+    pending: int
+    delivered: int
+    failed: int
+    suppressed: int
+    dropped: int
+
+
+class Notifier:
+    """Sends notices to their targets without ever making the caller wait.
+
+    Construct it with plain values and functions, start ``serve`` in a nursery of its own
+    (``await nursery.start(notifier.serve)``), then call ``notify`` (or ``run_started``,
+    ``run_ended``, ...) from any task of that trio run.
+
+    ``report``: told every ``Outcome`` (an async function; the daemon records it with the run
+    and as a decision). ``save(pending)``: stores the list of pending deliveries (plain JSON
+    data, replacing what it stored before); ``load()``: returns what was last saved. Both are
+    blocking functions, called through ``offload`` (a worker thread). ``settings``: the SMTP
+    server and the settings' secrets (an attribute: set it again when the file changes).
+    ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
+    secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
+    verify servers with (default: the system's CAs). ``send``: how a rendered ``Message`` is
+    sent (default ``send_message``; tests pass a plain function). ``claim``: where a
+    target's ``cooldown`` is kept beyond this process (``Store.claim_notice``, blocking,
+    called through ``offload`` before a delivery with a cooldown is first tried), so that it
+    holds across restarts and across a cluster's nodes; without it, it holds in memory.
+    ``max_concurrent``: tries under way at once, all targets together; ``max_pending``:
+    deliveries kept before new ones are dropped.
+    """
+
+    def __init__(self, *, report: Callable[[Outcome], Awaitable[object]] | None = None,
+                 save: Callable[[list[dict[str, Any]]], object] | None = None,
+                 load: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
+                 settings: Settings | None = None, base_url: str | None = None,
+                 environ: Mapping[str, str] = os.environ, tls: ssl.SSLContext | None = None,
+                 retry_delays: Sequence[float] = RETRY_DELAYS, max_pending: int = MAX_PENDING,
+                 max_concurrent: int = MAX_CONCURRENT,
+                 send: Callable[[Message], Awaitable[object]] | None = None,
+                 offload: Offload = trio.to_thread.run_sync,
+                 clock: Callable[[], datetime] = utc_now,
+                 claim: Claim | None = None) -> None:
+        self.report = report
+        self.settings = settings
+        self.base_url = base_url
+        self.environ = environ
+        self._tls = tls
+        self.retry_delays = tuple(retry_delays)
+        self.max_pending = max_pending
+        self.clock = clock
+        self._send = send
+        self._claim = claim
+        self._offload = offload
+        self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._outbox = Outbox(save=save, load=load, offload=offload)
+        self._lanes: dict[tuple[str, str], collections.deque[str]] = {}
+        self._running: set[tuple[str, str]] = set()  # lanes with a task sending
+        self._last: dict[tuple[str, str, NotifyEvent], float] = {}  # cooldown: trio time
+        self._counts: collections.Counter[NotifyStatus] = collections.Counter()
+        self._outcomes_in, self._outcomes = trio.open_memory_channel[Outcome](math.inf)
+        self._changed = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        if self._tls is None:
+            from pipeline.runners.http import ssl_context
+
+            self._tls = ssl_context(None)
+        return self._tls
+
+    @property
+    def tries(self) -> int:
+        return len(self.retry_delays) + 1
+
+    def statistics(self) -> NotifierStatistics:
+        return NotifierStatistics(len(self._outbox.pending), self._counts[NotifyStatus.DELIVERED],
+                                  self._counts[NotifyStatus.FAILED],
+                                  self._counts[NotifyStatus.SUPPRESSED],
+                                  self._counts[NotifyStatus.DROPPED])
+
+    # -- what callers call --------------------------------------------------------------
+
+    def notify(self, job: Job, notice: Notice) -> None:
+        """Queue ``notice`` for each of ``job.notify``'s targets that wants its kind; never
+        blocks, never raises for a target. A repeat within a target's ``cooldown`` (same
+        job, target and kind) is suppressed; past ``max_pending`` pending deliveries, new
+        ones are dropped. Both are reported."""
+        shared = self.settings.secrets if self.settings is not None else EMPTY
+        secrets = {**shared, **job.secrets}
+        now = trio.current_time()
+        for target in job.notify:
+            if notice.kind not in target.when:
+                continue
+            key = (job.name, target.label, notice.kind)
+            last = self._last.get(key)
+            if target.cooldown > 0 and last is not None and now - last < target.cooldown:
+                self._outcome(notice, target, NotifyStatus.SUPPRESSED, 0,
+                              "the same event was sent "
+                              f"{short_duration(round(now - last, 3))} ago, "
+                              f"within the cooldown of {short_duration(target.cooldown)}")
+                continue
+            if len(self._outbox.pending) >= self.max_pending:
+                self._outcome(notice, target, NotifyStatus.DROPPED, 0,
+                              f"{len(self._outbox.pending)} notifications are already pending")
+                continue
+            self._last[key] = now
+            self._add(Delivery(uuid.uuid4().hex, notice, target, secrets))
+
+    def run_started(self, job: Job, run: RunRecord) -> None:
+        self.notify(job, Notice.of_run(NotifyEvent.START, run, at=run.started_at))
+
+    def run_ended(self, job: Job, run: RunRecord, previous: RunStatus | None) -> None:
+        """The events of a finished (or skipped) run; ``previous`` as ``end_events`` says."""
+        for kind in end_events(run.status, previous):
+            self.notify(job, Notice.of_run(kind, run))
+
+    def step_retrying(self, job: Job, run: RunRecord, step: str, attempt: int,
+                      error: str | None) -> None:
+        self.notify(job, Notice.of_run(NotifyEvent.RETRY, run, at=self.clock(), reason=error,
+                                       step=step, attempt=attempt))
+
+    def deadline_missed(self, job: Job, fire_time: datetime, deadline: datetime,
+                        run: RunRecord | None = None) -> None:
+        """A fire's run had not succeeded by ``deadline`` (``run``: None if it has none)."""
+        if run is None:
+            notice = Notice(NotifyEvent.LATE, job.name, self.clock(), fire_time=fire_time,
+                            deadline=deadline, reason="the fire produced no run")
+        else:
+            notice = Notice.of_run(NotifyEvent.LATE, run, at=self.clock(), deadline=deadline,
+                                   reason=f"the run is {run.status}")
+        self.notify(job, notice)
+
+    async def flush(self) -> None:
+        """Wait until nothing is pending (delivered, or given up on). Bound it with a cancel
+        scope: before shutting down, give pending alerts a few seconds to go out."""
+        while self._outbox.pending:
+            await self._changed.park()
+
+    # -- running ------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Send what is pending (what ``load`` gives back first) until cancelled; on the way
+        out, save what is still pending."""
+        import httpx
+
+        for delivery in await self._outbox.load():
+            if delivery.id not in self._outbox.pending:
+                self._add(delivery)
+        try:
+            async with httpx.AsyncClient(verify=self.tls, timeout=None, trust_env=False,
+                                         follow_redirects=False) as client, \
+                    trio.open_nursery() as nursery:
+                self._client = client
+                self._nursery = nursery
+                nursery.start_soon(self._report_outcomes)
+                nursery.start_soon(self._outbox.keep_saved)
+                for lane in list(self._lanes):
+                    self._start(lane)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._client = None
+
+    def _add(self, delivery: Delivery) -> None:
+        self._outbox.add(delivery)
+        self._lanes.setdefault(delivery.lane, collections.deque()).append(delivery.id)
+        if self._nursery is not None:
+            self._start(delivery.lane)
+
+    def _start(self, lane: tuple[str, str]) -> None:
+        if lane not in self._running:
+            assert self._nursery is not None
+            self._running.add(lane)
+            self._nursery.start_soon(self._drive, lane)
+
+    async def _drive(self, lane: tuple[str, str]) -> None:
+        """Deliver one lane's notices in order, until it is empty."""
+        queue = self._lanes[lane]
+        try:
+            while queue:
+                await self._deliver(self._outbox.pending[queue[0]])
+                queue.popleft()
+            del self._lanes[lane]
+        finally:
+            self._running.discard(lane)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        notice, target = delivery.notice, delivery.target
+        if target.cooldown > 0 and self._claim is not None and not await self._claimed(delivery):
+            return
+        try:
+            message, redactor = render_message(notice, target, delivery.secrets,
+                                               environ=self.environ, base_url=self.base_url)
+        except (NotifyError, ExpressionError) as exc:
+            self._done(delivery, NotifyStatus.FAILED, f"cannot be sent: {exc}")
+            return
+        while True:
+            try:
+                async with self._limiter:
+                    with trio.fail_after(target.timeout):
+                        if self._send is not None:
+                            await self._send(message)
+                        else:
+                            assert self._client is not None
+                            await send_message(message, client=self._client,
+                                               settings=self.settings, environ=self.environ,
+                                               tls=self.tls)
+            except trio.TooSlowError:
+                error = f"timed out after {short_duration(target.timeout)}"
+            except Exception as exc:  # any failure of one try is that try's: retried
+                error = str(exc) or type(exc).__name__
+            else:
+                self._done(delivery, NotifyStatus.DELIVERED, None)
+                return
+            delivery.tries += 1
+            self._outbox.changed()
+            error = redactor.text(error)
+            if delivery.tries >= self.tries:
+                self._done(delivery, NotifyStatus.FAILED, error)
+                return
+            delay = self.retry_delays[delivery.tries - 1]
+            logger.warning("{}: {} of {} {} failed (try {} of {}), again in {}: {}",
+                           notice.job, target.label, notice.kind, notice.run_id or "",
+                           delivery.tries, self.tries, short_duration(delay), error)
+            await trio.sleep(delay)
+
+    async def _claimed(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` may be sent as far as the shared cooldown goes; if not, it
+        is done (suppressed). A store that cannot answer lets it go: a repeated alert is
+        better than a lost one."""
+        notice, target = delivery.notice, delivery.target
+        assert self._claim is not None
+        now = self.clock()
+        try:
+            last = await self._offload(self._claim, notice.job, target.label, str(notice.kind),
+                                       now, target.cooldown, delivery.id)
+        except Exception as exc:  # the store is down: send, and say why the cooldown lapsed
+            logger.warning("{}: {} of {}: the cooldown cannot be checked, sent anyway: {}",
+                           notice.job, target.label, notice.kind, exc)
+            return True
+        if last is None:
+            return True
+        ago = max(0.0, round((now - last).total_seconds(), 3))
+        self._done(delivery, NotifyStatus.SUPPRESSED,
+                   f"the same event was sent {short_duration(ago)} ago, within the cooldown "
+                   f"of {short_duration(target.cooldown)}")
+        return False
+
+    def _done(self, delivery: Delivery, status: NotifyStatus, error: str | None) -> None:
+        self._outbox.remove(delivery)
+        self._changed.unpark_all()
+        self._outcome(delivery.notice, delivery.target, status,
+                      delivery.tries + (status is NotifyStatus.DELIVERED), error)
+
+    def _outcome(self, notice: Notice, target: NotifyTarget, status: NotifyStatus, tries: int,
+                 error: str | None) -> None:
+        self._counts[status] += 1
+        outcome = Outcome(notice.job, notice.run_id, notice.fire_time, target.label,
+                          notice.kind, status, self.clock(), tries, error)
+        run = f" of run {notice.run_id}" if notice.run_id else ""
+        if status is NotifyStatus.DELIVERED:
+            logger.info("{}: {} told of {}{}", notice.job, target.label, notice.kind, run)
+        elif status is NotifyStatus.SUPPRESSED:
+            logger.info("{}: {} not told of {}{}: {}", notice.job, target.label, notice.kind,
+                        run, error)
+        else:
+            logger.error("{}: {} could not be told of {}{} ({}): {}", notice.job,
+                         target.label, notice.kind, run, status, error)
+        self._outcomes_in.send_nowait(outcome)
+
+    async def _report_outcomes(self) -> None:
+        async for outcome in self._outcomes:
+            if self.report is None:
+                continue
+            try:
+                await self.report(outcome)
+            except Exception:
+                logger.exception("recording a notification's outcome failed")
