@@ -6,6 +6,7 @@
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
     bin/bench --only files    10,000 files dropped into a watched folder at once
     bin/bench --only pages    the status pages' server time over 100,000 runs
+    bin/bench --only cluster  three nodes on PostgreSQL: 200 faults, load, statements, ceiling
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from tests.bench import (
+    cluster,
     dags,
     filewatch,
     pages,
@@ -49,7 +51,7 @@ from tests.bench.peers import ensure_own_venvs, ensure_peers
 
 # In the order they run: cpu reuses what firing, real and burst measured before it.
 GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "real", "burst",
-          "cpu", "files", "torture")
+          "cpu", "files", "cluster", "torture")
 # In the order the report shows them, with their headings.
 SECTIONS = (
     ("real", "Real steps, steady load: 100 jobs every second"),
@@ -63,6 +65,7 @@ SECTIONS = (
     ("api", "HTTP API under load"),
     ("pages", "Status pages: 1,000 jobs, 100,000 runs"),
     ("files", "File arrival: 10,000 files at once"),
+    ("cluster", "Cluster mode: three nodes on PostgreSQL"),
     ("torture", "Fault harnesses and fuzzing at full size"),
 )
 
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "burst": lambda: steps.burst(ctx, cron=ctx.peers),
             "cpu": lambda: steps.cpu(ctx),
             "files": lambda: filewatch.run(ctx),
+            "cluster": lambda: cluster.run(ctx),
             "torture": lambda: torture.run(ctx),
         }
         for group in GROUPS:
