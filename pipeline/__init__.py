@@ -1,9 +1,12 @@
 """pipeline: a declarative pipeline runner.
 
 Users write YAML job files; pipeline validates them, fires them on cron, interval and one-shot
-schedules, and runs each job's steps as a DAG of real processes in their own process groups.
+schedules and on events, and runs each job's steps as a DAG of real processes in their own
+process groups.
 
-Modules, with imports flowing one way (a module imports only from the rows above it):
+Every module, in layers: a module imports only modules named before it here (in the rows
+above, or earlier in its own row); the modules of a package (``pkg/ (its modules)``) import
+each other freely. ``tests/test_layering.py`` holds the code to this list.
 
     errors, model, events, faults  the exception tree; frozen job objects and states; event
                                  records; crash points for the fault-injection tests
@@ -16,8 +19,9 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  rendered; secret masking; the step graph (graphlib)
     yamlsafe                     pure, as are the job-file rows down to spec: YAML that cannot
                                  hurt us, with positions
-    schedules, globs, jobgraph   a schedule entry read into a Schedule (calendars, events);
-                                 `file:` globs; the `after:` job-to-job graph
+    schedules, globs, jobgraph,  a schedule entry read into a Schedule (calendars, events);
+      schedule_words             `file:` globs; the `after:` job-to-job graph; schedules and
+                                 what becomes of their fires, in words
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, schedule_checks,    what a schema cannot express: what each expression may look
@@ -27,35 +31,48 @@ Modules, with imports flowing one way (a module imports only from the rows above
                                  its defaults merged into jobs; values jobs and settings share
     build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
                                  YAML, schema, checks, build; a set of files judged together
-    statedir, process, runners   the state directory's layout, lock and process identities
-                                 (/proc read in one place); process groups (spawn, terminate,
-                                 kill, reap); step runners (a registry keyed by name, plus
-                                 entry points; their arguments checked in `runners.args`)
+    statedir, process,           the state directory's layout, lock and process identities
+      runners/ (args, http,      (/proc read in one place); process groups (spawn, terminate,
+      job, python, sleep,        kill, reap); step runners (a registry keyed by name, plus
+      wait_for, _child)          entry points; their arguments checked in `runners.args`;
+                                 `_child` is the process `uses: python` runs)
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; jobs
                                  as the API and `pipeline list` show them
-    steplog, steps, engine,      a step's log and outputs; one step's condition, items,
-      plan, live                 attempts and retries, its process or runner; one run = one
-                                 trio nursery walking the step graph, steps are tasks in it;
-                                 the dry-run plan; `pipeline run`'s live view
-    store/ (protocol, sql,       the state of jobs, runs, nodes and decisions: one protocol,
-      sqlite, postgres)          the shared SQL, one module per backend
+    scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
+      engine, plan, live         per process); a step's log and outputs; one step's
+                                 condition, items, attempts and retries, its process or
+                                 runner; one run = one trio nursery walking the step graph,
+                                 steps are tasks in it; the dry-run plan; `pipeline run`'s
+                                 live view
+    store/ (sql, sqlite,         the state of jobs, runs, nodes and decisions: one protocol
+      postgres)                  (store/__init__), the shared SQL, one module per backend
     versions, journal            which version of a job ran; the one writer between events
                                  and the store (group commit)
-    nodes, recovery              this process as a node (identity, lease, watchdog, fencing);
-                                 taking back the runs of lost nodes
-    worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
-      metrics, operate,          (claims fires); the watched jobs directory; Prometheus
-      foreground                 figures; pause, resume, backfill, rerun, why; `pipeline run`
+    nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
+                                 watchdog process beside it that kills its steps when it
+                                 cannot; taking back the runs of lost nodes
     notify                       notifications: webhook, Slack, email, ping, command; retried,
                                  never blocking, pending ones saved across restarts
-    filewatch                    `file:` schedules: files that settled under their globs
-    ansi                         pure: terminal colours in step logs as safe HTML
-    sdnotify                     telling systemd the daemon is ready, stopping, alive
-    http, page, client, daemon   the status app and API; its HTML; the CLI's API client; the
-                                 daemon's life (lock, parts, signals, shutdown)
-    cli/                         the one place that wires real objects together: the group,
-                                 and one module per family of commands, each imported lazily
+    worker, scheduler, watch,    a node's runs (started, claimed, stopped); the firing loop
+      metrics, operate,          (claims fires); the watched jobs directory; Prometheus
+      foreground                 figures; pause, resume, backfill, rerun, why; runs in the
+                                 foreground (`pipeline run`, a backfill with no daemon)
+    filewatch, eventfires,       `file:` schedules: files that settled under their globs;
+      deadlines, logship         fires that events make (a file, an upstream's end, a start);
+                                 missed deadlines; step logs shipped to a shared store
+    ansi, sdnotify, page         pure: terminal colours in step logs as safe HTML; telling
+                                 systemd the daemon is ready, stopping, alive; the HTML pages
+    http/ (answers, guard,       the status app and API (its answers, token and same-site
+      reading, openapi, views,   guard, request reading, OpenAPI document, what it reads of
+      pages, site, app,          runs, the pages' figures and routes, the routes, the
+      server), daemon, client,   server); the daemon's life (lock, parts, signals,
+      completion                 shutdown); the CLI's API client; shell completion
+    cli/ (text, jobfiles,        the one place that wires real objects together: the group,
+      state, remote, jobs,       and one module per family of commands, each imported
+      runs, operate, run,        lazily; `python -m pipeline`
+      daemon, cluster, shell),
+      __main__
 
 docs/architecture.md tells how a fire becomes a run and how one daemon on SQLite and a
 cluster of daemons on PostgreSQL run the same code.

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import did_you_mean as did_you_mean  # operate.py asks dag for it
+from pipeline.errors import did_you_mean
 from pipeline.model import Job, Step
 
 HOOK_LISTS = ("on_success", "on_failure", "finally")
@@ -161,7 +161,8 @@ def _roots(steps: Sequence[Step]) -> list[str]:
     return [s.id for s in steps if not any(n in ids for n in s.needs)]
 
 
-def _mermaid_label(text: str) -> str:
+def mermaid_label(text: str) -> str:
+    """``text`` as a quoted Mermaid label (also the job graph's, ``pipeline.jobgraph``)."""
     return '"' + text.replace('"', "#quot;") + '"'
 
 
@@ -171,11 +172,11 @@ def _mermaid(job: Job) -> str:
     for name, steps in _lists(job):
         indent = "    "
         if name != "steps":
-            lines.append(f"    subgraph {name}[{_mermaid_label(name)}]")
+            lines.append(f"    subgraph {name}[{mermaid_label(name)}]")
             indent = "        "
         for step in steps:
             label = step.title if step.title == step.id else f"{step.title} ({step.id})"
-            lines.append(f"{indent}s_{step.id}[{_mermaid_label(label)}]")
+            lines.append(f"{indent}s_{step.id}[{mermaid_label(label)}]")
         for step in steps:
             for need in step.needs:
                 lines.append(f"{indent}s_{need} --> s_{step.id}")
@@ -189,30 +190,31 @@ def _mermaid(job: Job) -> str:
     return "\n".join(lines)
 
 
-def _dot_id(text: str) -> str:
+def dot_id(text: str) -> str:
+    """``text`` as a quoted Graphviz id or label (also the job graph's)."""
     return json.dumps(text)  # a JSON string is a valid dot quoted id
 
 
 def _dot(job: Job) -> str:
-    lines = [f"digraph {_dot_id(job.name)} {{", "    rankdir=LR;", "    node [shape=box];"]
+    lines = [f"digraph {dot_id(job.name)} {{", "    rankdir=LR;", "    node [shape=box];"]
     for name, steps in _lists(job):
         indent = "    "
         if name != "steps":
-            lines.append(f"    subgraph {_dot_id('cluster_' + name)} {{")
-            lines.append(f"        label={_dot_id(name)}; style=dashed;")
+            lines.append(f"    subgraph {dot_id('cluster_' + name)} {{")
+            lines.append(f"        label={dot_id(name)}; style=dashed;")
             indent = "        "
         for step in steps:
-            lines.append(f"{indent}{_dot_id(step.id)} [label={_dot_id(step.title)}];")
+            lines.append(f"{indent}{dot_id(step.id)} [label={dot_id(step.title)}];")
         for step in steps:
             for need in step.needs:
-                lines.append(f"{indent}{_dot_id(need)} -> {_dot_id(step.id)};")
+                lines.append(f"{indent}{dot_id(need)} -> {dot_id(step.id)};")
         if name != "steps":
             lines.append("    }")
     main = _sinks(job.steps)
     for name, steps in _lists(job)[1:]:
         for sink in main:
             for root in _roots(steps):
-                lines.append(f"    {_dot_id(sink)} -> {_dot_id(root)} "
-                             f"[style=dotted, label={_dot_id(name)}];")
+                lines.append(f"    {dot_id(sink)} -> {dot_id(root)} "
+                             f"[style=dotted, label={dot_id(name)}];")
     lines.append("}")
     return "\n".join(lines)

@@ -13,7 +13,6 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +109,6 @@ async def _ticks(tick: Callable[[], None]) -> None:
     while True:
         await trio.sleep(0.2)
         tick()
-
-
-def now_utc() -> datetime:
-    from datetime import UTC
-
-    return datetime.now(UTC)
 
 
 async def run_queued(run_ids: list[str], *, store: Store, state_dir: Path,

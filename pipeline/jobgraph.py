@@ -5,18 +5,22 @@ graph must name jobs that are there and must have no cycle: in ``a`` after ``b``
 each would fire the other for ever once anything starts one of them, so ``pipeline validate``
 refuses it, at the ``after:`` of every job on the ring. The graph itself
 is the standard library's ``graphlib``, as for a job's steps (``pipeline.dag``).
+
+``edges`` lists the graph of loaded jobs and ``render`` draws it for ``pipeline graph --jobs``
+(text, Mermaid or Graphviz dot, as ``pipeline graph JOB`` draws a job's steps).
 """
 
 from __future__ import annotations
 
 import graphlib
 import itertools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import dag
 from pipeline.errors import did_you_mean
-from pipeline.model import Job
+from pipeline.model import Job, RunStatus, ScheduleKind
 from pipeline.yamlsafe import JsonPath
 
 
@@ -83,3 +87,101 @@ def after_flaws(jobs: Mapping[str, Job], known: Collection[str], *,
             del graph[ring[0]][ring[1]]
         else:
             return list(flaws.values())
+
+
+# -- the graph of loaded jobs, and its drawings ------------------------------------------------
+
+@dataclass(frozen=True)
+class Edge:
+    """``downstream`` fires after each run of ``upstream`` that ends in one of ``status``."""
+
+    upstream: str
+    downstream: str
+    status: tuple[RunStatus, ...]
+
+
+def edges(jobs: Mapping[str, Job]) -> list[Edge]:
+    """Every ``after:`` of ``jobs`` (loaded jobs, by name) as an edge, in the order of ``jobs``
+    and of each job's schedule entries. Two entries of one job after the same upstream are one
+    edge with the states of both. An upstream need not be among ``jobs``: its file may be
+    invalid now (a name no file holds is a validation error of the downstream)."""
+    found: dict[tuple[str, str], list[RunStatus]] = {}
+    for name, job in jobs.items():
+        for schedule in job.schedules:
+            if schedule.kind is ScheduleKind.AFTER and schedule.after is not None:
+                states = found.setdefault((schedule.after, name), [])
+                states.extend(s for s in schedule.status if s not in states)
+    return [Edge(upstream, downstream, tuple(states))
+            for (upstream, downstream), states in found.items()]
+
+
+def around(graph: Sequence[Edge], name: str) -> list[Edge]:
+    """The edges among ``name``, the jobs it fires after and those that fire after it,
+    directly or through others: what leads to ``name`` and what it leads to."""
+    def reach(step: dict[str, list[str]]) -> set[str]:
+        seen, todo = {name}, [name]
+        while todo:
+            for other in step.get(todo.pop(), []):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        return seen
+
+    ups: dict[str, list[str]] = {}
+    downs: dict[str, list[str]] = {}
+    for edge in graph:
+        ups.setdefault(edge.downstream, []).append(edge.upstream)
+        downs.setdefault(edge.upstream, []).append(edge.downstream)
+    kept = reach(ups) | reach(downs)
+    return [e for e in graph if e.upstream in kept and e.downstream in kept]
+
+
+def render(graph: Sequence[Edge], fmt: str = "text", *, jobs: Collection[str] = (),
+           loaded: Collection[str] | None = None) -> str:
+    """The job graph as ``text``, ``mermaid`` or ``dot``: every job of an edge, and the jobs
+    in ``jobs`` even without one; each edge labelled with the states that fire it. A job not
+    in ``loaded`` (when given) is marked ``not loaded``. Jobs come upstream first (graphlib's
+    generations), by name within one; raises ``graphlib.CycleError`` for a ring (which
+    ``after_flaws`` keeps from loading) and ``ValueError`` for an unknown format."""
+    names = sorted({*jobs, *(e.upstream for e in graph), *(e.downstream for e in graph)})
+    ups: dict[str, list[Edge]] = {n: [] for n in names}
+    for edge in graph:
+        ups[edge.downstream].append(edge)
+    generations = dag.layers({n: [e.upstream for e in ups[n]] for n in names})
+
+    def label(name: str) -> str:
+        return name if loaded is None or name in loaded else f"{name} (not loaded)"
+
+    def states(edge: Edge) -> str:
+        return " or ".join(map(str, edge.status))
+
+    if fmt == "text":
+        lines = [f"{len(names)} job{'s' if len(names) != 1 else ''}, {len(graph)} after: "
+                 f"edge{'s' if len(graph) != 1 else ''}"]
+        width = max((len(label(n)) for n in names), default=0)
+        for number, generation in enumerate(generations, start=1):
+            for name in generation:
+                after = "; ".join(f"{e.upstream} ({states(e)})" for e in ups[name])
+                line = f"  {number:>2}. {label(name):<{width}}"
+                lines.append(f"{line}  <- {after}" if after else line.rstrip())
+        return "\n".join(lines)
+    order = [n for generation in generations for n in generation]
+    if fmt == "mermaid":
+        # Node ids are numbers: a job name may hold "-" or "." or be `end`, which Mermaid
+        # reads as syntax.
+        ids = {name: f"j{index}" for index, name in enumerate(order)}
+        lines = ["flowchart LR"]
+        lines += [f"    {ids[n]}[{dag.mermaid_label(label(n))}]" for n in order]
+        lines += [f"    {ids[e.upstream]} -->|{states(e)}| {ids[e.downstream]}"
+                  for n in order for e in ups[n]]
+        return "\n".join(lines)
+    if fmt == "dot":
+        lines = ["digraph jobs {", "    rankdir=LR;", "    node [shape=box];"]
+        for name in order:
+            style = "" if loaded is None or name in loaded else ", style=dashed"
+            lines.append(f"    {dag.dot_id(name)} [label={dag.dot_id(label(name))}{style}];")
+        lines += [f"    {dag.dot_id(e.upstream)} -> {dag.dot_id(e.downstream)} "
+                  f"[label={dag.dot_id(states(e))}];" for n in order for e in ups[n]]
+        lines.append("}")
+        return "\n".join(lines)
+    raise ValueError(f"unknown graph format {fmt!r} (text, mermaid or dot)")

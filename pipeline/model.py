@@ -446,6 +446,7 @@ class StepRecord:
     log: str | None = None  # path relative to the state directory
     pgid: int | None = None
     item: str | None = None  # a for_each instance: its item, as JSON (secrets masked)
+    waited_from: datetime | None = None  # when it began to wait for its pool's slots
 
     @property
     def duration_s(self) -> float | None:
@@ -548,6 +549,7 @@ def step_as_dict(step: StepRecord) -> dict[str, Any]:
         "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
         "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
         "log": step.log, **({"item": step.item} if step.item is not None else {}),
+        **({"waited_from": iso(step.waited_from)} if step.waited_from is not None else {}),
     }
 
 

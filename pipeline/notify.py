@@ -43,14 +43,13 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 from loguru import logger
 
@@ -69,9 +68,16 @@ from pipeline.model import (
     freeze,
     iso,
     thaw,
+    utc_now,
 )
+from pipeline.notation import short_duration
 from pipeline.redact import Redactor
-from pipeline.runners.http import describe_error, human, ssl_context
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx (and the CA bundle) are loaded when a notifier first sends, not when this module is
+# imported: every run of ``pipeline run`` imports this module, few of them notify anyone.
 
 __all__ = ["JsonFile", "Message", "Notice", "Notifier", "NotifierStatistics", "NotifyStatus",
            "Outcome", "end_events", "send_message"]
@@ -94,10 +100,8 @@ SLACK_MARK = {
     NotifyEvent.RETRY: ":repeat:",
 }
 Offload = Callable[..., Awaitable[Any]]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+# ``claim(job, target label, event kind, now, cooldown, delivery id)``: ``Store.claim_notice``.
+Claim = Callable[[str, str, str, datetime, float, str], "datetime | None"]
 
 
 def end_events(status: RunStatus, previous: RunStatus | None) -> tuple[NotifyEvent, ...]:
@@ -279,6 +283,10 @@ async def send_message(message: Message, *, client: httpx.AsyncClient,
 
 
 async def _post(message: Message, client: httpx.AsyncClient) -> None:
+    import httpx
+
+    from pipeline.runners.http import describe_error
+
     assert message.url is not None
     try:
         response = await client.post(message.url, content=message.body, headers={
@@ -407,6 +415,8 @@ def _render(target: NotifyTarget, notice: Notice, context: Mapping[str, Any],
         return Message(target.kind, target.timeout, url=text(target.url or ""),
                        body=json.dumps(body).encode())
     if target.kind is TargetKind.PING:
+        import httpx
+
         url = httpx.URL(text(target.url or ""))
         url = url.copy_with(path=url.path.rstrip("/") + PING_SUFFIX[notice.kind]
                             if PING_SUFFIX[notice.kind] else url.path)
@@ -525,9 +535,12 @@ class Notifier:
     ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
     secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
     verify servers with (default: the system's CAs). ``send``: how a rendered ``Message`` is
-    sent (default ``send_message``; tests pass a plain function). ``max_concurrent``: tries
-    under way at once, all targets together; ``max_pending``: deliveries kept before new
-    ones are dropped.
+    sent (default ``send_message``; tests pass a plain function). ``claim``: where a
+    target's ``cooldown`` is kept beyond this process (``Store.claim_notice``, blocking,
+    called through ``offload`` before a delivery with a cooldown is first tried), so that it
+    holds across restarts and across a cluster's nodes; without it, it holds in memory.
+    ``max_concurrent``: tries under way at once, all targets together; ``max_pending``:
+    deliveries kept before new ones are dropped.
     """
 
     def __init__(self, *, report: Callable[[Outcome], Awaitable[object]] | None = None,
@@ -539,18 +552,20 @@ class Notifier:
                  max_concurrent: int = MAX_CONCURRENT,
                  send: Callable[[Message], Awaitable[object]] | None = None,
                  offload: Offload = trio.to_thread.run_sync,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 claim: Claim | None = None) -> None:
         self.report = report
         self.settings = settings
         self.base_url = base_url
         self.environ = environ
-        self.tls = tls or ssl_context(None)
+        self._tls = tls
         self.retry_delays = tuple(retry_delays)
         self.max_pending = max_pending
         self.clock = clock
         self._save = save
         self._load = load
         self._send = send
+        self._claim = claim
         self._offload = offload
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._pending: dict[str, _Delivery] = {}  # by id, in order of arrival
@@ -563,6 +578,14 @@ class Notifier:
         self._changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        if self._tls is None:
+            from pipeline.runners.http import ssl_context
+
+            self._tls = ssl_context(None)
+        return self._tls
 
     @property
     def tries(self) -> int:
@@ -591,8 +614,9 @@ class Notifier:
             last = self._last.get(key)
             if target.cooldown > 0 and last is not None and now - last < target.cooldown:
                 self._outcome(notice, target, NotifyStatus.SUPPRESSED, 0,
-                              f"the same event was sent {human(round(now - last, 3))} ago, "
-                              f"within the cooldown of {human(target.cooldown)}")
+                              "the same event was sent "
+                              f"{short_duration(round(now - last, 3))} ago, "
+                              f"within the cooldown of {short_duration(target.cooldown)}")
                 continue
             if len(self._pending) >= self.max_pending:
                 self._outcome(notice, target, NotifyStatus.DROPPED, 0,
@@ -637,6 +661,8 @@ class Notifier:
                     ) -> None:
         """Send what is pending (what ``load`` gives back first) until cancelled; on the way
         out, save what is still pending."""
+        import httpx
+
         if self._load is not None:
             self._restore(await self._offload(self._load))
         try:
@@ -693,6 +719,8 @@ class Notifier:
 
     async def _deliver(self, delivery: _Delivery) -> None:
         notice, target = delivery.notice, delivery.target
+        if target.cooldown > 0 and self._claim is not None and not await self._claimed(delivery):
+            return
         try:
             message, redactor = self._message(delivery)
         except (NotifyError, ExpressionError) as exc:
@@ -710,7 +738,7 @@ class Notifier:
                                                settings=self.settings, environ=self.environ,
                                                tls=self.tls)
             except trio.TooSlowError:
-                error = f"timed out after {human(target.timeout)}"
+                error = f"timed out after {short_duration(target.timeout)}"
             except Exception as exc:  # any failure of one try is that try's: retried
                 error = str(exc) or type(exc).__name__
             else:
@@ -725,8 +753,30 @@ class Notifier:
             delay = self.retry_delays[delivery.tries - 1]
             logger.warning("{}: {} of {} {} failed (try {} of {}), again in {}: {}",
                            notice.job, target.label, notice.kind, notice.run_id or "",
-                           delivery.tries, self.tries, human(delay), error)
+                           delivery.tries, self.tries, short_duration(delay), error)
             await trio.sleep(delay)
+
+    async def _claimed(self, delivery: _Delivery) -> bool:
+        """Whether ``delivery`` may be sent as far as the shared cooldown goes; if not, it
+        is done (suppressed). A store that cannot answer lets it go: a repeated alert is
+        better than a lost one."""
+        notice, target = delivery.notice, delivery.target
+        assert self._claim is not None
+        now = self.clock()
+        try:
+            last = await self._offload(self._claim, notice.job, target.label, str(notice.kind),
+                                       now, target.cooldown, delivery.id)
+        except Exception as exc:  # the store is down: send, and say why the cooldown lapsed
+            logger.warning("{}: {} of {}: the cooldown cannot be checked, sent anyway: {}",
+                           notice.job, target.label, notice.kind, exc)
+            return True
+        if last is None:
+            return True
+        ago = max(0.0, round((now - last).total_seconds(), 3))
+        self._done(delivery, NotifyStatus.SUPPRESSED,
+                   f"the same event was sent {short_duration(ago)} ago, within the cooldown "
+                   f"of {short_duration(target.cooldown)}")
+        return False
 
     def _message(self, delivery: _Delivery) -> tuple[Message, Redactor]:
         """Render the delivery's target, reading the secrets it uses now."""

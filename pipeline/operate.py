@@ -13,8 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline import triggers
-from pipeline.errors import NotFound, PipelineError
+from pipeline import schedule_words, triggers
+from pipeline.errors import NotFound, PipelineError, did_you_mean
 from pipeline.events import RunQueued
 from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
@@ -139,11 +139,17 @@ def _next(name: str, job: Job | None, state: JobState | None, now: datetime,
         return f"will not fire: enabled: false in {job.file}"
     after = now if state is None or state.watermark is None else max(now, state.watermark)
     fires = triggers.next_fires(job.schedules, after, 1)
-    if not fires:
-        return f"will not fire again: {'; '.join(triggers.describe(s) for s in job.schedules)}"
     zone = job.schedules[0].timezone
-    text = (f"next {_at(fires[0], zone)}: "
-            + "; ".join(f"{triggers.describe(s)}, {s.timezone}" for s in job.schedules))
+    # What the time leaves unsaid: events fire it too, or instead; or why there are no more.
+    note = schedule_words.next_note(job.schedules, fires[0] if fires else None, after)
+    if not fires:
+        assert note is not None  # an enabled job with a schedule and no fire time has one
+        text = note.words
+    else:
+        text = (f"next {_at(fires[0], zone)}: "
+                + "; ".join(f"{triggers.describe(s)}, {s.timezone}" for s in job.schedules
+                            if s.kind.timed)
+                + (f"; {note.words}" if note is not None else ""))
     if state is not None and state.paused_at is not None:
         text += (f"; but paused since {_at(state.paused_at, zone)} by {state.paused_by}"
                  + (f": {state.paused_reason}" if state.paused_reason else "")
@@ -213,12 +219,10 @@ def rerun_reuse(job: Job, record: RunRecord, *, from_step: str | None,
     with its outputs. ``from_step``: that step and everything downstream of it run again;
     ``failed``: the failed, timed-out and cancelled steps and their downstream. Neither: all
     run again. Raises ``Refused`` for an unknown step or nothing to rerun."""
-    from pipeline import dag
-
     steps = {s.id: s for s in job.steps}
     if from_step is not None and from_step not in steps:
         raise Refused(f"job {job.name} has no step {from_step!r}"
-                      f"{dag.did_you_mean(from_step, list(steps))}")
+                      f"{did_you_mean(from_step, list(steps))}")
     previous = {s.id.split(".", 1)[0]: s for s in record.steps if "." not in s.id}
     if from_step is None and not failed:
         return {}

@@ -2,19 +2,22 @@
 
 ``in_words`` says a schedule as a person would (``09:00 on Monday to Friday, UTC``);
 ``clock_change`` says what a zone's clocks did between two fires (a DST shift, a fire in the
-repeated hour). Both are read-only views of what ``triggers`` computes.
+repeated hour); ``next_note`` what a job's next fire time leaves unsaid (it fires on events,
+its active window has ended). All are read-only views of what ``triggers`` computes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from pipeline import cron
 from pipeline.model import Schedule, ScheduleKind
 from pipeline.notation import format_duration
-from pipeline.triggers import active_bounds
+from pipeline.triggers import active_bounds, describe
 
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _MONTHS_LONG = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -186,6 +189,69 @@ def in_words(schedule: Schedule) -> str:
         more = len(schedule.exclude) - len(shown)
         text += ", except " + ", ".join(shown) + (f" (+{more} more)" if more else "")
     return text
+
+
+class NoteKind(StrEnum):
+    """What a note beside a job's next fire says, in a few words that fit a column."""
+
+    TRIGGERED = "when triggered"  # no schedule
+    DISABLED = "disabled"
+    EVENTS = "on events"  # no fire time, but events fire it
+    ALSO_EVENTS = "and on events"  # a fire time, and events fire it too
+    OVER = "no more fires"
+
+
+@dataclass(frozen=True)
+class NextNote:
+    """What a job's next fire time does not say: why it has none, or what fires it besides;
+    ``words`` is the sentence."""
+
+    kind: NoteKind
+    words: str
+
+
+def next_note(schedules: Sequence[Schedule], next_fire: datetime | None, now: datetime, *,
+              enabled: bool = True) -> NextNote | None:
+    """The note beside a job's next fire (``next_fire``, None when it has none after
+    ``now``): that it runs only when triggered, is disabled, fires on events (``fires on
+    events: when a file under incoming/*.csv has not changed for 10s; after each run of
+    extract that ended succeeded``), also fires on events, or fires no more and why (``no
+    more fires: its active window ended at 2026-06-30``). None when the time says it all.
+    """
+    if not schedules:
+        return NextNote(NoteKind.TRIGGERED, "no schedule: it runs only when triggered")
+    if not enabled:
+        return NextNote(NoteKind.DISABLED, "enabled: false: it runs only when triggered")
+    events = "; ".join(in_words(s) for s in schedules if not s.kind.timed)
+    timed = [s for s in schedules if s.kind.timed]
+    if next_fire is not None:
+        return NextNote(NoteKind.ALSO_EVENTS, f"also fires on events: {events}") if events else None
+    if not timed:
+        return NextNote(NoteKind.EVENTS, f"fires on events: {events}")
+    over = "; ".join(_over(s, now) if len(timed) == 1 else f"{describe(s)}: {_over(s, now)}"
+                     for s in timed)
+    if events:
+        return NextNote(NoteKind.EVENTS, f"fires on events: {events}; no more timed fires: {over}")
+    return NextNote(NoteKind.OVER, f"no more fires: {over}")
+
+
+def _over(schedule: Schedule, now: datetime) -> str:
+    """Why a timed schedule has no fire after ``now``."""
+    tz = schedule.timezone
+    if schedule.kind is ScheduleKind.AT and schedule.at is not None:
+        moment = cron.to_instant(schedule.at, tz)
+        if moment <= now:
+            shown = cron.local_time(moment, tz).isoformat(sep=" ", timespec="minutes")
+            return f"its one fire, at {shown}, has passed"
+    _, high = active_bounds(schedule)
+    if schedule.active is not None and high is not None:
+        until = schedule.active.until_text or cron.local_time(high, tz).isoformat()
+        if high <= now:
+            return f"its active window ended at {until}"
+        return f"no fire is left before its active window ends at {until}"
+    if schedule.exclude:
+        return "its exclude list removes every fire left"
+    return f"no fire within {cron.SEARCH_YEARS} years"
 
 
 def clock_change(fire: datetime, previous: datetime, tz: ZoneInfo) -> str | None:

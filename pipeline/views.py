@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from pipeline import triggers
+from pipeline import schedule_words, triggers
 from pipeline.errors import Problem
 from pipeline.model import Job, RunRecord, RunStatus, iso, run_as_dict
 
@@ -30,14 +30,18 @@ class CatalogFiles(NamedTuple):
 
 
 def job_row(file: str, name: str | None, job: Job | None, problems: Sequence[Problem], *,
-            stale: bool = False, next_fire: datetime | None = None,
+            now: datetime, stale: bool = False, next_fire: datetime | None = None,
             circuit_open: bool | None = False, last: RunRecord | None = None,
             active: int = 0, queued: int = 0, pause: Pause | None = None) -> dict[str, Any]:
     """One job file as the API shows it.
 
     ``job`` is the version that runs (for a ``stale`` file, the last good one), None if none
     is known; ``circuit_open`` None: not known (no version of the file was ever loaded).
+    ``next_fire_note`` says what ``next_fire_time`` does not (``schedule_words.next_note``
+    at ``now``): that the job fires on events, or fires no more and why.
     """
+    note = schedule_words.next_note(job.schedules, next_fire, now, enabled=job.enabled) \
+        if job is not None else None
     return {
         "name": name, "file": file, "valid": not problems,
         "errors": [p.as_dict() for p in problems],
@@ -47,6 +51,7 @@ def job_row(file: str, name: str | None, job: Job | None, problems: Sequence[Pro
         "schedule": "; ".join(triggers.describe(s) for s in job.schedules)
         if job and job.schedules else None,
         "next_fire_time": iso(next_fire),
+        "next_fire_note": note.words if note is not None else None,
         "last_run": run_as_dict(last, steps=False) if last else None,
         "active_runs": active,
         "queued_runs": queued,
@@ -67,7 +72,8 @@ def job_row(file: str, name: str | None, job: Job | None, problems: Sequence[Pro
 
 def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, bool]],
               last: Mapping[str, RunRecord], active: Sequence[RunRecord],
-              paused: Mapping[str, Pause] | None = None) -> list[dict[str, Any]]:
+              paused: Mapping[str, Pause] | None = None, *,
+              now: datetime) -> list[dict[str, Any]]:
     """Every job file as the API shows it, loaded jobs and invalid files, by file name.
 
     ``live`` is each scheduled job's next fire and whether its circuit is open.
@@ -78,11 +84,11 @@ def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, boo
     for file in sorted({*files.files, *files.problems}):
         name = files.files.get(file)
         if name is None:
-            views.append(job_row(file, None, None, files.problems.get(file, ())))
+            views.append(job_row(file, None, None, files.problems.get(file, ()), now=now))
             continue
         next_fire, circuit_open = live.get(name, (None, False))
         views.append(job_row(
-            file, name, files.jobs.get(name), files.problems.get(file, ()),
+            file, name, files.jobs.get(name), files.problems.get(file, ()), now=now,
             stale=files.stale.get(name) == file, next_fire=next_fire,
             circuit_open=circuit_open, last=last.get(name), active=counts.get(name, 0),
             queued=queued.get(name, 0), pause=(paused or {}).get(name)))

@@ -38,6 +38,9 @@ def ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED)
 
 
+SETTINGS_NAME = ""  # the settings file's name among remembered definitions (CONTRACT §1)
+
+
 @dataclass
 class _File:
     sha256: str
@@ -53,7 +56,9 @@ class Catalog:
     With a ``store``, the catalog remembers each file's last good version and so which file
     holds which job name, across restarts: a file that turns invalid keeps its last good
     version scheduled even after the daemon restarts, and a new file never takes over a name
-    that another file already holds (the newcomer is the invalid one).
+    that another file already holds (the newcomer is the invalid one). The settings file's
+    last good version is remembered the same way (under the name ``SETTINGS_NAME``, which no
+    job can have): broken before a restart, its pools and defaults stay in force.
     """
 
     root: Path
@@ -71,6 +76,9 @@ class Catalog:
     _settings_good: Settings | None = None
     _settings_digest: str | None = None
     _settings_problems: dict[str, tuple[Problem, ...]] = field(default_factory=dict)
+    _settings_kept: str | None = None  # the broken settings file whose last good version holds
+    # The settings file in force when it is valid now: (file, sha256, bytes), to remember.
+    _settings_source: tuple[str, str, bytes] | None = None
 
     def scan(self) -> bool:
         """Read the directory again; True if anything that matters changed."""
@@ -89,6 +97,10 @@ class Catalog:
                 settings_files.append((key, data, digest))  # not a job (CONTRACT §1)
             else:
                 files.append((path, key, data, digest))
+        first = self._remembered is None
+        if first:
+            self._read_remembered()
+        settings_before = self._settings_problems
         settings_changed = self._scan_settings(settings_files)
         for path, key, data, digest in files:
             known = None if settings_changed else self._seen.get(key)
@@ -101,11 +113,13 @@ class Catalog:
                 seen[key] = _File(job.sha256, job, (), data)
             except JobInvalid as exc:
                 seen[key] = _File(digest, None, exc.problems)
-        first = self._remembered is None
         if first:
             self._recall(seen)
-        changed = first or settings_changed or seen.keys() != self._seen.keys() or any(
-            seen[k].sha256 != self._seen[k].sha256 for k in seen)
+        # A settings file broken (or fixed) with no change to the settings in force still
+        # changes what is shown: its errors, in the catalog's problems and the log.
+        changed = (first or settings_changed or self._settings_problems != settings_before
+                   or seen.keys() != self._seen.keys()
+                   or any(seen[k].sha256 != self._seen[k].sha256 for k in seen))
         self._seen = seen
         if changed:
             self._rebuild(first)
@@ -125,6 +139,8 @@ class Catalog:
                 continue
             chosen = (key, data, digest)
         self._settings_files = {key for key, _, _ in found}
+        self._settings_source = None
+        self._settings_kept = None
         wanted = Settings()
         if chosen is not None:
             key, data, digest = chosen
@@ -137,9 +153,13 @@ class Catalog:
                     self._settings_digest = digest
                 else:
                     problems[key] = found_problems
+                    if self._settings_good is None:
+                        self._settings_good = self._remembered_settings(key)
                     wanted = self._settings_good or Settings()
                     if self._settings_good is not None:
-                        logger.warning("{}: invalid; its last good version stays in force", key)
+                        self._settings_kept = key  # said by _rebuild, after its errors
+            if key not in problems:
+                self._settings_source = (key, digest, data)
         else:
             self._settings_good, self._settings_digest = None, None
         self._settings_problems = problems
@@ -150,8 +170,7 @@ class Catalog:
     def _file(self, key: str) -> str:
         return os.path.relpath(key, self.root)
 
-    def _recall(self, seen: Mapping[str, _File]) -> None:
-        """The store's last good versions, for the files that are invalid now."""
+    def _read_remembered(self) -> None:
         self._remembered = {}
         if self.store is None:
             return
@@ -160,9 +179,23 @@ class Catalog:
                                 for file, d in self.store.definitions().items()}
         except StateError as exc:
             logger.warning("cannot read the last good versions of job files: {}", exc)
-            return
+
+    def _remembered_settings(self, key: str) -> Settings | None:
+        """The last good version of settings file ``key`` the store holds, if it loads."""
+        known = (self._remembered or {}).get(key)
+        if known is None or known.name != SETTINGS_NAME:
+            return None
+        loaded, problems = settings_or_problems(Path(key), data=known.source)
+        if loaded is None:
+            logger.warning("{}: its last good version (of {}) no longer loads: {}", key,
+                           known.since.isoformat(timespec="seconds"), problems[0])
+        return loaded
+
+    def _recall(self, seen: Mapping[str, _File]) -> None:
+        """The store's last good versions, for the job files that are invalid now."""
+        remembered = self._remembered or {}
         for key, entry in seen.items():
-            known = self._remembered.get(key)
+            known = remembered.get(key)
             if entry.job is not None or known is None:
                 continue
             try:
@@ -227,8 +260,10 @@ class Catalog:
                     logger.error("{}", problem)
                 if key in stale.values():
                     logger.warning("{}: invalid; its last good version stays scheduled", key)
+                elif key == self._settings_kept:
+                    logger.warning("{}: invalid; its last good version stays in force", key)
         for key in self.problems.keys() - problems.keys():
-            if key in self._seen:
+            if key in self._seen or key in self._settings_files:
                 logger.info("{}: valid again", key)
         self.jobs, self.problems, self.files, self.stale = jobs, problems, files, stale
 
@@ -243,7 +278,15 @@ class Catalog:
                 if self._seen[key].job is not None
                 and (key not in remembered or remembered[key].sha256 != self._seen[key].sha256
                      or remembered[key].name != name)]
-        holders = set(self.files)
+        settings = self._settings_source
+        if settings is not None:
+            key, digest, data = settings
+            known = remembered.get(key)
+            if known is None or known.sha256 != digest or known.name != SETTINGS_NAME:
+                kept.append(Definition(self._file(key), SETTINGS_NAME, digest, data,
+                                       datetime.now(UTC)))
+        # A settings file that is broken now keeps the version remembered before.
+        holders = set(self.files) | self._settings_files
         forgotten = [key for key in remembered if key not in holders]
         if not kept and not forgotten:
             return

@@ -45,6 +45,7 @@ POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting run
 # At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
 # thousand instants is paced through the queue, not taken all at once.
 PER_LOOK = 64
+START_SLICE = 16  # runs decided in one transaction when many are due at once
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
@@ -209,7 +210,9 @@ class Worker:
         for name, claims in due.items():
             job = self.jobs(name)
             scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
-            if job is None or not scheduled:
+            if job is None or not scheduled or (
+                    len(scheduled) == 1 and (now - scheduled[0].ready_at).total_seconds()
+                    <= policy.misfire_grace_of(job)):  # the usual case: one fire, on time
                 starting.extend(c.run_id for c in claims)
                 continue
             plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
@@ -232,20 +235,27 @@ class Worker:
             await self._start(starting)
 
     async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
-        try:
-            started: list[Started] = await self.offload(functools.partial(
-                self.store.start_runs, self.node, run_ids, now=self.clock(),
-                stopping=self._stopping, force=run_ids if force else ()))
-        except StateError as exc:
-            # Nothing was decided: they stay queued, held by us; the next look retries them.
-            self.journal.failed(exc)
-            for run_id in run_ids:
-                self._waiting.setdefault(run_id, "")
-            return []
-        if started:
-            crash_point("run-written")
-        for one in started:
-            self._act(one)
+        started: list[Started] = []
+        now = self.clock()  # when the worker took them up: every slice is decided as of then
+        # In slices: the first runs of a burst start while the store decides about the next,
+        # instead of all waiting for one transaction over the whole burst.
+        for at in range(0, len(run_ids), START_SLICE):
+            part = run_ids[at:at + START_SLICE]
+            try:
+                some: list[Started] = await self.offload(functools.partial(
+                    self.store.start_runs, self.node, part, now=now,
+                    stopping=self._stopping, force=part if force else ()))
+            except StateError as exc:
+                # Nothing was decided: they stay queued, held by us; the next look retries.
+                self.journal.failed(exc)
+                for run_id in run_ids[at:]:
+                    self._waiting.setdefault(run_id, "")
+                return started
+            if some:
+                crash_point("run-written")
+            for one in some:
+                self._act(one)
+            started.extend(some)
         return started
 
     def _act(self, started: Started) -> None:

@@ -123,3 +123,73 @@ def test_the_pages_benchmark_seeds_through_the_store(tmp_path: Path) -> None:
     assert record is not None and [(s.id, s.attempt) for s in record.steps] == [
         ("prepare", 1), ("work_0", 3), ("work_1", 1)]
     assert all((tmp_path / s.log).stat().st_size > 30_000 for s in record.steps if s.log)
+
+
+def test_hand_overs_are_read_between_turns_and_a_broken_pool_is_refused(
+        tmp_path: Path) -> None:
+    from tests.bench import pools
+    from tests.bench.harness import BenchError
+
+    marks = tmp_path / "marks"
+    marks.write_text("start 10.000 a\nend 10.050 a\nstart 10.053 b\nend 10.103 b\n"
+                     "start 10.110 c\nend 10.160 c\n")
+    assert [round(g, 3) for g in pools.handovers(marks, 3)] == [3.0, 7.0]
+    marks.write_text("start 10.000 a\nstart 10.010 b\nend 10.050 a\nend 10.060 b\n")
+    with pytest.raises(BenchError, match="b started while a held"):
+        pools.handovers(marks, 2)
+    with pytest.raises(BenchError, match="4 marks"):
+        pools.handovers(marks, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_pool_hands_its_slot_over_in_pipeline_and_in_the_bare_loop(ctx: Context) -> None:
+    from tests.bench import pools
+
+    bare = pools.bare_once(ctx, 4, 0)
+    for place in pools.PLACES:
+        ours = pools.pipeline_once(ctx, 4, place, 0)
+        assert len(ours.gaps) == 3 and all(g > 0 for g in ours.gaps) and ours.cpu
+    assert len(bare.gaps) == 3 and all(g > 0 for g in bare.gaps)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_files_dropped_into_a_daemon_fire_one_run_each(ctx: Context) -> None:
+    arrived = filewatch.drop_into_daemon(ctx, ctx.tmp / "files", 20, settle=0.2)
+    assert arrived.runs == 20 and arrived.seconds >= 0.2 and arrived.cpu > 0
+
+
+def test_a_group_run_alone_replaces_or_adds_its_section() -> None:
+    from tests.bench import report
+
+    full = ("# Benchmarks\n\n### Real\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n"
+            "### Pages\n\nwords\n\n| a |\n| --- |\n\nA ratio is the row's median...\n\n"
+            "## Details\n")
+    rows = [Row("hand-over", "ms", Stats((1.0, 2.0)), target="baseline")]
+    machine = {"date": "2026-12-07 00:00 UTC", "pipeline": "commit abc"}
+
+    def text(group: str, title: str, date: str = "2026-12-07 00:00 UTC") -> str:
+        return report.section(group, title, rows, machine={**machine, "date": date},
+                              command_line=f"bin/bench --only {group} --update", took=60,
+                              load=("0.5", "0.7"), details=["**It** — how."],
+                              commands=["bin/pipeline serve"])
+
+    # A group the report has no section of goes before the next one it has...
+    added = report.splice(full, "pools", "Pools", text("pools", "Pools"), ["Pages"])
+    assert added.index("### Real") < added.index("### Pools") < added.index("### Pages")
+    assert "Measured on its own by `bin/bench --only pools --update` on 2026-12-07" in added
+    assert "- **It** — how." in added and "| hand-over | 1.50 ms |" in added
+    # ... and the next such run replaces it, nothing else.
+    again = report.splice(added, "pools", "Pools", text("pools", "Pools", "2026-12-08"),
+                          ["Pages"])
+    assert again.count("### Pools") == 1 and "2026-12-08" in again and "2026-12-07" not in again
+    assert again.replace(text("pools", "Pools", "2026-12-08"), "") == \
+        added.replace(text("pools", "Pools"), "")
+    # A section a full run wrote is replaced from its heading to the end of its table.
+    real = report.splice(full, "real", "Real", text("real", "Real"), ["Pages"])
+    assert "| 1 | 2 |" not in real and real.count("### Real") == 1
+    assert real.index("### Real") < real.index("### Pages")
+    # Nothing after it: before the words that follow the tables.
+    last = report.splice(full, "torture", "Torture", text("torture", "Torture"), [])
+    assert last.index("### Torture") < last.index("A ratio is") < last.index("## Details")

@@ -4,6 +4,7 @@ commands), persistence through real files, and retries and cooldown on trio's vi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -13,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +40,7 @@ from pipeline.notify import (
     end_events,
 )
 from pipeline.settings import load_settings
+from pipeline.store.sqlite import SqliteStore
 
 FIRE = datetime(2026, 11, 28, 2, 30, tzinfo=UTC)
 FAST = (0.05, 0.1)  # retry delays for tests against real endpoints
@@ -818,6 +820,54 @@ async def test_cooldown_suppresses_repeats_of_one_event(
     assert [m.url for _, m in script.tries] == ["https://hc.example/ping/x/fail",
                                                 "https://hc.example/ping/x",
                                                 "https://hc.example/ping/x/fail"]
+
+
+async def test_a_cooldown_holds_across_a_restart_and_between_nodes(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The cooldown is kept in the store: a node that starts afresh (or another node of a
+    cluster, on the same database) does not send what was sent within it, while a delivery
+    taken up again after a restart is not suppressed by its own claim."""
+    job = ping_job(tmp_path, cooldown="30m")
+    store = SqliteStore.open(tmp_path / "state")
+    claim = functools.partial(_claim, store)
+    file = JsonFile(tmp_path / "pending.json")
+    try:
+        first = Notifier(send=Script(hang=True), save=file.save, claim=claim, offload=plain_call,
+                         clock=trio_wall_clock)
+        async with serving(first):
+            first.run_ended(job, record(), None)  # claimed, then its try hangs: stopped
+            await trio.sleep(1)
+        assert len(file.load()) == 1
+
+        script = Script()
+        outcomes = Outcomes()
+        second = Notifier(report=outcomes, send=script, load=file.load, claim=claim,
+                          offload=plain_call, clock=trio_wall_clock)
+        async with serving(second):
+            await outcomes.wait_for(1)  # the saved one: its own claim lets it go
+            await trio.sleep(60)
+            second.run_ended(job, record(), None)  # a minute after the first was claimed
+            await outcomes.wait_for(2)
+            await trio.sleep(30 * 60)
+            second.run_ended(job, record(), None)
+            await outcomes.wait_for(3)
+    finally:
+        store.close()
+    assert [o.status for o in outcomes.seen] == [
+        NotifyStatus.DELIVERED, NotifyStatus.SUPPRESSED, NotifyStatus.DELIVERED]
+    assert outcomes.seen[1].error == ("the same event was sent 1m ago, within the cooldown "
+                                      "of 30m")
+    assert len(script.tries) == 2
+
+
+def trio_wall_clock() -> datetime:
+    """A wall clock that moves with trio's (virtual) clock."""
+    return FIRE + timedelta(seconds=trio.current_time())
+
+
+def _claim(store: SqliteStore, job: str, target: str, kind: str, at: datetime,
+           cooldown: float, delivery: str) -> datetime | None:
+    return store.claim_notice(job, target, kind, at=at, cooldown=cooldown, delivery=delivery)
 
 
 async def test_too_many_pending_notifications_are_dropped_and_reported(

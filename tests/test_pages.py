@@ -3,6 +3,7 @@ a run's attempts and timeline, its graph, a job's durations, its form and its fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -207,6 +208,20 @@ def test_retries_are_drawn_as_failed_attempts_and_waits() -> None:
         ("failed", 0.0, 25.0), ("wait", 25.0, 25.0), ("succeeded", 50.0, 50.0)]
 
 
+def test_pool_waits_are_drawn_before_the_step_and_so_far_while_waiting() -> None:
+    waited = dataclasses.replace(step("a", StepStatus.SUCCEEDED, 10, 20), waited_from=at(0))
+    waiting = dataclasses.replace(step("b", StepStatus.PENDING, None, None), waited_from=at(5),
+                                  error="waiting for pool db")
+    drawn = timeline(run_record(RunStatus.RUNNING, (waited, waiting), finished=None), at(20))
+    assert drawn is not None
+    rows = {row.label: row for row in drawn.rows}
+    assert [(b.kind, b.title) for b in rows["a"].bars] == [
+        ("pool", "waited 10.0 s for a pool slot"), ("succeeded", "a: 10.0 s, succeeded")]
+    assert [(b.kind, b.title) for b in rows["b"].bars] == [
+        ("pool", "waited 15.0 s for a pool slot so far")]
+    assert rows["b"].note == "waiting for pool db"
+
+
 def test_a_run_skipped_at_once_has_no_timeline() -> None:
     record = RunRecord("r", "job", RunStatus.SKIPPED, Trigger.SCHEDULE, queued_at=at(0),
                        started_at=at(0), finished_at=at(0))
@@ -299,7 +314,7 @@ def test_the_index_marks_paused_and_stale_jobs() -> None:
     jobs = [view("held", paused=True, paused_reason="db migration"), view("old", stale=True),
             view("plain")]
     text = page.render("index.html", {
-        "jobs": jobs, "words": {}, "jobs_total": 3, "jobs_shown": 3, "jobs_from": 0,
+        "jobs": jobs, "words": {}, "notes": {}, "jobs_total": 3, "jobs_shown": 3, "jobs_from": 0,
         "jobs_per_page": 50, "invalid": [], "runs": [], "total": 0, "more": False,
         "offset": 0, "limit": 25, "job_filter": None, "name_filter": "", "status": "",
         "since_filter": "", "run_statuses": [], "job_states": [], "show_nodes": False,

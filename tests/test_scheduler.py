@@ -719,8 +719,35 @@ async def test_a_step_pool_and_the_cap_on_active_runs(world: World,
     starts = sorted(s.started_at for s in done.steps if "." in s.id and s.started_at)
     # One item at a time: each began when the one before had given its slot back.
     assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(starts)] == [10, 10]
+    # Each waiting item says since when it waited (the run page draws it).
+    waits = {s.id: round((s.started_at - s.waited_from).total_seconds())  # type: ignore[operator]
+             for s in done.steps if s.waited_from is not None}
+    assert waits == {"items.1": 10, "items.2": 20}
     assert all(world.store.run(o.run_id).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
                for o in others)
+
+
+async def test_a_step_that_waited_for_its_pool_no_longer_says_so_once_it_runs(
+        world: World, mock_clock: MockClock) -> None:
+    world.store.publish_pools({"db": 1})
+    job = world.job("""
+        name: two
+        steps:
+          - {id: a, pool: db, uses: sleep, with: {duration: 10s}}
+          - {id: b, pool: db, uses: sleep, with: {duration: 10s}}
+    """, name="two")
+    async with world.daemon(job) as node:
+        started = await node.trigger("two")
+        await trio.sleep(1)
+        record = world.store.run(started.run_id)
+        assert record is not None
+        assert {s.id: (s.status.value, s.error) for s in record.steps}["b"] == (
+            "pending", "waiting for pool db")
+        await trio.sleep(10)  # a gave the slot back: b runs
+        record = world.store.run(started.run_id)
+        assert record is not None
+        assert {s.id: (s.status.value, s.error) for s in record.steps}["b"] == ("running", None)
+        await trio.sleep(10)
 
 
 async def test_a_settled_file_fires_once_with_its_event(world: World,
@@ -750,3 +777,32 @@ async def test_a_settled_file_fires_once_with_its_event(world: World,
     assert events == [(10, "/in/a.csv"), (12, "/in/a.csv")]
     assert world.store.known_keys("job", [seen.key, new.key, changed.key]) == {
         seen.key, new.key, changed.key}
+
+
+async def test_a_burst_starts_in_slices_and_every_run_on_time(world: World,
+                                                              mock_clock: MockClock) -> None:
+    # More jobs due at one instant than one start transaction decides (START_SLICE): they
+    # are decided slice by slice (each slice's runs start while the next is decided), and
+    # every run keeps the instant the worker took the burst up as its start.
+    from pipeline.worker import START_SLICE
+    count = START_SLICE * 2 + 3
+    jobs = [world.job("""
+        schedule: every 10s
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """, name=f"j{i:02d}") for i in range(count)]
+    slices: list[int] = []
+
+    async def recording(fn: Callable[..., Any], *args: Any) -> Any:
+        if getattr(fn, "func", None) == world.store.start_runs:
+            slices.append(len(fn.args[1]))  # type: ignore[attr-defined]
+        return fn(*args)
+
+    async with world.daemon(*jobs) as node:
+        node.worker.offload = recording
+        await trio.sleep(15)
+    runs = [run for i in range(count) for run in world.runs(f"j{i:02d}")]
+    assert len(runs) == count and all(r.status is RunStatus.SUCCEEDED for r in runs)
+    assert len({r.started_at for r in runs}) == 1
+    assert all((r.started_at - r.fire_time).total_seconds() < 0.5 for r in runs)  # type: ignore[operator]
+    assert slices == [START_SLICE, START_SLICE, 3]

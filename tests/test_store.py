@@ -7,6 +7,8 @@ advisory-lock migrations) is tested for that backend alone, at the end.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 import re
 import sqlite3
@@ -1416,11 +1418,44 @@ def test_both_schemas_have_the_same_shape(tmp_path: Path, postgres_url: str) -> 
             shapes.append((columns, indexes))
         assert shapes[0] == shapes[1]
         assert sorted(shapes[0][0]) == ["deadlines", "decisions", "definitions", "fired_keys",
-                                        "jobs", "log_chunks", "nodes", "outbox", "pool_slots",
-                                        "pools", "runs", "steps"]
+                                        "jobs", "log_chunks", "nodes", "notices_sent", "outbox",
+                                        "pool_slots", "pools", "runs", "steps"]
     finally:
         lite.close()
         post.close()
+
+
+# -- notification cooldowns ----------------------------------------------------------------------
+
+def test_a_notice_is_claimed_once_within_its_cooldown(store: Store) -> None:
+    claim = functools.partial(store.claim_notice, "j", "notify[0] ping", "failure",
+                              cooldown=1800)
+    assert claim(at=at(0), delivery="d1") is None
+    assert claim(at=at(60), delivery="d2") == at(0)  # within 30m of the one sent
+    assert claim(at=at(0), delivery="d1") is None  # the same delivery, tried after a restart
+    assert claim(at=at(1800), delivery="d3") is None  # 30m after: sent, and now the last
+    assert claim(at=at(1801), delivery="d4") == at(1800)
+    # Another event kind, target or job has a cooldown of its own.
+    assert store.claim_notice("j", "notify[0] ping", "success", at=at(1801), cooldown=1800,
+                              delivery="d5") is None
+    assert store.claim_notice("j", "notify[1] webhook", "failure", at=at(1801),
+                              cooldown=1800, delivery="d6") is None
+    assert store.claim_notice("k", "notify[0] ping", "failure", at=at(1801), cooldown=1800,
+                              delivery="d7") is None
+
+
+def test_nodes_claiming_one_notice_at_once_send_it_once(open_store: Opener) -> None:
+    stores = [open_store() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+
+    def claim(index: int) -> datetime | None:
+        barrier.wait()
+        return stores[index].claim_notice("j", "notify[0] ping", "failure", at=at(index),
+                                          cooldown=3600, delivery=f"d{index}")
+
+    with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+        answers = list(pool.map(claim, range(len(stores))))
+    assert answers.count(None) == 1
 
 
 # -- the PostgreSQL dialect ----------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_list_shows_each_job_as_the_api_does(tmp_path: Path) -> None:
                                            NOW)),
             "manual": (None, False)}
     api = job_views(CatalogFiles(loaded.jobs, loaded.problems, loaded.files, {}), live, last,
-                    active, {"manual": (NOW, "ops", "disk")})
+                    active, {"manual": (NOW, "ops", "disk")}, now=NOW)
     assert [row.pop("daemon") for row in listed] == [None, None, None]  # no daemon runs
     # Of a file no version of which ever loaded, list says the circuit is not known; the API
     # says `closed`, as the contract wants one of the two.

@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import dag, notation, spec, triggers
+from pipeline import dag, jobgraph, notation, schedule_words, spec, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
-from pipeline.errors import Problem
+from pipeline.errors import Problem, UsageError
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
 from pipeline.policy import circuit_open
 from pipeline.spec import Loaded
@@ -96,14 +96,53 @@ def schema(settings: Settings, runner: str | None) -> None:
 
 
 @click.command()
-@click.argument("job", shell_complete=complete_job)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
               show_default=True)
+@click.option("--jobs", "between_jobs", is_flag=True,
+              help="Draw which jobs fire after which (`after:` schedules) across the jobs "
+                   "directory; with JOB, the jobs it fires after and that fire after it.")
+@click.option("--all", "every", is_flag=True,
+              help="With --jobs: every job, also those no `after:` connects.")
 @dirs
 @pass_settings
-def graph(settings: Settings, job: str, fmt: str) -> None:
-    """Print a job's step DAG."""
-    click.echo(dag.render(find_job(settings, job, missing_code=1), fmt))
+def graph(settings: Settings, job: str | None, fmt: str, between_jobs: bool,
+          every: bool) -> None:
+    """Print a job's step DAG, or with --jobs the graph of which jobs fire after which.
+
+    Edges of the job graph are labelled with the states of the upstream's run that fire
+    the downstream (`schedule: {after: JOB, status: [...]}`). Without --all it shows the
+    jobs that some `after:` connects; a job whose file is invalid shows as not loaded.
+    """
+    if not between_jobs:
+        if job is None:
+            raise UsageError("name a JOB, or give --jobs for the graph of the jobs directory")
+        if every:
+            raise UsageError("--all goes with --jobs")
+        click.echo(dag.render(find_job(settings, job, missing_code=1), fmt))
+        return
+    loaded = jobs_on_disk(settings)
+    if loaded is None:
+        fail(f"the jobs directory {settings.jobs_dir} does not exist (give --jobs-dir or set "
+             "PIPELINE_JOBS_DIR)", 2)
+    edges = jobgraph.edges(loaded.jobs)
+    known = set(loaded.jobs) | set(loaded.files.values())
+    shown: Collection[str] = known if every else ()
+    if job is not None:
+        if every:
+            raise UsageError("give JOB (the jobs around it) or --all (every job), not both")
+        if job not in known:
+            fail(f"unknown job {job!r} in {settings.jobs_dir} (jobs: "
+                 f"{', '.join(sorted(known)) or 'none'})", 1)
+        edges, shown = jobgraph.around(edges, job), [job]
+    click.echo(jobgraph.render(edges, fmt, jobs=shown, loaded=loaded.jobs))
+    if loaded.problems:
+        count = len(loaded.problems)
+        click.echo(f"pipeline: {count} invalid job file{'s' if count != 1 else ''} left out "
+                   "(pipeline validate says why)", err=True)
+    if not edges and job is None:
+        click.echo(f"pipeline: no job in {settings.jobs_dir} fires after another"
+                   + ("" if every else " (--all shows every job)"), err=True)
 
 
 @click.command(name="next")
@@ -124,7 +163,13 @@ def next_(settings: Settings, job: str, count: int, after: str | None) -> None:
     if not definition.enabled:
         click.echo(f"pipeline: job {definition.name} is disabled (enabled: false); these are "
                    "the fires it would get", err=True)
-    for fire in triggers.next_fires(definition.schedules, start, count):
+    fires = triggers.next_fires(definition.schedules, start, count)
+    # Events have no times to print: say what fires the job instead (on stderr, so that
+    # stdout stays one time per line), or why it fires no more.
+    note = schedule_words.next_note(definition.schedules, fires[0] if fires else None, start)
+    if note is not None:
+        click.echo(f"pipeline: job {definition.name}: {note.words}", err=True)
+    for fire in fires:
         click.echo(fire.isoformat())
 
 
@@ -149,7 +194,8 @@ def list_(settings: Settings, as_json: bool) -> None:
     if has_state(settings):
         with open_state(settings) as store:
             last, active, states = store.last_runs(), store.active_runs(), store.job_states()
-    rows = list_rows(loaded, daemon, last=last, active=active, states=states, now=utc_now())
+    now = utc_now()
+    rows = list_rows(loaded, daemon, last=last, active=active, states=states, now=now)
     if as_json:
         echo_json(rows)
         return
@@ -162,7 +208,10 @@ def list_(settings: Settings, as_json: bool) -> None:
 
     def when(row: dict[str, Any]) -> str:
         if not row["next_fire_time"]:
-            return "-"
+            job = loaded.jobs.get(row["name"])
+            note = schedule_words.next_note(job.schedules, None, now, enabled=job.enabled) \
+                if job is not None else None
+            return str(note.kind) if note is not None else "-"
         return local(datetime.fromisoformat(row["next_fire_time"]),
                      zone_of(loaded.jobs.get(row["name"])))
 
@@ -207,7 +256,8 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
             next_fire = next(iter(triggers.next_fires(job.schedules, max(now, mark), 1)), None)
         breaker = job.circuit_breaker if job else _kept_breaker(kept) if stale else None
         row = job_row(
-            file, name, job, loaded.problems.get(file, ()), stale=stale, next_fire=next_fire,
+            file, name, job, loaded.problems.get(file, ()), now=now, stale=stale,
+            next_fire=next_fire,
             # Unknown only for a file of which no version was ever loaded.
             circuit_open=None if job is None and not stale else state is not None and (
                 circuit_open(breaker, state.failures, state.circuit_opened_at, now)),

@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline import operate, spec
+from pipeline import jobgraph, operate, spec
 from pipeline.errors import (
     PipelineError,
     RunActive,
@@ -63,13 +63,7 @@ from pipeline.http.reading import (
     time_param,
 )
 from pipeline.http.site import Site
-from pipeline.http.views import (
-    CatalogFiles,
-    declares,
-    job_views,
-    log_size,
-    read_log,
-)
+from pipeline.http.views import declares, log_size, read_log
 from pipeline.logship import shipped_whole
 from pipeline.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.metrics import Snapshot
@@ -89,6 +83,7 @@ from pipeline.nodes import node_views
 from pipeline.policy import circuit_open
 from pipeline.statedir import log_relpath
 from pipeline.store import JobState
+from pipeline.views import CatalogFiles, job_views
 
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon
@@ -162,6 +157,7 @@ class StatusApp:
             Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
             Route("/api/v1/nodes", self.list_nodes, methods=["GET"]),
             Route("/api/v1/pools", self.list_pools, methods=["GET"]),
+            Route("/api/v1/graph", self.job_graph, methods=["GET"]),
         ]
 
     # -- jobs --------------------------------------------------------------------------------
@@ -181,7 +177,8 @@ class StatusApp:
                     for name, job in catalog.jobs.items()}
             paused = {n: (st.paused_at, st.paused_by, st.paused_reason)
                       for n, st in states.items() if st.paused_at is not None}
-            return await trio.to_thread.run_sync(job_views, files, live, last, active, paused)
+            return await trio.to_thread.run_sync(partial(
+                job_views, files, live, last, active, paused, now=now))
 
         return await self.recent.get("jobs", build)
 
@@ -595,6 +592,20 @@ class StatusApp:
             for p in found if p.name != "*"],
             "max_active_runs": next(({"slots": p.slots, "used": p.used, "waiting": p.waiting}
                                      for p in found if p.name == "*"), None)})
+
+    async def job_graph(self, request: Request) -> Response:
+        """Which loaded jobs fire after which (``pipeline graph --jobs``): the jobs an
+        ``after:`` connects, or with ``?all=1`` every job; a name whose file is invalid now
+        is not ``loaded``."""
+        catalog = self.daemon.catalog
+        edges = jobgraph.edges(catalog.jobs)
+        names = {*(e.upstream for e in edges), *(e.downstream for e in edges)}
+        if flag(request, "all"):
+            names |= {*catalog.jobs, *catalog.files.values()}
+        return JSONResponse({
+            "jobs": [{"name": n, "loaded": n in catalog.jobs} for n in sorted(names)],
+            "edges": [{"upstream": e.upstream, "downstream": e.downstream,
+                       "status": [str(s) for s in e.status]} for e in edges]})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -85,7 +85,8 @@ def _schemas() -> dict[str, Any]:
         "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
         "started_at": time, "finished_at": time, "duration_s": _nullable(number),
         "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
-        "log": _nullable(text), "log_url": _nullable(text), "item": text}}
+        "log": _nullable(text), "log_url": _nullable(text), "item": text,
+        "waited_from": time}}
     run_fields = {
         "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": run_status,
         "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
@@ -112,7 +113,8 @@ def _schemas() -> dict[str, Any]:
             "errors": {"type": "array", "items": _ref("Problem")},
             "stale": {"type": "boolean"}, "description": _nullable(text),
             "enabled": _nullable({"type": "boolean"}), "schedule": _nullable(text),
-            "next_fire_time": time, "last_run": _nullable(_ref("RunSummary")),
+            "next_fire_time": time, "next_fire_note": _nullable(text),
+            "last_run": _nullable(_ref("RunSummary")),
             "active_runs": integer, "queued_runs": integer,
             "circuit": {"type": "string", "enum": ["closed", "open"]},
             "concurrency": _nullable(text), "params": {"type": "object"},
@@ -333,6 +335,22 @@ def openapi_document() -> dict[str, Any]:
                                        "waiting": {"type": "integer"}}}},
                     "max_active_runs": _nullable({"type": "object"})}},
                 "Each pool of the settings file: its slots, those in use, and waiters")}},
+            "/api/v1/graph": {"get": {
+                "operationId": "jobGraph", "parameters": [_query(
+                    "all", {"type": "boolean"}, "Every job, also those no `after:` connects")],
+                "responses": _answers(200, {
+                    "type": "object", "required": ["jobs", "edges"], "properties": {
+                        "jobs": {"type": "array", "items": {
+                            "type": "object", "required": ["name", "loaded"], "properties": {
+                                "name": {"type": "string"}, "loaded": {"type": "boolean"}}}},
+                        "edges": {"type": "array", "items": {
+                            "type": "object", "required": ["upstream", "downstream", "status"],
+                            "properties": {"upstream": {"type": "string"},
+                                           "downstream": {"type": "string"},
+                                           "status": {"type": "array",
+                                                      "items": {"type": "string"}}}}}}},
+                    "Which jobs fire after which (`schedule: {after: JOB}`), each edge with "
+                    "the states of the upstream's run that fire it", 400)}},
             "/api/v1/nodes": {"get": {"operationId": "listNodes", "responses": _answers(
                 200, {"type": "object", "required": ["nodes"], "properties": {"nodes": {
                     "type": "array", "items": _ref("Node")}}},

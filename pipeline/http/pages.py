@@ -179,9 +179,14 @@ class _Axis:
 def _step_row(step: StepRecord, axis: _Axis, now: datetime,
               markers: Mapping[str, Sequence[str]], label: str, hook: str | None) -> Row:
     status = str(step.status)
-    if step.started_at is None:
-        return Row(label, status, (), note=step.error or status, hook=hook)
     bars = []
+    if step.waited_from is not None:  # for its pool's slots
+        until = step.started_at or now
+        bars.append(axis.bar(step.waited_from, until, "pool",
+                             f"waited {_took((until - step.waited_from).total_seconds())} "
+                             "for a pool slot" + ("" if step.started_at else " so far")))
+    if step.started_at is None:
+        return Row(label, status, tuple(bars), note=step.error or status, hook=hook)
     tries = attempts(step, markers.get(step.id))
     for index, attempt in enumerate(tries):
         last = index == len(tries) - 1

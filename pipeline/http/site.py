@@ -47,6 +47,7 @@ from pipeline.model import (
     JOB_NAME,
     RUN_ID,
     STEP_INSTANCE_ID,
+    Job,
     RunRecord,
     RunStatus,
     StepStatus,
@@ -120,6 +121,27 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+
+
+# What the jobs list's "Next fire" column adds to a time, or says instead of one; its
+# schedule column and badges say "manual only" and "disabled" already.
+_COLUMN_NOTES = (schedule_words.NoteKind.EVENTS, schedule_words.NoteKind.ALSO_EVENTS,
+                 schedule_words.NoteKind.OVER)
+
+
+def _next_notes(views: Sequence[Mapping[str, Any]], loaded: Mapping[str, Job],
+                now: datetime) -> dict[str, schedule_words.NextNote]:
+    """The notes beside the jobs' next fires (``schedule_words.next_note``), by job name."""
+    notes = {}
+    for view in views:
+        job = loaded.get(view["name"])
+        if job is None:
+            continue
+        fire = datetime.fromisoformat(view["next_fire_time"]) if view["next_fire_time"] else None
+        note = schedule_words.next_note(job.schedules, fire, now, enabled=job.enabled)
+        if note is not None and note.kind in _COLUMN_NOTES:
+            notes[view["name"]] = note
+    return notes
 
 
 def _stem_name(file: str) -> str | None:
@@ -236,7 +258,8 @@ class Site:
                 return error_page(400, "since must be a duration, like 24h")
         offset = integer(request, "offset", 0, 0, 10**9)
         jobs_from = integer(request, "jobs_from", 0, 0, 10**9)
-        day_ago = self.app.now() - timedelta(days=1)
+        now = self.app.now()
+        day_ago = now - timedelta(days=1)
         runs_job = job_filter
         views = await self.app._job_views()
         named = {v["name"] for v in views if v["name"]}
@@ -274,7 +297,8 @@ class Site:
         words = {v["name"]: "; ".join(in_words(s) for s in loaded[v["name"]].schedules)
                  for v in page_jobs if v["name"] in loaded}
         return await self.html("index.html", request=request, context={
-            "jobs": page_jobs, "words": words, "jobs_total": len(jobs),
+            "jobs": page_jobs, "words": words, "notes": _next_notes(page_jobs, loaded, now),
+            "jobs_total": len(jobs),
             "jobs_shown": len(shown), "jobs_from": jobs_from, "jobs_per_page": JOBS_PER_PAGE,
             "invalid": [{**v, "page_name": v["name"] or _stem_name(v["file"])}
                         for v in views if not v["valid"]],
@@ -343,11 +367,13 @@ class Site:
         now = self.app.now()
         scheduler_next = self.app.daemon.scheduler.next_fire(name) if job else None
         fires = next_fires(job, now) if job else []
+        note = schedule_words.next_note(job.schedules, fires[0].at if fires else None, now) \
+            if job and job.schedules else None
         strip = [run_as_dict(r, steps=False) for r in reversed(runs[:STRIP])]
         return await self.html("job.html", request=request, context={
             "name": name, "job": view, "loaded": job is not None,
             "words": [schedule_words.in_words(s) for s in job.schedules] if job else [],
-            "fires": fires, "next_fire": scheduler_next,
+            "fires": fires, "next_fire": scheduler_next, "next_note": note,
             "zone": str(job.schedules[0].timezone) if job and job.schedules else None,
             "strip": strip, "total": total, "chart": durations(runs),
             "fields": param_fields(job) if job else [],

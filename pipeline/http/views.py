@@ -1,5 +1,6 @@
-"""What the API and the pages show: step logs read from the state directory; jobs (built by
-``pipeline.views``, which ``pipeline list`` shares).
+"""What the API and the pages read of a run: its step logs in the state directory and the
+steps its job declares. Jobs as they are shown are ``pipeline.views``'s (``pipeline list``
+shares them).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.model import RunRecord
-from pipeline.views import CatalogFiles as CatalogFiles  # app.py's name for them
-from pipeline.views import job_views as job_views
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

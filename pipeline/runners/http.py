@@ -40,7 +40,6 @@ SECRET_HEADER = re.compile(r"authorization|cookie|api[-_]?key|token|secret|passw
                            re.IGNORECASE)
 SECRET_QUERY = re.compile(r"token|secret|key|passw|sig|auth|session", re.IGNORECASE)
 MASK = "***"
-human = short_duration  # notify.py imports it from here by that name
 
 
 async def run(args: Mapping[str, Any], ctx: StepContext) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pipeline.events import Event
 from pipeline.model import (
@@ -439,6 +439,15 @@ class Store(Protocol):
     def load_outbox(self, node: str) -> list[dict[str, Any]]:
         ...
 
+    def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
+                     cooldown: float, delivery: str) -> datetime | None:
+        """Take the right to send ``job``'s ``kind`` event (which happened ``at``) to
+        ``target``: None if no such notice was sent within ``cooldown`` seconds before
+        ``at`` (or the one sent was this same ``delivery``, tried again after a restart),
+        recording this one as sent; otherwise when the one that was sent happened. Atomic,
+        so that two nodes (or a node and its successor) never both send within a cooldown."""
+        ...
+
     def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
                       node: str | None) -> tuple[bool, RunRecord | None]:
         """Judge a fire's deadline once ``deadline`` has passed: missed unless its run (the
@@ -610,6 +619,23 @@ def document_json(document: Mapping[str, Any]) -> str:
     return known[1]
 
 
+_decoded: dict[str, Mapping[str, Any]] = {}
+
+
+def document_of(value: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored job definition, decoded and frozen. Every run of one version of a job holds
+    the same text, and decoding it for each run started was a tenth of the daemon's CPU at
+    100 runs a second: the same text is decoded once (the result is immutable, so shared)."""
+    if not isinstance(value, str):
+        return cast(Mapping[str, Any], freeze(from_json(value)))
+    known = _decoded.get(value)
+    if known is None:
+        if len(_decoded) > 512:
+            _decoded.clear()
+        known = _decoded[value] = freeze(from_json(value))
+    return known
+
+
 def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
     return fire_time if trigger in KEYED_TRIGGERS else None
 
@@ -619,7 +645,7 @@ RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, fini
                "reuse, event, notifications, late")
 DOCUMENT = 20  # the column after RUN_COLUMNS, where a query adds the document
 STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
-                "outputs, error, log, pgid, item")
+                "outputs, error, log, pgid, item, waited_from")
 
 
 def run_record(row: Sequence[Any], document: Any = None,
@@ -638,7 +664,7 @@ def run_record(row: Sequence[Any], document: Any = None,
         rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
         event=freeze(from_json(row[17])) if row[17] else None,
         notifications=freeze(from_json(row[18]) or []), late=bool(row[19]),
-        document=None if document is None else freeze(from_json(document)),
+        document=None if document is None else document_of(document),
         steps=steps)
 
 
@@ -647,4 +673,4 @@ def step_record(row: Sequence[Any]) -> StepRecord:
         run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
         signal=row[5], started_at=time_of(row[6]), finished_at=time_of(row[7]),
         outputs=MappingProxyType(from_json(row[8]) or {}), error=row[9], log=row[10],
-        pgid=row[11], item=row[12])
+        pgid=row[11], item=row[12], waited_from=time_of(row[13]))

@@ -263,6 +263,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job, fire_time)
         )""",
     ),
+    (
+        # When a step began to wait for its pool's slots: the run page draws the wait.
+        "ALTER TABLE steps ADD COLUMN waited_from TEXT",
+    ),
+    (
+        # The last notice each job's target was sent, per event kind, so that a target's
+        # ``cooldown`` holds across restarts and across a cluster's nodes.
+        """CREATE TABLE notices_sent (
+            job      TEXT NOT NULL,
+            target   TEXT NOT NULL,
+            kind     TEXT NOT NULL,
+            at       TEXT NOT NULL,
+            delivery TEXT NOT NULL,
+            PRIMARY KEY (job, target, kind)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

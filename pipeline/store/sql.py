@@ -118,12 +118,13 @@ _RUN_FINISHED = f"""
       AND (CAST(:attempt AS INTEGER) IS NULL OR attempt = :attempt)
     RETURNING job, trigger"""
 _RUN_HELD = f"EXISTS (SELECT 1 FROM runs WHERE id = :run AND {_HELD})"
+# The error a pending step had ("waiting for pool db") is over once it starts.
 _STEP_STARTED = f"""
     INSERT INTO steps (run_id, step_id, status, attempt, started_at, log, item)
     SELECT :run, :step, 'running', :attempt, :at, :log, :item WHERE {_RUN_HELD}
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = 'running', attempt = excluded.attempt, started_at = excluded.started_at,
-        finished_at = NULL, log = coalesce(excluded.log, steps.log),
+        finished_at = NULL, error = NULL, log = coalesce(excluded.log, steps.log),
         item = coalesce(excluded.item, steps.item)"""
 _STEP_SPAWNED = f"""
     UPDATE steps SET pid = :pid, pgid = :pgid WHERE run_id = :run AND step_id = :step
@@ -229,11 +230,12 @@ class SqlStore:
             tx.execute(_WATERMARK, {"job": e.job, "until": iso(e.until)})
         elif isinstance(e, StepWaiting):
             tx.execute(f"""
-                INSERT INTO steps (run_id, step_id, status, attempt, error)
-                SELECT :run, :step, 'pending', 0, :reason WHERE {_RUN_HELD}
+                INSERT INTO steps (run_id, step_id, status, attempt, error, waited_from)
+                SELECT :run, :step, 'pending', 0, :reason, :at WHERE {_RUN_HELD}
                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'pending',
-                    error = excluded.error""",
-                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "node": node})
+                    error = excluded.error, waited_from = excluded.waited_from""",
+                {"run": e.run_id, "step": e.step_id, "reason": e.reason, "at": iso(e.at),
+                 "node": node})
 
     def _step_finished(self, tx: Tx, e: StepFinished, node: str | None) -> None:
         tx.execute(f"""
@@ -875,6 +877,24 @@ class SqlStore:
             row = tx.execute("SELECT pending FROM outbox WHERE node = :node",
                              {"node": node}).fetchone()
         return list(from_json(row[0])) if row else []
+
+    def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
+                     cooldown: float, delivery: str) -> datetime | None:
+        keys = {"job": job, "target": target, "kind": kind}
+        with self._write(durable=False) as tx:
+            cursor = tx.execute(
+                "INSERT INTO notices_sent (job, target, kind, at, delivery) "
+                "VALUES (:job, :target, :kind, :at, :delivery) "
+                "ON CONFLICT (job, target, kind) DO UPDATE SET at = excluded.at, "
+                "delivery = excluded.delivery WHERE notices_sent.at <= :cutoff "
+                "OR notices_sent.delivery = excluded.delivery",
+                {**keys, "at": iso(at), "delivery": delivery,
+                 "cutoff": iso(at - timedelta(seconds=cooldown))})
+            if cursor.rowcount:
+                return None
+            row = tx.execute("SELECT at FROM notices_sent WHERE job = :job "
+                             "AND target = :target AND kind = :kind", keys).fetchone()
+        return time_of(row[0]) if row else None
 
     def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
                       node: str | None) -> tuple[bool, RunRecord | None]:

@@ -4,9 +4,11 @@
     bin/bench --quick         fewer repetitions, 10 s firing windows, peers only if installed
     bin/bench --only real     one group (or several: --only real,burst,cpu); see GROUPS
     bin/bench --only torture  the fault harnesses and the loader fuzzer at full size
-    bin/bench --only files    10,000 files dropped into a watched folder at once
+    bin/bench --only files    files dropped into a watched folder at once
+    bin/bench --only pools    a pool's slot handed from step to step
     bin/bench --only pages    the status pages' server time over 100,000 runs
     bin/bench --only cluster  three nodes on PostgreSQL: 200 faults, load, statements, ceiling
+    bin/bench --only pools --update   and its section in BENCHMARKS.md, the rest kept as it is
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.bench import (
     dags,
     filewatch,
     pages,
+    pools,
     report,
     serve,
     startup,
@@ -51,7 +54,7 @@ from tests.bench.peers import ensure_own_venvs, ensure_peers
 
 # In the order they run: cpu reuses what firing, real and burst measured before it.
 GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "real", "burst",
-          "cpu", "files", "cluster", "torture")
+          "cpu", "files", "pools", "cluster", "torture")
 # In the order the report shows them, with their headings.
 SECTIONS = (
     ("real", "Real steps, steady load: 100 jobs every second"),
@@ -64,7 +67,8 @@ SECTIONS = (
     ("memory", "Memory"),
     ("api", "HTTP API under load"),
     ("pages", "Status pages: 1,000 jobs, 100,000 runs"),
-    ("files", "File arrival: 10,000 files at once"),
+    ("files", "File arrival: files dropped at once"),
+    ("pools", "Pool hand-over: a slot freed, the next waiter's step started"),
     ("cluster", "Cluster mode: three nodes on PostgreSQL"),
     ("torture", "Fault harnesses and fuzzing at full size"),
 )
@@ -85,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: BENCHMARKS.md for a full "
                              "run of every group, nowhere otherwise)")
+    parser.add_argument("--update", action="store_true",
+                        help="replace (or add) the sections of the groups run in "
+                             "BENCHMARKS.md (or --out), each saying when and how it was "
+                             "measured; the rest of the report stays as it was")
     args = parser.parse_args(argv)
+    if args.update and args.quick:
+        parser.error("--update writes the report: not with --quick's shorter runs")
     if args.only is None:  # --quick leaves out the torture runs (they take ~10 minutes)
         args.only = ",".join(g for g in GROUPS if not (args.quick and g == "torture"))
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -93,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown group(s): {', '.join(unknown)}")
     out = args.out
-    if out is None and not args.quick and set(groups) == set(GROUPS) and not args.no_peers:
+    full = set(groups) == set(GROUPS) and not args.no_peers
+    if out is None and not args.quick and (full or args.update):
         out = ROOT / "BENCHMARKS.md"
 
     # Ctrl-C, SIGTERM and SIGHUP all end the harness through `finally`, so no child outlives
@@ -107,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.monotonic(), load_average()
     rows: dict[str, list[Row]] = {}
     notes: list[str] = []
+    # What each group added to the details and commands, and how long it took (--update).
+    said: dict[str, tuple[list[str], list[str], float]] = {}
     try:
         info, fingerprint = machine(), product_fingerprint()
         if "dag" in groups and ctx.peers:
@@ -127,14 +140,19 @@ def main(argv: list[str] | None = None) -> int:
             "burst": lambda: steps.burst(ctx, cron=ctx.peers),
             "cpu": lambda: steps.cpu(ctx),
             "files": lambda: filewatch.run(ctx),
+            "pools": lambda: pools.run(ctx),
             "cluster": lambda: cluster.run(ctx),
             "torture": lambda: torture.run(ctx),
         }
         for group in GROUPS:
             if group in groups:
+                details, commands = len(ctx.details), len(ctx.commands)
+                began = time.monotonic()
                 found = runs[group]()
                 say(text_table(found) + "\n")
                 rows[group] = found
+                said[group] = (ctx.details[details:], ctx.commands[commands:],
+                               time.monotonic() - began)
         if "dag" in groups and ctx.peers:
             notes += peers.notes()  # after the DAGs: a peer that failed to set up says why
     except KeyboardInterrupt:
@@ -161,7 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         info["pipeline"] += (f" at the start, {product_version()} at the end: the product "
                              "changed during the run; re-run on a still tree")
         say(f"bench: warning: {info['pipeline']}")
-    if out is not None:
+    if out is not None and args.update and not full:
+        document = out.read_text() if out.exists() else ""
+        titles = dict(SECTIONS)
+        order = [group for group, _ in SECTIONS]
+        for group in (g for g in order if g in rows):
+            details, commands, spent = said[group]
+            text = report.section(group, titles[group], rows[group], machine=info,
+                                  command_line=command_line, took=spent,
+                                  load=(load_before, load_average()), details=details,
+                                  commands=commands)
+            later = [titles[g] for g in order[order.index(group) + 1:]]
+            document = report.splice(document, group, titles[group], text, later)
+        out.write_text(document)
+        say(f"bench: updated the section(s) of {', '.join(rows)} in {out}")
+    elif out is not None:
         out.write_text(report.render(ctx, sections, info, command_line, took,
                                      (load_before, load_average()), notes))
         say(f"bench: wrote {out}")
