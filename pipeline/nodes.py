@@ -42,6 +42,8 @@ Offload = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 DEFAULT_LEASE = 30.0
 RETRY = 1.0  # longest pause between renewals that fail
+# The node fences itself this much of a lease before its watchdog would kill its steps.
+FENCE_EARLY = 1 / 30
 
 
 def new_node_id() -> str:
@@ -282,18 +284,36 @@ class Lease:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         """Renew the lease until cancelled (the node must be registered)."""
-        task_status.started()
         fence_after = self.lease * 2 / 3
+        async with trio.open_nursery() as nursery:
+            if self.store.shared:
+                nursery.start_soon(self._fence_in_time, fence_after - self.lease * FENCE_EARLY)
+            task_status.started()
+            while True:
+                if self._failure is None:
+                    await trio.sleep(self.lease / 3)
+                else:
+                    # A renewal failed: try again soon. A third of a lease later, an outage of
+                    # the store that began at the wrong moment and lasted a second (a restart)
+                    # would have kept the node unrenewed for two thirds of it: fenced, every
+                    # step killed by its watchdog.
+                    await trio.sleep(min(RETRY, self.lease / 15))
+                await self.renew(fence_after)
+
+    async def _fence_in_time(self, limit: float) -> None:
+        """Fence as soon as the lease has gone unrenewed for ``limit`` seconds: a little
+        before the watchdog kills this node's steps on its own (at two thirds of the lease),
+        so that they end interrupted by the fence, not failed by the watchdog's signal; and
+        whatever a renewal is waiting for (a store that does not answer, a restart)."""
         while True:
-            if self._failure is None:
-                await trio.sleep(self.lease / 3)
+            deadline = self._last_ok + limit
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)  # a renewal meanwhile moves the deadline
+            elif not self._fenced:
+                await self._fence("its lease went unrenewed for "
+                                  f"{trio.current_time() - self._last_ok:.1f}s")
             else:
-                # A renewal failed: try again soon. A third of a lease later, an outage of
-                # the store that began at the wrong moment and lasted a second (a restart)
-                # would have kept the node unrenewed for two thirds of it: fenced, every step
-                # killed by its watchdog.
-                await trio.sleep(min(RETRY, self.lease / 15))
-            await self.renew(fence_after)
+                await trio.sleep(self.lease / 15)  # fenced: until a renewal succeeds
 
     async def renew(self, fence_after: float | None = None) -> None:
         fence_after = self.lease * 2 / 3 if fence_after is None else fence_after

@@ -29,7 +29,9 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from loguru import logger
 
+from pipeline.daemon import look_for_lost_nodes
 from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.model import Catchup
@@ -361,3 +363,61 @@ async def test_a_fenced_node_lets_go_of_the_runs_it_held_but_had_not_started(
         assert run is not None and run.node is None and str(run.status) == "queued"
     finally:
         store.close()
+
+
+async def test_a_node_fences_itself_before_its_watchdog_even_while_a_renewal_hangs(
+        postgres_url: str, autojump_clock: trio.abc.Clock) -> None:
+    """Found by the harness (a durable PostgreSQL's restart of a second and more): the node
+    fenced itself only when a renewal returned, while its watchdog, a process of its own,
+    killed its steps at two thirds of the lease: the steps' SIGTERM ended their runs
+    `failed` (hooks, notifications and the circuit breaker with them), not `interrupted`.
+    Here the store stops answering at 0.5 s and each call then hangs 5 s: the fence must
+    come before 2 s (lease 3 s), with no renewal back."""
+    store = PostgresStore.open(postgres_url)
+    start = trio.current_time()
+    fenced_at: list[float] = []
+
+    async def on_fence(why: str) -> None:
+        fenced_at.append(trio.current_time() - start)
+
+    async def hangs(fn: Callable[..., Any], *args: Any) -> Any:
+        if trio.current_time() - start > 0.5:
+            await trio.sleep(5)
+            raise StateError("no answer")
+        return fn(*args)
+
+    try:
+        lease = Lease(store, this_node(), lease=3.0, offload=hangs, on_fence=on_fence)
+        await lease.register()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lease.serve)
+            await trio.sleep(4)
+            nursery.cancel_scope.cancel()
+        assert fenced_at and 1.8 < fenced_at[0] < 2.0, fenced_at
+    finally:
+        store.close()
+
+
+async def test_a_node_says_once_that_it_cannot_look_for_lost_nodes(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Found by the harness (a durable PostgreSQL's restart of 4.7 s): every node said it
+    could not look for lost nodes at every look, though the store said once that it was lost
+    and once that it answered again. Three failed looks, one that works, two failed: two
+    lines."""
+    answers = iter([StateError("down"), StateError("down"), StateError("starting up"), None,
+                    StateError("down again"), StateError("down again")])
+    said: list[str] = []
+
+    async def look() -> None:
+        answer = next(answers, None)
+        if answer is not None:
+            raise answer
+
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        with trio.move_on_after(6.5):
+            await look_for_lost_nodes(look, every=1.0)
+    finally:
+        logger.remove(sink)
+    assert said == ["cannot look for lost nodes: down",
+                    "cannot look for lost nodes: down again"]

@@ -313,6 +313,7 @@ class Fault:
     expired: float | None = None  # s from the fault until its lease ran out
     problems: list[str] = field(default_factory=list)
     note: str = ""
+    all_lost: bool = False  # every node may have been lost (a long database restart)
 
     def describe(self) -> str:
         bits = [f"{self.kind}" + (f" {self.node}" if self.node else "")]
@@ -749,15 +750,23 @@ def _said(life: Life, since: int) -> list[str]:
 
 def restart_database(cluster: Cluster, *, mode: str = "fast", settle: float = 2.5) -> Fault:
     """``pg_ctl restart`` while steps run: the nodes reconnect, say so once (the store one
-    line when it is lost and one when it answers again, and nothing said twice), and carry on:
-    no node fences itself, and the runs under way end as they would have (succeeded)."""
+    line when it is lost and one when it answers again, and nothing said twice), and carry on.
+    After a short restart (``lease / 5``: the test server's, fsync off) no node fences itself
+    and the runs under way end as they would have (succeeded). A longer one (a durable
+    server's checkpoint) may outlast a node's margin before it fences (two thirds of a lease
+    from its last renewal, a third of a lease before the restart at worst): then every node
+    may fence, or be found lost by another, and the runs under way end interrupted or are
+    retried, as after any loss."""
     running = {n.name: n for n in cluster.alive_nodes()}
     marks = {name: len(n.life.lines()) for name, n in running.items()}
     held = tuple(r["id"] for r in cluster.query(
         "SELECT id FROM runs WHERE status = 'running'"))
     at = uptime()
     cluster.postgres.restart(mode)
-    fault = Fault("restart", None, at, until=uptime(), held=held, note=f"-m {mode}")
+    until = uptime()
+    short = until - at <= cluster.lease / 5
+    fault = Fault("restart", None, at, until=until, held=held, all_lost=not short,
+                  note=f"-m {mode}, {until - at:.1f}s")
     cluster.faults.append(fault)
     time.sleep(settle)
     for name, node in running.items():
@@ -765,7 +774,7 @@ def restart_database(cluster: Cluster, *, mode: str = "fast", settle: float = 2.
         lost = sum(OUTAGE_SAID in line for line in said)
         back = sum(BACK_SAID in line for line in said)
         fenced = sum("fencing this node" in line for line in said)
-        if fenced:
+        if fenced and short:
             fault.problems.append(f"node {name} fenced itself for a {fault.until - at:.1f}s "
                                   "restart")
         if lost > 1 or back > 1 or lost != back:
@@ -788,7 +797,7 @@ def restart_database(cluster: Cluster, *, mode: str = "fast", settle: float = 2.
         fault.problems.append(str(exc))
         return fault
     for r in rows:
-        if r["status"] != "succeeded":
+        if r["status"] != "succeeded" and (short or r["status"] != "interrupted"):
             fault.problems.append(f"run {r['id']}, under way at the restart, ended "
                                   f"{r['status']} ({r['reason']})")
     return fault

@@ -29,6 +29,7 @@ the steps really did.
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 import time
@@ -247,12 +248,15 @@ def _fires_once(report: ClusterReport, runs: list[dict[str, Any]], attempts: lis
 
 def _losses(cluster: Cluster) -> dict[str, list[tuple[float, float]]]:
     """When each node was lost to the others (killed, frozen, cut off, or stalled: past
-    two thirds of a lease, it may or may not have been found lost): uptime spans, per node
-    name."""
+    two thirds of a lease, it may or may not have been found lost; every node, in a long
+    database restart): uptime spans, per node name."""
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for fault in cluster.faults:
         if fault.node is not None and fault.kind in ("kill", "freeze", "stall", "cut"):
             spans[fault.node].append((fault.at, fault.until if fault.until else uptime()))
+        elif fault.all_lost:  # a node found lost may learn it a renewal after the restart
+            for name in cluster.nodes:
+                spans[name].append((fault.at, (fault.until or uptime()) + cluster.lease))
     return spans
 
 
@@ -265,9 +269,10 @@ def _retry_allowed(found: list[Attempt], run: dict[str, Any] | None, job: Job | 
     if run is None or (run["attempt"] or 0) < len(found):
         return (f"the store counts {run['attempt'] if run else 0} attempts")
     for a in sorted(found, key=lambda x: x.start)[:-1]:
-        # Lost while that attempt ran: after it started, before (or as) it ended.
-        if not any(a.start - 0.5 <= start and (a.end is None or start <= a.end + 0.5)
-                   for start, _ in lost.get(a.node, [])):
+        # Lost while that attempt ran: a loss that began before (or as) it ended, and had
+        # not ended before it started.
+        if not any(start <= (a.end if a.end is not None else math.inf) + 0.5
+                   and end >= a.start - 0.5 for start, end in lost.get(a.node, [])):
             return (f"its attempt on node {a.node} ({a.start:.2f}-{a.end or 0:.2f} {a.how}) was"
                     f" not cut short by a loss of that node (lost at "
                     f"{[round(x, 2) for x, _ in lost.get(a.node, [])]})")
