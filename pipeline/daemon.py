@@ -188,7 +188,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
         firing_clock = clock or holder.clock
         parts: list[Worker] = []
         daemon_ref: list[Daemon] = []
-        shipper = LogShipper(store, state_dir) if store.shared else None
+        shipper = LogShipper(store, state_dir, node=lambda: holder.node_id) \
+            if store.shared else None
         observers = [metrics.observe, lambda e: parts[0].observe(e)]
         if shipper is not None:
             observers.append(shipper.observe)
@@ -209,7 +210,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                                   trouble=journal.failed,
                                   on_decisions=metrics.not_made,
                                   hold=lambda job: worker.runner and worker.capacity() > 0
-                                  and _fits(job, holder.node.labels))
+                                  and not holder.fenced and _fits(job, holder.node.labels))
             daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,
                             worker=worker, lease=holder, state_dir=state_dir,
                             started_at=firing_clock(), metrics=metrics, jobs_dir=jobs_dir,
@@ -233,7 +234,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
             events = EventFires(store=store, clock=firing_clock, node=lambda: holder.node_id,
                                 jobs=lambda: catalog.jobs, reserve=worker.reserve,
                                 hold=lambda job: worker.runner and worker.capacity() > 0
-                                and _fits(job, holder.node.labels),
+                                and not holder.fenced and _fits(job, holder.node.labels),
                                 version=lambda name: scheduler.version(name),
                                 trouble=journal.failed)
             daemon.events = events
@@ -264,6 +265,8 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                     inner.cancel_scope.cancel()
             with trio.move_on_after(5):  # pending alerts get a few seconds to go out
                 await notifier.flush()
+            with trio.move_on_after(10):  # the runs' ends first: a node that left is lost
+                await journal.drain()
             try:
                 await trio.to_thread.run_sync(store.leave, holder.node_id)
             except StateError as exc:

@@ -53,6 +53,9 @@ class Journal:
         self.closed = False  # serve() has ended: writes go straight to the store
         self._inflight: list[tuple[Event, trio.Event | None, list[bool]]] = []
         self.failure: str | None = None
+        self._sent = 0  # events queued so far
+        self._committed = 0  # ... of which committed (or given up on)
+        self._progress = trio.Event()  # set at every commit
         self._send, self._receive = trio.open_memory_channel[
             tuple[Event, trio.Event | None, list[bool]]](math.inf)
 
@@ -74,16 +77,28 @@ class Journal:
                 return True
             return not (isinstance(event, RunQueued) and event.run_id in refused)
         if not isinstance(event, RunQueued | RunSkipped):
-            self._send.send_nowait((event, None, []))
+            self._queue((event, None, []))
             await trio.lowlevel.checkpoint()
             return True
         # A claim (a fire's run or skip) is waited for even while the store is failing: a
         # fire acted on before its claim is durable could run again after a crash.
         done = trio.Event()
         verdict: list[bool] = []
-        self._send.send_nowait((event, done, verdict))
+        self._queue((event, done, verdict))
         await done.wait()
         return not verdict or verdict[0]
+
+    def _queue(self, item: tuple[Event, trio.Event | None, list[bool]]) -> None:
+        self._send.send_nowait(item)
+        self._sent += 1
+
+    async def drain(self) -> None:
+        """Wait until every event written so far is committed. A node's last records (its
+        runs' ends) must be in the store before it says it has left: another node takes the
+        active runs of a node that left as those of a lost one."""
+        target = self._sent
+        while self._committed < target and not self.closed:
+            await self._progress.wait()
 
     def _observe(self, event: Event) -> None:
         """Tell the observers; one that fails (a closed terminal) never stops a run."""
@@ -120,7 +135,7 @@ class Journal:
             except StateError as exc:
                 logger.error("cannot record {}: {}", type(event).__name__, exc)
             return
-        self._send.send_nowait((event, None, []))
+        self._queue((event, None, []))
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
@@ -169,9 +184,13 @@ class Journal:
                         done.set()
                 if give_up:
                     logger.error("{} events not recorded", len(events))
+                    self._committed += len(batch)
                     return
                 await trio.sleep(self.retry)
         self.recovered()
+        self._committed += len(batch)
+        self._progress.set()
+        self._progress = trio.Event()
         for event, done, verdict in batch:
             if isinstance(event, RunQueued):
                 verdict.append(event.run_id not in refused)

@@ -32,17 +32,21 @@ Offload = Callable[..., Awaitable[Any]]
 @dataclass
 class _Live:
     path: Path
+    node: str | None  # the node that ran the step: its shipments are refused once it lost it
     shipped: int = 0
     ended: bool = False
+    refused: bool = False
 
 
 class LogShipper:
     """Follows the journal's step events; ships what the steps wrote."""
 
     def __init__(self, store: Store, state_dir: Path, *, every: float = EVERY,
-                 offload: Offload = trio.to_thread.run_sync) -> None:
+                 offload: Offload = trio.to_thread.run_sync,
+                 node: Callable[[], str | None] = lambda: None) -> None:
         self.store = store
         self.state_dir = state_dir
+        self.node = node  # this node's id (it changes if the node registers again)
         self.every = every
         self.offload = offload
         self._live: dict[tuple[str, str], _Live] = {}
@@ -52,7 +56,8 @@ class LogShipper:
     def observe(self, event: Event) -> None:
         """A journal observer (synchronous, in the trio thread)."""
         if isinstance(event, StepStarted) and event.log:
-            self._live[(event.run_id, event.step_id)] = _Live(self.state_dir / event.log)
+            self._live[(event.run_id, event.step_id)] = _Live(self.state_dir / event.log,
+                                                              self.node())
         elif isinstance(event, StepFinished):
             live = self._live.get((event.run_id, event.step_id))
             if live is not None:
@@ -76,52 +81,71 @@ class LogShipper:
 
     async def ship(self) -> None:
         for key, live in list(self._live.items()):
+            # Its end may be seen while this shipment is under way: only a shipment that
+            # began after it ships the whole file.
+            ended = live.ended
             try:
-                await self.offload(functools.partial(self._ship_one, key, live))
+                await self.offload(functools.partial(self._ship_one, key, live, ended))
             except StateError as exc:
                 if str(exc) != self._failure:
                     logger.warning("cannot ship step logs to the store: {} (retrying)", exc)
                     self._failure = str(exc)
                 return
             self._failure = None
-            if live.ended:
+            if ended or live.refused:
                 del self._live[key]
 
-    def _ship_one(self, key: tuple[str, str], live: _Live) -> None:
-        """What is new of one log (worker thread); its whole file once the step has ended."""
+    def _ship_one(self, key: tuple[str, str], live: _Live, ended: bool) -> None:
+        """What is new of one log (worker thread); its whole file once the step has ended.
+        A shipment the store refuses (this node lost the run) ends the log's shipping."""
         run_id, step_id = key
         try:
             with open(live.path, "rb") as f:
-                if live.ended:
+                if ended:
                     data = f.read()
                     chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
                     for index, chunk in enumerate(chunks):
                         last = index == len(chunks) - 1
-                        self.store.ship_log(run_id, step_id, index * CHUNK, chunk,
-                                            final=len(data) if last else None)
+                        if not self.store.ship_log(run_id, step_id, index * CHUNK, chunk,
+                                                   final=len(data) if last else None,
+                                                   node=live.node):
+                            live.refused = True
+                            return
                     return
                 f.seek(live.shipped)
                 data = f.read(CHUNK)
         except FileNotFoundError:
-            if live.ended:  # the step wrote nothing: an empty, complete log
-                self.store.ship_log(run_id, step_id, 0, b"", final=0)
+            if ended:  # the step wrote nothing: an empty, complete log
+                live.refused = not self.store.ship_log(run_id, step_id, 0, b"", final=0,
+                                                       node=live.node)
             return
         if data:
-            self.store.ship_log(run_id, step_id, live.shipped, data)
+            if not self.store.ship_log(run_id, step_id, live.shipped, data, node=live.node):
+                live.refused = True
+                return
             live.shipped += len(data)
+
+
+def shipped_whole(store: Store, run_id: str, step_id: str) -> bool:
+    """Whether a shared store holds the final version of a step's log. Then the store's copy
+    is what to read, even where a file of that log is on this machine: the file may be that
+    of an attempt cut short when this node was lost, the run going on elsewhere."""
+    return store.shared and store.shipped_log(run_id, step_id, 0, 0)[1] is not None
 
 
 def read_any(store: Store, state_dir: Path, relpath: str, run_id: str, step_id: str,
              start: int, limit: int) -> tuple[bytes, bool]:
     """Up to ``limit`` bytes of a step's log from ``start``: from the local file if this node
-    has it, else from the store. Also whether the store says the log is complete (a local
-    file's readers judge that from the step's record)."""
+    has it (and the store has not its final version), else from the store. Also whether the
+    store says the log is complete (a local file's readers judge that from the step's
+    record)."""
     path = state_dir / relpath
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            return f.read(limit), False
-    except FileNotFoundError:
-        pass
+    if not shipped_whole(store, run_id, step_id):
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(limit), False
+        except FileNotFoundError:
+            pass
     data, size = store.shipped_log(run_id, step_id, start, limit)
     return data, size is not None and start + len(data) >= size

@@ -1,11 +1,12 @@
 """This process as a node of the store: its identity, its lease, and its watchdog.
 
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
-``Lease.serve`` renews the node's lease every ``lease / 3`` seconds, measures the offset between
-this machine's wall clock and the store's (the node fires by the store's clock, rule 4), and
-pings the watchdog after every renewal. When renewals fail for ``lease × 2/3`` by this process's
-monotonic clock, in a store other daemons share, the node **fences** itself (rule 5): it stops
-claiming and stops its runs before anyone may take them over; the watchdog, a separate process,
+``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
+again within a second), measures the offset between this machine's wall clock and the store's
+(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal.
+When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
+daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
+before anyone may take them over; the watchdog, a separate process,
 kills its steps' process groups even if the daemon is frozen. When the store says the node is
 no longer alive (another node found it lost), it registers again under a new id.
 """
@@ -36,6 +37,7 @@ from pipeline.store import NodeInfo, NodeState, Store
 
 Offload = Callable[..., Awaitable[Any]]
 DEFAULT_LEASE = 30.0
+RETRY = 1.0  # longest pause between renewals that fail
 
 
 def new_node_id() -> str:
@@ -188,7 +190,7 @@ class Lease:
         self.on_fence = on_fence
         self.digest = digest
         self.offset = timedelta(0)  # the store's clock minus this machine's
-        self.fenced = False
+        self._fenced = False
         self.renewed = trio.Event()  # set at every renewal (tests and the fence wait on it)
         self._last_ok = 0.0
         self._failure: str | None = None
@@ -196,6 +198,18 @@ class Lease:
     def clock(self) -> datetime:
         """Now, by the store's clock (this machine's, corrected by the measured offset)."""
         return datetime.now(UTC) + self.offset
+
+    @property
+    def fenced(self) -> bool:
+        """Whether this node must claim and start nothing now: it fenced itself, or, in a
+        shared store, its lease has gone unrenewed for two thirds of it by its monotonic
+        clock (rule 5). A node woken from a freeze knows that before any renewal can tell it
+        the others found it lost, and its worker may poll first."""
+        return self._fenced or (self.store.shared and self._stale())
+
+    def _stale(self, fence_after: float | None = None) -> bool:
+        limit = self.lease * 2 / 3 if fence_after is None else fence_after
+        return trio.current_time() - self._last_ok > limit
 
     @property
     def node_id(self) -> str:
@@ -221,11 +235,23 @@ class Lease:
         task_status.started()
         fence_after = self.lease * 2 / 3
         while True:
-            await trio.sleep(self.lease / 3)
+            if self._failure is None:
+                await trio.sleep(self.lease / 3)
+            else:
+                # A renewal failed: try again soon. A third of a lease later, an outage of
+                # the store that began at the wrong moment and lasted a second (a restart)
+                # would have kept the node unrenewed for two thirds of it: fenced, every step
+                # killed by its watchdog.
+                await trio.sleep(min(RETRY, self.lease / 15))
             await self.renew(fence_after)
 
     async def renew(self, fence_after: float | None = None) -> None:
         fence_after = self.lease * 2 / 3 if fence_after is None else fence_after
+        if self.store.shared and not self._fenced and self._stale(fence_after):
+            # Asleep (frozen, starved) past the moment the watchdog killed this node's steps:
+            # its runs are stopped whatever the store answers, and end interrupted.
+            await self._fence("its lease went unrenewed for "
+                              f"{trio.current_time() - self._last_ok:.1f}s")
         before = datetime.now(UTC)
         try:
             digest = self.digest() if self.digest is not None else None
@@ -236,8 +262,7 @@ class Lease:
             if self._failure != message:
                 logger.error("cannot renew this node's lease: {} (retrying)", message)
                 self._failure = message
-            if (self.store.shared and not self.fenced
-                    and trio.current_time() - self._last_ok > fence_after):
+            if self.store.shared and not self._fenced and self._stale(fence_after):
                 await self._fence("the store could not be reached for "
                                   f"{trio.current_time() - self._last_ok:.0f}s")
             return
@@ -246,7 +271,7 @@ class Lease:
             self._failure = None
         if store_now is None:
             # Another node found us lost and took our runs: they are not ours to finish.
-            if not self.fenced:
+            if not self._fenced:
                 await self._fence("another node found this node lost")
             await self._register_again()
             return
@@ -256,14 +281,14 @@ class Lease:
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()
-        if self.fenced:
+        if self._fenced:
             logger.warning("this node's lease is renewed: claiming again")
-            self.fenced = False
+            self._fenced = False
         self.renewed.set()
         self.renewed = trio.Event()
 
     async def _fence(self, why: str) -> None:
-        self.fenced = True
+        self._fenced = True
         logger.error("fencing this node: {}; its runs are stopped and it claims nothing until "
                      "it is registered again", why)
         if self.on_fence is not None:
@@ -278,5 +303,5 @@ class Lease:
         except StateError as exc:
             logger.error("cannot register this node again: {} (retrying)", exc)
             return  # the next renewal finds the new id unknown and tries again
-        self.fenced = False
+        self._fenced = False
         logger.warning("registered again as node {} (was {})", self.node.id, old)

@@ -98,7 +98,8 @@ def decide(*, trigger: Trigger, concurrency: Concurrency, situation: Situation,
     """What becomes of one run that may start now.
 
     ``waiting``: the run is already in the job's queue (its verdict was ``queue`` or
-    ``replace``); it starts once nothing of the job is active, and is never skipped for it.
+    ``replace``, or it was queued again after its node was lost); it starts once nothing of
+    the job is active (under ``allow``: once under ``max_active``), and is never skipped for it.
     ``backlog``: a missed fire caught up under ``catchup: all``; it queues behind the job's
     other runs whatever the overlap policy says (the policy is about a new fire meeting a run,
     not about a backlog); ``parallel`` of a backlog may be active at once (a backfill's
@@ -111,6 +112,12 @@ def decide(*, trigger: Trigger, concurrency: Concurrency, situation: Situation,
         return START
     if backlog:  # first in, first out, ``parallel`` at a time
         return START if situation.active + situation.waiting < max(parallel, 1) else QUEUE
+    if waiting and concurrency.policy is Policy.ALLOW:
+        # Only a run queued again after its node was lost waits under allow. It was admitted
+        # once, beside the job's other runs: only max_active holds it back (it is never
+        # skipped), or an every-second job, never idle, would never run it again.
+        limit = concurrency.max_active
+        return START if limit is None or situation.active < limit else QUEUE
     if waiting:  # first in, first out: the runs queued ahead go first
         return START if situation.active == 0 and situation.waiting == 0 else QUEUE
     if trigger in AUTOMATIC:

@@ -237,11 +237,14 @@ def processes_of_run(run_id: str) -> list[int]:
     return pids
 
 
-def kill_leftovers(run_id: str, pgids: Sequence[int] = ()) -> list[int]:
+def kill_leftovers(run_id: str, pgids: Sequence[int] = (), *,
+                   marked: bool = True) -> list[int]:
     """SIGKILL what is left of a dead daemon's run: its recorded groups and marked processes.
 
     A recorded pgid is only signalled if one of its members carries the run's marker, so a
-    reused pgid of an unrelated process is never touched. Returns the pids signalled.
+    reused pgid of an unrelated process is never touched. ``marked=False`` leaves the other
+    processes carrying the marker alone (the run is queued again: they may be its next
+    attempt, started here by another node). Returns the pids signalled.
     """
     pids = set(processes_of_run(run_id))
     killed: list[int] = []
@@ -250,6 +253,8 @@ def kill_leftovers(run_id: str, pgids: Sequence[int] = ()) -> list[int]:
         if any(p in pids for p in members):
             signal_group(pgid, signal.SIGKILL)
             killed.extend(members)
+    if not marked:
+        return sorted(killed)
     for pid in pids - set(killed):
         try:
             os.kill(pid, signal.SIGKILL)

@@ -28,15 +28,21 @@ def recover(store: Store, state_dir: Path, now: datetime) -> list[RunRecord]:
     recovered = store.reap(now=now, dead=dead)
     ended = [run for run in recovered if run.status is not RunStatus.QUEUED]
     # A step cut off before it printed anything never made its log file: say so, as a step
-    # that finished silently does, rather than point at nothing.
-    silent = [StepFinished(run.id, step.id, step.status, step.finished_at or now,
-                           attempt=step.attempt, error=step.error, no_log=True)
-              for run in ended for step in run.steps
-              if step.log and not (state_dir / step.log).exists()]
+    # that finished silently does, rather than point at nothing. Only this machine's state
+    # directory can tell, so only with a store of its own: in a cluster the lost node's log
+    # is on its own disk, and its start in the store, shipped (`pipeline logs` reads it there).
+    silent = [] if store.shared else [
+        StepFinished(run.id, step.id, step.status, step.finished_at or now,
+                     attempt=step.attempt, error=step.error, no_log=True)
+        for run in ended for step in run.steps
+        if step.log and not (state_dir / step.log).exists()]
     if silent:
         store.record(silent)
     for run in recovered:
-        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid])
+        # A run queued again may already have a new attempt, started on this machine by
+        # another node: only the lost attempt's groups are the lost node's.
+        killed = process.kill_leftovers(run.id, [s.pgid for s in run.steps if s.pgid],
+                                        marked=run.status is not RunStatus.QUEUED)
         if run.status is RunStatus.INTERRUPTED:
             what = "marked interrupted"
         elif run.steps:

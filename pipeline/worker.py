@@ -446,7 +446,8 @@ class Worker:
         """
         asked = self.clock()
         run_id = run_id or new_run_id(asked)
-        hold = self.runner and self.capacity() > 0 and _fits(job, self.lease.node.labels)
+        hold = (self.runner and self.capacity() > 0 and not self.lease.fenced
+                and _fits(job, self.lease.node.labels))
         # The instant it was asked for is its fire time (scripts name files by it); it is
         # not a fire's identity, so it never takes a scheduled fire's slot.
         await self.journal.write(RunQueued(

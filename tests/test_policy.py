@@ -82,6 +82,13 @@ CASES: list[tuple[str, Trigger, Concurrency, Situation, dict[str, object], Verdi
      {"waiting": True}, QUEUE, None),
     ("a waiting run passes a pause", S, QUEUE_2, idle(paused=True), {"waiting": True}, START,
      None),
+    # Under allow only a run retried after its node was lost waits (it was admitted once).
+    ("a retried allow run starts beside others", S, ALLOW_2, idle(active=1),
+     {"waiting": True}, START, None),
+    ("a retried allow run without a limit starts", S, ALLOW, idle(active=9, waiting=2),
+     {"waiting": True}, START, None),
+    ("a retried allow run waits at max_active", S, ALLOW_2, idle(active=2), {"waiting": True},
+     QUEUE, None),
     ("a backlog fire under forbid queues", C, FORBID, idle(active=1), {"backlog": True},
      QUEUE, None),
     ("a backlog fire starts when idle", C, FORBID, idle(), {"backlog": True}, START, None),

@@ -52,7 +52,9 @@ from pipeline.model import (
     Trigger,
     Version,
 )
+from pipeline.nodes import machine_identity
 from pipeline.policy import Reason, Verdict
+from pipeline.recovery import recover
 from pipeline.statedir import (
     identity_alive,
     lock_state_dir,
@@ -941,6 +943,29 @@ def test_shipped_logs_read_back_from_any_offset(store: Store) -> None:
     assert scalar(store, "SELECT count(*) FROM log_chunks") == 0
 
 
+def test_a_shipped_log_is_the_holders_and_a_new_attempt_starts_it_anew(store: Store) -> None:
+    """Found by the cluster harness: a node frozen past its lease woke, its shipper shipped
+    the final version of its cut-short attempt, and overwrote the whole log that the retried
+    attempt had shipped from another node. A shipment carries its node, as every write of a
+    run does, and is refused from a node that does not hold the run; the first shipment of an
+    attempt replaces what an earlier one shipped."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.record([StepStarted(rid(1), "s", 1, at(1), "s.log")], node="a")
+    assert store.ship_log(rid(1), "s", 0, b"attempt 1: one\n", node="a")
+    assert store.ship_log(rid(1), "s", 15, b"attempt 1: two, and a long line\n", node="a")
+    store.reap(now=at(100), dead=["a"])
+    store.claim_runs(node("b"), limit=5, now=store.now())
+    assert store.ship_log(rid(1), "s", 0, b"attempt 2\n", node="b")
+    assert store.shipped_log(rid(1), "s") == (b"attempt 2\n", None)  # nothing of attempt 1
+    assert store.ship_log(rid(1), "s", 0, b"attempt 2\ndone\n", final=15, node="b")
+    assert not store.ship_log(rid(1), "s", 0, b"attempt 1: one\n", final=15, node="a")
+    assert store.shipped_log(rid(1), "s") == (b"attempt 2\ndone\n", 15)
+
+
 # -- operators -----------------------------------------------------------------------------------
 
 def test_request_stop_ends_a_queued_run_and_flags_a_running_one(store: Store) -> None:
@@ -1100,6 +1125,100 @@ def test_on_node_loss_retry_queues_the_run_again_for_another_node(store: Store) 
     assert status(store, rid(1)) is RunStatus.RUNNING  # a stale attempt, even from b
     store.record([RunFinished(rid(1), RunStatus.SUCCEEDED, at(103), attempt=2)], node="b")
     assert status(store, rid(1)) is RunStatus.SUCCEEDED
+
+
+def test_a_lost_node_takes_no_run(store: Store) -> None:
+    """Found by the cluster harness: a node woken from a freeze past its lease polled for runs
+    nobody held before its lease loop learnt it was lost, and took its own retried run
+    again, under the id the others had declared lost (so the run was taken back once more).
+    The store refuses a claim from a node that is not alive."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.reap(now=at(100), dead=["a"])
+    assert store.claim_runs(node("a"), limit=5, now=store.now()) == []
+    (again,) = store.claim_runs(node("b"), limit=5, now=store.now())
+    assert (again.run.node, again.run.attempt) == ("b", 2)
+
+
+def test_recovery_keeps_a_lost_nodes_log_unless_it_is_on_its_own_disk(store: Store,
+                                                                      tmp_path: Path) -> None:
+    """Found by the cluster harness: the node that took back a lost node's runs dropped the
+    log of every step whose file was not in its own state directory, which in a cluster is
+    every one of them (the file is on the lost node's disk, its start shipped to the store).
+    With SQLite the reaper's directory is the dead daemon's: a file missing there was never
+    written, and saying so keeps the record true."""
+    gone = subprocess.Popen(["sleep", "30"])
+    identity = machine_identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    store.register_node(node("a", identity=identity), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    log = log_relpath("j", rid(1), "s")
+    store.record([StepStarted(rid(1), "s", 1, at(1), log)], node="a")
+    if store.shared:
+        store.ship_log(rid(1), "s", 0, b"half a line")
+    elsewhere = tmp_path / "another-node"  # the reaper's own state directory: no such file
+    (reaped,) = recover(store, elsewhere, at(10))
+    assert reaped.status is RunStatus.INTERRUPTED
+    (step,) = store.run(rid(1)).steps  # type: ignore[union-attr]
+    if store.shared:
+        assert step.log == log  # on the lost node's disk; `pipeline logs` reads the store
+        assert store.shipped_log(rid(1), "s")[0] == b"half a line"
+    else:
+        assert step.log is None  # never written: the record says so
+
+
+def test_recovery_of_a_retried_run_kills_the_lost_attempt_not_the_new_one(
+        store: Store, tmp_path: Path) -> None:
+    """Found by the cluster harness: the node that took back a lost node's run killed every
+    process carrying the run's id, after the run was already back in the queue; a node on the
+    same machine that had claimed it meanwhile lost its new attempt (the run ended failed,
+    killed by SIGKILL). For a run queued again only the lost attempt's groups are killed."""
+    store.publish_jobs([JobSettings("j", on_node_loss_retry=True)])
+    gone = subprocess.Popen(["sleep", "30"])
+    identity = machine_identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    store.register_node(node("a", identity=identity), lease=300)
+    held(store, (1, "j"), node_id="a")
+    store.start_runs("a", [rid(1)], now=store.now())
+    env = {**os.environ, "PIPELINE_RUN_ID": rid(1)}
+    lost = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    new = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    try:
+        store.record([StepStarted(rid(1), "s", 1, at(1), ""),
+                      StepSpawned(rid(1), "s", lost.pid, lost.pid)], node="a")
+        (reaped,) = recover(store, tmp_path, at(10))
+        assert reaped.status is RunStatus.QUEUED
+        assert lost.wait(5) == -9  # the lost attempt's group
+        assert new.poll() is None  # another attempt's: not the reaper's to kill
+    finally:
+        for proc in (lost, new):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_retried_run_of_an_allow_job_starts_beside_the_jobs_other_runs(store: Store) -> None:
+    """Found by the cluster harness: a run queued again after its node was lost waited for
+    its job to have no active run at all, which an `allow` job firing every second never has,
+    so it never ran again. It was admitted once: only max_active may hold it back (and then it
+    waits: tests/test_policy.py)."""
+    store.publish_jobs([JobSettings("j", Concurrency(Policy.ALLOW, max_active=2),
+                                    on_node_loss_retry=True)])
+    store.register_node(node("a"), lease=300)
+    store.register_node(node("b"), lease=300)
+    held(store, (1, "j"), node_id="a")
+    held(store, (2, "j"), node_id="b")
+    store.start_runs("a", [rid(1)], now=store.now())
+    store.start_runs("b", [rid(2)], now=store.now())
+    store.reap(now=at(100), dead=["a"])
+    (again,) = store.claim_runs(node("b"), limit=5, now=store.now())
+    assert (again.run.id, again.decision.verdict, again.run.attempt) == (
+        rid(1), Verdict.START, 2)
 
 
 # -- the decision log ----------------------------------------------------------------------------
@@ -1781,6 +1900,43 @@ def test_a_restart_between_two_verbs_loses_nothing(postgres: Postgres, postgres_
     finally:
         store.close()
     assert len([line for line in logged if line.startswith("store unreachable")]) == 2, logged
+
+
+@pytest.mark.slow
+def test_a_crash_of_the_database_forgets_no_start_nor_renewal(postgres: Postgres,
+                                                              postgres_url: str) -> None:
+    """Found by the cluster harness (pg_ctl restart -m immediate): a start was committed
+    without waiting for the WAL (synchronous_commit off for that transaction), and a crash of
+    the server just after forgot it, while the node that had started the run went on running
+    it: another node started it again, two attempts at once. With SQLite a crash that loses a
+    start is the daemon's own, whose runs are all recovered; a database that crashes on its
+    own must not forget what it acknowledged. The test server commits asynchronously
+    throughout, for speed: this database does not, as a production one would not, and its
+    WAL writer waits 10 s, so anything not flushed at commit is lost in the crash."""
+    name = postgres_url.rpartition("/")[2]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on")
+                     .format(sql.Identifier(name)))
+        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        conn.execute("SELECT pg_reload_conf()")
+    store = PostgresStore.open(postgres_url, timeouts=FAST)
+    try:
+        store.publish_jobs([JobSettings("j")])
+        store.register_node(node("a"), lease=300)
+        held(store, (1, "j"), node_id="a")
+        before = scalar(store, "SELECT expires_at FROM nodes WHERE id = 'a'")
+        (started,) = store.start_runs("a", [rid(1)], now=store.now())
+        assert started.decision.verdict is Verdict.START
+        store.renew_lease("a", lease=600)
+        postgres.restart("immediate")
+        run = store.run(rid(1))
+        assert run is not None and (run.status, run.attempt) == (RunStatus.RUNNING, 1)
+        assert scalar(store, "SELECT expires_at FROM nodes WHERE id = 'a'") > before
+    finally:
+        store.close()
+        with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET wal_writer_delay")
+            conn.execute("SELECT pg_reload_conf()")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pipeline.cli import Settings, complete_job, complete_run, complete_step, di
 from pipeline.cli.state import daemon_info, get_run, has_state, job_zones, known_names, open_state
 from pipeline.cli.text import echo_json, local, table
 from pipeline.errors import NotFound
+from pipeline.logship import shipped_whole
 from pipeline.model import (
     STEP_INSTANCE_ID,
     RunRecord,
@@ -151,6 +152,8 @@ def logs(settings: Settings, run_id: str, step: str | None, follow: bool) -> Non
                     if seen is None and s.id != step:
                         click.echo(heading(s))
                     try:
+                        if shipped_whole(store, record.id, s.id):
+                            raise FileNotFoundError  # a file here may be of a lost attempt
                         with (settings.state_dir / s.log).open("rb") as f:
                             inode, offset = os.fstat(f.fileno()).st_ino, seen[1] if seen else 0
                             if seen is not None and seen[0] != inode:

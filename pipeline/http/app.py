@@ -64,6 +64,7 @@ from pipeline.http.reading import (
 )
 from pipeline.http.site import Site
 from pipeline.http.views import declares, log_size, read_log
+from pipeline.logship import shipped_whole
 from pipeline.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.metrics import Snapshot
 from pipeline.model import (
@@ -466,8 +467,10 @@ class StatusApp:
                 return Response(b"", media_type="text/plain; charset=utf-8",
                                 headers={"X-Log-Offset": str(offset)})
         path = self.state_dir / log_relpath(record.job, record.id, step_id)
-        if self.daemon.store.shared and not await trio.to_thread.run_sync(path.exists):
-            # Another node ran it: its log was shipped to the store.
+        if self.daemon.store.shared and (
+                not await trio.to_thread.run_sync(path.exists) or await self.store(
+                    shipped_whole, self.daemon.store, record.id, step_id)):
+            # Another node ran it (or ran its last attempt): its log was shipped to the store.
             stream = self._shipped(record.id, step_id, offset, follow)
         else:
             stream = (self._follow(record.id, step_id, path, offset) if follow

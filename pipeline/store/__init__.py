@@ -506,9 +506,12 @@ class Store(Protocol):
     # -- shipped logs (cluster mode) ----------------------------------------------------------
 
     def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
-                 final: int | None = None) -> None:
+                 final: int | None = None, node: str | None = None) -> bool:
         """Keep ``data`` as the step's log from byte ``start``. ``final``: the log is complete
-        at that size (what a capped log was rebuilt to); chunks past it are dropped."""
+        at that size (what a capped log was rebuilt to); chunks past it are dropped. What is
+        shipped from byte 0 replaces whatever was (an earlier attempt's log, on another node).
+        With ``node``, only while that node holds the run: False if the shipment was refused
+        (the node lost the run)."""
         ...
 
     def shipped_log(self, run_id: str, step_id: str, start: int = 0,

@@ -600,12 +600,12 @@ class PostgresStore(SqlStore):
             ConnectionPool.check_connection(conn)
 
     def _write(self, *, durable: bool = True) -> AbstractContextManager[_Tx]:
-        if durable:
-            return self._unit("BEGIN; SELECT clock_timestamp()", writes=True)
-        # Not waiting for the WAL to reach the disk: a start's decision is recovered after a
-        # crash either way (as SQLite's synchronous=NORMAL). No round trip of its own.
-        return self._unit("BEGIN; SET LOCAL synchronous_commit = off; SELECT clock_timestamp()",
-                          writes=True)
+        # Always durable, whatever the caller may skip with SQLite: there a crash that loses
+        # a start is the daemon's own, and every run it held is recovered. PostgreSQL crashes
+        # (or fails over) on its own, while the nodes run on: a start it forgot would be made
+        # again elsewhere, beside the attempt still running, and a renewal it forgot would
+        # have the node's lease run out before the node fences itself.
+        return self._unit("BEGIN; SELECT clock_timestamp()", writes=True)
 
     def _read(self) -> AbstractContextManager[_Tx]:
         # One snapshot for the whole read, as SQLite gives; read-only ones never conflict.

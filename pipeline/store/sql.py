@@ -148,8 +148,9 @@ class SqlStore:
     # -- what a backend supplies ----------------------------------------------------------------
 
     def _write(self, *, durable: bool = True) -> AbstractContextManager[Tx]:
-        """A write transaction; ``durable=False`` may skip waiting for the disk (a start's
-        decision: after a crash its run is recovered either way)."""
+        """A write transaction; ``durable=False`` may skip waiting for the disk where a crash
+        that loses it is the daemon's own (SQLite: after it, its runs are recovered either
+        way); a shared store's writes are all durable."""
         raise NotImplementedError
 
     def _read(self) -> AbstractContextManager[Tx]:
@@ -734,6 +735,13 @@ class SqlStore:
                     if _fits(from_json(row[2]) or {}, node.labels)][:limit]
             if not fits:
                 return []
+            # A node found lost (frozen past its lease, cut off) may poll again before it
+            # knows: it must not take back what was just taken from it. Its row is locked
+            # against a reap meanwhile.
+            state = tx.execute(f"SELECT state FROM nodes WHERE id = :node{self.for_update}",
+                               {"node": node.id}).fetchone()
+            if state is not None and state[0] != "alive":
+                return []
             tx.execute(f"UPDATE runs SET node = :node WHERE id {self.in_ids} AND node IS NULL",
                        {"node": node.id, "ids": self._ids([i for i, _ in fits])})
             return self._start(tx, node.id, fits, now, False, frozenset())
@@ -1050,9 +1058,17 @@ class SqlStore:
     # -- shipped logs ---------------------------------------------------------------------------
 
     def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
-                 final: int | None = None) -> None:
-        with self._write(durable=False) as tx:
-            if final is not None:
+                 final: int | None = None, node: str | None = None) -> bool:
+        # A log's end is waited for on disk: nothing ships it again after a crash.
+        with self._write(durable=final is not None) as tx:
+            # No row lock: the journal's writes lock the step's row, then the run's; taking
+            # them the other way round here deadlocked. A shipment that crosses a takeover
+            # may land; the next is refused.
+            if node is not None and tx.execute(
+                    "SELECT 1 FROM runs WHERE id = :run AND node = :node",
+                    {"run": run_id, "node": node}).fetchone() is None:
+                return False
+            if final is not None or start == 0:
                 tx.execute("DELETE FROM log_chunks WHERE run_id = :run AND step_id = :step "
                            "AND start >= :start",
                            {"run": run_id, "step": step_id, "start": start})
@@ -1065,6 +1081,11 @@ class SqlStore:
                 tx.execute("UPDATE steps SET log_size = :size WHERE run_id = :run "
                            "AND step_id = :step",
                            {"size": final, "run": run_id, "step": step_id})
+            elif start == 0:  # a new attempt's: no longer complete
+                tx.execute("UPDATE steps SET log_size = NULL WHERE run_id = :run "
+                           "AND step_id = :step AND log_size IS NOT NULL",
+                           {"run": run_id, "step": step_id})
+        return True
 
     def shipped_log(self, run_id: str, step_id: str, start: int = 0,
                     limit: int = 1 << 20) -> tuple[bytes, int | None]:
