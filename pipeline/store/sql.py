@@ -32,22 +32,16 @@ from pipeline.events import (
     WatermarkMoved,
 )
 from pipeline.model import (
-    CircuitBreaker,
-    Concurrency,
     Definition,
-    Policy,
     RunRecord,
     RunStatus,
     StepRecord,
     Trigger,
 )
 from pipeline.statedir import new_run_id
-from pipeline.store import (
-    DOCUMENT,
+from pipeline.store.records import (
     INTERRUPTED_RUNNING,
     NODE_LOST,
-    RUN_COLUMNS,
-    STEP_COLUMNS,
     Claimed,
     Claims,
     EventFire,
@@ -61,13 +55,20 @@ from pipeline.store import (
     Started,
     StopRequest,
     StoredDecision,
+    outcome_of,
+)
+from pipeline.store.rows import (
+    DOCUMENT,
+    RUN_COLUMNS,
+    STEP_COLUMNS,
     document_json,
     fire_key,
     from_json,
     iso,
     iso_or_none,
-    outcome_of,
     run_record,
+    settings_json,
+    settings_of,
     step_record,
     time_of,
     to_json,
@@ -280,7 +281,7 @@ class SqlStore:
         # once must count both.
         row = self._lock_job(tx, job, "failures, circuit_opened_at, settings")
         failures, opened = row[0] + 1, time_of(row[1])
-        breaker = _settings(job, row[2]).breaker
+        breaker = settings_of(job, row[2]).breaker
         if breaker is None:
             # No breaker known (yet): keep the latest failure, from which a breaker learned
             # later counts its cooldown (below its threshold the time is never looked at).
@@ -393,7 +394,7 @@ class SqlStore:
             for job in jobs:
                 tx.execute("INSERT INTO jobs (name, settings) VALUES (:job, :settings) "
                            "ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
-                           {"job": job.name, "settings": _settings_json(job)})
+                           {"job": job.name, "settings": settings_json(job)})
                 if job.breaker is not None:
                     # Failures counted before the breaker was known (an older state, a new
                     # breaker) open it as of the latest of them.
@@ -503,7 +504,7 @@ class SqlStore:
         made: list[Claimed] = []
         decided: list[StoredDecision] = []
         paused = row[1] is not None
-        enabled = _settings(claim.job, row[3]).enabled
+        enabled = settings_of(claim.job, row[3]).enabled
         runs = [(m.fire, Trigger.CATCHUP) for m in plan.missed if m.caught_up]
         runs += [(f, Trigger.SCHEDULE) for f in plan.on_time]
         runs.sort()
@@ -567,7 +568,7 @@ class SqlStore:
                     "ON CONFLICT DO NOTHING", {"job": fire.job, "key": fire.key, "at": at})
                 if not cursor.rowcount or fire.record_only:
                     continue
-                if row is not None and not _settings(fire.job, row[2]).enabled:
+                if row is not None and not settings_of(fire.job, row[2]).enabled:
                     decided.append(StoredDecision(fire.job, Outcome.NOT_MADE, now, None, node,
                                                   str(policy.Reason.DISABLED),
                                                   f"the job is disabled ({fire.key})"))
@@ -832,7 +833,7 @@ class SqlStore:
     def _job(self, tx: Tx, name: str) -> tuple[JobSettings, JobState]:
         row = self._lock_job(tx, name, "settings, failures, circuit_opened_at, paused_at, "
                                        "paused_by, paused_reason, watermark")
-        return (_settings(name, row[0]),
+        return (settings_of(name, row[0]),
                 JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
                          row[4], row[5]))
 
@@ -1238,25 +1239,3 @@ def _as_now(row: Sequence[Any], **changes: Any) -> RunRecord:
 
 def _fits(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
-
-
-def _settings_json(job: JobSettings) -> str:
-    c, b = job.concurrency, job.breaker
-    return to_json({"policy": str(c.policy), "max_active": c.max_active,
-                    "max_queued": c.max_queued, "enabled": job.enabled,
-                    "breaker": None if b is None else {"after": b.after, "cooldown": b.cooldown},
-                    "on_node_loss": "retry" if job.on_node_loss_retry else "fail",
-                    "pool": None if job.pool is None else list(job.pool)})
-
-
-def _settings(name: str, text: str | None) -> JobSettings:
-    data = from_json(text)
-    if not data:
-        return JobSettings(name)
-    breaker = data.get("breaker")
-    return JobSettings(
-        name, Concurrency(Policy(data["policy"]), data.get("max_active"),
-                          data.get("max_queued", 10)),
-        None if breaker is None else CircuitBreaker(breaker["after"], breaker["cooldown"]),
-        bool(data.get("enabled", True)), data.get("on_node_loss") == "retry",
-        None if not data.get("pool") else (str(data["pool"][0]), int(data["pool"][1])))
