@@ -65,6 +65,7 @@ from pipeline.statedir import (
 from pipeline.store import Store
 from pipeline.store import open_store as open_store_at
 from pipeline.store import postgres as pg
+from pipeline.store.fires import LEAD_ALLOWED
 from pipeline.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION, SQLITE_MIGRATIONS
 from pipeline.store.pgurl import mask_url
 from pipeline.store.postgres import PostgresStore, Timeouts, to_psycopg
@@ -79,7 +80,7 @@ from pipeline.store.records import (
     StopRequest,
     StoredDecision,
 )
-from pipeline.store.sql import LEAD_ALLOWED, SqlStore
+from pipeline.store.sql import SqlStore
 from pipeline.store.sqlite import SqliteStore, migrate
 from tests.postgres import Postgres, free_port
 

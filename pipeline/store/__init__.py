@@ -9,8 +9,8 @@ backends implement it and pass one conformance suite (``tests/test_store.py``):
 
 The package, by concept: ``records`` (what the verbs take and give back), ``rows`` (those values
 as the tables hold them), ``migrations`` (both backends' tables, version for version), ``sql``
-(``SqlStore``: the verbs in the SQL both backends run), ``sqlite``, ``postgres`` (and
-``pgurl``: a PostgreSQL URL's password, masked).
+(``SqlStore``: the verbs in the SQL both backends run, one class per family of verbs on
+``base``), ``sqlite``, ``postgres`` (and ``pgurl``: a PostgreSQL URL's password, masked).
 
 What both must hold (docs/architecture.md has the whole picture):
 

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import StateError
+from pipeline.store.base import Tx
 from pipeline.store.migrations import SQLITE_MIGRATIONS
-from pipeline.store.sql import SqlStore, Tx
+from pipeline.store.sql import SqlStore
 
 DB_FILE = "state.db"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
