@@ -374,13 +374,25 @@ async def publish_pools(daemon: Daemon) -> None:
 async def reap_forever(daemon: Daemon, lease: float) -> None:
     """Take back the runs of lost nodes, on every node (the store makes that safe)."""
     every = min(lease / 2, 5.0) if daemon.store.shared else 5.0
+    await look_for_lost_nodes(lambda: trio.to_thread.run_sync(
+        recover, daemon.store, daemon.state_dir, daemon.lease.clock()), every=every)
+
+
+async def look_for_lost_nodes(look: Callable[[], Awaitable[object]], *, every: float) -> None:
+    """``look()`` every ``every`` seconds until cancelled. A store out of reach is said once,
+    until a look succeeds again: an outage longer than ``every`` repeated the line at every
+    look (the store itself says when it is lost and when it answers again)."""
+    failing = False
     while True:
         await trio.sleep(every)
         try:
-            await trio.to_thread.run_sync(recover, daemon.store, daemon.state_dir,
-                                          daemon.lease.clock())
+            await look()
         except StateError as exc:
-            logger.warning("cannot look for lost nodes: {}", exc)
+            if not failing:
+                logger.warning("cannot look for lost nodes: {}", exc)
+            failing = True
+        else:
+            failing = False
 
 
 async def wait_for_stop(daemon: Daemon, grace: float) -> None:

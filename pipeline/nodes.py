@@ -3,7 +3,9 @@
 A node id is made at start (CLUSTER.md rule 10: a host name is for people, never identity).
 ``Lease.serve`` renews the node's lease every ``lease / 3`` seconds (a failed renewal is tried
 again within a second), measures the offset between this machine's wall clock and the store's
-(the node fires by the store's clock, rule 4), and pings the watchdog after every renewal.
+(the node fires and stamps what it records by the store's clock, rule 4; a measurement that
+waited does not replace a sharper one, ``measured_offset``), and pings the watchdog after every
+renewal.
 When renewals fail for ``lease × 2/3`` by this process's monotonic clock, in a store other
 daemons share, the node **fences** itself (rule 5): it stops claiming and stops its runs
 before anyone may take them over; the watchdog, a separate process,
@@ -22,9 +24,10 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from loguru import logger
@@ -37,8 +40,11 @@ from pipeline.store import Store
 from pipeline.store.records import NodeInfo, NodeState
 
 Offload = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 DEFAULT_LEASE = 30.0
 RETRY = 1.0  # longest pause between renewals that fail
+# The node fences itself this much of a lease before its watchdog would kill its steps.
+FENCE_EARLY = 1 / 30
 
 
 def new_node_id() -> str:
@@ -175,6 +181,51 @@ async def open_watchdog(*, fence_after: float, grace: float) -> AsyncIterator[Wa
 
 # -- the lease ---------------------------------------------------------------------------------
 
+# How fast two healthy clocks may part (NTP slews at most 500 ppm), with room to spare: how
+# much vaguer a kept offset grows each second.
+DRIFT = 0.001
+
+
+@dataclass(frozen=True)
+class Offset:
+    """The store's clock minus this machine's: ``value``, right within ``error``, as measured
+    at ``at`` (seconds of the monotonic clock the lease renews by)."""
+
+    value: timedelta
+    error: timedelta
+    at: float
+
+
+def measured_offset(kept: Offset | None, before: datetime, store_now: datetime,
+                    after: datetime, at: float) -> Offset:
+    """The offset to keep after a measurement: the store read its clock (``store_now``)
+    between this machine's ``before`` and ``after``, so the offset is their midpoint's,
+    right within half the round trip. A round trip that waited (a loaded machine: the GIL, a
+    slow commit) gives a vaguer offset than the one kept, which stays (its error grown by the
+    drift since), unless the two disagree beyond both errors: this machine's clock was set."""
+    error = (after - before) / 2
+    new = Offset(store_now - (before + error), error, at)
+    if kept is None:
+        return new
+    kept_error = kept.error + timedelta(seconds=DRIFT * max(0.0, at - kept.at))
+    if error <= kept_error or abs(new.value - kept.value) > error + kept_error:
+        return new
+    return kept
+
+
+def _timed(call: Callable[[], T]) -> Callable[[], tuple[datetime, T, datetime]]:
+    """``call`` with this machine's clock read just before and just after it, where it runs.
+    The store's clock is read between the two, so the offset measured from them is off by
+    half the call at most; read around the offload instead, it was off by half the wait for
+    a thread too (on a loaded machine, hundreds of milliseconds: a run's end, stamped by the
+    node, then came after the next run's start, stamped by the store)."""
+    def timed() -> tuple[datetime, T, datetime]:
+        before = datetime.now(UTC)
+        answer = call()
+        return before, answer, datetime.now(UTC)
+    return timed
+
+
 class Lease:
     """The node's registration and lease in ``store``; the clock the node fires by."""
 
@@ -191,6 +242,7 @@ class Lease:
         self.on_fence = on_fence
         self.digest = digest
         self.offset = timedelta(0)  # the store's clock minus this machine's
+        self._offset: Offset | None = None  # ... as measured, and how well
         self._fenced = False
         self.renewed = trio.Event()  # set at every renewal (tests and the fence wait on it)
         self._last_ok = 0.0
@@ -218,33 +270,51 @@ class Lease:
 
     async def register(self) -> None:
         """Register the node; raises ``StateError`` if the store cannot be reached."""
-        before = datetime.now(UTC)
-        store_now = await self.offload(
-            functools.partial(self.store.register_node, self.node, lease=self.lease))
-        self._measured(before, store_now)
+        before, store_now, after = await self.offload(_timed(
+            functools.partial(self.store.register_node, self.node, lease=self.lease)))
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()
 
-    def _measured(self, before: datetime, store_now: datetime) -> None:
-        after = datetime.now(UTC)
-        self.offset = store_now - (before + (after - before) / 2)
+    def _measured(self, before: datetime, store_now: datetime, after: datetime) -> None:
+        self._offset = measured_offset(self._offset, before, store_now, after,
+                                       trio.current_time())
+        self.offset = self._offset.value
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         """Renew the lease until cancelled (the node must be registered)."""
-        task_status.started()
         fence_after = self.lease * 2 / 3
+        async with trio.open_nursery() as nursery:
+            if self.store.shared:
+                nursery.start_soon(self._fence_in_time, fence_after - self.lease * FENCE_EARLY)
+            task_status.started()
+            while True:
+                if self._failure is None:
+                    await trio.sleep(self.lease / 3)
+                else:
+                    # A renewal failed: try again soon. A third of a lease later, an outage of
+                    # the store that began at the wrong moment and lasted a second (a restart)
+                    # would have kept the node unrenewed for two thirds of it: fenced, every
+                    # step killed by its watchdog.
+                    await trio.sleep(min(RETRY, self.lease / 15))
+                await self.renew(fence_after)
+
+    async def _fence_in_time(self, limit: float) -> None:
+        """Fence as soon as the lease has gone unrenewed for ``limit`` seconds: a little
+        before the watchdog kills this node's steps on its own (at two thirds of the lease),
+        so that they end interrupted by the fence, not failed by the watchdog's signal; and
+        whatever a renewal is waiting for (a store that does not answer, a restart)."""
         while True:
-            if self._failure is None:
-                await trio.sleep(self.lease / 3)
+            deadline = self._last_ok + limit
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)  # a renewal meanwhile moves the deadline
+            elif not self._fenced:
+                await self._fence("its lease went unrenewed for "
+                                  f"{trio.current_time() - self._last_ok:.1f}s")
             else:
-                # A renewal failed: try again soon. A third of a lease later, an outage of
-                # the store that began at the wrong moment and lasted a second (a restart)
-                # would have kept the node unrenewed for two thirds of it: fenced, every step
-                # killed by its watchdog.
-                await trio.sleep(min(RETRY, self.lease / 15))
-            await self.renew(fence_after)
+                await trio.sleep(self.lease / 15)  # fenced: until a renewal succeeds
 
     async def renew(self, fence_after: float | None = None) -> None:
         fence_after = self.lease * 2 / 3 if fence_after is None else fence_after
@@ -253,11 +323,10 @@ class Lease:
             # its runs are stopped whatever the store answers, and end interrupted.
             await self._fence("its lease went unrenewed for "
                               f"{trio.current_time() - self._last_ok:.1f}s")
-        before = datetime.now(UTC)
         try:
             digest = self.digest() if self.digest is not None else None
-            store_now = await self.offload(functools.partial(
-                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest))
+            before, store_now, after = await self.offload(_timed(functools.partial(
+                self.store.renew_lease, self.node.id, lease=self.lease, digest=digest)))
         except StateError as exc:
             message = str(exc)
             if self._failure != message:
@@ -278,7 +347,7 @@ class Lease:
             return
         # Renewed: whatever happened meanwhile, nobody took our runs (a reap needs the lease
         # to have run out at the moment it looks, and it runs out no more now).
-        self._measured(before, store_now)
+        self._measured(before, store_now, after)
         self._last_ok = trio.current_time()
         if self.watchdog is not None:
             self.watchdog.ping()

@@ -115,6 +115,7 @@ class Worker:
         self._claims: dict[str, Claimed] = {}
         self._records: dict[str, RunRecord] = {}  # the local runs, as they started
         self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
+        self._unstarted: set[str] = set()  # held but forgotten by a fence, to let go of
         self._seq = 0
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -291,6 +292,9 @@ class Worker:
         holds. A store that cannot be reached is tried again at the next look."""
         try:
             requests = await self.offload(self.store.stop_requests, self.node)
+            if self._unstarted:  # forgotten by a fence: any node may take them now
+                await self.offload(self.store.release_runs, self.node, list(self._unstarted))
+                self._unstarted.clear()
         except StateError:
             return
         for request in requests:
@@ -617,7 +621,12 @@ class Worker:
             local.handle.kill(reason, status=RunStatus.INTERRUPTED)
 
     async def fence(self, why: str) -> None:
-        """This node may have lost its runs: stop them all now, forget what it held."""
+        """This node may have lost its runs: stop them all now, forget what it held, and let
+        go of the runs it held but had not started (at the next look: the store may be out
+        of reach now). If the others found it lost they took those already; if not (a
+        stall shorter than the lease), nobody else could, and they waited for its restart."""
+        self._unstarted.update(self._reserved_ids)
+        self._unstarted.update(self._waiting)
         self._reserved.clear()
         self._reserved_ids.clear()
         self._claims.clear()

@@ -7,6 +7,7 @@
     bin/bench --only files    files dropped into a watched folder at once
     bin/bench --only pools    a pool's slot handed from step to step
     bin/bench --only pages    the status pages' server time over 100,000 runs
+    bin/bench --only cluster  three nodes on PostgreSQL: 200 faults, load, statements, ceiling
     bin/bench --only pools --update   and its section in BENCHMARKS.md, the rest kept as it is
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from tests.bench import (
+    cluster,
     dags,
     filewatch,
     pages,
@@ -52,7 +54,7 @@ from tests.bench.peers import ensure_own_venvs, ensure_peers
 
 # In the order they run: cpu reuses what firing, real and burst measured before it.
 GROUPS = ("startup", "validate", "dag", "memory", "api", "pages", "firing", "real", "burst",
-          "cpu", "files", "pools", "torture")
+          "cpu", "files", "pools", "cluster", "torture")
 # In the order the report shows them, with their headings.
 SECTIONS = (
     ("real", "Real steps, steady load: 100 jobs every second"),
@@ -67,6 +69,7 @@ SECTIONS = (
     ("pages", "Status pages: 1,000 jobs, 100,000 runs"),
     ("files", "File arrival: files dropped at once"),
     ("pools", "Pool hand-over: a slot freed, the next waiter's step started"),
+    ("cluster", "Cluster mode: three nodes on PostgreSQL"),
     ("torture", "Fault harnesses and fuzzing at full size"),
 )
 
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": lambda: steps.cpu(ctx),
             "files": lambda: filewatch.run(ctx),
             "pools": lambda: pools.run(ctx),
+            "cluster": lambda: cluster.run(ctx),
             "torture": lambda: torture.run(ctx),
         }
         for group in GROUPS:

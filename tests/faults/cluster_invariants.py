@@ -18,7 +18,8 @@ the steps really did.
    (``/proc/uptime``, the same clock on every node, faked or not) do not overlap.
 4. **No run held by a dead node**: every active run is held by nobody or by a node alive in the
    store whose process is alive (given ``settle``: a lost node's runs are taken back within
-   lease + 5 s).
+   lease + 5 s); nor forgotten by a live one: a queued run a node holds (not waiting behind
+   its job's others) starts within ``settle`` of its time.
 5. **No orphan process**: no live process carries ``PIPELINE_RUN_ID`` of a finished run.
 6. **Logs complete**: every finished step that wrote a log has it in the store, whole and equal
    to the file its node wrote, or (its node was lost before shipping the end) in that node's
@@ -28,6 +29,7 @@ the steps really did.
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 import time
@@ -49,6 +51,7 @@ from .driver import scan_environ
 
 ACTIVE = ("queued", "running")
 RECENT = 4.0  # s: the newest fire of an every-second job is at most this old
+SHIP_GRACE = 3.0  # s: a live node ships a log's end within this of its run's end
 
 
 @dataclass(frozen=True)
@@ -138,20 +141,21 @@ def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
             "nodes": list(conn.execute("SELECT * FROM nodes")),
             "decisions": list(conn.execute(
                 "SELECT job, fire_time, outcome FROM decisions WHERE fire_time IS NOT NULL")),
+            "chunks": list(conn.execute(
+                "SELECT run_id, step_id, start, data FROM log_chunks ORDER BY start")),
             "now": [conn.execute("SELECT clock_timestamp() AS now").fetchone() or {}],
         }
 
 
-def shipped(url: str, run_id: str, step_id: str) -> bytes:
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        rows = conn.execute("SELECT start, data FROM log_chunks WHERE run_id = %s "
-                            "AND step_id = %s ORDER BY start", (run_id, step_id)).fetchall()
-    out = bytearray()
-    for start, data in rows:
-        if start > len(out):
-            break  # a hole
-        out[start:start + len(data)] = bytes(data)
-    return bytes(out)
+def shipped_logs(state: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], bytes]:
+    """Every shipped log of the snapshot, as far as it is contiguous from its start."""
+    logs: dict[tuple[str, str], bytearray] = defaultdict(bytearray)
+    for chunk in state["chunks"]:
+        out = logs[(chunk["run_id"], chunk["step_id"])]
+        if chunk["start"] > len(out):
+            continue  # after a hole
+        out[chunk["start"]:chunk["start"] + len(chunk["data"])] = bytes(chunk["data"])
+    return {key: bytes(value) for key, value in logs.items()}
 
 
 def check_cluster(cluster: Cluster, *, settle: float | None = None,
@@ -171,8 +175,9 @@ def check_cluster(cluster: Cluster, *, settle: float | None = None,
     # rest is judged on the state that follows.
     deadline = time.monotonic() + settle
     while True:
+        taken = uptime()  # a step that started before this was claimed in the snapshot
         state = snapshot(cluster.url)
-        held = _held_by_dead(cluster, state)
+        held = _held_by_dead(cluster, state, settle)
         if not held or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -181,10 +186,13 @@ def check_cluster(cluster: Cluster, *, settle: float | None = None,
     by_id = {r["id"]: r for r in runs}
     report.runs = len(runs)
     report.by_status.update(r["status"] for r in runs)
+    # Read after the snapshot, so that a run the snapshot says succeeded has its step's end
+    # here; but a step may have started since (its run claimed after the snapshot was
+    # taken): only those that started before it are held against the store's records.
     attempts = read_effects(cluster.effects)
     report.attempts = len(attempts)
 
-    _fires_once(report, runs, attempts, jobs, by_id, cluster)
+    _fires_once(report, runs, [a for a in attempts if a.start < taken], jobs, by_id, cluster)
     _fires_made(report, state, jobs, attempts, by_id)
     _no_overlap(report, attempts, jobs)
     _no_orphans(report, runs, settle=2.0)
@@ -239,12 +247,16 @@ def _fires_once(report: ClusterReport, runs: list[dict[str, Any]], attempts: lis
 
 
 def _losses(cluster: Cluster) -> dict[str, list[tuple[float, float]]]:
-    """When each node was lost to the others (killed, frozen, cut off): uptime spans, per
-    node name."""
+    """When each node was lost to the others (killed, frozen, cut off, or stalled: past
+    two thirds of a lease, it may or may not have been found lost; every node, in a long
+    database restart): uptime spans, per node name."""
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for fault in cluster.faults:
-        if fault.node is not None and fault.kind in ("kill", "freeze", "cut"):
+        if fault.node is not None and fault.kind in ("kill", "freeze", "stall", "cut"):
             spans[fault.node].append((fault.at, fault.until if fault.until else uptime()))
+        elif fault.all_lost:  # a node found lost may learn it a renewal after the restart
+            for name in cluster.nodes:
+                spans[name].append((fault.at, (fault.until or uptime()) + cluster.lease))
     return spans
 
 
@@ -257,9 +269,10 @@ def _retry_allowed(found: list[Attempt], run: dict[str, Any] | None, job: Job | 
     if run is None or (run["attempt"] or 0) < len(found):
         return (f"the store counts {run['attempt'] if run else 0} attempts")
     for a in sorted(found, key=lambda x: x.start)[:-1]:
-        # Lost while that attempt ran: after it started, before (or as) it ended.
-        if not any(a.start - 0.5 <= start and (a.end is None or start <= a.end + 0.5)
-                   for start, _ in lost.get(a.node, [])):
+        # Lost while that attempt ran: a loss that began before (or as) it ended, and had
+        # not ended before it started.
+        if not any(start <= (a.end if a.end is not None else math.inf) + 0.5
+                   and end >= a.start - 0.5 for start, end in lost.get(a.node, [])):
             return (f"its attempt on node {a.node} ({a.start:.2f}-{a.end or 0:.2f} {a.how}) was"
                     f" not cut short by a loss of that node (lost at "
                     f"{[round(x, 2) for x, _ in lost.get(a.node, [])]})")
@@ -343,7 +356,8 @@ def _no_overlap(report: ClusterReport, attempts: list[Attempt], jobs: dict[str, 
 
 # -- 4. no run held by a dead node -------------------------------------------------------------
 
-def _held_by_dead(cluster: Cluster, state: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _held_by_dead(cluster: Cluster, state: dict[str, list[dict[str, Any]]],
+                  settle: float) -> list[str]:
     nodes = {n["id"]: n for n in state["nodes"]}
     dead_ids = set()
     for node in cluster.nodes.values():
@@ -362,6 +376,19 @@ def _held_by_dead(cluster: Cluster, state: dict[str, list[dict[str, Any]]]) -> l
         elif run["node"] in dead_ids:
             found.append(f"run {run['id']} ({run['job']}) is {run['status']}, held by node "
                          f"{row['name']} ({run['node']}), whose process is dead")
+    # Held by a live node, and not started: a node that forgot its run (a fence) and kept it
+    # from the others.
+    now: datetime = state["now"][0]["now"]
+    for run in state["runs"]:
+        row = nodes.get(run["node"])
+        if (run["status"] != "queued" or run["waiting"] or row is None
+                or row["state"] != "alive" or run["node"] in dead_ids):
+            continue
+        due = datetime.fromisoformat(run["ready_at"] or run["fire_time"] or run["queued_at"])
+        late = (now - due).total_seconds()
+        if late > settle:
+            found.append(f"run {run['id']} ({run['job']}) is queued {late:.1f}s past its time, "
+                         f"held by node {row['name']} ({run['node']}), which does not start it")
     return found
 
 
@@ -387,7 +414,9 @@ def _logs(report: ClusterReport, cluster: Cluster, state: dict[str, list[dict[st
     ran: dict[str, set[str]] = defaultdict(set)
     for a in attempts:
         ran[a.run_id].add(a.node)
+    logs = shipped_logs(state)
     names = {n["id"]: n["name"] for n in state["nodes"]}
+    holder_alive = {n["id"]: n["state"] == "alive" for n in state["nodes"]}
     printed = 0
     for step in state["steps"]:
         run = by_id.get(step["run_id"])
@@ -398,7 +427,7 @@ def _logs(report: ClusterReport, cluster: Cluster, state: dict[str, list[dict[st
             relpath = log_relpath(run["job"], run["id"], step["step_id"])
             written = [n.name for n in cluster.nodes.values()
                        if (n.state / relpath).is_file() and (n.state / relpath).stat().st_size]
-            if written or shipped(cluster.url, run["id"], step["step_id"]):
+            if written or logs.get((run["id"], step["step_id"])):
                 report.violations.append(
                     f"step {step['step_id']} of {run['id']} ({run['status']}) references no log"
                     f", but it wrote one ({'on ' + ', '.join(written) if written else ''}"
@@ -412,7 +441,7 @@ def _logs(report: ClusterReport, cluster: Cluster, state: dict[str, list[dict[st
         local = node.state / step["log"] if node is not None else None
         report.logs_checked += 1
         if step["log_size"] is not None:
-            data = shipped(cluster.url, run["id"], step["step_id"])
+            data = logs.get((run["id"], step["step_id"]), b"")
             if len(data) != step["log_size"]:
                 report.violations.append(f"the shipped log of {run['id']}/{step['step_id']} has "
                                          f"{len(data)} of its {step['log_size']} bytes")
@@ -426,11 +455,23 @@ def _logs(report: ClusterReport, cluster: Cluster, state: dict[str, list[dict[st
             elif printed < cli_logs and run["status"] == "succeeded":
                 printed += 1
                 _cli_log(report, cluster, run, data, ran.get(run["id"], set()))
+        elif holder_alive.get(run["node"]) and _ago(state, run["finished_at"]) > SHIP_GRACE:
+            report.violations.append(
+                f"the log of {run['id']}/{step['step_id']} ({run['status']}) was never shipped "
+                f"whole, though node {names.get(run['node'])} that ran it is alive")
         elif any((n.state / step["log"]).exists() for n in cluster.nodes.values()):
             report.logs_local += 1  # its node was lost before it shipped the end
         else:
             report.violations.append(f"the log of {run['id']}/{step['step_id']} ({run['status']})"
                                      " is neither in the store nor on any node's disk")
+
+
+def _ago(state: dict[str, list[dict[str, Any]]], stamp: str | None) -> float:
+    """Seconds from ``stamp`` to the snapshot (infinity for none)."""
+    if stamp is None:
+        return float("inf")
+    now: datetime = state["now"][0]["now"]
+    return (now - datetime.fromisoformat(stamp)).total_seconds()
 
 
 def _cli_log(report: ClusterReport, cluster: Cluster, run: dict[str, Any], data: bytes,
