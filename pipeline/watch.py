@@ -76,6 +76,7 @@ class Catalog:
     _settings_good: Settings | None = None
     _settings_digest: str | None = None
     _settings_problems: dict[str, tuple[Problem, ...]] = field(default_factory=dict)
+    _settings_kept: str | None = None  # the broken settings file whose last good version holds
     # The settings file in force when it is valid now: (file, sha256, bytes), to remember.
     _settings_source: tuple[str, str, bytes] | None = None
 
@@ -99,6 +100,7 @@ class Catalog:
         first = self._remembered is None
         if first:
             self._read_remembered()
+        settings_before = self._settings_problems
         settings_changed = self._scan_settings(settings_files)
         for path, key, data, digest in files:
             known = None if settings_changed else self._seen.get(key)
@@ -113,8 +115,11 @@ class Catalog:
                 seen[key] = _File(digest, None, exc.problems)
         if first:
             self._recall(seen)
-        changed = first or settings_changed or seen.keys() != self._seen.keys() or any(
-            seen[k].sha256 != self._seen[k].sha256 for k in seen)
+        # A settings file broken (or fixed) with no change to the settings in force still
+        # changes what is shown: its errors, in the catalog's problems and the log.
+        changed = (first or settings_changed or self._settings_problems != settings_before
+                   or seen.keys() != self._seen.keys()
+                   or any(seen[k].sha256 != self._seen[k].sha256 for k in seen))
         self._seen = seen
         if changed:
             self._rebuild(first)
@@ -135,6 +140,7 @@ class Catalog:
             chosen = (key, data, digest)
         self._settings_files = {key for key, _, _ in found}
         self._settings_source = None
+        self._settings_kept = None
         wanted = Settings()
         if chosen is not None:
             key, data, digest = chosen
@@ -151,7 +157,7 @@ class Catalog:
                         self._settings_good = self._remembered_settings(key)
                     wanted = self._settings_good or Settings()
                     if self._settings_good is not None:
-                        logger.warning("{}: invalid; its last good version stays in force", key)
+                        self._settings_kept = key  # said by _rebuild, after its errors
             if key not in problems:
                 self._settings_source = (key, digest, data)
         else:
@@ -254,8 +260,10 @@ class Catalog:
                     logger.error("{}", problem)
                 if key in stale.values():
                     logger.warning("{}: invalid; its last good version stays scheduled", key)
+                elif key == self._settings_kept:
+                    logger.warning("{}: invalid; its last good version stays in force", key)
         for key in self.problems.keys() - problems.keys():
-            if key in self._seen:
+            if key in self._seen or key in self._settings_files:
                 logger.info("{}: valid again", key)
         self.jobs, self.problems, self.files, self.stale = jobs, problems, files, stale
 

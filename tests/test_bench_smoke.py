@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import dags, filewatch, steps
+from tests.bench import cluster, dags, filewatch, steps
 from tests.bench.cron import Burst, crontab
 from tests.bench.harness import (
     Children,
@@ -193,3 +193,16 @@ def test_a_group_run_alone_replaces_or_adds_its_section() -> None:
     # Nothing after it: before the words that follow the tables.
     last = report.splice(full, "torture", "Torture", text("torture", "Torture"), [])
     assert last.index("### Torture") < last.index("A ratio is") < last.index("## Details")
+
+
+def test_cluster_statements_per_fire_split_the_firing_path_from_the_background() -> None:
+    """pg_stat_statements' counts: the nodes' background (leases...) apart, the benchmark's
+    own left out, a BEGIN riding with the clock read that follows it."""
+    found = cluster._statements([
+        ("BEGIN", 100), ("SELECT clock_timestamp()", 100),
+        ("INSERT INTO runs (id, job) VALUES ($1, $2)", 100),
+        ("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2", 30),
+        ("SELECT pg_stat_statements_reset()", 1)], 100, 110)
+    assert (found.total, found.firing, found.trips, found.transactions) == (330, 300, 230, 110)
+    assert [(q.split()[0], f) for q, _, f in found.top] == [
+        ("BEGIN", True), ("SELECT", True), ("INSERT", True), ("UPDATE", False)]

@@ -878,3 +878,26 @@ def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
     assert [s["status"] for s in third["steps"]] == ["reused", "reused", "succeeded"]
     assert cli("rerun", *args, again["id"], "--failed")[0] == 1  # nothing failed
     assert cli("rerun", *args, again["id"], "--from", "nope")[0] == 1
+
+
+def test_a_directory_given_before_the_command_beats_the_environment(
+        tmp_path: Path, jobs: Path) -> None:
+    # The options are on the group and on each command: the command's own copy, given
+    # nothing, must not put the environment's value over what the command line said (a
+    # systemd drop-in `ExecStart=pipeline --jobs-dir /srv/jobs serve` under the unit's
+    # Environment=PIPELINE_JOBS_DIR=...).
+    other = write(tmp_path / "other" / "elsewhere.yaml", "steps: [{id: s, run: 'true'}]\n")
+    env = {"PIPELINE_JOBS_DIR": str(other.parent),
+           "PIPELINE_STATE_DIR": str(tmp_path / "env-state")}
+    for args in (["--jobs-dir", str(jobs), "list", "--json"],
+                 ["list", "--jobs-dir", str(jobs), "--json"]):
+        code, out, err = cli(*args, env=env)
+        assert code == 0, err
+        assert sorted(j["name"] for j in json.loads(out)) == ["fails", "hello"], args
+    code, out, err = cli("list", "--json", env=env)  # the environment, when nothing is given
+    assert [j["name"] for j in json.loads(out)] == ["elsewhere"]
+    state = tmp_path / "cli-state"
+    code, _, err = cli("--state-dir", str(state), "--jobs-dir", str(jobs), "run", "hello",
+                       env=env)
+    assert code == 0, err
+    assert (state / "state.db").exists() and not (tmp_path / "env-state").exists()

@@ -71,7 +71,8 @@ async def test_every_page_passes_axe_light_and_dark_at_both_widths(tmp_path: Pat
     checked = 0
     async with scene(tmp_path) as (stage, tab):
         paths = {**pages(stage), "job-stale": "/jobs/tmp-cleanup",
-                 "job-invalid": "/jobs/half-done", "job-manual": "/jobs/sync-crm"}
+                 "job-invalid": "/jobs/half-done", "job-manual": "/jobs/sync-crm",
+                 "index-no-match": "/?q=no-such-job"}  # the empty state's link
         for size, (width, height, mobile) in SIZES.items():
             await tab.size(width, height, mobile=mobile)
             for dark in (False, True):
@@ -84,7 +85,7 @@ async def test_every_page_passes_axe_light_and_dark_at_both_widths(tmp_path: Pat
                     checked += 1
         # The pictures the README shows, taken the same way (kept as this test's artifacts).
         taken = await shoot(tab, stage, shots)
-    assert checked == len(SIZES) * 2 * 8
+    assert checked == len(SIZES) * 2 * 9
     assert len(taken) == 12
     for picture in taken:
         assert (await trio.Path(picture).stat()).st_size > 10_000  # a page, not a blank

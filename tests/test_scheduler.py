@@ -727,6 +727,29 @@ async def test_a_step_pool_and_the_cap_on_active_runs(world: World,
                for o in others)
 
 
+async def test_a_step_that_waited_for_its_pool_no_longer_says_so_once_it_runs(
+        world: World, mock_clock: MockClock) -> None:
+    world.store.publish_pools({"db": 1})
+    job = world.job("""
+        name: two
+        steps:
+          - {id: a, pool: db, uses: sleep, with: {duration: 10s}}
+          - {id: b, pool: db, uses: sleep, with: {duration: 10s}}
+    """, name="two")
+    async with world.daemon(job) as node:
+        started = await node.trigger("two")
+        await trio.sleep(1)
+        record = world.store.run(started.run_id)
+        assert record is not None
+        assert {s.id: (s.status.value, s.error) for s in record.steps}["b"] == (
+            "pending", "waiting for pool db")
+        await trio.sleep(10)  # a gave the slot back: b runs
+        record = world.store.run(started.run_id)
+        assert record is not None
+        assert {s.id: (s.status.value, s.error) for s in record.steps}["b"] == ("running", None)
+        await trio.sleep(10)
+
+
 async def test_a_settled_file_fires_once_with_its_event(world: World,
                                                         mock_clock: MockClock) -> None:
     from pipeline.filewatch import FileFire

@@ -190,3 +190,34 @@ def test_a_remembered_settings_file_is_no_job(tmp_path: Path) -> None:
     assert {d.name for d in store.definitions().values()} == {"", "a"}
     restarted = catalog(jobs, SqliteStore.open(tmp_path / "state"))
     assert set(restarted.jobs) == {"a"} and restarted.files == {str(jobs / "a.yaml"): "a"}
+
+
+def test_a_settings_file_broken_while_running_is_shown_once_and_valid_again(
+        tmp_path: Path) -> None:
+    # A running daemon rescans every few seconds: the broken file's located error must reach
+    # the catalog's problems (the API and the page show those) and the log once, not a bare
+    # warning on every rescan.
+    from loguru import logger
+
+    jobs = tmp_path / "jobs"
+    settings = write(jobs / "settings.yaml", SETTINGS.format(slots=3))
+    write(jobs / "p.yaml", POOLED)
+    running = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])),
+                      level="INFO")
+    try:
+        settings.write_text("kind: settings\npools: {db: 0}\n")
+        assert running.scan()
+        [problem] = running.problems[str(settings)]
+        assert (problem.line, problem.column) == (2, 13) and "pools.db" in problem.message
+        assert dict(running.settings.pools) == {"db": 3} and "p" in running.jobs
+        assert not running.scan() and not running.scan()  # nothing new: nothing said again
+        assert [level for level, _ in lines] == ["ERROR", "WARNING"]
+        assert "pools.db" in lines[0][1] and "stays in force" in lines[1][1]
+        write(settings, SETTINGS.format(slots=3))
+        assert running.scan()
+        assert str(settings) not in running.problems
+        assert lines[-1] == ("INFO", f"{settings}: valid again")
+    finally:
+        logger.remove(sink)

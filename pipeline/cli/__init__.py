@@ -122,6 +122,9 @@ class Settings:
         self.state_dir = Path(".pipeline")
         self.store_url: str | None = None  # a shared store (cluster mode); None: SQLite
         self.plugins = False  # load plug-in runners too (the daemon, or a job that uses one)
+        # What the command line set: the command's own copy of an option, given nothing,
+        # reads the environment, which must not overrule the group's copy given a value.
+        self.given: set[str] = set()
         self._runners: Any = None
 
     def runners(self) -> Any:
@@ -167,26 +170,40 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 
-def _set_jobs_dir(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+def _set(ctx: click.Context, param: click.Parameter, attribute: str, value: Any) -> None:
+    """Put an option's value in the Settings, unless it comes from the environment and the
+    command line already set that attribute (``pipeline --jobs-dir X list`` under
+    ``PIPELINE_JOBS_DIR``: both the group and ``list`` have the option)."""
+    from click.core import ParameterSource
+
+    settings = ctx.ensure_object(Settings)
+    if ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE:
+        settings.given.add(attribute)
+    elif attribute in settings.given:
+        return
+    setattr(settings, attribute, value)
+
+
+def _set_jobs_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     from pathlib import Path
 
     if value is not None:
-        ctx.ensure_object(Settings).jobs_dir = Path(value)
+        _set(ctx, param, "jobs_dir", Path(value))
 
 
-def _set_state_dir(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+def _set_state_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     from pathlib import Path
 
     if value is not None:
-        ctx.ensure_object(Settings).state_dir = Path(value)
+        _set(ctx, param, "state_dir", Path(value))
 
 
-def _set_store(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+def _set_store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
-        ctx.ensure_object(Settings).store_url = value.strip()
+        _set(ctx, param, "store_url", value.strip())
 
 
-def _set_store_file(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+def _set_store_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if not value:
         return
     from pathlib import Path
@@ -200,7 +217,7 @@ def _set_store_file(ctx: click.Context, _: click.Parameter, value: str | None) -
                          f"{exc.strerror or exc}") from None
     if not text:
         raise UsageError(f"the store file {value} is empty")
-    ctx.ensure_object(Settings).store_url = text
+    _set(ctx, param, "store_url", text)
 
 
 def dirs(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -66,12 +66,13 @@ _RUN_FINISHED = f"""
       AND (CAST(:attempt AS INTEGER) IS NULL OR attempt = :attempt)
     RETURNING job, trigger"""
 _RUN_HELD = f"EXISTS (SELECT 1 FROM runs WHERE id = :run AND {_HELD})"
+# The error a pending step had ("waiting for pool db") is over once it starts.
 _STEP_STARTED = f"""
     INSERT INTO steps (run_id, step_id, status, attempt, started_at, log, item)
     SELECT :run, :step, 'running', :attempt, :at, :log, :item WHERE {_RUN_HELD}
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = 'running', attempt = excluded.attempt, started_at = excluded.started_at,
-        finished_at = NULL, log = coalesce(excluded.log, steps.log),
+        finished_at = NULL, error = NULL, log = coalesce(excluded.log, steps.log),
         item = coalesce(excluded.item, steps.item)"""
 _STEP_SPAWNED = f"""
     UPDATE steps SET pid = :pid, pgid = :pgid WHERE run_id = :run AND step_id = :step
