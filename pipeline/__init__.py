@@ -45,8 +45,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  runner; one run = one trio nursery walking the step graph,
                                  steps are tasks in it; the dry-run plan; `pipeline run`'s
                                  live view
-    store/ (sql, sqlite,         the state of jobs, runs, nodes and decisions: one protocol
-      postgres)                  (store/__init__), the shared SQL, one module per backend
+    store/ (records, rows,       the state of jobs, runs, nodes and decisions: one protocol
+      migrations, base, sql,     (store/__init__) and its records; values as rows; both
+      recording, history, jobs,  backends' migrations; the shared SQL (sql.SqlStore, a class
+      fires, starts, pools,      per family of verbs on base's transactions); one module per
+      leases, logs, notices,     backend, and a PostgreSQL URL's password
+      sqlite, pgurl, postgres)
     versions, journal            which version of a job ran; the one writer between events
                                  and the store (group commit)
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the

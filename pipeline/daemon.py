@@ -52,7 +52,8 @@ from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
 from pipeline.scheduler import Scheduler
 from pipeline.statedir import identity_alive, process_identity
-from pipeline.store import NodeInfo, Outcome, Started, Store, StoredDecision, outcome_of
+from pipeline.store import Store
+from pipeline.store.records import NodeInfo, Outcome, Started, StoredDecision, outcome_of
 from pipeline.watch import Catalog, watch_jobs
 from pipeline.worker import Worker
 

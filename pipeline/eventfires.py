@@ -26,7 +26,8 @@ from pipeline.errors import StateError
 from pipeline.filewatch import FileFire, FileWatcher
 from pipeline.filewatch import Outcome as FileOutcome
 from pipeline.model import Job, ScheduleKind, Trigger, Version, thaw
-from pipeline.store import Claimed, EventFire, Store
+from pipeline.store import Store
+from pipeline.store.records import Claimed, EventFire
 
 POLL = 1.0
 Offload = Callable[..., Awaitable[Any]]

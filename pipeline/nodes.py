@@ -36,7 +36,8 @@ from pipeline import __version__
 from pipeline.errors import StateError
 from pipeline.model import iso
 from pipeline.statedir import process_identity
-from pipeline.store import NodeInfo, NodeState, Store
+from pipeline.store import Store
+from pipeline.store.records import NodeInfo, NodeState
 
 Offload = Callable[..., Awaitable[Any]]
 T = TypeVar("T")

@@ -19,7 +19,8 @@ from pipeline.events import RunQueued
 from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
 from pipeline.statedir import new_run_id
-from pipeline.store import JobState, NodeInfo, Outcome, Store, StoredDecision
+from pipeline.store import Store
+from pipeline.store.records import JobState, NodeInfo, Outcome, StoredDecision
 
 
 def operator() -> str:

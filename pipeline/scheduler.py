@@ -36,7 +36,8 @@ from pipeline.faults import crash_point
 from pipeline.journal import Offload
 from pipeline.model import Job, Version
 from pipeline.policy import catchup_of, misfire_grace_of
-from pipeline.store import Claimed, Claims, FireClaim, JobSettings, Store, StoredDecision
+from pipeline.store import Store
+from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
 from pipeline.versions import version_of
 
 RECHECK = 2.0  # longest sleep without looking at the clock again

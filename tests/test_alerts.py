@@ -15,7 +15,7 @@ import trio
 from pipeline.daemon import Daemon, open_daemon
 from pipeline.model import RunStatus
 from pipeline.runners import load_runners
-from pipeline.store import Outcome
+from pipeline.store.records import Outcome
 from pipeline.store.sqlite import SqliteStore
 
 from .test_notify import Endpoint, Mailbox, endpoint, plain_mailbox  # noqa: F401

@@ -36,8 +36,8 @@ from pipeline.errors import StateError
 from pipeline.journal import Journal
 from pipeline.model import Catchup
 from pipeline.nodes import Lease, this_node
-from pipeline.store import FireClaim, JobSettings
 from pipeline.store.postgres import PostgresStore
+from pipeline.store.records import FireClaim, JobSettings
 from pipeline.worker import Worker
 from tests.faults import netns
 from tests.faults.cluster import (

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from pipeline.daemon import Daemon
 from pipeline.http import StatusApp, create_app
-from pipeline.store import Outcome, StoredDecision
+from pipeline.store.records import Outcome, StoredDecision
 from tests.test_http import (
     JOBS,
     client,

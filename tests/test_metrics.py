@@ -140,7 +140,7 @@ def test_json_has_the_same_figures_and_instances_are_independent() -> None:
 
 
 def test_decisions_count_fires_by_outcome_and_reason_and_time_a_fired_run() -> None:
-    from pipeline.store import Outcome, StoredDecision
+    from pipeline.store.records import Outcome, StoredDecision
 
     metrics = Metrics()
     metrics.decided("backup", "fired", None, run_id="r1", fire_time=at(0), at=at(0.02),

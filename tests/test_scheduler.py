@@ -28,7 +28,7 @@ from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
 from pipeline.scheduler import Scheduler
-from pipeline.store import Outcome
+from pipeline.store.records import Outcome
 from pipeline.store.sqlite import SqliteStore
 from pipeline.worker import Worker
 

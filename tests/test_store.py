@@ -62,7 +62,14 @@ from pipeline.statedir import (
     new_run_id,
     process_identity,
 )
-from pipeline.store import (
+from pipeline.store import Store
+from pipeline.store import open_store as open_store_at
+from pipeline.store import postgres as pg
+from pipeline.store.fires import LEAD_ALLOWED
+from pipeline.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION, SQLITE_MIGRATIONS
+from pipeline.store.pgurl import mask_url
+from pipeline.store.postgres import PostgresStore, Timeouts, to_psycopg
+from pipeline.store.records import (
     INTERRUPTED_RUNNING,
     NODE_LOST,
     FireClaim,
@@ -71,14 +78,10 @@ from pipeline.store import (
     NodeState,
     Outcome,
     StopRequest,
-    Store,
     StoredDecision,
 )
-from pipeline.store import open_store as open_store_at
-from pipeline.store import postgres as pg
-from pipeline.store.postgres import PostgresStore, Timeouts, mask_url, to_psycopg
-from pipeline.store.sql import LEAD_ALLOWED, SqlStore
-from pipeline.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
+from pipeline.store.sql import SqlStore
+from pipeline.store.sqlite import SqliteStore, migrate
 from tests.postgres import Postgres, free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -1404,7 +1407,7 @@ INDEXES = {
 def test_both_schemas_have_the_same_shape(tmp_path: Path, postgres_url: str) -> None:
     """One set of statements serves both: the same tables, columns (in order) and indexes,
     and the same number of migrations."""
-    assert pg.SCHEMA_VERSION == SCHEMA_VERSION
+    assert len(POSTGRES_MIGRATIONS) == len(SQLITE_MIGRATIONS) == SCHEMA_VERSION
     lite = SqliteStore.open(tmp_path)
     post = PostgresStore.open(postgres_url)
     try:
@@ -1529,12 +1532,12 @@ def test_migrations_apply_in_order_and_a_failing_one_changes_nothing(tmp_path: P
     path = tmp_path / "m.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        assert migrate(conn, path, MIGRATIONS) == 0
+        assert migrate(conn, path, SQLITE_MIGRATIONS) == 0
         conn.execute("INSERT INTO jobs (name, watermark) VALUES ('j', 'w')")
-        assert migrate(conn, path, MIGRATIONS) == SCHEMA_VERSION  # idempotent
+        assert migrate(conn, path, SQLITE_MIGRATIONS) == SCHEMA_VERSION  # idempotent
         # A later release adds a migration: an existing database takes it and keeps its rows.
-        later = (*MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT",
-                               "UPDATE jobs SET note = 'migrated'"))
+        later = (*SQLITE_MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT",
+                                      "UPDATE jobs SET note = 'migrated'"))
         assert migrate(conn, path, later) == SCHEMA_VERSION
         assert conn.execute("SELECT name, watermark, note FROM jobs").fetchall() == [
             ("j", "w", "migrated")]
@@ -1554,7 +1557,7 @@ def test_a_run_keeps_its_outputs_and_an_instance_its_item(tmp_path: Path) -> Non
     """A database made before outputs existed takes the migration and keeps its runs."""
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    migrate(conn, path, MIGRATIONS[:1])
+    migrate(conn, path, SQLITE_MIGRATIONS[:1])
     conn.execute("INSERT INTO runs (id, job, status, trigger, queued_at) "
                  f"VALUES ('{rid(1)}', 'j', 'succeeded', 'manual', '{at(1).isoformat()}')")
     conn.close()
@@ -2099,7 +2102,7 @@ def test_two_nodes_opening_a_fresh_database_at_once_both_succeed(postgres_url: s
         with psycopg.connect(postgres_url) as conn:
             assert [row[0] for row in conn.execute(
                 "SELECT version FROM schema_version ORDER BY version")] == list(
-                range(1, pg.SCHEMA_VERSION + 1))
+                range(1, SCHEMA_VERSION + 1))
         opened[0].record([queued(1)])
         assert opened[3].count_runs() == 1
     finally:
@@ -2110,7 +2113,7 @@ def test_two_nodes_opening_a_fresh_database_at_once_both_succeed(postgres_url: s
 def test_a_database_from_a_newer_pipeline_is_refused_by_postgres(postgres_url: str) -> None:
     PostgresStore.open(postgres_url).close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (pg.SCHEMA_VERSION + 1,))
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     with pytest.raises(StateError, match="made by a newer pipeline"):
         PostgresStore.open(postgres_url)
 
@@ -2120,21 +2123,21 @@ def test_postgres_migrations_apply_in_order_and_a_failing_one_changes_nothing(
     store = PostgresStore.open(postgres_url, migrate=False)
     try:
         assert store.migrate() == 0
-        assert store.migrate() == pg.SCHEMA_VERSION  # idempotent
+        assert store.migrate() == SCHEMA_VERSION  # idempotent
     finally:
         store.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("INSERT INTO jobs (name, watermark) VALUES ('j', 'w')")
-        later = (*pg.MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT",
-                                  "UPDATE jobs SET note = 'migrated'"))
-        assert pg.migrate(conn, "db", later) == pg.SCHEMA_VERSION
+        later = (*POSTGRES_MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT",
+                                        "UPDATE jobs SET note = 'migrated'"))
+        assert pg.migrate(conn, "db", later) == SCHEMA_VERSION
         assert conn.execute("SELECT name, watermark, note FROM jobs").fetchall() == [
             ("j", "w", "migrated")]
         broken = (*later, ("CREATE TABLE extra (x integer)", "NOT SQL AT ALL"))
         with pytest.raises(psycopg.errors.SyntaxError):
             pg.migrate(conn, "db", broken)
         assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
-            pg.SCHEMA_VERSION + 1,)
+            SCHEMA_VERSION + 1,)
         assert conn.execute("SELECT to_regclass('extra')").fetchone() == (None,)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 

@@ -11,7 +11,7 @@ from pipeline import spec, triggers
 from pipeline.cli.jobs import list_rows
 from pipeline.model import RunRecord, RunStatus, Trigger
 from pipeline.policy import circuit_open
-from pipeline.store import JobState
+from pipeline.store.records import JobState
 from pipeline.views import CatalogFiles, job_views
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

@@ -16,7 +16,8 @@ from pipeline.errors import PipelineError, UsageError
 from pipeline.nodes import this_node
 from pipeline.notation import parse_duration
 from pipeline.statedir import lock_state_dir
-from pipeline.store import NodeInfo, open_store
+from pipeline.store import open_store
+from pipeline.store.records import NodeInfo
 
 
 def node_options(name: str | None, labels: str, roles: str, max_runs: int | None,

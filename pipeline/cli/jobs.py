@@ -23,7 +23,7 @@ from pipeline.spec import Loaded
 from pipeline.views import job_row
 
 if TYPE_CHECKING:
-    from pipeline.store import JobState
+    from pipeline.store.records import JobState
 
 
 @click.command()

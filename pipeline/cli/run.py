@@ -19,7 +19,7 @@ from pipeline.live import LiveView
 from pipeline.model import Job, Policy, RunRecord, RunStatus, utc_now
 from pipeline.plan import print_plan
 from pipeline.statedir import new_run_id
-from pipeline.store import NodeInfo
+from pipeline.store.records import NodeInfo
 
 
 @click.command()

@@ -7,6 +7,11 @@ backends implement it and pass one conformance suite (``tests/test_store.py``):
 - ``sqlite.SqliteStore``: ``STATE_DIR/state.db``, the default, one daemon per state directory;
 - ``postgres.PostgresStore``: a database several daemons share (cluster mode, CONTRACT §9).
 
+The package, by concept: ``records`` (what the verbs take and give back), ``rows`` (those values
+as the tables hold them), ``migrations`` (both backends' tables, version for version), ``sql``
+(``SqlStore``: the verbs in the SQL both backends run, one class per family of verbs on
+``base``), ``sqlite``, ``postgres`` (and ``pgurl``: a PostgreSQL URL's password, masked).
+
 What both must hold (docs/architecture.md has the whole picture):
 
 - **A fire runs at most once.** A scheduled fire is keyed ``(job, fire_key)`` by a unique index;
@@ -25,221 +30,31 @@ database that is down); a failed write applies nothing and may be retried.
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from pipeline.events import Event
-from pipeline.model import (
-    Catchup,
-    CircuitBreaker,
-    Concurrency,
-    Definition,
-    RunRecord,
-    RunStatus,
-    StepRecord,
-    StepStatus,
-    Trigger,
-    Version,
-    empty_mapping,
-    freeze,
+from pipeline.model import Definition, RunRecord, RunStatus, Trigger
+from pipeline.store.records import (
+    Claimed,
+    Claims,
+    EventFire,
+    FireClaim,
+    JobSettings,
+    JobState,
+    NodeInfo,
+    PoolState,
+    Started,
+    StopRequest,
+    StoredDecision,
 )
-from pipeline.policy import Decision, Verdict
 
-ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
-# Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.
-KEYED_TRIGGERS = frozenset({Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.BACKFILL})
-
-INTERRUPTED_RUNNING = "the daemon stopped while it ran"
-INTERRUPTED_QUEUED = "the daemon stopped before it started"
-NODE_LOST = "its node was lost"
-
-
-class NodeState(StrEnum):
-    ALIVE = "alive"
-    LEFT = "left"  # stopped cleanly
-    LOST = "lost"  # its lease ran out (or its process died): its runs were taken back
-
-
-class Outcome(StrEnum):
-    """What a decision-log row says became of a fire (CONTRACT §6)."""
-
-    FIRED = "fired"
-    SKIPPED = "skipped"
-    NOT_MADE = "not made"
-    LATE = "late"
-    NOTIFIED = "notified"
-    NOTIFY_FAILED = "notify failed"
-
-
-def outcome_of(decision: Decision) -> Outcome:
-    if decision.verdict is Verdict.SKIP:
-        return Outcome.SKIPPED
-    if decision.verdict is Verdict.NOT_MADE:
-        return Outcome.NOT_MADE
-    return Outcome.FIRED
-
-
-# -- records -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class JobSettings:
-    """What the store needs of a job to decide about its runs, as a scheduler node loaded it."""
-
-    name: str
-    concurrency: Concurrency = field(default_factory=Concurrency)
-    breaker: CircuitBreaker | None = None
-    enabled: bool = True
-    on_node_loss_retry: bool = False
-    pool: tuple[str, int] | None = None  # (name, slots) a whole run holds
-
-
-@dataclass(frozen=True)
-class JobState:
-    """A job's state in the store: its watermark, circuit breaker and pause."""
-
-    name: str
-    watermark: datetime | None = None
-    failures: int = 0  # consecutive failed automatic runs
-    circuit_opened_at: datetime | None = None
-    paused_at: datetime | None = None
-    paused_by: str | None = None
-    paused_reason: str | None = None
-
-    @property
-    def paused(self) -> bool:
-        return self.paused_at is not None
-
-
-@dataclass(frozen=True)
-class FireClaim:
-    """A scheduler node's claim of a job's fires up to ``until``.
-
-    ``fires``: (instant, jitter) for every fire after the node's watermark up to ``until``,
-    ascending. The store drops those at or before the stored watermark (another node, or an
-    earlier life of this one, dealt with them), sorts the rest with ``policy.catch_up`` and
-    moves the watermark to ``until``.
-    """
-
-    job: str
-    fires: tuple[tuple[datetime, float], ...]
-    until: datetime
-    catchup: Catchup
-    misfire_grace: float
-    started: datetime  # when the claiming node began to fire
-    version: Version | None = None
-    document: Mapping[str, Any] | None = None
-    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)
-    hold: bool = True  # the claiming node holds the runs (else any node may take them)
-    # fires the calendar removed (instant, reason, rule): recorded as not made
-    removed: tuple[tuple[datetime, str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A fire made into a run by ``claim_fires``: it starts at ``ready_at``."""
-
-    run_id: str
-    job: str
-    fire_time: datetime
-    trigger: Trigger
-    ready_at: datetime
-    held: bool  # held by the claiming node; otherwise left for any node
-    backlog: bool  # a missed fire under `catchup: all`: it queues behind the job's other runs
-
-
-@dataclass(frozen=True)
-class Claims:
-    """What ``claim_fires`` did: the runs it made, and where each job's watermark is now."""
-
-    runs: list[Claimed]
-    watermarks: dict[str, datetime]
-    decisions: list[StoredDecision] = field(default_factory=list)  # fires made no run of
-
-
-@dataclass(frozen=True)
-class Started:
-    """What ``start_runs`` or ``claim_runs`` made of a run."""
-
-    run: RunRecord  # as it is now (with its document), for the runner to run
-    decision: Decision
-    replaced: tuple[str, ...] = ()  # active runs asked to stop (`replace`)
-
-
-@dataclass(frozen=True)
-class EventFire:
-    """A fire an event made (a file settled, an upstream run ended, a daemon started).
-
-    ``key`` is its identity for the job (``file:PATH:SIZE:MTIME_NS``, ``after:RUN_ID``,
-    ``reboot:NODE``): the store records each once, and makes a run of it only then (and not
-    for ``record_only``: a file that was there when a watch began). ``event`` is what the run
-    gets as ``run.event`` (or, for ``after``, ``run.upstream``).
-    """
-
-    job: str
-    key: str
-    trigger: Trigger
-    event: Mapping[str, Any] | None = None
-    record_only: bool = False
-    hold: bool = True
-    version: Version | None = None
-    document: Mapping[str, Any] | None = None
-    runs_on: Mapping[str, str] = field(default_factory=empty_mapping)
-
-
-@dataclass(frozen=True)
-class PoolState:
-    name: str
-    slots: int
-    used: int
-    waiting: int
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """A node as it registers, and as ``nodes()`` gives it back."""
-
-    id: str
-    name: str
-    roles: frozenset[str] = frozenset({"scheduler", "runner", "http"})
-    labels: Mapping[str, str] = field(default_factory=empty_mapping)
-    version: str = ""
-    identity: str = ""  # where it runs, for a liveness check on the same machine
-    listen: str | None = None
-    digest: str | None = None  # of the job definitions it loaded
-    max_runs: int | None = None
-    started_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-    expires_at: datetime | None = None
-    state: NodeState = NodeState.ALIVE
-    active_runs: int = 0
-
-
-@dataclass(frozen=True)
-class StoredDecision:
-    """One row of the decision log."""
-
-    job: str
-    outcome: Outcome
-    decided_at: datetime
-    fire_time: datetime | None = None
-    node: str | None = None
-    reason: str | None = None
-    detail: str | None = None
-    run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class StopRequest:
-    run_id: str
-    reason: str
-    status: RunStatus  # what the run ends as: cancelled, or interrupted
+# worker.py and http/app.py, which another branch is splitting (issue 10), still import
+# Claimed, JobState and Started from here; their home is pipeline.store.records. Once those
+# modules take them from there, the three leave this list.
+__all__ = ["Claimed", "JobState", "Started", "Store", "open_store"]
 
 
 class Store(Protocol):
@@ -561,116 +376,3 @@ def open_store(state_dir: Path, url: str | None = None, *,
     from pipeline.store.sqlite import SqliteStore
 
     return SqliteStore.open(state_dir)
-
-
-# -- conversions both backends share --------------------------------------------------------------
-
-def iso(value: datetime) -> str:
-    """Fixed-width ISO 8601 in UTC: sorts and compares as text in the same order as in time."""
-    if value.tzinfo is not UTC:  # most times come in UTC already: skip the conversion
-        if value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: the store needs aware times")
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else iso(value)
-
-
-def time_of(value: str | datetime | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return None if value is None else value.astimezone(UTC)
-    return datetime.fromisoformat(value)
-
-
-def _plain(value: object) -> object:
-    """What JSON cannot take as it is: frozen mappings, and the dates YAML may put in a
-    document (kept as their text)."""
-    return dict(value) if isinstance(value, Mapping) else str(value)
-
-
-# One encoder built once: json.dumps with any option builds a new one per call.
-to_json = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
-
-
-def from_json(value: str | bytes | Mapping[str, Any] | None) -> Any:
-    if value is None or isinstance(value, Mapping | list):
-        return value
-    return json.loads(value)
-
-
-@functools.lru_cache(maxsize=4096)
-def version_json(version: Version | None) -> str | None:
-    return None if version is None else to_json(version.as_dict())
-
-
-# Every run of a job version stores the same document: encode it once. Keyed by identity,
-# holding the object so the id cannot be reused while cached.
-_documents: dict[int, tuple[object, str]] = {}
-
-
-def document_json(document: Mapping[str, Any]) -> str:
-    known = _documents.get(id(document))
-    if known is None or known[0] is not document:
-        if len(_documents) > 4096:
-            _documents.clear()
-        known = _documents[id(document)] = (document, to_json(document))
-    return known[1]
-
-
-_decoded: dict[str, Mapping[str, Any]] = {}
-
-
-def document_of(value: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    """A stored job definition, decoded and frozen. Every run of one version of a job holds
-    the same text, and decoding it for each run started was a tenth of the daemon's CPU at
-    100 runs a second: the same text is decoded once (the result is immutable, so shared)."""
-    if not isinstance(value, str):
-        return cast(Mapping[str, Any], freeze(from_json(value)))
-    known = _decoded.get(value)
-    if known is None:
-        if len(_decoded) > 512:
-            _decoded.clear()
-        known = _decoded[value] = freeze(from_json(value))
-    return known
-
-
-def fire_key(trigger: Trigger, fire_time: str | None) -> str | None:
-    return fire_time if trigger in KEYED_TRIGGERS else None
-
-
-RUN_COLUMNS = ("id, job, status, trigger, fire_time, queued_at, started_at, finished_at, "
-               "reason, params, version, parent_run_id, node, attempt, outputs, rerun_of, "
-               "reuse, event, notifications, late")
-DOCUMENT = 20  # the column after RUN_COLUMNS, where a query adds the document
-STEP_COLUMNS = ("run_id, step_id, status, attempt, exit_code, signal, started_at, finished_at, "
-                "outputs, error, log, pgid, item, waited_from")
-
-
-def run_record(row: Sequence[Any], document: Any = None,
-               steps: tuple[StepRecord, ...] = ()) -> RunRecord:
-    """A run from a row of ``RUN_COLUMNS`` (times as text or datetimes, JSON as text or
-    already decoded)."""
-    version = from_json(row[10])
-    outputs = from_json(row[14])
-    return RunRecord(
-        id=row[0], job=row[1], status=RunStatus(row[2]), trigger=Trigger(row[3]),
-        fire_time=time_of(row[4]), queued_at=time_of(row[5]), started_at=time_of(row[6]),
-        finished_at=time_of(row[7]), reason=row[8], params=freeze(from_json(row[9])),
-        version=None if version is None else Version(**version), parent_run_id=row[11],
-        node=row[12], attempt=row[13] or 0,
-        outputs=MappingProxyType(dict(outputs)) if outputs else empty_mapping(),
-        rerun_of=row[15], reuse=freeze(from_json(row[16]) or {}),
-        event=freeze(from_json(row[17])) if row[17] else None,
-        notifications=freeze(from_json(row[18]) or []), late=bool(row[19]),
-        document=None if document is None else document_of(document),
-        steps=steps)
-
-
-def step_record(row: Sequence[Any]) -> StepRecord:
-    return StepRecord(
-        run_id=row[0], id=row[1], status=StepStatus(row[2]), attempt=row[3], exit_code=row[4],
-        signal=row[5], started_at=time_of(row[6]), finished_at=time_of(row[7]),
-        outputs=MappingProxyType(from_json(row[8]) or {}), error=row[9], log=row[10],
-        pgid=row[11], item=row[12], waited_from=time_of(row[13]))

@@ -23,11 +23,12 @@ happens when the database goes away:
   repeats a write that committed.
 - **Errors** are ``StateError`` with a one-line message that names the database by its masked
   URL: the password is masked before anything parses the URL (libpq quotes a URL it cannot parse
-  whole, password included) and removed from every driver message. An outage is logged once
-  when it starts and once when the store answers again.
-- **Migrations** are versioned (``schema_version``) and run in one transaction under
-  ``pg_advisory_xact_lock``, so nodes starting at once migrate once and the others wait and find
-  the work done; a node killed mid-migration leaves nothing half-applied.
+  whole, password included) and removed from every driver message (``pgurl``). An outage is
+  logged once when it starts and once when the store answers again.
+- **Migrations** (``migrations.POSTGRES_MIGRATIONS``, beside SQLite's) are versioned
+  (``schema_version``) and run in one transaction under ``pg_advisory_xact_lock``, so nodes
+  starting at once migrate once and the others wait and find the work done; a node killed
+  mid-migration leaves nothing half-applied.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
-from urllib.parse import unquote
 
 import psycopg
 from loguru import logger
@@ -52,7 +52,9 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pipeline.errors import StateError
-from pipeline.store import KEYED_TRIGGERS, Store
+from pipeline.store import Store
+from pipeline.store.migrations import POSTGRES_MIGRATIONS
+from pipeline.store.pgurl import USERINFO, mask_url, password_span, passwords_in, scrub
 from pipeline.store.sql import SqlStore
 
 Connection = psycopg.Connection[TupleRow]
@@ -61,230 +63,10 @@ Connection = psycopg.Connection[TupleRow]
 MIGRATION_LOCK = 0x706970656C696E65
 SCHEMES = ("postgresql", "postgres")
 
-_ACTIVE = "('queued', 'running')"
-_KEYED = "(" + ", ".join(f"'{t}'" for t in sorted(KEYED_TRIGGERS)) + ")"
-
-# -- schema ------------------------------------------------------------------------------------
-
-# The same tables, columns (in the same order), indexes and data steps as
-# ``sqlite.MIGRATIONS``, version for version, in PostgreSQL's words: bigserial for a sequence
-# column, bytea for a blob, bigint where a value may pass 2^31; times and JSON are TEXT and
-# booleans integers on both, so that one set of statements serves both. A new migration is
-# appended to both tuples at once (the conformance suite compares the two schemas).
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE runs (
-            id            TEXT PRIMARY KEY,
-            job           TEXT NOT NULL,
-            status        TEXT NOT NULL,
-            trigger       TEXT NOT NULL,
-            fire_time     TEXT,
-            queued_at     TEXT NOT NULL,
-            started_at    TEXT,
-            finished_at   TEXT,
-            reason        TEXT,
-            params        TEXT NOT NULL DEFAULT '{}',
-            version       TEXT,
-            document      TEXT,
-            parent_run_id TEXT,
-            owner         TEXT
-        )""",
-        "CREATE INDEX runs_by_job ON runs (job, queued_at)",
-        "CREATE INDEX runs_by_time ON runs (queued_at)",
-        "CREATE UNIQUE INDEX runs_by_fire ON runs (job, fire_time) WHERE fire_time IS NOT NULL",
-        "CREATE INDEX runs_by_outcome ON runs (job, status, finished_at) "
-        "WHERE finished_at IS NOT NULL",
-        f"CREATE INDEX runs_active ON runs (status) WHERE status IN {_ACTIVE}",
-        """CREATE TABLE steps (
-            seq         BIGSERIAL PRIMARY KEY,
-            run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-            step_id     TEXT NOT NULL,
-            status      TEXT NOT NULL,
-            attempt     INTEGER NOT NULL DEFAULT 0,
-            exit_code   INTEGER,
-            signal      INTEGER,
-            started_at  TEXT,
-            finished_at TEXT,
-            outputs     TEXT NOT NULL DEFAULT '{}',
-            error       TEXT,
-            log         TEXT,
-            pid         INTEGER,
-            pgid        INTEGER,
-            UNIQUE (run_id, step_id)
-        )""",
-        """CREATE TABLE jobs (
-            name             TEXT PRIMARY KEY,
-            watermark        TEXT,
-            circuit_reset_at TEXT
-        )""",
-    ),
-    (
-        "ALTER TABLE runs ADD COLUMN fire_key TEXT",
-        f"UPDATE runs SET fire_key = fire_time WHERE trigger IN {_KEYED}",
-        "DROP INDEX runs_by_fire",
-        "CREATE UNIQUE INDEX runs_by_fire ON runs (job, fire_key) WHERE fire_key IS NOT NULL",
-        """CREATE TABLE definitions (
-            file   TEXT PRIMARY KEY,
-            name   TEXT NOT NULL,
-            sha256 TEXT NOT NULL,
-            source BYTEA NOT NULL,
-            since  TEXT NOT NULL
-        )""",
-    ),
-    (
-        "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE steps ADD COLUMN item TEXT",
-    ),
-    (
-        "ALTER TABLE runs ADD COLUMN node TEXT",
-        "ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE runs ADD COLUMN ready_at TEXT",
-        "ALTER TABLE runs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE runs ADD COLUMN backlog INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE runs ADD COLUMN stop_reason TEXT",
-        "ALTER TABLE runs ADD COLUMN stop_status TEXT",
-        "ALTER TABLE runs ADD COLUMN runs_on TEXT",
-        f"UPDATE runs SET ready_at = queued_at, attempt = 1 WHERE status NOT IN {_ACTIVE}",
-        f"UPDATE runs SET ready_at = queued_at WHERE status IN {_ACTIVE}",
-        f"CREATE INDEX runs_active_by_job ON runs (job, status) WHERE status IN {_ACTIVE}",
-        f"CREATE INDEX runs_by_node ON runs (node) WHERE status IN {_ACTIVE}",
-        "CREATE INDEX runs_unclaimed ON runs (ready_at) "
-        "WHERE status = 'queued' AND node IS NULL",
-        "ALTER TABLE jobs ADD COLUMN settings TEXT",
-        "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN circuit_opened_at TEXT",
-        "ALTER TABLE jobs ADD COLUMN paused_at TEXT",
-        "ALTER TABLE jobs ADD COLUMN paused_by TEXT",
-        "ALTER TABLE jobs ADD COLUMN paused_reason TEXT",
-        """UPDATE jobs SET failures = (
-            SELECT count(*) FROM runs
-            WHERE runs.job = jobs.name AND status = 'failed'
-              AND trigger IN ('schedule', 'catchup')
-              AND finished_at > coalesce((SELECT max(finished_at) FROM runs AS ok
-                                          WHERE ok.job = jobs.name AND ok.status = 'succeeded'
-                                            AND ok.finished_at IS NOT NULL), '')
-              AND finished_at > coalesce(jobs.circuit_reset_at, ''))""",
-        """UPDATE jobs SET circuit_opened_at = (
-            SELECT max(finished_at) FROM runs WHERE runs.job = jobs.name
-              AND status = 'failed' AND trigger IN ('schedule', 'catchup'))
-           WHERE failures > 0""",
-        """CREATE TABLE nodes (
-            id           TEXT PRIMARY KEY,
-            name         TEXT NOT NULL,
-            roles        TEXT NOT NULL,
-            labels       TEXT NOT NULL DEFAULT '{}',
-            version      TEXT,
-            identity     TEXT,
-            listen       TEXT,
-            digest       TEXT,
-            max_runs     INTEGER,
-            started_at   TEXT NOT NULL,
-            heartbeat_at TEXT NOT NULL,
-            expires_at   TEXT NOT NULL,
-            state        TEXT NOT NULL
-        )""",
-        "CREATE INDEX nodes_alive ON nodes (expires_at) WHERE state = 'alive'",
-        # SQLite takes the bare queued_at of any row of the group; PostgreSQL wants it named.
-        f"""INSERT INTO nodes (id, name, roles, identity, started_at, heartbeat_at,
-                               expires_at, state)
-            SELECT 'legacy-' || owner, 'legacy', 'runner', owner, min(queued_at),
-                   min(queued_at), min(queued_at), 'alive'
-            FROM runs WHERE status IN {_ACTIVE} AND owner IS NOT NULL GROUP BY owner""",
-        f"UPDATE runs SET node = 'legacy-' || owner WHERE status IN {_ACTIVE} "
-        "AND owner IS NOT NULL",
-        """CREATE TABLE decisions (
-            seq        BIGSERIAL PRIMARY KEY,
-            job        TEXT NOT NULL,
-            outcome    TEXT NOT NULL,
-            decided_at TEXT NOT NULL,
-            fire_time  TEXT,
-            node       TEXT,
-            reason     TEXT,
-            detail     TEXT,
-            run_id     TEXT
-        )""",
-        "CREATE INDEX decisions_by_job ON decisions (job, fire_time)",
-        "CREATE INDEX decisions_by_time ON decisions (job, decided_at)",
-    ),
-    (
-        "ALTER TABLE runs ADD COLUMN parallel INTEGER NOT NULL DEFAULT 1",
-        "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
-        "ALTER TABLE runs ADD COLUMN reuse TEXT",
-    ),
-    (
-        # Byte offsets and sizes: BIGINT, as SQLite's INTEGER is 64 bits wide.
-        """CREATE TABLE log_chunks (
-            run_id  TEXT NOT NULL,
-            step_id TEXT NOT NULL,
-            start   BIGINT NOT NULL,
-            data    BYTEA NOT NULL,
-            PRIMARY KEY (run_id, step_id, start)
-        )""",
-        "ALTER TABLE steps ADD COLUMN log_size BIGINT",
-    ),
-    (
-        """CREATE TABLE fired_keys (
-            job    TEXT NOT NULL,
-            key    TEXT NOT NULL,
-            at     TEXT NOT NULL,
-            run_id TEXT,
-            PRIMARY KEY (job, key)
-        )""",
-        "ALTER TABLE runs ADD COLUMN event TEXT",
-        "ALTER TABLE jobs ADD COLUMN event_cursor TEXT",
-        """CREATE TABLE pools (
-            name  TEXT PRIMARY KEY,
-            slots INTEGER NOT NULL
-        )""",
-        """CREATE TABLE pool_slots (
-            seq     BIGSERIAL PRIMARY KEY,
-            pool    TEXT NOT NULL,
-            run_id  TEXT NOT NULL,
-            step_id TEXT NOT NULL DEFAULT '',
-            slots   INTEGER NOT NULL,
-            granted INTEGER NOT NULL DEFAULT 0,
-            since   TEXT NOT NULL
-        )""",
-        "CREATE UNIQUE INDEX pool_slots_by_holder ON pool_slots (run_id, step_id, pool)",
-        "CREATE INDEX pool_slots_by_pool ON pool_slots (pool, seq)",
-    ),
-    (
-        "ALTER TABLE runs ADD COLUMN notifications TEXT",
-        "ALTER TABLE runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
-        """CREATE TABLE outbox (
-            node    TEXT PRIMARY KEY,
-            pending TEXT NOT NULL
-        )""",
-        """CREATE TABLE deadlines (
-            job       TEXT NOT NULL,
-            fire_time TEXT NOT NULL,
-            missed_at TEXT NOT NULL,
-            run_id    TEXT,
-            PRIMARY KEY (job, fire_time)
-        )""",
-    ),
-    (
-        # When a step began to wait for its pool's slots: the run page draws the wait.
-        "ALTER TABLE steps ADD COLUMN waited_from TEXT",
-    ),
-    (
-        # The last notice each job's target was sent, per event kind, so that a target's
-        # ``cooldown`` holds across restarts and across a cluster's nodes.
-        """CREATE TABLE notices_sent (
-            job      TEXT NOT NULL,
-            target   TEXT NOT NULL,
-            kind     TEXT NOT NULL,
-            at       TEXT NOT NULL,
-            delivery TEXT NOT NULL,
-            PRIMARY KEY (job, target, kind)
-        )""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
+# -- migrations --------------------------------------------------------------------------------
 
 def migrate(conn: Connection, where: str,
-            migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
+            migrations: Sequence[Sequence[str]] = POSTGRES_MIGRATIONS) -> int:
     """Bring the database to ``len(migrations)`` in one transaction; return the version found.
 
     ``conn`` must be in autocommit mode. Nodes migrating at once queue on the advisory lock;
@@ -356,72 +138,6 @@ class _Tx:
                 ) -> psycopg.Cursor[TupleRow]:
         return self.conn.execute(to_psycopg(statement), params if params is not None else {})
 
-
-# -- URLs and messages ---------------------------------------------------------------------------
-
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
-# libpq's `key=value` form: a value runs to the next blank, or is quoted.
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)",
-                               re.IGNORECASE)
-# What RFC 3986 allows in a URL's user information (past the user name's colon).
-_USERINFO = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*")
-
-
-def _password_span(url: str) -> tuple[int, int] | None:
-    """Where the password of ``scheme://user:password@host...`` is in ``url``, also when it
-    holds characters that should have been percent-encoded (``/ ? # @``), which cut the
-    authority short; None when the URL names no password."""
-    begin = url.find("://") + 3
-    if begin < 3:
-        return None
-    authority = re.match(r"[^/?#]*", url[begin:])
-    assert authority is not None
-    auth = authority.group(0)
-    if "@" in auth:  # the last @ of the authority ends the user information
-        userinfo = auth[:auth.rindex("@")]
-        colon = userinfo.find(":")
-        return None if colon < 0 else (begin + colon + 1, begin + len(userinfo))
-    colon = auth.find(":")
-    if colon < 0 or auth.startswith("[") or auth[colon + 1:].isdigit():
-        return None  # no user information: a host, or a host and its port
-    # `user:pa/ss@host/db`: what follows the colon is no port, so it is a password cut
-    # short; it ends at the last @ before the host part that follows its first @.
-    first = url.find("@", begin + len(auth))
-    if first < 0:
-        return None
-    host_end = re.search(r"[/?#]|$", url[first + 1:])
-    assert host_end is not None
-    return begin + colon + 1, url.rindex("@", 0, first + 1 + host_end.start())
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (in the user part, the query, or a ``password=`` of libpq's
-    ``key=value`` form) replaced by ``***``.
-
-    Works on text that does not parse as a URL too (a password that should have been
-    percent-encoded, a malformed host): what libpq might take for the password is masked."""
-    if "://" not in url:
-        return _KEYWORD_PASSWORD.sub(r"\1***", url)
-    span = _password_span(url)
-    masked = url if span is None else f"{url[:span[0]]}***{url[span[1]:]}"
-    return _QUERY_PASSWORD.sub(r"\1***", masked)
-
-
-def _passwords(url: str) -> list[str]:
-    """The password of ``url`` as written and as decoded, for scrubbing messages."""
-    found: list[str] = []
-    span = _password_span(url)
-    if span is not None:
-        raw = url[span[0]:span[1]]
-        found += [raw, unquote(raw)]
-    for given in (_QUERY_PASSWORD if "://" in url else _KEYWORD_PASSWORD).finditer(url):
-        value = given.group(2).strip("'")
-        found += [value, unquote(value)]
-    return sorted({p for p in found if p}, key=len, reverse=True)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 # -- timeouts ------------------------------------------------------------------------------------
@@ -528,12 +244,12 @@ class PostgresStore(SqlStore):
         PostgreSQL URL, the database cannot be reached or was made by a newer pipeline.
         """
         where = mask_url(url)
-        passwords = _passwords(url)
+        passwords = passwords_in(url)
         scheme = url.partition("://")[0].lower() if "://" in url else ""
         if scheme not in SCHEMES:
             raise StateError(f"not a PostgreSQL URL: {where} (want postgresql://...)")
-        span = _password_span(url)
-        if span is not None and not _USERINFO.fullmatch(url[span[0]:span[1]]):
+        span = password_span(url)
+        if span is not None and not USERINFO.fullmatch(url[span[0]:span[1]]):
             # libpq would cut such a password at its `/` or `@` and quote the pieces as a
             # host name in its error: refuse it before it gets that far.
             raise StateError(f"invalid PostgreSQL URL: {where} (characters such as / @ # ? "
@@ -566,7 +282,7 @@ class PostgresStore(SqlStore):
                 if migrate:
                     _migrate(conn, where)
         except psycopg.Error as exc:
-            raise StateError(f"cannot use {where}: {_scrub(exc, passwords)}") from None
+            raise StateError(f"cannot use {where}: {scrub(exc, passwords)}") from None
         store = cls(conninfo, where=where, passwords=passwords, timeouts=timeouts,
                     max_size=max_size)
         store._pool.open(wait=False)
@@ -674,7 +390,7 @@ class PostgresStore(SqlStore):
             pass  # a broken connection: the pool discards it, the server rolls back
 
     def _scrub(self, exc: BaseException) -> str:
-        return _scrub(exc, self._passwords)
+        return scrub(exc, self._passwords)
 
     def _why_no_connection(self) -> tuple[str, bool]:
         """Why the pool had no connection to give (it only times out), and whether the
@@ -724,7 +440,6 @@ class PostgresStore(SqlStore):
                        time.monotonic() - since)
 
 
-
 def _recording(store: PostgresStore) -> type[Connection]:
     """The pool's connection class: it keeps why the last attempt to connect failed, which
     the pool itself only logs."""
@@ -741,13 +456,6 @@ def _recording(store: PostgresStore) -> type[Connection]:
             return conn
 
     return Recording
-
-
-def _scrub(exc: BaseException, passwords: Sequence[str]) -> str:
-    text = _one_line(str(exc)) or type(exc).__name__
-    for password in passwords:
-        text = text.replace(password, "***")
-    return text
 
 
 def _retried(verb: Callable[..., R]) -> Callable[..., R]:

@@ -25,8 +25,9 @@ import psycopg
 
 from pipeline.events import RunFinished
 from pipeline.model import Catchup, Concurrency, Policy, RunStatus
-from pipeline.store import FireClaim, JobSettings, Store
+from pipeline.store import Store
 from pipeline.store.postgres import PostgresStore
+from pipeline.store.records import FireClaim, JobSettings
 from pipeline.store.sqlite import SqliteStore
 from tests.postgres import start_server, stop_server
 

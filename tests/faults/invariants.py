@@ -39,7 +39,7 @@ from typing import Any
 from pipeline import process, spec, triggers
 from pipeline.model import Job
 from pipeline.nodes import identity_dead
-from pipeline.store import INTERRUPTED_RUNNING
+from pipeline.store.records import INTERRUPTED_RUNNING
 
 from .driver import open_db, parse_time, scan_environ
 

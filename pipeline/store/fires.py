@@ -1,0 +1,195 @@
+"""Fires made into runs: a scheduler's claim of its jobs' due instants (each once, under the
+job's lock and watermark), and event fires (each key once), with what event triggers read.
+
+``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
+the transactions a backend supplies and the few reads and writes several families share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+
+from pipeline import policy
+from pipeline.model import RunRecord, Trigger
+from pipeline.statedir import new_run_id
+from pipeline.store.base import ACTIVE, WATERMARK, SqlBase, Tx
+from pipeline.store.records import Claimed, Claims, EventFire, FireClaim, Outcome, StoredDecision
+from pipeline.store.rows import (
+    RUN_COLUMNS,
+    document_json,
+    iso,
+    run_record,
+    settings_of,
+    time_of,
+    to_json,
+    version_json,
+)
+
+# A shared store refuses fires further ahead of its clock than this (the claim lead and a
+# margin for the time the claim takes to arrive).
+LEAD_ALLOWED = timedelta(seconds=1)
+
+
+class FireVerbs(SqlBase):
+    """Scheduled and event fires made into runs."""
+
+    # -- scheduled fires -----------------------------------------------------------------------
+
+    def claim_fires(self, claims: Sequence[FireClaim], *, node: str | None,
+                    now: datetime) -> Claims:
+        made: list[Claimed] = []
+        watermarks: dict[str, datetime] = {}
+        decided: list[StoredDecision] = []
+        with self._write() as tx:
+            store_now = self._store_now(tx)
+            if self.shared:
+                now = store_now  # due-ness is judged by the database's clock (CLUSTER rule 4)
+            for claim in sorted(claims, key=lambda c: c.job):  # one lock order: no deadlock
+                runs, watermarks[claim.job] = self._claim(tx, claim, node, now, decided)
+                made.extend(runs)
+        return Claims(made, watermarks, decided)
+
+    def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
+               decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
+        row = self._lock_job(tx, claim.job, "watermark, paused_at, paused_by, settings")
+        stored = time_of(row[0])
+        until = claim.until
+        if self.shared:  # a node whose clock runs ahead claims nothing before it is due
+            until = min(until, now + LEAD_ALLOWED)
+        fires = [(f, j) for f, j in claim.fires
+                 if (stored is None or f > stored) and f <= until]
+        if stored is not None and until <= stored:
+            return [], stored
+        jitter = dict(fires)
+        holder = node if claim.hold else None
+        plan = policy.catch_up([f for f, _ in fires], now=now, started=claim.started,
+                               catchup=claim.catchup, misfire_grace=claim.misfire_grace)
+        made: list[Claimed] = []
+        decided: list[StoredDecision] = []
+        paused = row[1] is not None
+        enabled = settings_of(claim.job, row[3]).enabled
+        runs = [(m.fire, Trigger.CATCHUP) for m in plan.missed if m.caught_up]
+        runs += [(f, Trigger.SCHEDULE) for f in plan.on_time]
+        runs.sort()
+        for m in plan.missed:
+            if not m.caught_up:
+                decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, m.fire, node,
+                                              str(m.reason), m.detail))
+        for fire, reason, rule in claim.removed:
+            if (stored is None or fire > stored) and fire <= until:
+                decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
+                                              reason, rule))
+        for fire, trigger in runs:
+            if not enabled:
+                decided.append(StoredDecision(claim.job, Outcome.NOT_MADE, now, fire, node,
+                                              str(policy.Reason.DISABLED), "the job is disabled"))
+                continue
+            if paused:
+                decided.append(StoredDecision(
+                    claim.job, Outcome.NOT_MADE, now, fire, node, str(policy.Reason.PAUSED),
+                    f"the job is paused (by {row[2]})" if row[2] else "the job is paused"))
+                continue
+            run_id = new_run_id(now)
+            ready = fire + timedelta(seconds=jitter.get(fire, 0.0)) \
+                if trigger is Trigger.SCHEDULE else now
+            fire_text = iso(fire)
+            cursor = tx.execute("""
+                INSERT INTO runs (id, job, status, trigger, fire_time, fire_key, queued_at,
+                                  ready_at, params, version, document, node, runs_on, backlog)
+                VALUES (:id, :job, 'queued', :trigger, :fire, :fire, :now, :ready, '{}',
+                        :version, :document, :node, :runs_on, :backlog)
+                ON CONFLICT DO NOTHING""", {
+                "id": run_id, "job": claim.job, "trigger": str(trigger), "fire": fire_text,
+                "now": iso(now), "ready": iso(ready), "version": version_json(claim.version),
+                "document": None if claim.document is None else document_json(claim.document),
+                "node": holder, "runs_on": to_json(claim.runs_on) if claim.runs_on else None,
+                "backlog": int(plan.backlog)})
+            if cursor.rowcount:
+                made.append(Claimed(run_id, claim.job, fire, trigger, ready, holder is not None,
+                                    plan.backlog))
+        self._decide_log(tx, decided)
+        decisions.extend(decided)
+        tx.execute(WATERMARK, {"job": claim.job, "until": iso(until)})
+        return made, until
+
+    # -- event fires ---------------------------------------------------------------------------
+
+    def claim_events(self, fires: Sequence[EventFire], *, node: str | None,
+                     now: datetime) -> Claims:
+        made: list[Claimed] = []
+        decided: list[StoredDecision] = []
+        with self._write() as tx:
+            if self.shared:
+                now = self._store_now(tx)
+            at = iso(now)
+            for fire in sorted(fires, key=lambda f: (f.job, f.key)):
+                row = tx.execute(f"SELECT paused_at, paused_by, settings FROM jobs "
+                                 f"WHERE name = :job{self.for_update}", {"job": fire.job}
+                                 ).fetchone()
+                cursor = tx.execute(
+                    "INSERT INTO fired_keys (job, key, at) VALUES (:job, :key, :at) "
+                    "ON CONFLICT DO NOTHING", {"job": fire.job, "key": fire.key, "at": at})
+                if not cursor.rowcount or fire.record_only:
+                    continue
+                if row is not None and not settings_of(fire.job, row[2]).enabled:
+                    decided.append(StoredDecision(fire.job, Outcome.NOT_MADE, now, None, node,
+                                                  str(policy.Reason.DISABLED),
+                                                  f"the job is disabled ({fire.key})"))
+                    continue
+                if row is not None and row[0] is not None:
+                    decided.append(StoredDecision(
+                        fire.job, Outcome.NOT_MADE, now, None, node, str(policy.Reason.PAUSED),
+                        f"the job is paused (by {row[1]}): {fire.key}"))
+                    continue
+                run_id = new_run_id(now)
+                holder = node if fire.hold else None
+                tx.execute("""
+                    INSERT INTO runs (id, job, status, trigger, fire_time, queued_at, ready_at,
+                                      params, version, document, node, runs_on, event)
+                    VALUES (:id, :job, 'queued', :trigger, :at, :at, :at, '{}', :version,
+                            :document, :node, :runs_on, :event)""", {
+                    "id": run_id, "job": fire.job, "trigger": str(fire.trigger), "at": at,
+                    "version": version_json(fire.version),
+                    "document": None if fire.document is None else document_json(fire.document),
+                    "node": holder, "runs_on": to_json(fire.runs_on) if fire.runs_on else None,
+                    "event": None if fire.event is None else to_json(fire.event)})
+                tx.execute("UPDATE fired_keys SET run_id = :run WHERE job = :job AND key = :key",
+                           {"run": run_id, "job": fire.job, "key": fire.key})
+                made.append(Claimed(run_id, fire.job, now, fire.trigger, now,
+                                    holder is not None, False))
+            self._decide_log(tx, decided)
+        return Claims(made, {}, decided)
+
+    def known_keys(self, job: str, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        with self._read() as tx:
+            return {row[0] for row in tx.execute(
+                f"SELECT key FROM fired_keys WHERE job = :job AND key {self.in_ids}",
+                {"job": job, "ids": self._ids(keys)})}
+
+    def ended_runs(self, jobs: Collection[str], *, since: datetime,
+                   limit: int = 1000) -> list[RunRecord]:
+        if not jobs:
+            return []
+        with self._read() as tx:
+            rows = tx.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE job {self.in_ids} "
+                f"AND finished_at > :since AND status NOT IN {ACTIVE} "
+                "ORDER BY finished_at, id LIMIT :limit",
+                {"ids": self._ids(jobs), "since": iso(since), "limit": limit}).fetchall()
+        return [run_record(row) for row in rows]
+
+    def event_cursors(self) -> dict[str, datetime]:
+        with self._read() as tx:
+            return {row[0]: time_of(row[1])  # type: ignore[misc]
+                    for row in tx.execute("SELECT name, event_cursor FROM jobs "
+                                          "WHERE event_cursor IS NOT NULL")}
+
+    def move_event_cursor(self, job: str, at: datetime) -> None:
+        with self._write(durable=False) as tx:
+            tx.execute("INSERT INTO jobs (name, event_cursor) VALUES (:job, :at) "
+                       "ON CONFLICT (name) DO UPDATE SET event_cursor = excluded.event_cursor "
+                       "WHERE jobs.event_cursor IS NULL OR excluded.event_cursor > "
+                       "jobs.event_cursor", {"job": job, "at": iso(at)})

@@ -1,0 +1,188 @@
+"""Starting runs: a node's queued runs, or ready runs nobody holds, decided about under their
+job's lock (``policy.decide``) and started, skipped, queued or left waiting for a pool's slots.
+``StartVerbs`` derives from ``PoolVerbs``: a start takes its run's slots in the same
+transaction.
+
+``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
+the transactions a backend supplies and the few reads and writes several families share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pipeline import policy
+from pipeline.model import RunRecord, RunStatus, Trigger
+from pipeline.store.base import ACTIVE, Tx
+from pipeline.store.pools import PoolVerbs
+from pipeline.store.records import (
+    JobSettings,
+    JobState,
+    NodeInfo,
+    Started,
+    StoredDecision,
+    outcome_of,
+)
+from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, from_json, iso, run_record, time_of
+
+# runs.waiting: 0 not waiting; 1 in its job's queue (queue, replace, a backlog); 2 for slots of
+# a pool (its policy said start)
+WAITING_POOL = 2
+
+
+class StartVerbs(PoolVerbs):
+    """Runs decided about and started, under their job's lock."""
+
+    def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
+                   stopping: bool = False, force: Collection[str] = ()) -> list[Started]:
+        if not run_ids:
+            return []
+        with self._write(durable=False) as tx:
+            if self.shared:
+                now = self._store_now(tx)
+            rows = tx.execute(f"SELECT id, job FROM runs WHERE id {self.in_ids} "
+                              "AND status = 'queued' AND node = :node ORDER BY queued_at, id",
+                              {"ids": self._ids(run_ids), "node": node}).fetchall()
+            return self._start(tx, node, rows, now, stopping, frozenset(force))
+
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
+        if limit <= 0 or (only is not None and not only):
+            return []
+        wanted = "" if only is None else f" AND id {self.in_ids}"
+        ids = {} if only is None else {"ids": self._ids(only)}
+        with self._read() as tx:  # most looks find nothing: no write lock for them
+            if tx.execute("SELECT 1 FROM runs WHERE status = 'queued' AND node IS NULL "
+                          f"AND ready_at <= :now{wanted} LIMIT 1",
+                          {"now": iso(now), **ids}).fetchone() is None:
+                return []
+        with self._write(durable=False) as tx:
+            if self.shared:
+                now = self._store_now(tx)
+            # Oldest first, past rows others are claiming; runs_on is checked here in Python
+            # (a row that does not fit stays for another node).
+            rows = tx.execute(f"""
+                SELECT id, job, runs_on FROM runs
+                WHERE status = 'queued' AND node IS NULL AND ready_at <= :now{wanted}
+                ORDER BY ready_at, id LIMIT :limit{self.skip_locked}""",
+                {"now": iso(now), "limit": limit * 4, **ids}).fetchall()
+            fits = [(row[0], row[1]) for row in rows
+                    if _fits(from_json(row[2]) or {}, node.labels)][:limit]
+            if not fits:
+                return []
+            # A node found lost (frozen past its lease, cut off) may poll again before it
+            # knows: it must not take back what was just taken from it. Its row is locked
+            # against a reap meanwhile.
+            state = tx.execute(f"SELECT state FROM nodes WHERE id = :node{self.for_update}",
+                               {"node": node.id}).fetchone()
+            if state is not None and state[0] != "alive":
+                return []
+            tx.execute(f"UPDATE runs SET node = :node WHERE id {self.in_ids} AND node IS NULL",
+                       {"node": node.id, "ids": self._ids([i for i, _ in fits])})
+            return self._start(tx, node.id, fits, now, False, frozenset())
+
+    def _start(self, tx: Tx, node: str, rows: Sequence[Sequence[Any]], now: datetime,
+               stopping: bool, force: frozenset[str]) -> list[Started]:
+        """Decide about each of ``rows`` (id, job), under its job's lock; the statements per
+        run are few on purpose: this is the firing path (a count, an update, a decision)."""
+        if not rows:
+            return []
+        started: list[Started] = []
+        decided: list[StoredDecision] = []
+        jobs: dict[str, tuple[JobSettings, JobState]] = {}
+        for name in sorted({row[1] for row in rows}):  # one lock order: no deadlock
+            jobs[name] = self._job(tx, name)
+        runs = {row[0]: row for row in tx.execute(
+            f"SELECT {RUN_COLUMNS}, document, waiting, backlog, queued_at, parallel "
+            f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids([r[0] for r in rows])})}
+        pools = {row[0] for row in tx.execute("SELECT name FROM pools")}
+        at = iso(now)
+        for run_id, name in ((row[0], row[1]) for row in rows):
+            settings, state = jobs[name]
+            run = runs[run_id]
+            waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
+            active, ahead = tx.execute(
+                "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
+                "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
+                "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
+                "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
+                f"{ACTIVE}", {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
+                              "queued": run[DOCUMENT + 3]}).fetchone()
+            situation = policy.Situation(
+                active=active, waiting=ahead, failures=state.failures,
+                circuit_opened_at=state.circuit_opened_at, paused=state.paused)
+            trigger = Trigger(run[3])
+            if waiting == WAITING_POOL and not stopping:
+                decision = policy.START  # its policy said yes already: only slots are missing
+            else:
+                decision = policy.decide(
+                    trigger=trigger, concurrency=settings.concurrency, situation=situation,
+                    now=now, breaker=settings.breaker, enabled=settings.enabled,
+                    waiting=bool(waiting), backlog=backlog, stopping=stopping,
+                    force=run_id in force, parallel=run[DOCUMENT + 4] or 1)
+            verdict = decision.verdict
+            wanted = [(p, n) for p, n in (("*", 1), settings.pool or ("", 0)) if p in pools]
+            if verdict is policy.Verdict.START and wanted and not self._acquire(
+                    tx, wanted, run_id, "", now):
+                blocked = next((p for p, _ in wanted if p != "*"), "*")
+                detail = ("waiting for max_active_runs" if blocked == "*"
+                          else f"waiting for pool {blocked}")
+                tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
+                           "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
+                                              "reason": detail, "id": run_id})
+                started.append(Started(_as_now(run, node=node, reason=detail),
+                                       policy.Decision(policy.Verdict.QUEUE, None, detail)))
+                continue
+            replaced: tuple[str, ...] = ()
+            if verdict is policy.Verdict.START:
+                tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
+                           " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
+                           {"now": at, "node": node, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.RUNNING, started_at=now,
+                                 attempt=(run[13] or 0) + 1, reason=None)
+            elif verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
+                tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
+                           {"node": node, "id": run_id})
+                if verdict is policy.Verdict.REPLACE:
+                    replaced = tuple(r[0] for r in tx.execute(
+                        "UPDATE runs SET stop_reason = :reason, stop_status = 'cancelled' "
+                        "WHERE job = :job AND status = 'running' AND stop_reason IS NULL "
+                        "RETURNING id", {"reason": f"replaced by run {run_id}", "job": name}))
+                record = _as_now(run, node=node)
+            else:
+                tx.execute("UPDATE runs SET status = 'skipped', started_at = :now, "
+                           "finished_at = :now, reason = :reason, waiting = 0 WHERE id = :id",
+                           {"now": at, "reason": decision.detail, "id": run_id})
+                record = _as_now(run, node=node, status=RunStatus.SKIPPED, started_at=now,
+                                 finished_at=now, reason=decision.detail)
+            if verdict in (policy.Verdict.START, policy.Verdict.SKIP, policy.Verdict.NOT_MADE):
+                decided.append(StoredDecision(
+                    name, outcome_of(decision), now, time_of(run[4]), node,
+                    None if decision.reason is None else str(decision.reason),
+                    decision.detail, run_id))
+            started.append(Started(record, decision, replaced))
+        self._decide_log(tx, decided)
+        return started
+
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
+        with self._write() as tx:
+            tx.execute(f"UPDATE runs SET node = NULL WHERE node = :node AND status = 'queued' "
+                       f"AND id {self.in_ids}", {"node": node, "ids": self._ids(run_ids)})
+
+    def waiting_runs(self, node: str) -> list[str]:
+        with self._read() as tx:
+            return [row[0] for row in tx.execute(
+                "SELECT id FROM runs WHERE node = :node AND status = 'queued' AND waiting = 1 "
+                "ORDER BY queued_at, id", {"node": node})]
+
+
+def _as_now(row: Sequence[Any], **changes: Any) -> RunRecord:
+    """The run of a ``RUN_COLUMNS, document`` row, with what a decision just changed."""
+    return dataclasses.replace(run_record(row, row[DOCUMENT]), **changes)
+
+
+def _fits(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())
