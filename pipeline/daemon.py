@@ -257,6 +257,7 @@ def _parts(*, store: Store, journal: Journal, lease: Lease, watchdog: Watchdog,
         report=functools.partial(_notified, metrics, store, journal, lease),
         save=lambda pending: store.save_outbox(lease.node.name, pending),
         load=lambda: store.load_outbox(lease.node.name),
+        adopt=lambda: store.adopt_outboxes(lease.node.name),
         claim=lambda job, target, kind, at, cooldown, delivery: store.claim_notice(
             job, target, kind, at=at, cooldown=cooldown, delivery=delivery),
         settings=catalog.settings, base_url=_base_url(listen))
@@ -354,10 +355,10 @@ async def _notified(metrics: Metrics, store: Store, journal: Journal, holder: Le
     """A notification's outcome: with its run, in the decision log, in the metrics."""
     status = str(outcome.status)
     metrics.notifications.labels(outcome.job, str(outcome.event), status).inc()
-    if status == "suppressed":
-        return
+    kind = {"delivered": Outcome.NOTIFIED,
+            "suppressed": Outcome.NOTIFY_SUPPRESSED}.get(status, Outcome.NOTIFY_FAILED)
     decision = StoredDecision(
-        outcome.job, Outcome.NOTIFIED if status == "delivered" else Outcome.NOTIFY_FAILED,
+        outcome.job, kind,
         outcome.at, outcome.fire_time, holder.node_id, str(outcome.event),
         f"{outcome.target}: {outcome.event} {status}"
         + (f" ({outcome.error})" if outcome.error else ""), outcome.run_id)

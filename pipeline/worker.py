@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,8 @@ from pipeline.notify.notifier import Notifier
 from pipeline.policy import Verdict
 from pipeline.runners import Runner
 from pipeline.statedir import new_run_id
-from pipeline.store import Claimed, Started, Store
+from pipeline.store import Store
+from pipeline.store.records import Claimed, Started
 
 POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting runs, stops
 # At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
@@ -404,8 +405,9 @@ class Worker:
     async def shutdown(self, grace: float) -> None:
         """Stop taking runs; give active runs ``grace`` seconds, then stop them (they end
         ``interrupted``). Runs held here but not started are left to another node when the
-        store is shared, and skipped otherwise (the catch-up policy decides about the fires
-        a stopped daemon misses, not a queue kept for it)."""
+        store is shared; otherwise those asked for (triggers, backfills, events) stay queued
+        for the next start and those of timed fires are skipped (the catch-up policy decides
+        about the fires a stopped daemon misses, not a queue kept for it)."""
         self._stopping = True
         pending = [*self._reserved, *self._waiting]
         self._reserved.clear()
@@ -416,7 +418,14 @@ class Worker:
             except StateError as exc:
                 logger.error("cannot leave {} run(s) to other nodes: {}", len(pending), exc)
         elif pending:
-            for run_id in pending:
+            try:
+                kept, fires = await self.offload(_asked_and_fired, self.store, pending)
+                if kept:  # asked for (a trigger, a backfill, an event): the next start runs it
+                    await self.offload(self.store.release_runs, self.node, kept)
+            except StateError as exc:
+                logger.error("cannot keep {} run(s) queued: {}", len(pending), exc)
+                fires = pending
+            for run_id in fires:
                 await self._end_unstarted(run_id,
                                           "the daemon stopped before the run could start")
         await self.local.shutdown(grace)
@@ -435,6 +444,19 @@ class Worker:
         self._reserved.clear()
         self._waiting.clear()
         self.local.kill_all(f"this node was fenced: {why}")
+
+
+def _asked_and_fired(store: Store, run_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Of runs not started when a lone daemon stops: those asked for (kept queued, for the
+    next start) and those of its timed fires (skipped: the next start's catch-up policy
+    decides about fires it missed, as about any fire due while no daemon ran)."""
+    asked: list[str] = []
+    fired: list[str] = []
+    for run_id in run_ids:
+        run = store.run(run_id)
+        timed = run is None or run.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
+        (fired if timed else asked).append(run_id)
+    return asked, fired
 
 
 def _runs_on(job: Job) -> Mapping[str, str]:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @asynccontextmanager
 async def daemon_with(tmp_path: Path, files: dict[str, str]) -> AsyncIterator[Daemon]:
     jobs = tmp_path / "jobs.d"
-    jobs.mkdir()
+    jobs.mkdir(exist_ok=True)
     for name, text in files.items():
         (jobs / name).write_text(textwrap.dedent(text))
     store = SqliteStore.open(tmp_path / "state")
@@ -107,3 +107,44 @@ async def test_a_missed_deadline_is_late_once_and_says_so(tmp_path: Path,
     assert lates and len({d.fire_time for d in lates}) == len(lates)  # once per fire
     marked = [r for r in store.runs(job="slow") if store.run(r.id).late]  # type: ignore[union-attr]
     assert marked
+
+
+async def test_an_alert_pending_at_a_restart_is_sent_and_the_cooldown_holds(
+        tmp_path: Path, endpoint: Endpoint) -> None:  # noqa: F811
+    """A restarted daemon is a node of another name (its default name is new at each start):
+    what the old one left pending is taken over and sent; a repeat within the cooldown is
+    not sent, and that is recorded with the run and in the decision log."""
+    files = {
+        "boom.yaml": f"""
+            notify:
+              - when: [failure]
+                webhook: {{url: "{endpoint.url}/hang"}}
+                cooldown: 1h
+            steps:
+              - {{id: s, run: "exit 3"}}
+        """,
+    }
+    async with daemon_with(tmp_path, files) as daemon:
+        first, _ = await daemon.worker.trigger(daemon.catalog.jobs["boom"])
+        await endpoint.wait_for(1, within=10)  # it hangs: the daemon stops meanwhile
+        name = daemon.lease.node.name
+    endpoint.release.set()  # the endpoint answers at once from now on
+    async with daemon_with(tmp_path, files) as daemon:
+        assert daemon.lease.node.name != name
+        await endpoint.wait_for(2, within=10)
+        second, _ = await daemon.worker.trigger(daemon.catalog.jobs["boom"])
+        with trio.fail_after(10):
+            while True:
+                run = daemon.store.run(second.run_id)
+                assert run is not None
+                if run.notifications:
+                    break
+                await trio.sleep(0.05)
+        sent = daemon.store.run(first.run_id)
+    assert [r.json()["run_id"] for r in endpoint.requests] == [first.run_id] * 2
+    assert sent is not None and [n["status"] for n in sent.notifications] == ["delivered"]
+    [suppressed] = run.notifications
+    assert suppressed["status"] == "suppressed" and "within the cooldown of 1h" in str(
+        suppressed["error"])
+    decided = SqliteStore.open(tmp_path / "state").decisions("boom")
+    assert Outcome.NOTIFY_SUPPRESSED in {d.outcome for d in decided}

@@ -238,6 +238,31 @@ async def test_queue_waits_for_the_active_run_and_is_bounded(world: World,
     assert runs[40].reason == "the daemon stopped before the run could start"
 
 
+async def test_a_run_asked_for_stays_queued_across_a_restart(world: World,
+                                                              mock_clock: MockClock) -> None:
+    """A lone daemon that stops skips its timed fires that had not started (catch-up decides
+    about those) but keeps the runs asked for (a trigger, a backfill, an event) queued: the
+    next start runs them."""
+    job = world.job("""
+        schedule: every 10s
+        concurrency: {policy: queue, max_queued: 5}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 25s}}
+    """)
+    async with world.daemon(job) as node:
+        await trio.sleep(15)  # the fire at 10 runs
+        asked, _ = await node.worker.trigger(job)  # waits behind it
+        await trio.sleep(10)  # the fire at 20 waits too
+    runs = {r.id: r for r in world.runs()}
+    assert runs[asked.run_id].status is RunStatus.QUEUED
+    timed = [r for r in runs.values() if r.fire_time and r.trigger is Trigger.SCHEDULE]
+    assert [r.status for r in timed] == [RunStatus.INTERRUPTED, RunStatus.SKIPPED]
+    async with world.daemon(job):
+        await trio.sleep(5)
+    ran = world.store.run(asked.run_id)
+    assert ran is not None and ran.started_at is not None
+
+
 async def test_restart_after_downtime_catchup_latest(world: World, mock_clock: MockClock) -> None:
     job = world.job(EVERY_10S % ("latest", "0s"))
     async with world.daemon(job):

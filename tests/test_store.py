@@ -1430,6 +1430,23 @@ def test_both_schemas_have_the_same_shape(tmp_path: Path, postgres_url: str) -> 
 
 # -- notification cooldowns ----------------------------------------------------------------------
 
+def test_what_a_gone_node_left_pending_is_taken_over_once(store: Store) -> None:
+    store.register_node(node("alive"), lease=300)
+    store.register_node(node("left"), lease=300)
+    store.register_node(node("me"), lease=300)
+    store.save_outbox("alive", [{"id": "a1"}])
+    store.save_outbox("left", [{"id": "l1"}, {"id": "l2"}])
+    store.save_outbox("gone", [{"id": "g1"}])  # a name no node row has any more
+    store.save_outbox("me", [{"id": "m1"}])
+    assert store.adopt_outboxes("me") == [{"id": "g1"}]  # "left" is still alive
+    store.leave("left")
+    assert store.adopt_outboxes("me") == [{"id": "l1"}, {"id": "l2"}]
+    assert [e["id"] for e in store.load_outbox("me")] == ["m1", "g1", "l1", "l2"]
+    assert store.load_outbox("left") == [] and store.load_outbox("gone") == []
+    assert store.load_outbox("alive") == [{"id": "a1"}]  # a live node keeps its own
+    assert store.adopt_outboxes("other") == []  # taken once
+
+
 def test_a_notice_is_claimed_once_within_its_cooldown(store: Store) -> None:
     claim = functools.partial(store.claim_notice, "j", "notify[0] ping", "failure",
                               cooldown=1800)

@@ -47,7 +47,7 @@ from pipeline.http.runs import RunRoutes
 from pipeline.http.site import Site
 from pipeline.model import JOB_NAME, RUN_ID, Job, RunRecord, run_as_dict
 from pipeline.policy import circuit_open
-from pipeline.store import JobState
+from pipeline.store.records import JobState
 from pipeline.views import CatalogFiles, job_views
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from pipeline.metrics import Snapshot
 from pipeline.model import RunRecord, RunStatus
 from pipeline.nodes import node_views
 from pipeline.policy import circuit_open
-from pipeline.store import JobState
+from pipeline.store.records import JobState
 
 if TYPE_CHECKING:
     from pipeline.http.app import StatusApp

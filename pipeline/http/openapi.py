@@ -124,7 +124,7 @@ def _schemas() -> dict[str, Any]:
         "Decision": {"type": "object", "required": ["outcome", "decided_at"], "properties": {
             "fire_time": time, "decided_at": {"type": "string", "format": "date-time"},
             "outcome": {"enum": ["fired", "skipped", "not made", "late", "notified",
-                                 "notify failed"]},
+                                 "notify failed", "notify suppressed"]},
             "reason": _nullable(text), "detail": _nullable(text), "run_id": _nullable(text),
             "node": _nullable(text)}},
         "JobList": {"type": "object", "required": ["jobs"],

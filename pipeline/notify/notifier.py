@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 RETRY_DELAYS = (2.0, 10.0)  # between the 3 tries
 MAX_PENDING = 1000
 MAX_CONCURRENT = 16
+ADOPT_EVERY = 30.0  # seconds between looks for what nodes that are gone left pending
 # ``claim(job, target label, event kind, now, cooldown, delivery id)``: ``Store.claim_notice``.
 Claim = Callable[[str, str, str, datetime, float, str], "datetime | None"]
 
@@ -64,8 +65,10 @@ class Notifier:
 
     ``report``: told every ``Outcome`` (an async function; the daemon records it with the run
     and as a decision). ``save(pending)``: stores the list of pending deliveries (plain JSON
-    data, replacing what it stored before); ``load()``: returns what was last saved. Both are
-    blocking functions, called through ``offload`` (a worker thread). ``settings``: the SMTP
+    data, replacing what it stored before); ``load()``: returns what was last saved;
+    ``adopt()``: returns what nodes no longer running left pending, now this one's to send
+    (asked when serving starts and every ``adopt_every`` seconds). All are blocking
+    functions, called through ``offload`` (a worker thread). ``settings``: the SMTP
     server and the settings' secrets (an attribute: set it again when the file changes).
     ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
     secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
@@ -88,7 +91,9 @@ class Notifier:
                  send: Callable[[Message], Awaitable[object]] | None = None,
                  offload: Offload = trio.to_thread.run_sync,
                  clock: Callable[[], datetime] = utc_now,
-                 claim: Claim | None = None) -> None:
+                 claim: Claim | None = None,
+                 adopt: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
+                 adopt_every: float = ADOPT_EVERY) -> None:
         self.report = report
         self.settings = settings
         self.base_url = base_url
@@ -101,7 +106,9 @@ class Notifier:
         self._claim = claim
         self._offload = offload
         self._limiter = trio.CapacityLimiter(max_concurrent)
-        self._outbox = Outbox(save=save, load=load, offload=offload)
+        self._outbox = Outbox(save=save, load=load, offload=offload, adopt=adopt)
+        self._adopting = adopt is not None
+        self.adopt_every = adopt_every
         self._lanes: dict[tuple[str, str], collections.deque[str]] = {}
         self._running: set[tuple[str, str]] = set()  # lanes with a task sending
         self._last: dict[tuple[str, str, NotifyEvent], float] = {}  # cooldown: trio time
@@ -198,6 +205,7 @@ class Notifier:
         for delivery in await self._outbox.load():
             if delivery.id not in self._outbox.pending:
                 self._add(delivery)
+        await self._take_over()
         try:
             async with httpx.AsyncClient(verify=self.tls, timeout=None, trust_env=False,
                                          follow_redirects=False) as client, \
@@ -206,6 +214,8 @@ class Notifier:
                 self._nursery = nursery
                 nursery.start_soon(self._report_outcomes)
                 nursery.start_soon(self._outbox.keep_saved)
+                if self._adopting:
+                    nursery.start_soon(self._keep_taking_over)
                 for lane in list(self._lanes):
                     self._start(lane)
                 task_status.started()
@@ -213,6 +223,23 @@ class Notifier:
         finally:
             self._nursery = None
             self._client = None
+
+    async def _take_over(self) -> None:
+        try:
+            adopted = await self._outbox.adopted()
+        except Exception as exc:  # the store is out of reach: they wait for the next look
+            logger.warning("cannot look for notifications left by other nodes: {}", exc)
+            return
+        for delivery in adopted:
+            if delivery.id not in self._outbox.pending:
+                self._add(delivery)
+
+    async def _keep_taking_over(self) -> None:
+        """A node that died (kill -9, a machine lost) is found dead after its lease; what
+        it had pending is taken over at the next look, by whichever node looks first."""
+        while True:
+            await trio.sleep(self.adopt_every)
+            await self._take_over()
 
     def _add(self, delivery: Delivery) -> None:
         self._outbox.add(delivery)

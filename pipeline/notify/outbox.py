@@ -92,14 +92,16 @@ class JsonFile:
 
 class Outbox:
     """The deliveries pending, by id in order of arrival, kept saved: handed to ``save``
-    after every change and read back by ``load`` (blocking functions, called through
-    ``offload``); see ``Notifier``."""
+    after every change and read back by ``load``; ``adopt`` hands over what nodes that are
+    gone left pending (blocking functions, called through ``offload``); see ``Notifier``."""
 
     def __init__(self, *, save: Callable[[list[dict[str, Any]]], object] | None,
                  load: Callable[[], Sequence[Mapping[str, Any]]] | None,
-                 offload: Offload) -> None:
+                 offload: Offload,
+                 adopt: Callable[[], Sequence[Mapping[str, Any]]] | None = None) -> None:
         self._save = save
         self._load = load
+        self._adopt = adopt
         self._offload = offload
         self.pending: dict[str, Delivery] = {}  # by id, in order of arrival
         self._dirty = trio.Event()
@@ -121,15 +123,20 @@ class Outbox:
         if self._load is None:
             return []
         saved = await self._offload(self._load)
-        found = []
-        for entry in saved:
-            try:
-                found.append(Delivery.from_dict(entry))
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                logger.warning("a saved notification cannot be read and is dropped: {}", exc)
         if saved:
             logger.info("{} notification(s) pending from before the restart", len(saved))
-        return found
+        return _deliveries(saved)
+
+    async def adopted(self) -> list[Delivery]:
+        """What nodes no longer running left pending, now this node's to send (a daemon
+        restarted under another node name, a node lost for good)."""
+        if self._adopt is None:
+            return []
+        saved = await self._offload(self._adopt)
+        if saved:
+            logger.info("{} notification(s) left pending by nodes no longer running are "
+                        "sent from here", len(saved))
+        return _deliveries(saved)
 
     async def keep_saved(self) -> None:
         """Hand the pending deliveries to ``save`` after every change (changes that come
@@ -156,3 +163,13 @@ class Outbox:
             logger.error("cannot save the pending notifications (trying again): {}", exc)
             self._dirty.set()
             await trio.sleep(1.0)
+
+
+def _deliveries(saved: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+    found = []
+    for entry in saved:
+        try:
+            found.append(Delivery.from_dict(entry))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            logger.warning("a saved notification cannot be read and is dropped: {}", exc)
+    return found

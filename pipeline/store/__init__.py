@@ -38,7 +38,6 @@ from typing import Any, Protocol
 from pipeline.events import Event
 from pipeline.model import Definition, RunRecord, RunStatus, Trigger
 from pipeline.store.records import (
-    Claimed,
     Claims,
     EventFire,
     FireClaim,
@@ -51,10 +50,7 @@ from pipeline.store.records import (
     StoredDecision,
 )
 
-# worker.py and http/app.py, which another branch is splitting (issue 10), still import
-# Claimed, JobState and Started from here; their home is pipeline.store.records. Once those
-# modules take them from there, the three leave this list.
-__all__ = ["Claimed", "JobState", "Started", "Store", "open_store"]
+__all__ = ["Store", "open_store"]
 
 
 class Store(Protocol):
@@ -252,6 +248,12 @@ class Store(Protocol):
         ...
 
     def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        ...
+
+    def adopt_outboxes(self, node: str) -> list[dict[str, Any]]:
+        """Take over what nodes no longer alive left undelivered (a daemon restarted under
+        another name, a node lost for good): their outboxes join ``node``'s, in one
+        transaction, and are returned (only theirs); [] when there are none."""
         ...
 
     def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,

@@ -49,6 +49,25 @@ class NoticeVerbs(SqlBase):
                              {"node": node}).fetchone()
         return list(from_json(row[0])) if row else []
 
+    def adopt_outboxes(self, node: str) -> list[dict[str, Any]]:
+        with self._write() as tx:
+            rows = tx.execute(
+                "SELECT node, pending FROM outbox WHERE node <> :node AND node NOT IN "
+                f"(SELECT name FROM nodes WHERE state = 'alive') ORDER BY node{self.for_update}",
+                {"node": node}).fetchall()
+            if not rows:
+                return []
+            adopted = [entry for row in rows for entry in from_json(row[1]) or []]
+            own = tx.execute(f"SELECT pending FROM outbox WHERE node = :node{self.for_update}",
+                             {"node": node}).fetchone()
+            tx.execute(f"DELETE FROM outbox WHERE node {self.in_ids}",
+                       {"ids": self._ids([row[0] for row in rows])})
+            tx.execute("INSERT INTO outbox (node, pending) VALUES (:node, :pending) "
+                       "ON CONFLICT (node) DO UPDATE SET pending = excluded.pending",
+                       {"node": node, "pending": to_json(
+                           [*(from_json(own[0]) if own else []), *adopted])})
+        return adopted
+
     def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
                      cooldown: float, delivery: str) -> datetime | None:
         keys = {"job": job, "target": target, "kind": kind}

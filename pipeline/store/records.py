@@ -45,6 +45,7 @@ class Outcome(StrEnum):
     LATE = "late"
     NOTIFIED = "notified"
     NOTIFY_FAILED = "notify failed"
+    NOTIFY_SUPPRESSED = "notify suppressed"  # within the target's cooldown: not sent again
 
 
 def outcome_of(decision: Decision) -> Outcome:
