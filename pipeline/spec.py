@@ -43,6 +43,7 @@ from pipeline import checks, jobgraph, params, yamlsafe
 from pipeline.build import build_job, job_from_record
 from pipeline.errors import JobInvalid, Problem, Severity, did_you_mean
 from pipeline.model import (
+    Definition,
     Job,
     Settings,
 )
@@ -70,10 +71,11 @@ from pipeline.settings import (
 from pipeline.yamlsafe import JsonPath, Mark
 
 __all__ = [
-    "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "Loaded",
-    "builtin_runner_schemas", "call_problems", "find_job_files", "find_settings_file",
-    "is_settings_file", "job_from_record", "job_schema", "load_job", "load_jobs",
-    "parse_duration", "parse_params", "schema_dir", "unwrap",
+    "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "SETTINGS_NAME",
+    "Loaded", "builtin_runner_schemas", "call_problems", "find_job_files",
+    "find_settings_file", "held_names", "is_settings_file", "job_from_record", "job_schema",
+    "last_good", "load_job", "load_jobs", "name_holder", "name_mark", "name_taken",
+    "parse_duration", "parse_params", "remembered_files", "schema_dir", "unwrap",
 ]
 
 MAX_BYTES = 1 << 20  # a job file is a page or two; anything near this is a mistake or an attack
@@ -222,13 +224,70 @@ def load_job(path: Path, *, runner_schemas: Mapping[str, Mapping[str, Any]] | No
     return result.job
 
 
+# -- who holds a job name -----------------------------------------------------------------
+# The daemon remembers in the state the last good version of each file that holds a job name
+# (``watch.Catalog``). The daemon and the commands judge with these functions, so that they
+# agree on which file holds a name and what a broken file still runs.
+
+SETTINGS_NAME = ""  # the settings file's name among remembered definitions (CONTRACT §1)
+
+
+def remembered_files(root: Path, definitions: Mapping[str, Definition]) -> dict[str, Definition]:
+    """The state's ``definitions`` (by file relative to the jobs directory ``root``) by the
+    file's path as ``find_job_files(root)`` gives it."""
+    return {str(root / file): known for file, known in definitions.items()}
+
+
+def held_names(remembered: Mapping[str, Definition]) -> dict[str, str]:
+    """Which file held each job name, by the last good versions the state remembers."""
+    held: dict[str, str] = {}
+    for file, known in remembered.items():
+        if known.name != SETTINGS_NAME:
+            held.setdefault(known.name, file)
+    return held
+
+
+def name_holder(claimants: Sequence[str], held_by: str | None) -> str:
+    """Which of ``claimants`` (the files that want one job name, in path order) gets it: the
+    file that held it before (``held_by``), else the first."""
+    return held_by if held_by is not None and held_by in claimants else claimants[0]
+
+
+def name_taken(name: str, holder: str, *, held: bool) -> str:
+    """The message for a file that wants job name ``name``, which ``holder`` has (``held``:
+    because it had it first; else because it comes first in path order)."""
+    return (f"the job name {name!r} is already used by {holder}, "
+            + ("which held it first" if held else "the first file in path order"))
+
+
+def name_mark(data: bytes) -> Mark:
+    """Where a job file's bytes write its name (1:1 when the file name gives it)."""
+    try:
+        document = yamlsafe.parse(data)
+    except yamlsafe.Refused:
+        return (1, 1)
+    return document.where(("name",)) if "name" in document.data else (1, 1)
+
+
+def last_good(path: str, known: Definition, *,
+              runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
+              settings: Settings | None = None) -> Job:
+    """The last good version of job file ``path`` that the state remembers, built again (it
+    is named ``path`` in messages and ``Job.file``); raises ``JobInvalid`` if it no longer
+    loads (a runner gone, a settings file that changed)."""
+    return load_job(Path(path), runner_schemas=runner_schemas, display_path=path,
+                    data=known.source, settings=settings)
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What a set of job files holds: valid jobs by name, problems by file."""
 
     jobs: Mapping[str, Job]
     problems: Mapping[str, tuple[Problem, ...]]  # only the invalid files; errors only
-    files: Mapping[str, str]  # file -> job name, wherever the name could be read
+    # file -> job name, wherever the name could be read (for a file whose last good version
+    # holds its name, that version's name)
+    files: Mapping[str, str]
     # file -> its warnings, valid or not: a file with warnings only is valid
     warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
     # the settings the jobs were judged and built with: the settings file's (None while it
@@ -236,15 +295,24 @@ class Loaded:
     # (no pools, no SMTP: its file is ""), else None (not judged)
     settings: Settings | None = None
     settings_files: tuple[str, ...] = ()  # the files that say kind: settings, valid or not
+    # job name -> the last good version (remembered by the state) of the invalid file that
+    # holds the name: what a daemon runs of it (only with ``remembered``)
+    kept: Mapping[str, Job] = field(default_factory=dict)
 
 
 def load_jobs(paths: Sequence[Path], *,
               runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-              now: datetime | None = None, settings: Settings | None = None) -> Loaded:
+              now: datetime | None = None, settings: Settings | None = None,
+              remembered: Mapping[str, Definition] | None = None) -> Loaded:
     """Load every job file in ``paths`` (directories are searched with ``find_job_files``).
 
-    A job name used by an earlier file makes every later file with that name invalid. So
-    does a ``uses: job`` step that names a job not there or a parameter it does not declare
+    A job name wanted by several files is held by one of them; the others are invalid. With
+    ``remembered`` (the last good versions the state keeps, by file path: see
+    ``remembered_files``) the daemon's rule decides: the file that held the name keeps it,
+    and an invalid file whose last good version still loads keeps holding that version's name
+    (the version is in ``Loaded.kept``). Otherwise, and for a name no file held, the first
+    file in path order holds it. So does a ``uses: job`` step that names a job not there or a
+    parameter it does not declare
     (``call_problems``); when ``paths`` holds no directory, a call to a job outside the files
     given is not judged. ``now`` is what an ``at:`` in the past is measured from (default:
     the current time). Never raises for a bad file: its problems are in ``Loaded.problems``.
@@ -261,42 +329,66 @@ def load_jobs(paths: Sequence[Path], *,
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_all(paths, schema, now or datetime.now(UTC), settings)
+        return _load_all(paths, schema, now or datetime.now(UTC), settings, remembered or {},
+                         runner_schemas)
     finally:
         if collecting:
             gc.enable()
 
 
 def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
-              given: Settings | None) -> Loaded:
+              given: Settings | None, remembered: Mapping[str, Definition],
+              runner_schemas: Mapping[str, Mapping[str, Any]] | None) -> Loaded:
     jobs: dict[str, Job] = {}
     problems: dict[str, tuple[Problem, ...]] = {}
     warnings: dict[str, tuple[Problem, ...]] = {}
     files: dict[str, str] = {}
-    owner: dict[str, str] = {}  # job name -> the first file that uses it
     targets: list[Path] = []
     complete = any(path.is_dir() for path in paths)
     for path in paths:
         targets.extend(find_job_files(path) if path.is_dir() else [path])
     settings = given if given is not None else Settings() if complete else None
     job_files, settings, settings_files = _settings_among(targets, settings, problems)
+    # Remembered files by absolute path: the paths given may be spelled another way.
+    known_by_path = {os.path.abspath(file): known for file, known in remembered.items()}
+    held = held_names(known_by_path)
+    results: list[tuple[str, _Result]] = []
+    good: dict[str, Job] = {}  # invalid file -> its last good version, when it still loads
+    claimants: dict[str, list[str]] = {}  # job name -> the files that want it, in path order
     for path, data in job_files:
         display = str(path)
         result = _load(path, schema, display, now, data, settings)
-        found = result.problems
+        results.append((display, result))
         if result.warnings:
             warnings[display] = result.warnings
-        if result.name is not None:
-            files[display] = result.name
-            if result.name in owner:
-                line, column = result.name_mark
-                found = tuple(sorted({*found, Problem(
-                    display, line, column, f"the job name {result.name!r} is already used "
-                    f"by {owner[result.name]}")}))
-            else:
-                owner[result.name] = display
+        kept_before = known_by_path.get(os.path.abspath(display))
+        if result.job is None and kept_before is not None \
+                and kept_before.name != SETTINGS_NAME:
+            try:
+                good[display] = last_good(display, kept_before, runner_schemas=runner_schemas,
+                                          settings=settings)
+            except JobInvalid:
+                pass  # nothing of it runs: it is an invalid file like any other
+        name = good[display].name if display in good else result.name
+        if name is not None:
+            files[display] = name
+            claimants.setdefault(name, []).append(display)
+    holders = {name: name_holder(keys, next(
+        (key for key in keys if os.path.abspath(key) == held.get(name)), None))
+        for name, keys in claimants.items()}
+    kept: dict[str, Job] = {}
+    for display, result in results:
+        found = result.problems
+        name = files.get(display)
+        if name is not None and holders[name] != display:
+            holder = holders[name]
+            line, column = result.name_mark
+            found = tuple(sorted({*found, Problem(display, line, column, name_taken(
+                name, holder, held=held.get(name) == os.path.abspath(holder)))}))
         if found:
             problems[display] = found
+            if name is not None and display in good and holders[name] == display:
+                kept[name] = good[display]
         elif result.job is not None:
             jobs[result.job.name] = result.job
     known: dict[str, Job | None] = {**dict.fromkeys(files.values()), **jobs}
@@ -310,7 +402,7 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
                                       complete=complete).items():
         file = jobs.pop(name).file
         problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
-    return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files))
+    return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files), kept)
 
 
 def _settings_among(targets: Sequence[Path], settings: Settings | None,

@@ -901,3 +901,43 @@ def test_a_directory_given_before_the_command_beats_the_environment(
                        env=env)
     assert code == 0, err
     assert (state / "state.db").exists() and not (tmp_path / "env-state").exists()
+
+
+def test_the_file_that_held_a_job_name_keeps_it_in_every_command(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    child = write(jobs / "child.yaml", """
+        name: child
+        steps:
+          - {id: hi, run: echo hi}
+    """)
+    # A daemon loaded it: the state remembers which file holds the name.
+    daemon = Catalog(jobs, store=SqliteStore.open(tmp_path / "state"))
+    daemon.scan()
+    impostor = write(jobs / "a-impostor.yaml", """
+        name: child
+        steps:
+          - {id: evil, run: echo evil}
+    """)  # sorts before child.yaml: path order must not decide
+    assert daemon.scan() and daemon.files[str(child)] == "child"
+
+    rows = {r["file"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert rows[str(child)]["valid"] and rows[str(child)]["name"] == "child"
+    [error] = rows[str(impostor)]["errors"]
+    assert (error["line"], error["column"]) == (2, 7)
+    assert error["message"] == (f"the job name 'child' is already used by {child}, which held "
+                                "it first")
+    code, out, err = cli("validate", *args)
+    assert code == 1 and out.splitlines() == [f"{impostor}:2:7: error: {error['message']}"], err
+    assert "hi" in cli("graph", *args, "child")[1]
+    code, out, err = cli("run", *args, "child")
+    assert code == 0 and "hi: succeeded" in out and "evil" not in out, out + err
+    # With no state (a fresh clone), path order decides, and the message says so.
+    code, out, _ = cli("validate", "--jobs-dir", str(jobs), "--state-dir",
+                       str(tmp_path / "fresh"))
+    assert code == 1 and out.splitlines() == [
+        f"{child}:2:7: error: the job name 'child' is already used by {impostor}, the first "
+        "file in path order"]

@@ -14,7 +14,7 @@ import click
 
 from pipeline import dag, jobgraph, notation, schedule_words, spec, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
-from pipeline.cli.jobfiles import find_job, jobs_on_disk
+from pipeline.cli.jobfiles import find_job, jobs_on_disk, remembered
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem, UsageError
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
@@ -39,14 +39,17 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     the past, a lookup under `| default` that can never succeed...) as FILE:LINE:COL: warning:
     MESSAGE. Exit status 0 if all are valid (warnings or not), 1 if any is not. A `uses: job`
     step is checked against the jobs directory when a directory is validated; given only
-    files, a call to a job outside them is not judged.
+    files, a call to a job outside them is not judged. A job name that two files want is
+    held by the file that held it first, as the state directory remembers (without one, by
+    the first file in path order).
     """
     targets = [Path(p) for p in paths] or [settings.jobs_dir]
     for target in targets:
         if not target.exists():
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
-    loaded = settings.needing_plugins(
-        lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
+    known = remembered(settings)
+    loaded = settings.needing_plugins(lambda: spec.load_jobs(
+        targets, runner_schemas=settings.runner_schemas(), remembered=known))
     files = sorted({*loaded.files, *loaded.problems, *loaded.warnings, *loaded.settings_files})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
     # Per file, errors and warnings in the order they are written.
