@@ -299,6 +299,11 @@ class Loaded:
     # holds the name: what a daemon runs of it (only with ``remembered``)
     kept: Mapping[str, Job] = field(default_factory=dict)
 
+    def scheduled(self, name: str) -> Job | None:
+        """The version of job ``name`` that a daemon schedules: its file's, else the last good
+        version the state keeps of its broken file (None: no file holds the name)."""
+        return self.jobs.get(name) or self.kept.get(name)
+
 
 def load_jobs(paths: Sequence[Path], *,
               runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,

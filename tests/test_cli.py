@@ -911,6 +911,7 @@ def test_the_file_that_held_a_job_name_keeps_it_in_every_command(tmp_path: Path,
     args = state_args(tmp_path, jobs)
     child = write(jobs / "child.yaml", """
         name: child
+        schedule: every 1h
         steps:
           - {id: hi, run: echo hi}
     """)
@@ -933,6 +934,8 @@ def test_the_file_that_held_a_job_name_keeps_it_in_every_command(tmp_path: Path,
     code, out, err = cli("validate", *args)
     assert code == 1 and out.splitlines() == [f"{impostor}:2:7: error: {error['message']}"], err
     assert "hi" in cli("graph", *args, "child")[1]
+    # The impostor's error is its own: child.yaml is valid, whatever wants its name.
+    assert "invalid" not in cli("why", *args, "child")[1]
     code, out, err = cli("run", *args, "child")
     assert code == 0 and "hi: succeeded" in out and "evil" not in out, out + err
     # With no state (a fresh clone), path order decides, and the message says so.
@@ -941,3 +944,57 @@ def test_the_file_that_held_a_job_name_keeps_it_in_every_command(tmp_path: Path,
     assert code == 1 and out.splitlines() == [
         f"{child}:2:7: error: the job name 'child' is already used by {impostor}, the first "
         "file in path order"]
+
+
+def test_a_broken_file_shows_the_last_good_version_that_keeps_firing(tmp_path: Path,
+                                                                     jobs: Path) -> None:
+    from pipeline import triggers
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    path = write(jobs / "st.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: UTC}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    Catalog(jobs, store=SqliteStore.open(tmp_path / "state")).scan()  # a daemon loaded it
+    path.write_text("schedule: {cron: '0 3 * * *'}\nsteps: [oops\n")  # no longer parses
+    # What a daemon (started again) runs of it, and so what the API shows.
+    daemon = Catalog(jobs, store=SqliteStore.open(tmp_path / "state"))
+    daemon.scan()
+    assert daemon.stale == {"st": str(path)}
+    fire = triggers.next_fires(daemon.jobs["st"].schedules, datetime.now().astimezone(), 1)[0]
+
+    lines = cli("why", *args, "st")[1].splitlines()
+    assert lines[-1].startswith(f"next {fire.isoformat(sep=' ')}: cron"), lines
+    assert "its file is invalid" in lines[-1] and "the last good version fires" in lines[-1]
+    [row] = [r for r in json.loads(cli("list", *args, "--json")[1]) if r["file"] == str(path)]
+    assert (row["name"], row["valid"], row["stale"]) == ("st", False, True)
+    assert row["next_fire_time"] == fire.isoformat() and row["schedule"]
+    assert row["version"] == daemon.jobs["st"].sha256
+    [line] = [line for line in cli("list", *args)[1].splitlines() if line.startswith("st ")]
+    assert "last good version runs" in line and fire.strftime("%Y-%m-%d 03:00") in line
+
+
+def test_resume_catches_up_the_last_good_version_of_a_broken_file(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.model import utc_now
+    from pipeline.store import Outcome, StoredDecision
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    path = write(jobs / "st.yaml", """
+        schedule: {every: 1h, catchup: latest}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    store = SqliteStore.open(tmp_path / "state")
+    Catalog(jobs, store=store).scan()  # a daemon loaded it
+    assert cli("pause", *args, "st")[0] == 0
+    path.write_text("steps: [oops\n")  # broken while paused: its last good version still fires
+    store.record_decisions([StoredDecision("st", Outcome.NOT_MADE, utc_now(), utc_now(),
+                                           reason="paused")])
+    code, out, err = cli("resume", *args, "st", "--catchup")
+    assert code == 0 and out.startswith("resumed st; caught up: "), out + err

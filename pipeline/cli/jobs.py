@@ -210,13 +210,12 @@ def list_(settings: Settings, as_json: bool) -> None:
                                                     if row["stale"] else "")
 
     def when(row: dict[str, Any]) -> str:
+        job = loaded.scheduled(row["name"]) if row["name"] else None
         if not row["next_fire_time"]:
-            job = loaded.jobs.get(row["name"])
             note = schedule_words.next_note(job.schedules, None, now, enabled=job.enabled) \
                 if job is not None else None
             return str(note.kind) if note is not None else "-"
-        return local(datetime.fromisoformat(row["next_fire_time"]),
-                     zone_of(loaded.jobs.get(row["name"])))
+        return local(datetime.fromisoformat(row["next_fire_time"]), zone_of(job))
 
     table([(r["name"] or "?", validity(r),
             (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]")
@@ -236,7 +235,8 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
               last: Mapping[str, RunRecord], active: Sequence[RunRecord],
               states: Mapping[str, JobState], now: datetime) -> list[dict[str, Any]]:
     """Each job file as the API shows it (``views.job_row``), and what the daemon makes of
-    it: a file that no longer loads shows the version the daemon still runs (``stale``)."""
+    it: a file that no longer loads shows the version the daemon still runs (``stale``): the
+    last good version the state keeps (``Loaded.kept``), else what a running daemon says."""
     running: Mapping[str, Any] = (daemon or {}).get("jobs", {})
 
     def where(info: Mapping[str, Any]) -> str:
@@ -246,12 +246,15 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
     named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
     counts = Counter(r.job for r in active)
     queued = Counter(r.job for r in active if r.status is RunStatus.QUEUED)
+    last_good = {job.file: job for job in loaded.kept.values()}
     rows: list[dict[str, Any]] = []
     for file in sorted({*loaded.files, *loaded.problems}):
         name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
-        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
+        job = loaded.jobs.get(name) if name and file not in loaded.problems \
+            else last_good.get(file)
         kept = running.get(name, {}) if name else {}
-        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
+        stale = file in last_good or (
+            bool(kept.get("stale")) and where(kept) == os.path.abspath(file))
         state = states.get(name) if name else None
         next_fire = None
         if job is not None and job.enabled and job.schedules:
