@@ -196,7 +196,10 @@ class Catalog:
             if entry.job is not None or known is None:
                 continue
             try:
-                self._good[key] = spec.last_good(key, known, runner_schemas=self.runner_schemas)
+                # Built with the settings in force, as it was when it last loaded: their
+                # defaults (a zone, a timeout) are part of what fired.
+                self._good[key] = spec.last_good(key, known, runner_schemas=self.runner_schemas,
+                                                 settings=self.settings)
             except JobInvalid as exc:
                 logger.warning("{}: its last good version (of {}) no longer loads: {}", key,
                                known.since.isoformat(timespec="seconds"), exc.problems[0])
