@@ -998,3 +998,38 @@ def test_resume_catches_up_the_last_good_version_of_a_broken_file(tmp_path: Path
                                            reason="paused")])
     code, out, err = cli("resume", *args, "st", "--catchup")
     assert code == 0 and out.startswith("resumed st; caught up: "), out + err
+
+
+def test_why_at_shows_the_decisions_nearest_the_moment(tmp_path: Path, jobs: Path) -> None:
+    from datetime import UTC, timedelta
+
+    from pipeline.store import Outcome, StoredDecision
+    from pipeline.store.sqlite import SqliteStore
+
+    args = state_args(tmp_path, jobs)
+    at = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
+    # Every 7 minutes over two days either side, and a few at the edges of the window.
+    fires = [at + timedelta(minutes=7 * k + 3) for k in range(-400, 400)]
+    store = SqliteStore.open(tmp_path / "state")
+    store.record_decisions([StoredDecision("hello", Outcome.NOT_MADE, fire, fire,
+                                           reason="paused") for fire in fires])
+
+    def shown(*extra: str) -> list[str]:
+        code, out, err = cli("why", *args, "hello", "--json", *extra)
+        assert code == 0, err
+        return sorted(d["fire_time"] for d in json.loads(out)["decisions"])
+
+    for count in (1, 2, 5, 40):
+        nearest = sorted(fires, key=lambda f: abs(f - at))[:count]
+        assert shown("--at", at.isoformat(), "-n", str(count)) == sorted(
+            f.isoformat() for f in nearest), count
+    # Within --since/--until too: the nearest inside them.
+    inside = [f for f in fires if f <= at - timedelta(hours=1)]
+    assert shown("--at", at.isoformat(), "-n", "3", "--until",
+                 (at - timedelta(hours=1)).isoformat()) == sorted(
+        f.isoformat() for f in sorted(inside, key=lambda f: abs(f - at))[:3])
+    # Many decisions at one instant: as many as asked for.
+    store.record_decisions([StoredDecision("hello", Outcome.SKIPPED, at, at + timedelta(
+        seconds=1), reason="overlap")] * 30)
+    assert shown("--at", at.isoformat(), "-n", "4") == [
+        (at + timedelta(seconds=1)).isoformat()] * 4

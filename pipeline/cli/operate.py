@@ -123,12 +123,11 @@ def why(settings: Settings, job: str, at: str | None, count: int, since: str | N
             state = store.job_states().get(job)
             if definition is None and state is None and not problems:
                 fail(f"unknown job {job!r} (no file names it and it has no history)")
-            decisions = store.decisions(job, since=start, until=end, limit=count)
+            decisions = operate.decisions_near(store, job, moment, count, since=start,
+                                               until=end) if moment is not None else \
+                store.decisions(job, since=start, until=end, limit=count)
             nodes = store.nodes(since=(moment or utc_now()) - timedelta(days=30))
             now = store.now()
-    if moment is not None:  # the ones nearest the moment
-        decisions = sorted(decisions, key=lambda d: abs(
-            ((d.fire_time or d.decided_at) - moment).total_seconds()))[:count]
     lines = operate.explain(job, definition, decisions=decisions, state=state, nodes=nodes,
                             now=now, at=moment, problems=problems)
     if as_json:
