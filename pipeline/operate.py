@@ -19,7 +19,7 @@ from pipeline.events import RunQueued
 from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
 from pipeline.statedir import new_run_id
-from pipeline.store import JobState, NodeInfo, Outcome, Store, StoredDecision
+from pipeline.store import JobState, NodeInfo, NodeState, Outcome, Store, StoredDecision
 
 
 def operator() -> str:
@@ -174,13 +174,29 @@ def explain(name: str, job: Job | None, *, decisions: Sequence[StoredDecision],
 def _daemonless(nodes: Sequence[NodeInfo], at: datetime,
                 ) -> tuple[datetime | None, datetime | None] | None:
     """When no scheduler node was alive at ``at``: the gap around it (None: one was)."""
-    spans = [(n.started_at, n.heartbeat_at if n.state.value != "alive" else None)
+    spans = [(n.started_at, _up_until(n))
              for n in nodes if "scheduler" in n.roles and n.started_at is not None]
-    if any(s <= at and (e is None or at <= e + timedelta(seconds=30)) for s, e in spans):
+    if any(s <= at and (e is None or at <= e) for s, e in spans):
         return None
     before = [e for s, e in spans if e is not None and e < at]
     after = [s for s, _ in spans if s > at]
     return (max(before) if before else None, min(after) if after else None)
+
+
+def _up_until(node: NodeInfo) -> datetime | None:
+    """Until when a node that started was up (None: it still is).
+
+    One that left stopped then (``Store.leave`` stamps its heartbeat). One that was lost
+    (killed, or its lease ran out) was alive at its last heartbeat and gone by the next
+    renewal it missed: a node renews a third of the way through its lease (``nodes.Lease``).
+    """
+    if node.state is NodeState.ALIVE:
+        return None
+    end = node.heartbeat_at or node.started_at
+    assert end is not None  # only nodes that started are asked
+    if node.state is NodeState.LOST and node.heartbeat_at and node.expires_at:
+        end += (node.expires_at - node.heartbeat_at) / 3
+    return end
 
 
 def _next(name: str, job: Job | None, state: JobState | None, now: datetime,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import operate
-from pipeline.store import Outcome, StoredDecision
+from pipeline.store import NodeInfo, NodeState, Outcome, StoredDecision
 from pipeline.store.sqlite import SqliteStore
 
 AT = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
@@ -44,3 +44,35 @@ def test_decisions_near_are_the_nearest_in_the_range(
     inside = [f for f in fires if (low is None or f >= low) and (high is None or f <= high)]
     nearest = sorted(inside, key=lambda f: (abs(f - AT), f))[:count]
     assert sorted(d.fire_time for d in found if d.fire_time) == sorted(nearest)
+
+
+def scheduler(name: str, started: int, heartbeat: int, state: NodeState,
+              lease: int = 30) -> NodeInfo:
+    return NodeInfo(name, name, started_at=AT + timedelta(seconds=started),
+                    heartbeat_at=AT + timedelta(seconds=heartbeat),
+                    expires_at=AT + timedelta(seconds=heartbeat + lease), state=state)
+
+
+def gap_at(nodes: list[NodeInfo], second: int) -> str | None:
+    lines = operate.explain("j", None, decisions=[], state=None, nodes=nodes, now=AT,
+                            at=AT + timedelta(seconds=second))
+    return next((line for line in lines if line.startswith("no daemon was running")), None)
+
+
+def test_no_daemon_was_running_between_a_node_that_left_and_the_next() -> None:
+    # A daemon that ran 5 s and stopped cleanly (its heartbeat stamped when it left), and the
+    # next one started 7 s later: a lease (30 s) after its start is no longer counted as up.
+    nodes = [scheduler("a", 0, 5, NodeState.LEFT), scheduler("b", 12, 40, NodeState.ALIVE)]
+    assert gap_at(nodes, 4) is None and gap_at(nodes, 13) is None
+    gap = gap_at(nodes, 8)
+    assert gap is not None and gap.startswith(
+        "no daemon was running from 2026-05-10 12:00:05+00:00 to 2026-05-10 12:00:12+00:00")
+
+
+def test_a_lost_node_was_up_until_the_renewal_it_missed() -> None:
+    # Killed: its last heartbeat at 20 s, renewed every third of its 30 s lease; the next
+    # daemon started at 60 s.
+    nodes = [scheduler("a", 0, 20, NodeState.LOST), scheduler("b", 60, 90, NodeState.ALIVE)]
+    assert gap_at(nodes, 29) is None
+    gap = gap_at(nodes, 45)
+    assert gap is not None and "from 2026-05-10 12:00:30+00:00 to 2026-05-10 12:01:00" in gap
