@@ -126,6 +126,11 @@ def find_settings_file(root: Path) -> Path | None:
 # -- loading -----------------------------------------------------------------------------
 
 
+# A `uses: job` step: where its `with` is, the line the step starts on, and its `with`.
+_Call = tuple[JsonPath, int, Mapping[str, Any]]
+_LISTS = ("steps", "on_success", "on_failure", "finally")  # where a job file lists steps
+
+
 @dataclass(frozen=True)
 class _Result:
     job: Job | None
@@ -133,6 +138,10 @@ class _Result:
     name: str | None = None  # the job's name, when it could be read
     name_mark: Mark = (1, 1)  # where it is written; 1:1 when it comes from the file name
     warnings: tuple[Problem, ...] = ()
+    # An invalid file that the schema passed: its `uses: job` steps, to be judged with the
+    # other files all the same, and the document that locates what is found in them.
+    calls: tuple[_Call, ...] = ()
+    document: yamlsafe.Document | None = None
 
 
 def _read(path: Path) -> bytes:
@@ -145,10 +154,14 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     warned: list[tuple[Mark, str]] = []
 
     def fail(problems: list[tuple[Mark, str]], name: str | None = None,
-             name_mark: Mark = (1, 1)) -> _Result:
+             name_mark: Mark = (1, 1), document: yamlsafe.Document | None = None) -> _Result:
         found = sorted({Problem(display, line, col, message)
                         for (line, col), message in problems})
-        return _Result(None, tuple(found), name, name_mark, _warnings(display, warned))
+        # The schema passed (a document is given only then): the shape of its steps is
+        # sound, so its calls can be judged although other checks failed.
+        calls = _document_calls(document) if document is not None else ()
+        return _Result(None, tuple(found), name, name_mark, _warnings(display, warned),
+                       calls, document if calls else None)
 
     try:
         data = _read(path) if data is None else data
@@ -173,7 +186,8 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     name_mark = document.where(("name",)) if "name" in mapping else (1, 1)
     problems = list(document.problems)
     reported: set[JsonPath] = set()
-    if problems or not schema.is_valid(mapping):
+    shaped = not problems and schema.is_valid(mapping)
+    if not shaped:
         # A value YAML already complained about (a bad tag) was built as null: the schema's
         # complaint about that null, at the same node, would only confuse.
         bad_marks = {mark for mark, _ in problems}
@@ -189,7 +203,7 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     problems.extend(found.errors)
     warned.extend(found.warnings)
     if problems:
-        return fail(problems, name, name_mark)
+        return fail(problems, name, name_mark, document if shaped else None)
     if settings is not None:
         mapping = apply_defaults(mapping, settings.defaults)
     job = build_job(mapping, document, name=cast(str, name), file=display,
@@ -402,6 +416,13 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
         if calls:
             del jobs[name]
             problems[job.file] = calls
+    # A file invalid for other reasons gets its calls' errors too: all of them at once.
+    for display, result in results:
+        if result.calls and result.document is not None:
+            flaws = _call_flaws(result.name, result.calls, known, complete=complete)
+            if flaws:
+                problems[display] = tuple(sorted({
+                    *problems[display], *_locate(display, result.document, flaws)}))
     # Jobs fire after each other only across files: judged once the files are all read.
     for name, found in after_problems({**dict.fromkeys(files.values()), **jobs},
                                       complete=complete).items():
@@ -459,47 +480,67 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
     given by an expression, until it runs. The problems are located in ``job.file``, read
     again only when there are some.
     """
+    calls = [((list_name, index, "with"), step.line, step.with_)
+             for list_name, steps in zip(_LISTS, (job.steps, job.on_success, job.on_failure,
+                                                  job.finally_), strict=True)
+             for index, step in enumerate(steps) if step.uses == "job"]
+    return _located(job, _call_flaws(job.name, calls, jobs, complete=complete))
+
+
+def _document_calls(document: yamlsafe.Document) -> tuple[_Call, ...]:
+    """The ``uses: job`` steps of a document the schema passed (lists of steps, each with
+    its ``with`` a mapping: checked again all the same, whatever the schema says)."""
+    return tuple(((list_name, index, "with"), document.where((list_name, index))[0],
+                  step.get("with", {}))
+                 for list_name in _LISTS
+                 for index, step in enumerate(_list(document.data.get(list_name)))
+                 if isinstance(step, Mapping) and step.get("uses") == "job"
+                 and isinstance(step.get("with", {}), Mapping))
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _call_flaws(caller: str | None, calls: Sequence[_Call], jobs: Mapping[str, Job | None], *,
+                complete: bool) -> list[tuple[int, JsonPath, bool, str]]:
+    """What is wrong with the calls of job ``caller`` (see ``call_problems``), unlocated."""
     found: list[tuple[int, JsonPath, bool, str]] = []
-    for list_name, steps in (("steps", job.steps), ("on_success", job.on_success),
-                             ("on_failure", job.on_failure), ("finally", job.finally_)):
-        for index, step in enumerate(steps):
-            name = step.with_.get("job") if step.uses == "job" else None
-            if not isinstance(name, str) or "${{" in name:
-                continue
-            where: JsonPath = (list_name, index, "with")
-            if name == job.name:
-                found.append((step.line, (*where, "job"), False,
-                              f"job {name!r} cannot start itself"))
-                continue
-            if name not in jobs:
-                if complete:
-                    hint = did_you_mean(name, jobs) or (
-                        f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
-                    found.append((step.line, (*where, "job"), False,
-                                  f"there is no job {name!r} in the jobs directory{hint}"))
-                continue
-            callee = jobs[name]
-            given = step.with_.get("params", {})
-            if callee is None or not isinstance(given, Mapping):
-                continue
-            declared = ", ".join(sorted(callee.params)) or "none"
-            for key, value in given.items():
-                param = callee.params.get(key)
-                if param is None:
-                    found.append((step.line, (*where, "params", key), True,
-                                  f"job {name!r} has no parameter {key!r}"
-                                  f"{did_you_mean(key, callee.params)} (its parameters: "
-                                  f"{declared})"))
-                elif (message := params.value_problem(param, value)) is not None:
-                    found.append((step.line, (*where, "params", key), False,
-                                  f"parameter {key!r} of job {name!r}: {message}"))
-            missing = [p for p, d in callee.params.items()
-                       if d.required and not d.has_default and p not in given]
-            if missing:
-                found.append((step.line, (*where, "params") if "params" in step.with_
-                              else (*where, "job"), False,
-                              f"job {name!r} requires {', '.join(map(repr, missing))}"))
-    return _located(job, found)
+    for where, line, with_ in calls:
+        name = with_.get("job")
+        if not isinstance(name, str) or "${{" in name:
+            continue
+        if name == caller:
+            found.append((line, (*where, "job"), False, f"job {name!r} cannot start itself"))
+            continue
+        if name not in jobs:
+            if complete:
+                hint = did_you_mean(name, jobs) or (
+                    f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
+                found.append((line, (*where, "job"), False,
+                              f"there is no job {name!r} in the jobs directory{hint}"))
+            continue
+        callee = jobs[name]
+        given = with_.get("params", {})
+        if callee is None or not isinstance(given, Mapping):
+            continue
+        declared = ", ".join(sorted(callee.params)) or "none"
+        for key, value in given.items():
+            param = callee.params.get(key)
+            if param is None:
+                found.append((line, (*where, "params", key), True,
+                              f"job {name!r} has no parameter {key!r}"
+                              f"{did_you_mean(key, callee.params)} (its parameters: "
+                              f"{declared})"))
+            elif (message := params.value_problem(param, value)) is not None:
+                found.append((line, (*where, "params", key), False,
+                              f"parameter {key!r} of job {name!r}: {message}"))
+        missing = [p for p, d in callee.params.items()
+                   if d.required and not d.has_default and p not in given]
+        if missing:
+            found.append((line, (*where, "params") if "params" in with_ else (*where, "job"),
+                          False, f"job {name!r} requires {', '.join(map(repr, missing))}"))
+    return found
 
 
 def after_problems(jobs: Mapping[str, Job | None], *,
@@ -529,8 +570,14 @@ def _located(job: Job, found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Pr
             document = yamlsafe.parse(data)
     except (OSError, ValueError, yamlsafe.Refused):
         pass  # changed or gone since it loaded: the step's line will do
+    return _locate(job.file, document, found)
+
+
+def _locate(file: str, document: yamlsafe.Document | None,
+            found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Problem, ...]:
+    """Problems in ``file`` at their paths in ``document`` (without one, at their lines)."""
     return tuple(sorted({
-        Problem(job.file, *(document.where(path, key=at_key) if document else (line, 1)),
+        Problem(file, *(document.where(path, key=at_key) if document else (line, 1)),
                 f"{dotted(path)}: {message}")
         for line, path, at_key, message in found}))
 
