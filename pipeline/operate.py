@@ -20,7 +20,7 @@ from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
 from pipeline.policy import catchup_of
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
-from pipeline.store.records import JobState, NodeInfo, Outcome, StoredDecision
+from pipeline.store.records import JobState, NodeInfo, NodeState, Outcome, StoredDecision
 
 
 def operator() -> str:
@@ -78,6 +78,61 @@ def resume(store: Store, names: Sequence[str], *, jobs: Mapping[str, Job], catch
 
 # -- why ---------------------------------------------------------------------------------------
 
+TICK = timedelta(microseconds=1)  # the store keeps times to the microsecond
+
+
+def _when(decision: StoredDecision) -> datetime:
+    return decision.fire_time or decision.decided_at
+
+
+def decisions_near(store: Store, job: str, at: datetime, count: int, *,
+                   since: datetime | None = None,
+                   until: datetime | None = None) -> list[StoredDecision]:
+    """The ``count`` decisions about ``job`` nearest ``at`` (by their fire time, else when
+    they were taken) within [``since``, ``until``], nearest first.
+
+    They are among the ``count`` newest at or before ``at`` and the ``count`` oldest after
+    it; taking the newest of the whole range instead shows what came a day later.
+    """
+    before = store.decisions(job, since=since, until=at if until is None else min(at, until),
+                             limit=count)
+    start = at + TICK if since is None else max(at + TICK, since)
+    # As many after as before most likely lie as far after as those lie before.
+    span = at - _when(before[-1]) if len(before) == count else None
+    after = _oldest(store, job, since=start, until=until, count=count, span=span)
+    return sorted([*before, *after], key=lambda d: (abs(_when(d) - at), _when(d)))[:count]
+
+
+def _oldest(store: Store, job: str, *, since: datetime, until: datetime | None, count: int,
+            span: timedelta | None = None) -> list[StoredDecision]:
+    """The ``count`` oldest decisions about ``job`` in [``since``, ``until``], oldest first.
+
+    The store gives the newest of a range first (``Store.decisions``), so the range is read
+    in windows from its start, the first ``span`` long (default: all of it): a window that
+    holds more than are still wanted is halved until it holds no more and taken whole, and
+    the next one is twice as long. Each look is one query; a handful when ``span`` guesses
+    well, a few dozen at worst.
+    """
+    if until is None:  # the range ends with the newest decision there is
+        newest = store.decisions(job, since=since, limit=1)
+        if not newest:
+            return []
+        until = _when(newest[0])
+    found: list[StoredDecision] = []
+    start = since
+    end = until if span is None else min(until, start + max(span, TICK))
+    while len(found) < count and start <= until:
+        wanted = count - len(found)
+        got = store.decisions(job, since=start, until=end, limit=wanted + 1)
+        if len(got) > wanted and end - start > TICK:
+            end = start + (end - start) / 2
+            continue
+        # All of [start, end], oldest first (more than wanted only at one instant).
+        found.extend(reversed(got[-wanted:]))
+        start, end = end + TICK, min(until, end + 2 * (end - start + TICK))
+    return found
+
+
 def _at(moment: datetime | None, zone: Any) -> str:
     if moment is None:
         return "-"
@@ -120,13 +175,29 @@ def explain(name: str, job: Job | None, *, decisions: Sequence[StoredDecision],
 def _daemonless(nodes: Sequence[NodeInfo], at: datetime,
                 ) -> tuple[datetime | None, datetime | None] | None:
     """When no scheduler node was alive at ``at``: the gap around it (None: one was)."""
-    spans = [(n.started_at, n.heartbeat_at if n.state.value != "alive" else None)
+    spans = [(n.started_at, _up_until(n))
              for n in nodes if "scheduler" in n.roles and n.started_at is not None]
-    if any(s <= at and (e is None or at <= e + timedelta(seconds=30)) for s, e in spans):
+    if any(s <= at and (e is None or at <= e) for s, e in spans):
         return None
     before = [e for s, e in spans if e is not None and e < at]
     after = [s for s, _ in spans if s > at]
     return (max(before) if before else None, min(after) if after else None)
+
+
+def _up_until(node: NodeInfo) -> datetime | None:
+    """Until when a node that started was up (None: it still is).
+
+    One that left stopped then (``Store.leave`` stamps its heartbeat). One that was lost
+    (killed, or its lease ran out) was alive at its last heartbeat and gone by the next
+    renewal it missed: a node renews a third of the way through its lease (``nodes.Lease``).
+    """
+    if node.state is NodeState.ALIVE:
+        return None
+    end = node.heartbeat_at or node.started_at
+    assert end is not None  # only nodes that started are asked
+    if node.state is NodeState.LOST and node.heartbeat_at and node.expires_at:
+        end += (node.expires_at - node.heartbeat_at) / 3
+    return end
 
 
 def _next(name: str, job: Job | None, state: JobState | None, now: datetime,

@@ -43,6 +43,7 @@ from pipeline import checks, jobgraph, params, yamlsafe
 from pipeline.build import build_job, job_from_record
 from pipeline.errors import JobInvalid, Problem, Severity, did_you_mean
 from pipeline.model import (
+    Definition,
     Job,
     Settings,
 )
@@ -70,10 +71,11 @@ from pipeline.settings import (
 from pipeline.yamlsafe import JsonPath, Mark
 
 __all__ = [
-    "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "Loaded",
-    "builtin_runner_schemas", "call_problems", "find_job_files", "find_settings_file",
-    "is_settings_file", "job_from_record", "job_schema", "load_job", "load_jobs",
-    "parse_duration", "parse_params", "schema_dir", "unwrap",
+    "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "SETTINGS_NAME",
+    "Loaded", "builtin_runner_schemas", "call_problems", "find_job_files",
+    "find_settings_file", "held_names", "is_settings_file", "job_from_record", "job_schema",
+    "last_good", "load_job", "load_jobs", "name_holder", "name_mark", "name_taken",
+    "parse_duration", "parse_params", "remembered_files", "schema_dir", "unwrap",
 ]
 
 MAX_BYTES = 1 << 20  # a job file is a page or two; anything near this is a mistake or an attack
@@ -124,6 +126,11 @@ def find_settings_file(root: Path) -> Path | None:
 # -- loading -----------------------------------------------------------------------------
 
 
+# A `uses: job` step: where its `with` is, the line the step starts on, and its `with`.
+_Call = tuple[JsonPath, int, Mapping[str, Any]]
+_LISTS = ("steps", "on_success", "on_failure", "finally")  # where a job file lists steps
+
+
 @dataclass(frozen=True)
 class _Result:
     job: Job | None
@@ -131,6 +138,10 @@ class _Result:
     name: str | None = None  # the job's name, when it could be read
     name_mark: Mark = (1, 1)  # where it is written; 1:1 when it comes from the file name
     warnings: tuple[Problem, ...] = ()
+    # An invalid file that the schema passed: its `uses: job` steps, to be judged with the
+    # other files all the same, and the document that locates what is found in them.
+    calls: tuple[_Call, ...] = ()
+    document: yamlsafe.Document | None = None
 
 
 def _read(path: Path) -> bytes:
@@ -143,10 +154,14 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     warned: list[tuple[Mark, str]] = []
 
     def fail(problems: list[tuple[Mark, str]], name: str | None = None,
-             name_mark: Mark = (1, 1)) -> _Result:
+             name_mark: Mark = (1, 1), document: yamlsafe.Document | None = None) -> _Result:
         found = sorted({Problem(display, line, col, message)
                         for (line, col), message in problems})
-        return _Result(None, tuple(found), name, name_mark, _warnings(display, warned))
+        # The schema passed (a document is given only then): the shape of its steps is
+        # sound, so its calls can be judged although other checks failed.
+        calls = _document_calls(document) if document is not None else ()
+        return _Result(None, tuple(found), name, name_mark, _warnings(display, warned),
+                       calls, document if calls else None)
 
     try:
         data = _read(path) if data is None else data
@@ -171,7 +186,8 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     name_mark = document.where(("name",)) if "name" in mapping else (1, 1)
     problems = list(document.problems)
     reported: set[JsonPath] = set()
-    if problems or not schema.is_valid(mapping):
+    shaped = not problems and schema.is_valid(mapping)
+    if not shaped:
         # A value YAML already complained about (a bad tag) was built as null: the schema's
         # complaint about that null, at the same node, would only confuse.
         bad_marks = {mark for mark, _ in problems}
@@ -187,7 +203,7 @@ def _load(path: Path, schema: Validators, display: str, now: datetime,
     problems.extend(found.errors)
     warned.extend(found.warnings)
     if problems:
-        return fail(problems, name, name_mark)
+        return fail(problems, name, name_mark, document if shaped else None)
     if settings is not None:
         mapping = apply_defaults(mapping, settings.defaults)
     job = build_job(mapping, document, name=cast(str, name), file=display,
@@ -222,13 +238,70 @@ def load_job(path: Path, *, runner_schemas: Mapping[str, Mapping[str, Any]] | No
     return result.job
 
 
+# -- who holds a job name -----------------------------------------------------------------
+# The daemon remembers in the state the last good version of each file that holds a job name
+# (``watch.Catalog``). The daemon and the commands judge with these functions, so that they
+# agree on which file holds a name and what a broken file still runs.
+
+SETTINGS_NAME = ""  # the settings file's name among remembered definitions (CONTRACT §1)
+
+
+def remembered_files(root: Path, definitions: Mapping[str, Definition]) -> dict[str, Definition]:
+    """The state's ``definitions`` (by file relative to the jobs directory ``root``) by the
+    file's path as ``find_job_files(root)`` gives it."""
+    return {str(root / file): known for file, known in definitions.items()}
+
+
+def held_names(remembered: Mapping[str, Definition]) -> dict[str, str]:
+    """Which file held each job name, by the last good versions the state remembers."""
+    held: dict[str, str] = {}
+    for file, known in remembered.items():
+        if known.name != SETTINGS_NAME:
+            held.setdefault(known.name, file)
+    return held
+
+
+def name_holder(claimants: Sequence[str], held_by: str | None) -> str:
+    """Which of ``claimants`` (the files that want one job name, in path order) gets it: the
+    file that held it before (``held_by``), else the first."""
+    return held_by if held_by is not None and held_by in claimants else claimants[0]
+
+
+def name_taken(name: str, holder: str, *, held: bool) -> str:
+    """The message for a file that wants job name ``name``, which ``holder`` has (``held``:
+    because it had it first; else because it comes first in path order)."""
+    return (f"the job name {name!r} is already used by {holder}, "
+            + ("which held it first" if held else "the first file in path order"))
+
+
+def name_mark(data: bytes) -> Mark:
+    """Where a job file's bytes write its name (1:1 when the file name gives it)."""
+    try:
+        document = yamlsafe.parse(data)
+    except yamlsafe.Refused:
+        return (1, 1)
+    return document.where(("name",)) if "name" in document.data else (1, 1)
+
+
+def last_good(path: str, known: Definition, *,
+              runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
+              settings: Settings | None = None) -> Job:
+    """The last good version of job file ``path`` that the state remembers, built again (it
+    is named ``path`` in messages and ``Job.file``); raises ``JobInvalid`` if it no longer
+    loads (a runner gone, a settings file that changed)."""
+    return load_job(Path(path), runner_schemas=runner_schemas, display_path=path,
+                    data=known.source, settings=settings)
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What a set of job files holds: valid jobs by name, problems by file."""
 
     jobs: Mapping[str, Job]
     problems: Mapping[str, tuple[Problem, ...]]  # only the invalid files; errors only
-    files: Mapping[str, str]  # file -> job name, wherever the name could be read
+    # file -> job name, wherever the name could be read (for a file whose last good version
+    # holds its name, that version's name)
+    files: Mapping[str, str]
     # file -> its warnings, valid or not: a file with warnings only is valid
     warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
     # the settings the jobs were judged and built with: the settings file's (None while it
@@ -236,15 +309,29 @@ class Loaded:
     # (no pools, no SMTP: its file is ""), else None (not judged)
     settings: Settings | None = None
     settings_files: tuple[str, ...] = ()  # the files that say kind: settings, valid or not
+    # job name -> the last good version (remembered by the state) of the invalid file that
+    # holds the name: what a daemon runs of it (only with ``remembered``)
+    kept: Mapping[str, Job] = field(default_factory=dict)
+
+    def scheduled(self, name: str) -> Job | None:
+        """The version of job ``name`` that a daemon schedules: its file's, else the last good
+        version the state keeps of its broken file (None: no file holds the name)."""
+        return self.jobs.get(name) or self.kept.get(name)
 
 
 def load_jobs(paths: Sequence[Path], *,
               runner_schemas: Mapping[str, Mapping[str, Any]] | None = None,
-              now: datetime | None = None, settings: Settings | None = None) -> Loaded:
+              now: datetime | None = None, settings: Settings | None = None,
+              remembered: Mapping[str, Definition] | None = None) -> Loaded:
     """Load every job file in ``paths`` (directories are searched with ``find_job_files``).
 
-    A job name used by an earlier file makes every later file with that name invalid. So
-    does a ``uses: job`` step that names a job not there or a parameter it does not declare
+    A job name wanted by several files is held by one of them; the others are invalid. With
+    ``remembered`` (the last good versions the state keeps, by file path: see
+    ``remembered_files``) the daemon's rule decides: the file that held the name keeps it,
+    and an invalid file whose last good version still loads keeps holding that version's name
+    (the version is in ``Loaded.kept``). Otherwise, and for a name no file held, the first
+    file in path order holds it. So does a ``uses: job`` step that names a job not there or a
+    parameter it does not declare
     (``call_problems``); when ``paths`` holds no directory, a call to a job outside the files
     given is not judged. ``now`` is what an ``at:`` in the past is measured from (default:
     the current time). Never raises for a bad file: its problems are in ``Loaded.problems``.
@@ -261,42 +348,66 @@ def load_jobs(paths: Sequence[Path], *,
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_all(paths, schema, now or datetime.now(UTC), settings)
+        return _load_all(paths, schema, now or datetime.now(UTC), settings, remembered or {},
+                         runner_schemas)
     finally:
         if collecting:
             gc.enable()
 
 
 def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
-              given: Settings | None) -> Loaded:
+              given: Settings | None, remembered: Mapping[str, Definition],
+              runner_schemas: Mapping[str, Mapping[str, Any]] | None) -> Loaded:
     jobs: dict[str, Job] = {}
     problems: dict[str, tuple[Problem, ...]] = {}
     warnings: dict[str, tuple[Problem, ...]] = {}
     files: dict[str, str] = {}
-    owner: dict[str, str] = {}  # job name -> the first file that uses it
     targets: list[Path] = []
     complete = any(path.is_dir() for path in paths)
     for path in paths:
         targets.extend(find_job_files(path) if path.is_dir() else [path])
     settings = given if given is not None else Settings() if complete else None
     job_files, settings, settings_files = _settings_among(targets, settings, problems)
+    # Remembered files by absolute path: the paths given may be spelled another way.
+    known_by_path = {os.path.abspath(file): known for file, known in remembered.items()}
+    held = held_names(known_by_path)
+    results: list[tuple[str, _Result]] = []
+    good: dict[str, Job] = {}  # invalid file -> its last good version, when it still loads
+    claimants: dict[str, list[str]] = {}  # job name -> the files that want it, in path order
     for path, data in job_files:
         display = str(path)
         result = _load(path, schema, display, now, data, settings)
-        found = result.problems
+        results.append((display, result))
         if result.warnings:
             warnings[display] = result.warnings
-        if result.name is not None:
-            files[display] = result.name
-            if result.name in owner:
-                line, column = result.name_mark
-                found = tuple(sorted({*found, Problem(
-                    display, line, column, f"the job name {result.name!r} is already used "
-                    f"by {owner[result.name]}")}))
-            else:
-                owner[result.name] = display
+        kept_before = known_by_path.get(os.path.abspath(display))
+        if result.job is None and kept_before is not None \
+                and kept_before.name != SETTINGS_NAME:
+            try:
+                good[display] = last_good(display, kept_before, runner_schemas=runner_schemas,
+                                          settings=settings)
+            except JobInvalid:
+                pass  # nothing of it runs: it is an invalid file like any other
+        name = good[display].name if display in good else result.name
+        if name is not None:
+            files[display] = name
+            claimants.setdefault(name, []).append(display)
+    holders = {name: name_holder(keys, next(
+        (key for key in keys if os.path.abspath(key) == held.get(name)), None))
+        for name, keys in claimants.items()}
+    kept: dict[str, Job] = {}
+    for display, result in results:
+        found = result.problems
+        name = files.get(display)
+        if name is not None and holders[name] != display:
+            holder = holders[name]
+            line, column = result.name_mark
+            found = tuple(sorted({*found, Problem(display, line, column, name_taken(
+                name, holder, held=held.get(name) == os.path.abspath(holder)))}))
         if found:
             problems[display] = found
+            if name is not None and display in good and holders[name] == display:
+                kept[name] = good[display]
         elif result.job is not None:
             jobs[result.job.name] = result.job
     known: dict[str, Job | None] = {**dict.fromkeys(files.values()), **jobs}
@@ -305,12 +416,19 @@ def _load_all(paths: Sequence[Path], schema: Validators, now: datetime,
         if calls:
             del jobs[name]
             problems[job.file] = calls
+    # A file invalid for other reasons gets its calls' errors too: all of them at once.
+    for display, result in results:
+        if result.calls and result.document is not None:
+            flaws = _call_flaws(result.name, result.calls, known, complete=complete)
+            if flaws:
+                problems[display] = tuple(sorted({
+                    *problems[display], *_locate(display, result.document, flaws)}))
     # Jobs fire after each other only across files: judged once the files are all read.
     for name, found in after_problems({**dict.fromkeys(files.values()), **jobs},
                                       complete=complete).items():
         file = jobs.pop(name).file
         problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
-    return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files))
+    return Loaded(jobs, problems, files, warnings, settings, tuple(settings_files), kept)
 
 
 def _settings_among(targets: Sequence[Path], settings: Settings | None,
@@ -362,47 +480,67 @@ def call_problems(job: Job, jobs: Mapping[str, Job | None], *,
     given by an expression, until it runs. The problems are located in ``job.file``, read
     again only when there are some.
     """
+    calls = [((list_name, index, "with"), step.line, step.with_)
+             for list_name, steps in zip(_LISTS, (job.steps, job.on_success, job.on_failure,
+                                                  job.finally_), strict=True)
+             for index, step in enumerate(steps) if step.uses == "job"]
+    return _located(job, _call_flaws(job.name, calls, jobs, complete=complete))
+
+
+def _document_calls(document: yamlsafe.Document) -> tuple[_Call, ...]:
+    """The ``uses: job`` steps of a document the schema passed (lists of steps, each with
+    its ``with`` a mapping: checked again all the same, whatever the schema says)."""
+    return tuple(((list_name, index, "with"), document.where((list_name, index))[0],
+                  step.get("with", {}))
+                 for list_name in _LISTS
+                 for index, step in enumerate(_list(document.data.get(list_name)))
+                 if isinstance(step, Mapping) and step.get("uses") == "job"
+                 and isinstance(step.get("with", {}), Mapping))
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _call_flaws(caller: str | None, calls: Sequence[_Call], jobs: Mapping[str, Job | None], *,
+                complete: bool) -> list[tuple[int, JsonPath, bool, str]]:
+    """What is wrong with the calls of job ``caller`` (see ``call_problems``), unlocated."""
     found: list[tuple[int, JsonPath, bool, str]] = []
-    for list_name, steps in (("steps", job.steps), ("on_success", job.on_success),
-                             ("on_failure", job.on_failure), ("finally", job.finally_)):
-        for index, step in enumerate(steps):
-            name = step.with_.get("job") if step.uses == "job" else None
-            if not isinstance(name, str) or "${{" in name:
-                continue
-            where: JsonPath = (list_name, index, "with")
-            if name == job.name:
-                found.append((step.line, (*where, "job"), False,
-                              f"job {name!r} cannot start itself"))
-                continue
-            if name not in jobs:
-                if complete:
-                    hint = did_you_mean(name, jobs) or (
-                        f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
-                    found.append((step.line, (*where, "job"), False,
-                                  f"there is no job {name!r} in the jobs directory{hint}"))
-                continue
-            callee = jobs[name]
-            given = step.with_.get("params", {})
-            if callee is None or not isinstance(given, Mapping):
-                continue
-            declared = ", ".join(sorted(callee.params)) or "none"
-            for key, value in given.items():
-                param = callee.params.get(key)
-                if param is None:
-                    found.append((step.line, (*where, "params", key), True,
-                                  f"job {name!r} has no parameter {key!r}"
-                                  f"{did_you_mean(key, callee.params)} (its parameters: "
-                                  f"{declared})"))
-                elif (message := params.value_problem(param, value)) is not None:
-                    found.append((step.line, (*where, "params", key), False,
-                                  f"parameter {key!r} of job {name!r}: {message}"))
-            missing = [p for p, d in callee.params.items()
-                       if d.required and not d.has_default and p not in given]
-            if missing:
-                found.append((step.line, (*where, "params") if "params" in step.with_
-                              else (*where, "job"), False,
-                              f"job {name!r} requires {', '.join(map(repr, missing))}"))
-    return _located(job, found)
+    for where, line, with_ in calls:
+        name = with_.get("job")
+        if not isinstance(name, str) or "${{" in name:
+            continue
+        if name == caller:
+            found.append((line, (*where, "job"), False, f"job {name!r} cannot start itself"))
+            continue
+        if name not in jobs:
+            if complete:
+                hint = did_you_mean(name, jobs) or (
+                    f" (jobs: {', '.join(sorted(jobs)[:12])})" if jobs else "")
+                found.append((line, (*where, "job"), False,
+                              f"there is no job {name!r} in the jobs directory{hint}"))
+            continue
+        callee = jobs[name]
+        given = with_.get("params", {})
+        if callee is None or not isinstance(given, Mapping):
+            continue
+        declared = ", ".join(sorted(callee.params)) or "none"
+        for key, value in given.items():
+            param = callee.params.get(key)
+            if param is None:
+                found.append((line, (*where, "params", key), True,
+                              f"job {name!r} has no parameter {key!r}"
+                              f"{did_you_mean(key, callee.params)} (its parameters: "
+                              f"{declared})"))
+            elif (message := params.value_problem(param, value)) is not None:
+                found.append((line, (*where, "params", key), False,
+                              f"parameter {key!r} of job {name!r}: {message}"))
+        missing = [p for p, d in callee.params.items()
+                   if d.required and not d.has_default and p not in given]
+        if missing:
+            found.append((line, (*where, "params") if "params" in with_ else (*where, "job"),
+                          False, f"job {name!r} requires {', '.join(map(repr, missing))}"))
+    return found
 
 
 def after_problems(jobs: Mapping[str, Job | None], *,
@@ -432,8 +570,14 @@ def _located(job: Job, found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Pr
             document = yamlsafe.parse(data)
     except (OSError, ValueError, yamlsafe.Refused):
         pass  # changed or gone since it loaded: the step's line will do
+    return _locate(job.file, document, found)
+
+
+def _locate(file: str, document: yamlsafe.Document | None,
+            found: list[tuple[int, JsonPath, bool, str]]) -> tuple[Problem, ...]:
+    """Problems in ``file`` at their paths in ``document`` (without one, at their lines)."""
     return tuple(sorted({
-        Problem(job.file, *(document.where(path, key=at_key) if document else (line, 1)),
+        Problem(file, *(document.where(path, key=at_key) if document else (line, 1)),
                 f"{dotted(path)}: {message}")
         for line, path, at_key, message in found}))
 

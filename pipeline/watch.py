@@ -38,9 +38,6 @@ def ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED)
 
 
-SETTINGS_NAME = ""  # the settings file's name among remembered definitions (CONTRACT §1)
-
-
 @dataclass
 class _File:
     sha256: str
@@ -56,8 +53,9 @@ class Catalog:
     With a ``store``, the catalog remembers each file's last good version and so which file
     holds which job name, across restarts: a file that turns invalid keeps its last good
     version scheduled even after the daemon restarts, and a new file never takes over a name
-    that another file already holds (the newcomer is the invalid one). The settings file's
-    last good version is remembered the same way (under the name ``SETTINGS_NAME``, which no
+    that another file already holds (the newcomer is the invalid one); the commands judge
+    names by the same rule (``spec.load_jobs`` with ``remembered``). The settings file's last
+    good version is remembered the same way (under the name ``spec.SETTINGS_NAME``, which no
     job can have): broken before a restart, its pools and defaults stay in force.
     """
 
@@ -175,15 +173,14 @@ class Catalog:
         if self.store is None:
             return
         try:
-            self._remembered = {str(self.root / file): d
-                                for file, d in self.store.definitions().items()}
+            self._remembered = spec.remembered_files(self.root, self.store.definitions())
         except StateError as exc:
             logger.warning("cannot read the last good versions of job files: {}", exc)
 
     def _remembered_settings(self, key: str) -> Settings | None:
         """The last good version of settings file ``key`` the store holds, if it loads."""
         known = (self._remembered or {}).get(key)
-        if known is None or known.name != SETTINGS_NAME:
+        if known is None or known.name != spec.SETTINGS_NAME:
             return None
         loaded, problems = settings_or_problems(Path(key), data=known.source)
         if loaded is None:
@@ -199,8 +196,10 @@ class Catalog:
             if entry.job is not None or known is None:
                 continue
             try:
-                self._good[key] = spec.load_job(Path(key), runner_schemas=self.runner_schemas,
-                                                data=known.source)
+                # Built with the settings in force, as it was when it last loaded: their
+                # defaults (a zone, a timeout) are part of what fired.
+                self._good[key] = spec.last_good(key, known, runner_schemas=self.runner_schemas,
+                                                 settings=self.settings)
             except JobInvalid as exc:
                 logger.warning("{}: its last good version (of {}) no longer loads: {}", key,
                                known.since.isoformat(timespec="seconds"), exc.problems[0])
@@ -209,8 +208,8 @@ class Catalog:
         # Who held each name before this scan: the running catalog, or at start the state.
         holders = {name: key for key, name in self.files.items()}
         if first:
-            for key, known in (self._remembered or {}).items():
-                holders.setdefault(known.name, key)
+            for name, key in spec.held_names(self._remembered or {}).items():
+                holders.setdefault(name, key)
         self._good = {f: j for f, j in self._good.items() if f in self._seen}
         candidates: dict[str, list[str]] = {}  # name -> files that want it, in path order
         for key, entry in self._seen.items():
@@ -224,8 +223,7 @@ class Catalog:
         files: dict[str, str] = {}
         stale: dict[str, str] = {}
         for name, keys in candidates.items():
-            holder = holders.get(name)
-            owner = holder if holder in keys else keys[0]
+            owner = spec.name_holder(keys, holders.get(name))
             jobs[name] = self._good[owner]
             files[owner] = name
             if self._seen[owner].job is None:
@@ -233,8 +231,8 @@ class Catalog:
             for other in keys:
                 if other != owner:
                     problems[other] = (*self._seen[other].problems, Problem(
-                        other, *_name_mark(self._seen[other], self._good[other]),
-                        f"job name {name!r} is already used by {owner}"))
+                        other, *spec.name_mark(self._seen[other].source or b""),
+                        spec.name_taken(name, owner, held=holders.get(name) == owner)))
         for key, entry in self._seen.items():
             if entry.job is None and key not in problems:
                 problems[key] = entry.problems
@@ -282,8 +280,8 @@ class Catalog:
         if settings is not None:
             key, digest, data = settings
             known = remembered.get(key)
-            if known is None or known.sha256 != digest or known.name != SETTINGS_NAME:
-                kept.append(Definition(self._file(key), SETTINGS_NAME, digest, data,
+            if known is None or known.sha256 != digest or known.name != spec.SETTINGS_NAME:
+                kept.append(Definition(self._file(key), spec.SETTINGS_NAME, digest, data,
                                        datetime.now(UTC)))
         # A settings file that is broken now keeps the version remembered before.
         holders = set(self.files) | self._settings_files
@@ -299,15 +297,6 @@ class Catalog:
             del remembered[key]
         for definition in kept:
             remembered[str(self.root / definition.file)] = definition
-
-
-def _name_mark(entry: _File, job: Job) -> tuple[int, int]:
-    """Where a file writes its job's name (1:1 when the name comes from the file name)."""
-    if entry.source is not None:
-        for number, line in enumerate(entry.source.decode("utf-8", "replace").splitlines(), 1):
-            if line.startswith("name:"):
-                return number, 1
-    return 1, 1
 
 
 async def watch_jobs(catalog: Catalog, on_change: Callable[[], Awaitable[None]], *,

@@ -324,6 +324,37 @@ def test_calls_to_other_jobs_are_checked_against_the_jobs_directory(calls: Path)
     ]
 
 
+def test_calls_are_checked_in_a_file_that_has_other_errors_too(calls: Path) -> None:
+    # Every error at once: the calls need not wait until the rest of the file is right.
+    other = write(calls / "other.yaml", """
+        steps:
+          - {id: a, run: "true", needs: [nope]}
+          - id: call
+            uses: job
+            with: {job: chlid, params: {who: x}}
+          - id: params
+            uses: job
+            with: {job: child, params: {who: x, whom: y}}
+        on_failure:
+          - {id: self, uses: job, with: {job: other}}
+    """)
+    loaded = spec.load_jobs([calls], now=NOW)
+    messages = [m for _, _, m in where(list(loaded.problems[str(other)]))]
+    assert any(m.startswith("steps[0].needs") and "nope" in m for m in messages), messages
+    assert [(line, column, m) for line, column, m in where(list(loaded.problems[str(other)]))
+            if ".with." in m] == [
+        (5, 17, "steps[1].with.job: there is no job 'chlid' in the jobs directory (did you "
+                "mean 'child'?)"),
+        (8, 41, "steps[2].with.params.whom: job 'child' has no parameter 'whom' (did you mean "
+                "'who'?) (its parameters: times, who)"),
+        (10, 39, "on_failure[0].with.job: job 'other' cannot start itself"),
+    ]
+    # A file the schema refuses is not read for calls: what its steps are is not known.
+    write(calls / "other.yaml", "steps: [{id: a, uses: job, with: {job: chlid}}]\nnope: 1\n")
+    assert not any("chlid" in p.message
+                   for p in spec.load_jobs([calls], now=NOW).problems[str(other)])
+
+
 def test_a_single_file_is_not_judged_by_jobs_it_cannot_see(calls: Path) -> None:
     parent = calls / "parent.yaml"
     code, out, _ = cli("validate", str(parent))

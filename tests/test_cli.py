@@ -901,3 +901,135 @@ def test_a_directory_given_before_the_command_beats_the_environment(
                        env=env)
     assert code == 0, err
     assert (state / "state.db").exists() and not (tmp_path / "env-state").exists()
+
+
+def test_the_file_that_held_a_job_name_keeps_it_in_every_command(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    child = write(jobs / "child.yaml", """
+        name: child
+        schedule: every 1h
+        steps:
+          - {id: hi, run: echo hi}
+    """)
+    # A daemon loaded it: the state remembers which file holds the name.
+    daemon = Catalog(jobs, store=SqliteStore.open(tmp_path / "state"))
+    daemon.scan()
+    impostor = write(jobs / "a-impostor.yaml", """
+        name: child
+        steps:
+          - {id: evil, run: echo evil}
+    """)  # sorts before child.yaml: path order must not decide
+    assert daemon.scan() and daemon.files[str(child)] == "child"
+
+    rows = {r["file"]: r for r in json.loads(cli("list", *args, "--json")[1])}
+    assert rows[str(child)]["valid"] and rows[str(child)]["name"] == "child"
+    [error] = rows[str(impostor)]["errors"]
+    assert (error["line"], error["column"]) == (2, 7)
+    assert error["message"] == (f"the job name 'child' is already used by {child}, which held "
+                                "it first")
+    code, out, err = cli("validate", *args)
+    assert code == 1 and out.splitlines() == [f"{impostor}:2:7: error: {error['message']}"], err
+    assert "hi" in cli("graph", *args, "child")[1]
+    # The impostor's error is its own: child.yaml is valid, whatever wants its name.
+    assert "invalid" not in cli("why", *args, "child")[1]
+    code, out, err = cli("run", *args, "child")
+    assert code == 0 and "hi: succeeded" in out and "evil" not in out, out + err
+    # With no state (a fresh clone), path order decides, and the message says so.
+    code, out, _ = cli("validate", "--jobs-dir", str(jobs), "--state-dir",
+                       str(tmp_path / "fresh"))
+    assert code == 1 and out.splitlines() == [
+        f"{child}:2:7: error: the job name 'child' is already used by {impostor}, the first "
+        "file in path order"]
+
+
+def test_a_broken_file_shows_the_last_good_version_that_keeps_firing(tmp_path: Path,
+                                                                     jobs: Path) -> None:
+    from pipeline import triggers
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    path = write(jobs / "st.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: UTC}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    Catalog(jobs, store=SqliteStore.open(tmp_path / "state")).scan()  # a daemon loaded it
+    path.write_text("schedule: {cron: '0 3 * * *'}\nsteps: [oops\n")  # no longer parses
+    # What a daemon (started again) runs of it, and so what the API shows.
+    daemon = Catalog(jobs, store=SqliteStore.open(tmp_path / "state"))
+    daemon.scan()
+    assert daemon.stale == {"st": str(path)}
+    fire = triggers.next_fires(daemon.jobs["st"].schedules, datetime.now().astimezone(), 1)[0]
+
+    lines = cli("why", *args, "st")[1].splitlines()
+    assert lines[-1].startswith(f"next {fire.isoformat(sep=' ')}: cron"), lines
+    assert "its file is invalid" in lines[-1] and "the last good version fires" in lines[-1]
+    [row] = [r for r in json.loads(cli("list", *args, "--json")[1]) if r["file"] == str(path)]
+    assert (row["name"], row["valid"], row["stale"]) == ("st", False, True)
+    assert row["next_fire_time"] == fire.isoformat() and row["schedule"]
+    assert row["version"] == daemon.jobs["st"].sha256
+    [line] = [line for line in cli("list", *args)[1].splitlines() if line.startswith("st ")]
+    assert "last good version runs" in line and fire.strftime("%Y-%m-%d 03:00") in line
+
+
+def test_resume_catches_up_the_last_good_version_of_a_broken_file(tmp_path: Path,
+                                                                  jobs: Path) -> None:
+    from pipeline.model import utc_now
+    from pipeline.store.records import Outcome, StoredDecision
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.watch import Catalog
+
+    args = state_args(tmp_path, jobs)
+    path = write(jobs / "st.yaml", """
+        schedule: {every: 1h, catchup: latest}
+        steps:
+          - {id: s, run: "true"}
+    """)
+    store = SqliteStore.open(tmp_path / "state")
+    Catalog(jobs, store=store).scan()  # a daemon loaded it
+    assert cli("pause", *args, "st")[0] == 0
+    path.write_text("steps: [oops\n")  # broken while paused: its last good version still fires
+    store.record_decisions([StoredDecision("st", Outcome.NOT_MADE, utc_now(), utc_now(),
+                                           reason="paused")])
+    code, out, err = cli("resume", *args, "st", "--catchup")
+    assert code == 0 and out.startswith("resumed st; caught up: "), out + err
+
+
+def test_why_at_shows_the_decisions_nearest_the_moment(tmp_path: Path, jobs: Path) -> None:
+    from datetime import UTC, timedelta
+
+    from pipeline.store.records import Outcome, StoredDecision
+    from pipeline.store.sqlite import SqliteStore
+
+    args = state_args(tmp_path, jobs)
+    at = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
+    # Every 7 minutes over two days either side, and a few at the edges of the window.
+    fires = [at + timedelta(minutes=7 * k + 3) for k in range(-400, 400)]
+    store = SqliteStore.open(tmp_path / "state")
+    store.record_decisions([StoredDecision("hello", Outcome.NOT_MADE, fire, fire,
+                                           reason="paused") for fire in fires])
+
+    def shown(*extra: str) -> list[str]:
+        code, out, err = cli("why", *args, "hello", "--json", *extra)
+        assert code == 0, err
+        return sorted(d["fire_time"] for d in json.loads(out)["decisions"])
+
+    for count in (1, 2, 5, 40):
+        nearest = sorted(fires, key=lambda f: abs(f - at))[:count]
+        assert shown("--at", at.isoformat(), "-n", str(count)) == sorted(
+            f.isoformat() for f in nearest), count
+    # Within --since/--until too: the nearest inside them.
+    inside = [f for f in fires if f <= at - timedelta(hours=1)]
+    assert shown("--at", at.isoformat(), "-n", "3", "--until",
+                 (at - timedelta(hours=1)).isoformat()) == sorted(
+        f.isoformat() for f in sorted(inside, key=lambda f: abs(f - at))[:3])
+    # Many decisions at one instant: as many as asked for.
+    store.record_decisions([StoredDecision("hello", Outcome.SKIPPED, at, at + timedelta(
+        seconds=1), reason="overlap")] * 30)
+    assert shown("--at", at.isoformat(), "-n", "4") == [
+        (at + timedelta(seconds=1)).isoformat()] * 4

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -703,8 +703,10 @@ def test_load_jobs_reports_duplicate_names_on_later_files(tmp_path: Path) -> Non
     first_file = str(tmp_path / "b-copy.yaml")
     assert {Path(f).name: [(p.line, p.column, p.message) for p in found]
             for f, found in loaded.problems.items()} == {
-        "backup.yaml": [(1, 1, f"the job name 'backup' is already used by {first_file}")],
-        "backup.yml": [(1, 1, f"the job name 'backup' is already used by {first_file}")],
+        "backup.yaml": [(1, 1, f"the job name 'backup' is already used by {first_file}, "
+                               "the first file in path order")],
+        "backup.yml": [(1, 1, f"the job name 'backup' is already used by {first_file}, "
+                              "the first file in path order")],
         "d.yaml": [(2, 8, "steps: must not be empty")],
     }
     assert {Path(f).name: name for f, name in loaded.files.items()} == {
@@ -718,6 +720,41 @@ def test_load_jobs_locates_a_duplicate_name_at_its_key(tmp_path: Path) -> None:
     loaded = spec.load_jobs([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     (problem,) = loaded.problems[str(tmp_path / "b.yaml")]
     assert (problem.line, problem.column) == (2, 7)
+
+
+def test_load_jobs_with_what_the_state_remembers_keeps_a_name_for_its_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.model import Definition
+
+    def remembered(path: Path, text: str) -> Definition:
+        return Definition(path.name, spec.load_job(path).name,
+                          hashlib.sha256(text.encode()).hexdigest(), text.encode(),
+                          datetime(2026, 1, 1, tzinfo=UTC))
+
+    held = write(tmp_path, "name: same\n" + STEP, "b-held.yaml")
+    newcomer = write(tmp_path, "name: same\n" + STEP, "a-new.yaml")  # first in path order
+    broken = write(tmp_path, "schedule: every 1h\n" + STEP, "c.yaml")
+    state = {"b-held.yaml": remembered(held, "name: same\n" + STEP),
+             "c.yaml": remembered(broken, "schedule: every 1h\n" + STEP)}
+    broken.write_text("steps: [oops\n")  # no longer parses; its last good version holds "c"
+    late = write(tmp_path, "name: c\n" + STEP, "d.yaml")
+    # Named the way a daemon names them (relative to the jobs directory given)...
+    loaded = spec.load_jobs([tmp_path], remembered=spec.remembered_files(tmp_path, state))
+    assert loaded.jobs["same"].file == str(held) and "c" not in loaded.jobs
+    assert {f: [p.message for p in found] for f, found in loaded.problems.items()} == {
+        str(newcomer): [f"the job name 'same' is already used by {held}, which held it first"],
+        str(broken): [loaded.problems[str(broken)][0].message],
+        str(late): [f"the job name 'c' is already used by {broken}, which held it first"]}
+    assert loaded.files[str(broken)] == "c"
+    assert loaded.kept["c"].file == str(broken) and loaded.kept["c"].schedules
+    # ... or spelled another way: the same files.
+    monkeypatch.chdir(tmp_path)
+    again = spec.load_jobs([Path(".")], remembered=spec.remembered_files(tmp_path, state))
+    assert again.jobs["same"].file == "b-held.yaml" and set(again.kept) == {"c"}
+    # Without a state, path order: the newcomer wins, and the broken file holds nothing.
+    fresh = spec.load_jobs([tmp_path])
+    assert fresh.jobs["same"].file == str(newcomer) and fresh.jobs["c"].file == str(late)
+    assert fresh.kept == {}
 
 
 def test_load_jobs_of_files_and_missing_paths(tmp_path: Path) -> None:

@@ -1030,6 +1030,18 @@ def test_nodes_register_renew_leave_and_are_listed(store: Store) -> None:
     assert store.alive_identities() == {"a": "boot/ns/1:2"}
 
 
+def test_a_node_that_leaves_is_stamped_with_when_it_left(store: Store) -> None:
+    # `why` tells when no daemon ran: a daemon that stopped before its first renewal must
+    # not look as if it ran until a lease after its start.
+    registered = store.register_node(node("b"), lease=30)
+    time.sleep(0.01)
+    leaving = store.now()
+    store.leave("b")
+    [left] = store.nodes()
+    assert left.state is NodeState.LEFT and left.started_at == registered
+    assert left.heartbeat_at is not None and leaving <= left.heartbeat_at <= store.now()
+
+
 def test_reap_takes_back_the_runs_of_a_dead_node(store: Store) -> None:
     store.publish_jobs([JobSettings("j", Concurrency(Policy.ALLOW)), JobSettings("k")])
     store.register_node(node("dead"), lease=300)

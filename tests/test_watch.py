@@ -221,3 +221,18 @@ def test_a_settings_file_broken_while_running_is_shown_once_and_valid_again(
         assert lines[-1] == ("INFO", f"{settings}: valid again")
     finally:
         logger.remove(sink)
+
+
+def test_a_last_good_version_recalled_after_a_restart_keeps_the_settings_defaults(
+        tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "settings.yaml", "kind: settings\ndefaults: {timezone: Asia/Tokyo}\n")
+    path = write(jobs / "st.yaml", JOB.format(name="st", word="good").replace(
+        "every 10s", "{cron: '0 3 * * *'}"))
+    first = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert str(first.jobs["st"].schedules[0].timezone) == "Asia/Tokyo"
+    path.write_text("name: st\nsteps: [oops\n")
+    restarted = catalog(jobs, SqliteStore.open(tmp_path / "state"))
+    assert restarted.stale == {"st": str(path)}
+    # The version that keeps firing is the one that fired before: 03:00 in Tokyo, not UTC.
+    assert str(restarted.jobs["st"].schedules[0].timezone) == "Asia/Tokyo"

@@ -5,7 +5,8 @@ Settings travel in the click context (``Settings`` on ``ctx.obj``); errors are
 
 The commands live in one module per family, each imported only when one of its commands runs
 (click's lazy-loading group, ``LazyGroup``), so ``pipeline --help`` costs little more than
-importing click (a benchmark target) and ``validate`` never pays for trio or the store:
+importing click (a benchmark target) and ``validate`` never pays for trio, nor for the store
+where there is no state directory (with one, it reads which file holds which job name):
 
     __init__   the group, Settings, the shared options, error handling, logging
     jobfiles   a job found by name or file; the jobs directory loaded

@@ -14,7 +14,7 @@ import click
 
 from pipeline import dag, jobgraph, notation, schedule_words, spec, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
-from pipeline.cli.jobfiles import find_job, jobs_on_disk
+from pipeline.cli.jobfiles import find_job, jobs_on_disk, remembered
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem, UsageError
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
@@ -39,14 +39,17 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
     the past, a lookup under `| default` that can never succeed...) as FILE:LINE:COL: warning:
     MESSAGE. Exit status 0 if all are valid (warnings or not), 1 if any is not. A `uses: job`
     step is checked against the jobs directory when a directory is validated; given only
-    files, a call to a job outside them is not judged.
+    files, a call to a job outside them is not judged. A job name that two files want is
+    held by the file that held it first, as the state directory remembers (without one, by
+    the first file in path order).
     """
     targets = [Path(p) for p in paths] or [settings.jobs_dir]
     for target in targets:
         if not target.exists():
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
-    loaded = settings.needing_plugins(
-        lambda: spec.load_jobs(targets, runner_schemas=settings.runner_schemas()))
+    known = remembered(settings)
+    loaded = settings.needing_plugins(lambda: spec.load_jobs(
+        targets, runner_schemas=settings.runner_schemas(), remembered=known))
     files = sorted({*loaded.files, *loaded.problems, *loaded.warnings, *loaded.settings_files})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
     # Per file, errors and warnings in the order they are written.
@@ -207,13 +210,12 @@ def list_(settings: Settings, as_json: bool) -> None:
                                                     if row["stale"] else "")
 
     def when(row: dict[str, Any]) -> str:
+        job = loaded.scheduled(row["name"]) if row["name"] else None
         if not row["next_fire_time"]:
-            job = loaded.jobs.get(row["name"])
             note = schedule_words.next_note(job.schedules, None, now, enabled=job.enabled) \
                 if job is not None else None
             return str(note.kind) if note is not None else "-"
-        return local(datetime.fromisoformat(row["next_fire_time"]),
-                     zone_of(loaded.jobs.get(row["name"])))
+        return local(datetime.fromisoformat(row["next_fire_time"]), zone_of(job))
 
     table([(r["name"] or "?", validity(r),
             (r["schedule"] or "-") + ("" if r["enabled"] in (True, None) else " [disabled]")
@@ -233,7 +235,8 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
               last: Mapping[str, RunRecord], active: Sequence[RunRecord],
               states: Mapping[str, JobState], now: datetime) -> list[dict[str, Any]]:
     """Each job file as the API shows it (``views.job_row``), and what the daemon makes of
-    it: a file that no longer loads shows the version the daemon still runs (``stale``)."""
+    it: a file that no longer loads shows the version the daemon still runs (``stale``): the
+    last good version the state keeps (``Loaded.kept``), else what a running daemon says."""
     running: Mapping[str, Any] = (daemon or {}).get("jobs", {})
 
     def where(info: Mapping[str, Any]) -> str:
@@ -243,12 +246,15 @@ def list_rows(loaded: Loaded, daemon: Mapping[str, Any] | None, *,
     named_by_daemon = {where(info): name for name, info in running.items() if info.get("file")}
     counts = Counter(r.job for r in active)
     queued = Counter(r.job for r in active if r.status is RunStatus.QUEUED)
+    last_good = {job.file: job for job in loaded.kept.values()}
     rows: list[dict[str, Any]] = []
     for file in sorted({*loaded.files, *loaded.problems}):
         name = loaded.files.get(file) or named_by_daemon.get(os.path.abspath(file))
-        job = loaded.jobs.get(name) if name and file not in loaded.problems else None
+        job = loaded.jobs.get(name) if name and file not in loaded.problems \
+            else last_good.get(file)
         kept = running.get(name, {}) if name else {}
-        stale = bool(kept.get("stale")) and where(kept) == os.path.abspath(file)
+        stale = file in last_good or (
+            bool(kept.get("stale")) and where(kept) == os.path.abspath(file))
         state = states.get(name) if name else None
         next_fire = None
         if job is not None and job.enabled and job.schedules:

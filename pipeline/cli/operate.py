@@ -26,7 +26,8 @@ def _operated(settings: Settings, store: Store, names: tuple[str, ...], every: b
               ) -> tuple[list[str], dict[str, Job]]:
     """The jobs a pause/resume names (``--all``: every job the files or the store know)."""
     loaded = jobs_on_disk(settings)
-    jobs = dict(loaded.jobs) if loaded is not None else {}
+    # A broken file's last good version keeps firing: it is paused and caught up as any job.
+    jobs = {**loaded.kept, **loaded.jobs} if loaded is not None else {}
     if every == bool(names):
         raise UsageError("name the jobs, or give --all (not both)")
     if every:
@@ -99,9 +100,13 @@ def why(settings: Settings, job: str, at: str | None, count: int, since: str | N
     """Why JOB ran, or did not: the scheduler's decisions about its fires (made, skipped, not
     made, and why), whether a daemon was running, and why the next fire is when it is."""
     loaded = jobs_on_disk(settings)
-    definition = loaded.jobs.get(job) if loaded else None
-    problems = [str(p) for f, n in (loaded.files.items() if loaded else []) if n == job
-                for p in loaded.problems.get(f, ())] if loaded else []
+    # The version a daemon fires: the file's, or the last good one of a file broken since.
+    definition = loaded.scheduled(job) if loaded else None
+    if definition is not None:  # its own file's errors, not those of a file that wants its name
+        problems = [str(p) for p in loaded.problems.get(definition.file, ())] if loaded else []
+    else:
+        problems = [str(p) for f, n in (loaded.files.items() if loaded else []) if n == job
+                    for p in loaded.problems.get(f, ())] if loaded else []
     zone = definition.schedules[0].timezone if definition and definition.schedules else None
     moment = parse_time(at, zone) if at else None
     start = parse_time(since, zone) if since else None
@@ -118,12 +123,11 @@ def why(settings: Settings, job: str, at: str | None, count: int, since: str | N
             state = store.job_states().get(job)
             if definition is None and state is None and not problems:
                 fail(f"unknown job {job!r} (no file names it and it has no history)")
-            decisions = store.decisions(job, since=start, until=end, limit=count)
+            decisions = operate.decisions_near(store, job, moment, count, since=start,
+                                               until=end) if moment is not None else \
+                store.decisions(job, since=start, until=end, limit=count)
             nodes = store.nodes(since=(moment or utc_now()) - timedelta(days=30))
             now = store.now()
-    if moment is not None:  # the ones nearest the moment
-        decisions = sorted(decisions, key=lambda d: abs(
-            ((d.fire_time or d.decided_at) - moment).total_seconds()))[:count]
     lines = operate.explain(job, definition, decisions=decisions, state=state, nodes=nodes,
                             now=now, at=moment, problems=problems)
     if as_json:

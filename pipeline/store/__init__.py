@@ -299,7 +299,7 @@ class Store(Protocol):
         ...
 
     def leave(self, node: str) -> None:
-        """``node`` stops cleanly: it holds no run any more."""
+        """``node`` stops cleanly: it holds no run any more; its heartbeat is when it left."""
         ...
 
     def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:

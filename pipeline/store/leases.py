@@ -52,8 +52,9 @@ class LeaseVerbs(SqlBase):
 
     def leave(self, node: str) -> None:
         with self._write() as tx:
-            tx.execute("UPDATE nodes SET state = 'left' WHERE id = :id AND state = 'alive'",
-                       {"id": node})
+            tx.execute("UPDATE nodes SET state = 'left', heartbeat_at = :now "
+                       "WHERE id = :id AND state = 'alive'",
+                       {"id": node, "now": iso(self._store_now(tx))})
 
     def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
         with self._read() as tx:
