@@ -24,7 +24,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import policy
+from pipeline import policy, triggers
 from pipeline.errors import StateError
 from pipeline.events import RunQueued
 from pipeline.faults import crash_point
@@ -37,13 +37,16 @@ from pipeline.policy import Verdict
 from pipeline.runners import Runner
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
-from pipeline.store.records import Claimed, Started
+from pipeline.store.records import Claimed, Outcome, Started, StoredDecision
 
 POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting runs, stops
 # At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
 # thousand instants is paced through the queue, not taken all at once.
 PER_LOOK = 64
 START_SLICE = 16  # runs decided in one transaction when many are due at once
+# A lone fire taken up this soon after its instant is on time without looking further (no
+# schedule allows a second fire within it); later, the job's next instant is looked up.
+LATE_ENOUGH = 0.5
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
@@ -91,13 +94,15 @@ class Reserved:
         self._claims.clear()
 
     def due(self, now: datetime, jobs: Callable[[str], Job | None],
-            ) -> tuple[list[str], list[tuple[Claimed, str]]]:
+            ) -> tuple[list[str], list[tuple[Claimed, policy.Missed]]]:
         """Take out the runs whose instant has come: the ids of those to start, and the fires
         to skip, each with why.
 
         Several fires of one job due at once mean the daemon stalled past them (suspended,
         starved): as when they are found late at claim time, only the newest can be on time
-        (within the misfire grace) and the catch-up policy decides about the others.
+        (within the misfire grace) and the catch-up policy decides about the others. The
+        newest may not be held here yet (the scheduler claims it after the stall): a fire
+        whose job has a later instant already due is not the newest either.
         """
         due: dict[str, list[Claimed]] = {}
         while self._heap and self._heap[0][0] <= now:
@@ -105,16 +110,23 @@ class Reserved:
             if claim is not None:
                 due.setdefault(claim.job, []).append(claim)
         starting: list[str] = []
-        skipped: list[tuple[Claimed, str]] = []
+        skipped: list[tuple[Claimed, policy.Missed]] = []
         for name, claims in due.items():
             job = jobs(name)
             scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
-            if job is None or not scheduled or (
-                    len(scheduled) == 1 and (now - scheduled[0].ready_at).total_seconds()
-                    <= policy.misfire_grace_of(job)):  # the usual case: one fire, on time
+            if job is None or not scheduled:
                 starting.extend(c.run_id for c in claims)
                 continue
-            plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
+            late = (now - scheduled[-1].ready_at).total_seconds()
+            if len(scheduled) == 1 and late <= LATE_ENOUGH:  # the usual case: one fire, on time
+                starting.extend(c.run_id for c in claims)
+                continue
+            later = triggers.next_fires(job.schedules, max(c.fire_time for c in scheduled), 1)
+            newer = [later[0]] if later and later[0] <= now else []  # claimed elsewhere
+            if len(scheduled) == 1 and not newer and late <= policy.misfire_grace_of(job):
+                starting.extend(c.run_id for c in claims)
+                continue
+            plan = policy.catch_up([*(c.ready_at for c in scheduled), *newer], now=now,
                                    started=datetime.min.replace(tzinfo=UTC),
                                    catchup=policy.catchup_of(job),
                                    misfire_grace=policy.misfire_grace_of(job))
@@ -125,8 +137,8 @@ class Reserved:
                 if miss is None or miss.caught_up:
                     starting.append(claim.run_id)
                     continue
-                skipped.append((claim, (miss.detail or "").replace("the daemon was down",
-                                                                    "the daemon stalled")))
+                skipped.append((claim, dataclasses.replace(miss, detail=(
+                    miss.detail or "").replace("the daemon was down", "the daemon stalled"))))
         return starting, skipped
 
 
@@ -241,11 +253,20 @@ class Worker:
     async def start_due(self) -> None:
         """Start every reserved run whose instant has come; skip the fires a stall made
         late (``Reserved.due``)."""
-        starting, skipped = self._reserved.due(self.clock(), self.jobs)
-        for claim, detail in skipped:
+        now = self.clock()
+        starting, skipped = self._reserved.due(now, self.jobs)
+        for claim, miss in skipped:
             logger.info("job {}: fire {} skipped: {}", claim.job, claim.fire_time.isoformat(),
-                        detail)
-            await self._end_unstarted(claim.run_id, detail)
+                        miss.detail)
+            await self._end_unstarted(claim.run_id, miss.detail or "missed")
+        if skipped:  # said in the decision log as the scheduler says its own skips
+            try:
+                await self.offload(self.store.record_decisions, [StoredDecision(
+                    claim.job, Outcome.SKIPPED, now, claim.fire_time, self.node,
+                    str(miss.reason) if miss.reason else None, miss.detail, claim.run_id)
+                    for claim, miss in skipped])
+            except StateError as exc:
+                self.journal.failed(exc)
         if starting:
             await self._start(starting)
 

@@ -348,6 +348,30 @@ async def test_misfire_grace_covers_only_a_stall_while_running(tmp_path: Path,
             assert runs[20].trigger is expect
 
 
+async def test_a_held_fire_a_stall_made_older_than_the_next_is_missed_and_said(
+        world: World, mock_clock: MockClock) -> None:
+    """The daemon stalls after it claimed the fire at 20 and before its instant, past the fire
+    at 30: only the newest (30) may be on time, though 20 is within the misfire grace, and
+    the skip of 20 is in the decision log."""
+    mock_clock.autojump_threshold = 0.005
+    job = world.job("""
+        schedule: {every: 10s, catchup: none, misfire_grace: 60s}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(19.9)  # 10 ran; 20 is claimed, held for its instant
+        world.offset += 15  # the loop stalls: when it looks again it is 34.9
+        await trio.sleep(2)
+    runs = {(r.fire_time - BASE).total_seconds(): r for r in world.runs() if r.fire_time}
+    assert runs[20].status is RunStatus.SKIPPED
+    assert runs[20].reason == "missed while the daemon stalled (catchup: none)"
+    assert runs[30].status is RunStatus.SUCCEEDED and runs[30].trigger is Trigger.SCHEDULE
+    said = [(d.outcome, (d.fire_time - BASE).total_seconds(), d.detail)
+            for d in world.store.decisions("job") if d.fire_time and d.run_id == runs[20].id]
+    assert said == [(Outcome.SKIPPED, 20, "missed while the daemon stalled (catchup: none)")]
+
+
 async def test_a_fire_is_never_run_twice_across_a_crash(world: World,
                                                         mock_clock: MockClock) -> None:
     """A fire claimed but whose watermark was never flushed is refused on restart."""
