@@ -33,7 +33,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -1065,7 +1064,3 @@ def _cause(cluster: Cluster, kind: str, victim: str, rng: random.Random, turn: i
         return skew_node(cluster, victim if victim in outside else rng.choice(outside),
                          ("+30s", "-30s")[turn % 2])
     return overlap(cluster)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -487,11 +487,3 @@ def _cli_log(report: ClusterReport, cluster: Cluster, run: dict[str, Any], data:
         report.violations.append(f"`pipeline logs {run['id']}` on node {other.name} exited "
                                  f"{done.returncode} and printed {done.stdout[-200:]!r} "
                                  f"{done.stderr[-300:]!r}, not the {len(data)} bytes shipped")
-
-
-def assert_cluster(cluster: Cluster, **kwargs: Any) -> ClusterReport:
-    report = check_cluster(cluster, **kwargs)
-    if report.violations:
-        raise AssertionError("cluster invariants violated:\n  " + "\n  ".join(report.violations)
-                             + f"\n({report.summary()})")
-    return report
