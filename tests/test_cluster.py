@@ -43,6 +43,7 @@ from tests.faults import netns
 from tests.faults.cluster import (
     KINDS,
     Cluster,
+    Counts,
     Fault,
     cut_link,
     freeze_node,
@@ -63,6 +64,7 @@ from tests.postgres import Postgres, in_ci
 pytestmark = pytest.mark.slow
 
 COUNTS = table_counts()
+SHORT_COUNTS = Counts(kill=4, freeze=0, stall=2, cut=1, restart=0, skew=0, overlap=0)
 
 
 def require(reason: str | None) -> None:
@@ -152,6 +154,18 @@ def test_a_cut_link_fences_the_node_and_it_rejoins_when_restored(cluster: Cluste
 def test_a_database_restart_is_said_once_and_loses_nothing(cluster: Cluster) -> None:
     drive(cluster, [lambda mode=mode: restart_database(cluster, mode=mode)
                     for mode in ("fast", "immediate")])
+
+
+@pytest.mark.timeout(120)
+def test_a_short_table_of_the_quick_faults_in_a_random_order(cluster: Cluster) -> None:
+    """Seven more faults, of the kinds that take seconds (kill -9, a stall, a cut link), in
+    a random order with an invariant check after each: with the rows above, CI drives 20
+    faults (the bench's table, 200)."""
+    chosen = int(os.environ.get("PIPELINE_CLUSTER_SEED", random.randrange(1 << 30)))
+    result = run_table(cluster, SHORT_COUNTS, seed=chosen)
+    print(result.describe())
+    assert len(result.faults) == SHORT_COUNTS.total, result.describe()
+    assert result.ok, result.describe() + f"\n(repeat with PIPELINE_CLUSTER_SEED={chosen})"
 
 
 @pytest.mark.timeout(90)
