@@ -782,6 +782,8 @@ def test_pause_resume_reset_and_why(tmp_path: Path, jobs: Path) -> None:
     assert code == 0 and lines[0] == "no decisions recorded yet"
     assert lines[-1].startswith("next 20") and "30 2 * * *" in lines[-1]
     assert "Europe/Berlin; but paused since" in lines[-1] and "db migration" in lines[-1]
+    # The zone once: describe() already names a cron schedule's zone.
+    assert ': cron "30 2 * * *" Europe/Berlin; but paused since' in lines[-1], lines[-1]
     assert json.loads(cli("why", *args, "nightly", "--json")[1])["decisions"] == []
     code, out, _ = cli("resume", *args, "nightly")
     assert code == 0 and out == "resumed nightly\n"
