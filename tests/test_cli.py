@@ -108,6 +108,30 @@ def test_run_show_runs_logs(tmp_path: Path, jobs: Path) -> None:
     assert code == 1
 
 
+def test_show_prints_params_as_json_values(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "typed.yaml", """
+        params:
+          fail: {type: boolean, default: true}
+          ratio: {type: number, default: 0.5}
+          who: {type: string, default: ops}
+          note: {type: string, default: "a b, c"}
+          word: {type: string, default: "true"}
+          empty: {type: string, default: ""}
+        steps:
+          - {id: a, run: "true"}
+    """).parent
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "typed")[0] == 0
+    [run] = json.loads(cli("runs", *args, "--json")[1])
+    code, out, _ = cli("show", *args, run["id"])
+    assert code == 0
+    [line] = [x for x in out.splitlines() if x.startswith("params")]
+    # As JSON writes them (true, not Python's True); a string bare unless it would read as
+    # something else: with a space or comma, empty, or the word true.
+    assert line == ('params   fail=true, ratio=0.5, who=ops, note="a b, c", word="true", '
+                    'empty=""'), line
+
+
 def test_run_exit_codes(tmp_path: Path, jobs: Path) -> None:
     args = state_args(tmp_path, jobs)
     assert cli("run", *args, "fails")[0] == 1

@@ -14,7 +14,7 @@ import click
 
 from pipeline.cli import Settings, complete_job, complete_run, complete_step, dirs, pass_settings
 from pipeline.cli.state import daemon_info, get_run, has_state, job_zones, known_names, open_state
-from pipeline.cli.text import echo_json, local, table
+from pipeline.cli.text import echo_json, local, table, value_text
 from pipeline.errors import NotFound
 from pipeline.logship import shipped_whole
 from pipeline.model import (
@@ -94,7 +94,8 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
                + (f"\ntook     {record.duration_s:.2f}s" if record.duration_s is not None
                   else ""))
     if record.params:
-        click.echo("params   " + ", ".join(f"{k}={v}" for k, v in record.params.items()))
+        click.echo("params   " + ", ".join(f"{k}={value_text(v)}"
+                                           for k, v in record.params.items()))
     if version is not None:
         git = ""
         if version.git_commit:
