@@ -132,6 +132,25 @@ def test_show_prints_params_as_json_values(tmp_path: Path) -> None:
                     'empty=""'), line
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["show", "RUN"], ["runs"], ["logs", "RUN"], ["list"]])
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, jobs: Path, command: list[str]) -> None:
+    """`pipeline show RUN | head`: once the reader is gone, the command ends as git does,
+    with 141 (a SIGPIPE's status in the shell) and nothing on stderr."""
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "hello")[0] == 0
+    [run] = json.loads(cli("runs", *args, "--json")[1])
+    read, write_end = os.pipe()
+    os.close(read)  # the reader has gone before the first line is written
+    try:
+        done = subprocess.run([*PIPELINE, *[run["id"] if c == "RUN" else c for c in command],
+                               *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr
+
+
 def test_run_exit_codes(tmp_path: Path, jobs: Path) -> None:
     args = state_args(tmp_path, jobs)
     assert cli("run", *args, "fails")[0] == 1
