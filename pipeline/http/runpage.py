@@ -17,7 +17,15 @@ from pipeline.http.answers import ApiError, error_page
 from pipeline.http.pages import attempt_markers, graph, step_statuses, timeline
 from pipeline.http.reading import integer
 from pipeline.http.views import declared_steps, log_size, log_tail, read_log
-from pipeline.model import RUN_ID, STEP_INSTANCE_ID, RunRecord, StepStatus, in_file_order
+from pipeline.model import (
+    RUN_ID,
+    STEP_INSTANCE_ID,
+    RunRecord,
+    StepStatus,
+    failed_steps,
+    in_file_order,
+    version_differs,
+)
 from pipeline.statedir import log_relpath
 
 if TYPE_CHECKING:
@@ -52,11 +60,14 @@ class RunPage:
         live = request.query_params.get("live") == "1"
         grep = (request.query_params.get("grep") or "").strip()[:200] or None
 
-        def read() -> tuple[RunRecord | None, dict[str, str]]:
-            record = self.app.daemon.store.run(run_id)
-            return record, self.site.node_names([record] if record else [])
+        def read() -> tuple[RunRecord | None, RunRecord | None, dict[str, str]]:
+            store = self.app.daemon.store
+            record = store.run(run_id)
+            # A rerun's original (gone if retention removed it): whose version it differs from.
+            original = store.run(record.rerun_of) if record and record.rerun_of else None
+            return record, original, self.site.node_names([record] if record else [])
 
-        record, nodes = await self.app.store(read)
+        record, original, nodes = await self.app.store(read)
         if record is None:
             return error_page(404, f"no run {run_id!r}")
         view = self.app.run_view(record)
@@ -91,6 +102,11 @@ class RunPage:
             "graph": graph(record.document or {}, statuses, counts),
             "refresh": RUN_PAGE_REFRESH if active else 0, "noscript_refresh": True,
             "step_ids": [s for s in declared_steps(record)],
+            "failed_steps": failed_steps(record),
+            "original": None if original is None else {
+                "id": original.id,
+                "version": original.version.as_dict() if original.version else None,
+                "version_differs": version_differs(original, record)},
         })
 
     def _log_head(self, record: RunRecord, step_id: str, status: str) -> dict[str, Any]:
