@@ -923,6 +923,18 @@ def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
     assert [s["status"] for s in third["steps"]] == ["reused", "reused", "succeeded"]
     assert cli("rerun", *args, again["id"], "--failed")[0] == 1  # nothing failed
     assert cli("rerun", *args, again["id"], "--from", "nope")[0] == 1
+    # show says what a rerun runs again, and when the file changed since the original ran.
+    shown = cli("show", *args, again["id"])[1].splitlines()
+    assert f"rerun of {first['id']}" in shown and not any("differs" in x for x in shown)
+    etl = jobs / "etl.yaml"
+    etl.write_text(etl.read_text().replace("run: 'true'", "run: 'true '"))
+    code, out, err = cli("rerun", *args, again["id"], "--from", "report")
+    assert code == 0 and f"changed since run {again['id']}" in err
+    shown = cli("show", *args, out.strip())[1].splitlines()
+    assert f"rerun of {again['id']}" in shown
+    [version] = [x for x in shown if x.startswith("version")]
+    assert version.endswith(f"; not the version run {again['id']} ran (sha256:"
+                            f"{again['version']['sha256'][:16]}): the job file changed"), version
 
 
 def test_a_directory_given_before_the_command_beats_the_environment(

@@ -24,6 +24,7 @@ from pipeline.model import (
     StepRecord,
     in_file_order,
     run_as_dict,
+    version_differs,
 )
 from pipeline.store import Store
 
@@ -82,6 +83,8 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     """One run with its steps (in file order), and the run's own outputs."""
     with open_state(settings) as store:
         record = get_run(store, run_id)
+        # A rerun's original, for its version (None once retention has removed it).
+        original = store.run(record.rerun_of) if record.rerun_of and not as_json else None
     if as_json:
         echo_json(run_as_dict(record))
         return
@@ -89,6 +92,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     click.echo(f"run      {record.id}\njob      {record.job}\nstatus   {record.status}"
                + (f" ({record.reason})" if record.reason else "")
                + f"\ntrigger  {record.trigger}"
+               + (f"\nrerun of {record.rerun_of}" if record.rerun_of else "")
                + (f"\nfired    {local(record.fire_time)}" if record.fire_time else "")
                + f"\nstarted  {local(record.started_at)}\nfinished {local(record.finished_at)}"
                + (f"\ntook     {record.duration_s:.2f}s" if record.duration_s is not None
@@ -100,7 +104,13 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
         git = ""
         if version.git_commit:
             git = f" (git {version.git_commit[:12]}{', modified' if version.git_dirty else ''})"
-        click.echo(f"version  sha256:{version.sha256[:16]}{git}")
+        differs = ""
+        if original is not None and original.version is not None \
+                and version_differs(original, record):
+            # What `rerun` warned of when it made this run: the file changed in between.
+            differs = (f"; not the version run {original.id} ran "
+                       f"(sha256:{original.version.sha256[:16]}): the job file changed")
+        click.echo(f"version  sha256:{version.sha256[:16]}{git}{differs}")
     if record.outputs:
         click.echo("outputs  " + ", ".join(f"{k}={v}" for k, v in record.outputs.items()))
     click.echo("")
