@@ -889,6 +889,35 @@ def test_backfill_runs_each_instant_once_in_the_foreground(tmp_path: Path) -> No
     assert code == 1 and "before --from" in err
 
 
+def test_runs_and_show_mark_a_late_run(tmp_path: Path) -> None:
+    from pipeline.store.sqlite import SqliteStore
+
+    jobs = write(tmp_path / "jobs.d" / "daily.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: UTC}
+        deadline: 1m
+        steps:
+          - {id: s, run: "true"}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-02T23:00")
+    assert code == 0, err
+    late_id, on_time_id = out.split()
+    # Judged as the daemon's deadline loop judges a fire: in the store, which marks the run.
+    store = SqliteStore.open(tmp_path / "state")
+    try:
+        fire = datetime.fromisoformat("2026-11-01T03:00:00+00:00")
+        assert store.miss_deadline("daily", fire, deadline=fire, node=None)[0]
+    finally:
+        store.close()
+    lines = {line.split()[0]: line for line in cli("runs", *args)[1].splitlines()[1:]}
+    assert "succeeded, late" in lines[late_id]
+    assert "late" not in lines[on_time_id] and "succeeded" in lines[on_time_id]
+    shown = cli("show", *args, late_id)[1].splitlines()
+    assert "status   succeeded; late: it had not succeeded by its deadline" in shown, shown
+    assert "status   succeeded" in cli("show", *args, on_time_id)[1].splitlines()
+
+
 def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
         tmp_path: Path) -> None:
     flag = tmp_path / "flag"

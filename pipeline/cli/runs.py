@@ -68,7 +68,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
                    f"{f' with status {status}' if status else ''} yet", err=True)
         return
     zones = job_zones(loaded, daemon)
-    table([(r.id, r.job, str(r.status), str(r.trigger),
+    # A run that missed its deadline: "failed, late" (the API's `late: true`).
+    table([(r.id, r.job, f"{r.status}, late" if r.late else str(r.status), str(r.trigger),
             local(r.started_at or r.queued_at, zones.get(r.job)),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "-", r.reason or "")
            for r in found], ("RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "TOOK", "REASON"))
@@ -91,6 +92,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     version = record.version
     click.echo(f"run      {record.id}\njob      {record.job}\nstatus   {record.status}"
                + (f" ({record.reason})" if record.reason else "")
+               + ("; late: it had not succeeded by its deadline" if record.late else "")
                + f"\ntrigger  {record.trigger}"
                + (f"\nrerun of {record.rerun_of}" if record.rerun_of else "")
                + (f"\nfired    {local(record.fire_time)}" if record.fire_time else "")
