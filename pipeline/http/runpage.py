@@ -4,6 +4,7 @@ the page's script asks for to follow a log."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from pipeline.model import (
     in_file_order,
     version_differs,
 )
+from pipeline.notation import parse_duration
 from pipeline.statedir import log_relpath
 
 if TYPE_CHECKING:
@@ -44,6 +46,18 @@ def _markers(path: Path) -> list[str]:
     """The ``[pipeline]`` lines of a retried step's log (up to ``MAX_MARKER_SCAN`` bytes)."""
     data = read_log(path, 0, MAX_MARKER_SCAN)
     return attempt_markers(data.decode(errors="replace"))
+
+
+def _deadline(record: RunRecord) -> datetime | None:
+    """When a late run had to have succeeded by: its fire time plus its job's ``deadline``
+    (as the run's stored job says it); None if that cannot be told."""
+    written = (record.document or {}).get("deadline")
+    if not record.late or record.fire_time is None or written is None:
+        return None
+    try:
+        return record.fire_time + timedelta(seconds=parse_duration(written))
+    except (TypeError, ValueError):
+        return None
 
 
 class RunPage:
@@ -103,6 +117,7 @@ class RunPage:
             "refresh": RUN_PAGE_REFRESH if active else 0, "noscript_refresh": True,
             "step_ids": [s for s in declared_steps(record)],
             "failed_steps": failed_steps(record),
+            "deadline": _deadline(record),
             "original": None if original is None else {
                 "id": original.id,
                 "version": original.version.as_dict() if original.version else None,
