@@ -521,6 +521,26 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What `rerun --failed` (the API's {"failed": true}) runs again, with what depends on it.
+RERUN_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED})
+
+
+def failed_steps(run: RunRecord) -> list[str]:
+    """The run's steps (not its hooks, not a for_each step's items) that ended failed, timed
+    out or cancelled: those a rerun of its failed steps starts from."""
+    named = {entry.get("id") for entry in (run.document or EMPTY).get("steps") or ()
+             if isinstance(entry, Mapping)}
+    return [s.id for s in in_file_order(run) if "." not in s.id and s.status in RERUN_FAILED
+            and (not named or s.id in named)]
+
+
+def version_differs(original: RunRecord, rerun: RunRecord) -> bool:
+    """Whether ``rerun`` ran another version of the job file than ``original`` (a rerun runs
+    the current file)."""
+    return (original.version is not None and rerun.version is not None
+            and original.version.sha256 != rerun.version.sha256)
+
+
 def in_file_order(run: RunRecord) -> list[StepRecord]:
     """The run's steps as its job file lists them (steps, on_success, on_failure, finally),
     each for_each step followed by its items in item order; steps the stored job does not

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline import schedule_words, triggers
 from pipeline.errors import NotFound, PipelineError, did_you_mean
 from pipeline.events import RunQueued
-from pipeline.model import Catchup, Job, RunRecord, Trigger, Version
+from pipeline.model import Catchup, Job, RunRecord, Schedule, ScheduleKind, Trigger, Version
 from pipeline.policy import catchup_of
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
@@ -219,8 +219,7 @@ def _next(name: str, job: Job | None, state: JobState | None, now: datetime,
         text = note.words
     else:
         text = (f"next {_at(fires[0], zone)}: "
-                + "; ".join(f"{triggers.describe(s)}, {s.timezone}" for s in job.schedules
-                            if s.kind.timed)
+                + "; ".join(_with_zone(s) for s in job.schedules if s.kind.timed)
                 + (f"; {note.words}" if note is not None else ""))
     if state is not None and state.paused_at is not None:
         text += (f"; but paused since {_at(state.paused_at, zone)} by {state.paused_by}"
@@ -229,6 +228,12 @@ def _next(name: str, job: Job | None, state: JobState | None, now: datetime,
     if problems:
         text += f"; its file is invalid ({problems[0]}): the last good version fires"
     return text
+
+
+def _with_zone(schedule: Schedule) -> str:
+    """``describe``'s words and the schedule's zone, once: a cron's words name it already."""
+    words = triggers.describe(schedule)
+    return words if schedule.kind is ScheduleKind.CRON else f"{words}, {schedule.timezone}"
 
 
 # -- backfill and rerun ------------------------------------------------------------------------

@@ -9,6 +9,13 @@ The runs this node holds go to its worker, which starts them at their instant. S
 moment loses nothing (fires after the watermark are looked at again) and doubles nothing (the
 store refuses a second run of a fire).
 
+A fire the job's calendar removes (``exclude:``, outside ``active:``) is a "not made" decision,
+recorded once per stretch: the first removed fire after a made one (or the first this node sees
+of the job since it loaded it, or since its schedule changed) is recorded when it comes due,
+its detail saying until when no fire is made; the rest of the stretch is not. So an ``every:
+1s`` job excluded for a day makes one row, not 86,400, and ``why`` still says why it is quiet,
+at the moment it goes quiet (the job is woken for that fire, not only at its next made one).
+
 The loop never sleeps blindly until a far fire: it wakes at least every ``recheck`` seconds and
 reads the clock again, so a clock jump forward or a resume from suspend is handled by the
 catch-up policy, and a jump back never re-runs a fire (fires are only taken after the
@@ -45,7 +52,7 @@ RECHECK = 2.0  # longest sleep without looking at the clock again
 # durable and the run starts on time (a thousand claims take tens of milliseconds to commit).
 LEAD = 0.25
 MAX_MISSED = 1000
-MAX_REMOVED_LOGGED = 100  # fires a calendar removed, logged per claim
+MAX_REMOVED_LOGGED = 100  # stretches of fires a calendar removed, recorded per claim
 PRECISE = 0.010
 
 Clock = Callable[[], datetime]
@@ -60,6 +67,8 @@ class _Scheduled:
     next_fire: datetime | None = None
     generation: int = 0
     version: Version | None = None  # of `job`, with git facts; looked up in the background
+    # The last fire dealt with was one the calendar removed, and its stretch is recorded.
+    in_stretch: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,8 @@ class Scheduler:
                 known = self.jobs[name] = _Scheduled(job, watermark)
                 logger.info("job {} scheduled: {}", name, describe(job))
             elif job.sha256 != known.job.sha256:
+                if job.schedules != known.job.schedules:
+                    known.in_stretch = False  # another calendar: its stretches are new
                 if ((job.schedules != known.job.schedules or job.enabled != known.job.enabled)
                         and now > known.watermark):
                     known.watermark = now
@@ -171,7 +182,15 @@ class Scheduler:
         fires = triggers.next_fires(known.job.schedules, known.watermark, 1)
         if fires:
             known.next_fire = fires[0] if known.job.enabled else None
-            heapq.heappush(self._heap, (fires[0], known.job.name, known.generation))
+        wake = fires[0] if fires else None
+        if not known.in_stretch and _has_calendar(known.job):
+            # A stretch of removed fires begins before the next made fire: its first is
+            # recorded when it comes due, so the job is woken for it.
+            removed = triggers.removed_after(known.job.schedules, known.watermark)
+            if removed is not None and (wake is None or removed.fire < wake):
+                wake = removed.fire
+        if wake is not None:
+            heapq.heappush(self._heap, (wake, known.job.name, known.generation))
 
     async def _do_chores(self) -> None:
         """Store writes that may wait for a store that cannot be written (a full disk)."""
@@ -252,7 +271,8 @@ class Scheduler:
                 due.append(known)
         if not due:
             return
-        claims = [self._claim_of(known, horizon) for known in due]
+        claimed = [self._claim_of(known, horizon) for known in due]
+        claims = [claim for claim, _ in claimed]
         crash_point("watermark-flush")
         try:
             result: Claims = await self.offload(functools.partial(
@@ -270,24 +290,24 @@ class Scheduler:
             self.claims += len(result.runs)
             crash_point("fire-claimed")
             self.reserve(result.runs)
-        for known in due:
+        for known, (_, in_stretch) in zip(due, claimed, strict=True):
             # Where the store says: a fire not yet due by its clock is claimed next time.
-            known.watermark = max(known.watermark, result.watermarks.get(known.job.name,
-                                                                          known.watermark))
+            watermark = result.watermarks.get(known.job.name, known.watermark)
+            if watermark >= horizon:  # else the store took less: look at the rest again
+                known.in_stretch = in_stretch
+            known.watermark = max(known.watermark, watermark)
             self._reschedule(known)
 
-    def _claim_of(self, known: _Scheduled, horizon: datetime) -> FireClaim:
+    def _claim_of(self, known: _Scheduled, horizon: datetime) -> tuple[FireClaim, bool]:
+        """The claim of ``known``'s fires up to ``horizon``, and whether, once it is made, the
+        last fire dealt with is in a recorded stretch of removed ones."""
         job = known.job
         fires, truncated = triggers.fires_between(job.schedules, known.watermark, horizon,
                                                   limit=MAX_MISSED)
         if truncated:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
-        removed, more = triggers.removed_between(job.schedules, known.watermark, horizon,
-                                                 limit=MAX_REMOVED_LOGGED)
-        if more:
-            logger.info("job {}: its calendar removed more than {} fires; the latest are "
-                        "logged", job.name, MAX_REMOVED_LOGGED)
+        removed, in_stretch = self._stretches(known, fires, horizon)
         spread = max((s.jitter for s in job.schedules), default=0.0)
         assert self.started is not None
         return FireClaim(
@@ -296,7 +316,32 @@ class Scheduler:
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
             started=self.started, version=_version(known), document=job.document,
             runs_on=runs_on_of(job), hold=self.hold(job),
-            removed=tuple((r.fire, str(r.reason), r.rule) for r in removed))
+            removed=tuple((r.fire, str(r.reason), _stretch_detail(job, r)) for r in removed),
+        ), in_stretch
+
+    @staticmethod
+    def _stretches(known: _Scheduled, fires: list[datetime],
+                   horizon: datetime) -> tuple[list[triggers.Removed], bool]:
+        """The first removed fire of each stretch that begins in (watermark, ``horizon``]:
+        between two made fires (``fires``) there are only removed ones, so a stretch can
+        begin only right after the watermark (unless one is under way) or a made fire."""
+        if not _has_calendar(known.job):
+            return [], False
+        found: list[triggers.Removed] = []
+        in_stretch, after = known.in_stretch, known.watermark
+        for made in [*fires, None]:
+            if not in_stretch:
+                first = triggers.removed_after(known.job.schedules, after)
+                if first is not None and first.fire <= (horizon if made is None else made):
+                    found.append(first)
+                    in_stretch = True
+            if made is not None:
+                after, in_stretch = made, False
+        if len(found) > MAX_REMOVED_LOGGED:  # after a long outage: the latest are recorded
+            logger.info("job {}: its calendar removed {} stretches of fires; the latest {} "
+                        "are recorded", known.job.name, len(found), MAX_REMOVED_LOGGED)
+            found = found[-MAX_REMOVED_LOGGED:]
+        return found, in_stretch
 
     async def _look_up_versions(self) -> None:
         """Find each loaded job's git facts, one file at a time, off the firing path.
@@ -319,6 +364,22 @@ class Scheduler:
                     found = Version(sha256=job.sha256)
                 if known.job is job:
                     known.version = found
+
+
+def _has_calendar(job: Job) -> bool:
+    return any(s.calendar and s.kind.timed for s in job.schedules)
+
+
+def _stretch_detail(job: Job, first: triggers.Removed) -> str:
+    """The decision's detail for the first removed fire of a stretch: the calendar's rule,
+    and, when more fires follow it unmade, until when (the rest are not recorded)."""
+    if triggers.removed_after(job.schedules, first.fire) is None:
+        return first.rule  # alone: the next fire is made
+    made = triggers.next_fires(job.schedules, first.fire, 1)
+    if not made:
+        return f"{first.rule}; no fire is made after it"
+    return (f"{first.rule}; no fire is made after it until "
+            f"{made[0].isoformat(sep=' ', timespec='seconds')}")
 
 
 def describe(job: Job) -> str:

@@ -193,6 +193,19 @@ def removed_between(schedules: Sequence[Schedule], after: datetime, until: datet
     return [found[instant] for instant in kept_instants], truncated
 
 
+def removed_after(schedules: Sequence[Schedule], after: datetime) -> Removed | None:
+    """The first fire that the schedules' expressions make strictly after ``after``, if their
+    calendars remove it; None when that fire is made (or there is none). After a made fire,
+    this is where a stretch of removed fires begins: what the scheduler records as a "not
+    made" decision, once a stretch. Bounded like ``next_fire``; raises ``ValueError`` for a
+    naive ``after``."""
+    moment = _utc(after)
+    firsts = [instant for schedule in schedules if schedule.kind.timed
+              for instant in [next(_plain_forward(schedule, moment), None)]
+              if instant is not None]
+    return calendar_verdict(schedules, min(firsts)) if firsts else None
+
+
 def calendar_verdict(schedules: Sequence[Schedule], instant: datetime) -> Removed | None:
     """Why the fire at ``instant`` is not made, when one of ``schedules`` makes it without
     its calendar and none makes it with its calendar; None otherwise (the fire is made, or

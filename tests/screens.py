@@ -45,6 +45,7 @@ schedule:
   cron: "30 2 * * *"
   timezone: Europe/Berlin
 retries: {limit: 2, delay: 1s}
+deadline: 2h
 params:
   keep_days: {type: integer, default: 14, description: days of dumps to keep}
   target: {type: string, enum: [prod, staging], default: prod}
@@ -135,11 +136,13 @@ JOBS = {"backup.yaml": BACKUP, "report.yaml": REPORT, "sync.yaml": FAILS,
         "cleanup.yaml": CLEANUP, "half-done.yaml": BROKEN}
 
 
-def seed_history(state_dir: Path, job: str, now: datetime, nights: int = 49) -> None:
+def seed_history(state_dir: Path, job: str, now: datetime, nights: int = 49) -> str:
     """``nights`` earlier scheduled runs of ``job`` (one a night at 02:30 Berlin time), most
-    succeeded, a few failed, with the steps they ran."""
+    succeeded, a few failed, with the steps they ran; the last failed one missed its deadline
+    (2 h), judged as the daemon judges one. Returns that late run's id."""
     rng = random.Random(7)
     events: list[Event] = []
+    late: tuple[str, datetime] | None = None
     steps = ("dump", "compress", "upload", "verify", "ping", "prune")
     for night in range(nights, 0, -1):
         fire = (now - timedelta(days=night)).replace(hour=0, minute=30, second=0,
@@ -147,6 +150,8 @@ def seed_history(state_dir: Path, job: str, now: datetime, nights: int = 49) -> 
         run_id = new_run_id(fire)
         took = rng.uniform(35, 70) + (40 if night % 9 == 0 else 0)
         failed = night in (31, 30, 12)
+        if night == 12:
+            late = run_id, fire
         events += [RunQueued(run_id, job, Trigger.SCHEDULE, fire, fire_time=fire),
                    RunStarted(run_id, fire + timedelta(milliseconds=4))]
         at = fire + timedelta(milliseconds=5)
@@ -163,11 +168,14 @@ def seed_history(state_dir: Path, job: str, now: datetime, nights: int = 49) -> 
         events.append(RunFinished(run_id, RunStatus.FAILED if failed else RunStatus.SUCCEEDED,
                                   at, reason="step failed: ping" if failed else None))
     events.append(WatermarkMoved(job, now))
+    assert late is not None
     store = SqliteStore.open(state_dir)
     try:
         store.record(events)
+        store.miss_deadline(job, late[1], deadline=late[1] + timedelta(hours=2), node=None)
     finally:
         store.close()
+    return late[0]
 
 
 @dataclass
@@ -177,12 +185,14 @@ class Staged:
     backup: str  # the backup's run: retried, fanned out, succeeded
     failed: str  # a failed run of sync-crm
     live: str  # the report, still running
+    late: str  # a backup of weeks ago that failed and missed its deadline
+    rerun: str  # the failed sync-crm's failed steps run again (failed again)
 
 
 @asynccontextmanager
 async def staged(root: Path, *, token: str | None = None) -> AsyncIterator[Staged]:
     """The daemon with the scenario's runs made; the live run is running throughout."""
-    seed_history(root / "state", "nightly-backup", datetime.now(UTC))
+    late = seed_history(root / "state", "nightly-backup", datetime.now(UTC))
     async with open_daemon(root, jobs=JOBS, token=token) as daemon:
         assert daemon.listen is not None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -198,10 +208,13 @@ async def staged(root: Path, *, token: str | None = None) -> AsyncIterator[Stage
             backup = (await http.post("/api/v1/jobs/nightly-backup/runs")).json()["run_id"]
             failed = (await http.post("/api/v1/jobs/sync-crm/runs")).json()["run_id"]
             await wait_run(http, failed)
+            rerun = (await http.post(f"/api/v1/runs/{failed}/rerun", json={"failed": True})
+                     ).json()["run_id"]
+            await wait_run(http, rerun)
             assert (await wait_run(http, backup))["status"] == "succeeded"
             live = (await http.post("/api/v1/jobs/weekly-report/runs")).json()["run_id"]
             await first_output(daemon, f"/api/v1/runs/{live}/steps/crunch/log")
-        yield Staged(daemon, daemon.listen, backup, failed, live)
+        yield Staged(daemon, daemon.listen, backup, failed, live, late, rerun)
 
 
 SIZES = {"desktop": (1280, 900, False), "phone": (390, 844, True)}
@@ -209,7 +222,8 @@ SIZES = {"desktop": (1280, 900, False), "phone": (390, 844, True)}
 
 def pages(stage: Staged) -> dict[str, str]:
     return {"index": "/", "job": "/jobs/nightly-backup", "run": f"/runs/{stage.backup}",
-            "run-live": f"/runs/{stage.live}", "run-failed": f"/runs/{stage.failed}"}
+            "run-live": f"/runs/{stage.live}", "run-failed": f"/runs/{stage.failed}",
+            "run-late": f"/runs/{stage.late}", "run-rerun": f"/runs/{stage.rerun}"}
 
 
 async def shoot(tab: Tab, stage: Staged, out: Path,

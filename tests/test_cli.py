@@ -108,6 +108,49 @@ def test_run_show_runs_logs(tmp_path: Path, jobs: Path) -> None:
     assert code == 1
 
 
+def test_show_prints_params_as_json_values(tmp_path: Path) -> None:
+    jobs = write(tmp_path / "jobs.d" / "typed.yaml", """
+        params:
+          fail: {type: boolean, default: true}
+          ratio: {type: number, default: 0.5}
+          who: {type: string, default: ops}
+          note: {type: string, default: "a b, c"}
+          word: {type: string, default: "true"}
+          empty: {type: string, default: ""}
+        steps:
+          - {id: a, run: "true"}
+    """).parent
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "typed")[0] == 0
+    [run] = json.loads(cli("runs", *args, "--json")[1])
+    code, out, _ = cli("show", *args, run["id"])
+    assert code == 0
+    [line] = [x for x in out.splitlines() if x.startswith("params")]
+    # As JSON writes them (true, not Python's True); a string bare unless it would read as
+    # something else: with a space or comma, empty, or the word true.
+    assert line == ('params   fail=true, ratio=0.5, who=ops, note="a b, c", word="true", '
+                    'empty=""'), line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["show", "RUN"], ["runs"], ["logs", "RUN"], ["list"]])
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, jobs: Path, command: list[str]) -> None:
+    """`pipeline show RUN | head`: once the reader is gone, the command ends as git does,
+    with 141 (a SIGPIPE's status in the shell) and nothing on stderr."""
+    args = state_args(tmp_path, jobs)
+    assert cli("run", *args, "hello")[0] == 0
+    [run] = json.loads(cli("runs", *args, "--json")[1])
+    read, write_end = os.pipe()
+    os.close(read)  # the reader has gone before the first line is written
+    try:
+        done = subprocess.run([*PIPELINE, *[run["id"] if c == "RUN" else c for c in command],
+                               *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr
+
+
 def test_run_exit_codes(tmp_path: Path, jobs: Path) -> None:
     args = state_args(tmp_path, jobs)
     assert cli("run", *args, "fails")[0] == 1
@@ -782,6 +825,8 @@ def test_pause_resume_reset_and_why(tmp_path: Path, jobs: Path) -> None:
     assert code == 0 and lines[0] == "no decisions recorded yet"
     assert lines[-1].startswith("next 20") and "30 2 * * *" in lines[-1]
     assert "Europe/Berlin; but paused since" in lines[-1] and "db migration" in lines[-1]
+    # The zone once: describe() already names a cron schedule's zone.
+    assert ': cron "30 2 * * *" Europe/Berlin; but paused since' in lines[-1], lines[-1]
     assert json.loads(cli("why", *args, "nightly", "--json")[1])["decisions"] == []
     code, out, _ = cli("resume", *args, "nightly")
     assert code == 0 and out == "resumed nightly\n"
@@ -844,6 +889,35 @@ def test_backfill_runs_each_instant_once_in_the_foreground(tmp_path: Path) -> No
     assert code == 1 and "before --from" in err
 
 
+def test_runs_and_show_mark_a_late_run(tmp_path: Path) -> None:
+    from pipeline.store.sqlite import SqliteStore
+
+    jobs = write(tmp_path / "jobs.d" / "daily.yaml", """
+        schedule: {cron: "0 3 * * *", timezone: UTC}
+        deadline: 1m
+        steps:
+          - {id: s, run: "true"}
+    """).parent
+    args = ["--jobs-dir", str(jobs), "--state-dir", str(tmp_path / "state")]
+    code, out, err = cli("backfill", *args, "daily", "--from", "2026-11-01",
+                         "--to", "2026-11-02T23:00")
+    assert code == 0, err
+    late_id, on_time_id = out.split()
+    # Judged as the daemon's deadline loop judges a fire: in the store, which marks the run.
+    store = SqliteStore.open(tmp_path / "state")
+    try:
+        fire = datetime.fromisoformat("2026-11-01T03:00:00+00:00")
+        assert store.miss_deadline("daily", fire, deadline=fire, node=None)[0]
+    finally:
+        store.close()
+    lines = {line.split()[0]: line for line in cli("runs", *args)[1].splitlines()[1:]}
+    assert "succeeded, late" in lines[late_id]
+    assert "late" not in lines[on_time_id] and "succeeded" in lines[on_time_id]
+    shown = cli("show", *args, late_id)[1].splitlines()
+    assert "status   succeeded; late: it had not succeeded by its deadline" in shown, shown
+    assert "status   succeeded" in cli("show", *args, on_time_id)[1].splitlines()
+
+
 def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
         tmp_path: Path) -> None:
     flag = tmp_path / "flag"
@@ -878,6 +952,18 @@ def test_rerun_from_a_step_reuses_the_others_and_failed_reruns_the_failures(
     assert [s["status"] for s in third["steps"]] == ["reused", "reused", "succeeded"]
     assert cli("rerun", *args, again["id"], "--failed")[0] == 1  # nothing failed
     assert cli("rerun", *args, again["id"], "--from", "nope")[0] == 1
+    # show says what a rerun runs again, and when the file changed since the original ran.
+    shown = cli("show", *args, again["id"])[1].splitlines()
+    assert f"rerun of {first['id']}" in shown and not any("differs" in x for x in shown)
+    etl = jobs / "etl.yaml"
+    etl.write_text(etl.read_text().replace("run: 'true'", "run: 'true '"))
+    code, out, err = cli("rerun", *args, again["id"], "--from", "report")
+    assert code == 0 and f"changed since run {again['id']}" in err
+    shown = cli("show", *args, out.strip())[1].splitlines()
+    assert f"rerun of {again['id']}" in shown
+    [version] = [x for x in shown if x.startswith("version")]
+    assert version.endswith(f"; not the version run {again['id']} ran (sha256:"
+                            f"{again['version']['sha256'][:16]}): the job file changed"), version
 
 
 def test_a_directory_given_before_the_command_beats_the_environment(

@@ -4,10 +4,12 @@ and logs, read-only mode, the operator controls that appear with their routes, t
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +313,113 @@ async def test_operator_controls_post_to_their_routes(daemon: Daemon) -> None:
         assert again.status_code == 202, again.text
         rerun = await wait_run(http, again.json()["run_id"])
         assert rerun["status"] == "succeeded"
+
+
+def button(page: str, label: str) -> dict[str, str] | None:
+    """A button's attributes (unescaped), found by its label; None without one."""
+    found = re.search(r"<button ([^>]*)>" + re.escape(label) + "</button>", page)
+    if found is None:
+        return None
+    return {name: html.unescape(double or single) for name, double, single in re.findall(
+        r'([\w-]+)=(?:"([^"]*)"|\'([^\']*)\')', found.group(1))}
+
+
+ETL = """
+name: etl
+steps:
+  - {id: extract, run: 'echo "rows=42" >> "$PIPELINE_OUTPUT"'}
+  - id: load
+    needs: [extract]
+    run: 'test -e FLAG && echo "loaded ${{ steps.extract.outputs.rows }}"'
+  - {id: report, needs: [load], run: echo reported}
+"""
+
+
+async def test_a_failed_run_reruns_its_failed_steps_and_the_rerun_links_back(
+        tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    etl = ETL.replace("FLAG", str(flag))
+    async with open_daemon(tmp_path, jobs={"etl.yaml": etl}) as daemon, client(daemon) as http:
+        failed = (await http.post("/api/v1/jobs/etl/runs")).json()["run_id"]
+        assert (await wait_run(http, failed))["status"] == "failed"
+        page = (await http.get(f"/runs/{failed}")).text
+        again = button(page, "Rerun failed steps")
+        assert again is not None, "no Rerun failed steps button"
+        assert again["data-post"] == f"/api/v1/runs/{failed}/rerun" and again["data-go"] == "1"
+        assert json.loads(again["data-body"]) == {"failed": True}  # CONTRACT §5
+        assert "Run load" in again["title"]
+
+        # The file changes before the rerun: the rerun runs the current version, and says so.
+        (daemon.jobs_dir / "etl.yaml").write_text(etl.replace("echo reported", "echo done"))
+        await trio.to_thread.run_sync(daemon.catalog.scan)
+        await daemon.scheduler.load(daemon.catalog.jobs)
+        flag.touch()
+        # What the page's script sends: data-body to data-post.
+        made = await http.post(again["data-post"], content=again["data-body"],
+                               headers={"Content-Type": "application/json"})
+        assert made.status_code == 202, made.text
+        rerun = await wait_run(http, made.json()["run_id"])
+        assert rerun["status"] == "succeeded" and rerun["rerun_of"] == failed
+        assert [(s["id"], s["status"]) for s in rerun["steps"]] == [
+            ("extract", "reused"), ("load", "succeeded"), ("report", "succeeded")]
+
+        page = (await http.get(f"/runs/{rerun['id']}")).text
+        facts = page[page.index('id="facts"'):page.index("</section>", page.index('id="facts"'))]
+        assert re.search(r'<dd>rerun of <a class="mono" href="/runs/' + failed + '">' + failed
+                         + "</a></dd>", facts), facts
+        assert f"not the version run {failed} ran" in facts
+        assert button(page, "Rerun failed steps") is None  # nothing failed in it
+        # The original's page offers the choice still; a succeeded run's does not.
+        assert button((await http.get(f"/runs/{failed}")).text, "Rerun failed steps")
+
+
+LATE = """
+name: hourly
+schedule: every 1h
+deadline: 1m
+steps:
+  - {id: a, run: "true"}
+"""
+
+
+async def test_a_late_run_says_so_on_its_page_its_jobs_page_and_the_index(
+        tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    async with open_daemon(tmp_path, jobs={"hourly.yaml": LATE}) as daemon, \
+            client(daemon) as http:
+        # A past hour's run (a backfill gives it its fire), judged late as the deadline
+        # loop judges it: in the store, which marks the run.
+        made = await http.post("/api/v1/jobs/hourly/backfill", json={
+            "from": (now - timedelta(minutes=90)).isoformat(),
+            "to": (now - timedelta(minutes=30)).isoformat()})
+        [run_id] = made.json()["run_ids"]
+        fire = datetime.fromisoformat((await wait_run(http, run_id))["fire_time"])
+        late, _ = await trio.to_thread.run_sync(partial(
+            daemon.store.miss_deadline, "hourly", fire, deadline=fire + timedelta(minutes=1),
+            node=None))
+        assert late and (await http.get(f"/api/v1/runs/{run_id}")).json()["late"] is True
+        on_time = (await http.post("/api/v1/jobs/hourly/runs")).json()["run_id"]
+        await wait_run(http, on_time)
+
+        page = (await http.get(f"/runs/{run_id}")).text
+        head = page[page.index("<h1>"):page.index("</h1>")]
+        assert '<span class="badge s-late" title="not succeeded by its deadline">late</span>' \
+            in head
+        deadline = (fire + timedelta(minutes=1)).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        assert f"<dt>Deadline</dt><dd>missed: not succeeded by {deadline}</dd>" in page
+        assert "s-late" not in (await http.get(f"/runs/{on_time}")).text
+
+        job = (await http.get("/jobs/hourly")).text
+        squares = re.findall(r'<a class="(sq [^"]+)" href="/runs/([^"]+)" aria-label="([^"]+)"',
+                             job)
+        assert [(c, r) for c, r, _ in squares] == [("sq s-succeeded late", run_id),
+                                                   ("sq s-succeeded", on_time)]
+        assert squares[0][2].startswith(f"succeeded, late, run {run_id}")
+
+        index = (await http.get("/")).text
+        rows = {r: row for row in index.split("<tr>")
+                for r in re.findall(r'href="/runs/([^"]+)"', row)}
+        assert "s-late" in rows[run_id] and "s-late" not in rows[on_time]
 
 
 async def test_operator_controls_appear_only_with_their_routes(daemon: Daemon) -> None:

@@ -85,7 +85,7 @@ async def test_every_page_passes_axe_light_and_dark_at_both_widths(tmp_path: Pat
                     checked += 1
         # The pictures the README shows, taken the same way (kept as this test's artifacts).
         taken = await shoot(tab, stage, shots)
-    assert checked == len(SIZES) * 2 * 9
+    assert checked == len(SIZES) * 2 * 11
     assert len(taken) == 12
     for picture in taken:
         assert (await trio.Path(picture).stat()).st_size > 10_000  # a page, not a blank
@@ -126,6 +126,17 @@ async def test_a_person_uses_the_pages(tmp_path: Path) -> None:
                                      for r in ("ap-south", "eu-west", "us-east")]
             assert "3 of" in await tab.evaluate("document.querySelector('#log-count')"
                                                 ".textContent")
+
+            # A failed run's failed steps run again from its page; the new run links back.
+            await tab.goto(f"{stage.base}/runs/{stage.failed}")
+            await tab.evaluate("[...document.querySelectorAll('button')].find(b => "
+                               "b.textContent === 'Rerun failed steps').click()")
+            href = await tab.wait_for("location.pathname !== '/runs/" + stage.failed
+                                      + "' && location.pathname")
+            rerun = (await http.get(f"/api/v1{href}", params={"wait": 20})).json()
+            assert rerun["rerun_of"] == stage.failed and rerun["trigger"] == "rerun"
+            assert await tab.evaluate(f"document.querySelector('#facts a[href=\"/runs/"
+                                      f"{stage.failed}\"]') !== null")
 
             # The parameter form refuses a bad number, then starts a run with what was set.
             job_url = f"{stage.base}/jobs/nightly-backup"

@@ -719,15 +719,45 @@ async def test_a_pool_lets_no_more_runs_hold_slots_than_it_has(world: World,
 
 
 async def test_calendar_removed_fires_are_decisions(world: World, mock_clock: MockClock) -> None:
+    """One decision per stretch of removed fires: its first, saying until when none is made."""
     job = world.job("""
-        schedule: {cron: "*/10 * * * * *", timezone: UTC, exclude: ["0 12 * * *"]}
+        schedule: {cron: "*/10 * * * * *", timezone: UTC, exclude: ["0,2 12 * * *"]}
         steps:
           - {id: s, uses: sleep, with: {duration: 0s}}
     """)
     async with world.daemon(job):
-        await trio.sleep(65)  # 12:00:10 .. 12:00:50 are excluded; 12:01:00 fires
-    assert world.fired() == [60]
-    assert world.not_made() == [(t, "exclude 0 12 * * *") for t in (10, 20, 30, 40, 50)]
+        await trio.sleep(185)  # 12:00:10 .. 12:00:50 and 12:02:xx are excluded
+    assert world.fired() == [60, 70, 80, 90, 100, 110, 180]
+    assert world.not_made() == [
+        (10, "exclude 0,2 12 * * *; no fire is made after it until 2026-03-01 12:01:00+00:00"),
+        (120, "exclude 0,2 12 * * *; no fire is made after it until 2026-03-01 12:03:00+00:00")]
+
+
+async def test_an_excluded_day_is_one_decision_when_it_begins(
+        world: World, mock_clock: MockClock) -> None:
+    """An every-second job excluded all day: its first fire is recorded as not made when it
+    comes due (not tomorrow, with the next made fire), once, and once more after a restart."""
+    job = world.job("""
+        schedule: {every: 1s, timezone: UTC, exclude: ["2026-03-01"]}
+        steps:
+          - {id: s, uses: sleep, with: {duration: 0s}}
+    """)
+    async with world.daemon(job):
+        await trio.sleep(10)
+    [decision] = world.store.decisions("job", limit=100)
+    assert decision.outcome is Outcome.NOT_MADE and decision.reason == "excluded"
+    assert decision.fire_time == BASE + timedelta(seconds=1)
+    assert decision.detail == ("exclude 2026-03-01; no fire is made after it until "
+                               "2026-03-02 00:00:00+00:00")
+    assert decision.decided_at - decision.fire_time < timedelta(seconds=1)  # near its time
+    assert world.fired() == []
+    async with world.daemon(job):  # a new daemon says it again, once
+        await trio.sleep(10)
+    # From the stored watermark: nothing moved it past the first fire of the stretch.
+    assert [t for t, _ in world.not_made()] == [1, 2]
+    lines = operate.explain("job", job, decisions=world.store.decisions("job"), state=None,
+                            nodes=[], now=world.now())
+    assert lines[0].startswith("2026-03-01 12:00:01+00:00  not made: exclude 2026-03-01; "), lines
 
 
 async def test_a_step_pool_and_the_cap_on_active_runs(world: World,

@@ -28,6 +28,7 @@ from pipeline.triggers import (
     first_fire,
     next_fire,
     next_fires,
+    removed_after,
     removed_between,
 )
 
@@ -268,6 +269,23 @@ def test_a_fire_another_schedule_makes_is_not_removed() -> None:
     assert calendar_verdict([weekdays, saturday], saturday_nine) is None
     assert calendar_verdict([weekdays], saturday_nine) == Removed(
         saturday_nine, CalendarReason.EXCLUDED, "exclude * * * * 0,6")
+
+
+def test_removed_after_is_where_a_stretch_of_removed_fires_begins() -> None:
+    weekdays = cron("0 9 * * *", exclude=("* * * * 0,6",))
+    friday = iso("2026-11-06T09:00:00+01:00")
+    assert removed_after([weekdays], friday) == Removed(  # Saturday's: the stretch begins
+        iso("2026-11-07T09:00:00+01:00"), CalendarReason.EXCLUDED, "exclude * * * * 0,6")
+    assert removed_after([weekdays], friday - timedelta(days=1)) is None  # Friday's is made
+    # Another schedule's made fire comes first: no stretch begins.
+    assert removed_after([weekdays, cron("0 20 * * *")], friday) is None
+    ended = every(60, tz=ZoneInfo("UTC"), active=window(None, "2026-07-01T00:00:00+00:00"))
+    assert removed_after([ended], iso("2026-07-01T00:00:00Z")) == Removed(
+        iso("2026-07-01T00:01:00Z"), CalendarReason.OUTSIDE_WINDOW,
+        "active until 2026-07-01T00:00:00+00:00")
+    assert removed_after([cron("0 9 * * *")], friday) is None  # no calendar: all made
+    with pytest.raises(ValueError, match="aware"):
+        removed_after([weekdays], datetime(2026, 11, 6, 9))
 
 
 def test_calendar_verdict_says_why_an_instant_is_not_made() -> None:

@@ -323,14 +323,23 @@ class LazyGroup(click.Group):
                 ] + click.Command.shell_complete(self, ctx, incomplete)  # the options
 
 
+# The status a shell gives a process that SIGPIPE ended (128 + 13), what git exits with when
+# its reader goes away: a pipeline under `set -o pipefail` still sees the output was cut.
+PIPE_CLOSED = 141
+
+
 class Group(LazyGroup):
     """Turns a PipelineError (or an OSError) into its message and exit status, never a
-    traceback, also when a trio nursery wrapped it in an ExceptionGroup on its way out."""
+    traceback, also when a trio nursery wrapped it in an ExceptionGroup on its way out; ends
+    quietly when the reader of the output has gone (``pipeline runs | head``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (Exception, BaseExceptionGroup) as exc:
+            if reader_gone(exc):
+                quiet_stdout()
+                ctx.exit(PIPE_CLOSED)
             errors = known_errors(exc)
             if errors is None:
                 raise
@@ -339,6 +348,28 @@ class Group(LazyGroup):
                 if text:
                     click.echo(text, err=True)
             ctx.exit(max(exit_code(e) for e in errors))
+
+
+def reader_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write to a pipe nobody reads any more (alone, or all a group's)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(reader_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
+def quiet_stdout() -> None:
+    """Point standard output at /dev/null, so that the flush at exit has somewhere to put
+    what is still buffered instead of failing again ("Exception ignored ... BrokenPipeError",
+    and exit status 120)."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (a test's captured output)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def known_errors(exc: BaseException, *, nested: bool = False) -> list[BaseException] | None:

@@ -14,7 +14,7 @@ import click
 
 from pipeline.cli import Settings, complete_job, complete_run, complete_step, dirs, pass_settings
 from pipeline.cli.state import daemon_info, get_run, has_state, job_zones, known_names, open_state
-from pipeline.cli.text import echo_json, local, table
+from pipeline.cli.text import echo_json, local, table, value_text
 from pipeline.errors import NotFound
 from pipeline.logship import shipped_whole
 from pipeline.model import (
@@ -24,6 +24,7 @@ from pipeline.model import (
     StepRecord,
     in_file_order,
     run_as_dict,
+    version_differs,
 )
 from pipeline.store import Store
 
@@ -67,7 +68,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int,
                    f"{f' with status {status}' if status else ''} yet", err=True)
         return
     zones = job_zones(loaded, daemon)
-    table([(r.id, r.job, str(r.status), str(r.trigger),
+    # A run that missed its deadline: "failed, late" (the API's `late: true`).
+    table([(r.id, r.job, f"{r.status}, late" if r.late else str(r.status), str(r.trigger),
             local(r.started_at or r.queued_at, zones.get(r.job)),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "-", r.reason or "")
            for r in found], ("RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "TOOK", "REASON"))
@@ -82,24 +84,35 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     """One run with its steps (in file order), and the run's own outputs."""
     with open_state(settings) as store:
         record = get_run(store, run_id)
+        # A rerun's original, for its version (None once retention has removed it).
+        original = store.run(record.rerun_of) if record.rerun_of and not as_json else None
     if as_json:
         echo_json(run_as_dict(record))
         return
     version = record.version
     click.echo(f"run      {record.id}\njob      {record.job}\nstatus   {record.status}"
                + (f" ({record.reason})" if record.reason else "")
+               + ("; late: it had not succeeded by its deadline" if record.late else "")
                + f"\ntrigger  {record.trigger}"
+               + (f"\nrerun of {record.rerun_of}" if record.rerun_of else "")
                + (f"\nfired    {local(record.fire_time)}" if record.fire_time else "")
                + f"\nstarted  {local(record.started_at)}\nfinished {local(record.finished_at)}"
                + (f"\ntook     {record.duration_s:.2f}s" if record.duration_s is not None
                   else ""))
     if record.params:
-        click.echo("params   " + ", ".join(f"{k}={v}" for k, v in record.params.items()))
+        click.echo("params   " + ", ".join(f"{k}={value_text(v)}"
+                                           for k, v in record.params.items()))
     if version is not None:
         git = ""
         if version.git_commit:
             git = f" (git {version.git_commit[:12]}{', modified' if version.git_dirty else ''})"
-        click.echo(f"version  sha256:{version.sha256[:16]}{git}")
+        differs = ""
+        if original is not None and original.version is not None \
+                and version_differs(original, record):
+            # What `rerun` warned of when it made this run: the file changed in between.
+            differs = (f"; not the version run {original.id} ran "
+                       f"(sha256:{original.version.sha256[:16]}): the job file changed")
+        click.echo(f"version  sha256:{version.sha256[:16]}{git}{differs}")
     if record.outputs:
         click.echo("outputs  " + ", ".join(f"{k}={v}" for k, v in record.outputs.items()))
     click.echo("")

@@ -4,6 +4,7 @@ in a job's zone printed."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,21 @@ def parse_kv(pairs: Sequence[str]) -> dict[str, str]:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# A string shown without quotes: it cannot be read as another value, nor as two.
+_BARE = re.compile(r"[\w./:@+~%*-]+")
+
+
+def value_text(value: Any) -> str:
+    """A parameter's value as JSON writes it (``true``, ``null``, ``0.5``, ``"a b"``), the way
+    ``--json`` and the API show it; a plain word is left unquoted, as people write it."""
+    if isinstance(value, str) and _BARE.fullmatch(value):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value  # not a number, true, false or null when read back
+    return json.dumps(value, ensure_ascii=False)
 
 
 def local(moment: datetime | None, zone: tzinfo | None = None) -> str:

@@ -4,6 +4,7 @@ the page's script asks for to follow a log."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,16 @@ from pipeline.http.answers import ApiError, error_page
 from pipeline.http.pages import attempt_markers, graph, step_statuses, timeline
 from pipeline.http.reading import integer
 from pipeline.http.views import declared_steps, log_size, log_tail, read_log
-from pipeline.model import RUN_ID, STEP_INSTANCE_ID, RunRecord, StepStatus, in_file_order
+from pipeline.model import (
+    RUN_ID,
+    STEP_INSTANCE_ID,
+    RunRecord,
+    StepStatus,
+    failed_steps,
+    in_file_order,
+    version_differs,
+)
+from pipeline.notation import parse_duration
 from pipeline.statedir import log_relpath
 
 if TYPE_CHECKING:
@@ -38,6 +48,18 @@ def _markers(path: Path) -> list[str]:
     return attempt_markers(data.decode(errors="replace"))
 
 
+def _deadline(record: RunRecord) -> datetime | None:
+    """When a late run had to have succeeded by: its fire time plus its job's ``deadline``
+    (as the run's stored job says it); None if that cannot be told."""
+    written = (record.document or {}).get("deadline")
+    if not record.late or record.fire_time is None or written is None:
+        return None
+    try:
+        return record.fire_time + timedelta(seconds=parse_duration(written))
+    except (TypeError, ValueError):
+        return None
+
+
 class RunPage:
     """``/runs/{run_id}`` and ``/runs/{run_id}/log/{step}``, over the site's rendering."""
 
@@ -52,11 +74,14 @@ class RunPage:
         live = request.query_params.get("live") == "1"
         grep = (request.query_params.get("grep") or "").strip()[:200] or None
 
-        def read() -> tuple[RunRecord | None, dict[str, str]]:
-            record = self.app.daemon.store.run(run_id)
-            return record, self.site.node_names([record] if record else [])
+        def read() -> tuple[RunRecord | None, RunRecord | None, dict[str, str]]:
+            store = self.app.daemon.store
+            record = store.run(run_id)
+            # A rerun's original (gone if retention removed it): whose version it differs from.
+            original = store.run(record.rerun_of) if record and record.rerun_of else None
+            return record, original, self.site.node_names([record] if record else [])
 
-        record, nodes = await self.app.store(read)
+        record, original, nodes = await self.app.store(read)
         if record is None:
             return error_page(404, f"no run {run_id!r}")
         view = self.app.run_view(record)
@@ -91,6 +116,12 @@ class RunPage:
             "graph": graph(record.document or {}, statuses, counts),
             "refresh": RUN_PAGE_REFRESH if active else 0, "noscript_refresh": True,
             "step_ids": [s for s in declared_steps(record)],
+            "failed_steps": failed_steps(record),
+            "deadline": _deadline(record),
+            "original": None if original is None else {
+                "id": original.id,
+                "version": original.version.as_dict() if original.version else None,
+                "version_differs": version_differs(original, record)},
         })
 
     def _log_head(self, record: RunRecord, step_id: str, status: str) -> dict[str, Any]:
