@@ -30,7 +30,8 @@ from loguru import logger
 from pipeline import triggers
 from pipeline.errors import StateError
 from pipeline.model import Job, RunRecord
-from pipeline.store import JobState, Store
+from pipeline.store import Store
+from pipeline.store.records import JobState
 
 EVERY = 1.0
 Offload = Callable[..., Awaitable[Any]]
