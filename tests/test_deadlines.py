@@ -14,7 +14,7 @@ from pipeline.deadlines import Deadlines
 from pipeline.events import RunFinished, RunQueued, RunSkipped, RunStarted
 from pipeline.model import Job, RunRecord, RunStatus, Trigger
 from pipeline.statedir import new_run_id
-from pipeline.store import Outcome
+from pipeline.store.records import Outcome
 from pipeline.store.sqlite import SqliteStore
 from tests.conftest import write_job
 
