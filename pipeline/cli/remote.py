@@ -11,7 +11,6 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from pipeline import client
 from pipeline.cli import Settings, complete_job, complete_run, dirs, fail, pass_settings
 from pipeline.cli.text import check_run_id, echo_json, parse_kv
 
@@ -83,6 +82,8 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
     Exit status: 0 started (with --wait: succeeded), 1 refused, unknown job, no daemon or (with
     --wait) the run did not succeed, 2 bad parameters.
     """
+    from pipeline import client  # httpx: not for `serve`, which takes its token options here
+
     token = read_token(token, token_file)
     base = client.server_url(settings.state_dir, server)
     answer = client.trigger(base, token, job, parse_kv(params), wait=wait)
@@ -106,6 +107,8 @@ def trigger(settings: Settings, job: str, params: tuple[str, ...], wait: bool, a
 def stop(settings: Settings, run_id: str, server: str | None, token: str | None,
          token_file: str | None) -> None:
     """Ask the daemon to cancel RUN_ID. Exit status: 0 stopping, 1 unknown or not running."""
+    from pipeline import client
+
     token = read_token(token, token_file)
     client.stop(client.server_url(settings.state_dir, server), token, check_run_id(run_id))
     click.echo(f"run {run_id}: stopping", err=True)

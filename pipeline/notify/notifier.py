@@ -200,17 +200,12 @@ class Notifier:
                     ) -> None:
         """Send what is pending (what ``load`` gives back first) until cancelled; on the way
         out, save what is still pending."""
-        import httpx
-
         for delivery in await self._outbox.load():
             if delivery.id not in self._outbox.pending:
                 self._add(delivery)
         await self._take_over()
         try:
-            async with httpx.AsyncClient(verify=self.tls, timeout=None, trust_env=False,
-                                         follow_redirects=False) as client, \
-                    trio.open_nursery() as nursery:
-                self._client = client
+            async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._report_outcomes)
                 nursery.start_soon(self._outbox.keep_saved)
@@ -222,7 +217,20 @@ class Notifier:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            self._client = None
+            client, self._client = self._client, None
+            if client is not None:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made when a notice first goes over HTTP: httpx and the CA bundle
+        weigh several MiB a daemon whose jobs notify nobody by HTTP need not hold."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(verify=self.tls, timeout=None, trust_env=False,
+                                             follow_redirects=False)
+        return self._client
 
     async def _take_over(self) -> None:
         try:
@@ -281,10 +289,9 @@ class Notifier:
                         if self._send is not None:
                             await self._send(message)
                         else:
-                            assert self._client is not None
-                            await send_message(message, client=self._client,
+                            await send_message(message, client=self._http,
                                                settings=self.settings, environ=self.environ,
-                                               tls=self.tls)
+                                               tls=lambda: self.tls)
             except trio.TooSlowError:
                 error = f"timed out after {short_duration(target.timeout)}"
             except Exception as exc:  # any failure of one try is that try's: retried

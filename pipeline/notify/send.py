@@ -8,7 +8,7 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING
@@ -30,17 +30,18 @@ COMMAND_GRACE = 2.0  # SIGTERM to SIGKILL for a command past its timeout
 OUTPUT_TAIL = 2000  # bytes of a failed command's output kept for its error
 
 
-async def send_message(message: Message, *, client: httpx.AsyncClient,
+async def send_message(message: Message, *, client: Callable[[], httpx.AsyncClient],
                        settings: Settings | None, environ: Mapping[str, str],
-                       tls: ssl.SSLContext) -> None:
+                       tls: Callable[[], ssl.SSLContext]) -> None:
     """Send ``message`` once; raise ``NotifyError`` saying why it failed. The caller bounds
-    the time (a cancel scope)."""
+    the time (a cancel scope). ``client`` and ``tls`` are asked for only by the kinds that
+    use them (HTTP; email's STARTTLS)."""
     if message.kind is TargetKind.EMAIL:
-        await _send_email(message, settings, environ, tls)
+        await _send_email(message, settings, environ, tls())
     elif message.kind is TargetKind.COMMAND:
         await _run_command(message, environ)
     else:
-        await _post(message, client)
+        await _post(message, client())
 
 
 async def _post(message: Message, client: httpx.AsyncClient) -> None:
