@@ -16,8 +16,8 @@ import dataclasses
 import functools
 import heapq
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +122,11 @@ class Worker:
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
         self._next_look = 0.0
         self._freed = trio.Event()  # set when this node gives slots of a pool back
+        # Store calls under way that hand this node runs (starts, runs taken), and an event
+        # set while there are none: a shutdown waits for them (see `_handing_runs`).
+        self._handing = 0
+        self._handed = trio.Event()
+        self._handed.set()
 
     @property
     def node(self) -> str:
@@ -230,21 +235,40 @@ class Worker:
         if starting:
             await self._start(starting)
 
-    async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
+    @contextmanager
+    def _handing_runs(self) -> Iterator[None]:
+        """Around a store call that hands this node runs, until they are acted on.
+
+        The call commits in a worker thread; from that commit on the runs are this node's
+        (started, or waiting in their job's queue). A shutdown that did not wait for it would
+        leave them running or queued in the store for a node that is gone.
+        """
+        if not self._handing:
+            self._handed = trio.Event()
+        self._handing += 1
         try:
-            started: list[Started] = await self.offload(functools.partial(
-                self.store.start_runs, self.node, run_ids, now=self.clock(),
-                stopping=self._stopping, force=run_ids if force else ()))
-        except StateError as exc:
-            # Nothing was decided: they stay queued, held by us; the next look retries them.
-            self.journal.failed(exc)
-            for run_id in run_ids:
-                self._waiting.setdefault(run_id, "")
-            return []
-        if started:
-            crash_point("run-written")
-        for one in started:
-            self._act(one)
+            yield
+        finally:
+            self._handing -= 1
+            if not self._handing:
+                self._handed.set()
+
+    async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
+        with self._handing_runs():
+            try:
+                started: list[Started] = await self.offload(functools.partial(
+                    self.store.start_runs, self.node, run_ids, now=self.clock(),
+                    stopping=self._stopping, force=run_ids if force else ()))
+            except StateError as exc:
+                # Nothing was decided: they stay queued, held by us; the next look retries.
+                self.journal.failed(exc)
+                for run_id in run_ids:
+                    self._waiting.setdefault(run_id, "")
+                return []
+            if started:
+                crash_point("run-written")
+            for one in started:
+                self._act(one)
         return started
 
     def _act(self, started: Started) -> None:
@@ -290,15 +314,17 @@ class Worker:
         if self._waiting:  # first in, first out: the oldest may start now
             await self._start(list(self._waiting)[:PER_LOOK])
         if self.claims and self.capacity() > 0:
-            try:
-                started = await self.offload(functools.partial(
-                    self.store.claim_runs, self.lease.node,
-                    limit=min(self.capacity(), PER_LOOK), now=self.clock(), only=self.only))
-            except StateError as exc:
-                logger.error("cannot look for runs to take: {}", exc)
-                return
-            for one in started:
-                self._act(one)
+            with self._handing_runs():
+                try:
+                    started = await self.offload(functools.partial(
+                        self.store.claim_runs, self.lease.node,
+                        limit=min(self.capacity(), PER_LOOK), now=self.clock(),
+                        only=self.only))
+                except StateError as exc:
+                    logger.error("cannot look for runs to take: {}", exc)
+                    return
+                for one in started:
+                    self._act(one)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -565,12 +591,23 @@ class Worker:
         except StateError as exc:
             self.journal.failed(exc)
 
-    async def shutdown(self, grace: float) -> None:
+    async def shutdown(self, grace: float, *,
+                       claims: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop taking runs; give active runs ``grace`` seconds, then stop them (they end
         ``interrupted``). Runs held here but not started are left to another node when the
         store is shared, and skipped otherwise (the catch-up policy decides about the fires
-        a stopped daemon misses, not a queue kept for it)."""
+        a stopped daemon misses, not a queue kept for it).
+
+        ``claims`` returns once the claims under way have handed their runs to ``reserve``
+        (the scheduler's ``stop``); it is awaited once no more runs start here, so those runs
+        are among the ones skipped.
+        """
         self._stopping = True
+        if claims is not None:
+            await claims()
+        # What a store call under way commits is this node's too: runs it started join the
+        # active ones, runs it made wait join the pending.
+        await self._handed.wait()
         pending = [*self._reserved_ids, *self._waiting]
         self._reserved.clear()
         self._reserved_ids.clear()

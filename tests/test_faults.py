@@ -40,6 +40,7 @@ from .faults.disk import Unavailable, fill, free_bytes, small_fs, truncate_wal
 from .faults.driver import (
     Driver,
     lasting_zombies,
+    open_db,
     parse_time,
     query,
     rss_kib,
@@ -569,6 +570,47 @@ def test_simultaneous_fires_all_start_within_a_second(driver: Driver) -> None:
           f"after their instant")
     assert worst <= 1.0, (f"{n} simultaneous fires: started p50 {late[len(late) // 2]:.3f}s, "
                           f"max {worst:.3f}s after their instant")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("held", ["claim", "start"])
+def test_sigterm_while_a_fire_is_committed_leaves_no_run_active(driver: Driver,
+                                                                held: str) -> None:
+    """SIGTERM while the store commits a fire's claim (LEAD before the instant) or its run's
+    start (at the instant): once the commit lands, the daemon still ends what it made (a
+    claimed run is skipped, a started one runs or is interrupted) before it exits, so a clean
+    stop leaves no run queued or running. Another process's write transaction holds the commit
+    open across the SIGTERM here; a thousand fires do it on their own (1,000 jobs at full size:
+    a SIGTERM 0.1 s before their instant left all 1,000 runs queued, one just after it left
+    them running, until the next start took them back)."""
+    driver.job("tick", {"schedule": "every 2s", "steps": [{"id": "t", "run": "echo tick"}]})
+    life = driver.start()
+    assert life.ready_at is not None
+    job = spec.load_job(driver.jobs / "tick.yaml")
+    fire = triggers.next_fires(job.schedules, life.ready_at + timedelta(seconds=1), 1)[0]
+    # The claim is made 0.25 s before the fire, the start at the fire (a look for runs nobody
+    # holds, once a second, may take the 50 ms before it: then the run is only skipped).
+    hold = fire - timedelta(seconds=0.5 if held == "claim" else 0.05)
+    _sleep_until(hold)
+    with open_db(driver.state_dir) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _sleep_until(fire + timedelta(seconds=0.2))
+            life.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the daemon stops meanwhile, but for the commit under way
+        finally:
+            conn.execute("ROLLBACK")
+    assert driver.wait_exit(timeout=30) == 0
+    runs = {parse_time(r["fire_time"]): r for r in driver.runs("tick")}
+    shown = {f.time().isoformat(): (r["status"], r["reason"])  # type: ignore[union-attr]
+             for f, r in runs.items()}
+    assert fire in runs, shown  # the commit under way was that fire's
+    assert not [r for r in runs.values() if r["status"] in ("queued", "running")], shown
+    assert_invariants(driver.state_dir, driver.jobs)
+
+
+def _sleep_until(moment: datetime) -> None:
+    time.sleep(max(0.0, (moment - utc_now()).total_seconds()))
 
 
 @pytest.mark.timeout(60)
