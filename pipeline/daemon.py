@@ -232,7 +232,7 @@ async def open_daemon(*, jobs_dir: Path, state_dir: Path, store: Store,
                     with trio.CancelScope(shield=True):
                         scheduler.stop_firing()
                         with trio.move_on_after(30):
-                            await worker.shutdown(0)
+                            await worker.shutdown(0, claims=scheduler.stop)
                     inner.cancel_scope.cancel()
             with trio.move_on_after(5):  # pending alerts get a few seconds to go out
                 await notifier.flush()
@@ -432,7 +432,7 @@ async def wait_for_stop(daemon: Daemon, grace: float) -> None:
 
             nursery.start_soon(second_signal)
             daemon.scheduler.stop_firing()
-            await daemon.worker.shutdown(grace)
+            await daemon.worker.shutdown(grace, claims=daemon.scheduler.stop)
             nursery.cancel_scope.cancel()
 
 

@@ -107,6 +107,7 @@ class Scheduler:
         self._heap: list[tuple[datetime, str, int]] = []
         self._wakeup = trio.Event()
         self._firing = True
+        self._claiming = trio.Lock()  # held from a claim's commit until its runs are reserved
         self._versions_wanted = trio.Event()
 
     # -- the catalog ----------------------------------------------------------------------------
@@ -231,6 +232,17 @@ class Scheduler:
     def stop_firing(self) -> None:
         self._firing = False
 
+    async def stop(self) -> None:
+        """Stop firing, once a claim under way has handed its runs to the worker.
+
+        A claim commits in a worker thread, and from that commit on its runs are held by this
+        node: dropped by a stop that did not wait, they would stay queued for a node that is
+        gone instead of being skipped by the worker's shutdown.
+        """
+        self._firing = False
+        async with self._claiming:
+            pass
+
     def _until_next(self) -> float:
         if not self._firing:
             return self.recheck
@@ -261,6 +273,8 @@ class Scheduler:
 
     async def claim_due(self) -> None:
         """Claim, in one transaction, every job's fires up to LEAD seconds ahead."""
+        if not self._firing:  # stopped while the chores were done
+            return
         now = self.clock()
         horizon = now + timedelta(seconds=LEAD)
         due: list[_Scheduled] = []
@@ -275,8 +289,13 @@ class Scheduler:
         claims = [claim for claim, _ in claimed]
         crash_point("watermark-flush")
         try:
-            result: Claims = await self.offload(functools.partial(
-                self.store.claim_fires, claims, node=self.node(), now=now))
+            async with self._claiming:  # until the worker has the claim's runs: see stop()
+                result: Claims = await self.offload(functools.partial(
+                    self.store.claim_fires, claims, node=self.node(), now=now))
+                if result.runs:
+                    self.claims += len(result.runs)
+                    crash_point("fire-claimed")
+                    self.reserve(result.runs)
         except StateError as exc:
             # Nothing was claimed: look again at the next tick, from the same watermarks.
             self.trouble(exc)
@@ -286,10 +305,6 @@ class Scheduler:
             return
         if result.decisions and self.on_decisions is not None:
             self.on_decisions(result.decisions)
-        if result.runs:
-            self.claims += len(result.runs)
-            crash_point("fire-claimed")
-            self.reserve(result.runs)
         for known, (_, in_stretch) in zip(due, claimed, strict=True):
             # Where the store says: a fire not yet due by its clock is claimed next time.
             watermark = result.watermarks.get(known.job.name, known.watermark)

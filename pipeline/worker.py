@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +179,11 @@ class Worker:
         self._wakeup = trio.Event()
         self._stopping = False
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
+        # Store calls under way that hand this node runs (starts, runs taken), and an event
+        # set while there are none: a shutdown waits for them (see `_handing_runs`).
+        self._handing = 0
+        self._handed = trio.Event()
+        self._handed.set()
         self._next_look = 0.0
 
     @property
@@ -270,7 +276,29 @@ class Worker:
         if starting:
             await self._start(starting)
 
+    @contextmanager
+    def _handing_runs(self) -> Iterator[None]:
+        """Around a store call that hands this node runs, until they are acted on.
+
+        The call commits in a worker thread; from that commit on the runs are this node's
+        (started, or waiting in their job's queue). A shutdown that did not wait for it would
+        leave them running or queued in the store for a node that is gone.
+        """
+        if not self._handing:
+            self._handed = trio.Event()
+        self._handing += 1
+        try:
+            yield
+        finally:
+            self._handing -= 1
+            if not self._handing:
+                self._handed.set()
+
     async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
+        with self._handing_runs():
+            return await self._start_slices(run_ids, force=force)
+
+    async def _start_slices(self, run_ids: list[str], *, force: bool) -> list[Started]:
         started: list[Started] = []
         now = self.clock()  # when the worker took them up: every slice is decided as of then
         # In slices: the first runs of a burst start while the store decides about the next,
@@ -337,15 +365,17 @@ class Worker:
         if self._waiting:  # first in, first out: the oldest may start now
             await self._start(list(self._waiting)[:PER_LOOK])
         if self.claims and self.capacity() > 0:
-            try:
-                started = await self.offload(functools.partial(
-                    self.store.claim_runs, self.lease.node,
-                    limit=min(self.capacity(), PER_LOOK), now=self.clock(), only=self.only))
-            except StateError as exc:
-                logger.error("cannot look for runs to take: {}", exc)
-                return
-            for one in started:
-                self._act(one)
+            with self._handing_runs():
+                try:
+                    started = await self.offload(functools.partial(
+                        self.store.claim_runs, self.lease.node,
+                        limit=min(self.capacity(), PER_LOOK), now=self.clock(),
+                        only=self.only))
+                except StateError as exc:
+                    logger.error("cannot look for runs to take: {}", exc)
+                    return
+                for one in started:
+                    self._act(one)
 
     def _ended(self, job: str) -> None:
         """A run of ``job`` ended here: its job's waiting runs may start now."""
@@ -423,13 +453,24 @@ class Worker:
         except StateError as exc:
             self.journal.failed(exc)
 
-    async def shutdown(self, grace: float) -> None:
+    async def shutdown(self, grace: float, *,
+                       claims: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop taking runs; give active runs ``grace`` seconds, then stop them (they end
         ``interrupted``). Runs held here but not started are left to another node when the
         store is shared; otherwise those asked for (triggers, backfills, events) stay queued
         for the next start and those of timed fires are skipped (the catch-up policy decides
-        about the fires a stopped daemon misses, not a queue kept for it)."""
+        about the fires a stopped daemon misses, not a queue kept for it).
+
+        ``claims`` returns once the claims under way have handed their runs to ``reserve``
+        (the scheduler's ``stop``); it is awaited once no more runs start here, so those runs
+        are among the ones dealt with here.
+        """
         self._stopping = True
+        if claims is not None:
+            await claims()
+        # What a store call under way commits is this node's too: runs it started join the
+        # active ones, runs it made wait join the pending.
+        await self._handed.wait()
         pending = [*self._reserved, *self._waiting]
         self._reserved.clear()
         self._waiting.clear()

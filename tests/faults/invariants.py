@@ -23,7 +23,9 @@ the harnesses' reports:
    run that is finished (``process.processes_of_run``, done as one scan of /proc).
 8. The next fire is on time after each (re)start: for each daemon life that served, the first
    fire of each ``punctual`` job after it was ready started within ``tolerance`` seconds of its
-   instant (if that life lived that long).
+   instant (if that life lived that long). A skipped run did not start, though its row has a
+   ``started_at`` (when the skip was decided). A punctual job must be one whose policies never
+   skip that fire: see ``harness.crash_jobs``.
 """
 
 from __future__ import annotations
@@ -208,12 +210,16 @@ def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
                 continue  # that daemon did not live long enough to be judged
             ids = fires.get((name, fire))
             run = by_id[ids[0]] if ids else None
-            started = _time(run["started_at"]) if run and run["started_at"] else None
+            # A skipped run has a started_at too: when the skip was decided. It did not start.
+            started = _time(run["started_at"]) if run and run["started_at"] \
+                and run["status"] != "skipped" else None
             if started is None:
+                row = None if run is None else run["status"] + (
+                    f": {run['reason']}" if run["reason"] else "")
                 report.violations.append(
                     f"job {name}: the first fire after the start at "
                     f"{span.ready_at.isoformat()} ({fire.isoformat()}) did not start "
-                    f"(row: {None if run is None else run['status']})")
+                    f"(row: {row})")
                 continue
             late = (started - fire).total_seconds()
             report.lateness.append(late)
