@@ -26,7 +26,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import policy, spec
+from pipeline import policy, spec, triggers
 from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_job
 from pipeline.errors import NotFound, PipelineError, StateError
 from pipeline.events import RunFinished, RunQueued, StepFinished, StepRetrying, StepSpawned
@@ -48,6 +48,9 @@ PER_LOOK = 64
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
+# A reserved fire started this late means the daemon stalled at its instant (suspended,
+# starved); the scheduler stalled with it, so a later fire may be due and not yet claimed.
+STALLED = 0.25
 
 Clock = Callable[[], datetime]
 
@@ -200,7 +203,9 @@ class Worker:
 
         Several fires of one job due at once mean the daemon stalled past them (suspended,
         starved): as when they are found late at claim time, only the newest can be on time
-        (within the misfire grace) and the catch-up policy decides about the others.
+        (within the misfire grace) and the catch-up policy decides about the others. The newest
+        may be one the scheduler has not claimed yet (it woke up after us, or its commit is
+        slower than our start): a held fire is superseded by it all the same.
         """
         now = self.clock()
         due: dict[str, list[Claimed]] = {}
@@ -216,7 +221,13 @@ class Worker:
             if job is None or not scheduled:
                 starting.extend(c.run_id for c in claims)
                 continue
-            plan = policy.catch_up([c.ready_at for c in scheduled], now=now,
+            fires = [c.ready_at for c in scheduled]
+            if (now - max(fires)).total_seconds() > STALLED:
+                later = triggers.next_fires(job.schedules,
+                                            max(c.fire_time for c in scheduled), 1)
+                if later and later[0] <= now:  # due, not claimed yet: the scheduler's to run
+                    fires.append(later[0])
+            plan = policy.catch_up(sorted(fires), now=now,
                                    started=datetime.min.replace(tzinfo=UTC),
                                    catchup=policy.catchup_of(job),
                                    misfire_grace=policy.misfire_grace_of(job))
