@@ -27,6 +27,7 @@ import httpx
 import pytest
 import trio
 from loguru import logger
+from trio.testing import MockClock
 
 from pipeline import faults, process, spec, triggers
 from pipeline.daemon import prune_forever
@@ -52,6 +53,7 @@ from .faults.driver import (
 )
 from .faults.harness import crash_point_cycle, kill_loop, sizes
 from .faults.invariants import Served, assert_invariants, check_invariants
+from .test_scheduler import EVERY_10S, World
 
 pytestmark = pytest.mark.slow
 
@@ -177,6 +179,25 @@ def test_after_a_stall_the_newest_fire_runs_and_the_older_is_superseded(
     assert rows[newest]["status"] == "succeeded", shown
     assert rows[fire]["status"] == "skipped", shown
     assert_invariants(driver.state_dir, driver.jobs)
+
+
+async def test_after_a_stall_the_older_fire_is_superseded_before_the_newer_is_claimed(
+        tmp_path: Path, mock_clock: MockClock) -> None:
+    """The same stall on trio's virtual clock, deterministic: the wall clock jumps past the
+    next fire while the older one is held for its instant (a suspend, or a SIGSTOP). The
+    worker wakes up to the older fire before the scheduler has claimed the newer one (the
+    claim waits for the scheduler's own wake-up, or for its commit). The older fire is
+    superseded all the same: it used to start late (the full-size run met it after the kill
+    loop, whenever that claim's commit took longer than the worker's last 10 ms sleep)."""
+    mock_clock.autojump_threshold = 0.005
+    world = World(tmp_path)
+    job = world.job(EVERY_10S % ("latest", "0s"))
+    async with world.daemon(job):
+        await trio.sleep(9.9)  # the fire at 10 is claimed (0.25 s ahead) and held
+        world.offset += 11  # stalled from 9.9 to 20.9: the fire at 20 is due too
+        await trio.sleep(5)
+    assert world.fired() == [20]
+    assert world.skipped() == [(10, "missed; superseded by a later fire (catchup: latest)")]
 
 
 # -- a full disk ---------------------------------------------------------------------------------
