@@ -156,11 +156,14 @@ def test_a_database_restart_is_said_once_and_loses_nothing(cluster: Cluster) -> 
                     for mode in ("fast", "immediate")])
 
 
+@pytest.mark.skipif(os.environ.get("PIPELINE_CLUSTER_SHORT") != "1",
+                    reason="30 s more than the suite's budget: PIPELINE_CLUSTER_SHORT=1 runs it")
 @pytest.mark.timeout(120)
 def test_a_short_table_of_the_quick_faults_in_a_random_order(cluster: Cluster) -> None:
     """Seven more faults, of the kinds that take seconds (kill -9, a stall, a cut link), in
-    a random order with an invariant check after each: with the rows above, CI drives 20
-    faults (the bench's table, 200)."""
+    a random order with an invariant check after each: with the rows above, 20 faults (the
+    bench's table, 200). Asked for by PIPELINE_CLUSTER_SHORT=1: the whole suite must stay
+    under ten minutes on two cores."""
     chosen = int(os.environ.get("PIPELINE_CLUSTER_SEED", random.randrange(1 << 30)))
     result = run_table(cluster, SHORT_COUNTS, seed=chosen)
     print(result.describe())

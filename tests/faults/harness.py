@@ -46,7 +46,7 @@ def sizes() -> Sizes:
         value = os.environ.get(f"PIPELINE_FAULTS_{name}")
         return int(value) if value else (whole if full else ci)
 
-    return Sizes(kills=pick("KILLS", 20, 200), output_mb=pick("OUTPUT_MB", 200, 2048),
+    return Sizes(kills=pick("KILLS", 12, 200), output_mb=pick("OUTPUT_MB", 200, 2048),
                  jobs=pick("JOBS", 300, 1000), runs=pick("RUNS", 500, 500))
 
 
