@@ -243,11 +243,23 @@ def dirs(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="State directory [default: ./.pipeline]")(command)
 
 
+# What configure_logging last set up in this process (the stream too: click's test runner
+# swaps sys.stderr for each command it invokes).
+_logging: list[tuple[str, str, object]] = []
+
+
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     """Log lines on stderr: ``text`` and ``json`` for the daemon; ``cli`` for the other
-    commands, whose few warnings (a repaired crash) read as their other messages do."""
+    commands, whose few warnings (a repaired crash) read as their other messages do.
+
+    Asked again for the same lines, it leaves them: each handler loguru adds costs several
+    milliseconds (it reads every install scheme's paths), and `run` opens its state twice.
+    """
     from loguru import logger
 
+    if _logging == [(level, fmt, sys.stderr)]:
+        return
+    _logging[:] = [(level, fmt, sys.stderr)]
     logger.remove()
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True)
