@@ -1382,24 +1382,41 @@ def test_a_closed_store_raises_state_error(open_store: Opener) -> None:
         store.runs()
 
 
-def test_recording_a_100_step_run_in_batches_is_cheap(store: Store) -> None:
-    r = rid(1)
-    events: list[Event] = [queued(1), RunStarted(r, at(1))]
+def _hundred_step_run(n: int) -> list[Event]:
+    r = rid(n)
+    events: list[Event] = [queued(n), RunStarted(r, at(1))]
     for k in range(100):
         events += [StepStarted(r, f"s{k}", 1, at(2), f"logs/j/{r}/s{k}.log"),
                    StepSpawned(r, f"s{k}", 1000 + k, 1000 + k),
                    StepFinished(r, f"s{k}", StepStatus.SUCCEEDED, at(3), attempt=1,
                                 exit_code=0, outputs={"k": "v"})]
     events.append(RunFinished(r, RunStatus.SUCCEEDED, at(4)))
+    return events
+
+
+def test_recording_a_100_step_run_in_batches_is_cheaper_than_event_by_event(
+        store: Store) -> None:
+    """What the journal's group commit gives a fan-out: batches of 20 events, one transaction
+    each. Timed against the same run recorded an event per transaction in the same test, not
+    against a fixed figure, so a busy machine slows both (here, under load: 8 against 130 ms
+    on SQLite, 90 against 340 ms on PostgreSQL; absolute figures are bin/bench's)."""
+    def batched(n: int) -> float:
+        events = _hundred_step_run(n)
+        started = time.perf_counter()
+        for i in range(0, len(events), 20):
+            store.record(events[i:i + 20])
+        return time.perf_counter() - started
+
+    best = min(batched(n) for n in (1, 2, 3))  # a pause elsewhere must not decide it
+    one_by_one = _hundred_step_run(4)
     started = time.perf_counter()
-    for i in range(0, len(events), 20):  # what the journal's group commit gives a fan-out
-        store.record(events[i:i + 20])
-    elapsed = time.perf_counter() - started
-    run = store.run(r)
-    assert run is not None and len(run.steps) == 100
-    # ≈ 5 ms on SQLite here, ≈ 30 ms on PostgreSQL (a round trip per statement); generous
-    # for slow CI.
-    assert elapsed < 0.5, f"{elapsed * 1000:.1f} ms"
+    for event in one_by_one:
+        store.record([event])
+    each = time.perf_counter() - started
+    for n in (1, 2, 3, 4):
+        run = store.run(rid(n))
+        assert run is not None and run.status is RunStatus.SUCCEEDED and len(run.steps) == 100
+    assert best < each, f"batched {best * 1000:.1f} ms, event by event {each * 1000:.1f} ms"
 
 
 SHAPE = {
