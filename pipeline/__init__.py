@@ -12,8 +12,10 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  records; crash points for the fault-injection tests
     notation                     pure: the notations of a job file's strings: durations (read,
                                  and written back), times, time zones (the machine's too)
-    cron, triggers               pure: cron expressions (cronie's grammar, the DST rule); when
-                                 schedules fire (intervals, one-shots, calendars)
+    cron, calendars, triggers    pure: cron expressions (cronie's grammar, the DST rule); what
+                                 a calendar removes (active windows, exclude lists, the
+                                 searches past them); when schedules fire (cron, intervals,
+                                 one-shots)
     sandbox, shell, expr,        pure: the expression language (jinja2's sandbox, our rules and
       redact, dag                guards); shell quoting; ${{ }} expressions parsed, evaluated,
                                  rendered; secret masking; the step graph (graphlib)
