@@ -12,8 +12,10 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  records; crash points for the fault-injection tests
     notation                     pure: the notations of a job file's strings: durations (read,
                                  and written back), times, time zones (the machine's too)
-    cron, triggers               pure: cron expressions (cronie's grammar, the DST rule); when
-                                 schedules fire (intervals, one-shots, calendars)
+    cron, calendars, triggers    pure: cron expressions (cronie's grammar, the DST rule); what
+                                 a calendar removes (active windows, exclude lists, the
+                                 searches past them); when schedules fire (cron, intervals,
+                                 one-shots)
     sandbox, shell, expr,        pure: the expression language (jinja2's sandbox, our rules and
       redact, dag                guards); shell quoting; ${{ }} expressions parsed, evaluated,
                                  rendered; secret masking; the step graph (graphlib)
@@ -72,11 +74,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  systemd the daemon is ready, stopping, alive; the HTML pages
     http/ (answers, guard,       the status app and API (its answers, token and same-site
       reading, openapi, views,   guard, request reading, OpenAPI document, what it reads of
-      pages, runpage, site,      runs, the pages' figures, a run's page, the page routes, the
-      jobs, control, runs,       routes of jobs, of the operator, of runs and logs, of metrics
-      figures, app, server),     and nodes, the route table, the server); the daemon's life
-      daemon, client,            (lock, parts, signals, shutdown); the CLI's API client; shell
-      completion                 completion
+      pages, timeline,           runs, what the pages draw of a job, a run's timeline and its
+      rungraph, runpage, site,   graph, a run's page, the page routes, the routes of jobs, of
+      jobs, control, runs,       the operator, of runs and logs, of metrics and nodes, the
+      figures, app, server),     route table, the server); the daemon's life (lock, parts,
+      daemon, client,            signals, shutdown); the CLI's API client; shell completion
+      completion
     cli/ (text, jobfiles,        the one place that wires real objects together: the group,
       state, remote, jobs,       and one module per family of commands, each imported
       runs, operate, run,        lazily; `python -m pipeline`

@@ -3,7 +3,8 @@
 ``in_words`` says a schedule as a person would (``09:00 on Monday to Friday, UTC``);
 ``clock_change`` says what a zone's clocks did between two fires (a DST shift, a fire in the
 repeated hour); ``next_note`` what a job's next fire time leaves unsaid (it fires on events,
-its active window has ended). All are read-only views of what ``triggers`` computes.
+its active window has ended). All are read-only views of what ``triggers`` and
+``calendars`` compute.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from pipeline import cron
+from pipeline import calendars, cron
 from pipeline.model import Schedule, ScheduleKind
 from pipeline.notation import format_duration
-from pipeline.triggers import active_bounds, describe
+from pipeline.triggers import describe
 
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _MONTHS_LONG = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -176,19 +177,12 @@ def in_words(schedule: Schedule) -> str:
             sep=" ", timespec="minutes") if moment else "once")
     if schedule.jitter > 0:
         text += f", up to {format_duration(schedule.jitter)} later at random"
-    window = schedule.active
-    if window is not None:
-        low, high = active_bounds(schedule)
-        tz = schedule.timezone
-        if low is not None:
-            text += f", from {window.from_text or cron.local_time(low, tz).isoformat()}"
-        if high is not None:
-            text += f" until {window.until_text or cron.local_time(high, tz).isoformat()}"
-    if schedule.exclude:
-        shown = [exclusion.text for exclusion in schedule.exclude[:5]]
-        more = len(schedule.exclude) - len(shown)
-        text += ", except " + ", ".join(shown) + (f" (+{more} more)" if more else "")
-    return text
+    since, until = calendars.window_texts(schedule)
+    if since is not None:
+        text += f", from {since}"
+    if until is not None:
+        text += f" until {until}"
+    return text + calendars.exclude_text(schedule)
 
 
 class NoteKind(StrEnum):
@@ -243,9 +237,9 @@ def _over(schedule: Schedule, now: datetime) -> str:
         if moment <= now:
             shown = cron.local_time(moment, tz).isoformat(sep=" ", timespec="minutes")
             return f"its one fire, at {shown}, has passed"
-    _, high = active_bounds(schedule)
-    if schedule.active is not None and high is not None:
-        until = schedule.active.until_text or cron.local_time(high, tz).isoformat()
+    _, high = calendars.active_bounds(schedule)
+    if high is not None:
+        until = calendars.window_texts(schedule)[1]
         if high <= now:
             return f"its active window ended at {until}"
         return f"no fire is left before its active window ends at {until}"

@@ -14,14 +14,15 @@ What a cron expression means, daylight-saving time included, is ``pipeline.cron`
 by default), counted in elapsed time; an ``at`` schedule once.
 
 A schedule's calendar (``active: {from, until}``, ``exclude: [dates, cron expressions]``)
-removes fires from what its expression makes, judged by each fire's wall time in the
-schedule's zone; every function here honours it, ``removed_between`` and ``calendar_verdict``
-say which fires it removed and why. Event schedules (file, after, @reboot) have no fire times.
+removes fires from what its expression makes; how, and how its searches are bounded, is
+``pipeline.calendars``'. Every function here honours it; ``removed_between`` and
+``calendar_verdict`` say which fires it removed and why. Event schedules (file, after,
+@reboot) have no fire times.
 
 Bounds: a search stops after ``cron.SEARCH_YEARS`` without a fire, or, through a calendar,
-after ``MAX_REMOVED`` excluded spans in a row: an exclude list that removes every fire ends a
-search in a fraction of a second (``pipeline validate`` refuses it). ``fires_between`` does
-work in proportion to its ``limit``, never to the length of the span.
+after ``calendars.MAX_REMOVED`` excluded spans in a row: an exclude list that removes every
+fire ends a search in a fraction of a second (``pipeline validate`` refuses it).
+``fires_between`` does work in proportion to its ``limit``, never to the length of the span.
 """
 
 from __future__ import annotations
@@ -31,21 +32,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from pipeline import cron
-from pipeline.cron import EPOCH, SEARCH_YEARS
-from pipeline.model import Exclusion, Schedule, ScheduleKind
+from pipeline import calendars, cron
+from pipeline.cron import EPOCH
+from pipeline.model import Schedule, ScheduleKind
 from pipeline.notation import format_duration
 
 _T = TypeVar("_T")
-
-# A search for the next fire through a calendar gives up after this many exclusion spans (or
-# removed fires) in a row: an exclude list that removes every fire must not spin (Temporal
-# #7793). Spans are whole minutes, hours, days... so no useful calendar comes near it.
-MAX_REMOVED = 10_000
-_SEARCH_SPAN = timedelta(days=366 * SEARCH_YEARS)  # a calendar search looks no further
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -74,7 +70,7 @@ def first_fire(schedule: Schedule, now: datetime) -> datetime | None:
     if not schedule.kind.timed:
         return None
     after = _utc(now)
-    low, high = active_bounds(schedule)
+    low, high = calendars.active_bounds(schedule)
     if schedule.kind is ScheduleKind.AT:
         after = cron.to_instant(_required(schedule.at, "at"), schedule.timezone) - _MICROSECOND
     elif low is not None:
@@ -161,9 +157,9 @@ def removed_between(schedules: Sequence[Schedule], after: datetime, until: datet
     every fire of the plain expressions. An instant that another of the schedules makes is
     not removed. At most ``limit``: when there are more, the most recent ``limit`` and True.
     Each removed fire is looked at (no jumping over spans), so the work is proportional to
-    ``limit`` plus ``MAX_REMOVED``: a span holding more fires than that (an every-second
-    schedule excluded for a weekend) reports its latest ones and True. Raises ``ValueError``
-    as ``fires_between`` does.
+    ``limit`` plus ``calendars.MAX_REMOVED``: a span holding more fires than that (an
+    every-second schedule excluded for a weekend) reports its latest ones and True. Raises
+    ``ValueError`` as ``fires_between`` does.
     """
     if limit < 0:
         raise ValueError(f"limit must not be negative, got {limit}")
@@ -173,7 +169,7 @@ def removed_between(schedules: Sequence[Schedule], after: datetime, until: datet
     for schedule in schedules:
         if not (schedule.calendar and schedule.kind.timed) or end <= start:
             continue
-        budget, kept = limit + MAX_REMOVED, 0
+        budget, kept = limit + calendars.MAX_REMOVED, 0
         for instant in _plain_backward(schedule, end):
             if instant <= start:
                 break
@@ -237,17 +233,15 @@ def _makes(schedule: Schedule, instant: datetime) -> bool:
 
 def _removal(schedule: Schedule, instant: datetime) -> Removed | None:
     """Why ``schedule``'s calendar removes ``instant`` (UTC), or None if it keeps it."""
-    tz = schedule.timezone
-    fire = cron.local_time(instant, tz)
-    low, high = active_bounds(schedule)
-    window = schedule.active
-    if window is not None and low is not None and instant < low:
+    fire = cron.local_time(instant, schedule.timezone)
+    low, high = calendars.active_bounds(schedule)
+    if low is not None and instant < low:
         return Removed(fire, CalendarReason.OUTSIDE_WINDOW,
-                       f"active from {window.from_text or cron.local_time(low, tz).isoformat()}")
-    if window is not None and high is not None and instant > high:
+                       f"active from {calendars.window_texts(schedule)[0]}")
+    if high is not None and instant > high:
         return Removed(fire, CalendarReason.OUTSIDE_WINDOW,
-                       f"active until {window.until_text or cron.local_time(high, tz).isoformat()}")
-    exclusion = _exclusion_of(schedule, instant)
+                       f"active until {calendars.window_texts(schedule)[1]}")
+    exclusion = calendars.exclusion_of(schedule, instant)
     if exclusion is not None:
         return Removed(fire, CalendarReason.EXCLUDED, f"exclude {exclusion.text}")
     return None
@@ -278,21 +272,14 @@ def describe(schedule: Schedule) -> str:
         text = f"at {cron.local_time(moment, schedule.timezone).isoformat() if moment else '?'}"
     if schedule.jitter > 0:
         text += f", jitter {format_duration(schedule.jitter)}"
-    window = schedule.active
-    if window is not None:
-        low, high = active_bounds(schedule)
-        tz = schedule.timezone
+    if schedule.active is not None:
+        since, until = calendars.window_texts(schedule)
         text += ", active"
-        if low is not None:
-            text += f" from {window.from_text or cron.local_time(low, tz).isoformat()}"
-        if high is not None:
-            text += f" until {window.until_text or cron.local_time(high, tz).isoformat()}"
-    if schedule.exclude:
-        shown = [exclusion.text for exclusion in schedule.exclude[:5]]
-        more = len(schedule.exclude) - len(shown)
-        text += ", except " + ", ".join(shown) + (f" (+{more} more)" if more else "")
-    return text
-
+        if since is not None:
+            text += f" from {since}"
+        if until is not None:
+            text += f" until {until}"
+    return text + calendars.exclude_text(schedule)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -310,7 +297,7 @@ def _forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
     """UTC instants of ``schedule`` strictly after ``after`` (UTC), ascending, each once,
     the calendar (``active``, ``exclude``) applied."""
     if schedule.calendar and schedule.kind.timed:
-        return _calendar_forward(schedule, after)
+        return calendars.forward(schedule, after, partial(_plain_forward, schedule))
     return _plain_forward(schedule, after)
 
 
@@ -328,13 +315,29 @@ def _plain_forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
     return iter([moment] if moment > after else [])
 
 
+def _plain_backward(schedule: Schedule, until: datetime) -> Iterator[datetime]:
+    """UTC instants the expression makes at or before ``until``, descending, each once."""
+    if schedule.kind is ScheduleKind.CRON:
+        yield from cron.backward(cron.compiled(_required(schedule.cron, "cron")),
+                                  schedule.timezone, until)
+    elif schedule.kind is ScheduleKind.EVERY:
+        origin, step = _grid(schedule)
+        for index in range(_index(origin, step, until), -1, -1):
+            yield origin + _MICROSECOND * (step * index)
+    elif schedule.kind is ScheduleKind.AT:
+        moment = cron.to_instant(_required(schedule.at, "at"), schedule.timezone)
+        if moment <= until:
+            yield moment
+
+
 def _backward(schedule: Schedule, after: datetime, until: datetime,
               limit: int) -> list[datetime]:
     """The latest ``limit`` UTC instants of ``schedule`` in (``after``, ``until``]."""
     if until <= after or limit <= 0 or not schedule.kind.timed:
         return []
     if schedule.calendar:
-        return _calendar_backward(schedule, after, until, limit)
+        return calendars.backward(schedule, after, until, limit,
+                                  partial(_plain_backward, schedule))
     if schedule.kind is ScheduleKind.CRON:
         found: list[datetime] = []
         expression = cron.compiled(_required(schedule.cron, "cron"))
@@ -386,143 +389,3 @@ def _every_forward(origin: datetime, step: int, after: datetime) -> Iterator[dat
         yield fire
         index += 1
 
-
-# --- the calendar: `active` windows and `exclude` lists ---
-#
-# A calendar removes fires from what the expression makes; it never adds any. A fire is judged
-# by its wall time in the schedule's zone: a date excludes the fires on that day, a cron
-# expression the fires at wall times it matches (five fields: any second of a matching minute).
-# Excluded fires come in runs (`* * * * 0,6` excludes whole weekends of an every-second
-# schedule), so the searches jump over the span an exclusion covers (_span) instead of asking
-# the expression for each fire in it. Each search gives up after MAX_REMOVED jumps or removed
-# fires in a row: an exclude list that removes every fire (`0-29 * * * *` with
-# `30-59 * * * *`) ends a search in milliseconds, and `pipeline validate` refuses it.
-
-
-def _calendar_forward(schedule: Schedule, after: datetime) -> Iterator[datetime]:
-    tz = schedule.timezone
-    low, high = active_bounds(schedule)
-    if low is not None and low - _MICROSECOND > after:
-        after = low - _MICROSECOND
-    # Restarting the expression after each jump would reset its own horizon: keep one.
-    horizon = _shifted(after, _SEARCH_SPAN)
-    if high is None or (horizon is not None and horizon < high):
-        high = horizon
-    stream = _plain_forward(schedule, after)
-    budget = MAX_REMOVED
-    while True:
-        candidate = next(stream, None)
-        if candidate is None or (high is not None and candidate > high):
-            return
-        moment: datetime | None = candidate
-        while moment is not None and (span := _excluded_span(schedule, moment)) is not None:
-            budget -= 1
-            if budget <= 0:
-                return
-            moment = cron.span_end(moment, span, tz)
-        if moment is None:
-            return  # an exclusion that matches all time
-        if moment == candidate:
-            budget = MAX_REMOVED
-            yield candidate
-            continue
-        if high is not None and moment > high:
-            return
-        stream = _plain_forward(schedule, moment - _MICROSECOND)
-
-
-def _calendar_backward(schedule: Schedule, after: datetime, until: datetime,
-                       limit: int) -> list[datetime]:
-    """``_backward`` with the calendar: at most ``limit`` instants, the latest first; fewer
-    when a search in between gives up (see above) or after ``MAX_REMOVED × 10`` jumps in
-    all, so the work stays bounded whatever the span."""
-    tz = schedule.timezone
-    low, high = active_bounds(schedule)
-    if high is not None and high < until:
-        until = high
-    if low is not None and low - _MICROSECOND > after:
-        after = low - _MICROSECOND
-    horizon = _shifted(until, -_SEARCH_SPAN)
-    if horizon is not None and horizon > after:
-        after = horizon
-    found: list[datetime] = []
-    stream = _plain_backward(schedule, until)
-    budget, total = MAX_REMOVED, MAX_REMOVED * 10
-    while len(found) < limit:
-        candidate = next(stream, None)
-        if candidate is None or candidate <= after:
-            break
-        moment = candidate
-        while (span := _excluded_span(schedule, moment)) is not None:
-            budget -= 1
-            total -= 1
-            if budget <= 0 or total <= 0 or span == cron.ALL_TIME:
-                return found
-            moment = cron.span_start(moment, span, tz) - _MICROSECOND
-        if moment == candidate:
-            budget = MAX_REMOVED
-            found.append(candidate)
-        elif moment <= after:
-            break
-        else:
-            stream = _plain_backward(schedule, moment)
-    return found
-
-
-def _shifted(moment: datetime, by: timedelta) -> datetime | None:
-    """``moment + by``, or None past the ends of datetime's range."""
-    try:
-        return moment + by
-    except OverflowError:
-        return None
-
-
-def _plain_backward(schedule: Schedule, until: datetime) -> Iterator[datetime]:
-    """UTC instants the expression makes at or before ``until``, descending, each once."""
-    if schedule.kind is ScheduleKind.CRON:
-        yield from cron.backward(cron.compiled(_required(schedule.cron, "cron")),
-                                  schedule.timezone, until)
-    elif schedule.kind is ScheduleKind.EVERY:
-        origin, step = _grid(schedule)
-        for index in range(_index(origin, step, until), -1, -1):
-            yield origin + _MICROSECOND * (step * index)
-    elif schedule.kind is ScheduleKind.AT:
-        moment = cron.to_instant(_required(schedule.at, "at"), schedule.timezone)
-        if moment <= until:
-            yield moment
-
-
-def active_bounds(schedule: Schedule) -> tuple[datetime | None, datetime | None]:
-    """The ``active`` window's bounds as UTC instants (inclusive), None where open."""
-    window = schedule.active
-    if window is None:
-        return None, None
-    return (None if window.start is None else cron.to_instant(window.start, schedule.timezone),
-            None if window.end is None else cron.to_instant(window.end, schedule.timezone))
-
-
-def _excluded_span(schedule: Schedule, instant: datetime) -> int | None:
-    """The widest span an exclusion matching ``instant`` covers, or None if none matches."""
-    wall = cron.wall_time(instant, schedule.timezone)
-    widest: int | None = None
-    for exclusion in schedule.exclude:
-        if exclusion.date is not None:
-            span = cron.DAY_SPAN if wall.date() == exclusion.date else None
-        else:
-            expression = cron.compiled(_required(exclusion.cron, "exclude"))
-            span = expression.span if cron.matches(expression, wall) else None
-        if span is not None and (widest is None or span > widest):
-            widest = span
-    return widest
-
-
-def _exclusion_of(schedule: Schedule, instant: datetime) -> Exclusion | None:
-    """The first exclusion (in the order written) that matches ``instant``."""
-    wall = cron.wall_time(instant, schedule.timezone)
-    for exclusion in schedule.exclude:
-        if exclusion.date is not None:
-            if wall.date() == exclusion.date:
-                return exclusion
-        elif cron.matches(cron.compiled(_required(exclusion.cron, "exclude")), wall):
-            return exclusion
-    return None

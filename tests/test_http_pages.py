@@ -148,9 +148,12 @@ async def test_the_index_filters_by_name_and_status(daemon: Daemon) -> None:
         assert "last 24h" in day
         exact = (await http.get("/", params={"q": "hello"})).text  # a whole name: its runs
         assert links_to_runs(exact)[-1] == ok and "Recent runs of" in exact
-        for bad in ({"status": "weird"}, {"since": "yesterday"}, {"jobs_from": "-1"}):
+        for bad in ({"status": "weird"}, {"since": "yesterday"}, {"jobs_from": "-1"},
+                    {"offset": "many"}):
             answer = await http.get("/", params=bad)
             assert answer.status_code == 400 and "text/html" in answer.headers["content-type"]
+        no_job = await http.get("/", params={"job": "../hello"})
+        assert no_job.status_code == 404 and "no job &#39;../hello&#39;" in no_job.text
 
 
 async def test_a_runs_timeline_graph_and_coloured_logs(daemon: Daemon) -> None:

@@ -13,17 +13,9 @@ import pytest
 from pipeline import schedule_words
 from pipeline.cron import parse_cron
 from pipeline.errors import Problem
-from pipeline.http.pages import (
-    attempt_markers,
-    attempts,
-    durations,
-    graph,
-    next_fires,
-    param_fields,
-    source_lines,
-    step_statuses,
-    timeline,
-)
+from pipeline.http.pages import durations, next_fires, param_fields, source_lines
+from pipeline.http.rungraph import graph, step_statuses
+from pipeline.http.timeline import attempt_markers, attempts, timeline
 from pipeline.model import (
     Job,
     RunRecord,

@@ -1,6 +1,6 @@
-"""Calendars on schedules (issue 12 §5): `active` windows and `exclude` lists, in
-pipeline.triggers: next fires, fires in a span, what was removed and why, and a search that
-always ends.
+"""Calendars on schedules (issue 12 §5): `active` windows and `exclude` lists, as
+pipeline.triggers applies them (pipeline.calendars searches past them): next fires, fires in a
+span, what was removed and why, and a search that always ends.
 
 Expected fire times in the tables are written by hand from the contract's rules; the
 randomised test compares the searches (which jump over excluded spans) with the plain fires
@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from pipeline.calendars import MAX_REMOVED
 from pipeline.cron import parse_cron
 from pipeline.model import Exclusion, RunStatus, Schedule, ScheduleKind, Window
 from pipeline.triggers import (
-    MAX_REMOVED,
     CalendarReason,
     Removed,
     calendar_verdict,

@@ -4,7 +4,9 @@
     answers    JSON answers and errors in the contract's shape; list answers shared a moment
     reading    a request's body, path and query parameters, checked before use
     views      jobs and step logs as the API and the pages show them
-    pages      what the pages draw: a run's timeline and graph, a job's runs, fires, form, file
+    pages      what the pages draw of a job: its durations, fires, form, file; shared words
+    timeline   a run's timeline: queue wait, attempts and retry waits, items, pending steps
+    rungraph   a run's steps as a graph: layers, edges, statuses, the hook lists' columns
     runpage    a run's page and a log's next lines as HTML
     site       the page routes (index, job, run, a log's next lines) and their assets
     jobs       the jobs' routes: list, one job, trigger, circuit reset, the jobs' graph

@@ -15,8 +15,9 @@ from starlette.responses import HTMLResponse, Response
 
 from pipeline import ansi
 from pipeline.http.answers import ApiError, error_page
-from pipeline.http.pages import attempt_markers, graph, step_statuses, timeline
 from pipeline.http.reading import integer
+from pipeline.http.rungraph import graph, step_statuses
+from pipeline.http.timeline import attempt_markers, timeline
 from pipeline.http.views import declared_steps, log_size, log_tail, read_log
 from pipeline.model import (
     RUN_ID,

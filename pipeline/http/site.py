@@ -63,6 +63,21 @@ OPERATOR_ROUTES = {
 
 
 @dataclass(frozen=True)
+class IndexQuery:
+    """What the index is asked for: its filters (``?job=``, ``?q=``, ``?status=``,
+    ``?since=``) and where its two lists start (``?offset=``, ``?jobs_from=``)."""
+
+    job: str | None  # list the runs of this job only
+    name: str  # list the jobs whose name holds this
+    status: str  # a run status (filters both lists) or a job state (the jobs only)
+    run_status: RunStatus | None
+    since_text: str  # as written, for the page's links
+    since: datetime | None
+    offset: int
+    jobs_from: int
+
+
+@dataclass(frozen=True)
 class Asset:
     body: bytes
     media_type: str
@@ -204,11 +219,55 @@ class Site:
     # -- the index --------------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
+        query = self._index_query(request)
+        if isinstance(query, Response):
+            return query
+        now = self.app.now()
+        views = await self.app.shown_jobs()
+        named = {v["name"] for v in views if v["name"]}
+        runs_job = query.job
+        if runs_job is None and query.name in named:  # a name typed in full: its runs too
+            runs_job = query.name
+        runs, total, more, nodes, failed = await self._index_runs(query, runs_job, now)
+        jobs = [v for v in views if v["name"] is not None]
+        shown = [v for v in jobs if self._job_matches(v, query.name, query.status)]
+        run_views = [run_as_dict(r, steps=False) for r in runs]
+        for view in run_views:
+            view["node_name"] = nodes.get(view["node"] or "", view["node"])
+        page_jobs = shown[query.jobs_from:query.jobs_from + JOBS_PER_PAGE]
+        loaded = self.app.daemon.catalog.jobs
+        in_words = schedule_words.in_words
+        words = {v["name"]: "; ".join(in_words(s) for s in loaded[v["name"]].schedules)
+                 for v in page_jobs if v["name"] in loaded}
+        journal = self.app.daemon.journal
+        return await self.html("index.html", request=request, context={
+            "jobs": page_jobs, "words": words, "notes": _next_notes(page_jobs, loaded, now),
+            "jobs_total": len(jobs),
+            "jobs_shown": len(shown), "jobs_from": query.jobs_from,
+            "jobs_per_page": JOBS_PER_PAGE,
+            "invalid": [{**v, "page_name": v["name"] or _stem_name(v["file"])}
+                        for v in views if not v["valid"]],
+            "runs": run_views, "total": total, "more": more, "offset": query.offset,
+            "limit": RUNS_PER_PAGE, "job_filter": runs_job, "name_filter": query.name,
+            "status": query.status, "since_filter": query.since_text,
+            "run_statuses": [str(s) for s in RunStatus],
+            "job_states": JOB_STATES,
+            "show_nodes": len({r.node for r in runs if r.node}) > 1
+            or self.app.daemon.store.shared,
+            "stats": self._index_stats(views, failed),
+            "daemon": {"started_at": self.app.daemon.started_at.isoformat(),
+                       "jobs_dir": str(self.app.daemon.jobs_dir),
+                       "journal_healthy": journal.healthy, "journal_failure": journal.failure},
+            "refresh": PAGE_REFRESH,
+        })
+
+    def _index_query(self, request: Request) -> IndexQuery | Response:
+        """The index's filters and pages as its query asks for them, or the error page that
+        says which one is wrong."""
         query = request.query_params
-        job_filter = query.get("job") or None
-        if job_filter is not None and not JOB_NAME.fullmatch(job_filter):
-            return error_page(404, f"no job {job_filter[:80]!r}")
-        name_filter = (query.get("q") or "").strip()[:100]
+        job = query.get("job") or None
+        if job is not None and not JOB_NAME.fullmatch(job):
+            return error_page(404, f"no job {job[:80]!r}")
         status = query.get("status") or ""
         run_status = None
         if status and status not in JOB_STATES:  # a job state filters the jobs only
@@ -224,70 +283,46 @@ class Site:
                 since = self.app.now() - timedelta(seconds=parse_duration(since_text))
             except ValueError:
                 return error_page(400, "since must be a duration, like 24h")
-        offset = integer(request, "offset", 0, 0, 10**9)
-        jobs_from = integer(request, "jobs_from", 0, 0, 10**9)
-        now = self.app.now()
-        day_ago = now - timedelta(days=1)
-        runs_job = job_filter
-        views = await self.app.shown_jobs()
-        named = {v["name"] for v in views if v["name"]}
-        if runs_job is None and name_filter in named:
-            runs_job = name_filter
+        return IndexQuery(
+            job=job, name=(query.get("q") or "").strip()[:100], status=status,
+            run_status=run_status, since_text=since_text, since=since,
+            offset=integer(request, "offset", 0, 0, 10**9),
+            jobs_from=integer(request, "jobs_from", 0, 0, 10**9))
+
+    async def _index_runs(self, query: IndexQuery, job: str | None, now: datetime,
+                          ) -> tuple[list[RunRecord], int | None, bool, dict[str, str], int]:
+        """The page of runs the index lists (of ``job``, if one), how many there are in all
+        when that can be told cheaply, whether there are more, their nodes' names, and the
+        count of runs failed in the last day."""
 
         def read() -> tuple[list[RunRecord], int | None, dict[str, str]]:
             store = self.app.daemon.store
-            found = store.runs(job=runs_job, status=run_status, since=since,
-                               limit=RUNS_PER_PAGE + 1, offset=offset)
+            found = store.runs(job=job, status=query.run_status, since=query.since,
+                               limit=RUNS_PER_PAGE + 1, offset=query.offset)
             # Counting a rare status means reading the whole history: only the plain list
             # (and one job's) says how many there are; a filtered one says whether there
             # are more.
-            total = (store.count_runs(job=runs_job) if run_status is None and since is None
-                     else None)
+            total = (store.count_runs(job=job)
+                     if query.run_status is None and query.since is None else None)
             return found, total, self.node_names(found)
 
         runs, total, nodes = await self.app.store(read)
         # Like the lists of the API, shared by the requests of the next moments.
         failed = await self.app.recent.get("failed_24h", partial(
             self.app.store, self.app.daemon.store.count_runs, status=RunStatus.FAILED,
-            since=day_ago))
-        more = len(runs) > RUNS_PER_PAGE
-        runs = runs[:RUNS_PER_PAGE]
-        jobs = [v for v in views if v["name"] is not None]
-        shown = [v for v in jobs if self._job_matches(v, name_filter, status)]
+            since=now - timedelta(days=1)))
+        return runs[:RUNS_PER_PAGE], total, len(runs) > RUNS_PER_PAGE, nodes, failed
+
+    def _index_stats(self, views: Sequence[Mapping[str, Any]], failed: int) -> dict[str, int]:
+        """The counts atop the index: jobs, runs running and queued, runs failed in the last
+        day (``failed``), invalid files, open circuits, paused and stale jobs."""
         queued = sum(v["queued_runs"] for v in views)
-        journal = self.app.daemon.journal
-        run_views = [run_as_dict(r, steps=False) for r in runs]
-        for view in run_views:
-            view["node_name"] = nodes.get(view["node"] or "", view["node"])
-        page_jobs = shown[jobs_from:jobs_from + JOBS_PER_PAGE]
-        loaded = self.app.daemon.catalog.jobs
-        in_words = schedule_words.in_words
-        words = {v["name"]: "; ".join(in_words(s) for s in loaded[v["name"]].schedules)
-                 for v in page_jobs if v["name"] in loaded}
-        return await self.html("index.html", request=request, context={
-            "jobs": page_jobs, "words": words, "notes": _next_notes(page_jobs, loaded, now),
-            "jobs_total": len(jobs),
-            "jobs_shown": len(shown), "jobs_from": jobs_from, "jobs_per_page": JOBS_PER_PAGE,
-            "invalid": [{**v, "page_name": v["name"] or _stem_name(v["file"])}
-                        for v in views if not v["valid"]],
-            "runs": run_views, "total": total, "more": more, "offset": offset,
-            "limit": RUNS_PER_PAGE, "job_filter": runs_job, "name_filter": name_filter,
-            "status": status, "since_filter": since_text,
-            "run_statuses": [str(s) for s in RunStatus],
-            "job_states": JOB_STATES,
-            "show_nodes": len({r.node for r in runs if r.node}) > 1
-            or self.app.daemon.store.shared,
-            "stats": {"jobs": len(self.app.daemon.catalog.jobs), "queued": queued,
-                      "running": sum(v["active_runs"] for v in views) - queued,
-                      "failed_24h": failed, "invalid": len(self.app.daemon.catalog.problems),
-                      "circuits_open": sum(v["circuit"] == "open" for v in views),
-                      "paused": sum(bool(v.get("paused")) for v in views),
-                      "stale": sum(bool(v["stale"]) for v in views)},
-            "daemon": {"started_at": self.app.daemon.started_at.isoformat(),
-                       "jobs_dir": str(self.app.daemon.jobs_dir),
-                       "journal_healthy": journal.healthy, "journal_failure": journal.failure},
-            "refresh": PAGE_REFRESH,
-        })
+        return {"jobs": len(self.app.daemon.catalog.jobs), "queued": queued,
+                "running": sum(v["active_runs"] for v in views) - queued,
+                "failed_24h": failed, "invalid": len(self.app.daemon.catalog.problems),
+                "circuits_open": sum(v["circuit"] == "open" for v in views),
+                "paused": sum(bool(v.get("paused")) for v in views),
+                "stale": sum(bool(v["stale"]) for v in views)}
 
     @staticmethod
     def _job_matches(view: Mapping[str, Any], name: str, status: str) -> bool:

@@ -98,8 +98,9 @@ CATEGORIES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
      lambda f, p: p.endswith(("pipeline/engine.py", "pipeline/dag.py"))),
     ("events and journal (pipeline.journal, events)",
      lambda f, p: p.endswith(("pipeline/journal.py", "pipeline/events.py"))),
-    ("scheduler (pipeline.scheduler, triggers)",
-     lambda f, p: p.endswith(("pipeline/scheduler.py", "pipeline/triggers.py"))),
+    ("scheduler (pipeline.scheduler, triggers, calendars)",
+     lambda f, p: p.endswith(("pipeline/scheduler.py", "pipeline/triggers.py",
+                              "pipeline/calendars.py"))),
     ("other pipeline code", lambda f, p: _ours(p)),
     ("trio: subprocess and threads (open_process, to_thread)",
      lambda f, p: "/trio/" in p and ("_subprocess" in p or "_threads" in p
