@@ -46,11 +46,11 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  steps are tasks in it; the dry-run plan; `pipeline run`'s
                                  live view
     store/ (records, rows,       the state of jobs, runs, nodes and decisions: one protocol
-      migrations, base, sql,     (store/__init__) and its records; values as rows; both
-      recording, history, jobs,  backends' migrations; the shared SQL (sql.SqlStore, a class
-      fires, starts, pools,      per family of verbs on base's transactions); one module per
-      leases, logs, notices,     backend, and a PostgreSQL URL's password
-      sqlite, pgurl, postgres)
+      migrations, base, sql,     (store/__init__), made of one per family of verbs, each in
+      recording, history, jobs,  its family's module beside its SQL (sql.SqlStore, those
+      fires, starts, pools,      classes together on base's transactions); its records;
+      leases, logs, notices,     values as rows; both backends' migrations; one module per
+      sqlite, pgurl, postgres)   backend, and a PostgreSQL URL's password
     versions, journal            which version of a job ran; the one writer between events
                                  and the store (group commit)
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the

@@ -1506,6 +1506,17 @@ def test_statements_are_rewritten_for_psycopg(statement: str, expected: str) -> 
     assert to_psycopg(statement) == expected
 
 
+def test_every_verb_of_every_family_is_retried_on_postgres() -> None:
+    """``Store`` is made of one protocol per family of verbs: the verbs PostgreSQL runs again
+    after a broken connection are all of theirs, not only those written in ``Store`` itself."""
+    verbs = {name for family in Store.__mro__ for name, value in vars(family).items()
+             if callable(value) and not name.startswith("_") and name != "close"}
+    assert len(verbs) > 50  # every family's, with now and schema_version
+    assert set(pg.VERBS) == verbs
+    assert [name for name in sorted(verbs)
+            if not hasattr(getattr(PostgresStore, name), "__wrapped__")] == []
+
+
 @pytest.mark.parametrize(("url", "masked"), [
     ("postgresql://node:s3cret@db:5432/pipe", "postgresql://node:***@db:5432/pipe"),
     ("postgresql://node@db/pipe", "postgresql://node@db/pipe"),

@@ -1,10 +1,11 @@
 """Starting runs: a node's queued runs, or ready runs nobody holds, decided about under their
 job's lock (``policy.decide``) and started, skipped, queued or left waiting for a pool's slots.
-``StartVerbs`` derives from ``PoolVerbs``: a start takes its run's slots in the same
+``SqlStarts`` derives from ``SqlPools``: a start takes its run's slots in the same
 transaction.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``StartVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlStarts`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import policy
 from pipeline.model import RunRecord, RunStatus, Trigger
 from pipeline.store.base import ACTIVE, Tx
-from pipeline.store.pools import PoolVerbs
+from pipeline.store.pools import SqlPools
 from pipeline.store.records import (
     JobSettings,
     JobState,
@@ -33,7 +34,36 @@ from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, from_json, iso, run_recor
 WAITING_POOL = 2
 
 
-class StartVerbs(PoolVerbs):
+class StartVerbs(Protocol):
+    """Runs decided about and started (or claimed), under their job's lock."""
+
+    def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
+                   stopping: bool = False, force: Collection[str] = ()) -> list[Started]:
+        """Decide about ``node``'s queued runs (new, or waiting in their job's queue), under
+        each job's lock, and apply: running (attempt + 1), skipped, still waiting (queue,
+        replace: the active runs are asked to stop). Runs in ``force`` start whatever the
+        job's concurrency says. Runs no longer held by ``node`` or no longer queued are left
+        out of the answer."""
+        ...
+
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
+        """Take up to ``limit`` ready runs that no node holds (whose ``runs_on`` labels the
+        node has), decide about each as ``start_runs`` does, and hold the ones that run or
+        wait. Runs nobody has claimed are taken oldest first, past rows other nodes are
+        claiming (SKIP LOCKED). ``only``: take none but these."""
+        ...
+
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
+        """``node`` lets go of queued runs it holds: any node may take them."""
+        ...
+
+    def waiting_runs(self, node: str) -> list[str]:
+        """Ids of ``node``'s runs waiting in their job's queue, oldest first."""
+        ...
+
+
+class SqlStarts(SqlPools):
     """Runs decided about and started, under their job's lock."""
 
     def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
