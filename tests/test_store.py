@@ -696,6 +696,9 @@ def test_start_runs_queue_waits_then_starts_in_order(store: Store) -> None:
     later = store.start_runs("n1", store.waiting_runs("n1"), now=now)
     assert verdicts(later) == [(rid(2), Verdict.START)]
     assert later[0].run.status is RunStatus.RUNNING and store.waiting_runs("n1") == []
+    # A run kept waiting is in the decision log once, when its turn comes, not at every look.
+    assert sorted((d.run_id, d.outcome) for d in store.decisions("j")) == [
+        (rid(1), Outcome.FIRED), (rid(2), Outcome.FIRED), (rid(3), Outcome.SKIPPED)]
 
 
 def test_start_runs_replace_asks_the_active_run_to_stop(store: Store) -> None:
