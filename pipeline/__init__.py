@@ -57,8 +57,10 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes
     notify/ (notice, message,    notifications: a run's events as notices, rendered for each
-      send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
-                                 retried, never blocking, pending ones saved across restarts
+      send, outbox, cooldown,    target, sent by kind (webhook, Slack, email, ping, command);
+      outcomes, notifier)        retried, never blocking, pending ones saved across restarts;
+                                 a target's cooldown (claimed in the store); each delivery's
+                                 outcome counted, logged and reported
     localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
       scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
       metrics, operate,          firing loop (claims fires); the watched jobs directory;
