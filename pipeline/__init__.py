@@ -25,8 +25,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, schedule_checks,    what a schema cannot express: what each expression may look
-      checks                     up where it is written; a schedule entry's cron, zone,
-                                 calendar and glob; needs, cycles, durations, templates, ...
+      step_checks, checks        up where it is written; a schedule entry's cron, zone,
+                                 calendar and glob; the step lists (unique ids, needs,
+                                 cycles) and each step's keys; durations, templates, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
     build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
