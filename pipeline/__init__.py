@@ -27,8 +27,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     schema                       the job JSON Schema: runner composition, errors in words
     params                       job parameters: declared types; given values checked and typed
     lookups, schedule_checks,    what a schema cannot express: what each expression may look
-      checks                     up where it is written; a schedule entry's cron, zone,
-                                 calendar and glob; needs, cycles, durations, templates, ...
+      step_checks, checks        up where it is written; a schedule entry's cron, zone,
+                                 calendar and glob; the step lists (unique ids, needs,
+                                 cycles) and each step's keys; durations, templates, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
     build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
@@ -48,19 +49,21 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  steps are tasks in it; the dry-run plan; `pipeline run`'s
                                  live view
     store/ (records, rows,       the state of jobs, runs, nodes and decisions: one protocol
-      migrations, base, sql,     (store/__init__) and its records; values as rows; both
-      recording, history, jobs,  backends' migrations; the shared SQL (sql.SqlStore, a class
-      fires, starts, pools,      per family of verbs on base's transactions); one module per
-      leases, logs, notices,     backend, and a PostgreSQL URL's password
-      sqlite, pgurl, postgres)
+      migrations, base, sql,     (store/__init__), made of one per family of verbs, each in
+      recording, history, jobs,  its family's module beside its SQL (sql.SqlStore, those
+      fires, starts, pools,      classes together on base's transactions); its records;
+      leases, logs, notices,     values as rows; both backends' migrations; one module per
+      sqlite, pgurl, postgres)   backend, and a PostgreSQL URL's password
     versions, journal            which version of a job ran; the one writer between events
                                  and the store (group commit)
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes
     notify/ (notice, message,    notifications: a run's events as notices, rendered for each
-      send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
-                                 retried, never blocking, pending ones saved across restarts
+      send, outbox, cooldown,    target, sent by kind (webhook, Slack, email, ping, command);
+      outcomes, notifier)        retried, never blocking, pending ones saved across restarts;
+                                 a target's cooldown (claimed in the store); each delivery's
+                                 outcome counted, logged and reported
     localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
       scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
       metrics, operate,          firing loop (claims fires); the watched jobs directory;

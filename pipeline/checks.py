@@ -30,21 +30,23 @@ never fires), a ``jitter`` longer than its ``every:`` interval. ``every:`` below
 and retry delays over a day are errors (retry limits over 100 the schema refuses).
 
 Each ``schedule:`` entry is checked by ``pipeline.schedule_checks`` (cron, zones, calendars,
-``file:`` globs, event keys), reporting through the same ``Checks``.
+``file:`` globs, event keys), and the step lists by ``pipeline.step_checks`` (unique ids,
+needs, each step's templates, expressions, shell and durations), both reporting through the
+same ``Checks``, which keeps the checks of values found in many places (durations, templates,
+expressions and their lookups, retries, pools, notify targets).
 """
 
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline import dag, expr, params
+from pipeline import expr, params
 from pipeline.errors import did_you_mean
-from pipeline.lookups import NO_ITEM, STEP_LISTS, Names, Scope
+from pipeline.lookups import NO_ITEM, Names, Scope
 from pipeline.model import JOB_NAME, Settings
 from pipeline.notation import (
     parse_duration,
@@ -53,9 +55,9 @@ from pipeline.notation import (
 )
 from pipeline.schedule_checks import check_schedule
 from pipeline.schema import PATTERN_WORDS, dotted
+from pipeline.step_checks import check_steps
 from pipeline.yamlsafe import Document, JsonPath, Mark, show
 
-_STEP_TEMPLATES = frozenset({"run", "exec", "with", "cwd"})
 NOTIFY_KINDS = frozenset({"webhook", "slack", "email", "ping", "command"})
 MIN_INTERVAL = 1.0  # seconds; a shorter every: is a typo (250ms for 250s), and a busy loop
 MAX_RETRY_DELAY = 86400.0  # a step that waits over a day to retry holds its run for that long
@@ -274,7 +276,7 @@ class Checks:
             for name, declaration in declarations.items():
                 for where, message in params.problems(declaration):
                     self.report(("params", name, *where), message)
-        self.steps(data)
+        check_steps(self, data)
 
     def history(self, value: Any, path: JsonPath) -> None:
         if isinstance(value, dict):
@@ -338,87 +340,6 @@ class Checks:
         if isinstance(value, dict):
             for key, item in value.items():
                 self.template(item, (*path, key), scope)
-
-    def steps(self, data: dict[str, Any]) -> None:
-        first: dict[str, tuple[str, int]] = {}  # step id -> its list and index there
-        graphs: list[dict[str, list[str]]] = []
-        for list_name in STEP_LISTS:
-            items = data.get(list_name)
-            if items.__class__ is not list:
-                continue
-            needs: dict[str, list[str]] = {}
-            for index, step in enumerate(items):
-                if step.__class__ is not dict:
-                    continue
-                path = (list_name, index)
-                self.step(step, path)
-                sid = step.get("id")
-                if sid.__class__ is not str:
-                    continue
-                if sid in first:
-                    where, before = first[sid]
-                    place = "" if where == list_name else f" in {where}"
-                    self.report((*path, "id"), f"duplicate step id {sid!r} (first at line "
-                                f"{self.doc.where((where, before, 'id'))[0]}{place}); step "
-                                "ids are unique in a job")
-                    continue
-                first[sid] = (list_name, index)
-                wanted = step.get("needs", ())
-                if wanted.__class__ is str:
-                    wanted = [wanted]
-                elif wanted.__class__ is not list:
-                    wanted = []
-                needs[sid] = [n for n in wanted if n.__class__ is str]
-            graphs.append(needs)
-        elsewhere = {sid: where for sid, (where, _) in first.items()}
-        for needs in graphs:
-            for flaw in dag.check(needs, elsewhere=elsewhere):
-                where, index = first[flaw.step]
-                written = data[where][index]["needs"]
-                self.report((where, index, "needs", written.index(flaw.need))
-                            if isinstance(written, list) else (where, index, "needs"),
-                            f"step {flaw.step!r} {flaw.message}")
-
-    def step(self, step: dict[str, Any], path: JsonPath) -> None:
-        # Every step of every file passes here: look only at the keys that are present.
-        sid = step.get("id")
-        list_name = path[0]
-        reader = (str(list_name), sid) if (
-            isinstance(sid, str) and self.names.home.get(sid) == list_name) else None
-        item = None if "for_each" in step else NO_ITEM
-        job_env = self.names.env
-        own = step.get("env", {})
-        env = None if job_env is None or not isinstance(own, dict) else job_env | frozenset(own)
-        commands = Scope(reader, item=item, env=env,
-                          env_words="only the job's and this step's env:")
-        for key in step.keys() & _STEP_TEMPLATES:
-            self.template(step[key], (*path, key), commands)
-        if "env" in step:
-            self.env(step["env"], (*path, "env"), Scope(
-                reader, item=item, env=job_env, env_words="only the job's env:"))
-        if "if" in step:
-            self.expression(step["if"], (*path, "if"), Scope(
-                reader, item="item is not defined in if: (it is evaluated once for the whole "
-                "step, before its items)", env=job_env, env_words="only the job's env:"))
-        if isinstance(step.get("for_each"), str):
-            self.expression(step["for_each"], (*path, "for_each"), Scope(
-                reader, item="item is not defined in for_each itself (it gives the items)",
-                env=job_env, env_words="only the job's env:"))
-        shell = step.get("shell")
-        if isinstance(shell, str):
-            try:
-                if not shlex.split(shell):
-                    self.report((*path, "shell"), "names no command")
-            except ValueError as exc:
-                self.report((*path, "shell"), f"cannot be split into words: {exc}")
-        if "timeout" in step:
-            self.duration(step["timeout"], (*path, "timeout"), positive=True)
-        if "grace" in step:
-            self.duration(step["grace"], (*path, "grace"))
-        if "retries" in step:
-            self.retries(step["retries"], (*path, "retries"))
-        if "pool" in step:
-            self.pool(step["pool"], (*path, "pool"))
 
 
 def _plain_run(value: str, offset: int) -> str:

@@ -696,6 +696,9 @@ def test_start_runs_queue_waits_then_starts_in_order(store: Store) -> None:
     later = store.start_runs("n1", store.waiting_runs("n1"), now=now)
     assert verdicts(later) == [(rid(2), Verdict.START)]
     assert later[0].run.status is RunStatus.RUNNING and store.waiting_runs("n1") == []
+    # A run kept waiting is in the decision log once, when its turn comes, not at every look.
+    assert sorted((d.run_id, d.outcome) for d in store.decisions("j")) == [
+        (rid(1), Outcome.FIRED), (rid(2), Outcome.FIRED), (rid(3), Outcome.SKIPPED)]
 
 
 def test_start_runs_replace_asks_the_active_run_to_stop(store: Store) -> None:
@@ -1521,6 +1524,17 @@ def test_nodes_claiming_one_notice_at_once_send_it_once(open_store: Opener) -> N
 ])
 def test_statements_are_rewritten_for_psycopg(statement: str, expected: str) -> None:
     assert to_psycopg(statement) == expected
+
+
+def test_every_verb_of_every_family_is_retried_on_postgres() -> None:
+    """``Store`` is made of one protocol per family of verbs: the verbs PostgreSQL runs again
+    after a broken connection are all of theirs, not only those written in ``Store`` itself."""
+    verbs = {name for family in Store.__mro__ for name, value in vars(family).items()
+             if callable(value) and not name.startswith("_") and name != "close"}
+    assert len(verbs) > 50  # every family's, with now and schema_version
+    assert set(pg.VERBS) == verbs
+    assert [name for name in sorted(verbs)
+            if not hasattr(getattr(PostgresStore, name), "__wrapped__")] == []
 
 
 @pytest.mark.parametrize(("url", "masked"), [

@@ -57,6 +57,10 @@ def _query(name: str, schema: Mapping[str, Any], description: str) -> dict[str, 
             "schema": dict(schema)}
 
 
+def _run_status() -> dict[str, Any]:
+    return {"type": "string", "enum": [str(s) for s in RunStatus]}
+
+
 def _node_schema() -> dict[str, Any]:
     text, when = {"type": "string"}, _nullable({"type": "string", "format": "date-time"})
     return {"type": "object", "required": ["id", "name", "state", "roles", "labels",
@@ -74,35 +78,40 @@ def _node_schema() -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    text, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
-    time = _nullable({"type": "string", "format": "date-time"})
-    run_status = {"type": "string", "enum": [str(s) for s in RunStatus]}
-    step: dict[str, Any] = {"type": "object", "required": [
-        "id", "status", "attempt", "exit_code", "started_at", "finished_at", "duration_s",
-        "outputs", "error"], "properties": {
-        "id": text, "status": {"type": "string", "enum": [
-            "pending", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]},
-        "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
-        "started_at": time, "finished_at": time, "duration_s": _nullable(number),
-        "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
-        "log": _nullable(text), "log_url": _nullable(text), "item": text,
-        "waited_from": time}}
-    run_fields = {
-        "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": run_status,
-        "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
-        "fire_time": time, "queued_at": time, "started_at": time, "finished_at": time,
-        "duration_s": _nullable(number), "params": {"type": "object"},
-        "version": _nullable({"type": "object", "properties": {
-            "sha256": text, "git_commit": _nullable(text), "git_blob": _nullable(text),
-            "git_dirty": _nullable({"type": "boolean"})}}),
-        "reason": _nullable(text), "parent_run_id": _nullable(text),
-        "outputs": {"type": "object", "additionalProperties": text}}
-    run_required = ["id", "job", "status", "trigger", "fire_time", "queued_at", "started_at",
-                    "finished_at", "duration_s", "params", "version", "reason"]
+    """The document's named schemas: errors, jobs, runs, and what the other routes answer."""
+    text = {"type": "string"}
     return {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": text, "message": text}}}},
+        **_job_schemas(),
+        **_run_schemas(),
+        "TriggerRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "params": {"type": "object", "additionalProperties": {
+                "type": ["string", "number", "boolean"]}}}},
+        "Accepted": {"type": "object", "required": ["run_id", "status"], "properties": {
+            "run_id": text, "job": text, "status": _run_status(), "url": text}},
+        "Stopping": {"type": "object", "required": ["run_id", "status"],
+                     "properties": {"run_id": text, "status": {"const": "stopping"}}},
+        "Deleted": {"type": "object", "required": ["id", "deleted"], "properties": {
+            "id": text, "job": text, "deleted": {"type": "boolean"}}},
+        "Circuit": {"type": "object", "required": ["job", "circuit"], "properties": {
+            "job": text, "circuit": {"const": "closed"}}},
+        "Health": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"const": "ok"}}},
+        "Node": _node_schema(),
+        "Metrics": {"type": "object", "required": ["metrics"], "properties": {"metrics": {
+            "type": "array", "items": {"type": "object", "required": [
+                "name", "type", "help", "samples"], "properties": {
+                "name": text, "type": text, "help": text, "samples": {"type": "array"}}}}}},
+    }
+
+
+def _job_schemas() -> dict[str, Any]:
+    """A job as the API lists it (with its file's problems), its decisions, the list."""
+    text, integer = {"type": "string"}, {"type": "integer"}
+    time = _nullable({"type": "string", "format": "date-time"})
+    return {
         "Problem": {"type": "object", "required": ["file", "line", "column", "message"],
                     "properties": {"file": text, "line": integer, "column": integer,
                                    "message": text}},
@@ -129,6 +138,36 @@ def _schemas() -> dict[str, Any]:
             "node": _nullable(text)}},
         "JobList": {"type": "object", "required": ["jobs"],
                     "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
+    }
+
+
+def _run_schemas() -> dict[str, Any]:
+    """A run's step, a run with and without its steps, a page of runs."""
+    text, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
+    time = _nullable({"type": "string", "format": "date-time"})
+    step: dict[str, Any] = {"type": "object", "required": [
+        "id", "status", "attempt", "exit_code", "started_at", "finished_at", "duration_s",
+        "outputs", "error"], "properties": {
+        "id": text, "status": {"type": "string", "enum": [
+            "pending", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]},
+        "attempt": integer, "exit_code": _nullable(integer), "signal": _nullable(integer),
+        "started_at": time, "finished_at": time, "duration_s": _nullable(number),
+        "outputs": {"type": "object", "additionalProperties": text}, "error": _nullable(text),
+        "log": _nullable(text), "log_url": _nullable(text), "item": text,
+        "waited_from": time}}
+    run_fields = {
+        "id": {"type": "string", "pattern": RUN_ID.pattern}, "job": text, "status": _run_status(),
+        "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
+        "fire_time": time, "queued_at": time, "started_at": time, "finished_at": time,
+        "duration_s": _nullable(number), "params": {"type": "object"},
+        "version": _nullable({"type": "object", "properties": {
+            "sha256": text, "git_commit": _nullable(text), "git_blob": _nullable(text),
+            "git_dirty": _nullable({"type": "boolean"})}}),
+        "reason": _nullable(text), "parent_run_id": _nullable(text),
+        "outputs": {"type": "object", "additionalProperties": text}}
+    run_required = ["id", "job", "status", "trigger", "fire_time", "queued_at", "started_at",
+                    "finished_at", "duration_s", "params", "version", "reason"]
+    return {
         "Step": step,
         "RunSummary": {"type": "object", "required": run_required, "properties": run_fields},
         "Run": {"type": "object", "required": [*run_required, "steps"], "properties": {
@@ -137,24 +176,6 @@ def _schemas() -> dict[str, Any]:
                                                    "next_offset"], "properties": {
             "runs": {"type": "array", "items": _ref("RunSummary")}, "total": integer,
             "limit": integer, "offset": integer, "next_offset": _nullable(integer)}},
-        "TriggerRequest": {"type": "object", "additionalProperties": False, "properties": {
-            "params": {"type": "object", "additionalProperties": {
-                "type": ["string", "number", "boolean"]}}}},
-        "Accepted": {"type": "object", "required": ["run_id", "status"], "properties": {
-            "run_id": text, "job": text, "status": run_status, "url": text}},
-        "Stopping": {"type": "object", "required": ["run_id", "status"],
-                     "properties": {"run_id": text, "status": {"const": "stopping"}}},
-        "Deleted": {"type": "object", "required": ["id", "deleted"], "properties": {
-            "id": text, "job": text, "deleted": {"type": "boolean"}}},
-        "Circuit": {"type": "object", "required": ["job", "circuit"], "properties": {
-            "job": text, "circuit": {"const": "closed"}}},
-        "Health": {"type": "object", "required": ["status"],
-                   "properties": {"status": {"const": "ok"}}},
-        "Node": _node_schema(),
-        "Metrics": {"type": "object", "required": ["metrics"], "properties": {"metrics": {
-            "type": "array", "items": {"type": "object", "required": [
-                "name", "type", "help", "samples"], "properties": {
-                "name": text, "type": text, "help": text, "samples": {"type": "array"}}}}}},
     }
 
 

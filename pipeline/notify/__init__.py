@@ -33,5 +33,7 @@ How each kind is sent:
     message    a notice rendered for one target, the secrets it uses read as it is sent
     send       sending one message once: HTTP (webhook, Slack, ping), SMTP, a command
     outbox     pending deliveries as they are saved (``JsonFile`` for tests and tools)
-    notifier   the ``Notifier``: queues, lanes, retries, cooldowns, outcomes, saving
+    cooldown   a target's cooldown: repeats suppressed, here and (claimed) in the store
+    outcomes   what became of each delivery: counted, logged, handed to ``report``
+    notifier   the ``Notifier``: queues, lanes, tries and retries, over the pieces above
 """

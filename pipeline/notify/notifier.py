@@ -4,7 +4,6 @@ target, saved while pending; see the package's docstring."""
 from __future__ import annotations
 
 import collections
-import math
 import os
 import ssl
 import uuid
@@ -28,9 +27,11 @@ from pipeline.model import (
     utc_now,
 )
 from pipeline.notation import short_duration
+from pipeline.notify.cooldown import Claim, Cooldowns
 from pipeline.notify.message import Message, render_message
 from pipeline.notify.notice import Notice, NotifyStatus, Outcome, end_events
 from pipeline.notify.outbox import Delivery, Offload, Outbox
+from pipeline.notify.outcomes import Outcomes
 from pipeline.notify.send import send_message
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ RETRY_DELAYS = (2.0, 10.0)  # between the 3 tries
 MAX_PENDING = 1000
 MAX_CONCURRENT = 16
 ADOPT_EVERY = 30.0  # seconds between looks for what nodes that are gone left pending
-# ``claim(job, target label, event kind, now, cooldown, delivery id)``: ``Store.claim_notice``.
-Claim = Callable[[str, str, str, datetime, float, str], "datetime | None"]
 
 
 @dataclass(frozen=True)
@@ -63,20 +62,18 @@ class Notifier:
     (``await nursery.start(notifier.serve)``), then call ``notify`` (or ``run_started``,
     ``run_ended``, ...) from any task of that trio run.
 
-    ``report``: told every ``Outcome`` (an async function; the daemon records it with the run
-    and as a decision). ``save(pending)``: stores the list of pending deliveries (plain JSON
-    data, replacing what it stored before); ``load()``: returns what was last saved;
-    ``adopt()``: returns what nodes no longer running left pending, now this one's to send
-    (asked when serving starts and every ``adopt_every`` seconds). All are blocking
-    functions, called through ``offload`` (a worker thread). ``settings``: the SMTP
-    server and the settings' secrets (an attribute: set it again when the file changes).
-    ``base_url``: the status page, for links to runs. ``environ``: where ``{env: NAME}``
-    secrets are read, and a command's environment. ``tls``: what HTTPS and SMTP's STARTTLS
-    verify servers with (default: the system's CAs). ``send``: how a rendered ``Message`` is
-    sent (default ``send_message``; tests pass a plain function). ``claim``: where a
-    target's ``cooldown`` is kept beyond this process (``Store.claim_notice``, blocking,
-    called through ``offload`` before a delivery with a cooldown is first tried), so that it
-    holds across restarts and across a cluster's nodes; without it, it holds in memory.
+    ``report``: told every ``Outcome`` (an async function; see ``Outcomes``).
+    ``save(pending)``: stores the list of pending deliveries (plain JSON data, replacing what
+    it stored before); ``load()``: returns what was last saved; ``adopt()``: returns what
+    nodes no longer running left pending, now this one's to send (asked when serving starts
+    and every ``adopt_every`` seconds). The three are blocking functions, called through
+    ``offload`` (a worker thread). ``settings``: the SMTP server and the settings' secrets
+    (an attribute: set it again when the file changes). ``base_url``: the status page, for
+    links to runs. ``environ``: where ``{env: NAME}`` secrets are read, and a command's
+    environment. ``tls``: what HTTPS and SMTP's STARTTLS verify servers with (default: the
+    system's CAs). ``send``: how a rendered ``Message`` is sent (default ``send_message``;
+    tests pass a plain function). ``claim``: where a target's ``cooldown`` is kept beyond
+    this process (``Store.claim_notice``; see ``Cooldowns``); without it, in memory.
     ``max_concurrent``: tries under way at once, all targets together; ``max_pending``:
     deliveries kept before new ones are dropped.
     """
@@ -94,7 +91,6 @@ class Notifier:
                  claim: Claim | None = None,
                  adopt: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
                  adopt_every: float = ADOPT_EVERY) -> None:
-        self.report = report
         self.settings = settings
         self.base_url = base_url
         self.environ = environ
@@ -103,17 +99,14 @@ class Notifier:
         self.max_pending = max_pending
         self.clock = clock
         self._send = send
-        self._claim = claim
-        self._offload = offload
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._outbox = Outbox(save=save, load=load, offload=offload, adopt=adopt)
+        self._cooldowns = Cooldowns(claim=claim, offload=offload)
+        self._outcomes = Outcomes(report=report)
         self._adopting = adopt is not None
         self.adopt_every = adopt_every
         self._lanes: dict[tuple[str, str], collections.deque[str]] = {}
         self._running: set[tuple[str, str]] = set()  # lanes with a task sending
-        self._last: dict[tuple[str, str, NotifyEvent], float] = {}  # cooldown: trio time
-        self._counts: collections.Counter[NotifyStatus] = collections.Counter()
-        self._outcomes_in, self._outcomes = trio.open_memory_channel[Outcome](math.inf)
         self._changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
@@ -131,10 +124,10 @@ class Notifier:
         return len(self.retry_delays) + 1
 
     def statistics(self) -> NotifierStatistics:
-        return NotifierStatistics(len(self._outbox.pending), self._counts[NotifyStatus.DELIVERED],
-                                  self._counts[NotifyStatus.FAILED],
-                                  self._counts[NotifyStatus.SUPPRESSED],
-                                  self._counts[NotifyStatus.DROPPED])
+        counts = self._outcomes.counts
+        return NotifierStatistics(len(self._outbox.pending), counts[NotifyStatus.DELIVERED],
+                                  counts[NotifyStatus.FAILED], counts[NotifyStatus.SUPPRESSED],
+                                  counts[NotifyStatus.DROPPED])
 
     # -- what callers call --------------------------------------------------------------
 
@@ -149,19 +142,15 @@ class Notifier:
         for target in job.notify:
             if notice.kind not in target.when:
                 continue
-            key = (job.name, target.label, notice.kind)
-            last = self._last.get(key)
-            if target.cooldown > 0 and last is not None and now - last < target.cooldown:
-                self._outcome(notice, target, NotifyStatus.SUPPRESSED, 0,
-                              "the same event was sent "
-                              f"{short_duration(round(now - last, 3))} ago, "
-                              f"within the cooldown of {short_duration(target.cooldown)}")
+            why = self._cooldowns.within(job.name, target, notice.kind, now)
+            if why is not None:
+                self._outcome(notice, target, NotifyStatus.SUPPRESSED, 0, why)
                 continue
             if len(self._outbox.pending) >= self.max_pending:
                 self._outcome(notice, target, NotifyStatus.DROPPED, 0,
                               f"{len(self._outbox.pending)} notifications are already pending")
                 continue
-            self._last[key] = now
+            self._cooldowns.queued(job.name, target, notice.kind, now)
             self._add(Delivery(uuid.uuid4().hex, notice, target, secrets))
 
     def run_started(self, job: Job, run: RunRecord) -> None:
@@ -207,7 +196,7 @@ class Notifier:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._report_outcomes)
+                nursery.start_soon(self._outcomes.serve)
                 nursery.start_soon(self._outbox.keep_saved)
                 if self._adopting:
                     nursery.start_soon(self._keep_taking_over)
@@ -274,7 +263,9 @@ class Notifier:
 
     async def _deliver(self, delivery: Delivery) -> None:
         notice, target = delivery.notice, delivery.target
-        if target.cooldown > 0 and self._claim is not None and not await self._claimed(delivery):
+        suppressed = await self._cooldowns.claimed(delivery, self.clock())
+        if suppressed is not None:
+            self._done(delivery, NotifyStatus.SUPPRESSED, suppressed)
             return
         try:
             message, redactor = render_message(notice, target, delivery.secrets,
@@ -311,28 +302,6 @@ class Notifier:
                            delivery.tries, self.tries, short_duration(delay), error)
             await trio.sleep(delay)
 
-    async def _claimed(self, delivery: Delivery) -> bool:
-        """Whether ``delivery`` may be sent as far as the shared cooldown goes; if not, it
-        is done (suppressed). A store that cannot answer lets it go: a repeated alert is
-        better than a lost one."""
-        notice, target = delivery.notice, delivery.target
-        assert self._claim is not None
-        now = self.clock()
-        try:
-            last = await self._offload(self._claim, notice.job, target.label, str(notice.kind),
-                                       now, target.cooldown, delivery.id)
-        except Exception as exc:  # the store is down: send, and say why the cooldown lapsed
-            logger.warning("{}: {} of {}: the cooldown cannot be checked, sent anyway: {}",
-                           notice.job, target.label, notice.kind, exc)
-            return True
-        if last is None:
-            return True
-        ago = max(0.0, round((now - last).total_seconds(), 3))
-        self._done(delivery, NotifyStatus.SUPPRESSED,
-                   f"the same event was sent {short_duration(ago)} ago, within the cooldown "
-                   f"of {short_duration(target.cooldown)}")
-        return False
-
     def _done(self, delivery: Delivery, status: NotifyStatus, error: str | None) -> None:
         self._outbox.remove(delivery)
         self._changed.unpark_all()
@@ -341,25 +310,4 @@ class Notifier:
 
     def _outcome(self, notice: Notice, target: NotifyTarget, status: NotifyStatus, tries: int,
                  error: str | None) -> None:
-        self._counts[status] += 1
-        outcome = Outcome(notice.job, notice.run_id, notice.fire_time, target.label,
-                          notice.kind, status, self.clock(), tries, error)
-        run = f" of run {notice.run_id}" if notice.run_id else ""
-        if status is NotifyStatus.DELIVERED:
-            logger.info("{}: {} told of {}{}", notice.job, target.label, notice.kind, run)
-        elif status is NotifyStatus.SUPPRESSED:
-            logger.info("{}: {} not told of {}{}: {}", notice.job, target.label, notice.kind,
-                        run, error)
-        else:
-            logger.error("{}: {} could not be told of {}{} ({}): {}", notice.job,
-                         target.label, notice.kind, run, status, error)
-        self._outcomes_in.send_nowait(outcome)
-
-    async def _report_outcomes(self) -> None:
-        async for outcome in self._outcomes:
-            if self.report is None:
-                continue
-            try:
-                await self.report(outcome)
-            except Exception:
-                logger.exception("recording a notification's outcome failed")
+        self._outcomes.add(notice, target, status, tries, error, at=self.clock())

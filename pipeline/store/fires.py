@@ -1,14 +1,16 @@
 """Fires made into runs: a scheduler's claim of its jobs' due instants (each once, under the
 job's lock and watermark), and event fires (each key once), with what event triggers read.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``FireVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlFires`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from pipeline import policy
 from pipeline.model import RunRecord, Trigger
@@ -31,7 +33,45 @@ from pipeline.store.rows import (
 LEAD_ALLOWED = timedelta(seconds=1)
 
 
-class FireVerbs(SqlBase):
+class FireVerbs(Protocol):
+    """Scheduled and event fires made into runs, and what event triggers read."""
+
+    def claim_fires(self, claims: Sequence[FireClaim], *, node: str | None,
+                    now: datetime) -> Claims:
+        """Make runs of due fires (see ``FireClaim``), in one transaction.
+
+        ``node`` holds the runs it can run (it names itself; None leaves them to any node).
+        Fires the catch-up policy does not make are written to the decision log. In a shared
+        store, a fire not yet due by the store's clock (allowing for the lead) is left for
+        later, and the watermark stops before it.
+        """
+        ...
+
+    def claim_events(self, fires: Sequence[EventFire], *, node: str | None,
+                     now: datetime) -> Claims:
+        """Record event fires and make runs of the new ones (held by ``node`` where the fire
+        says ``hold``), ready now; a paused or disabled job's fires are decisions only.
+        Fires whose key is already recorded make nothing."""
+        ...
+
+    def known_keys(self, job: str, keys: Collection[str]) -> set[str]:
+        """Which of ``keys`` are recorded for ``job`` (event identities)."""
+        ...
+
+    def ended_runs(self, jobs: Collection[str], *, since: datetime,
+                   limit: int = 1000) -> list[RunRecord]:
+        """Runs of ``jobs`` that ended after ``since``, oldest end first, with outputs."""
+        ...
+
+    def event_cursors(self) -> dict[str, datetime]:
+        """Per job, up to when its ``after:`` upstreams' ended runs were looked at."""
+        ...
+
+    def move_event_cursor(self, job: str, at: datetime) -> None:
+        ...
+
+
+class SqlFires(SqlBase):
     """Scheduled and event fires made into runs."""
 
     # -- scheduled fires -----------------------------------------------------------------------

@@ -1,15 +1,16 @@
 """What happened: runs read back (one with its steps, lists, counts, the last of each job),
 the decision log, and retention, which deletes the runs and decisions past a job's limits.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``HistoryVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlHistory`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.errors import RunActive
 from pipeline.model import RunRecord, RunStatus, Trigger
@@ -18,7 +19,59 @@ from pipeline.store.records import Outcome, StoredDecision
 from pipeline.store.rows import RUN_COLUMNS, iso, iso_or_none, run_record, time_of
 
 
-class HistoryVerbs(SqlBase):
+class HistoryVerbs(Protocol):
+    """Runs read back, the decision log, retention."""
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run with its document and its steps (in the order they were first recorded)."""
+        ...
+
+    def runs(self, *, job: str | None = None, status: RunStatus | None = None,
+             trigger: Trigger | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 50, offset: int = 0,
+             ) -> list[RunRecord]:
+        """Runs newest first (by queued time, then id), without steps or document."""
+        ...
+
+    def count_runs(self, *, job: str | None = None, status: RunStatus | None = None,
+                   trigger: Trigger | None = None, since: datetime | None = None,
+                   until: datetime | None = None) -> int:
+        ...
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """The newest run of every job that has one, without steps or document."""
+        ...
+
+    def active_runs(self, job: str | None = None) -> list[RunRecord]:
+        """Queued and running runs, oldest first, without steps or document."""
+        ...
+
+    def last_success(self, job: str) -> datetime | None:
+        ...
+
+    def jobs_with_runs(self) -> list[str]:
+        ...
+
+    def delete_run(self, run_id: str) -> RunRecord | None:
+        """Delete a finished run; None if unknown. Raises ``RunActive`` for an active one."""
+        ...
+
+    def prune(self, job: str, *, keep_runs: int | None, keep_days: float | None,
+              now: datetime) -> list[RunRecord]:
+        """Delete the job's finished runs beyond the limits (and its old decisions); return
+        the runs with their steps, for their logs."""
+        ...
+
+    def decisions(self, job: str, *, since: datetime | None = None,
+                  until: datetime | None = None, limit: int = 50) -> list[StoredDecision]:
+        """The job's decisions, newest first."""
+        ...
+
+    def record_decisions(self, decisions: Sequence[StoredDecision]) -> None:
+        ...
+
+
+class SqlHistory(SqlBase):
     """Runs and decisions, read and pruned."""
 
     # -- reading runs --------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """A job's row: the settings its scheduler published, its watermark and the instants it
 fired, its circuit breaker's reset, its pause; and the job files the daemon last loaded.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``JobVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlJobs`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from pipeline.model import Definition, RunRecord
 from pipeline.store.base import WATERMARK, SqlBase
@@ -16,7 +18,54 @@ from pipeline.store.records import JobSettings, JobState
 from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, iso, run_record, settings_json, time_of
 
 
-class JobVerbs(SqlBase):
+class JobVerbs(Protocol):
+    """Jobs' settings, watermarks and fired instants, breaker resets, pauses; job files."""
+
+    def publish_jobs(self, jobs: Sequence[JobSettings]) -> None:
+        """Record what the policy needs of each job (scheduler nodes, at every load)."""
+        ...
+
+    def job_states(self) -> dict[str, JobState]:
+        ...
+
+    def watermark(self, job: str) -> datetime | None:
+        ...
+
+    def move_watermark(self, job: str, until: datetime) -> None:
+        """Every fire of ``job`` up to ``until`` is dealt with (it only ever moves forward)."""
+        ...
+
+    def fired(self, job: str, *, since: datetime, until: datetime) -> dict[datetime, RunRecord]:
+        """The runs that hold the job's instants in [since, until], by instant."""
+        ...
+
+    def fires_after(self, job: str, after: datetime) -> set[datetime]:
+        """Instants after ``after`` that already have a run (skipped ones too)."""
+        ...
+
+    def reset_circuit(self, job: str, at: datetime) -> None:
+        """Close the job's circuit breaker: its failures so far no longer count."""
+        ...
+
+    def pause(self, jobs: Collection[str], *, by: str, reason: str | None,
+              at: datetime) -> None:
+        ...
+
+    def resume(self, jobs: Collection[str]) -> None:
+        ...
+
+    def definitions(self) -> dict[str, Definition]:
+        """The last good version of every job file the daemon has loaded, by file."""
+        ...
+
+    def remember_definitions(self, kept: Sequence[Definition],
+                             forgotten: Collection[str]) -> None:
+        """Store ``kept`` (replacing a file's earlier version) and drop the ``forgotten``
+        files, in one transaction."""
+        ...
+
+
+class SqlJobs(SqlBase):
     """Jobs' rows and job files."""
 
     def publish_jobs(self, jobs: Sequence[JobSettings]) -> None:

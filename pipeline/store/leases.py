@@ -1,14 +1,16 @@
 """Nodes: their registration and lease, leaving, the list ``pipeline nodes`` shows; reaping the
 lost ones and taking their runs back; and requests to stop a run, which its node reads.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``LeaseVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlLeases`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from pipeline.model import RunRecord, RunStatus
 from pipeline.store.base import ACTIVE, SqlBase, Tx
@@ -19,7 +21,54 @@ from pipeline.store.rows import from_json, iso, time_of, to_json
 NODES_KEPT = timedelta(days=1)
 
 
-class LeaseVerbs(SqlBase):
+class LeaseVerbs(Protocol):
+    """Nodes and their leases, the lost ones reaped; requests to stop a run."""
+
+    def register_node(self, node: NodeInfo, *, lease: float) -> datetime:
+        """Add ``node`` (alive, its lease ``lease`` seconds from now); returns the store's now."""
+        ...
+
+    def renew_lease(self, node: str, *, lease: float,
+                    digest: str | None = None) -> datetime | None:
+        """Move ``node``'s lease ``lease`` seconds past the store's now and return that now;
+        None if the node is no longer alive (it was found lost): it must fence itself."""
+        ...
+
+    def leave(self, node: str) -> None:
+        """``node`` stops cleanly: it holds no run any more; its heartbeat is when it left."""
+        ...
+
+    def nodes(self, *, since: datetime | None = None) -> list[NodeInfo]:
+        """Every node alive, and those whose last heartbeat was after ``since`` (default: a
+        day ago)."""
+        ...
+
+    def alive_identities(self) -> dict[str, str]:
+        """Each alive node's process identity, for a liveness check on this machine."""
+        ...
+
+    def reap(self, *, now: datetime, dead: Collection[str] = ()) -> list[RunRecord]:
+        """Declare lost the nodes whose lease has run out and the alive nodes in ``dead`` (a
+        process seen dead on this machine), and take their runs back: running ones end
+        ``interrupted`` (or, where the job says ``on_node_loss: retry``, queue again for any
+        node), queued ones are released to any node. Returns the runs that ended or were
+        released, with their steps (their process groups may need killing). Safe on every node
+        at once: each lost node is reaped by one of them."""
+        ...
+
+    def request_stop(self, run_id: str, *, reason: str,
+                     status: RunStatus = RunStatus.CANCELLED, at: datetime) -> RunRecord | None:
+        """Ask for ``run_id`` to stop. A run nobody has started yet ends at once (as
+        ``status``); a running one is flagged for its node. None if there is no such active
+        run."""
+        ...
+
+    def stop_requests(self, node: str) -> list[StopRequest]:
+        """Runs held by ``node`` that someone asked to stop."""
+        ...
+
+
+class SqlLeases(SqlBase):
     """Nodes, their leases and the runs they hold."""
 
     # -- nodes ---------------------------------------------------------------------------------

@@ -1,16 +1,38 @@
 """Step logs shipped to the store in chunks (cluster mode), so that any node shows any run's
 log; a shipment from a node that lost the run is refused.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``LogVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlLogs`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pipeline.store.base import SqlBase
 
 
-class LogVerbs(SqlBase):
+class LogVerbs(Protocol):
+    """Step logs shipped to the store (cluster mode)."""
+
+    def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,
+                 final: int | None = None, node: str | None = None) -> bool:
+        """Keep ``data`` as the step's log from byte ``start``. ``final``: the log is complete
+        at that size (what a capped log was rebuilt to); chunks past it are dropped. What is
+        shipped from byte 0 replaces whatever was (an earlier attempt's log, on another node).
+        With ``node``, only while that node holds the run: False if the shipment was refused
+        (the node lost the run)."""
+        ...
+
+    def shipped_log(self, run_id: str, step_id: str, start: int = 0,
+                    limit: int = 1 << 20) -> tuple[bytes, int | None]:
+        """Up to ``limit`` bytes of a shipped log from ``start``, and its final size if it is
+        complete (None while its step runs, or if nothing was shipped)."""
+        ...
+
+
+class SqlLogs(SqlBase):
     """Shipped step logs."""
 
     def ship_log(self, run_id: str, step_id: str, start: int, data: bytes, *,

@@ -2,15 +2,16 @@
 node has still to deliver, a target's cooldown claimed once across nodes, and a fire's missed
 deadline judged once.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``NoticeVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlNotices`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.model import RunRecord
 from pipeline.store.base import SqlBase
@@ -18,7 +19,47 @@ from pipeline.store.records import Outcome, StoredDecision
 from pipeline.store.rows import from_json, iso, time_of, to_json
 
 
-class NoticeVerbs(SqlBase):
+class NoticeVerbs(Protocol):
+    """Notifications' outcomes, outboxes and cooldowns; missed deadlines."""
+
+    def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,
+                            decision: StoredDecision) -> None:
+        """Keep a notification's outcome with its run (``notifications``) and in the
+        decision log."""
+        ...
+
+    def save_outbox(self, node: str, pending: Sequence[Mapping[str, Any]]) -> None:
+        """What ``node`` (by name) has still to deliver, replacing what it saved before."""
+        ...
+
+    def load_outbox(self, node: str) -> list[dict[str, Any]]:
+        ...
+
+    def adopt_outboxes(self, node: str) -> list[dict[str, Any]]:
+        """Take over what nodes no longer alive left undelivered (a daemon restarted under
+        another name, a node lost for good): their outboxes join ``node``'s, in one
+        transaction, and are returned (only theirs); [] when there are none."""
+        ...
+
+    def claim_notice(self, job: str, target: str, kind: str, *, at: datetime,
+                     cooldown: float, delivery: str) -> datetime | None:
+        """Take the right to send ``job``'s ``kind`` event (which happened ``at``) to
+        ``target``: None if no such notice was sent within ``cooldown`` seconds before
+        ``at`` (or the one sent was this same ``delivery``, tried again after a restart),
+        recording this one as sent; otherwise when the one that was sent happened. Atomic,
+        so that two nodes (or a node and its successor) never both send within a cooldown."""
+        ...
+
+    def miss_deadline(self, job: str, fire_time: datetime, *, deadline: datetime,
+                      node: str | None) -> tuple[bool, RunRecord | None]:
+        """Judge a fire's deadline once ``deadline`` has passed: missed unless its run (the
+        one holding the instant) succeeded by then. The first to judge a miss records it
+        (the run marked late, a ``late`` decision) and gets True with the run (None if the
+        fire made none); every later judge, or a met deadline, gets False."""
+        ...
+
+
+class SqlNotices(SqlBase):
     """Notifications, their outbox and cooldowns; deadlines."""
 
     def record_notification(self, run_id: str | None, outcome: Mapping[str, Any], *,

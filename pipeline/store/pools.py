@@ -1,21 +1,44 @@
 """Pools: their sizes, and the slots runs and steps hold or wait for, first come first served
 (a holding of a run that is no longer active counts for nothing).
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``PoolVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlPools`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from pipeline.store.base import ACTIVE, SqlBase, Tx
 from pipeline.store.records import PoolState
 from pipeline.store.rows import iso
 
 
-class PoolVerbs(SqlBase):
+class PoolVerbs(Protocol):
+    """Pools' sizes, and the slots runs and steps hold or wait for."""
+
+    def publish_pools(self, pools: Mapping[str, int]) -> None:
+        """The pools' sizes (from the settings file; ``*`` for ``max_active_runs``)."""
+        ...
+
+    def acquire(self, pool: str, slots: int, *, run_id: str, step_id: str = "",
+                now: datetime) -> bool:
+        """Take ``slots`` of ``pool`` for a run (or one of its steps), first come first
+        served: True once they are held; False means it waits (and keeps its place)."""
+        ...
+
+    def release(self, run_id: str, step_id: str | None = None) -> None:
+        """Give back what a run (or one of its steps) holds or waits for."""
+        ...
+
+    def pools(self) -> list[PoolState]:
+        ...
+
+
+class SqlPools(SqlBase):
     """Pools' sizes and slots."""
 
     def publish_pools(self, pools: Mapping[str, int]) -> None:

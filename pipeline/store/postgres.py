@@ -466,8 +466,9 @@ def _retried(verb: Callable[..., R]) -> Callable[..., R]:
     return retried
 
 
-# Every verb of the protocol is one unit of work that may run again (see the module docstring).
-VERBS = tuple(name for name, value in vars(Store).items()
-              if callable(value) and not name.startswith("_") and name != "close")
+# Every verb of the protocol is one unit of work that may run again (see the module docstring):
+# ``dir``, not ``vars``, for ``Store`` is made of one protocol per family of verbs.
+VERBS = tuple(name for name in dir(Store)
+              if not name.startswith("_") and callable(getattr(Store, name)) and name != "close")
 for _name in VERBS:
     setattr(PostgresStore, _name, _retried(getattr(PostgresStore, _name)))

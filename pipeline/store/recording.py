@@ -1,14 +1,16 @@
 """``record``: the journal's events written as rows, each write of a held run fenced by its
 node, and the circuit breaker counted as runs end.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``RecordVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlRecording`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from pipeline import policy
 from pipeline.events import (
@@ -82,7 +84,21 @@ _STEP_RETRYING = f"""
       AND {_RUN_HELD}"""
 
 
-class RecordVerbs(SqlBase):
+class RecordVerbs(Protocol):
+    """The journal's events written, in order, each batch one transaction."""
+
+    def record(self, events: Sequence[Event], *, node: str | None = None) -> frozenset[str]:
+        """Apply ``events`` in order, in one transaction.
+
+        Returns the run ids of ``RunQueued``/``RunSkipped`` events refused because their fire
+        already has a run or their run id is taken; the rest of the batch is applied. With
+        ``node``, writes of a run's state (its start, its steps, its end) apply only while that
+        node holds the run; others are dropped (the node lost the run). Times must be aware.
+        """
+        ...
+
+
+class SqlRecording(SqlBase):
     """Events applied in order, in one transaction."""
 
     def record(self, events: Sequence[Event], *, node: str | None = None) -> frozenset[str]:

@@ -1,10 +1,11 @@
 """Starting runs: a node's queued runs, or ready runs nobody holds, decided about under their
 job's lock (``policy.decide``) and started, skipped, queued or left waiting for a pool's slots.
-``StartVerbs`` derives from ``PoolVerbs``: a start takes its run's slots in the same
+``SqlStarts`` derives from ``SqlPools``: a start takes its run's slots in the same
 transaction.
 
-``SqlStore`` (``sql.py``) is one class per family of verbs, each on ``base.SqlBase``, which holds
-the transactions a backend supplies and the few reads and writes several families share.
+``StartVerbs`` is this family's part of the ``Store`` protocol (what each verb promises);
+``SqlStarts`` is its SQL, one of the classes ``sql.SqlStore`` is made of, on ``base.SqlBase``
+(the transactions a backend supplies, the few reads and writes families share).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import policy
 from pipeline.model import RunRecord, RunStatus, Trigger
 from pipeline.store.base import ACTIVE, Tx
-from pipeline.store.pools import PoolVerbs
+from pipeline.store.pools import SqlPools
 from pipeline.store.records import (
     JobSettings,
     JobState,
@@ -31,9 +32,41 @@ from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, from_json, iso, run_recor
 # runs.waiting: 0 not waiting; 1 in its job's queue (queue, replace, a backlog); 2 for slots of
 # a pool (its policy said start)
 WAITING_POOL = 2
+# What goes to the decision log as it is decided here (a run kept in its job's queue, or
+# waiting for a pool's slots, is logged when it starts or is skipped).
+_LOGGED = frozenset({policy.Verdict.START, policy.Verdict.SKIP, policy.Verdict.NOT_MADE})
 
 
-class StartVerbs(PoolVerbs):
+class StartVerbs(Protocol):
+    """Runs decided about and started (or claimed), under their job's lock."""
+
+    def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
+                   stopping: bool = False, force: Collection[str] = ()) -> list[Started]:
+        """Decide about ``node``'s queued runs (new, or waiting in their job's queue), under
+        each job's lock, and apply: running (attempt + 1), skipped, still waiting (queue,
+        replace: the active runs are asked to stop). Runs in ``force`` start whatever the
+        job's concurrency says. Runs no longer held by ``node`` or no longer queued are left
+        out of the answer."""
+        ...
+
+    def claim_runs(self, node: NodeInfo, *, limit: int, now: datetime,
+                   only: Collection[str] | None = None) -> list[Started]:
+        """Take up to ``limit`` ready runs that no node holds (whose ``runs_on`` labels the
+        node has), decide about each as ``start_runs`` does, and hold the ones that run or
+        wait. Runs nobody has claimed are taken oldest first, past rows other nodes are
+        claiming (SKIP LOCKED). ``only``: take none but these."""
+        ...
+
+    def release_runs(self, node: str, run_ids: Collection[str]) -> None:
+        """``node`` lets go of queued runs it holds: any node may take them."""
+        ...
+
+    def waiting_runs(self, node: str) -> list[str]:
+        """Ids of ``node``'s runs waiting in their job's queue, oldest first."""
+        ...
+
+
+class SqlStarts(SqlPools):
     """Runs decided about and started, under their job's lock."""
 
     def start_runs(self, node: str, run_ids: Sequence[str], *, now: datetime,
@@ -86,12 +119,11 @@ class StartVerbs(PoolVerbs):
 
     def _start(self, tx: Tx, node: str, rows: Sequence[Sequence[Any]], now: datetime,
                stopping: bool, force: frozenset[str]) -> list[Started]:
-        """Decide about each of ``rows`` (id, job), under its job's lock; the statements per
-        run are few on purpose: this is the firing path (a count, an update, a decision)."""
+        """Decide about each of ``rows`` (id, job), under its job's lock, and apply what was
+        decided; the statements per run are few on purpose: this is the firing path (a count,
+        an update, a decision)."""
         if not rows:
             return []
-        started: list[Started] = []
-        decided: list[StoredDecision] = []
         jobs: dict[str, tuple[JobSettings, JobState]] = {}
         for name in sorted({row[1] for row in rows}):  # one lock order: no deadlock
             jobs[name] = self._job(tx, name)
@@ -99,73 +131,84 @@ class StartVerbs(PoolVerbs):
             f"SELECT {RUN_COLUMNS}, document, waiting, backlog, queued_at, parallel "
             f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids([r[0] for r in rows])})}
         pools = {row[0] for row in tx.execute("SELECT name FROM pools")}
-        at = iso(now)
+        started: list[Started] = []
+        decided: list[StoredDecision] = []
         for run_id, name in ((row[0], row[1]) for row in rows):
             settings, state = jobs[name]
             run = runs[run_id]
-            waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
-            active, ahead = tx.execute(
-                "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
-                "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
-                "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
-                "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
-                f"{ACTIVE}", {"job": name, "id": run_id, "all": int(not (waiting or backlog)),
-                              "queued": run[DOCUMENT + 3]}).fetchone()
-            situation = policy.Situation(
-                active=active, waiting=ahead, failures=state.failures,
-                circuit_opened_at=state.circuit_opened_at, paused=state.paused)
-            trigger = Trigger(run[3])
-            if waiting == WAITING_POOL and not stopping:
-                decision = policy.START  # its policy said yes already: only slots are missing
-            else:
-                decision = policy.decide(
-                    trigger=trigger, concurrency=settings.concurrency, situation=situation,
-                    now=now, breaker=settings.breaker, enabled=settings.enabled,
-                    waiting=bool(waiting), backlog=backlog, stopping=stopping,
-                    force=run_id in force, parallel=run[DOCUMENT + 4] or 1)
-            verdict = decision.verdict
-            wanted = [(p, n) for p, n in (("*", 1), settings.pool or ("", 0)) if p in pools]
-            if verdict is policy.Verdict.START and wanted and not self._acquire(
-                    tx, wanted, run_id, "", now):
-                blocked = next((p for p, _ in wanted if p != "*"), "*")
-                detail = ("waiting for max_active_runs" if blocked == "*"
-                          else f"waiting for pool {blocked}")
-                tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
-                           "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
-                                              "reason": detail, "id": run_id})
-                started.append(Started(_as_now(run, node=node, reason=detail),
-                                       policy.Decision(policy.Verdict.QUEUE, None, detail)))
-                continue
-            replaced: tuple[str, ...] = ()
-            if verdict is policy.Verdict.START:
-                tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
-                           " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
-                           {"now": at, "node": node, "id": run_id})
-                record = _as_now(run, node=node, status=RunStatus.RUNNING, started_at=now,
-                                 attempt=(run[13] or 0) + 1, reason=None)
-            elif verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
-                tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
-                           {"node": node, "id": run_id})
-                if verdict is policy.Verdict.REPLACE:
-                    replaced = tuple(r[0] for r in tx.execute(
-                        "UPDATE runs SET stop_reason = :reason, stop_status = 'cancelled' "
-                        "WHERE job = :job AND status = 'running' AND stop_reason IS NULL "
-                        "RETURNING id", {"reason": f"replaced by run {run_id}", "job": name}))
-                record = _as_now(run, node=node)
-            else:
-                tx.execute("UPDATE runs SET status = 'skipped', started_at = :now, "
-                           "finished_at = :now, reason = :reason, waiting = 0 WHERE id = :id",
-                           {"now": at, "reason": decision.detail, "id": run_id})
-                record = _as_now(run, node=node, status=RunStatus.SKIPPED, started_at=now,
-                                 finished_at=now, reason=decision.detail)
-            if verdict in (policy.Verdict.START, policy.Verdict.SKIP, policy.Verdict.NOT_MADE):
+            decision = self._decide(tx, run, settings, state, now, stopping, run_id in force)
+            start = self._carry_out(tx, node, run, decision, settings.pool, pools, now)
+            if start.decision.verdict in _LOGGED:
                 decided.append(StoredDecision(
                     name, outcome_of(decision), now, time_of(run[4]), node,
                     None if decision.reason is None else str(decision.reason),
                     decision.detail, run_id))
-            started.append(Started(record, decision, replaced))
+            started.append(start)
         self._decide_log(tx, decided)
         return started
+
+    @staticmethod
+    def _decide(tx: Tx, run: Sequence[Any], settings: JobSettings, state: JobState,
+                now: datetime, stopping: bool, forced: bool) -> policy.Decision:
+        """What the job's policy makes of ``run`` (a row of ``_start``'s) now, counting the
+        job's running runs and the queued ones ahead of it, on every node."""
+        waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
+        if waiting == WAITING_POOL and not stopping:
+            return policy.START  # its policy said yes already: only slots are missing
+        active, ahead = tx.execute(
+            "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
+            "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
+            "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
+            f"{ACTIVE}", {"job": run[1], "id": run[0], "all": int(not (waiting or backlog)),
+                          "queued": run[DOCUMENT + 3]}).fetchone()
+        situation = policy.Situation(
+            active=active, waiting=ahead, failures=state.failures,
+            circuit_opened_at=state.circuit_opened_at, paused=state.paused)
+        return policy.decide(
+            trigger=Trigger(run[3]), concurrency=settings.concurrency, situation=situation,
+            now=now, breaker=settings.breaker, enabled=settings.enabled,
+            waiting=bool(waiting), backlog=backlog, stopping=stopping, force=forced,
+            parallel=run[DOCUMENT + 4] or 1)
+
+    def _carry_out(self, tx: Tx, node: str, run: Sequence[Any], decision: policy.Decision,
+               pool: tuple[str, int] | None, pools: Collection[str], now: datetime) -> Started:
+        """Write ``decision`` about ``run``: started, once it holds a slot of the ``*`` pool
+        and its job's ``pool`` slots where those pools are defined (else it waits for them);
+        kept in its job's queue (the active runs asked to stop, for ``replace``); skipped."""
+        run_id, verdict, at = run[0], decision.verdict, iso(now)
+        wanted = [(p, n) for p, n in (("*", 1), pool or ("", 0)) if p in pools]
+        if verdict is policy.Verdict.START and wanted and not self._acquire(
+                tx, wanted, run_id, "", now):
+            blocked = next((p for p, _ in wanted if p != "*"), "*")
+            detail = ("waiting for max_active_runs" if blocked == "*"
+                      else f"waiting for pool {blocked}")
+            tx.execute("UPDATE runs SET waiting = :kind, node = :node, reason = :reason "
+                       "WHERE id = :id", {"kind": WAITING_POOL, "node": node,
+                                          "reason": detail, "id": run_id})
+            return Started(_as_now(run, node=node, reason=detail),
+                           policy.Decision(policy.Verdict.QUEUE, None, detail))
+        if verdict is policy.Verdict.START:
+            tx.execute("UPDATE runs SET status = 'running', started_at = :now, node = :node,"
+                       " attempt = attempt + 1, waiting = 0, reason = NULL WHERE id = :id",
+                       {"now": at, "node": node, "id": run_id})
+            return Started(_as_now(run, node=node, status=RunStatus.RUNNING, started_at=now,
+                                   attempt=(run[13] or 0) + 1, reason=None), decision)
+        if verdict in (policy.Verdict.QUEUE, policy.Verdict.REPLACE):
+            tx.execute("UPDATE runs SET waiting = 1, node = :node WHERE id = :id",
+                       {"node": node, "id": run_id})
+            replaced: tuple[str, ...] = ()
+            if verdict is policy.Verdict.REPLACE:
+                replaced = tuple(r[0] for r in tx.execute(
+                    "UPDATE runs SET stop_reason = :reason, stop_status = 'cancelled' "
+                    "WHERE job = :job AND status = 'running' AND stop_reason IS NULL "
+                    "RETURNING id", {"reason": f"replaced by run {run_id}", "job": run[1]}))
+            return Started(_as_now(run, node=node), decision, replaced)
+        tx.execute("UPDATE runs SET status = 'skipped', started_at = :now, "
+                   "finished_at = :now, reason = :reason, waiting = 0 WHERE id = :id",
+                   {"now": at, "reason": decision.detail, "id": run_id})
+        return Started(_as_now(run, node=node, status=RunStatus.SKIPPED, started_at=now,
+                               finished_at=now, reason=decision.detail), decision)
 
     def release_runs(self, node: str, run_ids: Collection[str]) -> None:
         with self._write() as tx:
