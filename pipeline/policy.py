@@ -22,7 +22,7 @@ decision log records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -145,6 +145,12 @@ def decide(*, trigger: Trigger, concurrency: Concurrency, situation: Situation,
         return Decision(Verdict.SKIP, Reason.MAX_ACTIVE,
                         f"{concurrency.max_active} runs already active (max_active)")
     return START
+
+
+def fits(runs_on: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a node carrying ``labels`` may run a job that asks for ``runs_on``: it carries
+    each of those labels, with the same value."""
+    return all(labels.get(k) == v for k, v in runs_on.items())
 
 
 # -- catching up ----------------------------------------------------------------------------

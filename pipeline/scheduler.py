@@ -330,7 +330,7 @@ class Scheduler:
             fires=tuple((f, self.rng.uniform(0, spread) if spread else 0.0) for f in fires),
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
             started=self.started, version=_version(known), document=job.document,
-            runs_on=runs_on_of(job), hold=self.hold(job),
+            runs_on=job.runs_on, hold=self.hold(job),
             removed=tuple((r.fire, str(r.reason), _stretch_detail(job, r)) for r in removed),
         ), in_stretch
 
@@ -408,10 +408,6 @@ def settings_of(job: Job) -> JobSettings:
     return JobSettings(job.name, job.concurrency, job.circuit_breaker, job.enabled,
                        job.on_node_loss_retry,
                        None if job.pool is None else (job.pool.name, job.pool.slots))
-
-
-def runs_on_of(job: Job) -> Mapping[str, str]:
-    return job.runs_on
 
 
 def _version(known: _Scheduled) -> Version:

@@ -194,7 +194,7 @@ class Worker:
         """Whether this node may hold a new run of ``job`` now: it runs runs, has room for
         one, is not fenced, and its labels fit the job's ``runs_on``."""
         return (self.runner and self.capacity() > 0 and not self.lease.fenced
-                and _fits(job, self.lease.node.labels))
+                and policy.fits(job.runs_on, self.lease.node.labels))
 
     def capacity(self) -> int:
         if self.max_runs is None:
@@ -405,7 +405,7 @@ class Worker:
             run_id, job.name, trigger, asked, fire_time=asked, params=params or {},
             version=version or (self.versions(job.name) if self.versions else None)
             or Version(sha256=job.sha256), document=job.document, parent_run_id=parent,
-            node=self.node if hold else None, runs_on=_runs_on(job)))
+            node=self.node if hold else None, runs_on=job.runs_on))
         if not hold:
             self.wake()
             return Dispatched(run_id, RunStatus.QUEUED), None
@@ -519,11 +519,3 @@ def _asked_and_fired(store: Store, run_ids: Sequence[str]) -> tuple[list[str], l
         timed = run is None or run.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
         (fired if timed else asked).append(run_id)
     return asked, fired
-
-
-def _runs_on(job: Job) -> Mapping[str, str]:
-    return job.runs_on
-
-
-def _fits(job: Job, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in _runs_on(job).items())

@@ -18,6 +18,7 @@ from pipeline.policy import (
     catch_up,
     circuit_open,
     decide,
+    fits,
 )
 
 NOW = datetime(2026, 12, 7, 2, 30, tzinfo=UTC)
@@ -163,6 +164,14 @@ def test_circuit_open(failures: int, ago: float | None, expected: bool) -> None:
     opened = None if ago is None else NOW - timedelta(seconds=ago)
     assert circuit_open(BREAKER, failures, opened, NOW) is expected
     assert circuit_open(None, failures, opened, NOW) is False
+
+
+@pytest.mark.parametrize(("runs_on", "labels", "expected"), [
+    ({}, {}, True), ({}, {"zone": "a"}, True), ({"zone": "a"}, {"zone": "a", "gpu": "1"}, True),
+    ({"zone": "a"}, {"zone": "b"}, False), ({"zone": "a"}, {}, False),
+    ({"zone": "a", "gpu": "1"}, {"zone": "a"}, False)])
+def test_fits(runs_on: dict[str, str], labels: dict[str, str], expected: bool) -> None:
+    assert fits(runs_on, labels) is expected
 
 
 def t(seconds: float) -> datetime:
