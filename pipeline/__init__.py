@@ -59,10 +59,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     notify/ (notice, message,    notifications: a run's events as notices, rendered for each
       send, outbox, notifier)    target, sent by kind (webhook, Slack, email, ping, command);
                                  retried, never blocking, pending ones saved across restarts
-    localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
-      scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
-      metrics, operate,          firing loop (claims fires); the watched jobs directory;
-      foreground                 Prometheus figures; pause, resume, backfill, rerun, why;
+    localruns, held, worker,     the runs a node runs (tasks, pool slots, child runs); the
+      scheduler, watch,          runs it holds but has not started (reserved fires and their
+      metrics, operate,          catch-up after a stall, waiting runs; how they end or are
+      foreground                 let go); which runs it starts (claimed, triggered, stopped);
+                                 the firing loop (claims fires); the watched jobs directory;
+                                 Prometheus figures; pause, resume, backfill, rerun, why;
                                  runs in the foreground (`pipeline run`, a backfill with no
                                  daemon)
     filewatch, eventfires,       `file:` schedules: files that settled under their globs;
