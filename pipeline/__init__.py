@@ -37,8 +37,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
       wait_for, _child)          entry points; their arguments checked in `runners.args`;
                                  `_child` is the process `uses: python` runs)
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
-                                 made, and why); what catching up makes of missed fires; jobs
-                                 as the API and `pipeline list` show them
+                                 made, and why); what catching up makes of missed fires; which
+                                 fires a calendar removes are recorded; which nodes may run a
+                                 job (runs_on); jobs as the API and `pipeline list` show them
     scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
       engine, plan, live         per process); a step's log and outputs; one step's
                                  condition, items, attempts and retries, its process or

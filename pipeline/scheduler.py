@@ -10,11 +10,12 @@ moment loses nothing (fires after the watermark are looked at again) and doubles
 store refuses a second run of a fire).
 
 A fire the job's calendar removes (``exclude:``, outside ``active:``) is a "not made" decision,
-recorded once per stretch: the first removed fire after a made one (or the first this node sees
-of the job since it loaded it, or since its schedule changed) is recorded when it comes due,
-its detail saying until when no fire is made; the rest of the stretch is not. So an ``every:
-1s`` job excluded for a day makes one row, not 86,400, and ``why`` still says why it is quiet,
-at the moment it goes quiet (the job is woken for that fire, not only at its next made one).
+recorded once per stretch (``policy.stretch_starts``): the first removed fire after a made one
+(or the first this node sees of the job since it loaded it, or since its schedule changed) is
+recorded when it comes due, its detail saying until when no fire is made; the rest of the
+stretch is not. So an ``every: 1s`` job excluded for a day makes one row, not 86,400, and
+``why`` still says why it is quiet, at the moment it goes quiet (the job is woken for that
+fire, not only at its next made one).
 
 The loop never sleeps blindly until a far fire: it wakes at least every ``recheck`` seconds and
 reads the clock again, so a clock jump forward or a resume from suspend is handled by the
@@ -42,7 +43,13 @@ from pipeline.errors import StateError
 from pipeline.faults import crash_point
 from pipeline.journal import Offload
 from pipeline.model import Job, Version
-from pipeline.policy import catchup_of, misfire_grace_of
+from pipeline.policy import (
+    catchup_of,
+    has_calendar,
+    misfire_grace_of,
+    stretch_detail,
+    stretch_starts,
+)
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
 from pipeline.versions import version_of
@@ -184,7 +191,7 @@ class Scheduler:
         if fires:
             known.next_fire = fires[0] if known.job.enabled else None
         wake = fires[0] if fires else None
-        if not known.in_stretch and _has_calendar(known.job):
+        if not known.in_stretch and has_calendar(known.job.schedules):
             # A stretch of removed fires begins before the next made fire: its first is
             # recorded when it comes due, so the job is woken for it.
             removed = triggers.removed_after(known.job.schedules, known.watermark)
@@ -322,7 +329,12 @@ class Scheduler:
         if truncated:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
-        removed, in_stretch = self._stretches(known, fires, horizon)
+        removed, in_stretch = stretch_starts(job.schedules, fires, after=known.watermark,
+                                             in_stretch=known.in_stretch, horizon=horizon)
+        if len(removed) > MAX_REMOVED_LOGGED:  # after a long outage: the latest are recorded
+            logger.info("job {}: its calendar removed {} stretches of fires; the latest {} "
+                        "are recorded", job.name, len(removed), MAX_REMOVED_LOGGED)
+            removed = removed[-MAX_REMOVED_LOGGED:]
         spread = max((s.jitter for s in job.schedules), default=0.0)
         assert self.started is not None
         return FireClaim(
@@ -331,32 +343,9 @@ class Scheduler:
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
             started=self.started, version=_version(known), document=job.document,
             runs_on=job.runs_on, hold=self.hold(job),
-            removed=tuple((r.fire, str(r.reason), _stretch_detail(job, r)) for r in removed),
+            removed=tuple((r.fire, str(r.reason), stretch_detail(job.schedules, r))
+                          for r in removed),
         ), in_stretch
-
-    @staticmethod
-    def _stretches(known: _Scheduled, fires: list[datetime],
-                   horizon: datetime) -> tuple[list[triggers.Removed], bool]:
-        """The first removed fire of each stretch that begins in (watermark, ``horizon``]:
-        between two made fires (``fires``) there are only removed ones, so a stretch can
-        begin only right after the watermark (unless one is under way) or a made fire."""
-        if not _has_calendar(known.job):
-            return [], False
-        found: list[triggers.Removed] = []
-        in_stretch, after = known.in_stretch, known.watermark
-        for made in [*fires, None]:
-            if not in_stretch:
-                first = triggers.removed_after(known.job.schedules, after)
-                if first is not None and first.fire <= (horizon if made is None else made):
-                    found.append(first)
-                    in_stretch = True
-            if made is not None:
-                after, in_stretch = made, False
-        if len(found) > MAX_REMOVED_LOGGED:  # after a long outage: the latest are recorded
-            logger.info("job {}: its calendar removed {} stretches of fires; the latest {} "
-                        "are recorded", known.job.name, len(found), MAX_REMOVED_LOGGED)
-            found = found[-MAX_REMOVED_LOGGED:]
-        return found, in_stretch
 
     async def _look_up_versions(self) -> None:
         """Find each loaded job's git facts, one file at a time, off the firing path.
@@ -379,22 +368,6 @@ class Scheduler:
                     found = Version(sha256=job.sha256)
                 if known.job is job:
                     known.version = found
-
-
-def _has_calendar(job: Job) -> bool:
-    return any(s.calendar and s.kind.timed for s in job.schedules)
-
-
-def _stretch_detail(job: Job, first: triggers.Removed) -> str:
-    """The decision's detail for the first removed fire of a stretch: the calendar's rule,
-    and, when more fires follow it unmade, until when (the rest are not recorded)."""
-    if triggers.removed_after(job.schedules, first.fire) is None:
-        return first.rule  # alone: the next fire is made
-    made = triggers.next_fires(job.schedules, first.fire, 1)
-    if not made:
-        return f"{first.rule}; no fire is made after it"
-    return (f"{first.rule}; no fire is made after it until "
-            f"{made[0].isoformat(sep=' ', timespec='seconds')}")
 
 
 def describe(job: Job) -> str:
