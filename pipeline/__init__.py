@@ -52,8 +52,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
       fires, starts, pools,      per family of verbs on base's transactions); one module per
       leases, logs, notices,     backend, and a PostgreSQL URL's password
       sqlite, pgurl, postgres)
-    versions, journal            which version of a job ran; the one writer between events
-                                 and the store (group commit)
+    versions, journal            which version of a job ran (the loaded jobs' git facts found
+                                 in the background); the one writer between events and the
+                                 store (group commit)
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes

@@ -32,7 +32,6 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,7 +51,7 @@ from pipeline.policy import (
 )
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
-from pipeline.versions import version_of
+from pipeline.versions import LoadedVersions
 
 RECHECK = 2.0  # longest sleep without looking at the clock again
 # Fires are claimed this long before their instant, so that at the instant the claim is already
@@ -73,7 +72,6 @@ class _Scheduled:
     watermark: datetime  # every fire up to here is dealt with (as far as this node knows)
     next_fire: datetime | None = None
     generation: int = 0
-    version: Version | None = None  # of `job`, with git facts; looked up in the background
     # The last fire dealt with was one the calendar removed, and its stretch is recorded.
     in_stretch: bool = False
 
@@ -115,7 +113,7 @@ class Scheduler:
         self._wakeup = trio.Event()
         self._firing = True
         self._claiming = trio.Lock()  # held from a claim's commit until its runs are reserved
-        self._versions_wanted = trio.Event()
+        self.versions = LoadedVersions(offload=offload)  # the jobs' git facts, found meanwhile
 
     # -- the catalog ----------------------------------------------------------------------------
 
@@ -178,7 +176,7 @@ class Scheduler:
                 await self.forget(name, "the job was removed")
             logger.info("job {} unscheduled (its file is gone); history kept", name)
         self._wakeup.set()
-        self._versions_wanted.set()
+        self.versions.load({name: known.job for name, known in self.jobs.items()})
 
     def _reschedule(self, known: _Scheduled) -> None:
         known.generation += 1
@@ -219,7 +217,7 @@ class Scheduler:
 
     def version(self, name: str) -> Version | None:
         known = self.jobs.get(name)
-        return None if known is None else _version(known)
+        return None if known is None else self.versions.of(known.job)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -227,7 +225,7 @@ class Scheduler:
                     ) -> None:
         """Claim due fires until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._look_up_versions)
+            nursery.start_soon(self.versions.serve)
             task_status.started()
             while True:
                 if self._firing:
@@ -341,33 +339,11 @@ class Scheduler:
             job=job.name,
             fires=tuple((f, self.rng.uniform(0, spread) if spread else 0.0) for f in fires),
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
-            started=self.started, version=_version(known), document=job.document,
+            started=self.started, version=self.versions.of(job), document=job.document,
             runs_on=job.runs_on, hold=self.hold(job),
             removed=tuple((r.fire, str(r.reason), stretch_detail(job.schedules, r))
                           for r in removed),
         ), in_stretch
-
-    async def _look_up_versions(self) -> None:
-        """Find each loaded job's git facts, one file at a time, off the firing path.
-
-        git costs a few subprocesses per file; asked at fire time it would make a thousand
-        jobs firing together late by seconds. The facts are those of when the file was loaded.
-        """
-        while True:
-            pending = [k for k in self.jobs.values()
-                       if k.version is None or k.version.sha256 != k.job.sha256]
-            if not pending:
-                self._versions_wanted = trio.Event()
-                await self._versions_wanted.wait()
-                continue
-            for known in pending:
-                job = known.job
-                try:
-                    found = await self.offload(_version_of, job)
-                except OSError:
-                    found = Version(sha256=job.sha256)
-                if known.job is job:
-                    known.version = found
 
 
 def describe(job: Job) -> str:
@@ -381,16 +357,3 @@ def settings_of(job: Job) -> JobSettings:
     return JobSettings(job.name, job.concurrency, job.circuit_breaker, job.enabled,
                        job.on_node_loss_retry,
                        None if job.pool is None else (job.pool.name, job.pool.slots))
-
-
-def _version(known: _Scheduled) -> Version:
-    """The version to record: with its git facts once the background lookup has them."""
-    if known.version is not None and known.version.sha256 == known.job.sha256:
-        return known.version
-    return Version(sha256=known.job.sha256)
-
-
-def _version_of(job: Job) -> Version:
-    """The job's version with its git facts, if the file still holds the bytes we loaded."""
-    version = version_of(Path(job.file))
-    return version if version.sha256 == job.sha256 else Version(sha256=job.sha256)
