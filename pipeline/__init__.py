@@ -40,8 +40,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
       wait_for, _child)          entry points; their arguments checked in `runners.args`;
                                  `_child` is the process `uses: python` runs)
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
-                                 made, and why); what catching up makes of missed fires; jobs
-                                 as the API and `pipeline list` show them
+                                 made, and why); what catching up makes of missed fires; which
+                                 fires a calendar removes are recorded; which nodes may run a
+                                 job (runs_on); jobs as the API and `pipeline list` show them
     scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
       engine, plan, live         per process); a step's log and outputs; one step's
                                  condition, items, attempts and retries, its process or
@@ -54,8 +55,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
       fires, starts, pools,      classes together on base's transactions); its records;
       leases, logs, notices,     values as rows; both backends' migrations; one module per
       sqlite, pgurl, postgres)   backend, and a PostgreSQL URL's password
-    versions, journal            which version of a job ran; the one writer between events
-                                 and the store (group commit)
+    versions, journal            which version of a job ran (the loaded jobs' git facts found
+                                 in the background); the one writer between events and the
+                                 store (group commit)
     nodes, _watchdog, recovery   this process as a node (identity, lease, fencing); the
                                  watchdog process beside it that kills its steps when it
                                  cannot; taking back the runs of lost nodes
@@ -64,10 +66,12 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
       outcomes, notifier)        retried, never blocking, pending ones saved across restarts;
                                  a target's cooldown (claimed in the store); each delivery's
                                  outcome counted, logged and reported
-    localruns, worker,           the runs a node runs (tasks, pool slots, child runs); which
-      scheduler, watch,          runs it holds and starts (reserved, claimed, stopped); the
-      metrics, operate,          firing loop (claims fires); the watched jobs directory;
-      foreground                 Prometheus figures; pause, resume, backfill, rerun, why;
+    localruns, held, worker,     the runs a node runs (tasks, pool slots, child runs); the
+      scheduler, watch,          runs it holds but has not started (reserved fires and their
+      metrics, operate,          catch-up after a stall, waiting runs; how they end or are
+      foreground                 let go); which runs it starts (claimed, triggered, stopped);
+                                 the firing loop (claims fires); the watched jobs directory;
+                                 Prometheus figures; pause, resume, backfill, rerun, why;
                                  runs in the foreground (`pipeline run`, a backfill with no
                                  daemon)
     filewatch, eventfires,       `file:` schedules: files that settled under their globs;

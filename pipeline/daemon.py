@@ -271,7 +271,7 @@ def _parts(*, store: Store, journal: Journal, lease: Lease, watchdog: Watchdog,
                     notifier=notifier)
     lease.on_fence = worker.fence
     scheduler = Scheduler(store=store, clock=clock, node=lambda: lease.node_id,
-                          reserve=worker.reserve, forget=worker.forget_job,
+                          reserve=worker.reserve, forget=worker.held.forget_job,
                           trouble=journal.failed,
                           on_decisions=metrics.not_made, hold=worker.may_hold)
     daemon = Daemon(store=store, journal=journal, catalog=catalog, scheduler=scheduler,

@@ -17,7 +17,7 @@ from pipeline import schedule_words, triggers
 from pipeline.errors import NotFound, PipelineError, did_you_mean
 from pipeline.events import RunQueued
 from pipeline.model import Catchup, Job, RunRecord, Schedule, ScheduleKind, Trigger, Version
-from pipeline.policy import catchup_of
+from pipeline.policy import catchup_of, fits
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
 from pipeline.store.records import JobState, NodeInfo, NodeState, Outcome, StoredDecision
@@ -345,6 +345,6 @@ def rerun(store: Store, record: RunRecord, job: Job, *, reuse: Mapping[str, Mapp
 def runner_alive(store: Store, job: Job) -> bool:
     """Whether a live node would take ``job``'s runs (else the CLI runs them itself)."""
     return any(n.state.value == "alive" and "runner" in n.roles
-               and all(n.labels.get(k) == v for k, v in job.runs_on.items())
+               and fits(job.runs_on, n.labels)
                and not n.name.startswith("pipeline-run-")
                for n in store.nodes())

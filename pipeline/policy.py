@@ -1,6 +1,6 @@
 """What to do with a fire: the scheduler's policy as pure functions of plain values.
 
-Two questions, each answered without I/O and without a clock of its own:
+Three questions, each answered without I/O and without a clock of its own:
 
 ``catch_up``
     Of a job's fires due by now, which run on time, which are caught up and which are not
@@ -13,6 +13,12 @@ Two questions, each answered without I/O and without a clock of its own:
     come) meets the job's other runs, its circuit breaker and its pause: start it, queue it,
     replace the active runs, skip it (recorded as a skipped run), or make no run at all.
 
+``stretch_starts``
+    Of the fires a job's calendar removes (``exclude:``, outside ``active:``), which the
+    decision log records as not made: the first of each stretch of removed fires, its detail
+    saying until when no fire is made (``stretch_detail``), so a job excluded for a day makes
+    one row, not one per fire.
+
 The store calls ``decide`` inside the transaction that starts a run, with the counts it has
 just read under lock, so the answer holds across every node of a cluster (rule 6 of
 docs/architecture.md).
@@ -22,12 +28,21 @@ decision log records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pipeline.model import Catchup, CircuitBreaker, Concurrency, Job, Policy, Trigger
+from pipeline import triggers
+from pipeline.model import (
+    Catchup,
+    CircuitBreaker,
+    Concurrency,
+    Job,
+    Policy,
+    Schedule,
+    Trigger,
+)
 
 # Fires a schedule makes by itself. The others come from a person or a program asking (a
 # trigger, a parent run, a backfill, a rerun): they pass a pause and an open circuit.
@@ -147,6 +162,12 @@ def decide(*, trigger: Trigger, concurrency: Concurrency, situation: Situation,
     return START
 
 
+def fits(runs_on: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a node carrying ``labels`` may run a job that asks for ``runs_on``: it carries
+    each of those labels, with the same value."""
+    return all(labels.get(k) == v for k, v in runs_on.items())
+
+
 # -- catching up ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -206,3 +227,44 @@ def catchup_of(job: Job) -> Catchup:
 
 def misfire_grace_of(job: Job) -> float:
     return max((s.misfire_grace for s in job.schedules), default=60.0)
+
+
+# -- fires a calendar removes ---------------------------------------------------------------
+
+def has_calendar(schedules: Sequence[Schedule]) -> bool:
+    """Whether a calendar (``exclude:``, ``active:``) may remove fires of ``schedules``."""
+    return any(s.calendar and s.kind.timed for s in schedules)
+
+
+def stretch_starts(schedules: Sequence[Schedule], fires: Sequence[datetime], *,
+                   after: datetime, in_stretch: bool,
+                   horizon: datetime) -> tuple[list[triggers.Removed], bool]:
+    """The first removed fire of each stretch that begins in (``after``, ``horizon``], where
+    ``fires`` are the fires made, and whether the last fire dealt with is then in a stretch
+    (``in_stretch``: one is under way at ``after``). Between two made fires there are only
+    removed ones, so a stretch can begin only right after ``after`` (unless one is under way)
+    or a made fire."""
+    if not has_calendar(schedules):
+        return [], False
+    found: list[triggers.Removed] = []
+    for made in [*fires, None]:
+        if not in_stretch:
+            first = triggers.removed_after(schedules, after)
+            if first is not None and first.fire <= (horizon if made is None else made):
+                found.append(first)
+                in_stretch = True
+        if made is not None:
+            after, in_stretch = made, False
+    return found, in_stretch
+
+
+def stretch_detail(schedules: Sequence[Schedule], first: triggers.Removed) -> str:
+    """The decision's detail for the first removed fire of a stretch: the calendar's rule,
+    and, when more fires follow it unmade, until when (the rest are not recorded)."""
+    if triggers.removed_after(schedules, first.fire) is None:
+        return first.rule  # alone: the next fire is made
+    made = triggers.next_fires(schedules, first.fire, 1)
+    if not made:
+        return f"{first.rule}; no fire is made after it"
+    return (f"{first.rule}; no fire is made after it until "
+            f"{made[0].isoformat(sep=' ', timespec='seconds')}")

@@ -10,11 +10,12 @@ moment loses nothing (fires after the watermark are looked at again) and doubles
 store refuses a second run of a fire).
 
 A fire the job's calendar removes (``exclude:``, outside ``active:``) is a "not made" decision,
-recorded once per stretch: the first removed fire after a made one (or the first this node sees
-of the job since it loaded it, or since its schedule changed) is recorded when it comes due,
-its detail saying until when no fire is made; the rest of the stretch is not. So an ``every:
-1s`` job excluded for a day makes one row, not 86,400, and ``why`` still says why it is quiet,
-at the moment it goes quiet (the job is woken for that fire, not only at its next made one).
+recorded once per stretch (``policy.stretch_starts``): the first removed fire after a made one
+(or the first this node sees of the job since it loaded it, or since its schedule changed) is
+recorded when it comes due, its detail saying until when no fire is made; the rest of the
+stretch is not. So an ``every: 1s`` job excluded for a day makes one row, not 86,400, and
+``why`` still says why it is quiet, at the moment it goes quiet (the job is woken for that
+fire, not only at its next made one).
 
 The loop never sleeps blindly until a far fire: it wakes at least every ``recheck`` seconds and
 reads the clock again, so a clock jump forward or a resume from suspend is handled by the
@@ -31,7 +32,6 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -42,10 +42,16 @@ from pipeline.errors import StateError
 from pipeline.faults import crash_point
 from pipeline.journal import Offload
 from pipeline.model import Job, Version
-from pipeline.policy import catchup_of, misfire_grace_of
+from pipeline.policy import (
+    catchup_of,
+    has_calendar,
+    misfire_grace_of,
+    stretch_detail,
+    stretch_starts,
+)
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
-from pipeline.versions import version_of
+from pipeline.versions import LoadedVersions
 
 RECHECK = 2.0  # longest sleep without looking at the clock again
 # Fires are claimed this long before their instant, so that at the instant the claim is already
@@ -66,7 +72,6 @@ class _Scheduled:
     watermark: datetime  # every fire up to here is dealt with (as far as this node knows)
     next_fire: datetime | None = None
     generation: int = 0
-    version: Version | None = None  # of `job`, with git facts; looked up in the background
     # The last fire dealt with was one the calendar removed, and its stretch is recorded.
     in_stretch: bool = False
 
@@ -108,7 +113,7 @@ class Scheduler:
         self._wakeup = trio.Event()
         self._firing = True
         self._claiming = trio.Lock()  # held from a claim's commit until its runs are reserved
-        self._versions_wanted = trio.Event()
+        self.versions = LoadedVersions(offload=offload)  # the jobs' git facts, found meanwhile
 
     # -- the catalog ----------------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class Scheduler:
                 await self.forget(name, "the job was removed")
             logger.info("job {} unscheduled (its file is gone); history kept", name)
         self._wakeup.set()
-        self._versions_wanted.set()
+        self.versions.load({name: known.job for name, known in self.jobs.items()})
 
     def _reschedule(self, known: _Scheduled) -> None:
         known.generation += 1
@@ -184,7 +189,7 @@ class Scheduler:
         if fires:
             known.next_fire = fires[0] if known.job.enabled else None
         wake = fires[0] if fires else None
-        if not known.in_stretch and _has_calendar(known.job):
+        if not known.in_stretch and has_calendar(known.job.schedules):
             # A stretch of removed fires begins before the next made fire: its first is
             # recorded when it comes due, so the job is woken for it.
             removed = triggers.removed_after(known.job.schedules, known.watermark)
@@ -212,7 +217,7 @@ class Scheduler:
 
     def version(self, name: str) -> Version | None:
         known = self.jobs.get(name)
-        return None if known is None else _version(known)
+        return None if known is None else self.versions.of(known.job)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -220,7 +225,7 @@ class Scheduler:
                     ) -> None:
         """Claim due fires until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._look_up_versions)
+            nursery.start_soon(self.versions.serve)
             task_status.started()
             while True:
                 if self._firing:
@@ -322,79 +327,23 @@ class Scheduler:
         if truncated:
             logger.warning("job {}: more than {} fires were missed; only the latest {} are "
                            "considered", job.name, MAX_MISSED, MAX_MISSED)
-        removed, in_stretch = self._stretches(known, fires, horizon)
+        removed, in_stretch = stretch_starts(job.schedules, fires, after=known.watermark,
+                                             in_stretch=known.in_stretch, horizon=horizon)
+        if len(removed) > MAX_REMOVED_LOGGED:  # after a long outage: the latest are recorded
+            logger.info("job {}: its calendar removed {} stretches of fires; the latest {} "
+                        "are recorded", job.name, len(removed), MAX_REMOVED_LOGGED)
+            removed = removed[-MAX_REMOVED_LOGGED:]
         spread = max((s.jitter for s in job.schedules), default=0.0)
         assert self.started is not None
         return FireClaim(
             job=job.name,
             fires=tuple((f, self.rng.uniform(0, spread) if spread else 0.0) for f in fires),
             until=horizon, catchup=catchup_of(job), misfire_grace=misfire_grace_of(job),
-            started=self.started, version=_version(known), document=job.document,
-            runs_on=runs_on_of(job), hold=self.hold(job),
-            removed=tuple((r.fire, str(r.reason), _stretch_detail(job, r)) for r in removed),
+            started=self.started, version=self.versions.of(job), document=job.document,
+            runs_on=job.runs_on, hold=self.hold(job),
+            removed=tuple((r.fire, str(r.reason), stretch_detail(job.schedules, r))
+                          for r in removed),
         ), in_stretch
-
-    @staticmethod
-    def _stretches(known: _Scheduled, fires: list[datetime],
-                   horizon: datetime) -> tuple[list[triggers.Removed], bool]:
-        """The first removed fire of each stretch that begins in (watermark, ``horizon``]:
-        between two made fires (``fires``) there are only removed ones, so a stretch can
-        begin only right after the watermark (unless one is under way) or a made fire."""
-        if not _has_calendar(known.job):
-            return [], False
-        found: list[triggers.Removed] = []
-        in_stretch, after = known.in_stretch, known.watermark
-        for made in [*fires, None]:
-            if not in_stretch:
-                first = triggers.removed_after(known.job.schedules, after)
-                if first is not None and first.fire <= (horizon if made is None else made):
-                    found.append(first)
-                    in_stretch = True
-            if made is not None:
-                after, in_stretch = made, False
-        if len(found) > MAX_REMOVED_LOGGED:  # after a long outage: the latest are recorded
-            logger.info("job {}: its calendar removed {} stretches of fires; the latest {} "
-                        "are recorded", known.job.name, len(found), MAX_REMOVED_LOGGED)
-            found = found[-MAX_REMOVED_LOGGED:]
-        return found, in_stretch
-
-    async def _look_up_versions(self) -> None:
-        """Find each loaded job's git facts, one file at a time, off the firing path.
-
-        git costs a few subprocesses per file; asked at fire time it would make a thousand
-        jobs firing together late by seconds. The facts are those of when the file was loaded.
-        """
-        while True:
-            pending = [k for k in self.jobs.values()
-                       if k.version is None or k.version.sha256 != k.job.sha256]
-            if not pending:
-                self._versions_wanted = trio.Event()
-                await self._versions_wanted.wait()
-                continue
-            for known in pending:
-                job = known.job
-                try:
-                    found = await self.offload(_version_of, job)
-                except OSError:
-                    found = Version(sha256=job.sha256)
-                if known.job is job:
-                    known.version = found
-
-
-def _has_calendar(job: Job) -> bool:
-    return any(s.calendar and s.kind.timed for s in job.schedules)
-
-
-def _stretch_detail(job: Job, first: triggers.Removed) -> str:
-    """The decision's detail for the first removed fire of a stretch: the calendar's rule,
-    and, when more fires follow it unmade, until when (the rest are not recorded)."""
-    if triggers.removed_after(job.schedules, first.fire) is None:
-        return first.rule  # alone: the next fire is made
-    made = triggers.next_fires(job.schedules, first.fire, 1)
-    if not made:
-        return f"{first.rule}; no fire is made after it"
-    return (f"{first.rule}; no fire is made after it until "
-            f"{made[0].isoformat(sep=' ', timespec='seconds')}")
 
 
 def describe(job: Job) -> str:
@@ -408,20 +357,3 @@ def settings_of(job: Job) -> JobSettings:
     return JobSettings(job.name, job.concurrency, job.circuit_breaker, job.enabled,
                        job.on_node_loss_retry,
                        None if job.pool is None else (job.pool.name, job.pool.slots))
-
-
-def runs_on_of(job: Job) -> Mapping[str, str]:
-    return job.runs_on
-
-
-def _version(known: _Scheduled) -> Version:
-    """The version to record: with its git facts once the background lookup has them."""
-    if known.version is not None and known.version.sha256 == known.job.sha256:
-        return known.version
-    return Version(sha256=known.job.sha256)
-
-
-def _version_of(job: Job) -> Version:
-    """The job's version with its git facts, if the file still holds the bytes we loaded."""
-    version = version_of(Path(job.file))
-    return version if version.sha256 == job.sha256 else Version(sha256=job.sha256)

@@ -5,6 +5,9 @@ checked out (HEAD), the blob id of the file's current bytes and whether they dif
 HEAD holds (a file git does not track at HEAD counts as dirty). git is asked through short
 ``git -C DIR`` subprocesses; no git, no repository, a repository git refuses (another owner) or
 a git that hangs all give the SHA-256 alone.
+
+A daemon records the version of each fire's run: ``LoadedVersions`` finds the git facts of the
+jobs it loaded in the background, so that firing never waits for git.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from pipeline.model import Version
+import trio
+
+from pipeline.model import Job, Version
 
 GIT_TIMEOUT = 2.0  # seconds per git command
 _CACHE_SIZE = 1024
@@ -79,3 +86,56 @@ def _blob_and_dirty(directory: Path, name: str, commit: str | None) -> tuple[str
         return None
     # Exit 1: HEAD has no such path (untracked, or added since): dirty.
     return blob, at_head.returncode != 0 or at_head.stdout.strip() != blob
+
+
+class LoadedVersions:
+    """The versions of the jobs a daemon loaded, with their git facts once found.
+
+    git costs a few subprocesses per file; asked at fire time it would make a thousand jobs
+    firing together late by seconds. So ``serve`` finds each loaded job's facts, one file at a
+    time, off the firing path; until then a job's version is its SHA-256 alone. The facts are
+    those of when the file was loaded.
+    """
+
+    def __init__(self, *, offload: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+                 ) -> None:
+        self.offload = offload
+        self._jobs: dict[str, Job] = {}  # as loaded, by name
+        self._found: dict[str, Version] = {}  # by job name: of the bytes its sha256 says
+        self._wanted = trio.Event()
+
+    def load(self, jobs: Mapping[str, Job]) -> None:
+        """Make ``jobs`` the loaded set; those new or edited are looked up next."""
+        self._jobs = dict(jobs)
+        self._found = {name: v for name, v in self._found.items() if name in self._jobs}
+        self._wanted.set()
+
+    def of(self, job: Job) -> Version:
+        """The version to record for ``job``: with its git facts once they are found."""
+        found = self._found.get(job.name)
+        return found if found is not None and found.sha256 == job.sha256 else Version(job.sha256)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Find the git facts of the loaded jobs that lack them, until cancelled."""
+        task_status.started()
+        while True:
+            pending = [job for name, job in self._jobs.items()
+                       if (found := self._found.get(name)) is None or found.sha256 != job.sha256]
+            if not pending:
+                self._wanted = trio.Event()
+                await self._wanted.wait()
+                continue
+            for job in pending:
+                try:
+                    found = await self.offload(_loaded_version, job)
+                except OSError:
+                    found = Version(sha256=job.sha256)
+                if self._jobs.get(job.name) is job:
+                    self._found[job.name] = found
+
+
+def _loaded_version(job: Job) -> Version:
+    """The job's version with its git facts, if the file still holds the bytes we loaded."""
+    version = version_of(Path(job.file))
+    return version if version.sha256 == job.sha256 else Version(sha256=job.sha256)

@@ -7,28 +7,28 @@ anyone, triggers from a node that runs nothing, runs of a lost node). Whatever t
 store decides under the job's lock whether a run starts, waits or is skipped (``start_runs``,
 ``claim_runs``); the worker only times, runs and records. Every run is a task of the worker's
 nursery; its events go through the journal tagged with this node, so a node that lost a run
-has its writes refused.
+has its writes refused. The runs it holds but has not started, and how they end unstarted, are
+``pipeline.held``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import heapq
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 from loguru import logger
 
-from pipeline import policy, triggers
+from pipeline import policy
 from pipeline.errors import StateError
 from pipeline.events import RunQueued
 from pipeline.faults import crash_point
+from pipeline.held import Held
 from pipeline.journal import Journal, Offload
 from pipeline.localruns import Dispatched, LocalRun, LocalRuns
 from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
@@ -38,16 +38,13 @@ from pipeline.policy import Verdict
 from pipeline.runners import Runner
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
-from pipeline.store.records import Claimed, Outcome, Started, StoredDecision
+from pipeline.store.records import Claimed, Started
 
 POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting runs, stops
 # At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
 # thousand instants is paced through the queue, not taken all at once.
 PER_LOOK = 64
 START_SLICE = 16  # runs decided in one transaction when many are due at once
-# A lone fire taken up this soon after its instant is on time without looking further (no
-# schedule allows a second fire within it); later, the job's next instant is looked up.
-LATE_ENOUGH = 0.5
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
@@ -60,87 +57,6 @@ class Statistics:
     active_runs: int
     reserved_runs: int
     waiting_runs: int
-
-
-class Reserved:
-    """The fires this node's scheduler claimed and holds, each to start at its instant."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[datetime, int, str]] = []  # (ready_at, seq, run id)
-        self._claims: dict[str, Claimed] = {}  # by run id, until it is due or dropped
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._claims)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._claims)
-
-    def add(self, claim: Claimed) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (claim.ready_at, self._seq, claim.run_id))
-        self._claims[claim.run_id] = claim
-
-    def next_instant(self) -> datetime | None:
-        return self._heap[0][0] if self._heap else None
-
-    def of_job(self, job: str) -> list[str]:
-        return [run_id for run_id, claim in self._claims.items() if claim.job == job]
-
-    def drop(self, run_id: str) -> None:
-        self._claims.pop(run_id, None)
-
-    def clear(self) -> None:
-        self._heap.clear()
-        self._claims.clear()
-
-    def due(self, now: datetime, jobs: Callable[[str], Job | None],
-            ) -> tuple[list[str], list[tuple[Claimed, policy.Missed]]]:
-        """Take out the runs whose instant has come: the ids of those to start, and the fires
-        to skip, each with why.
-
-        Several fires of one job due at once mean the daemon stalled past them (suspended,
-        starved): as when they are found late at claim time, only the newest can be on time
-        (within the misfire grace) and the catch-up policy decides about the others. The
-        newest may not be held here yet (the scheduler claims it after the stall): a fire
-        whose job has a later instant already due is not the newest either.
-        """
-        due: dict[str, list[Claimed]] = {}
-        while self._heap and self._heap[0][0] <= now:
-            claim = self._claims.pop(heapq.heappop(self._heap)[2], None)
-            if claim is not None:
-                due.setdefault(claim.job, []).append(claim)
-        starting: list[str] = []
-        skipped: list[tuple[Claimed, policy.Missed]] = []
-        for name, claims in due.items():
-            job = jobs(name)
-            scheduled = [c for c in claims if c.trigger is Trigger.SCHEDULE and not c.backlog]
-            if job is None or not scheduled:
-                starting.extend(c.run_id for c in claims)
-                continue
-            late = (now - scheduled[-1].ready_at).total_seconds()
-            if len(scheduled) == 1 and late <= LATE_ENOUGH:  # the usual case: one fire, on time
-                starting.extend(c.run_id for c in claims)
-                continue
-            later = triggers.next_fires(job.schedules, max(c.fire_time for c in scheduled), 1)
-            newer = [later[0]] if later and later[0] <= now else []  # claimed elsewhere
-            if len(scheduled) == 1 and not newer and late <= policy.misfire_grace_of(job):
-                starting.extend(c.run_id for c in claims)
-                continue
-            plan = policy.catch_up([*(c.ready_at for c in scheduled), *newer], now=now,
-                                   started=datetime.min.replace(tzinfo=UTC),
-                                   catchup=policy.catchup_of(job),
-                                   misfire_grace=policy.misfire_grace_of(job))
-            missed = {m.fire: m for m in plan.missed}
-            starting.extend(c.run_id for c in claims if c not in scheduled)
-            for claim in scheduled:
-                miss = missed.get(claim.ready_at)
-                if miss is None or miss.caught_up:
-                    starting.append(claim.run_id)
-                    continue
-                skipped.append((claim, dataclasses.replace(miss, detail=(
-                    miss.detail or "").replace("the daemon was down", "the daemon stalled"))))
-        return starting, skipped
 
 
 class Worker:
@@ -172,18 +88,12 @@ class Worker:
             store=store, journal=journal, state_dir=state_dir, runners=runners, jobs=jobs,
             clock=self.clock, environ=environ, offload=offload, watchdog=watchdog, poll=poll,
             notifier=notifier, trigger=self.trigger, ended=self._ended)
-        self._reserved = Reserved()
-        self._waiting: dict[str, str] = {}  # run id -> job: held, waiting in the job's queue
-        self._unstarted: set[str] = set()  # held but forgotten by a fence, to let go of
+        self.held = Held(store=store, journal=journal, lease=lease, clock=self.clock,
+                         offload=offload)  # the runs it holds but has not started
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._stopping = False
         self._turns: set[str] = set()  # jobs whose waiting runs may start now
-        # Store calls under way that hand this node runs (starts, runs taken), and an event
-        # set while there are none: a shutdown waits for them (see `_handing_runs`).
-        self._handing = 0
-        self._handed = trio.Event()
-        self._handed.set()
         self._next_look = 0.0
 
     @property
@@ -194,15 +104,15 @@ class Worker:
         """Whether this node may hold a new run of ``job`` now: it runs runs, has room for
         one, is not fenced, and its labels fit the job's ``runs_on``."""
         return (self.runner and self.capacity() > 0 and not self.lease.fenced
-                and _fits(job, self.lease.node.labels))
+                and policy.fits(job.runs_on, self.lease.node.labels))
 
     def capacity(self) -> int:
         if self.max_runs is None:
             return 1 << 30
-        return max(0, self.max_runs - len(self.local.runs) - len(self._reserved))
+        return max(0, self.max_runs - len(self.local.runs) - len(self.held.reserved))
 
     def statistics(self) -> Statistics:
-        return Statistics(len(self.local.runs), len(self._reserved), len(self._waiting))
+        return Statistics(len(self.local.runs), len(self.held.reserved), len(self.held.waiting))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -223,13 +133,13 @@ class Worker:
                     await self.start_due()
                     if self._turns:  # a local run ended: waiting runs may start
                         self._turns = set()
-                        await self._start(list(self._waiting)[:PER_LOOK])
+                        await self._start(list(self.held.waiting)[:PER_LOOK])
                 await self._sleep(self._next_look)
 
     async def _sleep(self, next_poll: float) -> None:
         self._wakeup = trio.Event()
         delay = next_poll - trio.current_time()
-        instant = self._reserved.next_instant()
+        instant = self.held.reserved.next_instant()
         if instant is not None and not self._stopping:
             delay = min(delay, (instant - self.clock()).total_seconds())
         delay = max(delay, 0.0)
@@ -253,73 +163,42 @@ class Worker:
         """Runs this node's scheduler claimed and holds: start each at its ``ready_at``."""
         for claim in claimed:
             if claim.held:
-                self._reserved.add(claim)
+                self.held.reserved.add(claim)
         self.wake()
 
     async def start_due(self) -> None:
         """Start every reserved run whose instant has come; skip the fires a stall made
         late (``Reserved.due``)."""
         now = self.clock()
-        starting, skipped = self._reserved.due(now, self.jobs)
-        for claim, miss in skipped:
-            logger.info("job {}: fire {} skipped: {}", claim.job, claim.fire_time.isoformat(),
-                        miss.detail)
-            await self._end_unstarted(claim.run_id, miss.detail or "missed")
-        if skipped:  # said in the decision log as the scheduler says its own skips
-            try:
-                await self.offload(self.store.record_decisions, [StoredDecision(
-                    claim.job, Outcome.SKIPPED, now, claim.fire_time, self.node,
-                    str(miss.reason) if miss.reason else None, miss.detail, claim.run_id)
-                    for claim, miss in skipped])
-            except StateError as exc:
-                self.journal.failed(exc)
+        starting, skipped = self.held.reserved.due(now, self.jobs)
+        if skipped:
+            await self.held.skip(skipped, now)
         if starting:
             await self._start(starting)
 
-    @contextmanager
-    def _handing_runs(self) -> Iterator[None]:
-        """Around a store call that hands this node runs, until they are acted on.
-
-        The call commits in a worker thread; from that commit on the runs are this node's
-        (started, or waiting in their job's queue). A shutdown that did not wait for it would
-        leave them running or queued in the store for a node that is gone.
-        """
-        if not self._handing:
-            self._handed = trio.Event()
-        self._handing += 1
-        try:
-            yield
-        finally:
-            self._handing -= 1
-            if not self._handing:
-                self._handed.set()
-
     async def _start(self, run_ids: list[str], *, force: bool = False) -> list[Started]:
-        with self._handing_runs():
-            return await self._start_slices(run_ids, force=force)
-
-    async def _start_slices(self, run_ids: list[str], *, force: bool) -> list[Started]:
         started: list[Started] = []
         now = self.clock()  # when the worker took them up: every slice is decided as of then
         # In slices: the first runs of a burst start while the store decides about the next,
         # instead of all waiting for one transaction over the whole burst.
-        for at in range(0, len(run_ids), START_SLICE):
-            part = run_ids[at:at + START_SLICE]
-            try:
-                some: list[Started] = await self.offload(functools.partial(
-                    self.store.start_runs, self.node, part, now=now,
-                    stopping=self._stopping, force=part if force else ()))
-            except StateError as exc:
-                # Nothing was decided: they stay queued, held by us; the next look retries.
-                self.journal.failed(exc)
-                for run_id in run_ids[at:]:
-                    self._waiting.setdefault(run_id, "")
-                return started
-            if some:
-                crash_point("run-written")
-            for one in some:
-                self._act(one)
-            started.extend(some)
+        with self.held.handing():
+            for at in range(0, len(run_ids), START_SLICE):
+                part = run_ids[at:at + START_SLICE]
+                try:
+                    some: list[Started] = await self.offload(functools.partial(
+                        self.store.start_runs, self.node, part, now=now,
+                        stopping=self._stopping, force=part if force else ()))
+                except StateError as exc:
+                    # Nothing was decided: they stay queued, held by us; the next look retries.
+                    self.journal.failed(exc)
+                    for run_id in run_ids[at:]:
+                        self.held.waiting.setdefault(run_id, "")
+                    return started
+                if some:
+                    crash_point("run-written")
+                for one in some:
+                    self._act(one)
+                started.extend(some)
         return started
 
     def _act(self, started: Started) -> None:
@@ -327,14 +206,14 @@ class Worker:
         run, decision = started.run, started.decision
         if self.on_decision is not None:
             self.on_decision(started)
-        self._waiting.pop(run.id, None)
+        self.held.waiting.pop(run.id, None)
         for replaced in started.replaced:
             self.local.stop(replaced, f"replaced by run {run.id}")
         if decision.verdict is Verdict.START:
             assert self._nursery is not None, "serve() is not running"
             self.local.start(run, self._nursery)
         elif decision.verdict in (Verdict.QUEUE, Verdict.REPLACE):
-            self._waiting[run.id] = run.job
+            self.held.waiting[run.id] = run.job
         else:
             job = self.jobs(run.job)
             notifier = self.local.notifier
@@ -353,19 +232,17 @@ class Worker:
         holds. A store that cannot be reached is tried again at the next look."""
         try:
             requests = await self.offload(self.store.stop_requests, self.node)
-            if self._unstarted:  # forgotten by a fence: any node may take them now
-                await self.offload(self.store.release_runs, self.node, list(self._unstarted))
-                self._unstarted.clear()
+            await self.held.let_go()  # what a fence made it forget
         except StateError:
             return
         for request in requests:
             local = self.local.runs.get(request.run_id)
             if local is not None and local.handle.stop_reason is None:
                 local.handle.stop(request.reason, status=request.status)
-        if self._waiting:  # first in, first out: the oldest may start now
-            await self._start(list(self._waiting)[:PER_LOOK])
+        if self.held.waiting:  # first in, first out: the oldest may start now
+            await self._start(list(self.held.waiting)[:PER_LOOK])
         if self.claims and self.capacity() > 0:
-            with self._handing_runs():
+            with self.held.handing():
                 try:
                     started = await self.offload(functools.partial(
                         self.store.claim_runs, self.lease.node,
@@ -379,7 +256,7 @@ class Worker:
 
     def _ended(self, job: str) -> None:
         """A run of ``job`` ended here: its job's waiting runs may start now."""
-        if self._waiting:
+        if self.held.waiting:
             self._turns.add(job)
             self.wake()
 
@@ -405,7 +282,7 @@ class Worker:
             run_id, job.name, trigger, asked, fire_time=asked, params=params or {},
             version=version or (self.versions(job.name) if self.versions else None)
             or Version(sha256=job.sha256), document=job.document, parent_run_id=parent,
-            node=self.node if hold else None, runs_on=_runs_on(job)))
+            node=self.node if hold else None, runs_on=job.runs_on))
         if not hold:
             self.wake()
             return Dispatched(run_id, RunStatus.QUEUED), None
@@ -430,36 +307,16 @@ class Worker:
         record: RunRecord | None = await self.offload(functools.partial(
             self.store.request_stop, run_id, reason=reason, at=self.clock()))
         self.stop(run_id, reason)
-        self._waiting.pop(run_id, None)
+        self.held.waiting.pop(run_id, None)
         return record
 
     # -- the end --------------------------------------------------------------------------------
 
-    async def forget_job(self, job: str, reason: str) -> None:
-        """Runs of ``job`` held here but not started end (the job was edited or removed)."""
-        doomed = [*self._reserved.of_job(job), *(r for r, j in self._waiting.items() if j == job)]
-        for run_id in doomed:
-            self._reserved.drop(run_id)
-            self._waiting.pop(run_id, None)
-            await self._end_unstarted(run_id, reason)
-
-    async def _end_unstarted(self, run_id: str, reason: str) -> None:
-        """A run held here ends skipped before it started (recovery takes it if we cannot
-        write that now: it stays queued, held by this node)."""
-        try:
-            await self.offload(functools.partial(
-                self.store.request_stop, run_id, reason=reason, status=RunStatus.SKIPPED,
-                at=self.clock()))
-        except StateError as exc:
-            self.journal.failed(exc)
-
     async def shutdown(self, grace: float, *,
                        claims: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Stop taking runs; give active runs ``grace`` seconds, then stop them (they end
-        ``interrupted``). Runs held here but not started are left to another node when the
-        store is shared; otherwise those asked for (triggers, backfills, events) stay queued
-        for the next start and those of timed fires are skipped (the catch-up policy decides
-        about the fires a stopped daemon misses, not a queue kept for it).
+        """Stop taking runs; leave the runs held here but not started (``Held.leave``: to
+        another node when the store is shared, else kept queued or skipped); give active runs
+        ``grace`` seconds, then stop them (they end ``interrupted``).
 
         ``claims`` returns once the claims under way have handed their runs to ``reserve``
         (the scheduler's ``stop``); it is awaited once no more runs start here, so those runs
@@ -468,28 +325,7 @@ class Worker:
         self._stopping = True
         if claims is not None:
             await claims()
-        # What a store call under way commits is this node's too: runs it started join the
-        # active ones, runs it made wait join the pending.
-        await self._handed.wait()
-        pending = [*self._reserved, *self._waiting]
-        self._reserved.clear()
-        self._waiting.clear()
-        if pending and self.store.shared:
-            try:
-                await self.offload(self.store.release_runs, self.node, pending)
-            except StateError as exc:
-                logger.error("cannot leave {} run(s) to other nodes: {}", len(pending), exc)
-        elif pending:
-            try:
-                kept, fires = await self.offload(_asked_and_fired, self.store, pending)
-                if kept:  # asked for (a trigger, a backfill, an event): the next start runs it
-                    await self.offload(self.store.release_runs, self.node, kept)
-            except StateError as exc:
-                logger.error("cannot keep {} run(s) queued: {}", len(pending), exc)
-                fires = pending
-            for run_id in fires:
-                await self._end_unstarted(run_id,
-                                          "the daemon stopped before the run could start")
+        await self.held.leave()
         await self.local.shutdown(grace)
 
     def kill_all(self, reason: str = "the daemon stopped while it ran") -> None:
@@ -501,29 +337,5 @@ class Worker:
         go of the runs it held but had not started (at the next look: the store may be out
         of reach now). If the others found it lost they took those already; if not (a
         stall shorter than the lease), nobody else could, and they waited for its restart."""
-        self._unstarted.update(self._reserved)
-        self._unstarted.update(self._waiting)
-        self._reserved.clear()
-        self._waiting.clear()
+        self.held.forget()
         self.local.kill_all(f"this node was fenced: {why}")
-
-
-def _asked_and_fired(store: Store, run_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Of runs not started when a lone daemon stops: those asked for (kept queued, for the
-    next start) and those of its timed fires (skipped: the next start's catch-up policy
-    decides about fires it missed, as about any fire due while no daemon ran)."""
-    asked: list[str] = []
-    fired: list[str] = []
-    for run_id in run_ids:
-        run = store.run(run_id)
-        timed = run is None or run.trigger in (Trigger.SCHEDULE, Trigger.CATCHUP)
-        (fired if timed else asked).append(run_id)
-    return asked, fired
-
-
-def _runs_on(job: Job) -> Mapping[str, str]:
-    return job.runs_on
-
-
-def _fits(job: Job, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in _runs_on(job).items())

@@ -7,7 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.model import Catchup, CircuitBreaker, Concurrency, Policy, Trigger
+from pipeline.cron import parse_cron
+from pipeline.model import (
+    Catchup,
+    CircuitBreaker,
+    Concurrency,
+    Exclusion,
+    Policy,
+    Schedule,
+    ScheduleKind,
+    Trigger,
+)
 from pipeline.policy import (
     CatchUp,
     Decision,
@@ -18,6 +28,10 @@ from pipeline.policy import (
     catch_up,
     circuit_open,
     decide,
+    fits,
+    has_calendar,
+    stretch_detail,
+    stretch_starts,
 )
 
 NOW = datetime(2026, 12, 7, 2, 30, tzinfo=UTC)
@@ -165,6 +179,14 @@ def test_circuit_open(failures: int, ago: float | None, expected: bool) -> None:
     assert circuit_open(None, failures, opened, NOW) is False
 
 
+@pytest.mark.parametrize(("runs_on", "labels", "expected"), [
+    ({}, {}, True), ({}, {"zone": "a"}, True), ({"zone": "a"}, {"zone": "a", "gpu": "1"}, True),
+    ({"zone": "a"}, {"zone": "b"}, False), ({"zone": "a"}, {}, False),
+    ({"zone": "a", "gpu": "1"}, {"zone": "a"}, False)])
+def test_fits(runs_on: dict[str, str], labels: dict[str, str], expected: bool) -> None:
+    assert fits(runs_on, labels) is expected
+
+
 def t(seconds: float) -> datetime:
     return NOW + timedelta(seconds=seconds)
 
@@ -237,3 +259,41 @@ def test_catch_up(fires: list[float], now: float, started: float, catchup: Catch
 
 def test_missed_is_a_plain_record() -> None:
     assert Missed(NOW, True) == Missed(NOW, True, None, None)
+
+
+# Hourly on the hour, UTC, but not at 02:00, 03:00 or 04:00: from 00:00, made fires at 00:00,
+# 01:00, 05:00, 06:00, ...; one stretch of removed fires a day, beginning at 02:00.
+HOURLY = Schedule(ScheduleKind.CRON, UTC, cron=parse_cron("0 * * * *"), text="0 * * * *")
+NIGHTS_OFF = Schedule(ScheduleKind.CRON, UTC, cron=parse_cron("0 * * * *"), text="0 * * * *",
+                      exclude=(Exclusion("* 2-4 * * *", cron=parse_cron("* 2-4 * * *")),))
+
+
+def h(hours: float) -> datetime:
+    return datetime(2026, 12, 7, tzinfo=UTC) + timedelta(hours=hours)
+
+
+@pytest.mark.parametrize(("schedule", "after", "in_stretch", "fires", "horizon", "starts",
+                          "ends_in_stretch"), [
+    (HOURLY, 0.5, False, [1, 2, 3], 3.5, [], False),  # no calendar: nothing is removed
+    (NIGHTS_OFF, 0.5, False, [1], 1.5, [], False),  # the next removed fire is past the horizon
+    (NIGHTS_OFF, 0.5, False, [1], 2.5, [2], True),  # a stretch begins after the made fire
+    (NIGHTS_OFF, 0.5, False, [1, 5, 6], 6.5, [2], False),  # begins, and a made fire ends it
+    (NIGHTS_OFF, 2.5, True, [], 3.5, [], True),  # under way: its first is recorded already
+    (NIGHTS_OFF, 2.5, False, [], 3.5, [3], True),  # first seen here: its first seen is recorded
+    (NIGHTS_OFF, 3.5, True, [5], 5.5, [], False),  # a made fire ends the one under way
+    (NIGHTS_OFF, 0.5, False, [1, 5, 24 + 1, 24 + 5], 24 + 5.5, [2, 24 + 2], False),  # two days
+])
+def test_stretch_starts(schedule: Schedule, after: float, in_stretch: bool, fires: list[float],
+                        horizon: float, starts: list[float], ends_in_stretch: bool) -> None:
+    found, still = stretch_starts([schedule], [h(f) for f in fires], after=h(after),
+                                  in_stretch=in_stretch, horizon=h(horizon))
+    assert [r.fire for r in found] == [h(s) for s in starts]
+    assert still is ends_in_stretch
+    assert has_calendar([schedule]) is (schedule is NIGHTS_OFF)
+
+
+def test_a_stretch_says_until_when_no_fire_is_made() -> None:
+    [first], _ = stretch_starts([NIGHTS_OFF], [h(1)], after=h(0.5), in_stretch=False,
+                                horizon=h(2.5))
+    assert stretch_detail([NIGHTS_OFF], first) == (
+        "exclude * 2-4 * * *; no fire is made after it until 2026-12-07 05:00:00+00:00")

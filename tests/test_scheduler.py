@@ -80,7 +80,7 @@ class World:
                         state_dir=self.state_dir, runners=RUNNERS, jobs=loaded.get,
                         clock=self.now, offload=inline)
         scheduler = Scheduler(store=self.store, clock=self.now, node=lambda: lease.node_id,
-                              reserve=worker.reserve, forget=worker.forget_job,
+                              reserve=worker.reserve, forget=worker.held.forget_job,
                               offload=inline)
         events = EventFires(store=self.store, clock=self.now, node=lambda: lease.node_id,
                             jobs=lambda: loaded, reserve=worker.reserve, offload=inline)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
+from pipeline import spec
 from pipeline.model import Version
-from pipeline.versions import version_of
+from pipeline.versions import LoadedVersions, version_of
 
 JOB = b"name: j\nsteps:\n  - id: a\n    run: echo hi\n"
 
@@ -123,3 +128,83 @@ def test_inside_the_git_directory_is_not_a_work_tree(tmp_path: Path) -> None:
 def test_a_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         version_of(tmp_path / "gone.yaml")
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """git run in the task itself: once every task waits, the lookups asked for are done."""
+    return fn(*args)
+
+
+async def test_loaded_versions_find_the_git_facts_in_the_background(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    path = repo / "j.yaml"
+    path.write_bytes(JOB)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    head = git(repo, "rev-parse", "HEAD")
+    job = spec.load_job(path)
+    versions = LoadedVersions(offload=inline)
+    versions.load({"j": job})
+    assert versions.of(job) == Version(sha256(JOB))  # until found: the SHA-256 alone
+    async with trio.open_nursery() as nursery:
+        await nursery.start(versions.serve)
+        await trio.testing.wait_all_tasks_blocked()
+        assert versions.of(job) == Version(sha256(JOB), head, blob(JOB), False)
+
+        edited_bytes = JOB.replace(b"echo hi", b"echo hello")
+        path.write_bytes(edited_bytes)
+        edited = spec.load_job(path)
+        assert versions.of(edited) == Version(sha256(edited_bytes))  # not the old facts
+        versions.load({"j": edited})
+        await trio.testing.wait_all_tasks_blocked()
+        assert versions.of(edited) == Version(sha256(edited_bytes), head, blob(edited_bytes),
+                                              True)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_reloaded_while_git_looks_at_it_is_looked_up_again(
+        tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    path = repo / "j.yaml"
+    path.write_bytes(JOB)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    edited_bytes = JOB.replace(b"echo hi", b"echo hello")
+    lookups: list[str] = []
+    versions: LoadedVersions
+
+    async def reloaded_meanwhile(fn: Callable[..., Any], *args: Any) -> Any:
+        lookups.append(args[0].sha256)
+        found = fn(*args)
+        if len(lookups) == 1:  # the file is edited and reloaded under the first lookup
+            path.write_bytes(edited_bytes)
+            versions.load({"j": spec.load_job(path)})
+        return found
+
+    versions = LoadedVersions(offload=reloaded_meanwhile)
+    versions.load({"j": spec.load_job(path)})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(versions.serve)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert lookups == [sha256(JOB), sha256(edited_bytes)]
+    edited = versions.of(spec.load_job(path))
+    assert edited.sha256 == sha256(edited_bytes) and edited.git_dirty is True
+
+
+async def test_a_file_changed_since_it_was_loaded_gives_no_facts(tmp_path: Path) -> None:
+    """The facts are those of the bytes loaded: git would describe other bytes."""
+    repo = new_repo(tmp_path / "repo")
+    path = repo / "j.yaml"
+    path.write_bytes(JOB)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    job = spec.load_job(path)
+    path.write_bytes(JOB + b"# edited, not reloaded\n")
+    versions = LoadedVersions(offload=inline)
+    versions.load({"j": job})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(versions.serve)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert versions.of(job) == Version(sha256(JOB))

@@ -11,7 +11,7 @@ transaction.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -103,7 +103,7 @@ class SqlStarts(SqlPools):
                 ORDER BY ready_at, id LIMIT :limit{self.skip_locked}""",
                 {"now": iso(now), "limit": limit * 4, **ids}).fetchall()
             fits = [(row[0], row[1]) for row in rows
-                    if _fits(from_json(row[2]) or {}, node.labels)][:limit]
+                    if policy.fits(from_json(row[2]) or {}, node.labels)][:limit]
             if not fits:
                 return []
             # A node found lost (frozen past its lease, cut off) may poll again before it
@@ -225,7 +225,3 @@ class SqlStarts(SqlPools):
 def _as_now(row: Sequence[Any], **changes: Any) -> RunRecord:
     """The run of a ``RUN_COLUMNS, document`` row, with what a decision just changed."""
     return dataclasses.replace(run_record(row, row[DOCUMENT]), **changes)
-
-
-def _fits(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in wanted.items())
