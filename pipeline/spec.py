@@ -25,7 +25,6 @@ SMTP server; single files without it are not judged on those.
 
 Only a document that passed all of them becomes a ``Job``, frozen (``pipeline.build``).
 
-The names other modules use are all importable from here, wherever they are defined.
 """
 
 from __future__ import annotations
@@ -40,43 +39,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipeline import checks, jobgraph, params, yamlsafe
-from pipeline.build import build_job, job_from_record
+from pipeline.build import build_job
 from pipeline.errors import JobInvalid, Problem, Severity, did_you_mean
-from pipeline.model import (
-    Definition,
-    Job,
-    Settings,
-)
-from pipeline.notation import (
-    AT_PATTERN,
-    DURATION_PATTERN,
-    EXPRESSION_PATTERN,
-    parse_duration,
-    unwrap,
-)
-from pipeline.params import parse_params
-from pipeline.schema import (
-    Validators,
-    builtin_runner_schemas,
-    dotted,
-    job_schema,
-    schema_dir,
-    validators,
-)
-from pipeline.settings import (
-    apply_defaults,
-    is_settings_file,
-    settings_or_problems,
-)
+from pipeline.model import Definition, Job, Settings
+from pipeline.schema import Validators, dotted, validators
+from pipeline.settings import apply_defaults, is_settings_file, settings_or_problems
 from pipeline.yamlsafe import JsonPath, Mark
-
-__all__ = [
-    "AT_PATTERN", "DURATION_PATTERN", "EXPRESSION_PATTERN", "MAX_BYTES", "SETTINGS_NAME",
-    "Loaded", "builtin_runner_schemas", "call_problems", "find_job_files",
-    "find_settings_file", "held_names", "is_settings_file", "job_from_record", "job_schema",
-    "last_good", "load_job", "load_jobs", "name_holder", "name_mark", "name_taken",
-    "parse_duration", "parse_params", "remembered_files", "schema_dir", "unwrap",
-]
 
 MAX_BYTES = 1 << 20  # a job file is a page or two; anything near this is a mistake or an attack
 

@@ -27,7 +27,7 @@ from loguru import logger
 from pipeline import spec
 from pipeline.errors import JobInvalid, Problem, StateError
 from pipeline.model import Definition, Job, Settings
-from pipeline.settings import settings_or_problems
+from pipeline.settings import is_settings_file, settings_or_problems
 from pipeline.store import Store
 
 IGNORED = (".*", "*~", "*.swp", "*.swx", "*.tmp", "#*#", "4913")  # 4913: vim's probe file
@@ -91,7 +91,7 @@ class Catalog:
             except OSError:
                 continue  # vanished between listing and reading: the next scan sees it
             digest = hashlib.sha256(data).hexdigest()
-            if key in self._settings_files or spec.is_settings_file(path, data):
+            if key in self._settings_files or is_settings_file(path, data):
                 settings_files.append((key, data, digest))  # not a job (CONTRACT §1)
             else:
                 files.append((path, key, data, digest))

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 
 from pipeline import settings as settings_module
 from pipeline import spec
+from pipeline.build import job_from_record
 from pipeline.cli import main
 from pipeline.errors import JobInvalid, SettingsInvalid
 from pipeline.model import (
@@ -304,7 +305,7 @@ def test_every_job_gets_the_defaults_it_does_not_set(tmp_path: Path) -> None:
     assert own.history.keep_runs is None and own.history.keep_days == 3
     # The stored document holds the defaults: a node without the jobs directory rebuilds
     # the same job from a run's record.
-    again = spec.job_from_record(plain.document, name=plain.name, file=plain.file,
+    again = job_from_record(plain.document, name=plain.name, file=plain.file,
                                  sha256=plain.sha256)
     assert again.schedules == plain.schedules and again.notify == plain.notify
     assert again.timeout == plain.timeout

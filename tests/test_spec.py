@@ -28,6 +28,8 @@ from pipeline.model import (
     ScheduleKind,
     StepKind,
 )
+from pipeline.params import parse_params
+from pipeline.schema import builtin_runner_schemas
 
 CORPUS = Path(__file__).parent / "corpus"
 JOBS_D = Path(__file__).parent.parent / "jobs.d"
@@ -638,7 +640,7 @@ finally:
 
 def test_third_party_runner_schemas(tmp_path: Path) -> None:
     runners: dict[str, dict[str, Any]] = {
-        **spec.builtin_runner_schemas(),
+        **builtin_runner_schemas(),
         "echo": {"type": "object", "additionalProperties": False, "required": ["text"],
                  "properties": {"text": {"type": "string", "description": "What to say."}}},
     }
@@ -662,7 +664,7 @@ def test_third_party_runner_schemas(tmp_path: Path) -> None:
     ("2.5", 2.5), (0, 0.0), (90, 90.0), (0.5, 0.5),
 ])
 def test_parse_duration(text: str | float, seconds: float) -> None:
-    assert spec.parse_duration(text) == seconds
+    assert notation.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "5 m", "m", "1h-30m", "5x", "-5s", "1e3s", "soon",
@@ -670,7 +672,7 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
                                   10**400])
 def test_parse_duration_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
-        spec.parse_duration(text)
+        notation.parse_duration(text)
 
 
 # -- finding and loading many files --------------------------------------------------------
@@ -790,7 +792,7 @@ PARAMS = """params:
      {"n": 5, "ratio": 1, "flag": True, "level": 3}),
 ])
 def test_parse_params(tmp_path: Path, given: dict[str, Any], expected: dict[str, Any]) -> None:
-    values = spec.parse_params(load(tmp_path, PARAMS), given)
+    values = parse_params(load(tmp_path, PARAMS), given)
     assert {k: values[k] for k in expected} == expected
 
 
@@ -809,29 +811,29 @@ def test_parse_params(tmp_path: Path, given: dict[str, Any], expected: dict[str,
 ])
 def test_parse_params_refuses(tmp_path: Path, given: dict[str, Any], message: str) -> None:
     with pytest.raises(ParamError, match=re.escape(message)) as caught:
-        spec.parse_params(load(tmp_path, PARAMS), given)
+        parse_params(load(tmp_path, PARAMS), given)
     assert caught.value.exit_code == 2
 
 
 def test_parse_params_names_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ParamError) as caught:
-        spec.parse_params(load(tmp_path, PARAMS), {"n": "x", "zzz": "1"})
+        parse_params(load(tmp_path, PARAMS), {"n": "x", "zzz": "1"})
     assert len(str(caught.value).split("; ")) == 3
 
 
 def test_parse_params_without_declarations(tmp_path: Path) -> None:
     job = load(tmp_path, STEP)
-    assert spec.parse_params(job, {}) == {}
+    assert parse_params(job, {}) == {}
     with pytest.raises(ParamError, match="parameters of job: none"):
-        spec.parse_params(job, {"a": "1"})
+        parse_params(job, {"a": "1"})
 
 
 # -- what other modules rely on ------------------------------------------------------------
 
 
 def test_unwrap() -> None:
-    assert spec.unwrap("${{ always() }}") == "always()"
-    assert spec.unwrap("  success() ") == "success()"
-    assert spec.unwrap("${{ {'a': 1} }}") == "{'a': 1}"
+    assert notation.unwrap("${{ always() }}") == "always()"
+    assert notation.unwrap("  success() ") == "success()"
+    assert notation.unwrap("${{ {'a': 1} }}") == "{'a': 1}"
     with pytest.raises(ValueError):
-        spec.unwrap("${{ a }} and ${{ b }}")
+        notation.unwrap("${{ a }} and ${{ b }}")

@@ -19,6 +19,7 @@ from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem, UsageError
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
 from pipeline.policy import circuit_open
+from pipeline.schema import job_schema
 from pipeline.spec import Loaded
 from pipeline.views import job_row
 
@@ -89,7 +90,7 @@ def schema(settings: Settings, runner: str | None) -> None:
     settings.plugins = True
 
     if runner is None:
-        echo_json(spec.job_schema(settings.runner_schemas()))
+        echo_json(job_schema(settings.runner_schemas()))
         return
     registry = settings.runners()
     if runner not in registry:
