@@ -29,8 +29,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  calendar and glob; needs, cycles, durations, templates, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
-    build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
+    build, spec, jobset          a checked document -> frozen Job; job file -> Job: bytes,
                                  YAML, schema, checks, build; a set of files judged together
+                                 (which file holds a name, calls and `after:` across files)
     statedir, process,           the state directory's layout, lock and process identities
       runners/ (args, http,      (/proc read in one place); process groups (spawn, terminate,
       job, python, sleep,        kill, reap); step runners (a registry keyed by name, plus
