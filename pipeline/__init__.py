@@ -39,7 +39,7 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  `_child` is the process `uses: python` runs)
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; jobs
-                                 as the API and `pipeline list` show them
+                                 and runs as the API and the commands show them
     scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
       engine, plan, live         per process); a step's log and outputs; one step's
                                  condition, items, attempts and retries, its process or
