@@ -32,8 +32,9 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
                                  cycles) and each step's keys; durations, templates, ...
     settings                     the jobs directory's settings file (kind: settings) -> Settings;
                                  its defaults merged into jobs; values jobs and settings share
-    build, spec                  a checked document -> frozen Job; job file -> Job: bytes,
+    build, spec, jobset          a checked document -> frozen Job; job file -> Job: bytes,
                                  YAML, schema, checks, build; a set of files judged together
+                                 (which file holds a name, calls and `after:` across files)
     statedir, process,           the state directory's layout, lock and process identities
       runners/ (args, http,      (/proc read in one place); process groups (spawn, terminate,
       job, python, sleep,        kill, reap); step runners (a registry keyed by name, plus
@@ -42,7 +43,8 @@ each other freely. ``tests/test_layering.py`` holds the code to this list.
     policy, views                pure: what to do with a fire (start, queue, replace, skip, not
                                  made, and why); what catching up makes of missed fires; which
                                  fires a calendar removes are recorded; which nodes may run a
-                                 job (runs_on); jobs as the API and `pipeline list` show them
+                                 job (runs_on); jobs and runs as the API and the commands show
+                                 them
     scratch, steplog, steps,     where steps write $PIPELINE_OUTPUT (one private directory
       engine, plan, live         per process); a step's log and outputs; one step's
                                  condition, items, attempts and retries, its process or

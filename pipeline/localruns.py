@@ -21,7 +21,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from pipeline import spec
+from pipeline import build
 from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_job
 from pipeline.errors import NotFound, PipelineError, StateError
 from pipeline.events import RunFinished, StepFinished, StepRetrying, StepSpawned
@@ -111,7 +111,7 @@ class LocalRuns:
             if loaded is not None:
                 return loaded
             raise NotFound(f"job {run.job!r} is not loaded here and its run has no record")
-        return spec.job_from_record(run.document, name=run.job, file=f"<{run.job} record>",
+        return build.job_from_record(run.document, name=run.job, file=f"<{run.job} record>",
                                     sha256=run.version.sha256 if run.version else "")
 
     async def _run_task(self, run: RunRecord, local: LocalRun) -> None:

@@ -521,26 +521,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-# What `rerun --failed` (the API's {"failed": true}) runs again, with what depends on it.
-RERUN_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED})
-
-
-def failed_steps(run: RunRecord) -> list[str]:
-    """The run's steps (not its hooks, not a for_each step's items) that ended failed, timed
-    out or cancelled: those a rerun of its failed steps starts from."""
-    named = {entry.get("id") for entry in (run.document or EMPTY).get("steps") or ()
-             if isinstance(entry, Mapping)}
-    return [s.id for s in in_file_order(run) if "." not in s.id and s.status in RERUN_FAILED
-            and (not named or s.id in named)]
-
-
-def version_differs(original: RunRecord, rerun: RunRecord) -> bool:
-    """Whether ``rerun`` ran another version of the job file than ``original`` (a rerun runs
-    the current file)."""
-    return (original.version is not None and rerun.version is not None
-            and original.version.sha256 != rerun.version.sha256)
-
-
 def in_file_order(run: RunRecord) -> list[StepRecord]:
     """The run's steps as its job file lists them (steps, on_success, on_failure, finally),
     each for_each step followed by its items in item order; steps the stored job does not
@@ -559,37 +539,3 @@ def in_file_order(run: RunRecord) -> list[StepRecord]:
         return (place[base], int(item) + 1 if item.isdigit() else 0, seq)
 
     return [step for _, step in sorted(enumerate(run.steps), key=position)]
-
-
-def step_as_dict(step: StepRecord) -> dict[str, Any]:
-    """A step as the API and ``--json`` show it (CONTRACT §5)."""
-    return {
-        "id": step.id, "status": str(step.status), "attempt": step.attempt,
-        "exit_code": step.exit_code, "signal": step.signal,
-        "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
-        "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
-        "log": step.log, **({"item": step.item} if step.item is not None else {}),
-        **({"waited_from": iso(step.waited_from)} if step.waited_from is not None else {}),
-    }
-
-
-def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
-    """A run as the API and ``--json`` show it (CONTRACT §5)."""
-    answer: dict[str, Any] = {
-        "id": run.id, "job": run.job, "status": str(run.status), "trigger": str(run.trigger),
-        "fire_time": iso(run.fire_time), "queued_at": iso(run.queued_at),
-        "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
-        "duration_s": run.duration_s, "params": thaw(run.params),
-        "version": run.version.as_dict() if run.version else None, "reason": run.reason,
-        "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs), "node": run.node,
-        "attempt": run.attempt, "rerun_of": run.rerun_of,
-    }
-    if run.event is not None:
-        answer["upstream" if run.trigger is Trigger.AFTER else "event"] = thaw(run.event)
-    if run.notifications:
-        answer["notifications"] = thaw(run.notifications)
-    if run.late:
-        answer["late"] = True
-    if steps:
-        answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
-    return answer

@@ -9,7 +9,7 @@ every fire, a window that holds none) is an error; one that has only run out (a 
 ended) is a warning. A ``file:`` glob must be one (``pipeline.globs``); a folder it names that
 is missing or unreadable is a warning, because that is the machine's state, not the file's.
 Keys of time schedules (``jitter``, ``exclude``...) on an event entry are errors, as is an
-``after:`` naming its own job (other jobs are judged across files, by ``spec``).
+``after:`` naming its own job (other jobs are judged across files, by ``jobset``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ frozen ``Settings``. Every problem is located, ``FILE:LINE:COL``.
 ``defaults`` reach a job through ``apply_defaults``: ``spec`` merges them into the job's
 document, key by key where the job does not set the key, before it builds the job. So the
 document stored with each run holds them, and a node that rebuilds the job from that record
-(``spec.job_from_record``) gets the same job without the settings file.
+(``build.job_from_record``) gets the same job without the settings file.
 
 The builders of the values jobs and the settings file share (retries, history, notify targets,
 pools, secret references) live here too, below ``spec``, which uses them.

@@ -1,9 +1,12 @@
-"""Jobs as the API and ``pipeline list`` show them: one row per job file, valid or not.
+"""Jobs and runs as the API and the commands show them.
 
-The daemon builds the rows from its catalog and its scheduler (``http``); ``pipeline list``
-from the files on disk, the store and what a running daemon wrote about itself (``cli``). Both
-hand ``job_row`` the same facts, so a job reads the same wherever it is looked at (CONTRACT
-§5, "A job").
+A job: one row per job file, valid or not. The daemon builds the rows from its catalog and its
+scheduler (``http``); ``pipeline list`` from the files on disk, the store and what a running
+daemon wrote about itself (``cli``). Both hand ``job_row`` the same facts, so a job reads the
+same wherever it is looked at (CONTRACT §5, "A job").
+
+A run: the store's ``RunRecord`` as the API and ``--json`` show it (``run_as_dict``, CONTRACT
+§5), and what its page and ``pipeline show`` say of a rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ from typing import Any, NamedTuple
 
 from pipeline import schedule_words, triggers
 from pipeline.errors import Problem
-from pipeline.model import Job, RunRecord, RunStatus, iso, run_as_dict
+from pipeline.model import (
+    EMPTY,
+    Job,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Trigger,
+    in_file_order,
+    iso,
+    thaw,
+)
 
 Pause = tuple[datetime, str | None, str | None]  # paused at, by whom, why
 
@@ -93,3 +107,57 @@ def job_views(files: CatalogFiles, live: Mapping[str, tuple[datetime | None, boo
             circuit_open=circuit_open, last=last.get(name), active=counts.get(name, 0),
             queued=queued.get(name, 0), pause=(paused or {}).get(name)))
     return views
+
+
+def step_as_dict(step: StepRecord) -> dict[str, Any]:
+    """A step as the API and ``--json`` show it (CONTRACT §5)."""
+    return {
+        "id": step.id, "status": str(step.status), "attempt": step.attempt,
+        "exit_code": step.exit_code, "signal": step.signal,
+        "started_at": iso(step.started_at), "finished_at": iso(step.finished_at),
+        "duration_s": step.duration_s, "outputs": dict(step.outputs), "error": step.error,
+        "log": step.log, **({"item": step.item} if step.item is not None else {}),
+        **({"waited_from": iso(step.waited_from)} if step.waited_from is not None else {}),
+    }
+
+
+def run_as_dict(run: RunRecord, *, steps: bool = True) -> dict[str, Any]:
+    """A run as the API and ``--json`` show it (CONTRACT §5)."""
+    answer: dict[str, Any] = {
+        "id": run.id, "job": run.job, "status": str(run.status), "trigger": str(run.trigger),
+        "fire_time": iso(run.fire_time), "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
+        "duration_s": run.duration_s, "params": thaw(run.params),
+        "version": run.version.as_dict() if run.version else None, "reason": run.reason,
+        "parent_run_id": run.parent_run_id, "outputs": dict(run.outputs), "node": run.node,
+        "attempt": run.attempt, "rerun_of": run.rerun_of,
+    }
+    if run.event is not None:
+        answer["upstream" if run.trigger is Trigger.AFTER else "event"] = thaw(run.event)
+    if run.notifications:
+        answer["notifications"] = thaw(run.notifications)
+    if run.late:
+        answer["late"] = True
+    if steps:
+        answer["steps"] = [step_as_dict(s) for s in in_file_order(run)]
+    return answer
+
+
+# What `rerun --failed` (the API's {"failed": true}) runs again, with what depends on it.
+RERUN_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED})
+
+
+def failed_steps(run: RunRecord) -> list[str]:
+    """The run's steps (not its hooks, not a for_each step's items) that ended failed, timed
+    out or cancelled: those a rerun of its failed steps starts from."""
+    named = {entry.get("id") for entry in (run.document or EMPTY).get("steps") or ()
+             if isinstance(entry, Mapping)}
+    return [s.id for s in in_file_order(run) if "." not in s.id and s.status in RERUN_FAILED
+            and (not named or s.id in named)]
+
+
+def version_differs(original: RunRecord, rerun: RunRecord) -> bool:
+    """Whether ``rerun`` ran another version of the job file than ``original`` (a rerun runs
+    the current file)."""
+    return (original.version is not None and rerun.version is not None
+            and original.version.sha256 != rerun.version.sha256)

@@ -24,10 +24,10 @@ import trio
 import watchfiles
 from loguru import logger
 
-from pipeline import spec
+from pipeline import jobset, spec
 from pipeline.errors import JobInvalid, Problem, StateError
 from pipeline.model import Definition, Job, Settings
-from pipeline.settings import settings_or_problems
+from pipeline.settings import is_settings_file, settings_or_problems
 from pipeline.store import Store
 
 IGNORED = (".*", "*~", "*.swp", "*.swx", "*.tmp", "#*#", "4913")  # 4913: vim's probe file
@@ -54,8 +54,8 @@ class Catalog:
     holds which job name, across restarts: a file that turns invalid keeps its last good
     version scheduled even after the daemon restarts, and a new file never takes over a name
     that another file already holds (the newcomer is the invalid one); the commands judge
-    names by the same rule (``spec.load_jobs`` with ``remembered``). The settings file's last
-    good version is remembered the same way (under the name ``spec.SETTINGS_NAME``, which no
+    names by the same rule (``jobset.load_jobs`` with ``remembered``). The settings file's last
+    good version is remembered the same way (under the name ``jobset.SETTINGS_NAME``, which no
     job can have): broken before a restart, its pools and defaults stay in force.
     """
 
@@ -91,7 +91,7 @@ class Catalog:
             except OSError:
                 continue  # vanished between listing and reading: the next scan sees it
             digest = hashlib.sha256(data).hexdigest()
-            if key in self._settings_files or spec.is_settings_file(path, data):
+            if key in self._settings_files or is_settings_file(path, data):
                 settings_files.append((key, data, digest))  # not a job (CONTRACT §1)
             else:
                 files.append((path, key, data, digest))
@@ -173,14 +173,14 @@ class Catalog:
         if self.store is None:
             return
         try:
-            self._remembered = spec.remembered_files(self.root, self.store.definitions())
+            self._remembered = jobset.remembered_files(self.root, self.store.definitions())
         except StateError as exc:
             logger.warning("cannot read the last good versions of job files: {}", exc)
 
     def _remembered_settings(self, key: str) -> Settings | None:
         """The last good version of settings file ``key`` the store holds, if it loads."""
         known = (self._remembered or {}).get(key)
-        if known is None or known.name != spec.SETTINGS_NAME:
+        if known is None or known.name != jobset.SETTINGS_NAME:
             return None
         loaded, problems = settings_or_problems(Path(key), data=known.source)
         if loaded is None:
@@ -198,7 +198,7 @@ class Catalog:
             try:
                 # Built with the settings in force, as it was when it last loaded: their
                 # defaults (a zone, a timeout) are part of what fired.
-                self._good[key] = spec.last_good(key, known, runner_schemas=self.runner_schemas,
+                self._good[key] = jobset.last_good(key, known, runner_schemas=self.runner_schemas,
                                                  settings=self.settings)
             except JobInvalid as exc:
                 logger.warning("{}: its last good version (of {}) no longer loads: {}", key,
@@ -208,7 +208,7 @@ class Catalog:
         # Who held each name before this scan: the running catalog, or at start the state.
         holders = {name: key for key, name in self.files.items()}
         if first:
-            for name, key in spec.held_names(self._remembered or {}).items():
+            for name, key in jobset.held_names(self._remembered or {}).items():
                 holders.setdefault(name, key)
         self._good = {f: j for f, j in self._good.items() if f in self._seen}
         candidates: dict[str, list[str]] = {}  # name -> files that want it, in path order
@@ -223,7 +223,7 @@ class Catalog:
         files: dict[str, str] = {}
         stale: dict[str, str] = {}
         for name, keys in candidates.items():
-            owner = spec.name_holder(keys, holders.get(name))
+            owner = jobset.name_holder(keys, holders.get(name))
             jobs[name] = self._good[owner]
             files[owner] = name
             if self._seen[owner].job is None:
@@ -231,8 +231,8 @@ class Catalog:
             for other in keys:
                 if other != owner:
                     problems[other] = (*self._seen[other].problems, Problem(
-                        other, *spec.name_mark(self._seen[other].source or b""),
-                        spec.name_taken(name, owner, held=holders.get(name) == owner)))
+                        other, *jobset.name_mark(self._seen[other].source or b""),
+                        jobset.name_taken(name, owner, held=holders.get(name) == owner)))
         for key, entry in self._seen.items():
             if entry.job is None and key not in problems:
                 problems[key] = entry.problems
@@ -242,12 +242,12 @@ class Catalog:
         # last good version does.
         for name, job in jobs.items():
             if name not in stale:
-                calls = spec.call_problems(job, jobs)
+                calls = jobset.call_problems(job, jobs)
                 if calls:
                     problems[job.file] = calls
                     stale[name] = job.file
         # So is one whose `after:` names a job not there, or closes a ring of jobs.
-        for name, found in spec.after_problems(
+        for name, found in jobset.after_problems(
                 {n: None if n in stale else j for n, j in jobs.items()}).items():
             file = jobs[name].file
             problems[file] = tuple(sorted({*problems.get(file, ()), *found}))
@@ -280,8 +280,8 @@ class Catalog:
         if settings is not None:
             key, digest, data = settings
             known = remembered.get(key)
-            if known is None or known.sha256 != digest or known.name != spec.SETTINGS_NAME:
-                kept.append(Definition(self._file(key), spec.SETTINGS_NAME, digest, data,
+            if known is None or known.sha256 != digest or known.name != jobset.SETTINGS_NAME:
+                kept.append(Definition(self._file(key), jobset.SETTINGS_NAME, digest, data,
                                        datetime.now(UTC)))
         # A settings file that is broken now keeps the version remembered before.
         holders = set(self.files) | self._settings_files

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import spec
+from pipeline import jobset, spec
 from pipeline.cli import main
 from pipeline.errors import JobInvalid, Problem, Severity
 from pipeline.watch import Catalog
@@ -32,7 +32,7 @@ def write(path: Path, text: str) -> Path:
 def found(tmp_path: Path, text: str) -> tuple[list[Problem], list[Problem]]:
     """(errors, warnings) of one job file, as `pipeline validate FILE` sees them."""
     path = write(tmp_path / "job.yaml", text)
-    loaded = spec.load_jobs([path], now=NOW)
+    loaded = jobset.load_jobs([path], now=NOW)
     return list(loaded.problems.get(str(path), ())), list(loaded.warnings.get(str(path), ()))
 
 
@@ -57,7 +57,7 @@ def test_a_warned_file_is_valid_and_warns_where_it_is(path: Path) -> None:
     expected = EXPECT.match(path.read_text(encoding="utf-8").splitlines()[0])
     assert expected, f"{path.name} must start with '# expect: LINE:COL message'"
     spec.load_job(path)  # valid: a warning never refuses a file
-    loaded = spec.load_jobs([path], now=NOW)
+    loaded = jobset.load_jobs([path], now=NOW)
     assert loaded.problems == {}
     first = loaded.warnings[str(path)][0]
     assert first.severity is Severity.WARNING
@@ -227,8 +227,8 @@ def test_at_in_the_past_is_measured_from_now(tmp_path: Path) -> None:
         steps:
           - {id: a, run: "true"}
     """)
-    before = spec.load_jobs([path], now=datetime(2026, 6, 1, 6, 59, tzinfo=UTC))
-    after = spec.load_jobs([path], now=datetime(2026, 6, 1, 7, 1, tzinfo=UTC))
+    before = jobset.load_jobs([path], now=datetime(2026, 6, 1, 6, 59, tzinfo=UTC))
+    after = jobset.load_jobs([path], now=datetime(2026, 6, 1, 7, 1, tzinfo=UTC))
     assert before.warnings == {}
     assert [(p.line, p.column) for p in after.warnings[str(path)]] == [(1, 16)]
     assert "in the past" in after.warnings[str(path)][0].message
@@ -308,7 +308,7 @@ def calls(tmp_path: Path) -> Path:
 
 
 def test_calls_to_other_jobs_are_checked_against_the_jobs_directory(calls: Path) -> None:
-    loaded = spec.load_jobs([calls], now=NOW)
+    loaded = jobset.load_jobs([calls], now=NOW)
     parent = str(calls / "parent.yaml")
     assert "parent" not in loaded.jobs and "child" in loaded.jobs
     assert where(list(loaded.problems[parent])) == [
@@ -338,7 +338,7 @@ def test_calls_are_checked_in_a_file_that_has_other_errors_too(calls: Path) -> N
         on_failure:
           - {id: self, uses: job, with: {job: other}}
     """)
-    loaded = spec.load_jobs([calls], now=NOW)
+    loaded = jobset.load_jobs([calls], now=NOW)
     messages = [m for _, _, m in where(list(loaded.problems[str(other)]))]
     assert any(m.startswith("steps[0].needs") and "nope" in m for m in messages), messages
     assert [(line, column, m) for line, column, m in where(list(loaded.problems[str(other)]))
@@ -352,7 +352,7 @@ def test_calls_are_checked_in_a_file_that_has_other_errors_too(calls: Path) -> N
     # A file the schema refuses is not read for calls: what its steps are is not known.
     write(calls / "other.yaml", "steps: [{id: a, uses: job, with: {job: chlid}}]\nnope: 1\n")
     assert not any("chlid" in p.message
-                   for p in spec.load_jobs([calls], now=NOW).problems[str(other)])
+                   for p in jobset.load_jobs([calls], now=NOW).problems[str(other)])
 
 
 def test_a_single_file_is_not_judged_by_jobs_it_cannot_see(calls: Path) -> None:
@@ -362,7 +362,7 @@ def test_a_single_file_is_not_judged_by_jobs_it_cannot_see(calls: Path) -> None:
     assert [line.split(": ", 2)[-1] for line in out.splitlines()] == [
         "finally[0].with.job: job 'parent' cannot start itself"]
     # With its callee beside it, the callee's parameters are judged; names outside are not.
-    loaded = spec.load_jobs([parent, calls / "child.yaml"], now=NOW)
+    loaded = jobset.load_jobs([parent, calls / "child.yaml"], now=NOW)
     messages = [p.message for p in loaded.problems[str(parent)]]
     assert any("has no parameter 'whom'" in m for m in messages)
     assert not any("chlid" in m for m in messages)

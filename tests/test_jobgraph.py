@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import jobgraph, spec
+from pipeline import jobgraph, jobset
 from pipeline.cli import main
 from pipeline.jobgraph import Edge
 from pipeline.model import RunStatus
@@ -47,7 +47,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 
 def test_edges_of_loaded_jobs(tmp_path: Path) -> None:
-    loaded = spec.load_jobs([write_jobs(tmp_path)])
+    loaded = jobset.load_jobs([write_jobs(tmp_path)])
     assert sorted(loaded.jobs) == ["alone", "cleanup", "extract", "load", "report"]
     assert sorted(jobgraph.edges(loaded.jobs), key=lambda e: (e.downstream, e.upstream)) == [
         Edge("old", "cleanup", (SUCCEEDED, FAILED)),

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline import spec
+from pipeline import jobset, spec
 from pipeline.cli import main
 from pipeline.errors import JobInvalid, Problem
 from pipeline.model import Exclusion, RunStatus, Schedule, ScheduleKind
@@ -32,7 +32,7 @@ def write(path: Path, text: str) -> Path:
 
 def found(path: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) of one file as `pipeline validate FILE` prints them, less the path."""
-    loaded = spec.load_jobs([path], now=NOW)
+    loaded = jobset.load_jobs([path], now=NOW)
     def strip(problems: tuple[Problem, ...]) -> list[str]:
         return [str(p).removeprefix(f"{path}:") for p in problems]
     return strip(loaded.problems.get(str(path), ())), strip(loaded.warnings.get(str(path), ()))
@@ -229,7 +229,7 @@ def test_after_must_name_a_job_and_close_no_ring(tmp_path: Path) -> None:
         """)
     write(jobs / "report.yaml", "schedule: {after: lod}\n")
     write(jobs / "audit.yaml", "schedule: {after: extract, status: [failed]}\n")
-    loaded = spec.load_jobs([jobs], now=NOW)
+    loaded = jobset.load_jobs([jobs], now=NOW)
     assert sorted(loaded.jobs) == ["audit", "extract"]
     assert {Path(f).name: [str(p).removeprefix(f"{f}:") for p in found]
             for f, found in loaded.problems.items()} == {
@@ -241,9 +241,9 @@ def test_after_must_name_a_job_and_close_no_ring(tmp_path: Path) -> None:
                         "directory (did you mean 'load'?)"],
     }
     # Given single files, a name outside them is not judged; a ring among them is.
-    alone = spec.load_jobs([jobs / "report.yaml"], now=NOW)
+    alone = jobset.load_jobs([jobs / "report.yaml"], now=NOW)
     assert list(alone.jobs) == ["report"]
-    pair = spec.load_jobs([jobs / "load.yaml", jobs / "transform.yaml"], now=NOW)
+    pair = jobset.load_jobs([jobs / "load.yaml", jobs / "transform.yaml"], now=NOW)
     assert sorted(Path(f).name for f in pair.problems) == ["load.yaml", "transform.yaml"]
 
 

@@ -18,6 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from pipeline import spec, yamlsafe
+from pipeline.build import job_from_record
 from pipeline.errors import JobInvalid
 from pipeline.model import (
     CircuitBreaker,
@@ -29,7 +30,8 @@ from pipeline.model import (
     Smtp,
     Step,
 )
-from pipeline.notation import parse_duration
+from pipeline.notation import AT_PATTERN, DURATION_PATTERN, EXPRESSION_PATTERN, parse_duration
+from pipeline.schema import builtin_runner_schemas, job_schema, schema_dir
 
 ROOT = Path(__file__).parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -63,7 +65,7 @@ def plain_validator() -> Draft202012Validator:
 
 
 def test_the_committed_job_schema_is_what_job_schema_makes() -> None:
-    assert committed() == spec.job_schema(), "regenerate: python tests/test_schema.py"
+    assert committed() == job_schema(), "regenerate: python tests/test_schema.py"
 
 
 def test_the_embedded_runner_schemas_equal_their_files() -> None:
@@ -130,9 +132,9 @@ def test_the_main_properties_have_examples() -> None:
 
 def test_the_duration_pattern_is_the_one_parse_duration_reads() -> None:
     defs = committed()["$defs"]
-    assert defs["duration"]["anyOf"][0]["pattern"] == spec.DURATION_PATTERN
-    assert defs["expression"]["pattern"] == spec.EXPRESSION_PATTERN
-    assert defs["schedule_map"]["properties"]["at"]["pattern"] == spec.AT_PATTERN
+    assert defs["duration"]["anyOf"][0]["pattern"] == DURATION_PATTERN
+    assert defs["expression"]["pattern"] == EXPRESSION_PATTERN
+    assert defs["schedule_map"]["properties"]["at"]["pattern"] == AT_PATTERN
     for schema in runner_files().values():
         assert schema["$defs"]["duration"] == defs["duration"]
         assert schema["$defs"]["expression"] == defs["expression"]
@@ -161,7 +163,7 @@ def test_the_defaults_the_schemas_show_are_the_models() -> None:
     assert settings["$defs"]["retries"]["anyOf"][1]["properties"]["backoff"]["default"] == (
         RetryPolicy.backoff)
     # And a job that sets nothing gets them.
-    bare = spec.job_from_record({"steps": [{"id": "a", "run": "true"}],
+    bare = job_from_record({"steps": [{"id": "a", "run": "true"}],
                                  "schedule": {"cron": "* * * * *"},
                                  "circuit_breaker": {"after": 3}},
                                 name="bare", file="bare.yaml", sha256="0" * 64)
@@ -172,11 +174,11 @@ def test_the_defaults_the_schemas_show_are_the_models() -> None:
 
 
 def test_schema_dir_and_builtin_runner_schemas() -> None:
-    assert (spec.schema_dir() / "job.schema.json").is_file()
-    first = spec.builtin_runner_schemas()
+    assert (schema_dir() / "job.schema.json").is_file()
+    first = builtin_runner_schemas()
     assert set(first) == BUILTINS
     first["http"]["title"] = "changed"
-    assert spec.builtin_runner_schemas()["http"]["title"] != "changed"
+    assert builtin_runner_schemas()["http"]["title"] != "changed"
 
 
 # -- the two validators agree --------------------------------------------------------------
@@ -197,7 +199,7 @@ def test_jsonschema_rs_and_python_jsonschema_agree_on_the_corpus(tmp_path: Path)
         from gen_jobs import write_jobs
     finally:
         sys.path.pop(0)
-    schema = spec.job_schema()
+    schema = job_schema()
     fast = jsonschema_rs.validator_for(schema)
     slow = Draft202012Validator(schema)
     documents = corpus_documents()
@@ -282,8 +284,8 @@ ECHO = {
 
 
 def test_job_schema_composes_third_party_runners(tmp_path: Path) -> None:
-    runners = {**spec.builtin_runner_schemas(), "my.echo": ECHO}
-    schema = spec.job_schema(runners)
+    runners = {**builtin_runner_schemas(), "my.echo": ECHO}
+    schema = job_schema(runners)
     Draft202012Validator.check_schema(schema)
     assert schema["$defs"]["step"]["properties"]["uses"]["enum"] == sorted(runners)
     assert schema["$defs"]["runner-my.echo"]["$id"] == "urn:pipeline:runner:my.echo"
@@ -308,7 +310,7 @@ def test_a_runner_without_required_arguments_needs_no_with(tmp_path: Path) -> No
 
 def regenerate() -> None:
     """Write schemas/job.schema.json from itself and schemas/runners/*.schema.json."""
-    text = json.dumps(spec.job_schema(), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(job_schema(), indent=2, ensure_ascii=False) + "\n"
     (SCHEMAS / "job.schema.json").write_text(text, encoding="utf-8")
     print(f"wrote {SCHEMAS / 'job.schema.json'}")
 

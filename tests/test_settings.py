@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
+from pipeline import jobset, spec
 from pipeline import settings as settings_module
-from pipeline import spec
+from pipeline.build import job_from_record
 from pipeline.cli import main
 from pipeline.errors import JobInvalid, SettingsInvalid
 from pipeline.model import (
@@ -198,7 +199,7 @@ def test_load_jobs_validates_the_settings_file_as_settings_not_as_a_job(
         tmp_path: Path) -> None:
     write(tmp_path / "settings.yaml", SETTINGS)
     write(tmp_path / "a.yaml", JOB)
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     assert loaded.problems == {}
     assert set(loaded.jobs) == {"a"}
     assert loaded.settings is not None and loaded.settings.file == str(tmp_path / "settings.yaml")
@@ -209,7 +210,7 @@ def test_a_second_settings_file_is_an_error_at_its_kind(tmp_path: Path) -> None:
     write(tmp_path / "a-settings.yaml", "kind: settings\npools: {db: 1}\n")
     write(tmp_path / "b-settings.yaml", "# more\nkind: settings\n")
     write(tmp_path / "job.yaml", JOB + "pool: db\n")
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     second = str(tmp_path / "b-settings.yaml")
     assert list(loaded.problems) == [second]
     (problem,) = loaded.problems[second]
@@ -222,7 +223,7 @@ def test_a_second_settings_file_is_an_error_at_its_kind(tmp_path: Path) -> None:
 def test_an_invalid_settings_file_is_reported_and_pools_are_not_judged(tmp_path: Path) -> None:
     write(tmp_path / "settings.yaml", "kind: settings\npools: {db: -1}\n")
     write(tmp_path / "job.yaml", JOB + "pool: db\n")
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     assert list(loaded.problems) == [str(tmp_path / "settings.yaml")]
     assert loaded.settings is None and set(loaded.jobs) == {"job"}
 
@@ -286,7 +287,7 @@ def test_every_job_gets_the_defaults_it_does_not_set(tmp_path: Path) -> None:
         steps:
           - {id: a, run: "true"}
         """)
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     assert loaded.problems == {}
     plain, own = loaded.jobs["plain"], loaded.jobs["own"]
     berlin = ZoneInfo("Europe/Berlin")
@@ -304,7 +305,7 @@ def test_every_job_gets_the_defaults_it_does_not_set(tmp_path: Path) -> None:
     assert own.history.keep_runs is None and own.history.keep_days == 3
     # The stored document holds the defaults: a node without the jobs directory rebuilds
     # the same job from a run's record.
-    again = spec.job_from_record(plain.document, name=plain.name, file=plain.file,
+    again = job_from_record(plain.document, name=plain.name, file=plain.file,
                                  sha256=plain.sha256)
     assert again.schedules == plain.schedules and again.notify == plain.notify
     assert again.timeout == plain.timeout
@@ -340,7 +341,7 @@ def job_errors(tmp_path: Path, text: str, settings: str | None = SETTINGS,
     if settings is not None:
         write(tmp_path / "settings.yaml", settings)
     path = write(tmp_path / "job.yaml", text)
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     return [(p.line, p.column, p.message) for p in loaded.problems.get(str(path), ())]
 
 
@@ -368,7 +369,7 @@ def test_pools_are_built_into_the_job_and_its_steps(tmp_path: Path) -> None:
           - {id: a, run: "true", pool: {name: gpu}}
           - {id: b, run: "true", pool: {name: db, slots: 2}}
         """) == []
-    job = spec.load_jobs([tmp_path]).jobs["job"]
+    job = jobset.load_jobs([tmp_path]).jobs["job"]
     assert job.pool == Pool("db", 1)
     assert [s.pool for s in job.steps] == [Pool("gpu", 1), Pool("db", 2)]
 
@@ -378,7 +379,7 @@ def test_a_directory_without_a_settings_file_has_no_pools(tmp_path: Path) -> Non
     assert found == [(4, 7, "pool: there is no pool 'db' (the jobs directory has no settings "
                             "file with pools:)")]
     # A single file on its own is not judged: where it will run is not known.
-    assert spec.load_jobs([tmp_path / "job.yaml"]).problems == {}
+    assert jobset.load_jobs([tmp_path / "job.yaml"]).problems == {}
 
 
 def test_an_email_target_needs_the_settings_smtp(tmp_path: Path) -> None:
@@ -436,7 +437,7 @@ def test_notify_and_deadline_are_built(tmp_path: Path) -> None:
           - slack: {webhook_url: "https://hooks.slack.example/T", channel: "#ops"}
           - command: [/usr/local/bin/page-oncall, --urgent]
         """) == []
-    job = spec.load_jobs([tmp_path]).jobs["job"]
+    job = jobset.load_jobs([tmp_path]).jobs["job"]
     assert job.deadline == 1800
     hook, ping, slack, command = job.notify
     assert (hook.cooldown, hook.timeout, hook.when) == (

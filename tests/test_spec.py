@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import cron, notation, spec, yamlsafe
+from pipeline import cron, jobset, notation, spec, yamlsafe
 from pipeline.errors import JobInvalid, ParamError, Problem
 from pipeline.model import (
     Backoff,
@@ -28,6 +28,8 @@ from pipeline.model import (
     ScheduleKind,
     StepKind,
 )
+from pipeline.params import parse_params
+from pipeline.schema import builtin_runner_schemas
 
 CORPUS = Path(__file__).parent / "corpus"
 JOBS_D = Path(__file__).parent.parent / "jobs.d"
@@ -205,7 +207,7 @@ def test_mutated_jobs_give_a_job_or_problems(tmp_path: Path, text: str) -> None:
 
 
 def test_example_jobs_are_valid() -> None:
-    loaded = spec.load_jobs([JOBS_D])
+    loaded = jobset.load_jobs([JOBS_D])
     assert dict(loaded.problems) == {}
     assert set(loaded.jobs) == {"backup", "fanout", "report", "flaky-with-alert", "health"}
     for path in JOBS_D.glob("*.yaml"):
@@ -214,7 +216,7 @@ def test_example_jobs_are_valid() -> None:
 
 
 def test_example_jobs_need_no_network() -> None:
-    for job in spec.load_jobs([JOBS_D]).jobs.values():
+    for job in jobset.load_jobs([JOBS_D]).jobs.values():
         for step in job.all_steps():
             if step.uses in ("http", "wait_for") and "url" in step.with_:
                 assert str(step.with_["url"]).startswith("http://127.0.0.1"), (job.name, step.id)
@@ -638,7 +640,7 @@ finally:
 
 def test_third_party_runner_schemas(tmp_path: Path) -> None:
     runners: dict[str, dict[str, Any]] = {
-        **spec.builtin_runner_schemas(),
+        **builtin_runner_schemas(),
         "echo": {"type": "object", "additionalProperties": False, "required": ["text"],
                  "properties": {"text": {"type": "string", "description": "What to say."}}},
     }
@@ -662,7 +664,7 @@ def test_third_party_runner_schemas(tmp_path: Path) -> None:
     ("2.5", 2.5), (0, 0.0), (90, 90.0), (0.5, 0.5),
 ])
 def test_parse_duration(text: str | float, seconds: float) -> None:
-    assert spec.parse_duration(text) == seconds
+    assert notation.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "5 m", "m", "1h-30m", "5x", "-5s", "1e3s", "soon",
@@ -670,7 +672,7 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
                                   10**400])
 def test_parse_duration_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
-        spec.parse_duration(text)
+        notation.parse_duration(text)
 
 
 # -- finding and loading many files --------------------------------------------------------
@@ -697,7 +699,7 @@ def test_load_jobs_reports_duplicate_names_on_later_files(tmp_path: Path) -> Non
     (tmp_path / "sub").mkdir()
     write(tmp_path / "sub", STEP, "backup.yml")
     write(tmp_path, "name: broken\nsteps: []\n", "d.yaml")
-    loaded = spec.load_jobs([tmp_path])
+    loaded = jobset.load_jobs([tmp_path])
     assert set(loaded.jobs) == {"backup", "other"}
     assert loaded.jobs["backup"].file == str(tmp_path / "b-copy.yaml")  # sorted: b- < backup
     first_file = str(tmp_path / "b-copy.yaml")
@@ -717,7 +719,7 @@ def test_load_jobs_reports_duplicate_names_on_later_files(tmp_path: Path) -> Non
 def test_load_jobs_locates_a_duplicate_name_at_its_key(tmp_path: Path) -> None:
     write(tmp_path, "name: same\n" + STEP, "a.yaml")
     write(tmp_path, "description: x\nname: same\n" + STEP, "b.yaml")
-    loaded = spec.load_jobs([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    loaded = jobset.load_jobs([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     (problem,) = loaded.problems[str(tmp_path / "b.yaml")]
     assert (problem.line, problem.column) == (2, 7)
 
@@ -739,7 +741,7 @@ def test_load_jobs_with_what_the_state_remembers_keeps_a_name_for_its_holder(
     broken.write_text("steps: [oops\n")  # no longer parses; its last good version holds "c"
     late = write(tmp_path, "name: c\n" + STEP, "d.yaml")
     # Named the way a daemon names them (relative to the jobs directory given)...
-    loaded = spec.load_jobs([tmp_path], remembered=spec.remembered_files(tmp_path, state))
+    loaded = jobset.load_jobs([tmp_path], remembered=jobset.remembered_files(tmp_path, state))
     assert loaded.jobs["same"].file == str(held) and "c" not in loaded.jobs
     assert {f: [p.message for p in found] for f, found in loaded.problems.items()} == {
         str(newcomer): [f"the job name 'same' is already used by {held}, which held it first"],
@@ -749,17 +751,17 @@ def test_load_jobs_with_what_the_state_remembers_keeps_a_name_for_its_holder(
     assert loaded.kept["c"].file == str(broken) and loaded.kept["c"].schedules
     # ... or spelled another way: the same files.
     monkeypatch.chdir(tmp_path)
-    again = spec.load_jobs([Path(".")], remembered=spec.remembered_files(tmp_path, state))
+    again = jobset.load_jobs([Path(".")], remembered=jobset.remembered_files(tmp_path, state))
     assert again.jobs["same"].file == "b-held.yaml" and set(again.kept) == {"c"}
     # Without a state, path order: the newcomer wins, and the broken file holds nothing.
-    fresh = spec.load_jobs([tmp_path])
+    fresh = jobset.load_jobs([tmp_path])
     assert fresh.jobs["same"].file == str(newcomer) and fresh.jobs["c"].file == str(late)
     assert fresh.kept == {}
 
 
 def test_load_jobs_of_files_and_missing_paths(tmp_path: Path) -> None:
     good = write(tmp_path, STEP, "good.yaml")
-    loaded = spec.load_jobs([good, tmp_path / "nope.yaml", good])
+    loaded = jobset.load_jobs([good, tmp_path / "nope.yaml", good])
     assert list(loaded.jobs) == ["good"]
     assert list(loaded.problems) == [str(tmp_path / "nope.yaml")]
 
@@ -790,7 +792,7 @@ PARAMS = """params:
      {"n": 5, "ratio": 1, "flag": True, "level": 3}),
 ])
 def test_parse_params(tmp_path: Path, given: dict[str, Any], expected: dict[str, Any]) -> None:
-    values = spec.parse_params(load(tmp_path, PARAMS), given)
+    values = parse_params(load(tmp_path, PARAMS), given)
     assert {k: values[k] for k in expected} == expected
 
 
@@ -809,29 +811,29 @@ def test_parse_params(tmp_path: Path, given: dict[str, Any], expected: dict[str,
 ])
 def test_parse_params_refuses(tmp_path: Path, given: dict[str, Any], message: str) -> None:
     with pytest.raises(ParamError, match=re.escape(message)) as caught:
-        spec.parse_params(load(tmp_path, PARAMS), given)
+        parse_params(load(tmp_path, PARAMS), given)
     assert caught.value.exit_code == 2
 
 
 def test_parse_params_names_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ParamError) as caught:
-        spec.parse_params(load(tmp_path, PARAMS), {"n": "x", "zzz": "1"})
+        parse_params(load(tmp_path, PARAMS), {"n": "x", "zzz": "1"})
     assert len(str(caught.value).split("; ")) == 3
 
 
 def test_parse_params_without_declarations(tmp_path: Path) -> None:
     job = load(tmp_path, STEP)
-    assert spec.parse_params(job, {}) == {}
+    assert parse_params(job, {}) == {}
     with pytest.raises(ParamError, match="parameters of job: none"):
-        spec.parse_params(job, {"a": "1"})
+        parse_params(job, {"a": "1"})
 
 
 # -- what other modules rely on ------------------------------------------------------------
 
 
 def test_unwrap() -> None:
-    assert spec.unwrap("${{ always() }}") == "always()"
-    assert spec.unwrap("  success() ") == "success()"
-    assert spec.unwrap("${{ {'a': 1} }}") == "{'a': 1}"
+    assert notation.unwrap("${{ always() }}") == "always()"
+    assert notation.unwrap("  success() ") == "success()"
+    assert notation.unwrap("${{ {'a': 1} }}") == "{'a': 1}"
     with pytest.raises(ValueError):
-        spec.unwrap("${{ a }} and ${{ b }}")
+        notation.unwrap("${{ a }} and ${{ b }}")

@@ -7,7 +7,7 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline import spec, triggers
+from pipeline import jobset, triggers
 from pipeline.cli.jobs import list_rows
 from pipeline.model import RunRecord, RunStatus, Trigger
 from pipeline.policy import circuit_open
@@ -36,7 +36,7 @@ def test_list_shows_each_job_as_the_api_does(tmp_path: Path) -> None:
     """)
     write(jobs / "manual.yaml", "steps:\n  - {id: a, run: 'true'}\n")
     write(jobs / "broken.yaml", "steps: [\n")
-    loaded = spec.load_jobs([jobs], now=NOW)
+    loaded = jobset.load_jobs([jobs], now=NOW)
     states = {
         "nightly": JobState("nightly", watermark=NOW + timedelta(days=3), failures=2,
                             circuit_opened_at=NOW - timedelta(minutes=5)),
@@ -74,7 +74,7 @@ def test_list_shows_each_job_as_the_api_does(tmp_path: Path) -> None:
 def test_a_file_that_no_longer_loads_shows_the_version_the_daemon_runs(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.d"
     write(jobs / "b.yaml", "schedule: every 1s\nsteps: [\n")
-    loaded = spec.load_jobs([jobs], now=NOW)
+    loaded = jobset.load_jobs([jobs], now=NOW)
     file = str(jobs / "b.yaml")
     daemon = {"jobs": {"b": {"file": file, "path": file, "stale": True, "enabled": True,
                              "schedule": "every 1s", "sha256": "ab" * 32,

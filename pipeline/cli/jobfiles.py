@@ -1,7 +1,7 @@
 """Jobs as the commands find them: one by name or by file, or the whole jobs directory.
 
 Where there is a state, a job name wanted by two files goes to the one a daemon keeps it for:
-the file that held it first, as the state remembers (``spec.load_jobs`` with ``remembered``,
+the file that held it first, as the state remembers (``jobset.load_jobs`` with ``remembered``,
 the rule ``watch.Catalog`` follows); a file that is broken now but whose last good version
 the state keeps still holds its name, and that version is what ``list`` and ``why`` show.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from pipeline import spec
+from pipeline import jobset, spec
 from pipeline.cli import Settings, fail
 from pipeline.errors import JobInvalid, StateError
+from pipeline.jobset import Loaded
 from pipeline.model import Definition, Job
-from pipeline.spec import Loaded
 
 
 def remembered(settings: Settings) -> Mapping[str, Definition] | None:
@@ -45,13 +45,13 @@ def remembered(settings: Settings) -> Mapping[str, Definition] | None:
         click.echo(f"pipeline: cannot read which files hold which job names ({exc}); "
                    "judging by path order", err=True)
         return None
-    return spec.remembered_files(settings.jobs_dir, definitions)
+    return jobset.remembered_files(settings.jobs_dir, definitions)
 
 
 def load_directory(settings: Settings) -> Loaded:
     """Every job file in the jobs directory, loaded, names judged as a daemon judges them."""
     known = remembered(settings)
-    return settings.needing_plugins(lambda: spec.load_jobs(
+    return settings.needing_plugins(lambda: jobset.load_jobs(
         [settings.jobs_dir], runner_schemas=settings.runner_schemas(), remembered=known))
 
 

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import dag, jobgraph, notation, schedule_words, spec, triggers
+from pipeline import dag, jobgraph, jobset, notation, schedule_words, triggers
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job, jobs_on_disk, remembered
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem, UsageError
+from pipeline.jobset import Loaded
 from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
 from pipeline.policy import circuit_open
-from pipeline.spec import Loaded
+from pipeline.schema import job_schema
 from pipeline.views import job_row
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def validate(settings: Settings, paths: tuple[str, ...], fmt: str) -> None:
         if not target.exists():
             raise click.BadParameter(f"{target} does not exist", param_hint="PATHS")
     known = remembered(settings)
-    loaded = settings.needing_plugins(lambda: spec.load_jobs(
+    loaded = settings.needing_plugins(lambda: jobset.load_jobs(
         targets, runner_schemas=settings.runner_schemas(), remembered=known))
     files = sorted({*loaded.files, *loaded.problems, *loaded.warnings, *loaded.settings_files})
     problems = [p for f in files for p in loaded.problems.get(f, ())]
@@ -89,7 +90,7 @@ def schema(settings: Settings, runner: str | None) -> None:
     settings.plugins = True
 
     if runner is None:
-        echo_json(spec.job_schema(settings.runner_schemas()))
+        echo_json(job_schema(settings.runner_schemas()))
         return
     registry = settings.runners()
     if runner not in registry:

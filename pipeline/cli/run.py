@@ -9,7 +9,7 @@ from typing import Any
 import click
 import trio
 
-from pipeline import foreground, spec
+from pipeline import foreground
 from pipeline.cli import Settings, complete_job, dirs, fail, pass_settings
 from pipeline.cli.jobfiles import find_job
 from pipeline.cli.state import open_state
@@ -17,6 +17,7 @@ from pipeline.cli.text import local, parse_kv, zone_of
 from pipeline.events import Event
 from pipeline.live import LiveView
 from pipeline.model import Job, Policy, RunRecord, RunStatus, utc_now
+from pipeline.params import parse_params
 from pipeline.plan import print_plan
 from pipeline.statedir import new_run_id
 from pipeline.store.records import NodeInfo
@@ -43,7 +44,7 @@ def run(settings: Settings, job: str, params: tuple[str, ...], dry_run: bool,
     interrupted.
     """
     definition = find_job(settings, job)
-    values = spec.parse_params(definition, parse_kv(params))
+    values = parse_params(definition, parse_kv(params))
     if dry_run:
         print_plan(definition, values, out=sys.stdout)
         return

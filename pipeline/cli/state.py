@@ -18,7 +18,7 @@ from pipeline.store import Store, open_store
 from pipeline.store.sqlite import DB_FILE
 
 if TYPE_CHECKING:
-    from pipeline.spec import Loaded
+    from pipeline.jobset import Loaded
 
 
 def has_state(settings: Settings) -> bool:

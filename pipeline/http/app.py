@@ -45,10 +45,10 @@ from pipeline.http.openapi import openapi_document
 from pipeline.http.reading import body_bytes, local_target, match
 from pipeline.http.runs import RunRoutes
 from pipeline.http.site import Site
-from pipeline.model import JOB_NAME, RUN_ID, Job, RunRecord, run_as_dict
+from pipeline.model import JOB_NAME, RUN_ID, Job, RunRecord
 from pipeline.policy import circuit_open
 from pipeline.store.records import JobState
-from pipeline.views import CatalogFiles, job_views
+from pipeline.views import CatalogFiles, job_views, run_as_dict
 
 if TYPE_CHECKING:
     from pipeline.daemon import Daemon

@@ -10,10 +10,11 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeline import jobgraph, spec
+from pipeline import jobgraph
 from pipeline.http.answers import ApiError, Encoded, JSONResponse, encode_shared, shared_answer
 from pipeline.http.reading import flag, match, read_json
 from pipeline.model import JOB_NAME, RunStatus, Trigger
+from pipeline.params import parse_params
 
 if TYPE_CHECKING:
     from pipeline.http.app import StatusApp
@@ -53,7 +54,7 @@ class JobRoutes:
         given = body.get("params") or {}
         if not isinstance(given, dict):
             raise ApiError(400, "bad_body", '"params" must be an object of name: value')
-        values = spec.parse_params(job, given)  # JSON values, typed by the job's declaration
+        values = parse_params(job, given)  # JSON values, typed by the job's declaration
         dispatched, _ = await self.app.daemon.worker.trigger(job, values, trigger=Trigger.API)
         self.app.recent.clear()  # a client reads its own writes
         if dispatched.status is RunStatus.SKIPPED:

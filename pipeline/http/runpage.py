@@ -19,17 +19,10 @@ from pipeline.http.reading import integer
 from pipeline.http.rungraph import graph, step_statuses
 from pipeline.http.timeline import attempt_markers, timeline
 from pipeline.http.views import declared_steps, log_size, log_tail, read_log
-from pipeline.model import (
-    RUN_ID,
-    STEP_INSTANCE_ID,
-    RunRecord,
-    StepStatus,
-    failed_steps,
-    in_file_order,
-    version_differs,
-)
+from pipeline.model import RUN_ID, STEP_INSTANCE_ID, RunRecord, StepStatus, in_file_order
 from pipeline.notation import parse_duration
 from pipeline.statedir import log_relpath
+from pipeline.views import failed_steps, version_differs
 
 if TYPE_CHECKING:
     from pipeline.http.site import Site

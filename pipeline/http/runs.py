@@ -21,8 +21,9 @@ from pipeline.http.guard import MAX_LIMIT, MAX_WAIT
 from pipeline.http.reading import flag, integer, match, number, one_of, time_param
 from pipeline.http.views import declares, log_size, read_log
 from pipeline.logship import shipped_whole
-from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID, RunStatus, Trigger, run_as_dict
+from pipeline.model import JOB_NAME, RUN_ID, STEP_INSTANCE_ID, RunStatus, Trigger
 from pipeline.statedir import log_relpath
+from pipeline.views import run_as_dict
 
 if TYPE_CHECKING:
     from pipeline.http.app import StatusApp

@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pipeline import spec, triggers
+from pipeline import jobset, triggers
 from pipeline.model import Job
 from pipeline.statedir import log_relpath
 
@@ -169,7 +169,7 @@ def check_cluster(cluster: Cluster, *, settle: float | None = None,
     t0 = time.monotonic()
     settle = cluster.lease + 5 if settle is None else settle
     report = ClusterReport()
-    jobs: dict[str, Job] = dict(spec.load_jobs([cluster.jobs]).jobs)
+    jobs: dict[str, Job] = dict(jobset.load_jobs([cluster.jobs]).jobs)
 
     # 4 first: wait (up to `settle`) for the store to take back what lost nodes held; the
     # rest is judged on the state that follows.

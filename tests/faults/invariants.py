@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import process, spec, triggers
+from pipeline import jobset, process, triggers
 from pipeline.model import Job
 from pipeline.nodes import identity_dead
 from pipeline.store.records import INTERRUPTED_RUNNING
@@ -80,7 +80,7 @@ class Report:
 
 
 def load_jobs(jobs_dir: Path) -> dict[str, Job]:
-    return dict(spec.load_jobs([jobs_dir]).jobs)
+    return dict(jobset.load_jobs([jobs_dir]).jobs)
 
 
 def check_invariants(state_dir: Path, jobs: Path | dict[str, Job], *,
