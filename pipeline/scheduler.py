@@ -41,8 +41,9 @@ from pipeline import triggers
 from pipeline.errors import StateError
 from pipeline.faults import crash_point
 from pipeline.journal import Offload
-from pipeline.model import Job, Version
+from pipeline.model import Job
 from pipeline.policy import catchup_of, misfire_grace_of
+from pipeline.runrecords import Version
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
 from pipeline.versions import version_of

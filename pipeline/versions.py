@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from pipeline.model import Version
+from pipeline.runrecords import Version
 
 GIT_TIMEOUT = 2.0  # seconds per git command
 _CACHE_SIZE = 1024

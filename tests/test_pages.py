@@ -24,16 +24,8 @@ from pipeline.http.pages import (
     step_statuses,
     timeline,
 )
-from pipeline.model import (
-    Job,
-    RunRecord,
-    RunStatus,
-    Schedule,
-    ScheduleKind,
-    StepRecord,
-    StepStatus,
-    Trigger,
-)
+from pipeline.model import Job, RunStatus, Schedule, ScheduleKind, StepStatus, Trigger
+from pipeline.runrecords import RunRecord, StepRecord
 
 JobFrom = Callable[[str], Job]
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.model import Version
+from pipeline.runrecords import Version
 from pipeline.versions import version_of
 
 JOB = b"name: j\nsteps:\n  - id: a\n    run: echo hi\n"

@@ -19,15 +19,8 @@ from zoneinfo import ZoneInfo
 
 from pipeline import dag, schedule_words, triggers
 from pipeline.errors import Problem
-from pipeline.model import (
-    EMPTY,
-    Job,
-    ParamType,
-    RunRecord,
-    StepRecord,
-    StepStatus,
-    in_file_order,
-)
+from pipeline.model import EMPTY, Job, ParamType, StepStatus
+from pipeline.runrecords import RunRecord, StepRecord, in_file_order
 
 HOOK_LISTS = (("on_success", "on success"), ("on_failure", "on failure"), ("finally", "finally"))
 _ATTEMPT = re.compile(r"\[pipeline\] attempt (\d+) of \d+ at (\S+)")

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.events import Event
-from pipeline.model import Definition, RunRecord, RunStatus, Trigger
+from pipeline.model import Definition, RunStatus, Trigger
+from pipeline.runrecords import RunRecord
 from pipeline.store.records import (
     Claims,
     EventFire,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from pipeline.model import Definition, RunRecord
+from pipeline.model import Definition
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import WATERMARK, SqlBase
 from pipeline.store.records import JobSettings, JobState
 from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, iso, run_record, settings_json, time_of

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from pipeline.model import RunRecord, RunStatus
+from pipeline.model import RunStatus
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import ACTIVE, SqlBase, Tx
 from pipeline.store.records import INTERRUPTED_RUNNING, NODE_LOST, NodeInfo, NodeState, StopRequest
 from pipeline.store.rows import from_json, iso, time_of, to_json
