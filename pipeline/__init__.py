@@ -8,8 +8,9 @@ Every module, in layers: a module imports only modules named before it here (in 
 above, or earlier in its own row); the modules of a package (``pkg/ (its modules)``) import
 each other freely. ``tests/test_layering.py`` holds the code to this list.
 
-    errors, model, events, faults  the exception tree; frozen job objects and states; event
-                                 records; crash points for the fault-injection tests
+    errors, model, runrecords,   the exception tree; frozen job objects and states; a run as
+      events, faults             the store records it; event records; crash points for the
+                                 fault-injection tests
     notation                     pure: the notations of a job file's strings: durations (read,
                                  and written back), times, time zones (the machine's too)
     cron, calendars, triggers    pure: cron expressions (cronie's grammar, the DST rule); what

@@ -37,7 +37,7 @@ from pipeline.filewatch import watched_of
 from pipeline.journal import Journal
 from pipeline.logship import LogShipper
 from pipeline.metrics import Metrics
-from pipeline.model import Job, RunRecord, iso
+from pipeline.model import Job, iso
 from pipeline.nodes import (
     DEFAULT_LEASE,
     Lease,
@@ -50,6 +50,7 @@ from pipeline.notify.notifier import Notifier
 from pipeline.policy import AUTOMATIC, Verdict
 from pipeline.recovery import recover
 from pipeline.runners import Runner, schemas_of
+from pipeline.runrecords import RunRecord
 from pipeline.scheduler import Scheduler
 from pipeline.statedir import identity_alive, process_identity
 from pipeline.store import Store

@@ -29,7 +29,8 @@ from loguru import logger
 
 from pipeline import triggers
 from pipeline.errors import StateError
-from pipeline.model import Job, RunRecord
+from pipeline.model import Job
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store
 from pipeline.store.records import JobState
 

@@ -25,7 +25,8 @@ from loguru import logger
 from pipeline.errors import StateError
 from pipeline.filewatch import FileFire, FileWatcher
 from pipeline.filewatch import Outcome as FileOutcome
-from pipeline.model import Job, ScheduleKind, Trigger, Version, thaw
+from pipeline.model import Job, ScheduleKind, Trigger, thaw
+from pipeline.runrecords import Version
 from pipeline.store import Store
 from pipeline.store.records import Claimed, EventFire
 

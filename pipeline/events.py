@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.model import RunStatus, StepStatus, Trigger, Version, empty_mapping
+from pipeline.model import RunStatus, StepStatus, Trigger, empty_mapping
+from pipeline.runrecords import Version
 
 
 @dataclass(frozen=True)

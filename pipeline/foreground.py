@@ -22,9 +22,10 @@ from pipeline.engine import RunResult
 from pipeline.errors import PipelineError, StateError
 from pipeline.events import Event
 from pipeline.journal import Journal
-from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, RunStatus, Trigger
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store
 from pipeline.versions import version_of
 from pipeline.worker import Worker

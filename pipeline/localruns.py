@@ -26,11 +26,12 @@ from pipeline.engine import MAX_CHAIN, RunHandle, RunResult, check_chain, run_jo
 from pipeline.errors import NotFound, PipelineError, StateError
 from pipeline.events import RunFinished, StepFinished, StepRetrying, StepSpawned
 from pipeline.journal import Journal, Offload
-from pipeline.model import Job, Pool, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, Pool, RunStatus, Trigger
 from pipeline.nodes import Watchdog
 from pipeline.notify.notifier import Notifier
 from pipeline.params import parse_params
 from pipeline.runners import Runner
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store
 
 Clock = Callable[[], datetime]

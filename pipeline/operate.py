@@ -16,8 +16,9 @@ from typing import Any
 from pipeline import schedule_words, triggers
 from pipeline.errors import NotFound, PipelineError, did_you_mean
 from pipeline.events import RunQueued
-from pipeline.model import Catchup, Job, RunRecord, Schedule, ScheduleKind, Trigger, Version
+from pipeline.model import Catchup, Job, Schedule, ScheduleKind, Trigger
 from pipeline.policy import catchup_of, fits
+from pipeline.runrecords import RunRecord, Version
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
 from pipeline.store.records import JobState, NodeInfo, NodeState, Outcome, StoredDecision

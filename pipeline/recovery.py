@@ -16,8 +16,9 @@ from loguru import logger
 
 from pipeline import process
 from pipeline.events import StepFinished
-from pipeline.model import RunRecord, RunStatus
+from pipeline.model import RunStatus
 from pipeline.nodes import identity_dead
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store
 
 

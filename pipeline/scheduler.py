@@ -41,7 +41,7 @@ from pipeline import triggers
 from pipeline.errors import StateError
 from pipeline.faults import crash_point
 from pipeline.journal import Offload
-from pipeline.model import Job, Version
+from pipeline.model import Job
 from pipeline.policy import (
     catchup_of,
     has_calendar,
@@ -49,6 +49,7 @@ from pipeline.policy import (
     stretch_detail,
     stretch_starts,
 )
+from pipeline.runrecords import Version
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Claims, FireClaim, JobSettings, StoredDecision
 from pipeline.versions import LoadedVersions

@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from pipeline.model import Job, Version
+from pipeline.model import Job
+from pipeline.runrecords import Version
 
 GIT_TIMEOUT = 2.0  # seconds per git command
 _CACHE_SIZE = 1024

@@ -18,18 +18,8 @@ from typing import Any, NamedTuple
 
 from pipeline import schedule_words, triggers
 from pipeline.errors import Problem
-from pipeline.model import (
-    EMPTY,
-    Job,
-    RunRecord,
-    RunStatus,
-    StepRecord,
-    StepStatus,
-    Trigger,
-    in_file_order,
-    iso,
-    thaw,
-)
+from pipeline.model import EMPTY, Job, RunStatus, StepStatus, Trigger, iso, thaw
+from pipeline.runrecords import RunRecord, StepRecord, in_file_order
 
 Pause = tuple[datetime, str | None, str | None]  # paused at, by whom, why
 

@@ -31,11 +31,12 @@ from pipeline.faults import crash_point
 from pipeline.held import Held
 from pipeline.journal import Journal, Offload
 from pipeline.localruns import Dispatched, LocalRun, LocalRuns
-from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
+from pipeline.model import Job, RunStatus, Trigger
 from pipeline.nodes import Lease, Watchdog
 from pipeline.notify.notifier import Notifier
 from pipeline.policy import Verdict
 from pipeline.runners import Runner
+from pipeline.runrecords import RunRecord, Version
 from pipeline.statedir import new_run_id
 from pipeline.store import Store
 from pipeline.store.records import Claimed, Started

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.deadlines import Deadlines
 from pipeline.events import RunFinished, RunQueued, RunSkipped, RunStarted
-from pipeline.model import Job, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, RunStatus, Trigger
+from pipeline.runrecords import RunRecord
 from pipeline.statedir import new_run_id
 from pipeline.store.records import Outcome
 from pipeline.store.sqlite import SqliteStore

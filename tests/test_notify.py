@@ -29,11 +29,12 @@ from aiosmtpd.smtp import AuthResult
 from pipeline import spec
 from pipeline.engine import run_job
 from pipeline.events import Event, RunFinished, RunStarted
-from pipeline.model import Job, NotifyEvent, RunRecord, RunStatus, Trigger
+from pipeline.model import Job, NotifyEvent, RunStatus, Trigger
 from pipeline.notify.message import Message
 from pipeline.notify.notice import Notice, NotifyStatus, Outcome, end_events
 from pipeline.notify.notifier import Notifier
 from pipeline.notify.outbox import JsonFile
+from pipeline.runrecords import RunRecord
 from pipeline.settings import load_settings
 from pipeline.store.sqlite import SqliteStore
 

@@ -16,16 +16,8 @@ from pipeline.errors import Problem
 from pipeline.http.pages import durations, next_fires, param_fields, source_lines
 from pipeline.http.rungraph import graph, step_statuses
 from pipeline.http.timeline import attempt_markers, attempts, timeline
-from pipeline.model import (
-    Job,
-    RunRecord,
-    RunStatus,
-    Schedule,
-    ScheduleKind,
-    StepRecord,
-    StepStatus,
-    Trigger,
-)
+from pipeline.model import Job, RunStatus, Schedule, ScheduleKind, StepStatus, Trigger
+from pipeline.runrecords import RunRecord, StepRecord
 
 JobFrom = Callable[[str], Job]
 BERLIN = ZoneInfo("Europe/Berlin")

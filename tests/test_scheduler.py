@@ -24,9 +24,10 @@ from pipeline.errors import RunnerError
 from pipeline.eventfires import EventFires
 from pipeline.journal import Journal
 from pipeline.localruns import Dispatched
-from pipeline.model import Job, RunRecord, RunStatus, Trigger, Version
+from pipeline.model import Job, RunStatus, Trigger
 from pipeline.nodes import Lease, this_node
 from pipeline.runners import Runner, StepContext, builtin_runners, schemas_of
+from pipeline.runrecords import RunRecord, Version
 from pipeline.scheduler import Scheduler
 from pipeline.store.records import Outcome
 from pipeline.store.sqlite import SqliteStore

@@ -50,11 +50,11 @@ from pipeline.model import (
     RunStatus,
     StepStatus,
     Trigger,
-    Version,
 )
 from pipeline.nodes import machine_identity
 from pipeline.policy import Reason, Verdict
 from pipeline.recovery import recover
+from pipeline.runrecords import Version
 from pipeline.statedir import (
     identity_alive,
     lock_state_dir,

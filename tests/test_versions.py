@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from pipeline import spec
-from pipeline.model import Version
+from pipeline.runrecords import Version
 from pipeline.versions import LoadedVersions, version_of
 
 JOB = b"name: j\nsteps:\n  - id: a\n    run: echo hi\n"

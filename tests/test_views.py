@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pipeline import jobset, triggers
 from pipeline.cli.jobs import list_rows
-from pipeline.model import RunRecord, RunStatus, Trigger
+from pipeline.model import RunStatus, Trigger
 from pipeline.policy import circuit_open
+from pipeline.runrecords import RunRecord
 from pipeline.store.records import JobState
 from pipeline.views import CatalogFiles, job_views
 

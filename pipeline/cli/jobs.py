@@ -18,8 +18,9 @@ from pipeline.cli.jobfiles import find_job, jobs_on_disk, remembered
 from pipeline.cli.text import echo_json, local, parse_time, table, zone_of
 from pipeline.errors import Problem, UsageError
 from pipeline.jobset import Loaded
-from pipeline.model import CircuitBreaker, RunRecord, RunStatus, utc_now
+from pipeline.model import CircuitBreaker, RunStatus, utc_now
 from pipeline.policy import circuit_open
+from pipeline.runrecords import RunRecord
 from pipeline.schema import job_schema
 from pipeline.views import job_row
 

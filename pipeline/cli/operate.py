@@ -17,7 +17,8 @@ from pipeline.cli.jobfiles import find_job, jobs_on_disk
 from pipeline.cli.state import get_run, has_state, open_state
 from pipeline.cli.text import echo_json, local, parse_time
 from pipeline.errors import UsageError
-from pipeline.model import Job, RunRecord, iso, utc_now
+from pipeline.model import Job, iso, utc_now
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store
 from pipeline.versions import version_of
 

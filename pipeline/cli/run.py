@@ -16,9 +16,10 @@ from pipeline.cli.state import open_state
 from pipeline.cli.text import local, parse_kv, zone_of
 from pipeline.events import Event
 from pipeline.live import LiveView
-from pipeline.model import Job, Policy, RunRecord, RunStatus, utc_now
+from pipeline.model import Job, Policy, RunStatus, utc_now
 from pipeline.params import parse_params
 from pipeline.plan import print_plan
+from pipeline.runrecords import RunRecord
 from pipeline.statedir import new_run_id
 from pipeline.store.records import NodeInfo
 

@@ -17,7 +17,8 @@ from pipeline.cli.state import daemon_info, get_run, has_state, job_zones, known
 from pipeline.cli.text import echo_json, local, table, value_text
 from pipeline.errors import NotFound
 from pipeline.logship import shipped_whole
-from pipeline.model import STEP_INSTANCE_ID, RunRecord, RunStatus, StepRecord, in_file_order
+from pipeline.model import STEP_INSTANCE_ID, RunStatus
+from pipeline.runrecords import RunRecord, StepRecord, in_file_order
 from pipeline.store import Store
 from pipeline.views import run_as_dict, version_differs
 

@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 from pipeline.cli import Settings, configure_logging
 from pipeline.cli.text import check_run_id, zone_of
 from pipeline.errors import NotFound
-from pipeline.model import RunRecord, utc_now
+from pipeline.model import utc_now
 from pipeline.recovery import recover
+from pipeline.runrecords import RunRecord
 from pipeline.store import Store, open_store
 from pipeline.store.sqlite import DB_FILE
 

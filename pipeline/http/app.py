@@ -45,8 +45,9 @@ from pipeline.http.openapi import openapi_document
 from pipeline.http.reading import body_bytes, local_target, match
 from pipeline.http.runs import RunRoutes
 from pipeline.http.site import Site
-from pipeline.model import JOB_NAME, RUN_ID, Job, RunRecord
+from pipeline.model import JOB_NAME, RUN_ID, Job
 from pipeline.policy import circuit_open
+from pipeline.runrecords import RunRecord
 from pipeline.store.records import JobState
 from pipeline.views import CatalogFiles, job_views, run_as_dict
 

@@ -14,7 +14,8 @@ from pipeline import operate
 from pipeline.http.answers import ApiError, JSONResponse
 from pipeline.http.guard import MAX_LIMIT
 from pipeline.http.reading import integer, match, read_json, time_param
-from pipeline.model import JOB_NAME, Version, iso
+from pipeline.model import JOB_NAME, iso
+from pipeline.runrecords import Version
 
 if TYPE_CHECKING:
     from pipeline.http.app import StatusApp

@@ -16,9 +16,10 @@ from starlette.responses import Response
 from pipeline.http.answers import JSONResponse, dumps
 from pipeline.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.metrics import Snapshot
-from pipeline.model import RunRecord, RunStatus
+from pipeline.model import RunStatus
 from pipeline.nodes import node_views
 from pipeline.policy import circuit_open
+from pipeline.runrecords import RunRecord
 from pipeline.store.records import JobState
 
 if TYPE_CHECKING:

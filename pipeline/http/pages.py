@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from pipeline import schedule_words, triggers
 from pipeline.errors import Problem
-from pipeline.model import Job, ParamType, RunRecord
+from pipeline.model import Job, ParamType
+from pipeline.runrecords import RunRecord
 
 # The lists of steps that run after the main ones, as the job file names them and the pages say
 # them (a timeline row's "(on success)", a caption over the graph's column).

@@ -15,7 +15,8 @@ from typing import Any
 
 from pipeline import dag
 from pipeline.http.pages import HOOK_LISTS
-from pipeline.model import EMPTY, RunRecord, StepStatus
+from pipeline.model import EMPTY, StepStatus
+from pipeline.runrecords import RunRecord
 
 NODE_W, NODE_H, GAP_X, GAP_Y, PAD, HEAD = 140, 34, 36, 12, 10, 20
 

@@ -19,8 +19,9 @@ from pipeline.http.reading import integer
 from pipeline.http.rungraph import graph, step_statuses
 from pipeline.http.timeline import attempt_markers, timeline
 from pipeline.http.views import declared_steps, log_size, log_tail, read_log
-from pipeline.model import RUN_ID, STEP_INSTANCE_ID, RunRecord, StepStatus, in_file_order
+from pipeline.model import RUN_ID, STEP_INSTANCE_ID, StepStatus
 from pipeline.notation import parse_duration
+from pipeline.runrecords import RunRecord, in_file_order
 from pipeline.statedir import log_relpath
 from pipeline.views import failed_steps, version_differs
 

@@ -34,8 +34,9 @@ from pipeline.http.answers import ApiError, error_page
 from pipeline.http.pages import durations, next_fires, param_fields, source_lines
 from pipeline.http.reading import integer
 from pipeline.http.runpage import RunPage
-from pipeline.model import JOB_NAME, Job, RunRecord, RunStatus
+from pipeline.model import JOB_NAME, Job, RunStatus
 from pipeline.notation import format_duration, parse_duration
+from pipeline.runrecords import RunRecord
 from pipeline.views import run_as_dict
 
 if TYPE_CHECKING:

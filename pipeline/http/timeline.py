@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline.http.pages import HOOK_LISTS, took
-from pipeline.model import EMPTY, RunRecord, StepRecord, in_file_order
+from pipeline.model import EMPTY
+from pipeline.runrecords import RunRecord, StepRecord, in_file_order
 
 _ATTEMPT = re.compile(r"\[pipeline\] attempt (\d+) of \d+ at (\S+)")
 _RETRYING = re.compile(r"; retrying in ([0-9.]+)s$")

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.model import RunRecord
+from pipeline.runrecords import RunRecord
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

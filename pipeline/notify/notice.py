@@ -9,7 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pipeline.model import EMPTY, NotifyEvent, RunRecord, RunStatus, freeze, iso, thaw, utc_now
+from pipeline.model import EMPTY, NotifyEvent, RunStatus, freeze, iso, thaw, utc_now
+from pipeline.runrecords import RunRecord
 
 FAILED = frozenset({RunStatus.FAILED, RunStatus.INTERRUPTED})
 

@@ -16,16 +16,7 @@ import trio
 from loguru import logger
 
 from pipeline.errors import ExpressionError, NotifyError
-from pipeline.model import (
-    EMPTY,
-    Job,
-    NotifyEvent,
-    NotifyTarget,
-    RunRecord,
-    RunStatus,
-    Settings,
-    utc_now,
-)
+from pipeline.model import EMPTY, Job, NotifyEvent, NotifyTarget, RunStatus, Settings, utc_now
 from pipeline.notation import short_duration
 from pipeline.notify.cooldown import Claim, Cooldowns
 from pipeline.notify.message import Message, render_message
@@ -33,6 +24,7 @@ from pipeline.notify.notice import Notice, NotifyStatus, Outcome, end_events
 from pipeline.notify.outbox import Delivery, Offload, Outbox
 from pipeline.notify.outcomes import Outcomes
 from pipeline.notify.send import send_message
+from pipeline.runrecords import RunRecord
 
 if TYPE_CHECKING:
     import httpx

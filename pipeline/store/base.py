@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.model import RunRecord, StepRecord
+from pipeline.runrecords import RunRecord, StepRecord
 from pipeline.store.records import JobSettings, JobState, StoredDecision
 from pipeline.store.rows import (
     DOCUMENT,

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from pipeline import policy
-from pipeline.model import RunRecord, Trigger
+from pipeline.model import Trigger
+from pipeline.runrecords import RunRecord
 from pipeline.statedir import new_run_id
 from pipeline.store.base import ACTIVE, WATERMARK, SqlBase, Tx
 from pipeline.store.records import Claimed, Claims, EventFire, FireClaim, Outcome, StoredDecision

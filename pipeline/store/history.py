@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pipeline.errors import RunActive
-from pipeline.model import RunRecord, RunStatus, Trigger
+from pipeline.model import RunStatus, Trigger
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import ACTIVE, SqlBase
 from pipeline.store.records import Outcome, StoredDecision
 from pipeline.store.rows import RUN_COLUMNS, iso, iso_or_none, run_record, time_of

@@ -12,7 +12,8 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from pipeline.model import Definition, RunRecord
+from pipeline.model import Definition
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import WATERMARK, SqlBase
 from pipeline.store.records import JobSettings, JobState
 from pipeline.store.rows import DOCUMENT, RUN_COLUMNS, iso, run_record, settings_json, time_of

@@ -12,7 +12,8 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from pipeline.model import RunRecord, RunStatus
+from pipeline.model import RunStatus
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import ACTIVE, SqlBase, Tx
 from pipeline.store.records import INTERRUPTED_RUNNING, NODE_LOST, NodeInfo, NodeState, StopRequest
 from pipeline.store.rows import from_json, iso, time_of, to_json

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from pipeline.model import RunRecord
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import SqlBase
 from pipeline.store.records import Outcome, StoredDecision
 from pipeline.store.rows import from_json, iso, time_of, to_json

@@ -9,17 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pipeline.model import (
-    Catchup,
-    CircuitBreaker,
-    Concurrency,
-    RunRecord,
-    RunStatus,
-    Trigger,
-    Version,
-    empty_mapping,
-)
+from pipeline.model import Catchup, CircuitBreaker, Concurrency, RunStatus, Trigger, empty_mapping
 from pipeline.policy import Decision, Verdict
+from pipeline.runrecords import RunRecord, Version
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 # Runs that stand for a scheduled instant: one per (job, instant), whatever else runs.

@@ -18,15 +18,13 @@ from pipeline.model import (
     CircuitBreaker,
     Concurrency,
     Policy,
-    RunRecord,
     RunStatus,
-    StepRecord,
     StepStatus,
     Trigger,
-    Version,
     empty_mapping,
     freeze,
 )
+from pipeline.runrecords import RunRecord, StepRecord, Version
 from pipeline.store.records import KEYED_TRIGGERS, JobSettings
 
 

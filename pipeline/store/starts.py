@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline import policy
-from pipeline.model import RunRecord, RunStatus, Trigger
+from pipeline.model import RunStatus, Trigger
+from pipeline.runrecords import RunRecord
 from pipeline.store.base import ACTIVE, Tx
 from pipeline.store.pools import SqlPools
 from pipeline.store.records import (
