@@ -284,6 +284,15 @@ def _chain(node: nodes.Node, out: list[tuple[tuple[str | int, ...], bool, bool]]
     return path, True
 
 
+def forget_parsed() -> None:
+    """Drop what checking job files cached of their strings. After the daemon loads 1,000 jobs
+    that is about 2 MiB kept for nothing until the next edit; a fire renders what it needs
+    again, and its own entries stay below the caches' bounds."""
+    _parse.cache_clear()
+    _split.cache_clear()
+    references.cache_clear()
+
+
 @functools.lru_cache(maxsize=1024)
 def _spelling(path: tuple[str | int, ...], called: bool) -> re.Pattern[str]:
     """How ``path`` can be written: ``steps.a.outputs``, ``steps['a'].outputs``, ``steps . a``."""

@@ -24,7 +24,7 @@ import trio
 import watchfiles
 from loguru import logger
 
-from pipeline import jobset, spec
+from pipeline import expr, jobset, spec
 from pipeline.errors import JobInvalid, Problem, StateError
 from pipeline.model import Definition, Job, Settings
 from pipeline.settings import is_settings_file, settings_or_problems
@@ -100,17 +100,21 @@ class Catalog:
             self._read_remembered()
         settings_before = self._settings_problems
         settings_changed = self._scan_settings(settings_files)
+        loaded = False
         for path, key, data, digest in files:
             known = None if settings_changed else self._seen.get(key)
             if known is not None and known.sha256 == digest:
                 seen[key] = known
                 continue
+            loaded = True
             try:
                 job = spec.load_job(path, runner_schemas=self.runner_schemas, data=data,
                                     settings=self.settings)
                 seen[key] = _File(job.sha256, job, (), data)
             except JobInvalid as exc:
                 seen[key] = _File(digest, None, exc.problems)
+        if loaded:
+            expr.forget_parsed()
         if first:
             self._recall(seen)
         # A settings file broken (or fixed) with no change to the settings in force still

@@ -236,3 +236,21 @@ def test_a_last_good_version_recalled_after_a_restart_keeps_the_settings_default
     assert restarted.stale == {"st": str(path)}
     # The version that keeps firing is the one that fired before: 03:00 in Tokyo, not UTC.
     assert str(restarted.jobs["st"].schedules[0].timezone) == "Asia/Tokyo"
+
+
+def test_what_checking_cached_is_dropped_after_a_scan_that_loaded_files(tmp_path: Path) -> None:
+    """Loading 1,000 jobs leaves ~2 MiB of parsed strings in expr's caches: the daemon lets them
+    go once its files are loaded (the memory benchmark's target is 80 MB)."""
+    from pipeline import expr
+
+    jobs = tmp_path / "jobs"
+    write(jobs / "a.yaml", JOB.format(name="a", word="hello"))
+    expr.references("${{ warm.the.cache }}")
+    assert expr.references.cache_info().currsize > 0
+    found = catalog(jobs, None)
+    assert "a" in found.jobs
+    assert expr.references.cache_info().currsize == 0
+    # A scan that loads nothing (no file changed) leaves the caches alone.
+    expr.references("${{ warm.the.cache }}")
+    assert not found.scan()
+    assert expr.references.cache_info().currsize == 1
