@@ -164,3 +164,25 @@ def test_decisions_count_fires_by_outcome_and_reason_and_time_a_fired_run() -> N
     assert value("pipeline_runs_total", job="backup", status="skipped") == 1
     assert value("pipeline_fire_lateness_seconds_count") == 1  # only the scheduled one
     assert value("pipeline_fire_lateness_seconds_sum") == pytest.approx(0.02)
+
+
+def test_the_plain_histograms_render_what_prometheus_clients_histogram_renders() -> None:
+    """The per-job duration histograms are plain lists (a Histogram child per job cost the
+    first fire of 1,000 jobs 62 ms and 7.7 MiB): their text must be prometheus-client's."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from pipeline.metrics import DURATION_BUCKETS, _Histograms
+
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram("t_seconds", "A duration.", ["job", "step"], buckets=DURATION_BUCKETS,
+                       registry=theirs_registry)
+    ours = _Histograms("t_seconds", "A duration.", ["job", "step"], DURATION_BUCKETS)
+    ours_registry.register(ours)
+    assert generate_latest(ours_registry) == generate_latest(theirs_registry)  # none yet
+    # On a bound, between bounds, past the last finite one, zero; a second series after.
+    for job, step, value in [("b", "x", 0.01), ("b", "x", 0.02), ("a", "y", 0.0),
+                             ("b", "x", 7200.0), ("b", "x", 1e9), ("a", "y", 3.25),
+                             ('q"uote', "z\\", 0.5)]:
+        theirs.labels(job, step).observe(value)
+        ours.observe((job, step), value)
+    assert generate_latest(ours_registry).decode() == generate_latest(theirs_registry).decode()
