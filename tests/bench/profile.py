@@ -1,42 +1,67 @@
-"""Profile the daemon under the real-step loads, and summarise where the time and the CPU go.
+"""Profile what issue 14's benchmarks measure, and summarise where the time, CPU and memory go.
 
     .venv/bin/pip install py-spy        # once; it is not a dependency of the project
-    .venv/bin/python -m tests.bench.profile [--out DIR] [--seconds 20] [--only real,burst]
+    .venv/bin/python -m tests.bench.profile [--out DIR] [--only real,burst] [--seconds 20]
+        [--rate 100] [--reps N]
 
-Two scenarios, each a real ``pipeline serve --no-http`` on jobs made as ``bin/bench`` makes
-them (``steps.write_step_jobs``), then the bare trio spawn loop (``bare_loop.py --command``)
-under the same load:
+Six scenarios (``--only``, comma-separated; ``real,burst`` by default). Three put a real
+``pipeline serve --no-http`` under a load made as ``bin/bench`` makes it:
 
-    real    100 jobs every second with a ``run:`` step, watched for ``--seconds`` after a
-            warm-up;
-    burst   1,000 jobs with a ``run:`` step due at one ``at:`` instant, watched until every
-            run has finished.
+    real     100 jobs every second with a ``run:`` step (``steps.write_step_jobs``), watched
+             for ``--seconds`` after a warm-up, then the bare trio spawn loop
+             (``bare_loop.py --command``) under the same load;
+    burst    1,000 such jobs due at one ``at:`` instant, watched until every run has
+             finished, then the bare loop; ``--reps`` times (files ``burst-repN.*``), the
+             summary adding the repetitions up;
+    firing   1,000 jobs every second whose step starts no process (``serve.TICK_JOB``, the
+             ``firing`` and ``cpu`` benchmarks' load): ``--reps`` windows of ``--seconds``.
 
-What is recorded while they run:
+Three run whole short processes, need neither root nor perf, and measure from inside fresh
+processes with ``tests/bench/probes.py`` (CPU time, which a shared machine moves much less
+than wall-clock time):
 
-1. Where the time between a fire and its step goes: ``perf record -a`` of the kernel's
-   ``sched_process_fork`` and ``sched_process_exec`` tracepoints (no stops, no ptrace: the
-   processes run as they would), on CLOCK_MONOTONIC, mapped to wall-clock time. Each step's
-   process is tied to its run by the pid the daemon records (``steps.pid``), so each fire is a
-   timeline: due → the run recorded as started → its step recorded as started → the daemon
-   forks the step → bash is exec'd → bash forks for ``$(date)`` and ``date`` is exec'd. The
-   bare loop has the last four (its fires are the whole second before the fork in ``real``,
-   the instant in ``burst``). (``strace -f`` was tried first: its stops slowed a burst's
-   spawns two to three times, for every contender.)
-2. Where the trio thread's time goes: py-spy ``--idle`` samples it whether it runs or is
-   blocked (in a system call, say), so its samples split the thread's wall-clock time.
+    startup  ``pipeline run`` of a one-step job, the 100-step fan-out and the 50-step chain
+             against the bare trio runner (``bare_dag.py``) and ``python -c 'import trio'``:
+             each command's median wall and CPU (``--reps`` interleaved runs); the CPU of every
+             import, by the dependency the project imports and by its own modules (with the
+             dataclasses they build); the parts of each command after its imports (loading
+             the job, logging set-up, the store's open and close, the run itself); py-spy of
+             20 fan-out runs in one process;
+    validate ``pipeline validate`` of 1,000 generated files against the libyaml parse floor:
+             the commands, the imports, the stages of ``spec.load_jobs`` (parse, schema,
+             checks, build) and py-spy of it in a loop;
+    memory   RSS of the daemon with 1,000 jobs loaded: what each import adds, the daemon
+             settled with none and with 1,000 (pymalloc's arenas), what the loaded jobs hold
+             (tracemalloc, and a walk over their objects: strings and their equal copies,
+             the ``document`` trees, the lru caches), and the RSS each what-if change
+             (``probes.WHAT_IF``, patched in the probe's memory only) would save.
+
+What is recorded while the daemon scenarios run:
+
+1. Where the time between a fire and its step goes (real, burst): ``perf record -a`` of the
+   kernel's ``sched_process_fork`` and ``sched_process_exec`` tracepoints (no stops, no
+   ptrace: the processes run as they would), on CLOCK_MONOTONIC, mapped to wall-clock time.
+   Each step's process is tied to its run by the pid the daemon records (``steps.pid``), so
+   each fire is a timeline: due → the run recorded as started → its step recorded as started
+   → the daemon forks the step → bash is exec'd → bash forks for ``$(date)`` and ``date`` is
+   exec'd. The bare loop has the last four (its fires are the whole second before the fork in
+   ``real``, the instant in ``burst``). (``strace -f`` was tried first: its stops slowed a
+   burst's spawns two to three times, for every contender.)
+2. Where the trio thread's time goes (real, burst): py-spy ``--idle`` samples it whether it
+   runs or is blocked (in a system call, say), so its samples split the thread's wall-clock
+   time.
 3. Where the daemon's CPU goes: its user and system time (/proc/PID/stat); py-spy sampling at
-   ``--rate`` Hz (default 100) without pausing it (``--nonblocking``), only the thread holding
-   the GIL (``--gil``: py-spy's idle detection misses threads waiting in C here), which splits
-   its Python CPU by thread and code; and ``perf record -g`` of its threads, which says which
-   system calls the system time goes to.
+   ``--rate`` Hz without pausing it (``--nonblocking``), only the thread holding the GIL
+   (``--gil``: py-spy's idle detection misses threads waiting in C here), which splits its
+   Python CPU by thread, by kind of code, by module and by function; and ``perf record -g``
+   of its threads, which says which system calls the system time goes to.
 
-DIR gets, per scenario: ``SCENARIO.txt`` (py-spy's raw collapsed stacks, one line per stack:
-feed it to flamegraph.pl or speedscope), ``SCENARIO-wall.txt`` (the same, wall clock),
-``SCENARIO.perf.data`` and ``SCENARIO.sched.data``,
-``SCENARIO-bare.sched.data`` (``perf report -i`` / ``perf script -i``), and
-``SCENARIO.summary.md``. Needs root (perf -a, ptrace of the daemon) and perf (Debian:
-``linux-perf``).
+DIR gets, per scenario: ``SCENARIO.summary.md``; py-spy's raw collapsed stacks, one line per
+stack (``SCENARIO.txt``, ``SCENARIO-wall.txt``, ``burst-repN.txt``, ``firing-repN.txt``,
+``startup-run.txt``, ``validate.txt``: feed them to flamegraph.pl or speedscope); and the
+perf files (``SCENARIO.perf.data``, ``SCENARIO.sched.data``, ``SCENARIO-bare.sched.data``:
+``perf report -i`` / ``perf script -i``). real, burst and firing need root (ptrace of the
+daemon; perf -a) and perf (Debian: ``linux-perf``) for real and burst.
 """
 
 from __future__ import annotations
@@ -774,9 +799,9 @@ def profile_startup(ctx: Context, out: Path, reps: int, rate: int) -> None:
     ctx.command(ctx.show(argv))
     subprocess.run([str(a) for a in argv], capture_output=True, env=CHILD_ENV, cwd=ROOT,
                    check=False)
-    samples, spied = spy_tables(raw, lambda frames: any(
-        f == "main" and p.endswith("click/core.py") for f, p in frames) or any(
-        "_thread_cache" in p for _, p in frames))
+    # The loop's own imports are left out: the tables above have them.
+    samples, spied = spy_tables(raw, lambda frames: not any(
+        "_find_and_load" in f for f, _ in frames))
     sections += ["", f"## py-spy: 20 runs of the fan-out in one process, after the imports "
                  f"({samples:,} samples of the thread holding the GIL)", "", *spied]
     for name, job in shapes.items():
