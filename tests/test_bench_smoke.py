@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import cluster, dags, filewatch, steps
+from tests.bench import cluster, dags, filewatch, probes, profile, steps
 from tests.bench.cron import Burst, crontab
+from tests.bench.gen_jobs import write_jobs
 from tests.bench.harness import (
     Children,
     Context,
@@ -206,3 +207,26 @@ def test_cluster_statements_per_fire_split_the_firing_path_from_the_background()
     assert (found.total, found.firing, found.trips, found.transactions) == (330, 300, 230, 110)
     assert [(q.split()[0], f) for q, _, f in found.top] == [
         ("BEGIN", True), ("SELECT", True), ("INSERT", True), ("UPDATE", False)]
+
+
+@pytest.mark.slow
+def test_profile_probes_measure_a_small_run_validation_and_daemon(tmp_path: Path) -> None:
+    """The probes ``python -m tests.bench.profile`` builds its start-up, validate and memory
+    summaries from, on a few jobs: each still finds what it wraps or patches in the product."""
+    job, _ = dags.write_dag(tmp_path, "fanout", 3)
+    imported = profile.probe("imports", "import pipeline.cli; pipeline.cli.main(['run', "
+                             f"{str(job)!r}, '--state-dir', {str(tmp_path / 'a')!r}])")
+    assert imported["dataclasses"] > 0 and "pipeline.engine" in imported["own"]
+    assert any("`trio`" in line for line in profile.import_tables([imported]))
+    parts = profile.probe("run", job, tmp_path / "b")
+    assert all(parts[label][2] >= 1 for label in probes.LABELS)
+    bare = profile.probe("bare", job)
+    assert "\n".join(profile.parts_table([parts], [bare])).count("|") > 30
+    write_jobs(tmp_path / "jobs", 3)
+    stages = profile.probe("validate", tmp_path / "jobs")
+    assert stages["files"] == 3 and len(stages["stages"]) == 7
+    held = profile.probe("jobs", tmp_path / "jobs")
+    assert held["jobs"] == 3 and held["key_distinct"] < held["key_strings"]
+    settled = profile.probe("daemon", tmp_path / "jobs", tmp_path / "state",
+                            ",".join(probes.WHAT_IF), "0.5")
+    assert settled["VmRSS"] > 0 and settled["arenas"] > 0
