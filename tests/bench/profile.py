@@ -836,7 +836,8 @@ def profile_validate(ctx: Context, out: Path, reps: int, rate: int) -> None:
     loop = ctx.tmp / "validate-loop.py"
     loop.write_text("import sys\nfrom pathlib import Path\nfrom pipeline import jobset\n"
                     "jobset.load_jobs([Path(sys.argv[1])])\n"
-                    "for _ in range(int(sys.argv[2])):\n    jobset.load_jobs([Path(sys.argv[1])])\n")
+                    "for _ in range(int(sys.argv[2])):\n"
+                    "    jobset.load_jobs([Path(sys.argv[1])])\n")
     raw = out / "validate.txt"
     argv: list[str | Path] = [PY_SPY, "record", "--rate", str(rate), "--format", "raw",
                               "--output", raw, "--", PYTHON, loop, many, "10"]
