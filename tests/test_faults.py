@@ -163,8 +163,10 @@ def test_after_a_stall_the_newest_fire_runs_and_the_older_is_superseded(
     driver.job("tick", {"schedule": "every 1s", "steps": [{"id": "t", "run": "echo tick"}]})
     life = driver.start()
     time.sleep(1.2)
-    fire = utc_now().replace(microsecond=0) + timedelta(seconds=1)
-    time.sleep((fire - utc_now()).total_seconds() - 0.1)  # its claim is made; it has not run
+    # A whole second at least 0.3 s away: a second closer than 0.1 s would ask for a negative
+    # sleep (it did, under load).
+    fire = (utc_now() + timedelta(seconds=0.3)).replace(microsecond=0) + timedelta(seconds=1)
+    time.sleep(max((fire - utc_now()).total_seconds() - 0.1, 0.0))  # claimed, not yet run
     os.kill(life.pid, signal.SIGSTOP)
     try:
         time.sleep(1.6)
