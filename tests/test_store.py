@@ -81,6 +81,7 @@ from pipeline.store.records import (
     StopRequest,
     StoredDecision,
 )
+from pipeline.store.rows import iso
 from pipeline.store.sql import SqlStore
 from pipeline.store.sqlite import SqliteStore, migrate
 from tests.postgres import Postgres, free_port
@@ -2237,16 +2238,28 @@ FIRING_ROUND_TRIPS = {"claim_fires": 5, "start_runs": 8, "RunFinished": 4}
 
 @contextlib.contextmanager
 def round_trips(store: PostgresStore, trace: Path) -> Iterator[Callable[[], int]]:
-    """The round trips ``store`` (a pool of one connection) has made so far in the block."""
+    """A count of the round trips ``store`` (a pool of one connection) has made so far in the
+    block, from libpq's trace of its messages."""
     with trace.open("w") as out:
-        conn = store._pool.getconn()
-        conn.pgconn.trace(out.fileno())
-        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        store._pool.putconn(conn)
-        yield lambda: trace.read_text().count("\tReadyForQuery")
-        conn = store._pool.getconn()
-        conn.pgconn.untrace()
-        store._pool.putconn(conn)
+
+        def traced(on: bool) -> None:
+            conn = store._pool.getconn()
+            if on:
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            else:
+                conn.pgconn.untrace()  # which flushes what libpq wrote of the answers
+            store._pool.putconn(conn)
+
+        def trips() -> int:
+            traced(False)
+            count = trace.read_text().count("\tReadyForQuery")
+            traced(True)
+            return count
+
+        traced(True)
+        yield trips
+        traced(False)
 
 
 def test_round_trips_on_the_firing_path(postgres_url: str, tmp_path: Path) -> None:
@@ -2301,3 +2314,70 @@ def test_runs_of_many_jobs_start_in_the_round_trips_of_one(postgres_url: str,
     finally:
         store.close()
     assert counted == {FIRING_ROUND_TRIPS["start_runs"]}
+
+
+def test_claims_another_node_made_are_answered_without_a_lock(postgres_url: str,
+                                                              tmp_path: Path) -> None:
+    """Every scheduler node claims every fire; the first makes the runs, and the others'
+    claims see them made by the watermarks they read first: no job's row locked or written,
+    the same few round trips whatever the jobs."""
+    jobs = [f"job-{n:02d}" for n in range(10)]
+    first = PostgresStore.open(postgres_url)
+    other = PostgresStore.open(postgres_url, max_size=1)
+    try:
+        first.publish_jobs([JobSettings(name) for name in jobs])
+        now = first.now()
+        fire, started = now - timedelta(milliseconds=100), now - timedelta(minutes=1)
+        made = first.claim_fires([claim(name, [fire], now, started=started) for name in jobs],
+                                 node="n1", now=now)
+        assert len(made.runs) == len(jobs)
+        later = now + timedelta(milliseconds=20)  # the other node's horizon
+        with round_trips(other, tmp_path / "libpq.trace") as trips:
+            again = other.claim_fires([claim(name, [fire], later, started=started)
+                                       for name in jobs], node="n2", now=later)
+            assert trips() == 3  # BEGIN with the store's clock, the watermarks, COMMIT
+        assert again.runs == [] and again.decisions == []
+        assert again.watermarks == {name: later for name in jobs}
+        assert {first.watermark(name) for name in jobs} == {now}  # as the first node left it
+        assert first.count_runs() == len(jobs)
+    finally:
+        first.close()
+        other.close()
+
+
+def test_a_claim_that_waited_for_another_reads_the_watermarks_again(postgres_url: str,
+                                                                    tmp_path: Path) -> None:
+    """Nodes claim at the same moment: the ones that read the watermarks before the first
+    node's claim committed wait for its lock on one job, then read them again and find the
+    rest made, instead of locking every job in turn."""
+    jobs = [f"job-{n:02d}" for n in range(10)]
+    other = PostgresStore.open(postgres_url, max_size=1)
+    try:
+        other.publish_jobs([JobSettings(name) for name in jobs])
+        now = other.now()
+        fire, started = now - timedelta(milliseconds=100), now - timedelta(minutes=1)
+        with psycopg.connect(postgres_url) as claiming, \
+                psycopg.connect(postgres_url, autocommit=True) as watching:
+            # Another node's claim under way: every job locked, its watermark moved.
+            claiming.execute("SELECT name FROM jobs ORDER BY name FOR UPDATE")
+            claiming.execute("UPDATE jobs SET watermark = %s", (iso(now),))
+            with round_trips(other, tmp_path / "libpq.trace") as trips, \
+                    concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(other.claim_fires, [
+                    claim(name, [fire], now, started=started) for name in jobs],
+                    node="n2", now=now)
+                deadline = time.monotonic() + 30
+                while watching.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()").fetchone() != (1,):
+                    assert time.monotonic() < deadline, "the claim never waited for the lock"
+                    time.sleep(0.01)
+                claiming.commit()
+                answered = answer.result(timeout=30)
+                # BEGIN, the watermarks, the first job's lock (waited for), the watermarks
+                # again, COMMIT.
+                assert trips() == 5
+        assert answered.runs == [] and answered.watermarks == {name: now for name in jobs}
+        assert other.count_runs() == 0
+    finally:
+        other.close()
