@@ -45,7 +45,10 @@ POLL = 1.0  # seconds between looks at the store: runs nobody holds, waiting run
 # At most this many runs are taken, or waiting runs retried, per look: a backfill of ten
 # thousand instants is paced through the queue, not taken all at once.
 PER_LOOK = 64
-START_SLICE = 16  # runs decided in one transaction when many are due at once
+# Runs decided in one transaction when many are due at once: the first slice this many, each
+# next one twice the one before, up to MAX_SLICE.
+START_SLICE = 16
+MAX_SLICE = 128
 # trio wakes a sleeper ~1-2 ms late; sleeping to just before the instant and then to the
 # instant halves that (MEASURED.md).
 PRECISE = 0.010
@@ -181,10 +184,14 @@ class Worker:
         started: list[Started] = []
         now = self.clock()  # when the worker took them up: every slice is decided as of then
         # In slices: the first runs of a burst start while the store decides about the next,
-        # instead of all waiting for one transaction over the whole burst.
+        # instead of all waiting for one transaction over the whole burst. The slices grow:
+        # each costs a few round trips whatever its size, and once runs are starting every
+        # round trip waits behind their spawns in this process (with 100 due at once on
+        # PostgreSQL, slices of 16 took 10 ms for the first and 30 ms for each next one).
         with self.held.handing():
-            for at in range(0, len(run_ids), START_SLICE):
-                part = run_ids[at:at + START_SLICE]
+            at, size = 0, START_SLICE
+            while at < len(run_ids):
+                part = run_ids[at:at + size]
                 try:
                     some: list[Started] = await self.offload(functools.partial(
                         self.store.start_runs, self.node, part, now=now,
@@ -200,6 +207,7 @@ class Worker:
                 for one in some:
                     self._act(one)
                 started.extend(some)
+                at, size = at + len(part), min(size * 2, MAX_SLICE)
         return started
 
     def _act(self, started: Started) -> None:

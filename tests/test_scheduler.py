@@ -863,10 +863,11 @@ async def test_a_settled_file_fires_once_with_its_event(world: World,
 async def test_a_burst_starts_in_slices_and_every_run_on_time(world: World,
                                                               mock_clock: MockClock) -> None:
     # More jobs due at one instant than one start transaction decides (START_SLICE): they
-    # are decided slice by slice (each slice's runs start while the next is decided), and
-    # every run keeps the instant the worker took the burst up as its start.
+    # are decided slice by slice (each slice's runs start while the next is decided, each
+    # slice twice the one before), and every run keeps the instant the worker took the burst
+    # up as its start.
     from pipeline.worker import START_SLICE
-    count = START_SLICE * 2 + 3
+    count = START_SLICE * 3 + 3
     jobs = [world.job("""
         schedule: every 10s
         steps:
@@ -886,4 +887,4 @@ async def test_a_burst_starts_in_slices_and_every_run_on_time(world: World,
     assert len(runs) == count and all(r.status is RunStatus.SUCCEEDED for r in runs)
     assert len({r.started_at for r in runs}) == 1
     assert all((r.started_at - r.fire_time).total_seconds() < 0.5 for r in runs)  # type: ignore[operator]
-    assert slices == [START_SLICE, START_SLICE, 3]
+    assert slices == [START_SLICE, START_SLICE * 2, 3]

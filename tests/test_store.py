@@ -8,6 +8,7 @@ advisory-lock migrations) is tested for that backend alone, at the end.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
 import re
@@ -80,6 +81,7 @@ from pipeline.store.records import (
     StopRequest,
     StoredDecision,
 )
+from pipeline.store.rows import iso
 from pipeline.store.sql import SqlStore
 from pipeline.store.sqlite import SqliteStore, migrate
 from tests.postgres import Postgres, free_port
@@ -727,6 +729,31 @@ def test_start_runs_max_active_across_nodes(store: Store) -> None:
     assert verdicts(store.start_runs("b", [rid(2)], now=now)) == [(rid(2), Verdict.START)]
     (third,) = store.start_runs("c", [rid(3)], now=now)
     assert (third.decision.verdict, third.decision.reason) == (Verdict.SKIP, Reason.MAX_ACTIVE)
+
+
+def test_start_runs_decides_runs_of_many_jobs_at_once_as_one_by_one(store: Store) -> None:
+    """Runs of different jobs are decided together (their jobs locked by one statement, their
+    runs counted by one): each gets what it would get alone, a job without a row included."""
+    store.publish_jobs([JobSettings("forbid", Concurrency(Policy.FORBID)),
+                        JobSettings("queue", Concurrency(Policy.QUEUE, max_queued=1)),
+                        JobSettings("two", Concurrency(Policy.ALLOW, max_active=2)),
+                        JobSettings("one", Concurrency(Policy.ALLOW, max_active=1))])
+    held(store, (1, "forbid"), (2, "queue"), (3, "queue"), (4, "two"), (5, "one"))
+    now = store.now()
+    assert verdicts(store.start_runs("n1", [rid(1), rid(2), rid(4), rid(5)], now=now)) == [
+        (rid(1), Verdict.START), (rid(2), Verdict.START), (rid(4), Verdict.START),
+        (rid(5), Verdict.START)]
+    assert verdicts(store.start_runs("n1", [rid(3)], now=now)) == [(rid(3), Verdict.QUEUE)]
+    held(store, (6, "forbid"), (7, "queue"), (8, "two"), (9, "one"), (10, "unpublished"))
+    started = store.start_runs("n1", [rid(n) for n in range(6, 11)], now=now)
+    assert [(s.run.id, s.decision.verdict, s.decision.reason) for s in started] == [
+        (rid(6), Verdict.SKIP, Reason.OVERLAP),  # forbid, and one runs
+        (rid(7), Verdict.SKIP, Reason.QUEUE_FULL),  # the queue holds run 3 already
+        (rid(8), Verdict.START, None),  # one of two runs
+        (rid(9), Verdict.SKIP, Reason.MAX_ACTIVE),
+        (rid(10), Verdict.START, None)]  # its row made and locked on the way
+    assert store.count_runs(status=RunStatus.RUNNING) == 6
+    assert store.waiting_runs("n1") == [rid(3)]
 
 
 def test_start_runs_skips_automatic_runs_while_the_circuit_is_open(store: Store) -> None:
@@ -2204,23 +2231,41 @@ def test_postgres_migrations_apply_in_order_and_a_failing_one_changes_nothing(
 
 # Round trips of the firing path's verbs, measured on the wire (each ReadyForQuery ends one):
 # a budget that only an optimisation may lower. claim_fires: BEGIN (with the store's clock),
-# lock the job, insert the run, move the watermark, COMMIT.
-FIRING_ROUND_TRIPS = {"claim_fires": 5, "start_runs": 9, "RunFinished": 4}
+# lock the job, insert the run, move the watermark, COMMIT. start_runs: BEGIN, the runs held,
+# their jobs locked, the runs read, the pools, the runs counted, the writes (pipelined), COMMIT.
+FIRING_ROUND_TRIPS = {"claim_fires": 5, "start_runs": 8, "RunFinished": 4}
+
+
+@contextlib.contextmanager
+def round_trips(store: PostgresStore, trace: Path) -> Iterator[Callable[[], int]]:
+    """A count of the round trips ``store`` (a pool of one connection) has made so far in the
+    block, from libpq's trace of its messages."""
+    with trace.open("w") as out:
+
+        def traced(on: bool) -> None:
+            conn = store._pool.getconn()
+            if on:
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            else:
+                conn.pgconn.untrace()  # which flushes what libpq wrote of the answers
+            store._pool.putconn(conn)
+
+        def trips() -> int:
+            traced(False)
+            count = trace.read_text().count("\tReadyForQuery")
+            traced(True)
+            return count
+
+        traced(True)
+        yield trips
+        traced(False)
 
 
 def test_round_trips_on_the_firing_path(postgres_url: str, tmp_path: Path) -> None:
     store = PostgresStore.open(postgres_url, max_size=1)
-    trace = tmp_path / "libpq.trace"
     try:
-        with trace.open("w") as out:
-            conn = store._pool.getconn()
-            conn.pgconn.trace(out.fileno())
-            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-            store._pool.putconn(conn)
-
-            def trips() -> int:
-                return trace.read_text().count("\tReadyForQuery")
-
+        with round_trips(store, tmp_path / "libpq.trace") as trips:
             store.publish_jobs([JobSettings("j", Concurrency(Policy.ALLOW))])
             base = store.now()
             counted: dict[str, set[int]] = {verb: set() for verb in FIRING_ROUND_TRIPS}
@@ -2241,9 +2286,98 @@ def test_round_trips_on_the_firing_path(postgres_url: str, tmp_path: Path) -> No
                     counted["claim_fires"].add(claimed - before)
                     counted["start_runs"].add(started - claimed)
                     counted["RunFinished"].add(trips() - started)
-            conn = store._pool.getconn()
-            conn.pgconn.untrace()
-            store._pool.putconn(conn)
     finally:
         store.close()
     assert counted == {verb: {n} for verb, n in FIRING_ROUND_TRIPS.items()}
+
+
+def test_runs_of_many_jobs_start_in_the_round_trips_of_one(postgres_url: str,
+                                                           tmp_path: Path) -> None:
+    """A worker starts the fires due at one instant in slices of many runs, each of another
+    job: a slice costs the round trips of one run, not a few per run (on a loaded machine a
+    round trip is most of a millisecond, and the slices follow each other)."""
+    jobs = [f"job-{n:02d}" for n in range(16)]
+    store = PostgresStore.open(postgres_url, max_size=1)
+    try:
+        store.publish_jobs([JobSettings(name, Concurrency(Policy.ALLOW)) for name in jobs])
+        with round_trips(store, tmp_path / "libpq.trace") as trips:
+            counted = set()
+            for i in range(8):  # psycopg prepares a statement at its 5th use: count after
+                runs = [(i * 100 + n, name) for n, name in enumerate(jobs)]
+                held(store, *runs)
+                now = store.now()
+                before = trips()
+                started = store.start_runs("n1", [rid(n) for n, _ in runs], now=now)
+                if i >= 6:
+                    counted.add(trips() - before)
+                assert [s.decision.verdict for s in started] == [Verdict.START] * len(jobs)
+    finally:
+        store.close()
+    assert counted == {FIRING_ROUND_TRIPS["start_runs"]}
+
+
+def test_claims_another_node_made_are_answered_without_a_lock(postgres_url: str,
+                                                              tmp_path: Path) -> None:
+    """Every scheduler node claims every fire; the first makes the runs, and the others'
+    claims see them made by the watermarks they read first: no job's row locked or written,
+    the same few round trips whatever the jobs."""
+    jobs = [f"job-{n:02d}" for n in range(10)]
+    first = PostgresStore.open(postgres_url)
+    other = PostgresStore.open(postgres_url, max_size=1)
+    try:
+        first.publish_jobs([JobSettings(name) for name in jobs])
+        now = first.now()
+        fire, started = now - timedelta(milliseconds=100), now - timedelta(minutes=1)
+        made = first.claim_fires([claim(name, [fire], now, started=started) for name in jobs],
+                                 node="n1", now=now)
+        assert len(made.runs) == len(jobs)
+        later = now + timedelta(milliseconds=20)  # the other node's horizon
+        with round_trips(other, tmp_path / "libpq.trace") as trips:
+            again = other.claim_fires([claim(name, [fire], later, started=started)
+                                       for name in jobs], node="n2", now=later)
+            assert trips() == 3  # BEGIN with the store's clock, the watermarks, COMMIT
+        assert again.runs == [] and again.decisions == []
+        assert again.watermarks == {name: later for name in jobs}
+        assert {first.watermark(name) for name in jobs} == {now}  # as the first node left it
+        assert first.count_runs() == len(jobs)
+    finally:
+        first.close()
+        other.close()
+
+
+def test_a_claim_that_waited_for_another_reads_the_watermarks_again(postgres_url: str,
+                                                                    tmp_path: Path) -> None:
+    """Nodes claim at the same moment: the ones that read the watermarks before the first
+    node's claim committed wait for its lock on one job, then read them again and find the
+    rest made, instead of locking every job in turn."""
+    jobs = [f"job-{n:02d}" for n in range(10)]
+    other = PostgresStore.open(postgres_url, max_size=1)
+    try:
+        other.publish_jobs([JobSettings(name) for name in jobs])
+        now = other.now()
+        fire, started = now - timedelta(milliseconds=100), now - timedelta(minutes=1)
+        with psycopg.connect(postgres_url) as claiming, \
+                psycopg.connect(postgres_url, autocommit=True) as watching:
+            # Another node's claim under way: every job locked, its watermark moved.
+            claiming.execute("SELECT name FROM jobs ORDER BY name FOR UPDATE")
+            claiming.execute("UPDATE jobs SET watermark = %s", (iso(now),))
+            with round_trips(other, tmp_path / "libpq.trace") as trips, \
+                    concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(other.claim_fires, [
+                    claim(name, [fire], now, started=started) for name in jobs],
+                    node="n2", now=now)
+                deadline = time.monotonic() + 30
+                while watching.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()").fetchone() != (1,):
+                    assert time.monotonic() < deadline, "the claim never waited for the lock"
+                    time.sleep(0.01)
+                claiming.commit()
+                answered = answer.result(timeout=30)
+                # BEGIN, the watermarks, the first job's lock (waited for), the watermarks
+                # again, COMMIT.
+                assert trips() == 5
+        assert answered.runs == [] and answered.watermarks == {name: now for name in jobs}
+        assert other.count_runs() == 0
+    finally:
+        other.close()

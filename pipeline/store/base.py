@@ -12,6 +12,7 @@ their steps, and writing the decision log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
@@ -47,6 +48,17 @@ WATERMARK = """
     WHERE jobs.watermark IS NULL OR excluded.watermark > jobs.watermark"""
 
 
+_JOB_COLUMNS = ("settings, failures, circuit_opened_at, paused_at, paused_by, paused_reason, "
+                "watermark")
+
+
+def _job_of(name: str, row: Sequence[Any]) -> tuple[JobSettings, JobState]:
+    """A job's settings and state from its ``_JOB_COLUMNS``."""
+    return (settings_of(name, row[0]),
+            JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
+                     row[4], row[5]))
+
+
 class SqlBase:
     """Transactions, the dialect's words and the shared reads and writes; the verbs are in the
     families that derive from it."""
@@ -55,6 +67,10 @@ class SqlBase:
     # `FOR UPDATE` where rows are locked (PostgreSQL); SQLite serialises writers instead.
     for_update = ""
     skip_locked = ""
+    # Job names in Python's order (code points), the order their rows are locked in one at a
+    # time: a statement that locks several must take them in the same order, or it could
+    # deadlock with one that locks them one by one. SQLite's default collation is that order.
+    by_name = "name"
 
     # -- what a backend supplies ---------------------------------------------------------------
 
@@ -70,6 +86,12 @@ class SqlBase:
     def _store_now(self, tx: Tx) -> datetime:
         """The store's clock, inside ``tx``."""
         return datetime.now(UTC)
+
+    def _pipelined(self, tx: Tx) -> AbstractContextManager[object]:
+        """In the block, statements whose answer is not read are sent without waiting for it:
+        a network round trip is saved per statement, and a read (or the block's end) waits
+        for everything sent before it. Nothing to save in-process (SQLite)."""
+        return contextlib.nullcontext()
 
     def _ids(self, ids: Collection[str]) -> Any:
         """A list of ids as the parameter of ``IN (SELECT value FROM json_each(:ids))``."""
@@ -110,11 +132,17 @@ class SqlBase:
         return row
 
     def _job(self, tx: Tx, name: str) -> tuple[JobSettings, JobState]:
-        row = self._lock_job(tx, name, "settings, failures, circuit_opened_at, paused_at, "
-                                       "paused_by, paused_reason, watermark")
-        return (settings_of(name, row[0]),
-                JobState(name, time_of(row[6]), row[1] or 0, time_of(row[2]), time_of(row[3]),
-                         row[4], row[5]))
+        return _job_of(name, self._lock_job(tx, name, _JOB_COLUMNS))
+
+    def _jobs(self, tx: Tx, names: Collection[str]) -> dict[str, tuple[JobSettings, JobState]]:
+        """``_job`` of each of ``names``, their rows locked in name order: by one statement
+        (a round trip, where one a job took one each), then any job without a row yet is
+        given one and locked as ``_lock_job`` does."""
+        rows = {row[0]: row[1:] for row in tx.execute(
+            f"SELECT name, {_JOB_COLUMNS} FROM jobs WHERE name {self.in_ids} "
+            f"ORDER BY {self.by_name}{self.for_update}", {"ids": self._ids(names)})}
+        return {name: _job_of(name, rows[name]) if name in rows else self._job(tx, name)
+                for name in sorted(names)}
 
     @staticmethod
     def _decide_log(tx: Tx, decisions: Sequence[StoredDecision]) -> None:

@@ -86,22 +86,52 @@ class SqlFires(SqlBase):
             store_now = self._store_now(tx)
             if self.shared:
                 now = store_now  # due-ness is judged by the database's clock (CLUSTER rule 4)
-            for claim in sorted(claims, key=lambda c: c.job):  # one lock order: no deadlock
-                runs, watermarks[claim.job] = self._claim(tx, claim, node, now, decided)
+            ordered = sorted(claims, key=lambda c: c.job)  # one lock order: no deadlock
+            # Every scheduler node claims every fire, and all but the first find it made. So
+            # in a shared store the watermarks are read first, without a lock: a claim they
+            # show dealt with is answered at once (a watermark only moves forward: what it
+            # covers stays covered). The others wait for their job's lock, as the first did.
+            seen = self._watermarks(tx, ordered) if self.shared and len(ordered) > 1 else {}
+            for index, claim in enumerate(ordered):
+                until = self._until(claim, now)
+                done = _dealt_with(claim, seen[claim.job], until) if claim.job in seen else None
+                if done is not None:
+                    watermarks[claim.job] = done
+                    continue
+                runs, watermarks[claim.job], stored = self._claim(tx, claim, until, node, now,
+                                                                  decided)
                 made.extend(runs)
+                if claim.job in seen and stored != seen[claim.job]:
+                    # Another claim moved it since it was read (this one waited for the lock
+                    # until that claim committed): the next ones are likely dealt with too.
+                    seen = self._watermarks(tx, ordered[index + 1:])
         return Claims(made, watermarks, decided)
 
-    def _claim(self, tx: Tx, claim: FireClaim, node: str | None, now: datetime,
-               decisions: list[StoredDecision]) -> tuple[list[Claimed], datetime]:
+    def _until(self, claim: FireClaim, now: datetime) -> datetime:
+        if self.shared:  # a node whose clock runs ahead claims nothing before it is due
+            return min(claim.until, now + LEAD_ALLOWED)
+        return claim.until
+
+    def _watermarks(self, tx: Tx, claims: Sequence[FireClaim]) -> dict[str, datetime | None]:
+        """The stored watermarks of the claims' jobs that have a row, read without a lock."""
+        if not claims:
+            return {}
+        return {row[0]: time_of(row[1]) for row in tx.execute(
+            f"SELECT name, watermark FROM jobs WHERE name {self.in_ids}",
+            {"ids": self._ids([c.job for c in claims])})}
+
+    def _claim(self, tx: Tx, claim: FireClaim, until: datetime, node: str | None,
+               now: datetime, decisions: list[StoredDecision],
+               ) -> tuple[list[Claimed], datetime, datetime | None]:
+        """Make ``claim``'s runs under its job's lock; the runs, the watermark to answer and
+        the one found stored."""
         row = self._lock_job(tx, claim.job, "watermark, paused_at, paused_by, settings")
         stored = time_of(row[0])
-        until = claim.until
-        if self.shared:  # a node whose clock runs ahead claims nothing before it is due
-            until = min(until, now + LEAD_ALLOWED)
+        done = _dealt_with(claim, stored, until)
+        if done is not None:
+            return [], done, stored
         fires = [(f, j) for f, j in claim.fires
                  if (stored is None or f > stored) and f <= until]
-        if stored is not None and until <= stored:
-            return [], stored
         jitter = dict(fires)
         holder = node if claim.hold else None
         plan = policy.catch_up([f for f, _ in fires], now=now, started=claim.started,
@@ -152,7 +182,7 @@ class SqlFires(SqlBase):
         self._decide_log(tx, decided)
         decisions.extend(decided)
         tx.execute(WATERMARK, {"job": claim.job, "until": iso(until)})
-        return made, until
+        return made, until, stored
 
     # -- event fires ---------------------------------------------------------------------------
 
@@ -234,3 +264,17 @@ class SqlFires(SqlBase):
                        "ON CONFLICT (name) DO UPDATE SET event_cursor = excluded.event_cursor "
                        "WHERE jobs.event_cursor IS NULL OR excluded.event_cursor > "
                        "jobs.event_cursor", {"job": job, "at": iso(at)})
+
+
+def _dealt_with(claim: FireClaim, stored: datetime | None, until: datetime) -> datetime | None:
+    """The watermark to answer for ``claim`` when a node has dealt with it already: the
+    stored watermark ``stored`` is at or after every fire (made or removed) it has up to
+    ``until``. None when something is left to do. Answering ``until`` without storing it
+    leaves the stored watermark where that node put it, since there is nothing in between."""
+    if stored is None:
+        return None
+    if any(stored < f <= until for f, _ in claim.fires):
+        return None
+    if any(stored < fire <= until for fire, _, _ in claim.removed):
+        return None
+    return max(stored, until)

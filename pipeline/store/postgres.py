@@ -209,6 +209,7 @@ class PostgresStore(SqlStore):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     in_ids = "= ANY(:ids)"
     greatest = "greatest"
+    by_name = 'name COLLATE "C"'  # code point order, as Python sorts, whatever the database's
 
     def __init__(self, conninfo: str, *, where: str, passwords: Sequence[str] = (),
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_size: int = 10) -> None:
@@ -331,6 +332,11 @@ class PostgresStore(SqlStore):
     def _store_now(self, tx: _Tx) -> datetime:
         now: datetime = tx.now
         return now
+
+    def _pipelined(self, tx: _Tx) -> AbstractContextManager[object]:
+        # libpq's pipeline mode; an error in it is raised by the next read or at the block's
+        # end, and rolls the whole unit back as any other would.
+        return tx.conn.pipeline()
 
     def _ids(self, ids: Collection[str]) -> Any:
         return list(ids)

@@ -84,7 +84,8 @@ class FireClaim:
     ``fires``: (instant, jitter) for every fire after the node's watermark up to ``until``,
     ascending. The store drops those at or before the stored watermark (another node, or an
     earlier life of this one, dealt with them), sorts the rest with ``policy.catch_up`` and
-    moves the watermark to ``until``.
+    moves the watermark to ``until``. When none is left (nor a removed one), the watermark
+    stays where it is: ``until`` is answered, as nothing lies in between.
     """
 
     job: str
@@ -116,7 +117,8 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Claims:
-    """What ``claim_fires`` did: the runs it made, and where each job's watermark is now."""
+    """What ``claim_fires`` did: the runs it made, and up to where each job's fires are
+    dealt with (the node's watermark)."""
 
     runs: list[Claimed]
     watermarks: dict[str, datetime]

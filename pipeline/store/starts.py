@@ -121,48 +121,61 @@ class SqlStarts(SqlPools):
     def _start(self, tx: Tx, node: str, rows: Sequence[Sequence[Any]], now: datetime,
                stopping: bool, force: frozenset[str]) -> list[Started]:
         """Decide about each of ``rows`` (id, job), under its job's lock, and apply what was
-        decided; the statements per run are few on purpose: this is the firing path (a count,
-        an update, a decision)."""
+        decided. This is the firing path, so its round trips are few: the jobs' rows are
+        locked by one statement and the runs counted by one (when each run is of another job,
+        as when fires come due; runs of one job are counted one by one, each seeing what was
+        decided before it), and the writes are sent without waiting for each answer."""
         if not rows:
             return []
-        jobs: dict[str, tuple[JobSettings, JobState]] = {}
-        for name in sorted({row[1] for row in rows}):  # one lock order: no deadlock
-            jobs[name] = self._job(tx, name)
+        jobs = self._jobs(tx, {row[1] for row in rows})
+        ids = [row[0] for row in rows]
         runs = {row[0]: row for row in tx.execute(
             f"SELECT {RUN_COLUMNS}, document, waiting, backlog, queued_at, parallel "
-            f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids([r[0] for r in rows])})}
+            f"FROM runs WHERE id {self.in_ids}", {"ids": self._ids(ids)})}
         pools = {row[0] for row in tx.execute("SELECT name FROM pools")}
+        counted = self._counts(tx, ids) if len(jobs) == len(rows) else {}
         started: list[Started] = []
         decided: list[StoredDecision] = []
-        for run_id, name in ((row[0], row[1]) for row in rows):
-            settings, state = jobs[name]
-            run = runs[run_id]
-            decision = self._decide(tx, run, settings, state, now, stopping, run_id in force)
-            start = self._carry_out(tx, node, run, decision, settings.pool, pools, now)
-            if start.decision.verdict in _LOGGED:
-                decided.append(StoredDecision(
-                    name, outcome_of(decision), now, time_of(run[4]), node,
-                    None if decision.reason is None else str(decision.reason),
-                    decision.detail, run_id))
-            started.append(start)
-        self._decide_log(tx, decided)
+        with self._pipelined(tx):
+            for run_id, name in ((row[0], row[1]) for row in rows):
+                settings, state = jobs[name]
+                run = runs[run_id]
+                decision = self._decide(tx, run, settings, state, now, stopping,
+                                        run_id in force, counted)
+                start = self._carry_out(tx, node, run, decision, settings.pool, pools, now)
+                if start.decision.verdict in _LOGGED:
+                    decided.append(StoredDecision(
+                        name, outcome_of(decision), now, time_of(run[4]), node,
+                        None if decision.reason is None else str(decision.reason),
+                        decision.detail, run_id))
+                started.append(start)
+            self._decide_log(tx, decided)
         return started
 
-    @staticmethod
-    def _decide(tx: Tx, run: Sequence[Any], settings: JobSettings, state: JobState,
-                now: datetime, stopping: bool, forced: bool) -> policy.Decision:
+    def _counts(self, tx: Tx, run_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        """For each of ``run_ids``: its job's running runs, and the runs queued in its job's
+        queue ahead of it (all of them for a run that is new, neither waiting nor part of a
+        backlog), on every node."""
+        ahead = ("a.status = 'queued' AND a.waiting = 1 AND a.id <> r.id AND ("
+                 "(r.waiting = 0 AND r.backlog = 0) OR a.queued_at < r.queued_at "
+                 "OR (a.queued_at = r.queued_at AND a.id < r.id))")
+        return {row[0]: (row[1], row[2]) for row in tx.execute(
+            f"SELECT r.id, "
+            f"(SELECT count(*) FROM runs a WHERE a.job = r.job AND a.status IN {ACTIVE} "
+            f"AND a.status = 'running'), "
+            f"(SELECT count(*) FROM runs a WHERE a.job = r.job AND a.status IN {ACTIVE} "
+            f"AND {ahead}) FROM runs r WHERE r.id {self.in_ids}", {"ids": self._ids(run_ids)})}
+
+    def _decide(self, tx: Tx, run: Sequence[Any], settings: JobSettings, state: JobState,
+                now: datetime, stopping: bool, forced: bool,
+                counted: dict[str, tuple[int, int]]) -> policy.Decision:
         """What the job's policy makes of ``run`` (a row of ``_start``'s) now, counting the
-        job's running runs and the queued ones ahead of it, on every node."""
+        job's running runs and the queued ones ahead of it, on every node (from ``counted``,
+        else counted now)."""
         waiting, backlog = run[DOCUMENT + 1], bool(run[DOCUMENT + 2])
         if waiting == WAITING_POOL and not stopping:
             return policy.START  # its policy said yes already: only slots are missing
-        active, ahead = tx.execute(
-            "SELECT coalesce(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END), 0), "
-            "coalesce(sum(CASE WHEN status = 'queued' AND waiting = 1 AND id <> :id "
-            "AND (:all = 1 OR queued_at < :queued OR (queued_at = :queued AND id < :id)) "
-            "THEN 1 ELSE 0 END), 0) FROM runs WHERE job = :job AND status IN "
-            f"{ACTIVE}", {"job": run[1], "id": run[0], "all": int(not (waiting or backlog)),
-                          "queued": run[DOCUMENT + 3]}).fetchone()
+        active, ahead = counted.get(run[0]) or self._counts(tx, [run[0]])[run[0]]
         situation = policy.Situation(
             active=active, waiting=ahead, failures=state.failures,
             circuit_opened_at=state.circuit_opened_at, paused=state.paused)
