@@ -654,3 +654,19 @@ def test_where_a_url_password_shows_and_where_it_does_not(postgres: Postgres) ->
     if postgres.data_dir is not None:
         with psycopg.connect(url) as conn:
             assert secret not in conn.info.dsn and conn.info.password == secret
+
+
+def test_stale_faketime_entries_of_dead_wrappers_are_cleared(tmp_path: Path) -> None:
+    """A faketime wrapper killed by -9 leaves its shared memory and semaphore; a new wrapper
+    given the same PID then fails ("sem_open: File exists"). Only dead PIDs' entries go."""
+    from tests.faults.cluster import clear_stale_faketime
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getpid()
+    for name in (f"faketime_shm_{dead.pid}", f"sem.faketime_sem_{dead.pid}",
+                 f"faketime_shm_{alive}", f"sem.faketime_sem_{alive}", "PostgreSQL.1"):
+        (tmp_path / name).write_bytes(b"")
+    clear_stale_faketime(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "PostgreSQL.1", f"faketime_shm_{alive}", f"sem.faketime_sem_{alive}"]

@@ -197,6 +197,7 @@ class Node:
         env["HOME"] = str(self.root)
         if skew is not None:
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            clear_stale_faketime()
         (self.state / DAEMON_FILE).unlink(missing_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         log = self.root / f"serve.{len(self.lives)}.log"
@@ -566,6 +567,18 @@ def _await_takeover(cluster: Cluster, fault: Fault, *, timeout: float) -> None:
     if fault.takeover > limit:
         fault.problems.append(f"takeover took {fault.takeover:.2f}s, over lease + 5 s "
                               f"({limit:g}s)")
+
+
+def clear_stale_faketime(shm: Path = Path("/dev/shm")) -> None:
+    """Remove what ``faketime`` wrappers killed by -9 left in /dev/shm (``faketime_shm_PID``,
+    ``sem.faketime_sem_PID``): a wrapper removes them only when it exits itself, and a new one
+    whose PID a dead one had fails with "sem_open: File exists" (140 were left after a day of
+    fault tables). Only entries of PIDs that no longer exist are touched."""
+    for entry in [*shm.glob("faketime_shm_*"), *shm.glob("sem.faketime_sem_*")]:
+        pid = entry.name.rsplit("_", 1)[-1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        entry.unlink(missing_ok=True)
 
 
 def kill_node(cluster: Cluster, name: str, *, restart: bool = True,
